@@ -1,0 +1,1 @@
+"""Transactional outbox, relay to JetStream, inbox-deduplicating consumers and dead letters."""

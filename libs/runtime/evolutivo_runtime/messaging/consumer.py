@@ -1,0 +1,173 @@
+"""Durable JetStream pull consumers that apply each event exactly once.
+
+A batch of messages is applied in one database transaction, each message inside its own savepoint
+together with its inbox row; the transaction commits, then the messages are acked. A crash before
+the ack redelivers them and the inbox makes the second delivery a no-op. Replicas of a service
+bind to the same durable consumer and share its messages. A message that fails
+`max_deliver` times goes to the dead-letter subject and is acked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import nats.errors
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Table
+from sqlalchemy.dialects.postgresql import insert
+
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
+from evolutivo_runtime.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+U = TypeVar("U", bound=UnitOfWork)
+M = TypeVar("M", bound=Message)
+
+CONSUMER_PENDING = Gauge("evolutivo_consumer_pending", "Messages waiting for this durable consumer", ["consumer"])
+APPLIED = Counter("evolutivo_consumer_applied_total", "Events applied", ["consumer", "event_type"])
+SKIPPED = Counter("evolutivo_consumer_duplicates_total", "Redelivered events skipped by the inbox", ["consumer"])
+FAILED = Counter("evolutivo_consumer_failures_total", "Event applications that raised", ["consumer"])
+
+
+@dataclass(frozen=True)
+class EventHandler(Generic[U, M]):
+    message_type: type[M]
+    handle: Callable[[U, M, envelope.EventMeta], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription(Generic[U]):
+    """A durable consumer of one upstream service's stream."""
+
+    durable: str
+    stream: str
+    # Subjects of the events this consumer applies; handlers are keyed by event type.
+    subjects: list[str]
+    handlers: Mapping[str, EventHandler[U, Any]] = field(default_factory=dict)
+
+
+class EventConsumer(Generic[U]):
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subscription: Subscription[U],
+        uow_factory: Callable[[], U],
+        inbox: Table,
+        dead_letters: DeadLetterQueue,
+        batch_size: int,
+        max_deliver: int,
+        ack_wait: float,
+    ) -> None:
+        self._js = js
+        self.subscription = subscription
+        self._uow_factory = uow_factory
+        self._inbox = inbox
+        self._dead_letters = dead_letters
+        self._batch_size = batch_size
+        self._max_deliver = max_deliver
+        self._ack_wait = ack_wait
+        self._psub: JetStreamContext.PullSubscription | None = None
+
+    async def setup(self) -> None:
+        """Declares the durable consumer (idempotent) and binds to it."""
+        sub = self.subscription
+        config = ConsumerConfig(
+            durable_name=sub.durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait,
+            # Unlimited at the server: this consumer counts attempts and dead-letters itself.
+            max_deliver=-1,
+            filter_subjects=sub.subjects,
+            max_ack_pending=max(1000, self._batch_size * 10),
+        )
+        await self._js.add_consumer(sub.stream, config)
+        self._psub = await self._js.pull_subscribe_bind(sub.durable, stream=sub.stream)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        assert self._psub is not None, "setup() first"
+        while not stop.is_set():
+            try:
+                messages = await self._psub.fetch(self._batch_size, timeout=1.0)
+            except nats.errors.TimeoutError:
+                continue
+            except Exception:
+                log.exception("fetch failed", extra={"consumer": self.subscription.durable})
+                await asyncio.sleep(1.0)  # the connection is reconnecting; don't spin
+                continue
+            await self.process(messages)
+
+    async def process(self, messages: list[Msg]) -> None:
+        durable = self.subscription.durable
+        failed: list[tuple[Msg, BaseException]] = []
+        async with self._uow_factory() as uow:
+            for msg in messages:
+                mark = len(uow.events)
+                try:
+                    async with uow.session.begin_nested():
+                        await self._apply(uow, msg)
+                except Exception as exc:
+                    # The savepoint rolled back this message's writes; forget its events too.
+                    del uow.events[mark:]
+                    failed.append((msg, exc))
+                    FAILED.labels(durable).inc()
+                    log.warning(
+                        "event failed",
+                        extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
+                        exc_info=exc,
+                    )
+            await uow.commit()
+        failed_ids = {id(m) for m, _ in failed}
+        for msg in messages:
+            if id(msg) not in failed_ids:
+                await msg.ack()
+        for msg, exc in failed:
+            attempts = msg.metadata.num_delivered or 1
+            if attempts >= self._max_deliver:
+                await self._dead_letters.send(msg, durable, exc)
+                await msg.ack()
+            else:
+                # Exponential backoff between attempts, capped.
+                await msg.nak(delay=min(2.0 ** attempts, 60.0))
+        if messages:
+            CONSUMER_PENDING.labels(durable).set(messages[-1].metadata.num_pending or 0)
+
+    async def _apply(self, uow: U, msg: Msg) -> None:
+        headers = msg.headers or {}
+        event_type = headers.get(envelope.EVENT_TYPE, "")
+        handler = self.subscription.handlers.get(event_type)
+        event_id = uuid.UUID(headers[envelope.EVENT_ID])
+        inserted = await uow.session.execute(
+            insert(self._inbox)
+            .values(consumer=self.subscription.durable, event_id=event_id, event_type=event_type)
+            .on_conflict_do_nothing()
+            .returning(self._inbox.c.event_id)
+        )
+        if inserted.first() is None:
+            SKIPPED.labels(self.subscription.durable).inc()
+            return
+        if handler is None:
+            # An event type this consumer does not apply (a newer publisher): recorded, not an error.
+            return
+        message = handler.message_type.FromString(msg.data)
+        meta = envelope.EventMeta(
+            event_id=event_id,
+            event_type=event_type,
+            subject=msg.subject,
+            occurred_at=datetime.fromisoformat(headers[envelope.OCCURRED_AT]),
+            stream_sequence=msg.metadata.sequence.stream,
+        )
+        await handler.handle(uow, message, meta)
+        APPLIED.labels(self.subscription.durable, event_type).inc()

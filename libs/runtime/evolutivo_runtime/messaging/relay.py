@@ -1,0 +1,117 @@
+"""Publishes the outbox to JetStream, in order, without losing or doubling an event.
+
+One relay at a time per database publishes (a transaction-scoped advisory lock), so events leave
+in commit order; other replicas stand by and take over when it dies. Publishes are asynchronous
+with a bounded number in flight; rows are deleted only after JetStream acknowledged them. A crash
+between ack and delete republishes with the same Nats-Msg-Id, which JetStream drops as a
+duplicate inside its window and the consumers' inbox drops after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import asyncpg
+from nats.js import JetStreamContext
+from prometheus_client import Counter, Gauge
+from sqlalchemy import Table, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
+
+log = logging.getLogger(__name__)
+
+# Arbitrary constant: the advisory-lock key of "the outbox relay" inside a service's database.
+RELAY_LOCK_KEY = 0x0E7010B0
+
+OUTBOX_BACKLOG = Gauge("evolutivo_outbox_backlog", "Events written to the outbox and not yet published")
+PUBLISHED = Counter("evolutivo_outbox_published_total", "Events the relay published to JetStream")
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        database_url: str,
+        outbox: Table,
+        js: JetStreamContext,
+        batch_size: int,
+        poll_seconds: float,
+    ) -> None:
+        self._engine = engine
+        self._database_url = database_url
+        self._outbox = outbox
+        self._js = js
+        self._batch_size = batch_size
+        self._poll_seconds = poll_seconds
+        self._wakeup = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = await self._listen()
+        try:
+            while not stop.is_set():
+                try:
+                    while await self.publish_batch() == self._batch_size and not stop.is_set():
+                        pass
+                    await self._update_backlog()
+                except Exception:
+                    log.exception("outbox relay failed; retrying")
+                    await asyncio.sleep(self._poll_seconds)  # back off before the retry
+                self._wakeup.clear()
+                with contextlib.suppress(TimeoutError):
+                    waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+                    _, pending = await asyncio.wait(waiters, timeout=self._poll_seconds, return_when="FIRST_COMPLETED")
+                    for waiter in pending:
+                        waiter.cancel()
+            # Drain what was committed before the stop.
+            while await self.publish_batch() == self._batch_size:
+                pass
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """LISTEN for commits that wrote events; polling still covers a lost notification."""
+        try:
+            conn = await asyncpg.connect(plain_url(self._database_url))
+            await conn.add_listener(OUTBOX_CHANNEL, lambda *_: self._wakeup.set())
+            return conn
+        except Exception:
+            log.warning("outbox LISTEN unavailable; relying on polling", exc_info=True)
+            return None
+
+    async def publish_batch(self) -> int:
+        """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
+        outbox = self._outbox
+        async with self._engine.begin() as conn:
+            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
+                return 0
+            rows = (
+                await conn.execute(
+                    select(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+                    .order_by(outbox.c.seq)
+                    .limit(self._batch_size)
+                )
+            ).all()
+            if not rows:
+                return 0
+            futures = [
+                await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
+            ]
+            results = await asyncio.gather(*futures, return_exceptions=True)
+            acked = [row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+            if acked:
+                await conn.execute(delete(outbox).where(outbox.c.seq.in_(acked)))
+        # Outside the transaction, so the acknowledged rows' delete is committed first.
+        PUBLISHED.inc(len(acked))
+        failures = [r for r in results if isinstance(r, BaseException)]
+        if failures:
+            raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
+        return len(rows)
+
+    async def _update_backlog(self) -> None:
+        async with self._engine.connect() as conn:
+            OUTBOX_BACKLOG.set(await conn.scalar(select(func.count()).select_from(self._outbox)) or 0)

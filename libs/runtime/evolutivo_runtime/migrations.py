@@ -1,0 +1,99 @@
+"""Alembic plumbing shared by every service's migrations.
+
+Each service keeps its own migrations (its package's `migrations/` folder); this module only runs
+them: from the service's env.py, from `python -m evolutivo_<svc> migrate`, and to check readiness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic import command, context
+from alembic.config import Config
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from evolutivo_runtime.db import async_url
+
+# Serialises concurrent `migrate` runs against one database (two replicas or a retried Job).
+MIGRATION_LOCK_KEY = 0x0E7010B1
+
+
+def alembic_config(migrations_dir: Path, database_url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir))
+    config.set_main_option("sqlalchemy.url", async_url(database_url).replace("%", "%%"))
+    return config
+
+
+def run_env(target_metadata: sa.MetaData) -> None:
+    """Body of every service's migrations/env.py (online mode only: we always have a database)."""
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url, "sqlalchemy.url must be set"
+
+    def migrate(connection: Connection) -> None:
+        context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+        with context.begin_transaction():
+            # Held until the migration transaction ends: a second runner waits, then finds head.
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = create_async_engine(url)
+        async with engine.connect() as connection:
+            await connection.run_sync(migrate)
+            await connection.commit()
+        await engine.dispose()
+
+    existing = context.config.attributes.get("connection")
+    if existing is not None:
+        migrate(existing)
+    else:
+        asyncio.run(main())
+
+
+def upgrade_to_head(migrations_dir: Path, database_url: str) -> None:
+    command.upgrade(alembic_config(migrations_dir, database_url), "head")
+
+
+def head_revision(migrations_dir: Path) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(migrations_dir, "postgresql://localhost/x")).get_current_head()
+
+
+async def is_migrated(engine: AsyncEngine, migrations_dir: Path) -> bool:
+    """True when the database stands at the head revision of the service's migrations."""
+    head = head_revision(migrations_dir)
+
+    def current(connection: Connection) -> str | None:
+        return MigrationContext.configure(connection).get_current_revision()
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(current) == head
+
+
+def create_messaging_tables(op: Operations) -> None:
+    """The outbox and inbox as of migration 0001 of every service. Frozen: later changes to these
+    tables go in new migrations of each service, never here."""
+    op.create_table(
+        "outbox",
+        sa.Column("seq", sa.BigInteger, sa.Identity(always=True), primary_key=True),
+        sa.Column("event_id", sa.Uuid, nullable=False, unique=True),
+        sa.Column("subject", sa.Text, nullable=False),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("payload", sa.LargeBinary, nullable=False),
+        sa.Column("headers", postgresql.JSONB, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )
+    op.create_table(
+        "inbox",
+        sa.Column("consumer", sa.Text, primary_key=True),
+        sa.Column("event_id", sa.Uuid, primary_key=True),
+        sa.Column("event_type", sa.Text, nullable=False),
+        sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    )

@@ -1,0 +1,40 @@
+"""AIP-158 pagination helpers: page-size rules and opaque page tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from evolutivo_runtime.errors import InvalidArgument
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def page_size(requested: int) -> int:
+    if requested < 0:
+        raise InvalidArgument("page_size", "must not be negative")
+    return min(requested or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def encode_token(cursor: str) -> str:
+    return base64.urlsafe_b64encode(cursor.encode()).decode()
+
+
+def decode_token(token: str) -> str:
+    """The cursor inside a token; "" for the first page."""
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError) as exc:
+        raise InvalidArgument("page_token", "is not a token this service issued") from exc
+
+
+def parse_int_token(token: str) -> int:
+    """For lists paged by a sequence number, where the token is the last number seen."""
+    if not token:
+        return 0
+    if not token.isdigit():
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return int(token)

@@ -1,0 +1,1 @@
+"""gRPC server bootstrap: lifecycle, health, reflection, interceptors and the admin services."""

@@ -1,0 +1,101 @@
+"""Admin services every service can serve: the shared clock (non-production only) and dead letters."""
+
+from __future__ import annotations
+
+from datetime import UTC
+
+import grpc
+from evolutivo.admin.v1 import (
+    clock_admin_service_pb2 as clock_pb,
+)
+from evolutivo.admin.v1 import (
+    clock_admin_service_pb2_grpc as clock_grpc,
+)
+from evolutivo.admin.v1 import (
+    dead_letter_admin_service_pb2 as dlq_pb,
+)
+from evolutivo.admin.v1 import (
+    dead_letter_admin_service_pb2_grpc as dlq_grpc,
+)
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from evolutivo_runtime.clock import SharedClock
+from evolutivo_runtime.errors import InvalidArgument, NotFound
+from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
+from evolutivo_runtime.pagination import page_size as checked_page_size
+from evolutivo_runtime.pagination import parse_int_token
+
+
+def _timestamp(clock: SharedClock) -> Timestamp:
+    ts = Timestamp()
+    ts.FromDatetime(clock.now())
+    return ts
+
+
+class ClockAdminServicer(clock_grpc.ClockAdminServiceServicer):
+    def __init__(self, clock: SharedClock) -> None:
+        self._clock = clock
+
+    async def GetClock(self, request: clock_pb.GetClockRequest, context: grpc.aio.ServicerContext) -> clock_pb.GetClockResponse:
+        return clock_pb.GetClockResponse(now=_timestamp(self._clock), revision=self._clock.revision)
+
+    async def SetClock(self, request: clock_pb.SetClockRequest, context: grpc.aio.ServicerContext) -> clock_pb.SetClockResponse:
+        if not request.HasField("time"):
+            raise InvalidArgument("time", "is required")
+        delta = request.time.ToDatetime(tzinfo=UTC) - self._clock.now()
+        if delta.total_seconds() < 0:
+            raise InvalidArgument("time", "must not be before the current time: the clock only moves forward")
+        revision = await self._clock.advance(delta)
+        return clock_pb.SetClockResponse(now=_timestamp(self._clock), revision=revision)
+
+    async def AdvanceClock(
+        self, request: clock_pb.AdvanceClockRequest, context: grpc.aio.ServicerContext
+    ) -> clock_pb.AdvanceClockResponse:
+        delta = request.duration.ToTimedelta()
+        if delta.total_seconds() < 0:
+            raise InvalidArgument("duration", "must not be negative: the clock only moves forward")
+        revision = await self._clock.advance(delta)
+        return clock_pb.AdvanceClockResponse(now=_timestamp(self._clock), revision=revision)
+
+
+def _dead_letter_pb(letter: DeadLetter) -> dlq_pb.DeadLetter:
+    dead_time = Timestamp()
+    dead_time.FromDatetime(letter.dead_time)
+    return dlq_pb.DeadLetter(
+        sequence=letter.sequence,
+        event_id=letter.event_id,
+        event_type=letter.event_type,
+        original_subject=letter.original_subject,
+        consumer=letter.consumer,
+        attempts=letter.attempts,
+        error=letter.error,
+        dead_time=dead_time,
+    )
+
+
+class DeadLetterAdminServicer(dlq_grpc.DeadLetterAdminServiceServicer):
+    def __init__(self, queue: DeadLetterQueue) -> None:
+        self._queue = queue
+
+    async def ListDeadLetters(
+        self, request: dlq_pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+    ) -> dlq_pb.ListDeadLettersResponse:
+        size = checked_page_size(request.page_size)
+        after = parse_int_token(request.page_token)
+        letters = await self._queue.list(after, size + 1)
+        page, more = letters[:size], len(letters) > size
+        return dlq_pb.ListDeadLettersResponse(
+            dead_letters=[_dead_letter_pb(letter) for letter in page],
+            next_page_token=str(page[-1].sequence) if more and page else "",
+        )
+
+    async def ReplayDeadLetter(
+        self, request: dlq_pb.ReplayDeadLetterRequest, context: grpc.aio.ServicerContext
+    ) -> dlq_pb.ReplayDeadLetterResponse:
+        if request.sequence <= 0:
+            raise InvalidArgument("sequence", "must be a positive dead-letter sequence")
+        letter = await self._queue.get(request.sequence)
+        if letter is None:
+            raise NotFound("dead_letter", str(request.sequence))
+        await self._queue.replay(letter)
+        return dlq_pb.ReplayDeadLetterResponse(dead_letter=_dead_letter_pb(letter))

@@ -1,0 +1,238 @@
+"""Runs one service: gRPC server, health, reflection, outbox relay and event consumers.
+
+Lifecycle (after the official grpc aio and nats.py examples):
+  start serving NOT_SERVING -> wait for migrated database and NATS -> declare streams and
+  consumers -> relay and consumers running -> SERVING -> SIGTERM -> NOT_SERVING, consumers stop
+  fetching, in-flight RPCs finish within the grace period, the relay drains, NATS drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+from evolutivo.admin.v1 import clock_admin_service_pb2, dead_letter_admin_service_pb2
+from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from evolutivo.admin.v1 import dead_letter_admin_service_pb2_grpc as dlq_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+from prometheus_client import start_http_server
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from evolutivo_runtime.clock import Clock, SharedClock, SystemClock
+from evolutivo_runtime.db import create_engine, session_factory
+from evolutivo_runtime.logging import configure_logging
+from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
+from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
+from evolutivo_runtime.messaging.relay import OutboxRelay
+from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_service_stream
+from evolutivo_runtime.migrations import is_migrated
+from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
+from evolutivo_runtime.server.interceptors import ServiceInterceptor
+from evolutivo_runtime.settings import ServiceSettings
+from evolutivo_runtime.uow import UnitOfWork
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass
+class Runtime:
+    """What a service's wiring is built from."""
+
+    name: str
+    settings: ServiceSettings
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    nc: NatsClient
+    js: JetStreamContext
+    clock: Clock
+
+
+@dataclass
+class Servicer:
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    # Full protobuf name, e.g. "evolutivo.customer.v1.CustomerService": for health and reflection.
+    full_name: str
+
+
+@dataclass
+class Wiring:
+    servicers: list[Servicer]
+    uow_factory: Callable[[], UnitOfWork]
+    subscriptions: Sequence[Subscription[Any]] = field(default_factory=list)
+    # Streams of other services this one consumes, declared (idempotently) before binding.
+    upstream_services: Sequence[str] = field(default_factory=list)
+
+
+@dataclass
+class ServiceDefinition:
+    name: str
+    settings: ServiceSettings
+    migrations_dir: Path
+    outbox: Table
+    inbox: Table
+    wire: Callable[[Runtime], Wiring]
+
+
+async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
+    """Connects, retrying until NATS answers (it may start after us); reconnects forever after."""
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+            )
+        except Exception as exc:
+            if stop.is_set():
+                raise
+            log.warning("NATS not reachable yet", extra={"nats_error": repr(exc)})
+            await asyncio.sleep(delay)  # back off between connection attempts
+            delay = min(delay * 2, 5.0)
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Keeps a background loop alive: a crash is logged and the loop restarts after a pause."""
+    while not stop.is_set():
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting", extra={"task": name})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+
+
+async def serve(definition: ServiceDefinition) -> None:
+    settings = definition.settings
+    name = definition.name
+    configure_logging(name, settings.log_level)
+    if settings.metrics_port:
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(f"{name}.evolutivo.io")],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    port = server.add_insecure_port(address)
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    log.info("grpc listening", extra={"address": f"{settings.grpc_host}:{port}"})
+
+    engine = create_engine(settings.database_url, settings.db_pool_size)
+    nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
+    js = nc.jetstream(publish_async_max_pending=settings.publish_max_in_flight)
+    clock: Clock
+    if settings.clock_mode == "controllable":
+        shared = SharedClock()
+        await shared.start(js)
+        clock = shared
+    else:
+        clock = SystemClock()
+
+    # Readiness: the database must stand at the head of this service's migrations.
+    while not await _migrated(engine, definition.migrations_dir):
+        log.info("waiting for database migrations")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if stop.is_set():
+            return
+
+    runtime = Runtime(name, settings, engine, session_factory(engine), nc, js, clock)
+    wiring = definition.wire(runtime)
+    for svc in wiring.servicers:
+        svc.add_to_server(svc.servicer, server)
+    dead_letters = DeadLetterQueue(js, name, clock)
+    dlq_grpc.add_DeadLetterAdminServiceServicer_to_server(DeadLetterAdminServicer(dead_letters), server)
+    names = [svc.full_name for svc in wiring.servicers]
+    names.append(dead_letter_admin_service_pb2.DESCRIPTOR.services_by_name["DeadLetterAdminService"].full_name)
+    if isinstance(clock, SharedClock):
+        clock_grpc.add_ClockAdminServiceServicer_to_server(ClockAdminServicer(clock), server)
+        names.append(clock_admin_service_pb2.DESCRIPTOR.services_by_name["ClockAdminService"].full_name)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    await declare_service_stream(js, name, settings.stream_replicas, settings.duplicate_window_seconds)
+    await declare_dlq_stream(js, settings.stream_replicas, settings.duplicate_window_seconds)
+    for upstream in wiring.upstream_services:
+        await declare_service_stream(js, upstream, settings.stream_replicas, settings.duplicate_window_seconds)
+
+    relay = OutboxRelay(
+        engine, settings.database_url, definition.outbox, js, settings.outbox_batch_size, settings.outbox_poll_seconds
+    )
+    consumers = [
+        EventConsumer(
+            js,
+            sub,
+            wiring.uow_factory,
+            definition.inbox,
+            dead_letters,
+            settings.consumer_batch_size,
+            settings.consumer_max_deliver,
+            settings.consumer_ack_wait_seconds,
+        )
+        for sub in wiring.subscriptions
+    ]
+    for consumer in consumers:
+        await consumer.setup()
+
+    consumer_stop = asyncio.Event()
+    relay_stop = asyncio.Event()
+    tasks = [asyncio.create_task(_supervise(f"consumer:{c.subscription.durable}", lambda c=c: c.run(consumer_stop), consumer_stop)) for c in consumers]  # type: ignore[misc]
+    relay_task = asyncio.create_task(_supervise("outbox-relay", lambda: relay.run(relay_stop), relay_stop))
+
+    for service_name in ["", *names]:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving", extra={"port": port, "services": names})
+
+    await stop.wait()
+    log.info("shutting down")
+    await health_servicer.enter_graceful_shutdown()
+    consumer_stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await server.stop(settings.shutdown_grace_seconds)
+    # RPCs are done, so the outbox holds everything they wrote: publish it, then stop.
+    relay_stop.set()
+    await asyncio.gather(relay_task, return_exceptions=True)
+    if isinstance(clock, SharedClock):
+        await clock.stop()
+    await nc.drain()
+    await engine.dispose()
+    log.info("stopped")
+
+
+async def _migrated(engine: AsyncEngine, migrations_dir: Path) -> bool:
+    try:
+        return await is_migrated(engine, migrations_dir)
+    except Exception as exc:  # database not reachable yet
+        log.warning("database not ready", extra={"db_error": repr(exc)})
+        return False
