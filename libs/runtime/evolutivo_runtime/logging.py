@@ -47,3 +47,4 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.setLevel(level.upper())
     # nats-py and asyncio are chatty at INFO about reconnects we already report ourselves.
     logging.getLogger("nats").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.WARNING)

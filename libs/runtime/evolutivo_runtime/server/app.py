@@ -141,14 +141,6 @@ async def serve(definition: ServiceDefinition) -> None:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ],
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{settings.grpc_host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
-    await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
-    log.info("grpc listening", extra={"address": f"{settings.grpc_host}:{port}"})
-
     engine = create_engine(settings.database_url, settings.db_pool_size)
     nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
     js = nc.jetstream(publish_async_max_pending=settings.publish_max_in_flight)
@@ -160,14 +152,8 @@ async def serve(definition: ServiceDefinition) -> None:
     else:
         clock = SystemClock()
 
-    # Readiness: the database must stand at the head of this service's migrations.
-    while not await _migrated(engine, definition.migrations_dir):
-        log.info("waiting for database migrations")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        if stop.is_set():
-            return
-
+    # Every handler is registered before the server starts (grpc.aio requires it); the health
+    # service answers NOT_SERVING until the database is migrated and the consumers are bound.
     runtime = Runtime(name, settings, engine, session_factory(engine), nc, js, clock)
     wiring = definition.wire(runtime)
     for svc in wiring.servicers:
@@ -179,7 +165,25 @@ async def serve(definition: ServiceDefinition) -> None:
     if isinstance(clock, SharedClock):
         clock_grpc.add_ClockAdminServiceServicer_to_server(ClockAdminServicer(clock), server)
         names.append(clock_admin_service_pb2.DESCRIPTOR.services_by_name["ClockAdminService"].full_name)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    for service_name in ["", *names]:
+        await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    log.info("grpc listening", extra={"address": f"{settings.grpc_host}:{port}"})
+
+    # Readiness: the database must stand at the head of this service's migrations.
+    while not await _migrated(engine, definition.migrations_dir):
+        log.info("waiting for database migrations")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        if stop.is_set():
+            await server.stop(0)
+            await nc.close()
+            await engine.dispose()
+            return
 
     await declare_service_stream(js, name, settings.stream_replicas, settings.duplicate_window_seconds)
     await declare_dlq_stream(js, settings.stream_replicas, settings.duplicate_window_seconds)

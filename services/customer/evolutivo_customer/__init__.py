@@ -1,0 +1,1 @@
+"""The customer service: who the customer is and what they bought."""

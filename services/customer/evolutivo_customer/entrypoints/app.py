@@ -1,0 +1,35 @@
+"""Wires the customer service into the shared runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
+
+from evolutivo_customer.adapters.orm import inbox, outbox
+from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
+from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
+from evolutivo_customer.settings import CustomerSettings
+from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def wire(rt: Runtime) -> Wiring:
+    def uow() -> CustomerUnitOfWork:
+        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock)
+
+    return Wiring(
+        servicers=[
+            Servicer(
+                customer_service_pb2_grpc.add_CustomerServiceServicer_to_server,
+                CustomerServicer(uow),
+                customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name,
+            )
+        ],
+        uow_factory=uow,
+    )
+
+
+def definition() -> ServiceDefinition:
+    return ServiceDefinition("customer", CustomerSettings(), MIGRATIONS, outbox, inbox, wire)
