@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import TracebackType
-from typing import Self
+from typing import Protocol, Self
 
 from google.protobuf.message import Message
 from sqlalchemy import Table, insert, text
@@ -14,25 +15,53 @@ from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
 
 
+class Aggregate(Protocol):
+    """A domain object that records the events its changes cause."""
+
+    events: list[object]
+
+
+# Maps a domain event to its subject and protobuf message (each service's adapters/events.py).
+EventEncoder = Callable[[object], tuple[str, Message]]
+
+
+def _no_encoder(event: object) -> tuple[str, Message]:
+    raise TypeError(f"this unit of work has no encoder for {type(event).__name__}")
+
+
 class UnitOfWork:
     """Services subclass it to add their repositories (built on `self.session` in `__aenter__`).
 
-    Events added with `publish` are written to the outbox by `commit`, in the same transaction as
-    the state change, so an event exists if and only if its change does.
+    Events added with `publish`, and the domain events of aggregates passed to `track`, are
+    written to the outbox by `commit`, in the same transaction as the state change, so an event
+    exists if and only if its change does.
     """
 
     session: AsyncSession
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], outbox: Table, clock: Clock) -> None:
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Table,
+        clock: Clock,
+        encode: EventEncoder = _no_encoder,
+    ) -> None:
         self._sessions = sessions
         self._outbox = outbox
+        self._encode = encode
         self.clock = clock
         self.events: list[OutgoingEvent] = []
+        self._tracked: list[Aggregate] = []
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
         self.events = []
+        self._tracked = []
         return self
+
+    def track(self, aggregate: Aggregate) -> None:
+        """Collect this aggregate's domain events at commit (cosmicpython's `seen`)."""
+        self._tracked.append(aggregate)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -46,7 +75,20 @@ class UnitOfWork:
         self.events.append(event)
         return event
 
+    def checkpoint(self) -> tuple[int, int]:
+        """Marks what is pending now, so a failed step (a rolled-back savepoint) can drop its events."""
+        return len(self.events), len(self._tracked)
+
+    def discard_since(self, checkpoint: tuple[int, int]) -> None:
+        del self.events[checkpoint[0] :]
+        del self._tracked[checkpoint[1] :]
+
     async def commit(self) -> None:
+        for aggregate in self._tracked:
+            for event in aggregate.events:
+                self.publish(*self._encode(event))
+            aggregate.events.clear()
+        self._tracked = []
         if self.events:
             await self.session.execute(
                 insert(self._outbox),
@@ -69,3 +111,4 @@ class UnitOfWork:
     async def rollback(self) -> None:
         await self.session.rollback()
         self.events = []
+        self._tracked = []

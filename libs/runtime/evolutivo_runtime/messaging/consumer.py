@@ -114,13 +114,13 @@ class EventConsumer(Generic[U]):
         failed: list[tuple[Msg, BaseException]] = []
         async with self._uow_factory() as uow:
             for msg in messages:
-                mark = len(uow.events)
+                mark = uow.checkpoint()
                 try:
                     async with uow.session.begin_nested():
                         await self._apply(uow, msg)
                 except Exception as exc:
                     # The savepoint rolled back this message's writes; forget its events too.
-                    del uow.events[mark:]
+                    uow.discard_since(mark)
                     failed.append((msg, exc))
                     FAILED.labels(durable).inc()
                     log.warning(

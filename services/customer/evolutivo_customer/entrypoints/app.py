@@ -6,6 +6,7 @@ from pathlib import Path
 
 from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 
+from evolutivo_customer.adapters import events
 from evolutivo_customer.adapters.orm import inbox, outbox
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
@@ -17,7 +18,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 def wire(rt: Runtime) -> Wiring:
     def uow() -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock)
+        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode)
 
     return Wiring(
         servicers=[
