@@ -7,6 +7,7 @@ them: from the service's env.py, from `python -m evolutivo_<svc> migrate`, and t
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -32,10 +33,12 @@ def alembic_config(migrations_dir: Path, database_url: str) -> Config:
     return config
 
 
-def run_env(target_metadata: sa.MetaData) -> None:
-    """Body of every service's migrations/env.py (online mode only: we always have a database)."""
-    url = context.config.get_main_option("sqlalchemy.url")
-    assert url, "sqlalchemy.url must be set"
+def run_env(target_metadata: sa.MetaData, settings_url: Callable[[], str]) -> None:
+    """Body of every service's migrations/env.py (online mode only: we always have a database).
+
+    The URL comes from the caller's config (`migrate` sets it) or, for the alembic command line,
+    from the service's settings (e.g. CUSTOMER_DATABASE_URL)."""
+    url = context.config.get_main_option("sqlalchemy.url") or async_url(settings_url())
 
     def migrate(connection: Connection) -> None:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
