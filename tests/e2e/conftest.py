@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from evolutivo_stack.stack import Stack
 
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir: Path = tmp_path_factory.mktemp("stack")

@@ -25,14 +25,13 @@ from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2, erp_gateway_service_pb2_grpc, sync_state_pb2
+from evolutivo_runtime.testing import eventually
 from evolutivo_stack.stack import SERVICES, Stack
 from google.protobuf.duration_pb2 import Duration
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-
-from evolutivo_runtime.testing import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -68,7 +67,9 @@ def new_account(**overrides: object) -> account_pb2.Account:
     return account_pb2.Account(**fields)  # type: ignore[arg-type]
 
 
-async def create(channels: dict[str, grpc.aio.Channel], request_id: str = "", **overrides: object) -> account_pb2.Account:
+async def create(
+    channels: dict[str, grpc.aio.Channel], request_id: str = "", **overrides: object
+) -> account_pb2.Account:
     stub = customer_grpc.CustomerServiceStub(channels["customer"])
     response = await stub.CreateAccount(
         customer_pb.CreateAccountRequest(request_id=request_id, account=new_account(**overrides))
@@ -82,7 +83,9 @@ async def test_every_service_serving_with_reflection(channels: dict[str, grpc.ai
         assert health.status == health_pb2.HealthCheckResponse.SERVING, service
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
         listed: set[str] = set()
-        async for response in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])):
+        async for response in stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        ):
             listed |= {s.name for s in response.list_services_response.service}
         assert EXPECTED_SERVICES[service] in listed, (service, listed)
         assert "grpc.health.v1.Health" in listed
@@ -206,7 +209,8 @@ async def test_accounts_survive_a_sigkill_of_balance_exactly_once(
         await eventually(all_applied, timeout=60, what="every account's default group after the restart")
         ids = [uuid.UUID(a.account_id) for a in created]
         per_account = await balance_db.fetch(
-            "select account_id, count(*) as n from balance_groups where account_id = any($1::uuid[]) group by account_id",
+            "select account_id, count(*) as n from balance_groups"
+            " where account_id = any($1::uuid[]) group by account_id",
             ids,
         )
         assert len(per_account) == count

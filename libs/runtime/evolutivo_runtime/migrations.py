@@ -9,11 +9,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import command, context
 from alembic.config import Config
-from alembic.operations import Operations
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.dialects import postgresql
@@ -80,7 +80,7 @@ async def is_migrated(engine: AsyncEngine, migrations_dir: Path) -> bool:
         return await conn.run_sync(current) == head
 
 
-def create_messaging_tables(op: Operations) -> None:
+def create_messaging_tables(op: Any) -> None:  # alembic's `op` proxy module, typed loosely by alembic
     """The outbox and inbox as of migration 0001 of every service. Frozen: later changes to these
     tables go in new migrations of each service, never here."""
     op.create_table(

@@ -1,7 +1,8 @@
 """`python -m evolutivo_balance migrate|serve`."""
 
-from evolutivo_balance.entrypoints.app import definition
 from evolutivo_runtime.cli import run
+
+from evolutivo_balance.entrypoints.app import definition
 
 
 def main() -> None:

@@ -1,6 +1,5 @@
-from pydantic_settings import SettingsConfigDict
-
 from evolutivo_runtime.settings import ServiceSettings
+from pydantic_settings import SettingsConfigDict
 
 
 class BalanceSettings(ServiceSettings):

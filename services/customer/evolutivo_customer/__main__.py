@@ -1,7 +1,8 @@
 """`python -m evolutivo_customer migrate|serve`."""
 
-from evolutivo_customer.entrypoints.app import definition
 from evolutivo_runtime.cli import run
+
+from evolutivo_customer.entrypoints.app import definition
 
 
 def main() -> None:

@@ -133,14 +133,14 @@ class EventConsumer(Generic[U]):
         for msg in messages:
             if id(msg) not in failed_ids:
                 await msg.ack()
-        for msg, exc in failed:
+        for msg, error in failed:
             attempts = msg.metadata.num_delivered or 1
             if attempts >= self._max_deliver:
-                await self._dead_letters.send(msg, durable, exc)
+                await self._dead_letters.send(msg, durable, error)
                 await msg.ack()
             else:
                 # Exponential backoff between attempts, capped.
-                await msg.nak(delay=min(2.0 ** attempts, 60.0))
+                await msg.nak(delay=min(2.0**attempts, 60.0))
         if messages:
             CONSUMER_PENDING.labels(durable).set(messages[-1].metadata.num_pending or 0)
 

@@ -90,7 +90,13 @@ class DeadLetterQueue:
     async def replay(self, letter: DeadLetter) -> None:
         """Republishes to the original subject keeping the event id (the inbox still deduplicates),
         under a fresh Nats-Msg-Id so JetStream's duplicate window does not swallow it."""
-        dead_only = {envelope.ORIGINAL_SUBJECT, envelope.CONSUMER, envelope.ERROR, envelope.ATTEMPTS, envelope.DEAD_TIME}
+        dead_only = {
+            envelope.ORIGINAL_SUBJECT,
+            envelope.CONSUMER,
+            envelope.ERROR,
+            envelope.ATTEMPTS,
+            envelope.DEAD_TIME,
+        }
         headers = {k: v for k, v in letter.headers.items() if k not in dead_only}
         headers[envelope.MSG_ID] = f"{letter.event_id}:replay:{letter.sequence}"
         await self._js.publish(letter.original_subject, letter.payload, headers=headers)

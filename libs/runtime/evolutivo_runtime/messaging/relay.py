@@ -102,7 +102,9 @@ class OutboxRelay:
                 await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
             ]
             results = await asyncio.gather(*futures, return_exceptions=True)
-            acked = [row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+            acked = [
+                row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)
+            ]
             if acked:
                 await conn.execute(delete(outbox).where(outbox.c.seq.in_(acked)))
         # Outside the transaction, so the acknowledged rows' delete is committed first.

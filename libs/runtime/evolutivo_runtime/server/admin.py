@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from datetime import UTC
 
-import grpc
 from evolutivo.admin.v1 import (
     clock_admin_service_pb2 as clock_pb,
 )
@@ -24,6 +23,7 @@ from evolutivo_runtime.errors import InvalidArgument, NotFound
 from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
 from evolutivo_runtime.pagination import page_size as checked_page_size
 from evolutivo_runtime.pagination import parse_int_token
+from evolutivo_runtime.server import Context
 
 
 def _timestamp(clock: SharedClock) -> Timestamp:
@@ -36,10 +36,10 @@ class ClockAdminServicer(clock_grpc.ClockAdminServiceServicer):
     def __init__(self, clock: SharedClock) -> None:
         self._clock = clock
 
-    async def GetClock(self, request: clock_pb.GetClockRequest, context: grpc.aio.ServicerContext) -> clock_pb.GetClockResponse:
+    async def GetClock(self, request: clock_pb.GetClockRequest, context: Context) -> clock_pb.GetClockResponse:
         return clock_pb.GetClockResponse(now=_timestamp(self._clock), revision=self._clock.revision)
 
-    async def SetClock(self, request: clock_pb.SetClockRequest, context: grpc.aio.ServicerContext) -> clock_pb.SetClockResponse:
+    async def SetClock(self, request: clock_pb.SetClockRequest, context: Context) -> clock_pb.SetClockResponse:
         if not request.HasField("time"):
             raise InvalidArgument("time", "is required")
         delta = request.time.ToDatetime(tzinfo=UTC) - self._clock.now()
@@ -49,7 +49,7 @@ class ClockAdminServicer(clock_grpc.ClockAdminServiceServicer):
         return clock_pb.SetClockResponse(now=_timestamp(self._clock), revision=revision)
 
     async def AdvanceClock(
-        self, request: clock_pb.AdvanceClockRequest, context: grpc.aio.ServicerContext
+        self, request: clock_pb.AdvanceClockRequest, context: Context
     ) -> clock_pb.AdvanceClockResponse:
         delta = request.duration.ToTimedelta()
         if delta.total_seconds() < 0:
@@ -78,7 +78,7 @@ class DeadLetterAdminServicer(dlq_grpc.DeadLetterAdminServiceServicer):
         self._queue = queue
 
     async def ListDeadLetters(
-        self, request: dlq_pb.ListDeadLettersRequest, context: grpc.aio.ServicerContext
+        self, request: dlq_pb.ListDeadLettersRequest, context: Context
     ) -> dlq_pb.ListDeadLettersResponse:
         size = checked_page_size(request.page_size)
         after = parse_int_token(request.page_token)
@@ -90,7 +90,7 @@ class DeadLetterAdminServicer(dlq_grpc.DeadLetterAdminServiceServicer):
         )
 
     async def ReplayDeadLetter(
-        self, request: dlq_pb.ReplayDeadLetterRequest, context: grpc.aio.ServicerContext
+        self, request: dlq_pb.ReplayDeadLetterRequest, context: Context
     ) -> dlq_pb.ReplayDeadLetterResponse:
         if request.sequence <= 0:
             raise InvalidArgument("sequence", "must be a positive dead-letter sequence")

@@ -14,6 +14,7 @@ import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +166,7 @@ async def serve(definition: ServiceDefinition) -> None:
     if isinstance(clock, SharedClock):
         clock_grpc.add_ClockAdminServiceServicer_to_server(ClockAdminServicer(clock), server)
         names.append(clock_admin_service_pb2.DESCRIPTOR.services_by_name["ClockAdminService"].full_name)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]  # grpc-stubs lags grpcio
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for service_name in ["", *names]:
@@ -211,7 +212,12 @@ async def serve(definition: ServiceDefinition) -> None:
 
     consumer_stop = asyncio.Event()
     relay_stop = asyncio.Event()
-    tasks = [asyncio.create_task(_supervise(f"consumer:{c.subscription.durable}", lambda c=c: c.run(consumer_stop), consumer_stop)) for c in consumers]  # type: ignore[misc]
+    tasks = [
+        asyncio.create_task(
+            _supervise(f"consumer:{c.subscription.durable}", partial(c.run, consumer_stop), consumer_stop)
+        )
+        for c in consumers
+    ]
     relay_task = asyncio.create_task(_supervise("outbox-relay", lambda: relay.run(relay_stop), relay_stop))
 
     for service_name in ["", *names]:

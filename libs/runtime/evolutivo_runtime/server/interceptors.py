@@ -30,18 +30,18 @@ REQUEST_ID_METADATA = "x-request-id"
 _QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
-class ServiceInterceptor(grpc.aio.ServerInterceptor):
+class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, error_domain: str) -> None:
         # ErrorInfo.domain, e.g. "customer.evolutivo.io".
         self._domain = error_domain
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(details)
-        method: str = details.method  # type: ignore[attr-defined]
+        method: str = details.method
         if handler is None or method.startswith(_QUIET_PREFIXES):
             return handler
         if handler.unary_unary is not None:
@@ -60,13 +60,13 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
     def _wrap(
-        self, method: str, behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], details: Any
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+        self, method: str, behaviour: Callable[..., Any], details: Any
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
         _, service, name = method.split("/")
         metadata = dict(details.invocation_metadata or ())
         domain = self._domain
 
-        async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             request_id = str(metadata.get(REQUEST_ID_METADATA) or uuid.uuid4())
             token = request_id_var.set(request_id)
             started = time.perf_counter()
@@ -79,7 +79,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 log.info("rpc refused", extra={"rpc": method, "code": code.name, "reason": error.reason})
                 await context.abort(status.code, status.details, status.trailing_metadata)
             except grpc.aio.AbortError:
-                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[assignment]
+                code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception:
                 code = grpc.StatusCode.INTERNAL

@@ -1,8 +1,7 @@
 """The balance database's tables."""
 
-from sqlalchemy import Boolean, Column, DateTime, Index, MetaData, Numeric, Table, Text, Uuid, text
-
 from evolutivo_runtime.messaging.tables import messaging_tables
+from sqlalchemy import Boolean, Column, DateTime, Index, MetaData, Numeric, Table, Text, Uuid, text
 
 metadata = MetaData()
 

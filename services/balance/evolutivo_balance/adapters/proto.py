@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from evolutivo.balance.v1 import balance_pb2
+from evolutivo_runtime.money import to_money
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evolutivo_balance.domain.model import BalanceGroup
-from evolutivo_runtime.money import to_money
 
 
 def group_to_pb(group: BalanceGroup) -> balance_pb2.BalanceGroup:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from evolutivo.balance.v1 import balance_service_pb2, balance_service_pb2_grpc
+from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_balance.adapters import events
 from evolutivo_balance.adapters.orm import inbox, outbox
@@ -12,7 +13,6 @@ from evolutivo_balance.entrypoints.consumers import subscriptions
 from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 from evolutivo_balance.settings import BalanceSettings
-from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import uuid
 
 from evolutivo.customer.v1 import events_pb2 as customer_events
-
-from evolutivo_balance.service_layer import handlers
-from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
+
+from evolutivo_balance.service_layer import handlers
+from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import grpc
 from evolutivo.balance.v1 import balance_service_pb2 as pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as pb_grpc
+from evolutivo_runtime.ids import parse_uuid
+from evolutivo_runtime.money import to_money
+from evolutivo_runtime.server import Context
 
 from evolutivo_balance.adapters import proto
 from evolutivo_balance.domain.model import total
 from evolutivo_balance.service_layer import handlers
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
-from evolutivo_runtime.ids import parse_uuid
-from evolutivo_runtime.money import to_money
 
 
 class BalanceServicer(pb_grpc.BalanceServiceServicer):
     def __init__(self, uow: Callable[[], BalanceUnitOfWork]) -> None:
         self._uow = uow
 
-    async def GetBalance(self, request: pb.GetBalanceRequest, context: grpc.aio.ServicerContext) -> pb.GetBalanceResponse:
+    async def GetBalance(self, request: pb.GetBalanceRequest, context: Context) -> pb.GetBalanceResponse:
         account_id = parse_uuid("account_id", request.account_id)
         groups = await handlers.get_balance(self._uow(), account_id)
         return pb.GetBalanceResponse(

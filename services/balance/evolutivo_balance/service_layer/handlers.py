@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from evolutivo_runtime.errors import NotFound
+
 from evolutivo_balance.domain.model import BalanceGroup
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
-from evolutivo_runtime.errors import NotFound
 
 
 async def open_default_group(uow: BalanceUnitOfWork, account_id: uuid.UUID, currency_code: str, now: datetime) -> None:

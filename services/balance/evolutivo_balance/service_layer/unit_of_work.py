@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Self
 
-from evolutivo_balance.adapters.repository import BalanceGroupRepository
 from evolutivo_runtime.uow import UnitOfWork
+
+from evolutivo_balance.adapters.repository import BalanceGroupRepository
 
 
 class BalanceUnitOfWork(UnitOfWork):

@@ -1,9 +1,8 @@
 """The customer database's tables."""
 
+from evolutivo_runtime.messaging.tables import messaging_tables
 from sqlalchemy import Column, DateTime, Integer, MetaData, Sequence, Table, Text, Uuid
 from sqlalchemy.dialects.postgresql import JSONB
-
-from evolutivo_runtime.messaging.tables import messaging_tables
 
 metadata = MetaData()
 

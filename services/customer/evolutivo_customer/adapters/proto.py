@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from evolutivo.customer.v1 import account_pb2
+from evolutivo_runtime.errors import InvalidArgument
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evolutivo_customer.domain.model import (
@@ -13,7 +14,6 @@ from evolutivo_customer.domain.model import (
     BillingProfile,
     NewAccount,
 )
-from evolutivo_runtime.errors import InvalidArgument
 
 _TYPES = {
     account_pb2.ACCOUNT_TYPE_INDIVIDUAL: AccountType.INDIVIDUAL,

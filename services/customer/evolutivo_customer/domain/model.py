@@ -12,7 +12,6 @@ from datetime import datetime
 
 import iso4217
 import langcodes
-
 from evolutivo_runtime.errors import InvalidArgument
 
 
@@ -49,7 +48,8 @@ class BillingProfile:
     def __post_init__(self) -> None:
         if not 1 <= self.bill_cycle_day <= 31:
             raise InvalidArgument(
-                "account.billing_profile.bill_cycle_day", "must be between 1 and 31 (short months clamp to their last day)"
+                "account.billing_profile.bill_cycle_day",
+                "must be between 1 and 31 (short months clamp to their last day)",
             )
         if not 0 <= self.payment_terms_days <= MAX_PAYMENT_TERMS_DAYS:
             raise InvalidArgument(
@@ -80,7 +80,9 @@ class NewAccount:
             raise InvalidArgument("account.locale", "must be a BCP 47 language tag such as es-ES")
         for key in self.labels:
             if not _LABEL_KEY.match(key):
-                raise InvalidArgument(f"account.labels[{key!r}]", "keys are lower-case, start with a letter, at most 63 chars")
+                raise InvalidArgument(
+                    f"account.labels[{key!r}]", "keys are lower-case, start with a letter, at most 63 chars"
+                )
 
 
 @dataclass
@@ -101,7 +103,9 @@ class Account:
     @classmethod
     def open(cls, new: NewAccount, account_number: str, now: datetime) -> Account:
         """A new active account. Without a billing day, it is the day of opening in the account's zone."""
-        profile = new.billing_profile or BillingProfile(bill_cycle_day=now.astimezone(zoneinfo.ZoneInfo(new.time_zone)).day)
+        profile = new.billing_profile or BillingProfile(
+            bill_cycle_day=now.astimezone(zoneinfo.ZoneInfo(new.time_zone)).day
+        )
         account = cls(
             account_id=uuid.uuid4(),
             account_number=account_number,

@@ -5,13 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
+from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_customer.adapters import events
 from evolutivo_customer.adapters.orm import inbox, outbox
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
 from evolutivo_customer.settings import CustomerSettings
-from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
+from evolutivo_runtime.errors import Aborted, NotFound
 from sqlalchemy.exc import IntegrityError
 
 from evolutivo_customer.domain.model import Account, NewAccount, format_account_number
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
-from evolutivo_runtime.errors import Aborted, NotFound
 
 
 async def create_account(uow: CustomerUnitOfWork, new: NewAccount, request_id: uuid.UUID | None) -> Account:

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from typing import Self
 
-from evolutivo_customer.adapters.repository import AccountRepository
 from evolutivo_runtime.uow import UnitOfWork
+
+from evolutivo_customer.adapters.repository import AccountRepository
 
 
 class CustomerUnitOfWork(UnitOfWork):

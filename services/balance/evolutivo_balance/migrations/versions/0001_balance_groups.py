@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
-
 from evolutivo_runtime.migrations import create_messaging_tables
 
 revision: str = "0001"
@@ -30,7 +29,11 @@ def upgrade() -> None:
         sa.Column("create_time", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index(
-        "balance_groups_one_default", "balance_groups", ["account_id"], unique=True, postgresql_where=sa.text("is_default")
+        "balance_groups_one_default",
+        "balance_groups",
+        ["account_id"],
+        unique=True,
+        postgresql_where=sa.text("is_default"),
     )
     create_messaging_tables(op)
 
