@@ -13,18 +13,19 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database
+from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database, scratch_dir
 
 
 @pytest.fixture(scope="session")
-def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_server_url() -> Iterator[str]:
     external = os.environ.get("EVOLUTIVO_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres()
-    yield server.start(tmp_path_factory.mktemp("postgres"))
-    server.stop()
+    with scratch_dir("postgres") as data_dir:
+        server = EmbeddedPostgres()
+        yield server.start(data_dir)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

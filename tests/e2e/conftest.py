@@ -7,14 +7,14 @@ stream and durable-consumer names are fixed: two stacks on one NATS would share 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    data_dir: Path = tmp_path_factory.mktemp("stack")
-    with Stack(data_dir, base_port=None, clock_mode="controllable") as running:
-        yield running
+def stack() -> Iterator[Stack]:
+    with scratch_dir("stack") as data_dir:
+        with Stack(data_dir, base_port=None, clock_mode="controllable") as running:
+            yield running

@@ -77,9 +77,7 @@ async def test_postgres_data_survives_restart(tmp_path: Path, postgres: Embedded
         assert await conn.fetchval("SHOW fsync") == "on"
         assert await conn.fetchval("SHOW synchronous_commit") == "on"
         await conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text NOT NULL)")
-        await conn.executemany(
-            "INSERT INTO items (id, name) VALUES ($1, $2)", [(1, "alpha"), (2, "beta")]
-        )
+        await conn.executemany("INSERT INTO items (id, name) VALUES ($1, $2)", [(1, "alpha"), (2, "beta")])
         rows = await conn.fetch("SELECT id, name FROM items ORDER BY id")
         assert [tuple(r) for r in rows] == [(1, "alpha"), (2, "beta")]
     finally:
@@ -108,9 +106,7 @@ async def test_postgres_data_survives_restart(tmp_path: Path, postgres: Embedded
 
 
 @pytest.mark.asyncio
-async def test_nats_jetstream_data_survives_restart(
-    tmp_path: Path, nats_server: EmbeddedNats
-) -> None:
+async def test_nats_jetstream_data_survives_restart(tmp_path: Path, nats_server: EmbeddedNats) -> None:
     store_dir = tmp_path / "nats"
 
     url = nats_server.start(store_dir)
@@ -120,9 +116,7 @@ async def test_nats_jetstream_data_survives_restart(
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        await js.add_stream(
-            StreamConfig(name="EVENTS", subjects=["events.>"], storage=StorageType.FILE)
-        )
+        await js.add_stream(StreamConfig(name="EVENTS", subjects=["events.>"], storage=StorageType.FILE))
         first = await js.publish("events.created", b"first")
         second = await js.publish("events.created", b"second")
         assert (first.seq, second.seq) == (1, 2)

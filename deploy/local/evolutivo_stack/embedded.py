@@ -42,7 +42,7 @@ import stat
 import subprocess
 import sysconfig
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Final
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -53,6 +53,7 @@ __all__ = [
     "EmbeddedServerError",
     "create_database",
     "free_port",
+    "scratch_dir",
 ]
 
 #: Every server binds here only; nothing is exposed beyond the loopback.
@@ -123,7 +124,7 @@ class _ServerProcess:
         """Open ``log_path`` for appending and remember where this run begins."""
         self._close_log()
         self._log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in _close_log
+        self._log = open(log_path, "ab")
         self._log_offset = self._log.tell()
         return self._log
 
@@ -150,8 +151,8 @@ class _ServerProcess:
     def _spawn(self, argv: list[str], cwd: Path, run_as: pwd.struct_passwd | None = None) -> None:
         """Start ``argv`` with stdout/stderr going to the open log file."""
         assert self._log is not None
-        # Same process group as the launcher: a Ctrl-C in its terminal also
-        # reaches the servers, and SIGINT is a clean shutdown for both.
+        # A session of its own: a Ctrl-C in the launcher's terminal must not stop the servers
+        # before the services have drained; the launcher stops them last, in order.
         self._proc = subprocess.Popen(
             argv,
             cwd=cwd,
@@ -161,6 +162,7 @@ class _ServerProcess:
             user=run_as.pw_uid if run_as else None,
             group=run_as.pw_gid if run_as else None,
             extra_groups=[] if run_as else None,
+            start_new_session=True,
         )
         # Never leave a server orphaned if the launcher forgets to stop it.
         atexit.register(self._shutdown)
@@ -369,9 +371,7 @@ class EmbeddedPostgres:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise self._server._error(f"initdb failed ({exc})") from exc
 
-    def _launch(
-        self, bin_dir: Path, pgdata: Path, cwd: Path, run_as: pwd.struct_passwd | None
-    ) -> str:
+    def _launch(self, bin_dir: Path, pgdata: Path, cwd: Path, run_as: pwd.struct_passwd | None) -> str:
         for _ in range(_PORT_ATTEMPTS):
             port = free_port()
             argv = [
@@ -507,9 +507,7 @@ class EmbeddedNats:
     SERVER_NAME: Final = "evolutivo-local"
 
     def __init__(self, *, startup_timeout: float = 30.0, stop_timeout: float = 15.0) -> None:
-        self._server = _ServerProcess(
-            "embedded NATS", (signal.SIGTERM, signal.SIGKILL), startup_timeout, stop_timeout
-        )
+        self._server = _ServerProcess("embedded NATS", (signal.SIGTERM, signal.SIGKILL), startup_timeout, stop_timeout)
         self._port: int | None = None
 
     @property
@@ -557,3 +555,19 @@ class EmbeddedNats:
         """Stop gracefully: SIGTERM, wait, then SIGKILL.  No-op if not running."""
         self._server._shutdown()
         self._port = None
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str) -> Iterator[Path]:
+    """A temporary data folder for embedded servers, removed afterwards.
+
+    Made with tempfile under the system temp folder, not under pytest's own temp root: as root,
+    PostgreSQL runs as an unprivileged account that must reach the folder, and pytest keeps its
+    root private (0700) and tightens it again whenever another pytest session starts."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=f"evolutivo-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

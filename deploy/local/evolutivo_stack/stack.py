@@ -60,6 +60,7 @@ __all__ = [
     "StackError",
     "database_name",
     "env_prefix",
+    "redact_url",
 ]
 
 #: The five services, in port order.
@@ -84,23 +85,28 @@ def env_prefix(service: str) -> str:
     return f"{service.upper()}_"
 
 
-def database_name(service: str) -> str:
-    """Name of the service's own database, e.g. ``evolutivo_erp_gateway``."""
-    return f"evolutivo_{service}"
+def database_name(service: str, suffix: str = "") -> str:
+    """Name of the service's own database, e.g. ``evolutivo_erp_gateway`` (plus ``suffix`` if any)."""
+    return f"evolutivo_{service}{suffix}"
 
 
-def _with_database(server_url: str, name: str) -> str:
-    """``server_url`` with its database replaced by ``name`` (scheme normalised to postgresql)."""
+def _with_database(server_url: str, name: str | None = None) -> str:
+    """``server_url`` with its database replaced by ``name`` and its scheme normalised to postgresql.
+
+    ``name=None`` keeps the URL's database.  ``postgresql+asyncpg://`` and ``postgres://`` become
+    ``postgresql://``, which asyncpg, Alembic and the services all accept.
+    """
     parts = urlsplit(server_url)
     scheme = parts.scheme.split("+", 1)[0]
     if scheme == "postgres":
         scheme = "postgresql"
     if scheme != "postgresql":
-        raise StackError(f"not a PostgreSQL URL: {server_url!r}")
-    return urlunsplit(parts._replace(scheme=scheme, path="/" + quote(name, safe="")))
+        raise StackError(f"not a PostgreSQL URL: {redact_url(server_url)!r}")
+    path = parts.path if name is None else "/" + quote(name, safe="")
+    return urlunsplit(parts._replace(scheme=scheme, path=path))
 
 
-def _redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (for printing)."""
     parts = urlsplit(url)
     if parts.password is None:
@@ -215,20 +221,31 @@ class Stack:
         replicas: Mapping[str, int] | None = None,
         services: Sequence[str] = SERVICES,
         log_level: str = "INFO",
+        database_suffix: str = "",
         startup_timeout: float = 90.0,
         migrate_timeout: float = 120.0,
         stop_timeout: float = 20.0,
+        progress: Callable[[str], None] | None = None,
     ) -> None:
         """Describe a stack; nothing starts before :meth:`start`.
 
-        ``database_url``: server-level URL of an external PostgreSQL (any database the user may
-        connect to; the per-service databases are created next to it).  ``nats_url``: an external
-        NATS server with JetStream.  Either one left ``None`` is run embedded under ``data_dir``.
-        ``base_port``: see the module doc; ``None`` picks free ports.  ``env``: extra environment
-        for every service process (applied last, so it can override anything, e.g.
-        ``{"BALANCE_CONSUMER_MAX_DELIVER": "3"}``).  ``python``: interpreter that runs the services
-        (default: this one).  ``log_dir``: default ``data_dir/logs``.  ``replicas``: number of
-        ``serve`` processes per service (default 1 each).  ``services``: the subset to run.
+        * ``data_dir``: embedded servers keep their data in ``data_dir/postgres`` and ``data_dir/nats``.
+        * ``database_url``: server-level URL of an external PostgreSQL (any database the user may
+          connect to; the per-service databases are created on that server).  ``nats_url``: an
+          external NATS server with JetStream.  Either one left ``None`` runs embedded.
+        * ``base_port``: see the module doc; ``None`` picks free ports (for tests).
+        * ``clock_mode``: ``<SVC>_CLOCK_MODE`` of every service.
+        * ``env``: extra environment for every service process, applied last so it can override
+          anything (e.g. ``{"BALANCE_CONSUMER_MAX_DELIVER": "3"}``).
+        * ``python``: interpreter that runs ``-m evolutivo_<svc>`` (default: this one).
+        * ``log_dir``: default ``data_dir/logs``.
+        * ``replicas``: number of ``serve`` processes per service (default 1 each).
+        * ``services``: the subset of :data:`SERVICES` to run (default all five).
+        * ``database_suffix``: appended to every database name (``evolutivo_customer_t1``), so that
+          tests sharing one PostgreSQL server do not share databases.
+        * ``startup_timeout`` / ``migrate_timeout`` / ``stop_timeout``: seconds to reach SERVING, for
+          all migrations, and between SIGTERM and SIGKILL.
+        * ``progress``: called with a short message at each step of start/stop (the CLI prints them).
         """
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir / "logs"
@@ -241,10 +258,12 @@ class Stack:
         self.migrate_timeout = migrate_timeout
         self.stop_timeout = stop_timeout
         self._env = dict(env or {})
+        self.database_suffix = database_suffix
+        self._progress = progress or (lambda _message: None)
         self._external_database_url = database_url
         self._external_nats_url = nats_url
         if database_url is not None:
-            _with_database(database_url, "postgres")  # validates the scheme early
+            _with_database(database_url)  # validates the scheme early
 
         unknown = [s for s in [*services, *(replicas or {})] if s not in SERVICES]
         if unknown:
@@ -265,6 +284,7 @@ class Stack:
         self.base_port = base_port
 
         self._replicas: dict[str, list[Replica]] = {}
+        self._picked_ports: set[int] = set()
         for service, count in counts.items():
             position = SERVICES.index(service)
             self._replicas[service] = []
@@ -285,15 +305,12 @@ class Stack:
         self._nats_url: str | None = None
         self._started = False
 
-    _picked_ports: set[int]
-
     def _free_port(self) -> int:
         """A free port not handed to another replica of this stack already."""
-        picked = self.__dict__.setdefault("_picked_ports", set())
         while True:
             port = free_port()
-            if port not in picked:
-                picked.add(port)
+            if port not in self._picked_ports:
+                self._picked_ports.add(port)
                 return port
 
     # ------------------------------------------------------------------ context manager
@@ -350,7 +367,7 @@ class Stack:
     def database_url(self, service: str) -> str:
         """The plain ``postgresql://`` URL of the service's own database."""
         self._replicas_of(service, None)  # validates the name
-        return _with_database(self.server_url, database_name(service))
+        return _with_database(self.server_url, database_name(service, self.database_suffix))
 
     @property
     def embedded_postgres(self) -> bool:
@@ -395,12 +412,17 @@ class Stack:
             self._check_ports_free()
             self.log_dir.mkdir(parents=True, exist_ok=True)
             self._start_servers()
+            names = ", ".join(database_name(s, self.database_suffix) for s in self.services)
+            self._progress(f"creating databases {names}")
             self._create_databases()
+            self._progress("migrating databases")
             self._migrate()
+            self._progress("starting services")
             for service in self.services:
                 for replica in self._replicas[service]:
                     self._spawn(replica)
             self._wait_serving(self._all_replicas(), self.startup_timeout)
+            self._progress("all services SERVING")
         except BaseException:
             self.stop()
             raise
@@ -411,13 +433,17 @@ class Stack:
         Data is kept.  Safe to call more than once and after a failed start.
         """
         try:
+            if any(r.process is not None for r in self._all_replicas()):
+                self._progress("stopping services")
             self._terminate(self._all_replicas(), graceful=True)
         finally:
             try:
                 if self._nats is not None:
+                    self._progress("stopping NATS")
                     self._nats.stop()
             finally:
                 if self._postgres is not None:
+                    self._progress("stopping PostgreSQL")
                     self._postgres.stop()
                 self._nats = self._postgres = None
                 self._nats_url = self._server_url = None
@@ -505,34 +531,34 @@ class Stack:
         ]
         if taken:
             raise StackError(
-                f"port(s) already in use: {', '.join(taken)} "
-                "(is another stack running? choose another base port)"
+                f"port(s) already in use: {', '.join(taken)} (is another stack running? choose another base port)"
             )
 
     def _start_servers(self) -> None:
         if self._external_database_url is not None:
             self._server_url = self._external_database_url
         else:
+            self._progress(f"starting embedded PostgreSQL (data in {self.data_dir / 'postgres'})")
             self._postgres = EmbeddedPostgres()
             self._server_url = self._postgres.start(self.data_dir / "postgres")
         if self._external_nats_url is not None:
             self._nats_url = self._external_nats_url
         else:
+            self._progress(f"starting embedded NATS with JetStream (data in {self.data_dir / 'nats'})")
             self._nats = EmbeddedNats()
             self._nats_url = self._nats.start(self.data_dir / "nats")
 
     def _create_databases(self) -> None:
-        # asyncpg accepts postgresql:// only; keep the database the URL names (default "postgres").
-        server_url = _with_database(self.server_url, urlsplit(self.server_url).path.lstrip("/") or "postgres")
+        server_url = _with_database(self.server_url)
 
         async def create_all() -> None:
             for service in self.services:
-                await create_database(server_url, database_name(service))
+                await create_database(server_url, database_name(service, self.database_suffix))
 
         try:
             _run_coroutine(create_all)
         except Exception as exc:
-            raise StackError(f"could not create the service databases on {_redact(server_url)}: {exc!r}") from exc
+            raise StackError(f"could not create the service databases on {redact_url(server_url)}: {exc!r}") from exc
 
     def _migrate(self) -> None:
         """Run every service's ``migrate`` command at once; raise with the log of the first that fails."""
@@ -633,6 +659,7 @@ class Stack:
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                self._progress(f"{replica.name} still running {self.stop_timeout:.0f}s after SIGTERM: sending SIGKILL")
                 proc.kill()
                 proc.wait()
             _LIVE.discard(proc)

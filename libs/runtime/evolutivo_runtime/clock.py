@@ -55,6 +55,7 @@ class SharedClock:
         self.revision = 0
         self._kv: KeyValue | None = None
         self._watch_task: asyncio.Task[None] | None = None
+        self._watcher: KeyValue.KeyWatcher | None = None
         self._changed = asyncio.Condition()
 
     def now(self) -> datetime:
@@ -68,10 +69,13 @@ class SharedClock:
         with contextlib.suppress(KeyNotFoundError):
             entry = await self._kv.get(OFFSET_KEY)
             self._apply(entry.value, entry.revision)
-        watcher = await self._kv.watch(OFFSET_KEY)
-        self._watch_task = asyncio.create_task(self._follow(watcher))
+        self._watcher = await self._kv.watch(OFFSET_KEY)
+        self._watch_task = asyncio.create_task(self._follow(self._watcher))
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            with contextlib.suppress(Exception):
+                await self._watcher.stop()  # type: ignore[no-untyped-call]
         if self._watch_task:
             self._watch_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,8 +26,9 @@ def decode_token(token: str) -> str:
     if not token:
         return ""
     try:
-        return base64.urlsafe_b64decode(token.encode()).decode()
-    except (binascii.Error, UnicodeDecodeError) as exc:
+        # validate=True: a token with foreign characters is refused, not silently read as "".
+        return base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True).decode()
+    except (binascii.Error, UnicodeError) as exc:
         raise InvalidArgument("page_token", "is not a token this service issued") from exc
 
 
@@ -35,6 +36,6 @@ def parse_int_token(token: str) -> int:
     """For lists paged by a sequence number, where the token is the last number seen."""
     if not token:
         return 0
-    if not token.isdigit():
+    if not (token.isascii() and token.isdigit()):
         raise InvalidArgument("page_token", "is not a token this service issued")
     return int(token)

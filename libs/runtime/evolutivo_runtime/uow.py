@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
 
@@ -27,6 +28,13 @@ EventEncoder = Callable[[object], tuple[str, Message]]
 
 def _no_encoder(event: object) -> tuple[str, Message]:
     raise TypeError(f"this unit of work has no encoder for {type(event).__name__}")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    events: int
+    tracked: int
+    aggregate_events: list[int]
 
 
 class UnitOfWork:
@@ -75,13 +83,17 @@ class UnitOfWork:
         self.events.append(event)
         return event
 
-    def checkpoint(self) -> tuple[int, int]:
+    def checkpoint(self) -> Checkpoint:
         """Marks what is pending now, so a failed step (a rolled-back savepoint) can drop its events."""
-        return len(self.events), len(self._tracked)
+        return Checkpoint(len(self.events), len(self._tracked), [len(a.events) for a in self._tracked])
 
-    def discard_since(self, checkpoint: tuple[int, int]) -> None:
-        del self.events[checkpoint[0] :]
-        del self._tracked[checkpoint[1] :]
+    def discard_since(self, checkpoint: Checkpoint) -> None:
+        """Drops the events recorded after `checkpoint`, also those added to aggregates tracked
+        before it. (The aggregates' other in-memory changes are the failed step's to discard.)"""
+        del self.events[checkpoint.events :]
+        del self._tracked[checkpoint.tracked :]
+        for aggregate, kept in zip(self._tracked, checkpoint.aggregate_events, strict=True):
+            del aggregate.events[kept:]
 
     async def commit(self) -> None:
         for aggregate in self._tracked:

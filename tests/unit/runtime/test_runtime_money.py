@@ -32,7 +32,7 @@ def amounts(draw: st.DrawFn) -> Decimal:
 
 
 def _as_nanos(money: money_pb2.Money) -> int:
-    return money.units * NANOS + money.nanos
+    return int(money.units) * NANOS + int(money.nanos)
 
 
 @given(amounts())

@@ -10,6 +10,7 @@ bind to the same durable consumer and share its messages. A message that fails
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -101,13 +102,19 @@ class EventConsumer(Generic[U]):
         while not stop.is_set():
             try:
                 messages = await self._psub.fetch(self._batch_size, timeout=1.0)
-            except nats.errors.TimeoutError:
-                continue
+            except (nats.errors.TimeoutError, TimeoutError):
+                continue  # nothing to fetch within the poll
             except Exception:
                 log.exception("fetch failed", extra={"consumer": self.subscription.durable})
                 await asyncio.sleep(1.0)  # the connection is reconnecting; don't spin
                 continue
             await self.process(messages)
+
+    async def close(self) -> None:
+        """Stops pulling, so draining the connection does not wait on this subscription."""
+        if self._psub is not None:
+            with contextlib.suppress(Exception):
+                await self._psub.unsubscribe()
 
     async def process(self, messages: list[Msg]) -> None:
         durable = self.subscription.durable

@@ -42,15 +42,19 @@ class DeadLetterQueue:
         event_id = original.get(envelope.EVENT_ID, "")
         headers = {
             **original,
-            # One dead letter per (consumer, event), however often this is retried.
-            envelope.MSG_ID: f"dlq:{consumer}:{event_id}",
+            # One dead letter per delivery that gave up: a retried send of the same delivery is a
+            # duplicate, while the same event failing again after a replay is a new dead letter.
+            envelope.MSG_ID: f"dlq:{consumer}:{event_id}:{msg.metadata.sequence.stream}",
             envelope.ORIGINAL_SUBJECT: msg.subject,
             envelope.CONSUMER: consumer,
             envelope.ERROR: f"{type(error).__name__}: {error}"[:1000],
             envelope.ATTEMPTS: str(msg.metadata.num_delivered or 0),
             envelope.DEAD_TIME: self._clock.now().isoformat(),
         }
-        await self._js.publish(dlq_subject(self._service, consumer), msg.data, headers=headers)
+        ack = await self._js.publish(dlq_subject(self._service, consumer), msg.data, headers=headers)
+        if ack.duplicate:
+            log.warning("dead letter already recorded", extra={"consumer": consumer, "event_id": event_id})
+            return
         log.error("event dead-lettered", extra={"consumer": consumer, "event_id": event_id, "subject": msg.subject})
 
     async def list(self, after_sequence: int, limit: int) -> list[DeadLetter]:

@@ -53,6 +53,8 @@ class OutboxRelay:
         listener = await self._listen()
         try:
             while not stop.is_set():
+                # Cleared before publishing, so a commit notified while a batch is out is not lost.
+                self._wakeup.clear()
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
                         pass
@@ -60,7 +62,6 @@ class OutboxRelay:
                 except Exception:
                     log.exception("outbox relay failed; retrying")
                     await asyncio.sleep(self._poll_seconds)  # back off before the retry
-                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
                     _, pending = await asyncio.wait(waiters, timeout=self._poll_seconds, return_when="FIRST_COMPLETED")

@@ -101,6 +101,8 @@ async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=1,
+                # Bounded, so a SIGTERM never waits out nats-py's 30 s default.
+                drain_timeout=5,
             )
         except Exception as exc:
             if stop.is_set():
@@ -235,7 +237,13 @@ async def serve(definition: ServiceDefinition) -> None:
     await asyncio.gather(relay_task, return_exceptions=True)
     if isinstance(clock, SharedClock):
         await clock.stop()
-    await nc.drain()
+    for consumer in consumers:
+        await consumer.close()
+    try:
+        await nc.drain()
+    except Exception as exc:  # NATS already gone: nothing left to flush
+        log.warning("NATS drain incomplete", extra={"nats_error": repr(exc)})
+        await nc.close()
     await engine.dispose()
     log.info("stopped")
 

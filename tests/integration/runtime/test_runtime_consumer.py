@@ -1,0 +1,476 @@
+"""EventConsumer and DeadLetterQueue against real PostgreSQL and JetStream: each event applied
+exactly once, failures isolated per message, retried, dead-lettered and replayed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from evolutivo_runtime.clock import SystemClock
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
+from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
+from evolutivo_runtime.uow import UnitOfWork
+from google.protobuf.wrappers_pb2 import StringValue
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from runtime_helpers import MessagingDb, ServiceStream, event_headers, eventually  # type: ignore[import-not-found,unused-ignore]
+from sqlalchemy import insert, select
+
+EVENT_TYPE = StringValue.DESCRIPTOR.full_name
+FOLLOW_UP_SUBJECT = "evolutivo.consumertest.v1.followed.up"
+
+
+@dataclass
+class Handler:
+    """Applies StringValue events: writes an item and publishes a follow-up event; raises for the
+    values in `broken` *after* writing both, so the savepoint must undo them."""
+
+    broken: set[str] = field(default_factory=set)
+    attempts: Counter[str] = field(default_factory=Counter)
+    applied: list[str] = field(default_factory=list)
+    metas: list[envelope.EventMeta] = field(default_factory=list)
+    delay: float = 0.0
+    db: MessagingDb | None = None
+
+    async def handle(self, uow: UnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        assert self.db is not None
+        self.attempts[message.value] += 1
+        await uow.session.execute(
+            insert(self.db.items).values(id=f"{message.value}:{meta.event_id}", value=message.value)
+        )
+        uow.publish(FOLLOW_UP_SUBJECT, StringValue(value=f"after-{message.value}"))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if message.value in self.broken:
+            raise RuntimeError(f"cannot apply {message.value}")
+        self.applied.append(message.value)
+        self.metas.append(meta)
+
+
+@dataclass
+class Setup:
+    db: MessagingDb
+    js: JetStreamContext
+    stream: ServiceStream
+    handler: Handler
+    subscription: Subscription[UnitOfWork]
+    dead_letters: DeadLetterQueue
+    service: str
+
+    def consumer(self, batch_size: int = 10, max_deliver: int = 3, ack_wait: float = 30.0) -> EventConsumer[UnitOfWork]:
+        return EventConsumer(
+            self.js,
+            self.subscription,
+            lambda: UnitOfWork(self.db.sessions, self.db.outbox, SystemClock()),
+            self.db.inbox,
+            self.dead_letters,
+            batch_size=batch_size,
+            max_deliver=max_deliver,
+            ack_wait=ack_wait,
+        )
+
+    async def publish(
+        self, value: str, event_id: uuid.UUID | None = None, msg_id: str | None = None, event_type: str = EVENT_TYPE
+    ) -> uuid.UUID:
+        event_id = event_id or uuid.uuid4()
+        headers = event_headers(event_id, event_type, msg_id=msg_id)
+        ack = await self.js.publish(
+            self.stream.subject(), StringValue(value=value).SerializeToString(), headers=headers
+        )
+        assert not ack.duplicate
+        return event_id
+
+    async def items(self) -> list[str]:
+        async with self.db.engine.connect() as conn:
+            return sorted((await conn.execute(select(self.db.items.c.value))).scalars().all())
+
+    async def follow_ups(self) -> list[str]:
+        async with self.db.engine.connect() as conn:
+            payloads = (await conn.execute(select(self.db.outbox.c.payload))).scalars().all()
+        return sorted(StringValue.FromString(p).value for p in payloads)
+
+    async def inbox(self) -> list[tuple[str, uuid.UUID, str]]:
+        async with self.db.engine.connect() as conn:
+            rows = (await conn.execute(select(self.db.inbox))).all()
+        return sorted((r.consumer, r.event_id, r.event_type) for r in rows)
+
+    async def settled(self, delivered: int) -> bool:
+        """The durable has delivered `delivered` stream messages and none waits for an ack."""
+        info = await self.js.consumer_info(self.stream.stream, self.subscription.durable)
+        return (
+            info.delivered is not None
+            and info.delivered.stream_seq == delivered
+            and info.num_ack_pending == 0
+            and info.num_pending == 0
+            and (info.num_redelivered or 0) == 0
+        )
+
+    async def letters(self) -> list[DeadLetter]:
+        return await self.dead_letters.list(0, 100)
+
+
+@pytest.fixture
+async def setup(messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream) -> Setup:
+    handler = Handler(db=messaging_db)
+    subscription: Subscription[UnitOfWork] = Subscription(
+        durable=f"d{uuid.uuid4().hex[:10]}",
+        stream=service_stream.stream,
+        subjects=[service_stream.all_subjects],
+        handlers={EVENT_TYPE: EventHandler(StringValue, handler.handle)},
+    )
+    service = f"c{uuid.uuid4().hex[:10]}"  # the consuming service: its own dead-letter subjects
+    return Setup(
+        messaging_db, js, service_stream, handler, subscription, DeadLetterQueue(js, service, SystemClock()), service
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(*consumers: EventConsumer[Any]) -> AsyncIterator[None]:
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(c.run(stop)) for c in consumers]
+    try:
+        yield
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=15)
+
+
+async def test_applies_each_event_once(setup: Setup) -> None:
+    consumer = setup.consumer()
+    await consumer.setup()
+    ids = [await setup.publish(f"v{i}") for i in range(5)]
+    started = datetime.now(UTC)
+    async with running(consumer):
+        ids += [await setup.publish(f"v{i}") for i in range(5, 10)]
+        await eventually(lambda: setup.settled(10), within=15, what="10 events acked")
+
+    values = [f"v{i}" for i in range(10)]
+    assert sorted(setup.handler.applied) == sorted(values)
+    assert setup.handler.attempts == Counter(values)
+    assert await setup.items() == sorted(values)
+    assert await setup.follow_ups() == sorted(f"after-{v}" for v in values)
+    assert await setup.inbox() == sorted((setup.subscription.durable, i, EVENT_TYPE) for i in ids)
+
+    metas = sorted(setup.handler.metas, key=lambda m: m.stream_sequence)
+    assert [m.stream_sequence for m in metas] == list(range(1, 11))
+    assert [m.event_id for m in metas] == ids
+    assert {m.event_type for m in metas} == {EVENT_TYPE}
+    assert {m.subject for m in metas} == {setup.stream.subject()}
+    assert all(m.occurred_at.tzinfo is not None for m in metas)
+    assert all(abs((m.occurred_at - started).total_seconds()) < 60 for m in metas)
+    assert await setup.letters() == []
+
+
+async def test_redelivered_event_id_is_skipped_by_the_inbox(setup: Setup) -> None:
+    """The same event under another Nats-Msg-Id (a replay, a republish after the duplicate
+    window) is stored twice by JetStream; the inbox applies it once."""
+    consumer = setup.consumer()
+    await consumer.setup()
+    event_id = await setup.publish("once", msg_id="first-publish")
+    async with running(consumer):
+        await eventually(lambda: setup.settled(1), within=10, what="the first delivery acked")
+        await setup.publish("once", event_id=event_id, msg_id="second-publish")
+        await eventually(lambda: setup.settled(2), within=10, what="the second delivery acked")
+
+    assert await setup.stream.messages(setup.js) == 2
+    assert setup.handler.attempts == Counter({"once": 1})
+    assert await setup.items() == ["once"]
+    assert await setup.follow_ups() == ["after-once"]
+    assert await setup.inbox() == [(setup.subscription.durable, event_id, EVENT_TYPE)]
+
+
+async def test_duplicate_inside_one_batch_is_applied_once(setup: Setup) -> None:
+    consumer = setup.consumer()
+    await consumer.setup()
+    event_id = await setup.publish("twin", msg_id="a")
+    await setup.publish("twin", event_id=event_id, msg_id="b")
+    psub = await setup.js.pull_subscribe_bind(setup.subscription.durable, stream=setup.stream.stream)
+    messages = await psub.fetch(2, timeout=5)
+    assert len(messages) == 2
+    await consumer.process(messages)
+
+    await eventually(lambda: setup.settled(2), within=5, what="both copies acked")
+    assert setup.handler.attempts == Counter({"twin": 1})
+    assert await setup.items() == ["twin"]
+    assert await setup.inbox() == [(setup.subscription.durable, event_id, EVENT_TYPE)]
+
+
+async def test_event_type_without_handler_is_recorded_and_acked(setup: Setup) -> None:
+    consumer = setup.consumer()
+    await consumer.setup()
+    event_id = await setup.publish("from the future", event_type="evolutivo.future.v9.Unknown")
+    async with running(consumer):
+        await eventually(lambda: setup.settled(1), within=10, what="the unknown event acked")
+    assert setup.handler.attempts == Counter()
+    assert await setup.inbox() == [(setup.subscription.durable, event_id, "evolutivo.future.v9.Unknown")]
+    assert await setup.letters() == []
+
+
+async def test_failing_message_is_isolated_retried_dead_lettered_and_replayed(setup: Setup) -> None:
+    handler = setup.handler
+    handler.broken = {"bad"}
+    consumer = setup.consumer(batch_size=10, max_deliver=2)
+    await consumer.setup()
+    good1 = await setup.publish("good1")
+    bad = await setup.publish("bad")
+    good2 = await setup.publish("good2")
+
+    # 1. One batch: the failure of "bad" neither blocks nor undoes the other two.
+    psub = await setup.js.pull_subscribe_bind(setup.subscription.durable, stream=setup.stream.stream)
+    batch = await psub.fetch(3, timeout=5)
+    assert [StringValue.FromString(m.data).value for m in batch] == ["good1", "bad", "good2"]
+    await consumer.process(batch)
+    assert sorted(handler.applied) == ["good1", "good2"]
+    assert await setup.items() == ["good1", "good2"]  # the savepoint rolled back "bad"'s write
+    assert await setup.follow_ups() == ["after-good1", "after-good2"]  # ... and its event
+    assert {e for _, e, _ in await setup.inbox()} == {good1, good2}
+    info = await setup.js.consumer_info(setup.stream.stream, setup.subscription.durable)
+    assert info.num_ack_pending == 1  # "bad" was nak'ed (with a delay), the others acked
+
+    # 2. Retried after the nak delay; at max_deliver it goes to the dead-letter queue, acked.
+    async with running(consumer):
+        await eventually(lambda: _has_letters(setup, 1), within=20, what="the dead letter")
+        await eventually(lambda: _no_ack_pending(setup), within=10, what="the dead letter acked")
+    assert handler.attempts["bad"] == 2
+    [letter] = await setup.letters()
+    assert letter.event_id == str(bad)
+    assert letter.event_type == EVENT_TYPE
+    assert letter.original_subject == setup.stream.subject()
+    assert letter.consumer == setup.subscription.durable
+    assert letter.attempts == 2
+    assert letter.error == "RuntimeError: cannot apply bad"
+    assert StringValue.FromString(letter.payload).value == "bad"
+    assert abs((letter.dead_time - datetime.now(UTC)).total_seconds()) < 60
+    assert await setup.dead_letters.get(letter.sequence) == letter
+    assert await setup.items() == ["good1", "good2"]
+    assert await setup.follow_ups() == ["after-good1", "after-good2"]
+    # Another service's queue does not list it.
+    assert await DeadLetterQueue(setup.js, f"other{uuid.uuid4().hex[:8]}", SystemClock()).list(0, 100) == []
+
+    # 3. The handler is fixed; the replay is applied exactly once and leaves the queue.
+    handler.broken.clear()
+    await setup.dead_letters.replay(letter)
+    assert await setup.letters() == []
+    assert await setup.dead_letters.get(letter.sequence) is None
+    async with running(consumer):
+        await eventually(lambda: _has_items(setup, 3), within=10, what="the replayed event applied")
+        await eventually(lambda: _no_ack_pending(setup), within=10, what="the replay acked")
+        # A second copy of the same event (say, replayed twice) is skipped by the inbox.
+        await setup.publish("bad", event_id=bad, msg_id=f"{bad}:again")
+        await eventually(lambda: _delivered(setup, 5), within=10, what="the second copy delivered")
+        await eventually(lambda: _no_ack_pending(setup), within=10, what="the second copy acked")
+
+    assert handler.attempts["bad"] == 3
+    assert sorted(handler.applied) == ["bad", "good1", "good2"]
+    assert await setup.items() == ["bad", "good1", "good2"]
+    assert await setup.follow_ups() == ["after-bad", "after-good1", "after-good2"]
+    assert {e for _, e, _ in await setup.inbox()} == {good1, bad, good2}
+    assert await setup.letters() == []
+
+
+async def test_replayed_event_that_fails_again_is_dead_lettered_again(setup: Setup) -> None:
+    """Replaying before the bug is fixed must put the event back in the queue, not lose it.
+
+    DeadLetterQueue.send uses Nats-Msg-Id "dlq:<consumer>:<event id>", the same for the first
+    dead letter and for the one after the replay; inside the DLQ stream's duplicate window
+    JetStream drops the second one, the consumer acks the message anyway and the event is gone."""
+    setup.handler.broken = {"bad"}
+    consumer = setup.consumer(max_deliver=1)
+    await consumer.setup()
+    bad = await setup.publish("bad")
+    async with running(consumer):
+        await eventually(lambda: _has_letters(setup, 1), within=10, what="the first dead letter")
+        [first] = await setup.letters()
+        await setup.dead_letters.replay(first)  # still broken
+        await eventually(lambda: _delivered(setup, 2), within=10, what="the replay delivered")
+        await eventually(lambda: _no_ack_pending(setup), within=10, what="the replay given up on")
+    assert setup.handler.attempts["bad"] == 2
+    letters = await setup.letters()
+    assert [letter.event_id for letter in letters] == [str(bad)], "the replayed event was lost"
+
+
+class CountingConsumer(EventConsumer[UnitOfWork]):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.received: list[str] = []
+
+    async def process(self, messages: list[Msg]) -> None:
+        self.received += [(m.headers or {})[envelope.EVENT_ID] for m in messages]
+        await super().process(messages)
+
+
+async def test_two_instances_on_one_durable_share_the_messages(setup: Setup) -> None:
+    setup.handler.delay = 0.005
+    consumers = [
+        CountingConsumer(
+            setup.js,
+            setup.subscription,
+            lambda: UnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock()),
+            setup.db.inbox,
+            setup.dead_letters,
+            batch_size=5,
+            max_deliver=3,
+            ack_wait=30.0,
+        )
+        for _ in range(2)
+    ]
+    for consumer in consumers:
+        await consumer.setup()  # declaring the same durable twice is idempotent
+    total = 60
+    async with running(*consumers):
+        ids = [str(await setup.publish(f"v{i}")) for i in range(total)]
+        await eventually(lambda: setup.settled(total), within=30, what=f"{total} events acked")
+
+    received = consumers[0].received + consumers[1].received
+    assert sorted(received) == sorted(ids), "a message was delivered twice or not at all"
+    assert consumers[0].received and consumers[1].received, "one instance got every message"
+    assert setup.handler.attempts == Counter(f"v{i}" for i in range(total))
+    assert len(await setup.items()) == total
+    assert len(await setup.inbox()) == total
+
+
+async def _has_letters(setup: Setup, n: int) -> bool:
+    return len(await setup.letters()) >= n
+
+
+async def _has_items(setup: Setup, n: int) -> bool:
+    return len(await setup.items()) >= n
+
+
+async def _no_ack_pending(setup: Setup) -> bool:
+    info = await setup.js.consumer_info(setup.stream.stream, setup.subscription.durable)
+    return bool(info.num_ack_pending == 0 and info.num_pending == 0)
+
+
+async def _delivered(setup: Setup, stream_seq: int) -> bool:
+    info = await setup.js.consumer_info(setup.stream.stream, setup.subscription.durable)
+    return info.delivered is not None and (info.delivered.stream_seq or 0) >= stream_seq
+
+
+async def test_dead_letter_admin_lists_pages_and_replays(setup: Setup) -> None:
+    from evolutivo.admin.v1 import dead_letter_admin_service_pb2 as dlq_pb
+    from evolutivo_runtime.errors import InvalidArgument, NotFound
+    from evolutivo_runtime.server.admin import DeadLetterAdminServicer
+
+    setup.handler.broken = {"x0", "x1", "x2"}
+    consumer = setup.consumer(max_deliver=1)
+    await consumer.setup()
+    ids = [str(await setup.publish(f"x{i}")) for i in range(3)]
+    async with running(consumer):
+        await eventually(lambda: _has_letters(setup, 3), within=15, what="three dead letters")
+
+    admin = DeadLetterAdminServicer(setup.dead_letters)
+    context: Any = None
+    first = await admin.ListDeadLetters(dlq_pb.ListDeadLettersRequest(page_size=2), context)
+    assert [d.event_id for d in first.dead_letters] == ids[:2]
+    assert first.next_page_token
+    second = await admin.ListDeadLetters(
+        dlq_pb.ListDeadLettersRequest(page_size=2, page_token=first.next_page_token), context
+    )
+    assert [d.event_id for d in second.dead_letters] == ids[2:]
+    assert second.next_page_token == ""
+    letter = second.dead_letters[0]
+    assert (letter.consumer, letter.attempts, letter.event_type) == (setup.subscription.durable, 1, EVENT_TYPE)
+    assert letter.error == "RuntimeError: cannot apply x2"
+    assert letter.original_subject == setup.stream.subject()
+
+    with pytest.raises(InvalidArgument):
+        await admin.ListDeadLetters(dlq_pb.ListDeadLettersRequest(page_size=-1), context)
+    with pytest.raises(InvalidArgument):
+        await admin.ListDeadLetters(dlq_pb.ListDeadLettersRequest(page_token="not-a-number"), context)
+    with pytest.raises(InvalidArgument):
+        await admin.ReplayDeadLetter(dlq_pb.ReplayDeadLetterRequest(sequence=0), context)
+    with pytest.raises(NotFound):
+        await admin.ReplayDeadLetter(dlq_pb.ReplayDeadLetterRequest(sequence=letter.sequence + 10_000), context)
+
+    setup.handler.broken.clear()
+    replayed = await admin.ReplayDeadLetter(dlq_pb.ReplayDeadLetterRequest(sequence=letter.sequence), context)
+    assert replayed.dead_letter.event_id == ids[2]
+    async with running(consumer):
+        await eventually(lambda: _has_items(setup, 1), within=10, what="the replayed event applied")
+    assert await setup.items() == ["x2"]
+    remaining = await admin.ListDeadLetters(dlq_pb.ListDeadLettersRequest(), context)
+    assert [d.event_id for d in remaining.dead_letters] == ids[:2]
+
+
+# Aggregates tracked through the unit of work (UnitOfWork.track) inside a consumer batch.
+
+
+@dataclass
+class Tally:
+    key: str
+    count: int = 0
+    events: list[object] = field(default_factory=list)
+
+    def bump(self, by: str) -> None:
+        self.count += 1
+        self.events.append(by)
+
+
+class TallyUnitOfWork(UnitOfWork):
+    """A unit of work whose repository keeps an identity map, as ORM sessions do: the same key
+    gives the same aggregate object for the whole transaction (here, the whole batch)."""
+
+    async def __aenter__(self) -> TallyUnitOfWork:
+        await super().__aenter__()
+        self.tallies: dict[str, Tally] = {}
+        return self
+
+    def tally(self, key: str) -> Tally:
+        if key not in self.tallies:
+            self.tallies[key] = Tally(key)
+        tally = self.tallies[key]
+        self.track(tally)
+        return tally
+
+
+def _encode_bump(event: object) -> tuple[str, StringValue]:
+    assert isinstance(event, str)
+    return FOLLOW_UP_SUBJECT, StringValue(value=f"bumped-by-{event}")
+
+
+@pytest.mark.parametrize("same_aggregate", [False, True], ids=["own-aggregate", "shared-aggregate"])
+async def test_failed_message_events_of_tracked_aggregates_are_not_published(
+    setup: Setup, same_aggregate: bool
+) -> None:
+    """Value "<key>:<name>": the handler bumps aggregate <key>; names starting with "bad" raise
+    after bumping. Only the successful messages' domain events may reach the outbox."""
+
+    async def handle(uow: TallyUnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        key, name = message.value.split(":")
+        uow.tally(key).bump(name)
+        if name.startswith("bad"):
+            raise RuntimeError(f"cannot apply {name}")
+
+    subscription: Subscription[TallyUnitOfWork] = Subscription(
+        durable=setup.subscription.durable,
+        stream=setup.stream.stream,
+        subjects=setup.subscription.subjects,
+        handlers={EVENT_TYPE: EventHandler(StringValue, handle)},
+    )
+    consumer = EventConsumer(
+        setup.js,
+        subscription,
+        lambda: TallyUnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock(), _encode_bump),
+        setup.db.inbox,
+        setup.dead_letters,
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30.0,
+    )
+    await consumer.setup()
+    await setup.publish("k1:good")
+    await setup.publish("k1:bad" if same_aggregate else "k2:bad")
+    psub = await setup.js.pull_subscribe_bind(subscription.durable, stream=subscription.stream)
+    batch = await psub.fetch(2, timeout=5)
+    assert len(batch) == 2
+    await consumer.process(batch)
+    assert await setup.follow_ups() == ["bumped-by-good"]

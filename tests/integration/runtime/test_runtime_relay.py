@@ -1,0 +1,271 @@
+"""OutboxRelay: publishes the outbox to JetStream in order, once, and wakes on LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import nats
+import pytest
+from evolutivo_runtime.clock import SystemClock
+from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.relay import RELAY_LOCK_KEY, OutboxRelay
+from evolutivo_runtime.uow import UnitOfWork
+from google.protobuf.wrappers_pb2 import StringValue
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from runtime_helpers import MessagingDb, ServiceStream, eventually  # type: ignore[import-not-found,unused-ignore]
+from sqlalchemy import insert, select
+
+
+async def commit_events(db: MessagingDb, stream: ServiceStream, values: list[str]) -> list[uuid.UUID]:
+    """One unit of work publishing one event per value; returns the event ids in outbox order."""
+    async with UnitOfWork(db.sessions, db.outbox, SystemClock()) as uow:
+        events = [uow.publish(stream.subject(), StringValue(value=v)) for v in values]
+        await uow.commit()
+    return [e.event_id for e in events]
+
+
+async def stream_event_ids(js: JetStreamContext, stream: ServiceStream) -> list[str]:
+    """Nats-Msg-Id of every message of the stream, in stream order."""
+    count = await stream.messages(js)
+    ids = []
+    for seq in range(1, count + 1):
+        raw = await js.get_msg(stream.stream, seq=seq)
+        assert raw.headers is not None
+        assert raw.headers[envelope.MSG_ID] == raw.headers[envelope.EVENT_ID]
+        ids.append(raw.headers[envelope.MSG_ID])
+    return ids
+
+
+class ObservedRelay(OutboxRelay):
+    """Signals `parked` when the run loop has published everything and is about to wait."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parked = asyncio.Event()
+
+    async def _update_backlog(self) -> None:
+        await super()._update_backlog()
+        # run() goes on to clear its wake-up and wait without yielding in between, so by the
+        # time a waiter on `parked` runs, the relay is waiting.
+        self.parked.set()
+
+
+@contextlib.asynccontextmanager
+async def running(relay: OutboxRelay) -> AsyncIterator[asyncio.Event]:
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    try:
+        yield stop
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
+
+
+def _relay(cls: type[OutboxRelay], db: MessagingDb, js: JetStreamContext, batch_size: int, poll: float) -> Any:
+    return cls(db.engine, db.url, db.outbox, js, batch_size=batch_size, poll_seconds=poll)
+
+
+async def test_publish_batch_publishes_in_seq_order_and_deletes(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db = messaging_db
+    ids = await commit_events(db, service_stream, ["a", "b", "c"])
+    ids += await commit_events(db, service_stream, ["d", "e"])
+    relay = _relay(OutboxRelay, db, js, batch_size=3, poll=1.0)
+
+    assert await relay.publish_batch() == 3
+    assert await db.count(db.outbox) == 2
+    assert await stream_event_ids(js, service_stream) == [str(i) for i in ids[:3]]
+
+    assert await relay.publish_batch() == 2
+    assert await relay.publish_batch() == 0
+    assert await db.count(db.outbox) == 0
+    assert await stream_event_ids(js, service_stream) == [str(i) for i in ids]
+
+    # Subject, payload and all the envelope headers travel unchanged.
+    raw = await js.get_msg(service_stream.stream, seq=4)
+    assert raw.subject == service_stream.subject()
+    assert StringValue.FromString(raw.data or b"").value == "d"
+    assert raw.headers is not None
+    assert raw.headers[envelope.EVENT_TYPE] == "google.protobuf.StringValue"
+    assert envelope.OCCURRED_AT in raw.headers
+
+
+async def test_republishing_within_the_duplicate_window_is_dropped(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """A crash between JetStream's ack and the delete republishes the rows: JetStream drops them."""
+    db = messaging_db
+    await commit_events(db, service_stream, ["a", "b", "c"])
+    async with db.engine.connect() as conn:
+        rows = [dict(r._mapping) for r in (await conn.execute(select(db.outbox).order_by(db.outbox.c.seq))).all()]
+    relay = _relay(OutboxRelay, db, js, batch_size=10, poll=1.0)
+    assert await relay.publish_batch() == 3
+    assert await service_stream.messages(js) == 3
+
+    async with db.engine.begin() as conn:  # the rows are back, as if the delete never committed
+        await conn.execute(insert(db.outbox), [{k: v for k, v in r.items() if k != "seq"} for r in rows])
+    assert await relay.publish_batch() == 3
+    assert await db.count(db.outbox) == 0
+    assert await service_stream.messages(js) == 3
+
+
+async def test_jetstream_drops_a_second_publish_with_the_same_msg_id(
+    js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    event_id = str(uuid.uuid4())
+    first = await js.publish(service_stream.subject(), b"1", headers={envelope.MSG_ID: event_id})
+    second = await js.publish(service_stream.subject(), b"2", headers={envelope.MSG_ID: event_id})
+    assert not first.duplicate
+    assert second.duplicate
+    assert second.seq == first.seq
+    assert await service_stream.messages(js) == 1
+
+
+async def test_another_leader_holding_the_lock_blocks_publishing(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db = messaging_db
+    await commit_events(db, service_stream, ["a"])
+    relay = _relay(OutboxRelay, db, js, batch_size=10, poll=1.0)
+    leader = await asyncpg.connect(plain_url(db.url))
+    try:
+        assert await leader.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_KEY)
+        assert await relay.publish_batch() == 0
+        assert await service_stream.messages(js) == 0
+        assert await db.count(db.outbox) == 1
+        await leader.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK_KEY)
+        assert await relay.publish_batch() == 1
+        assert await service_stream.messages(js) == 1
+    finally:
+        await leader.close()
+
+
+async def test_run_wakes_on_notify_long_before_its_poll(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db = messaging_db
+    relay = _relay(ObservedRelay, db, js, batch_size=10, poll=30.0)  # polling alone would take 30 s
+    async with running(relay):
+        for expected in (1, 2, 3):
+            await asyncio.wait_for(relay.parked.wait(), timeout=5)
+            relay.parked.clear()
+            await commit_events(db, service_stream, [f"v{expected}"])
+            waited = await eventually(
+                lambda n=expected: _has(js, service_stream, n), within=5, what=f"{expected} published events"
+            )
+            assert waited < 5
+    assert await db.count(db.outbox) == 0
+
+
+async def test_stop_drains_what_was_committed(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db = messaging_db
+    relay = _relay(ObservedRelay, db, js, batch_size=2, poll=30.0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay.run(stop))
+    await asyncio.wait_for(relay.parked.wait(), timeout=5)
+    await commit_events(db, service_stream, ["a", "b", "c", "d", "e"])
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+    assert await service_stream.messages(js) == 5
+    assert await db.count(db.outbox) == 0
+
+
+async def _has(js: JetStreamContext, stream: ServiceStream, n: int) -> bool:
+    return bool(await stream.messages(js) >= n)
+
+
+class CommitWhilePublishing(ObservedRelay):
+    """Commits one more event right after a batch was published (as a concurrent request would),
+    and returns once that commit's NOTIFY has reached the relay."""
+
+    def __init__(self, *args: Any, commit: Callable[[], Awaitable[object]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._commit: Callable[[], Awaitable[object]] | None = commit
+
+    async def publish_batch(self) -> int:
+        published = await super().publish_batch()
+        if published and self._commit is not None:
+            commit, self._commit = self._commit, None
+            await commit()
+            await asyncio.wait_for(self._wakeup.wait(), timeout=5)
+        return published
+
+
+async def test_notify_arriving_while_a_batch_is_published_is_not_lost(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """A commit that lands while the relay is busy publishing must not wait for the next poll:
+    run() clears its wake-up *after* publishing, which throws that commit's NOTIFY away."""
+    db = messaging_db
+    relay = _relay_with_commit(db, js, lambda: commit_events(db, service_stream, ["second"]))
+    async with running(relay):
+        await asyncio.wait_for(relay.parked.wait(), timeout=5)
+        await commit_events(db, service_stream, ["first"])
+        await eventually(lambda: _has(js, service_stream, 1), within=5, what="the first event")
+        await eventually(lambda: _has(js, service_stream, 2), within=5, what="the event committed during publishing")
+
+
+def _relay_with_commit(
+    db: MessagingDb, js: JetStreamContext, commit: Callable[[], Awaitable[object]]
+) -> CommitWhilePublishing:
+    return CommitWhilePublishing(db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=30.0, commit=commit)
+
+
+@pytest.fixture
+async def relay_connections(nats_url: str) -> AsyncIterator[list[NatsClient]]:
+    clients = [await nats.connect(nats_url) for _ in range(2)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            await client.close()
+
+
+async def test_two_relays_publish_each_event_exactly_once_in_order(
+    messaging_db: MessagingDb,
+    nc: NatsClient,
+    js: JetStreamContext,
+    service_stream: ServiceStream,
+    relay_connections: list[NatsClient],
+) -> None:
+    db = messaging_db
+    # A core subscription sees every publish, including those JetStream would drop as duplicates.
+    seen: list[str] = []
+
+    async def record(msg: Msg) -> None:
+        seen.append((msg.headers or {}).get(envelope.MSG_ID, ""))
+
+    sub = await nc.subscribe(service_stream.all_subjects, cb=record)
+    await nc.flush()
+
+    relays = [
+        _relay(OutboxRelay, db, client.jetstream(timeout=5), batch_size=7, poll=0.05) for client in relay_connections
+    ]
+    expected: list[uuid.UUID] = []
+    async with running(relays[0]), running(relays[1]):
+        for round_ in range(30):
+            expected += await commit_events(db, service_stream, [f"{round_}-{i}" for i in range(5)])
+        total = len(expected)
+        await eventually(lambda: _has(js, service_stream, total), within=20, what=f"{total} events in the stream")
+        await eventually(lambda: _outbox_empty(db), within=5, what="an empty outbox")
+    await nc.flush()
+    await sub.unsubscribe()
+
+    assert await service_stream.messages(js) == total
+    assert sorted(seen) == sorted(str(i) for i in expected), "an event was published more than once (or not at all)"
+    assert await stream_event_ids(js, service_stream) == [str(i) for i in expected]
+
+
+async def _outbox_empty(db: MessagingDb) -> bool:
+    return bool(await db.count(db.outbox) == 0)

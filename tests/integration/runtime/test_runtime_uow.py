@@ -1,0 +1,281 @@
+"""UnitOfWork: events reach the outbox in the same transaction as the state change, or not at all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg  # type: ignore[import-untyped,unused-ignore]
+import pytest
+from evolutivo_runtime.clock import FixedClock
+from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
+from evolutivo_runtime.uow import UnitOfWork
+from google.protobuf.message import Message
+from google.protobuf.wrappers_pb2 import StringValue
+from runtime_helpers import MessagingDb  # type: ignore[import-not-found,unused-ignore]
+from sqlalchemy import insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
+SUBJECT = "evolutivo.uowtest.v1.item.created"
+
+
+def _uow(db: MessagingDb) -> UnitOfWork:
+    return UnitOfWork(db.sessions, db.outbox, FixedClock(NOW))
+
+
+async def test_commit_writes_state_and_events_together(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        first = uow.publish(SUBJECT, StringValue(value="alpha"))
+        second = uow.publish(SUBJECT + ".again", StringValue(value="alpha-2"))
+        assert uow.events == [first, second]
+        await uow.commit()
+        assert uow.events == []
+
+    assert await db.count(db.items) == 1
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(db.outbox).order_by(db.outbox.c.seq))).all()
+    assert [r.event_id for r in rows] == [first.event_id, second.event_id]
+    assert rows[0].seq < rows[1].seq
+    assert [r.subject for r in rows] == [SUBJECT, SUBJECT + ".again"]
+    assert [r.event_type for r in rows] == ["google.protobuf.StringValue"] * 2
+    assert StringValue.FromString(rows[0].payload).value == "alpha"
+    assert StringValue.FromString(rows[1].payload).value == "alpha-2"
+    assert rows[0].headers == {
+        envelope.MSG_ID: str(first.event_id),
+        envelope.EVENT_ID: str(first.event_id),
+        envelope.EVENT_TYPE: "google.protobuf.StringValue",
+        envelope.OCCURRED_AT: NOW.isoformat(),
+    }
+    assert rows[0].created_at is not None
+
+
+async def test_commit_without_events_writes_no_outbox_row(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        await uow.commit()
+    assert await db.count(db.items) == 1
+    assert await db.count(db.outbox) == 0
+
+
+async def test_explicit_rollback_writes_nothing(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        uow.publish(SUBJECT, StringValue(value="alpha"))
+        await uow.rollback()
+        assert uow.events == []
+        # The unit of work is usable again after a rollback; only what follows is committed.
+        await uow.session.execute(insert(db.items).values(id="b", value="beta"))
+        kept = uow.publish(SUBJECT, StringValue(value="beta"))
+        await uow.commit()
+
+    async with db.engine.connect() as conn:
+        assert (await conn.execute(select(db.items.c.id))).scalars().all() == ["b"]
+        assert (await conn.execute(select(db.outbox.c.event_id))).scalars().all() == [kept.event_id]
+
+
+async def test_leaving_without_commit_writes_nothing(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        uow.publish(SUBJECT, StringValue(value="alpha"))
+    assert await db.count(db.items) == 0
+    assert await db.count(db.outbox) == 0
+
+
+async def test_exception_inside_writes_nothing(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    with pytest.raises(RuntimeError, match="boom"):
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+            uow.publish(SUBJECT, StringValue(value="alpha"))
+            raise RuntimeError("boom")
+    assert await db.count(db.items) == 0
+    assert await db.count(db.outbox) == 0
+
+
+async def test_failed_commit_writes_neither_state_nor_events(messaging_db: MessagingDb) -> None:
+    """A constraint checked only at COMMIT fails the commit: the events must go with the state."""
+    db = messaging_db
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE deferred_items (id text NOT NULL, "
+                "CONSTRAINT deferred_items_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+        await conn.execute(text("INSERT INTO deferred_items VALUES ('a')"))
+
+    with pytest.raises(IntegrityError):
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+            await uow.session.execute(text("INSERT INTO deferred_items VALUES ('a')"))  # fails at COMMIT
+            uow.publish(SUBJECT, StringValue(value="alpha"))
+            await uow.commit()
+
+    assert await db.count(db.items) == 0
+    assert await db.count(db.outbox) == 0
+
+
+async def test_notify_is_delivered_on_commit_only(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    notifications: asyncio.Queue[str] = asyncio.Queue()
+    listener = await asyncpg.connect(plain_url(db.url))
+    try:
+        await listener.add_listener(
+            OUTBOX_CHANNEL, lambda _conn, _pid, channel, _payload: notifications.put_nowait(channel)
+        )
+
+        async with _uow(db) as uow:
+            uow.publish(SUBJECT, StringValue(value="rolled back"))
+            await uow.rollback()
+        async with _uow(db) as uow:
+            uow.publish(SUBJECT, StringValue(value="abandoned"))
+        async with _uow(db) as uow:
+            await uow.commit()  # nothing to publish: no notification needed
+        async with _uow(db) as uow:
+            uow.publish(SUBJECT, StringValue(value="committed"))
+            await uow.commit()
+
+        assert await asyncio.wait_for(notifications.get(), timeout=5) == OUTBOX_CHANNEL
+        # Exactly one notification: a round trip on the listener flushes anything still in flight.
+        await listener.execute("SELECT 1")
+        assert notifications.empty()
+    finally:
+        await listener.close()
+    assert await db.count(db.outbox) == 1
+
+
+async def test_concurrent_units_of_work_get_distinct_increasing_seqs(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+
+    async def one(i: int) -> uuid.UUID:
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id=f"i{i}", value=str(i)))
+            event = uow.publish(SUBJECT, StringValue(value=str(i)))
+            await uow.commit()
+            return event.event_id
+
+    ids = await asyncio.gather(*(one(i) for i in range(20)))
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(db.outbox.c.seq, db.outbox.c.event_id))).all()
+    assert sorted(r.event_id for r in rows) == sorted(ids)
+    assert len({r.seq for r in rows}) == 20
+    assert await db.count(db.items) == 20
+
+
+# Aggregates tracked by the unit of work: their domain events are encoded and written at commit.
+
+
+@dataclass
+class Thing:
+    name: str
+    events: list[object] = field(default_factory=list)
+
+    def rename(self, name: str) -> None:
+        self.name = name
+        self.events.append(ThingRenamed(name))
+
+
+@dataclass(frozen=True)
+class ThingRenamed:
+    name: str
+
+
+def encode(event: object) -> tuple[str, Message]:
+    match event:
+        case ThingRenamed(name=name):
+            return SUBJECT + ".renamed", StringValue(value=name)
+    raise TypeError(f"no protobuf event for {type(event).__name__}")
+
+
+def _tracking_uow(db: MessagingDb) -> UnitOfWork:
+    return UnitOfWork(db.sessions, db.outbox, FixedClock(NOW), encode)
+
+
+async def _outbox_values(db: MessagingDb) -> list[tuple[str, str]]:
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(db.outbox.c.subject, db.outbox.c.payload).order_by(db.outbox.c.seq))).all()
+    return [(r.subject, StringValue.FromString(r.payload).value) for r in rows]
+
+
+async def test_tracked_aggregate_events_are_written_at_commit(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    thing = Thing("a")
+    async with _tracking_uow(db) as uow:
+        uow.track(thing)
+        thing.rename("b")
+        thing.rename("c")  # events recorded after track() count too: they are collected at commit
+        uow.publish(SUBJECT, StringValue(value="explicit"))
+        await uow.commit()
+    assert thing.events == []
+    assert sorted(await _outbox_values(db)) == sorted(
+        [(SUBJECT, "explicit"), (SUBJECT + ".renamed", "b"), (SUBJECT + ".renamed", "c")]
+    )
+
+
+async def test_tracked_aggregate_is_forgotten_on_rollback(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    thing = Thing("a")
+    async with _tracking_uow(db) as uow:
+        uow.track(thing)
+        thing.rename("b")
+        await uow.rollback()
+        await uow.commit()
+    assert await db.count(db.outbox) == 0
+
+
+async def test_tracked_events_without_an_encoder_fail_the_commit(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    thing = Thing("a")
+    with pytest.raises(TypeError, match="no encoder"):
+        async with UnitOfWork(db.sessions, db.outbox, FixedClock(NOW)) as uow:
+            await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+            uow.track(thing)
+            thing.rename("b")
+            await uow.commit()
+    assert await db.count(db.items) == 0
+    assert await db.count(db.outbox) == 0
+
+
+async def test_discard_since_drops_what_a_failed_step_added(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    kept, dropped = Thing("kept"), Thing("dropped")
+    async with _tracking_uow(db) as uow:
+        uow.track(kept)
+        kept.rename("kept-1")
+        uow.publish(SUBJECT, StringValue(value="before"))
+        mark = uow.checkpoint()
+        uow.publish(SUBJECT, StringValue(value="failed step"))
+        uow.track(dropped)
+        dropped.rename("dropped-1")
+        uow.discard_since(mark)
+        await uow.commit()
+    assert sorted(await _outbox_values(db)) == [(SUBJECT, "before"), (SUBJECT + ".renamed", "kept-1")]
+
+
+async def test_discard_since_drops_events_a_failed_step_recorded_on_an_already_tracked_aggregate(
+    messaging_db: MessagingDb,
+) -> None:
+    """The checkpoint remembers how many aggregates are tracked, not how many events each holds:
+    an aggregate tracked before the checkpoint (a repository's identity map hands the same object
+    to the next message of the batch) keeps the events of the failed, rolled-back step."""
+    db = messaging_db
+    thing = Thing("a")
+    async with _tracking_uow(db) as uow:
+        uow.track(thing)
+        thing.rename("by the step that succeeded")
+        mark = uow.checkpoint()
+        thing.rename("by the step that failed")
+        uow.track(thing)
+        uow.discard_since(mark)
+        await uow.commit()
+    assert await _outbox_values(db) == [(SUBJECT + ".renamed", "by the step that succeeded")]
