@@ -1,0 +1,1 @@
+"""The billing service: turns charges into bills, one bill unit per account."""

@@ -1,0 +1,16 @@
+from __future__ import annotations
+
+from typing import Self
+
+from evolutivo_runtime.uow import UnitOfWork
+
+from evolutivo_billing.adapters.repository import BillUnitRepository
+
+
+class BillingUnitOfWork(UnitOfWork):
+    bill_units: BillUnitRepository
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        self.bill_units = BillUnitRepository(self.session)
+        return self

@@ -1,0 +1,1 @@
+"""The charging service: prices every billable event the moment it happens."""

@@ -1,0 +1,50 @@
+"""Loads and stores charging accounts."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evolutivo_charging.adapters.orm import charging_accounts
+from evolutivo_charging.domain.model import ChargingAccount, ChargingAccountStatus
+
+
+class ChargingAccountRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, account: ChargingAccount) -> bool:
+        """Records the account unless charging knows it already; False when it did."""
+        t = charging_accounts
+        result = await self._session.execute(
+            insert(t)
+            .values(
+                account_id=account.account_id,
+                currency_code=account.currency_code,
+                time_zone=account.time_zone,
+                status=account.status.value,
+                update_time=account.update_time,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.account_id])
+            .returning(t.c.account_id)
+        )
+        return result.first() is not None
+
+    async def get(self, account_id: uuid.UUID) -> ChargingAccount | None:
+        t = charging_accounts
+        row = (await self._session.execute(select(t).where(t.c.account_id == account_id))).first()
+        return _account(row._mapping) if row else None
+
+
+def _account(row: Any) -> ChargingAccount:
+    return ChargingAccount(
+        account_id=row["account_id"],
+        currency_code=row["currency_code"],
+        time_zone=row["time_zone"],
+        status=ChargingAccountStatus(row["status"]),
+        update_time=row["update_time"],
+    )

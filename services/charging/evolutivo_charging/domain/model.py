@@ -1,0 +1,71 @@
+"""Charging's view of accounts and its rules. Plain Python: no protobuf, no SQL."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import re
+import uuid
+import zoneinfo
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+_CURRENCY_CODE = re.compile(r"^[A-Z]{3}$")
+
+
+class InvalidChargingAccount(ValueError):
+    """A charging account that breaks its rules: the account data it was learnt from is malformed."""
+
+
+class ChargingAccountStatus(enum.Enum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+@dataclass
+class ChargingAccount:
+    """What rating needs to know of an account, learnt from customer's events."""
+
+    account_id: uuid.UUID
+    currency_code: str
+    time_zone: str
+    status: ChargingAccountStatus
+    update_time: datetime
+
+    def __post_init__(self) -> None:
+        if not _CURRENCY_CODE.match(self.currency_code):
+            raise InvalidChargingAccount(
+                f"currency_code must be an ISO 4217 code such as EUR, not {self.currency_code!r}"
+            )
+        if self.time_zone not in _time_zones():
+            raise InvalidChargingAccount(
+                f"time_zone must be an IANA time zone such as Europe/Madrid, not {self.time_zone!r}"
+            )
+        if self.update_time.utcoffset() is None:
+            raise InvalidChargingAccount("update_time must be timezone-aware")
+
+    @classmethod
+    def learn(
+        cls, account_id: uuid.UUID, currency_code: str, time_zone: str, status: ChargingAccountStatus, now: datetime
+    ) -> ChargingAccount:
+        """Charging's record of an account customer has just opened."""
+        if now.utcoffset() is None:
+            raise InvalidChargingAccount("update_time must be timezone-aware")
+        return cls(
+            account_id=account_id,
+            currency_code=currency_code,
+            time_zone=time_zone,
+            status=status,
+            update_time=now.astimezone(UTC),
+        )
+
+    @property
+    def accepts_usage(self) -> bool:
+        """Only active accounts are charged for new usage."""
+        return self.status is ChargingAccountStatus.ACTIVE
+
+
+@functools.cache
+def _time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())

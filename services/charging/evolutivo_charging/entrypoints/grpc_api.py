@@ -1,0 +1,25 @@
+"""ChargingService over gRPC: translates messages to handler calls and back, nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from evolutivo.charging.v1 import charging_service_pb2 as pb
+from evolutivo.charging.v1 import charging_service_pb2_grpc as pb_grpc
+from evolutivo_runtime.ids import parse_uuid
+from evolutivo_runtime.server import Context
+
+from evolutivo_charging.adapters import proto
+from evolutivo_charging.service_layer import handlers
+from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
+
+
+class ChargingServicer(pb_grpc.ChargingServiceServicer):
+    def __init__(self, uow: Callable[[], ChargingUnitOfWork]) -> None:
+        self._uow = uow
+
+    async def GetChargingAccount(
+        self, request: pb.GetChargingAccountRequest, context: Context
+    ) -> pb.GetChargingAccountResponse:
+        account = await handlers.get_charging_account(self._uow(), parse_uuid("account_id", request.account_id))
+        return pb.GetChargingAccountResponse(charging_account=proto.account_to_pb(account))

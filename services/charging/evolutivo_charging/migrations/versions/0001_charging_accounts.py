@@ -1,0 +1,35 @@
+"""Charging accounts (charging's projection of customer's accounts), outbox and inbox.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-12-04
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+from evolutivo_runtime.migrations import create_messaging_tables
+
+revision: str = "0001"
+down_revision: str | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "charging_accounts",
+        sa.Column("account_id", sa.Uuid, primary_key=True),
+        sa.Column("currency_code", sa.Text, nullable=False),
+        sa.Column("time_zone", sa.Text, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("update_time", sa.DateTime(timezone=True), nullable=False),
+    )
+    create_messaging_tables(op)
+
+
+def downgrade() -> None:
+    op.drop_table("inbox")
+    op.drop_table("outbox")
+    op.drop_table("charging_accounts")

@@ -1,0 +1,1 @@
+"""The ERP gateway service: keeps external ERPs in step with the suite, both ways."""

@@ -1,0 +1,59 @@
+"""Sync states: where each suite record stands with respect to the ERP. Plain Python: no protobuf, no SQL."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+class InvalidSyncState(ValueError):
+    """A sync state that breaks its rules."""
+
+
+class EntityType(enum.Enum):
+    """Kinds of suite records the gateway keeps in step with an ERP."""
+
+    CUSTOMER = "customer"
+    INVOICE = "invoice"
+    CREDIT_NOTE = "credit_note"
+    PAYMENT = "payment"
+
+
+class SyncStatus(enum.Enum):
+    # Known to the gateway, waiting for a connection to send it to.
+    PENDING = "pending"
+    SYNCED = "synced"
+    FAILED = "failed"
+
+
+@dataclass
+class SyncState:
+    """The gateway's record of one suite entity and its ERP counterpart."""
+
+    entity_type: EntityType
+    entity_id: uuid.UUID
+    status: SyncStatus
+    # The ERP's id for the record once synced; "" before.
+    erp_id: str
+    update_time: datetime
+
+    def __post_init__(self) -> None:
+        if self.status is SyncStatus.SYNCED and not self.erp_id:
+            raise InvalidSyncState("a synced record has the ERP's id")
+        if self.update_time.utcoffset() is None:
+            raise InvalidSyncState("update_time must be timezone-aware")
+
+    @classmethod
+    def pending(cls, entity_type: EntityType, entity_id: uuid.UUID, now: datetime) -> SyncState:
+        """A record the gateway has just learnt of: waits to be sent to an ERP."""
+        if now.utcoffset() is None:
+            raise InvalidSyncState("update_time must be timezone-aware")
+        return cls(
+            entity_type=entity_type,
+            entity_id=entity_id,
+            status=SyncStatus.PENDING,
+            erp_id="",
+            update_time=now.astimezone(UTC),
+        )
