@@ -78,3 +78,10 @@ def to_rpc_status(error: ServiceError, domain: str) -> status_pb2.Status:
     info = any_pb2.Any()
     info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata))
     return status_pb2.Status(code=error.rpc_code, message=error.message, details=[info, *error.details()])
+
+
+class Unavailable(ServiceError):
+    """A service this call depends on did not answer; the call changed nothing and may be retried."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    rpc_code = code_pb2.UNAVAILABLE

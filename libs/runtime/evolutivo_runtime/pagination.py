@@ -39,3 +39,19 @@ def parse_int_token(token: str) -> int:
     if not (token.isascii() and token.isdigit()):
         raise InvalidArgument("page_token", "is not a token this service issued")
     return int(token)
+
+
+def encode_keyset(*values: str) -> str:
+    """A page token from the sort key of the last row returned (e.g. its time and id)."""
+    return encode_token("\x1f".join(values))
+
+
+def decode_keyset(token: str, parts: int) -> list[str] | None:
+    """The sort key inside a token from encode_keyset; None for the first page."""
+    cursor = decode_token(token)
+    if not cursor:
+        return None
+    values = cursor.split("\x1f")
+    if len(values) != parts:
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    return values

@@ -12,6 +12,7 @@ from sqlalchemy import Table, insert, text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evolutivo_runtime.clock import Clock
+from evolutivo_runtime.idempotency import RequestLog
 from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
 
@@ -53,9 +54,12 @@ class UnitOfWork:
         outbox: Table,
         clock: Clock,
         encode: EventEncoder = _no_encoder,
+        request_log: Table | None = None,
     ) -> None:
         self._sessions = sessions
         self._outbox = outbox
+        self._request_log = request_log
+        self.requests: RequestLog | None = None
         self._encode = encode
         self.clock = clock
         self.events: list[OutgoingEvent] = []
@@ -63,6 +67,8 @@ class UnitOfWork:
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
+        if self._request_log is not None:
+            self.requests = RequestLog(self.session, self._request_log)
         self.events = []
         self._tracked = []
         return self

@@ -1,6 +1,13 @@
 from evolutivo_runtime.settings import ServiceSettings
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 
 class CustomerSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="CUSTOMER_", extra="ignore")
+
+    # gRPC addresses of the services customer reads from (overview, closing an account).
+    balance_address: str = "127.0.0.1:50053"
+    billing_address: str = "127.0.0.1:50054"
+    # Deadline of each downstream read; the overview answers without a section that misses it.
+    downstream_timeout_seconds: float = Field(default=0.5, gt=0)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import grpc
 from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_customer.adapters import events
-from evolutivo_customer.adapters.orm import inbox, outbox
+from evolutivo_customer.adapters.balance_client import GrpcBalanceReader
+from evolutivo_customer.adapters.orm import inbox, outbox, request_log
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
 from evolutivo_customer.settings import CustomerSettings
@@ -17,14 +19,20 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
 def wire(rt: Runtime) -> Wiring:
-    def uow() -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode)
+    settings = rt.settings
+    assert isinstance(settings, CustomerSettings)
 
+    def uow() -> CustomerUnitOfWork:
+        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
+
+    balance = GrpcBalanceReader(
+        grpc.aio.insecure_channel(settings.balance_address), settings.downstream_timeout_seconds
+    )
     return Wiring(
         servicers=[
             Servicer(
                 customer_service_pb2_grpc.add_CustomerServiceServicer_to_server,
-                CustomerServicer(uow),
+                CustomerServicer(uow, balance),
                 customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name,
             )
         ],

@@ -23,9 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import date_pb2 as google_dot_type_dot_date__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#evolutivo/customer/v1/account.proto\x12\x15\x65volutivo.customer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x0e\x42illingProfile\x12\x16\n\x0e\x62ill_cycle_day\x18\x01 \x01(\x05\x12:\n\tfrequency\x18\x02 \x01(\x0e\x32\'.evolutivo.customer.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x03 \x01(\x05\"\xc9\x03\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63ount_number\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.AccountType\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x15\n\rcurrency_code\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12\x34\n\x06status\x18\x08 \x01(\x0e\x32$.evolutivo.customer.v1.AccountStatus\x12>\n\x0f\x62illing_profile\x18\t \x01(\x0b\x32%.evolutivo.customer.v1.BillingProfile\x12:\n\x06labels\x18\n \x03(\x0b\x32*.evolutivo.customer.v1.Account.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*c\n\x0b\x41\x63\x63ountType\x12\x1c\n\x18\x41\x43\x43OUNT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43OUNT_TYPE_INDIVIDUAL\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_TYPE_BUSINESS\x10\x02*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03*\xb6\x01\n\x10\x42illingFrequency\x12!\n\x1d\x42ILLING_FREQUENCY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ILLING_FREQUENCY_MONTHLY\x10\x01\x12\x1f\n\x1b\x42ILLING_FREQUENCY_QUARTERLY\x10\x02\x12!\n\x1d\x42ILLING_FREQUENCY_SEMI_ANNUAL\x10\x03\x12\x1c\n\x18\x42ILLING_FREQUENCY_ANNUAL\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#evolutivo/customer/v1/account.proto\x12\x15\x65volutivo.customer.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16google/type/date.proto\x1a\x17google/type/money.proto\"`\n\x13\x44\x65liveryPreferences\x12\x35\n\x06method\x18\x01 \x01(\x0e\x32%.evolutivo.customer.v1.DeliveryMethod\x12\x12\n\nattach_pdf\x18\x02 \x01(\x08\"\xa9\x02\n\x0e\x42illingProfile\x12\x16\n\x0e\x62ill_cycle_day\x18\x01 \x01(\x05\x12:\n\tfrequency\x18\x02 \x01(\x0e\x32\'.evolutivo.customer.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x03 \x01(\x05\x12,\n\x10threshold_amount\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12<\n\x08\x64\x65livery\x18\x05 \x01(\x0b\x32*.evolutivo.customer.v1.DeliveryPreferences\x12\x1a\n\x12\x63ollections_exempt\x18\x06 \x01(\x08\x12\x1f\n\x17\x63ollections_scenario_id\x18\x07 \x01(\t\"\xca\x01\n\x0cStatusChange\x12\x34\n\x06status\x18\x01 \x01(\x0e\x32$.evolutivo.customer.v1.AccountStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x31\n\x05\x61\x63tor\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.StatusActor\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12/\n\x0b\x63hange_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb7\x05\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x63\x63ount_number\x18\x02 \x01(\t\x12\x30\n\x04type\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.AccountType\x12\x14\n\x0c\x64isplay_name\x18\x04 \x01(\t\x12\x15\n\rcurrency_code\x18\x05 \x01(\t\x12\x11\n\ttime_zone\x18\x06 \x01(\t\x12\x0e\n\x06locale\x18\x07 \x01(\t\x12\x34\n\x06status\x18\x08 \x01(\x0e\x32$.evolutivo.customer.v1.AccountStatus\x12>\n\x0f\x62illing_profile\x18\t \x01(\x0b\x32%.evolutivo.customer.v1.BillingProfile\x12:\n\x06labels\x18\n \x03(\x0b\x32*.evolutivo.customer.v1.Account.LabelsEntry\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63ountry_code\x18\x0c \x01(\t\x12\x0e\n\x06tax_id\x18\r \x01(\t\x12(\n\rdate_of_birth\x18\x0e \x01(\x0b\x32\x11.google.type.Date\x12?\n\x12last_status_change\x18\x0f \x01(\x0b\x32#.evolutivo.customer.v1.StatusChange\x12/\n\x0bupdate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x65tag\x18\x11 \x01(\t\x12\x1c\n\x14personal_data_erased\x18\x12 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*c\n\x0b\x41\x63\x63ountType\x12\x1c\n\x18\x41\x43\x43OUNT_TYPE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43OUNT_TYPE_INDIVIDUAL\x10\x01\x12\x19\n\x15\x41\x43\x43OUNT_TYPE_BUSINESS\x10\x02*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03*z\n\x0bStatusActor\x12\x1c\n\x18STATUS_ACTOR_UNSPECIFIED\x10\x00\x12\x17\n\x13STATUS_ACTOR_MANUAL\x10\x01\x12\x1c\n\x18STATUS_ACTOR_COLLECTIONS\x10\x02\x12\x16\n\x12STATUS_ACTOR_FRAUD\x10\x03*\xb6\x01\n\x10\x42illingFrequency\x12!\n\x1d\x42ILLING_FREQUENCY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ILLING_FREQUENCY_MONTHLY\x10\x01\x12\x1f\n\x1b\x42ILLING_FREQUENCY_QUARTERLY\x10\x02\x12!\n\x1d\x42ILLING_FREQUENCY_SEMI_ANNUAL\x10\x03\x12\x1c\n\x18\x42ILLING_FREQUENCY_ANNUAL\x10\x04*\x84\x01\n\x0e\x44\x65liveryMethod\x12\x1f\n\x1b\x44\x45LIVERY_METHOD_UNSPECIFIED\x10\x00\x12\x19\n\x15\x44\x45LIVERY_METHOD_EMAIL\x10\x01\x12\x1a\n\x16\x44\x45LIVERY_METHOD_POSTAL\x10\x02\x12\x1a\n\x16\x44\x45LIVERY_METHOD_PORTAL\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,16 +36,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ACCOUNT_LABELSENTRY']._loaded_options = None
   _globals['_ACCOUNT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_ACCOUNTTYPE']._serialized_start=686
-  _globals['_ACCOUNTTYPE']._serialized_end=785
-  _globals['_ACCOUNTSTATUS']._serialized_start=788
-  _globals['_ACCOUNTSTATUS']._serialized_end=919
-  _globals['_BILLINGFREQUENCY']._serialized_start=922
-  _globals['_BILLINGFREQUENCY']._serialized_end=1104
-  _globals['_BILLINGPROFILE']._serialized_start=96
-  _globals['_BILLINGPROFILE']._serialized_end=224
-  _globals['_ACCOUNT']._serialized_start=227
-  _globals['_ACCOUNT']._serialized_end=684
-  _globals['_ACCOUNT_LABELSENTRY']._serialized_start=639
-  _globals['_ACCOUNT_LABELSENTRY']._serialized_end=684
+  _globals['_ACCOUNTTYPE']._serialized_start=1445
+  _globals['_ACCOUNTTYPE']._serialized_end=1544
+  _globals['_ACCOUNTSTATUS']._serialized_start=1547
+  _globals['_ACCOUNTSTATUS']._serialized_end=1678
+  _globals['_STATUSACTOR']._serialized_start=1680
+  _globals['_STATUSACTOR']._serialized_end=1802
+  _globals['_BILLINGFREQUENCY']._serialized_start=1805
+  _globals['_BILLINGFREQUENCY']._serialized_end=1987
+  _globals['_DELIVERYMETHOD']._serialized_start=1990
+  _globals['_DELIVERYMETHOD']._serialized_end=2122
+  _globals['_DELIVERYPREFERENCES']._serialized_start=144
+  _globals['_DELIVERYPREFERENCES']._serialized_end=240
+  _globals['_BILLINGPROFILE']._serialized_start=243
+  _globals['_BILLINGPROFILE']._serialized_end=540
+  _globals['_STATUSCHANGE']._serialized_start=543
+  _globals['_STATUSCHANGE']._serialized_end=745
+  _globals['_ACCOUNT']._serialized_start=748
+  _globals['_ACCOUNT']._serialized_end=1443
+  _globals['_ACCOUNT_LABELSENTRY']._serialized_start=1398
+  _globals['_ACCOUNT_LABELSENTRY']._serialized_end=1443
 # @@protoc_insertion_point(module_scope)

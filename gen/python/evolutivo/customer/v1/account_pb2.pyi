@@ -9,6 +9,8 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import date_pb2 as _date_pb2
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -58,6 +60,32 @@ ACCOUNT_STATUS_SUSPENDED: AccountStatus.ValueType  # 2
 ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 3
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
 
+class _StatusActor:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StatusActorEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StatusActor.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STATUS_ACTOR_UNSPECIFIED: _StatusActor.ValueType  # 0
+    STATUS_ACTOR_MANUAL: _StatusActor.ValueType  # 1
+    """An operator, through an internal platform."""
+    STATUS_ACTOR_COLLECTIONS: _StatusActor.ValueType  # 2
+    """The collections (dunning) process."""
+    STATUS_ACTOR_FRAUD: _StatusActor.ValueType  # 3
+    """Fraud prevention."""
+
+class StatusActor(_StatusActor, metaclass=_StatusActorEnumTypeWrapper):
+    """Who or what changed an account's (or a service's) status."""
+
+STATUS_ACTOR_UNSPECIFIED: StatusActor.ValueType  # 0
+STATUS_ACTOR_MANUAL: StatusActor.ValueType  # 1
+"""An operator, through an internal platform."""
+STATUS_ACTOR_COLLECTIONS: StatusActor.ValueType  # 2
+"""The collections (dunning) process."""
+STATUS_ACTOR_FRAUD: StatusActor.ValueType  # 3
+"""Fraud prevention."""
+Global___StatusActor: _TypeAlias = StatusActor  # noqa: Y015
+
 class _BillingFrequency:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -80,34 +108,134 @@ BILLING_FREQUENCY_SEMI_ANNUAL: BillingFrequency.ValueType  # 3
 BILLING_FREQUENCY_ANNUAL: BillingFrequency.ValueType  # 4
 Global___BillingFrequency: _TypeAlias = BillingFrequency  # noqa: Y015
 
+class _DeliveryMethod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DeliveryMethodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DeliveryMethod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DELIVERY_METHOD_UNSPECIFIED: _DeliveryMethod.ValueType  # 0
+    DELIVERY_METHOD_EMAIL: _DeliveryMethod.ValueType  # 1
+    DELIVERY_METHOD_POSTAL: _DeliveryMethod.ValueType  # 2
+    DELIVERY_METHOD_PORTAL: _DeliveryMethod.ValueType  # 3
+    """Published for download only."""
+
+class DeliveryMethod(_DeliveryMethod, metaclass=_DeliveryMethodEnumTypeWrapper):
+    """How bills reach the customer."""
+
+DELIVERY_METHOD_UNSPECIFIED: DeliveryMethod.ValueType  # 0
+DELIVERY_METHOD_EMAIL: DeliveryMethod.ValueType  # 1
+DELIVERY_METHOD_POSTAL: DeliveryMethod.ValueType  # 2
+DELIVERY_METHOD_PORTAL: DeliveryMethod.ValueType  # 3
+"""Published for download only."""
+Global___DeliveryMethod: _TypeAlias = DeliveryMethod  # noqa: Y015
+
+@_typing.final
+class DeliveryPreferences(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    ATTACH_PDF_FIELD_NUMBER: _builtins.int
+    method: Global___DeliveryMethod.ValueType
+    attach_pdf: _builtins.bool
+    """With EMAIL: attach the PDF rather than link to it."""
+    def __init__(
+        self,
+        *,
+        method: Global___DeliveryMethod.ValueType = ...,
+        attach_pdf: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attach_pdf", b"attach_pdf", "method", b"method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeliveryPreferences: _TypeAlias = DeliveryPreferences  # noqa: Y015
+
 @_typing.final
 class BillingProfile(_message.Message):
-    """When and how an account is billed. Billing builds the account's bill unit from it."""
+    """When and how an account is billed and collected. Billing builds the account's bill unit from it;
+    a change takes effect from the bill unit's next cycle.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BILL_CYCLE_DAY_FIELD_NUMBER: _builtins.int
     FREQUENCY_FIELD_NUMBER: _builtins.int
     PAYMENT_TERMS_DAYS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    DELIVERY_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_EXEMPT_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_SCENARIO_ID_FIELD_NUMBER: _builtins.int
     bill_cycle_day: _builtins.int
     """Day of month the cycle closes, 1-31; a shorter month clamps to its last day."""
     frequency: Global___BillingFrequency.ValueType
     payment_terms_days: _builtins.int
-    """Days between a bill's issue date and its due date."""
+    """Days between a bill's issue date and its due date, 0-365."""
+    collections_exempt: _builtins.bool
+    """Never enters collections (dunning)."""
+    collections_scenario_id: _builtins.str
+    """The collections scenario to apply; empty means the default scenario."""
+    @_builtins.property
+    def threshold_amount(self) -> _money_pb2.Money:
+        """When set, a bill is issued as soon as unbilled charges reach this amount (account currency)."""
+
+    @_builtins.property
+    def delivery(self) -> Global___DeliveryPreferences: ...
     def __init__(
         self,
         *,
         bill_cycle_day: _builtins.int = ...,
         frequency: Global___BillingFrequency.ValueType = ...,
         payment_terms_days: _builtins.int = ...,
+        threshold_amount: _money_pb2.Money | None = ...,
+        delivery: Global___DeliveryPreferences | None = ...,
+        collections_exempt: _builtins.bool = ...,
+        collections_scenario_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delivery", b"delivery", "threshold_amount", b"threshold_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycle_day", b"bill_cycle_day", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycle_day", b"bill_cycle_day", "collections_exempt", b"collections_exempt", "collections_scenario_id", b"collections_scenario_id", "delivery", b"delivery", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days", "threshold_amount", b"threshold_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillingProfile: _TypeAlias = BillingProfile  # noqa: Y015
+
+@_typing.final
+class StatusChange(_message.Message):
+    """One status change, as recorded on the account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    ACTOR_ID_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    status: Global___AccountStatus.ValueType
+    reason: _builtins.str
+    actor: Global___StatusActor.ValueType
+    actor_id: _builtins.str
+    """Who, within the actor: an operator id, a collections case id..."""
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        status: Global___AccountStatus.ValueType = ...,
+        reason: _builtins.str = ...,
+        actor: Global___StatusActor.ValueType = ...,
+        actor_id: _builtins.str = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "actor_id", b"actor_id", "change_time", b"change_time", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatusChange: _TypeAlias = StatusChange  # noqa: Y015
 
 @_typing.final
 class Account(_message.Message):
@@ -146,26 +274,54 @@ class Account(_message.Message):
     BILLING_PROFILE_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    COUNTRY_CODE_FIELD_NUMBER: _builtins.int
+    TAX_ID_FIELD_NUMBER: _builtins.int
+    DATE_OF_BIRTH_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CHANGE_FIELD_NUMBER: _builtins.int
+    UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    PERSONAL_DATA_ERASED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Server-assigned UUID."""
     account_number: _builtins.str
     """Server-assigned, human-readable and unique, e.g. "A-00001042"."""
     type: Global___AccountType.ValueType
     display_name: _builtins.str
-    """Legal name of the person or company."""
+    """Legal name of the person or company, at most 200 characters."""
     currency_code: _builtins.str
-    """ISO 4217 code; every amount of the account is in it."""
+    """ISO 4217 code; every amount of the account is in it. Fixed once the account has charges."""
     time_zone: _builtins.str
     """IANA time zone, e.g. "Europe/Madrid"; cycles and due dates are computed in it."""
     locale: _builtins.str
     """BCP 47 language tag for documents, e.g. "es-ES"."""
     status: Global___AccountStatus.ValueType
+    """Output only: change it with SuspendAccount, ReinstateAccount and CloseAccount."""
+    country_code: _builtins.str
+    """ISO 3166-1 alpha-2 country of residence or registration; selects the tax id format."""
+    tax_id: _builtins.str
+    """Tax identifier (VAT number, NIF, TIN...), validated for the country's format where known."""
+    etag: _builtins.str
+    """Output only: changes with every update; send it back on update to refuse lost updates (AIP-154)."""
+    personal_data_erased: _builtins.bool
+    """Output only: the personal data was erased (ErasePersonalData); financial records remain."""
     @_builtins.property
     def billing_profile(self) -> Global___BillingProfile: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def date_of_birth(self) -> _date_pb2.Date:
+        """Individuals only."""
+
+    @_builtins.property
+    def last_status_change(self) -> Global___StatusChange:
+        """Output only."""
+
+    @_builtins.property
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only."""
+
     def __init__(
         self,
         *,
@@ -180,10 +336,17 @@ class Account(_message.Message):
         billing_profile: Global___BillingProfile | None = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        country_code: _builtins.str = ...,
+        tax_id: _builtins.str = ...,
+        date_of_birth: _date_pb2.Date | None = ...,
+        last_status_change: Global___StatusChange | None = ...,
+        update_time: _timestamp_pb2.Timestamp | None = ...,
+        etag: _builtins.str = ...,
+        personal_data_erased: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_profile", b"billing_profile", "create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["billing_profile", b"billing_profile", "create_time", b"create_time", "date_of_birth", b"date_of_birth", "last_status_change", b"last_status_change", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_number", b"account_number", "billing_profile", b"billing_profile", "create_time", b"create_time", "currency_code", b"currency_code", "display_name", b"display_name", "labels", b"labels", "locale", b"locale", "status", b"status", "time_zone", b"time_zone", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_number", b"account_number", "billing_profile", b"billing_profile", "country_code", b"country_code", "create_time", b"create_time", "currency_code", b"currency_code", "date_of_birth", b"date_of_birth", "display_name", b"display_name", "etag", b"etag", "labels", b"labels", "last_status_change", b"last_status_change", "locale", b"locale", "personal_data_erased", b"personal_data_erased", "status", b"status", "tax_id", b"tax_id", "time_zone", b"time_zone", "type", b"type", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

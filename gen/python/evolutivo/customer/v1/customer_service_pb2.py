@@ -23,23 +23,118 @@ _sym_db = _symbol_database.Default()
 
 
 from evolutivo.customer.v1 import account_pb2 as evolutivo_dot_customer_dot_v1_dot_account__pb2
+from evolutivo.customer.v1 import contact_pb2 as evolutivo_dot_customer_dot_v1_dot_contact__pb2
+from evolutivo.customer.v1 import overview_pb2 as evolutivo_dot_customer_dot_v1_dot_overview__pb2
+from evolutivo.customer.v1 import payment_method_pb2 as evolutivo_dot_customer_dot_v1_dot_payment__method__pb2
+from evolutivo.customer.v1 import provisioned_service_pb2 as evolutivo_dot_customer_dot_v1_dot_provisioned__service__pb2
+from evolutivo.customer.v1 import purchase_pb2 as evolutivo_dot_customer_dot_v1_dot_purchase__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/customer/v1/customer_service.proto\x12\x15\x65volutivo.customer.v1\x1a#evolutivo/customer/v1/account.proto\"[\n\x14\x43reateAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"H\n\x15\x43reateAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"E\n\x12GetAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account2\xe0\x01\n\x0f\x43ustomerService\x12j\n\rCreateAccount\x12+.evolutivo.customer.v1.CreateAccountRequest\x1a,.evolutivo.customer.v1.CreateAccountResponse\x12\x61\n\nGetAccount\x12(.evolutivo.customer.v1.GetAccountRequest\x1a).evolutivo.customer.v1.GetAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/customer/v1/customer_service.proto\x12\x15\x65volutivo.customer.v1\x1a#evolutivo/customer/v1/account.proto\x1a#evolutivo/customer/v1/contact.proto\x1a$evolutivo/customer/v1/overview.proto\x1a*evolutivo/customer/v1/payment_method.proto\x1a/evolutivo/customer/v1/provisioned_service.proto\x1a$evolutivo/customer/v1/purchase.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"[\n\x14\x43reateAccountRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12/\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"H\n\x15\x43reateAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"E\n\x12GetAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"\xb3\x01\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.evolutivo.customer.v1.AccountStatus\x12\x30\n\x04type\x18\x04 \x01(\x0e\x32\".evolutivo.customer.v1.AccountType\x12\r\n\x05query\x18\x05 \x01(\t\"a\n\x14ListAccountsResponse\x12\x30\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x14UpdateAccountRequest\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x15UpdateAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"\x94\x01\n\x15SuspendAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x31\n\x05\x61\x63tor\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.StatusActor\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x90\x01\n\x16SuspendAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x45\n\x12suspended_services\x18\x02 \x03(\x0b\x32).evolutivo.customer.v1.ProvisionedService\"\x96\x01\n\x17ReinstateAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x31\n\x05\x61\x63tor\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.StatusActor\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"\x93\x01\n\x18ReinstateAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x46\n\x13reinstated_services\x18\x02 \x03(\x0b\x32).evolutivo.customer.v1.ProvisionedService\"\xa1\x01\n\x13\x43loseAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x31\n\x05\x61\x63tor\x18\x03 \x01(\x0e\x32\".evolutivo.customer.v1.StatusActor\x12\x10\n\x08\x61\x63tor_id\x18\x04 \x01(\t\x12\r\n\x05\x66orce\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"G\n\x14\x43loseAccountResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"B\n\x18\x45rasePersonalDataRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"n\n\x19\x45rasePersonalDataResponse\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x0e\n\x06\x65rased\x18\x02 \x03(\t\x12\x10\n\x08retained\x18\x03 \x03(\t\"/\n\x19GetAccountOverviewRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"V\n\x1aGetAccountOverviewResponse\x12\x38\n\x08overview\x18\x01 \x01(\x0b\x32&.evolutivo.customer.v1.AccountOverview\"l\n\x11\x41\x64\x64\x43ontactRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12/\n\x07\x63ontact\x18\x02 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Contact\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"E\n\x12\x41\x64\x64\x43ontactResponse\x12/\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Contact\"x\n\x14UpdateContactRequest\x12/\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Contact\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"H\n\x15UpdateContactResponse\x12/\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Contact\">\n\x14RemoveContactRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\"\x17\n\x15RemoveContactResponse\"P\n\x13ListContactsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"a\n\x14ListContactsResponse\x12\x30\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x1e.evolutivo.customer.v1.Contact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x85\x01\n\x1f\x43reateProvisionedServiceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12:\n\x07service\x18\x02 \x01(\x0b\x32).evolutivo.customer.v1.ProvisionedService\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"^\n CreateProvisionedServiceResponse\x12:\n\x07service\x18\x01 \x01(\x0b\x32).evolutivo.customer.v1.ProvisionedService\"[\n\x1eListProvisionedServicesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"w\n\x1fListProvisionedServicesResponse\x12;\n\x08services\x18\x01 \x03(\x0b\x32).evolutivo.customer.v1.ProvisionedService\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd7\x01\n\"SetProvisionedServiceStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nservice_id\x18\x02 \x01(\t\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.evolutivo.customer.v1.ServiceStatus\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x31\n\x05\x61\x63tor\x18\x05 \x01(\x0e\x32\".evolutivo.customer.v1.StatusActor\x12\x10\n\x08\x61\x63tor_id\x18\x06 \x01(\t\"a\n#SetProvisionedServiceStatusResponse\x12:\n\x07service\x18\x01 \x01(\x0b\x32).evolutivo.customer.v1.ProvisionedService\"\x95\x01\n\x17\x41\x64\x64PaymentMethodRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12<\n\x0epayment_method\x18\x02 \x01(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\x12\x14\n\x0cmake_default\x18\x03 \x01(\x08\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"X\n\x18\x41\x64\x64PaymentMethodResponse\x12<\n\x0epayment_method\x18\x01 \x01(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\"/\n\x19ListPaymentMethodsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"[\n\x1aListPaymentMethodsResponse\x12=\n\x0fpayment_methods\x18\x01 \x03(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\"K\n\x1aRemovePaymentMethodRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x19\n\x11payment_method_id\x18\x02 \x01(\t\"\x1d\n\x1bRemovePaymentMethodResponse\"O\n\x1eSetDefaultPaymentMethodRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x19\n\x11payment_method_id\x18\x02 \x01(\t\"_\n\x1fSetDefaultPaymentMethodResponse\x12<\n\x0epayment_method\x18\x01 \x01(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\"r\n\x15\x43reatePurchaseRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x31\n\x08purchase\x18\x02 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"K\n\x16\x43reatePurchaseResponse\x12\x31\n\x08purchase\x18\x01 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\"k\n\x12\x45ndPurchaseRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x02 \x01(\t\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x13\x45ndPurchaseResponse\x12\x31\n\x08purchase\x18\x01 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\"@\n\x15\x43\x61ncelPurchaseRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x13\n\x0bpurchase_id\x18\x02 \x01(\t\"K\n\x16\x43\x61ncelPurchaseResponse\x12\x31\n\x08purchase\x18\x01 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\"~\n\x14ListPurchasesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12+\n\x07\x61t_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"d\n\x15ListPurchasesResponse\x12\x32\n\tpurchases\x18\x01 \x03(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xf2\x15\n\x0f\x43ustomerService\x12j\n\rCreateAccount\x12+.evolutivo.customer.v1.CreateAccountRequest\x1a,.evolutivo.customer.v1.CreateAccountResponse\x12\x61\n\nGetAccount\x12(.evolutivo.customer.v1.GetAccountRequest\x1a).evolutivo.customer.v1.GetAccountResponse\x12g\n\x0cListAccounts\x12*.evolutivo.customer.v1.ListAccountsRequest\x1a+.evolutivo.customer.v1.ListAccountsResponse\x12j\n\rUpdateAccount\x12+.evolutivo.customer.v1.UpdateAccountRequest\x1a,.evolutivo.customer.v1.UpdateAccountResponse\x12m\n\x0eSuspendAccount\x12,.evolutivo.customer.v1.SuspendAccountRequest\x1a-.evolutivo.customer.v1.SuspendAccountResponse\x12s\n\x10ReinstateAccount\x12..evolutivo.customer.v1.ReinstateAccountRequest\x1a/.evolutivo.customer.v1.ReinstateAccountResponse\x12g\n\x0c\x43loseAccount\x12*.evolutivo.customer.v1.CloseAccountRequest\x1a+.evolutivo.customer.v1.CloseAccountResponse\x12v\n\x11\x45rasePersonalData\x12/.evolutivo.customer.v1.ErasePersonalDataRequest\x1a\x30.evolutivo.customer.v1.ErasePersonalDataResponse\x12y\n\x12GetAccountOverview\x12\x30.evolutivo.customer.v1.GetAccountOverviewRequest\x1a\x31.evolutivo.customer.v1.GetAccountOverviewResponse\x12\x61\n\nAddContact\x12(.evolutivo.customer.v1.AddContactRequest\x1a).evolutivo.customer.v1.AddContactResponse\x12j\n\rUpdateContact\x12+.evolutivo.customer.v1.UpdateContactRequest\x1a,.evolutivo.customer.v1.UpdateContactResponse\x12j\n\rRemoveContact\x12+.evolutivo.customer.v1.RemoveContactRequest\x1a,.evolutivo.customer.v1.RemoveContactResponse\x12g\n\x0cListContacts\x12*.evolutivo.customer.v1.ListContactsRequest\x1a+.evolutivo.customer.v1.ListContactsResponse\x12\x8b\x01\n\x18\x43reateProvisionedService\x12\x36.evolutivo.customer.v1.CreateProvisionedServiceRequest\x1a\x37.evolutivo.customer.v1.CreateProvisionedServiceResponse\x12\x88\x01\n\x17ListProvisionedServices\x12\x35.evolutivo.customer.v1.ListProvisionedServicesRequest\x1a\x36.evolutivo.customer.v1.ListProvisionedServicesResponse\x12\x94\x01\n\x1bSetProvisionedServiceStatus\x12\x39.evolutivo.customer.v1.SetProvisionedServiceStatusRequest\x1a:.evolutivo.customer.v1.SetProvisionedServiceStatusResponse\x12s\n\x10\x41\x64\x64PaymentMethod\x12..evolutivo.customer.v1.AddPaymentMethodRequest\x1a/.evolutivo.customer.v1.AddPaymentMethodResponse\x12y\n\x12ListPaymentMethods\x12\x30.evolutivo.customer.v1.ListPaymentMethodsRequest\x1a\x31.evolutivo.customer.v1.ListPaymentMethodsResponse\x12|\n\x13RemovePaymentMethod\x12\x31.evolutivo.customer.v1.RemovePaymentMethodRequest\x1a\x32.evolutivo.customer.v1.RemovePaymentMethodResponse\x12\x88\x01\n\x17SetDefaultPaymentMethod\x12\x35.evolutivo.customer.v1.SetDefaultPaymentMethodRequest\x1a\x36.evolutivo.customer.v1.SetDefaultPaymentMethodResponse\x12m\n\x0e\x43reatePurchase\x12,.evolutivo.customer.v1.CreatePurchaseRequest\x1a-.evolutivo.customer.v1.CreatePurchaseResponse\x12\x64\n\x0b\x45ndPurchase\x12).evolutivo.customer.v1.EndPurchaseRequest\x1a*.evolutivo.customer.v1.EndPurchaseResponse\x12m\n\x0e\x43\x61ncelPurchase\x12,.evolutivo.customer.v1.CancelPurchaseRequest\x1a-.evolutivo.customer.v1.CancelPurchaseResponse\x12j\n\rListPurchases\x12+.evolutivo.customer.v1.ListPurchasesRequest\x1a,.evolutivo.customer.v1.ListPurchasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.customer.v1.customer_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=108
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=199
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=201
-  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=273
-  _globals['_GETACCOUNTREQUEST']._serialized_start=275
-  _globals['_GETACCOUNTREQUEST']._serialized_end=314
-  _globals['_GETACCOUNTRESPONSE']._serialized_start=316
-  _globals['_GETACCOUNTRESPONSE']._serialized_end=385
-  _globals['_CUSTOMERSERVICE']._serialized_start=388
-  _globals['_CUSTOMERSERVICE']._serialized_end=612
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=381
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=472
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_start=474
+  _globals['_CREATEACCOUNTRESPONSE']._serialized_end=546
+  _globals['_GETACCOUNTREQUEST']._serialized_start=548
+  _globals['_GETACCOUNTREQUEST']._serialized_end=587
+  _globals['_GETACCOUNTRESPONSE']._serialized_start=589
+  _globals['_GETACCOUNTRESPONSE']._serialized_end=658
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=661
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=840
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=842
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=939
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_start=941
+  _globals['_UPDATEACCOUNTREQUEST']._serialized_end=1061
+  _globals['_UPDATEACCOUNTRESPONSE']._serialized_start=1063
+  _globals['_UPDATEACCOUNTRESPONSE']._serialized_end=1135
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_start=1138
+  _globals['_SUSPENDACCOUNTREQUEST']._serialized_end=1286
+  _globals['_SUSPENDACCOUNTRESPONSE']._serialized_start=1289
+  _globals['_SUSPENDACCOUNTRESPONSE']._serialized_end=1433
+  _globals['_REINSTATEACCOUNTREQUEST']._serialized_start=1436
+  _globals['_REINSTATEACCOUNTREQUEST']._serialized_end=1586
+  _globals['_REINSTATEACCOUNTRESPONSE']._serialized_start=1589
+  _globals['_REINSTATEACCOUNTRESPONSE']._serialized_end=1736
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_start=1739
+  _globals['_CLOSEACCOUNTREQUEST']._serialized_end=1900
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_start=1902
+  _globals['_CLOSEACCOUNTRESPONSE']._serialized_end=1973
+  _globals['_ERASEPERSONALDATAREQUEST']._serialized_start=1975
+  _globals['_ERASEPERSONALDATAREQUEST']._serialized_end=2041
+  _globals['_ERASEPERSONALDATARESPONSE']._serialized_start=2043
+  _globals['_ERASEPERSONALDATARESPONSE']._serialized_end=2153
+  _globals['_GETACCOUNTOVERVIEWREQUEST']._serialized_start=2155
+  _globals['_GETACCOUNTOVERVIEWREQUEST']._serialized_end=2202
+  _globals['_GETACCOUNTOVERVIEWRESPONSE']._serialized_start=2204
+  _globals['_GETACCOUNTOVERVIEWRESPONSE']._serialized_end=2290
+  _globals['_ADDCONTACTREQUEST']._serialized_start=2292
+  _globals['_ADDCONTACTREQUEST']._serialized_end=2400
+  _globals['_ADDCONTACTRESPONSE']._serialized_start=2402
+  _globals['_ADDCONTACTRESPONSE']._serialized_end=2471
+  _globals['_UPDATECONTACTREQUEST']._serialized_start=2473
+  _globals['_UPDATECONTACTREQUEST']._serialized_end=2593
+  _globals['_UPDATECONTACTRESPONSE']._serialized_start=2595
+  _globals['_UPDATECONTACTRESPONSE']._serialized_end=2667
+  _globals['_REMOVECONTACTREQUEST']._serialized_start=2669
+  _globals['_REMOVECONTACTREQUEST']._serialized_end=2731
+  _globals['_REMOVECONTACTRESPONSE']._serialized_start=2733
+  _globals['_REMOVECONTACTRESPONSE']._serialized_end=2756
+  _globals['_LISTCONTACTSREQUEST']._serialized_start=2758
+  _globals['_LISTCONTACTSREQUEST']._serialized_end=2838
+  _globals['_LISTCONTACTSRESPONSE']._serialized_start=2840
+  _globals['_LISTCONTACTSRESPONSE']._serialized_end=2937
+  _globals['_CREATEPROVISIONEDSERVICEREQUEST']._serialized_start=2940
+  _globals['_CREATEPROVISIONEDSERVICEREQUEST']._serialized_end=3073
+  _globals['_CREATEPROVISIONEDSERVICERESPONSE']._serialized_start=3075
+  _globals['_CREATEPROVISIONEDSERVICERESPONSE']._serialized_end=3169
+  _globals['_LISTPROVISIONEDSERVICESREQUEST']._serialized_start=3171
+  _globals['_LISTPROVISIONEDSERVICESREQUEST']._serialized_end=3262
+  _globals['_LISTPROVISIONEDSERVICESRESPONSE']._serialized_start=3264
+  _globals['_LISTPROVISIONEDSERVICESRESPONSE']._serialized_end=3383
+  _globals['_SETPROVISIONEDSERVICESTATUSREQUEST']._serialized_start=3386
+  _globals['_SETPROVISIONEDSERVICESTATUSREQUEST']._serialized_end=3601
+  _globals['_SETPROVISIONEDSERVICESTATUSRESPONSE']._serialized_start=3603
+  _globals['_SETPROVISIONEDSERVICESTATUSRESPONSE']._serialized_end=3700
+  _globals['_ADDPAYMENTMETHODREQUEST']._serialized_start=3703
+  _globals['_ADDPAYMENTMETHODREQUEST']._serialized_end=3852
+  _globals['_ADDPAYMENTMETHODRESPONSE']._serialized_start=3854
+  _globals['_ADDPAYMENTMETHODRESPONSE']._serialized_end=3942
+  _globals['_LISTPAYMENTMETHODSREQUEST']._serialized_start=3944
+  _globals['_LISTPAYMENTMETHODSREQUEST']._serialized_end=3991
+  _globals['_LISTPAYMENTMETHODSRESPONSE']._serialized_start=3993
+  _globals['_LISTPAYMENTMETHODSRESPONSE']._serialized_end=4084
+  _globals['_REMOVEPAYMENTMETHODREQUEST']._serialized_start=4086
+  _globals['_REMOVEPAYMENTMETHODREQUEST']._serialized_end=4161
+  _globals['_REMOVEPAYMENTMETHODRESPONSE']._serialized_start=4163
+  _globals['_REMOVEPAYMENTMETHODRESPONSE']._serialized_end=4192
+  _globals['_SETDEFAULTPAYMENTMETHODREQUEST']._serialized_start=4194
+  _globals['_SETDEFAULTPAYMENTMETHODREQUEST']._serialized_end=4273
+  _globals['_SETDEFAULTPAYMENTMETHODRESPONSE']._serialized_start=4275
+  _globals['_SETDEFAULTPAYMENTMETHODRESPONSE']._serialized_end=4370
+  _globals['_CREATEPURCHASEREQUEST']._serialized_start=4372
+  _globals['_CREATEPURCHASEREQUEST']._serialized_end=4486
+  _globals['_CREATEPURCHASERESPONSE']._serialized_start=4488
+  _globals['_CREATEPURCHASERESPONSE']._serialized_end=4563
+  _globals['_ENDPURCHASEREQUEST']._serialized_start=4565
+  _globals['_ENDPURCHASEREQUEST']._serialized_end=4672
+  _globals['_ENDPURCHASERESPONSE']._serialized_start=4674
+  _globals['_ENDPURCHASERESPONSE']._serialized_end=4746
+  _globals['_CANCELPURCHASEREQUEST']._serialized_start=4748
+  _globals['_CANCELPURCHASEREQUEST']._serialized_end=4812
+  _globals['_CANCELPURCHASERESPONSE']._serialized_start=4814
+  _globals['_CANCELPURCHASERESPONSE']._serialized_end=4889
+  _globals['_LISTPURCHASESREQUEST']._serialized_start=4891
+  _globals['_LISTPURCHASESREQUEST']._serialized_end=5017
+  _globals['_LISTPURCHASESRESPONSE']._serialized_start=5019
+  _globals['_LISTPURCHASESRESPONSE']._serialized_end=5119
+  _globals['_CUSTOMERSERVICE']._serialized_start=5122
+  _globals['_CUSTOMERSERVICE']._serialized_end=7924
 # @@protoc_insertion_point(module_scope)

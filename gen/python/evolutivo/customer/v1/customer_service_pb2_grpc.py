@@ -27,6 +27,8 @@ if _version_not_supported:
 
 class CustomerServiceStub:
     """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
     """
 
     def __init__(self, channel):
@@ -45,14 +47,126 @@ class CustomerServiceStub:
                 request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountResponse.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ListAccounts',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.UpdateAccount = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/UpdateAccount',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountResponse.FromString,
+                _registered_method=True)
+        self.SuspendAccount = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/SuspendAccount',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountResponse.FromString,
+                _registered_method=True)
+        self.ReinstateAccount = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ReinstateAccount',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountResponse.FromString,
+                _registered_method=True)
+        self.CloseAccount = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/CloseAccount',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountResponse.FromString,
+                _registered_method=True)
+        self.ErasePersonalData = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ErasePersonalData',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataResponse.FromString,
+                _registered_method=True)
+        self.GetAccountOverview = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/GetAccountOverview',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewResponse.FromString,
+                _registered_method=True)
+        self.AddContact = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/AddContact',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactResponse.FromString,
+                _registered_method=True)
+        self.UpdateContact = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/UpdateContact',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactResponse.FromString,
+                _registered_method=True)
+        self.RemoveContact = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/RemoveContact',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactResponse.FromString,
+                _registered_method=True)
+        self.ListContacts = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ListContacts',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsResponse.FromString,
+                _registered_method=True)
+        self.CreateProvisionedService = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/CreateProvisionedService',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceResponse.FromString,
+                _registered_method=True)
+        self.ListProvisionedServices = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ListProvisionedServices',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesResponse.FromString,
+                _registered_method=True)
+        self.SetProvisionedServiceStatus = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/SetProvisionedServiceStatus',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusResponse.FromString,
+                _registered_method=True)
+        self.AddPaymentMethod = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/AddPaymentMethod',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodResponse.FromString,
+                _registered_method=True)
+        self.ListPaymentMethods = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ListPaymentMethods',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsResponse.FromString,
+                _registered_method=True)
+        self.RemovePaymentMethod = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/RemovePaymentMethod',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodResponse.FromString,
+                _registered_method=True)
+        self.SetDefaultPaymentMethod = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/SetDefaultPaymentMethod',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodResponse.FromString,
+                _registered_method=True)
+        self.CreatePurchase = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/CreatePurchase',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseResponse.FromString,
+                _registered_method=True)
+        self.EndPurchase = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/EndPurchase',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseResponse.FromString,
+                _registered_method=True)
+        self.CancelPurchase = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/CancelPurchase',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseResponse.FromString,
+                _registered_method=True)
+        self.ListPurchases = channel.unary_unary(
+                '/evolutivo.customer.v1.CustomerService/ListPurchases',
+                request_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesResponse.FromString,
+                _registered_method=True)
 
 
 class CustomerServiceServicer:
     """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
     """
 
     def CreateAccount(self, request, context):
-        """Creates an account and publishes AccountCreated. Idempotent on request_id.
+        """Creates an account and publishes AccountCreated.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +174,161 @@ class CustomerServiceServicer:
 
     def GetAccount(self, request, context):
         """Returns one account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """Lists accounts, filtered and searched, in account-number order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateAccount(self, request, context):
+        """Updates the fields named in update_mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SuspendAccount(self, request, context):
+        """Suspends an active account and its active services.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReinstateAccount(self, request, context):
+        """Reinstates a suspended account and the services its suspension suspended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseAccount(self, request, context):
+        """Closes an account and its services. Refused while it owes money, unless forced with a reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ErasePersonalData(self, request, context):
+        """Anonymises the personal data of a closed account, keeping the financial records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAccountOverview(self, request, context):
+        """The account with its contacts, services, payment methods, purchases, balances, open bills and
+        collections state. Answers within its deadline even when balance or billing does not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddContact(self, request, context):
+        """Adds an email address, phone number or postal address to an account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContact(self, request, context):
+        """Updates the fields of a contact named in update_mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveContact(self, request, context):
+        """Removes a contact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContacts(self, request, context):
+        """Lists an account's contacts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateProvisionedService(self, request, context):
+        """Provisions a service (a line, a plan, a site...) under an account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProvisionedServices(self, request, context):
+        """Lists an account's provisioned services.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetProvisionedServiceStatus(self, request, context):
+        """Suspends, reinstates or closes one provisioned service.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddPaymentMethod(self, request, context):
+        """Adds a payment method; the first one becomes the default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPaymentMethods(self, request, context):
+        """Lists an account's payment methods, masked.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemovePaymentMethod(self, request, context):
+        """Removes a payment method; the default one only when it is the last.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultPaymentMethod(self, request, context):
+        """Makes a payment method the account's default.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreatePurchase(self, request, context):
+        """Buys a charge offer of the charging catalog for an account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EndPurchase(self, request, context):
+        """Ends a purchase at an instant (not before its start).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelPurchase(self, request, context):
+        """Cancels a purchase that has not started.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPurchases(self, request, context):
+        """Lists an account's purchases with their state at an instant.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -78,6 +347,116 @@ def add_CustomerServiceServicer_to_server(servicer, server):
                     request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountRequest.FromString,
                     response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountResponse.SerializeToString,
             ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'UpdateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateAccount,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountResponse.SerializeToString,
+            ),
+            'SuspendAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuspendAccount,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountResponse.SerializeToString,
+            ),
+            'ReinstateAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReinstateAccount,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountResponse.SerializeToString,
+            ),
+            'CloseAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseAccount,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountResponse.SerializeToString,
+            ),
+            'ErasePersonalData': grpc.unary_unary_rpc_method_handler(
+                    servicer.ErasePersonalData,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataResponse.SerializeToString,
+            ),
+            'GetAccountOverview': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAccountOverview,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewResponse.SerializeToString,
+            ),
+            'AddContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddContact,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactResponse.SerializeToString,
+            ),
+            'UpdateContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContact,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactResponse.SerializeToString,
+            ),
+            'RemoveContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveContact,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactResponse.SerializeToString,
+            ),
+            'ListContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContacts,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsResponse.SerializeToString,
+            ),
+            'CreateProvisionedService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateProvisionedService,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceResponse.SerializeToString,
+            ),
+            'ListProvisionedServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProvisionedServices,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesResponse.SerializeToString,
+            ),
+            'SetProvisionedServiceStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetProvisionedServiceStatus,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusResponse.SerializeToString,
+            ),
+            'AddPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddPaymentMethod,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodResponse.SerializeToString,
+            ),
+            'ListPaymentMethods': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPaymentMethods,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsResponse.SerializeToString,
+            ),
+            'RemovePaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemovePaymentMethod,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodResponse.SerializeToString,
+            ),
+            'SetDefaultPaymentMethod': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultPaymentMethod,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodResponse.SerializeToString,
+            ),
+            'CreatePurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreatePurchase,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseResponse.SerializeToString,
+            ),
+            'EndPurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.EndPurchase,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseResponse.SerializeToString,
+            ),
+            'CancelPurchase': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelPurchase,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseResponse.SerializeToString,
+            ),
+            'ListPurchases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPurchases,
+                    request_deserializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesRequest.FromString,
+                    response_serializer=evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'evolutivo.customer.v1.CustomerService', rpc_method_handlers)
@@ -88,6 +467,8 @@ def add_CustomerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class CustomerService:
     """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
     """
 
     @staticmethod
@@ -134,6 +515,600 @@ class CustomerService:
             '/evolutivo.customer.v1.CustomerService/GetAccount',
             evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountRequest.SerializeToString,
             evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ListAccounts',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/UpdateAccount',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuspendAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/SuspendAccount',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SuspendAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReinstateAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ReinstateAccount',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ReinstateAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/CloseAccount',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CloseAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ErasePersonalData(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ErasePersonalData',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ErasePersonalDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAccountOverview(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/GetAccountOverview',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.GetAccountOverviewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/AddContact',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/UpdateContact',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.UpdateContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/RemoveContact',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemoveContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ListContacts',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateProvisionedService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/CreateProvisionedService',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreateProvisionedServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProvisionedServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ListProvisionedServices',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListProvisionedServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetProvisionedServiceStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/SetProvisionedServiceStatus',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetProvisionedServiceStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/AddPaymentMethod',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.AddPaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPaymentMethods(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ListPaymentMethods',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPaymentMethodsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemovePaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/RemovePaymentMethod',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.RemovePaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultPaymentMethod(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/SetDefaultPaymentMethod',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.SetDefaultPaymentMethodResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreatePurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/CreatePurchase',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CreatePurchaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EndPurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/EndPurchase',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.EndPurchaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelPurchase(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/CancelPurchase',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.CancelPurchaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPurchases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.customer.v1.CustomerService/ListPurchases',
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesRequest.SerializeToString,
+            evolutivo_dot_customer_dot_v1_dot_customer__service__pb2.ListPurchasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

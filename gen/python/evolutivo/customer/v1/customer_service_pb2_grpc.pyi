@@ -27,29 +27,130 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class CustomerServiceStub:
-    """Owns accounts and everything about the customer; the source of truth other services learn from."""
+    """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> CustomerServiceAsyncStub: ...
     CreateAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CreateAccountRequest, _customer_service_pb2.CreateAccountResponse]
-    """Creates an account and publishes AccountCreated. Idempotent on request_id."""
+    """Creates an account and publishes AccountCreated."""
     GetAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.GetAccountRequest, _customer_service_pb2.GetAccountResponse]
     """Returns one account."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListAccountsRequest, _customer_service_pb2.ListAccountsResponse]
+    """Lists accounts, filtered and searched, in account-number order."""
+    UpdateAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateAccountRequest, _customer_service_pb2.UpdateAccountResponse]
+    """Updates the fields named in update_mask."""
+    SuspendAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.SuspendAccountRequest, _customer_service_pb2.SuspendAccountResponse]
+    """Suspends an active account and its active services."""
+    ReinstateAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ReinstateAccountRequest, _customer_service_pb2.ReinstateAccountResponse]
+    """Reinstates a suspended account and the services its suspension suspended."""
+    CloseAccount: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CloseAccountRequest, _customer_service_pb2.CloseAccountResponse]
+    """Closes an account and its services. Refused while it owes money, unless forced with a reason."""
+    ErasePersonalData: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ErasePersonalDataRequest, _customer_service_pb2.ErasePersonalDataResponse]
+    """Anonymises the personal data of a closed account, keeping the financial records."""
+    GetAccountOverview: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.GetAccountOverviewRequest, _customer_service_pb2.GetAccountOverviewResponse]
+    """The account with its contacts, services, payment methods, purchases, balances, open bills and
+    collections state. Answers within its deadline even when balance or billing does not.
+    """
+    AddContact: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.AddContactRequest, _customer_service_pb2.AddContactResponse]
+    """Adds an email address, phone number or postal address to an account."""
+    UpdateContact: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateContactRequest, _customer_service_pb2.UpdateContactResponse]
+    """Updates the fields of a contact named in update_mask."""
+    RemoveContact: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.RemoveContactRequest, _customer_service_pb2.RemoveContactResponse]
+    """Removes a contact."""
+    ListContacts: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListContactsRequest, _customer_service_pb2.ListContactsResponse]
+    """Lists an account's contacts."""
+    CreateProvisionedService: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CreateProvisionedServiceRequest, _customer_service_pb2.CreateProvisionedServiceResponse]
+    """Provisions a service (a line, a plan, a site...) under an account."""
+    ListProvisionedServices: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListProvisionedServicesRequest, _customer_service_pb2.ListProvisionedServicesResponse]
+    """Lists an account's provisioned services."""
+    SetProvisionedServiceStatus: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.SetProvisionedServiceStatusRequest, _customer_service_pb2.SetProvisionedServiceStatusResponse]
+    """Suspends, reinstates or closes one provisioned service."""
+    AddPaymentMethod: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.AddPaymentMethodRequest, _customer_service_pb2.AddPaymentMethodResponse]
+    """Adds a payment method; the first one becomes the default."""
+    ListPaymentMethods: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListPaymentMethodsRequest, _customer_service_pb2.ListPaymentMethodsResponse]
+    """Lists an account's payment methods, masked."""
+    RemovePaymentMethod: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.RemovePaymentMethodRequest, _customer_service_pb2.RemovePaymentMethodResponse]
+    """Removes a payment method; the default one only when it is the last."""
+    SetDefaultPaymentMethod: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.SetDefaultPaymentMethodRequest, _customer_service_pb2.SetDefaultPaymentMethodResponse]
+    """Makes a payment method the account's default."""
+    CreatePurchase: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CreatePurchaseRequest, _customer_service_pb2.CreatePurchaseResponse]
+    """Buys a charge offer of the charging catalog for an account."""
+    EndPurchase: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.EndPurchaseRequest, _customer_service_pb2.EndPurchaseResponse]
+    """Ends a purchase at an instant (not before its start)."""
+    CancelPurchase: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.CancelPurchaseRequest, _customer_service_pb2.CancelPurchaseResponse]
+    """Cancels a purchase that has not started."""
+    ListPurchases: _grpc.UnaryUnaryMultiCallable[_customer_service_pb2.ListPurchasesRequest, _customer_service_pb2.ListPurchasesResponse]
+    """Lists an account's purchases with their state at an instant."""
 
 @_typing.type_check_only
 class CustomerServiceAsyncStub(CustomerServiceStub):
-    """Owns accounts and everything about the customer; the source of truth other services learn from."""
+    """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CreateAccountRequest, _customer_service_pb2.CreateAccountResponse]  # type: ignore[assignment]
-    """Creates an account and publishes AccountCreated. Idempotent on request_id."""
+    """Creates an account and publishes AccountCreated."""
     GetAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.GetAccountRequest, _customer_service_pb2.GetAccountResponse]  # type: ignore[assignment]
     """Returns one account."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListAccountsRequest, _customer_service_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """Lists accounts, filtered and searched, in account-number order."""
+    UpdateAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateAccountRequest, _customer_service_pb2.UpdateAccountResponse]  # type: ignore[assignment]
+    """Updates the fields named in update_mask."""
+    SuspendAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.SuspendAccountRequest, _customer_service_pb2.SuspendAccountResponse]  # type: ignore[assignment]
+    """Suspends an active account and its active services."""
+    ReinstateAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ReinstateAccountRequest, _customer_service_pb2.ReinstateAccountResponse]  # type: ignore[assignment]
+    """Reinstates a suspended account and the services its suspension suspended."""
+    CloseAccount: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CloseAccountRequest, _customer_service_pb2.CloseAccountResponse]  # type: ignore[assignment]
+    """Closes an account and its services. Refused while it owes money, unless forced with a reason."""
+    ErasePersonalData: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ErasePersonalDataRequest, _customer_service_pb2.ErasePersonalDataResponse]  # type: ignore[assignment]
+    """Anonymises the personal data of a closed account, keeping the financial records."""
+    GetAccountOverview: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.GetAccountOverviewRequest, _customer_service_pb2.GetAccountOverviewResponse]  # type: ignore[assignment]
+    """The account with its contacts, services, payment methods, purchases, balances, open bills and
+    collections state. Answers within its deadline even when balance or billing does not.
+    """
+    AddContact: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.AddContactRequest, _customer_service_pb2.AddContactResponse]  # type: ignore[assignment]
+    """Adds an email address, phone number or postal address to an account."""
+    UpdateContact: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.UpdateContactRequest, _customer_service_pb2.UpdateContactResponse]  # type: ignore[assignment]
+    """Updates the fields of a contact named in update_mask."""
+    RemoveContact: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.RemoveContactRequest, _customer_service_pb2.RemoveContactResponse]  # type: ignore[assignment]
+    """Removes a contact."""
+    ListContacts: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListContactsRequest, _customer_service_pb2.ListContactsResponse]  # type: ignore[assignment]
+    """Lists an account's contacts."""
+    CreateProvisionedService: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CreateProvisionedServiceRequest, _customer_service_pb2.CreateProvisionedServiceResponse]  # type: ignore[assignment]
+    """Provisions a service (a line, a plan, a site...) under an account."""
+    ListProvisionedServices: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListProvisionedServicesRequest, _customer_service_pb2.ListProvisionedServicesResponse]  # type: ignore[assignment]
+    """Lists an account's provisioned services."""
+    SetProvisionedServiceStatus: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.SetProvisionedServiceStatusRequest, _customer_service_pb2.SetProvisionedServiceStatusResponse]  # type: ignore[assignment]
+    """Suspends, reinstates or closes one provisioned service."""
+    AddPaymentMethod: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.AddPaymentMethodRequest, _customer_service_pb2.AddPaymentMethodResponse]  # type: ignore[assignment]
+    """Adds a payment method; the first one becomes the default."""
+    ListPaymentMethods: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListPaymentMethodsRequest, _customer_service_pb2.ListPaymentMethodsResponse]  # type: ignore[assignment]
+    """Lists an account's payment methods, masked."""
+    RemovePaymentMethod: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.RemovePaymentMethodRequest, _customer_service_pb2.RemovePaymentMethodResponse]  # type: ignore[assignment]
+    """Removes a payment method; the default one only when it is the last."""
+    SetDefaultPaymentMethod: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.SetDefaultPaymentMethodRequest, _customer_service_pb2.SetDefaultPaymentMethodResponse]  # type: ignore[assignment]
+    """Makes a payment method the account's default."""
+    CreatePurchase: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CreatePurchaseRequest, _customer_service_pb2.CreatePurchaseResponse]  # type: ignore[assignment]
+    """Buys a charge offer of the charging catalog for an account."""
+    EndPurchase: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.EndPurchaseRequest, _customer_service_pb2.EndPurchaseResponse]  # type: ignore[assignment]
+    """Ends a purchase at an instant (not before its start)."""
+    CancelPurchase: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.CancelPurchaseRequest, _customer_service_pb2.CancelPurchaseResponse]  # type: ignore[assignment]
+    """Cancels a purchase that has not started."""
+    ListPurchases: _aio.UnaryUnaryMultiCallable[_customer_service_pb2.ListPurchasesRequest, _customer_service_pb2.ListPurchasesResponse]  # type: ignore[assignment]
+    """Lists an account's purchases with their state at an instant."""
 
 class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
-    """Owns accounts and everything about the customer; the source of truth other services learn from."""
+    """Owns accounts and everything about the customer; the source of truth other services learn from.
+    Every change is published as an event (see events.proto). Calls that create take a request_id
+    (AIP-155): a retry with the same id returns the first result and changes nothing.
+    """
 
     @_abc_1.abstractmethod
     def CreateAccount(
@@ -57,7 +158,7 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _customer_service_pb2.CreateAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.CreateAccountResponse, _abc.Awaitable[_customer_service_pb2.CreateAccountResponse]]:
-        """Creates an account and publishes AccountCreated. Idempotent on request_id."""
+        """Creates an account and publishes AccountCreated."""
 
     @_abc_1.abstractmethod
     def GetAccount(
@@ -66,5 +167,183 @@ class CustomerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_customer_service_pb2.GetAccountResponse, _abc.Awaitable[_customer_service_pb2.GetAccountResponse]]:
         """Returns one account."""
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _customer_service_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ListAccountsResponse, _abc.Awaitable[_customer_service_pb2.ListAccountsResponse]]:
+        """Lists accounts, filtered and searched, in account-number order."""
+
+    @_abc_1.abstractmethod
+    def UpdateAccount(
+        self,
+        request: _customer_service_pb2.UpdateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.UpdateAccountResponse, _abc.Awaitable[_customer_service_pb2.UpdateAccountResponse]]:
+        """Updates the fields named in update_mask."""
+
+    @_abc_1.abstractmethod
+    def SuspendAccount(
+        self,
+        request: _customer_service_pb2.SuspendAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.SuspendAccountResponse, _abc.Awaitable[_customer_service_pb2.SuspendAccountResponse]]:
+        """Suspends an active account and its active services."""
+
+    @_abc_1.abstractmethod
+    def ReinstateAccount(
+        self,
+        request: _customer_service_pb2.ReinstateAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ReinstateAccountResponse, _abc.Awaitable[_customer_service_pb2.ReinstateAccountResponse]]:
+        """Reinstates a suspended account and the services its suspension suspended."""
+
+    @_abc_1.abstractmethod
+    def CloseAccount(
+        self,
+        request: _customer_service_pb2.CloseAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.CloseAccountResponse, _abc.Awaitable[_customer_service_pb2.CloseAccountResponse]]:
+        """Closes an account and its services. Refused while it owes money, unless forced with a reason."""
+
+    @_abc_1.abstractmethod
+    def ErasePersonalData(
+        self,
+        request: _customer_service_pb2.ErasePersonalDataRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ErasePersonalDataResponse, _abc.Awaitable[_customer_service_pb2.ErasePersonalDataResponse]]:
+        """Anonymises the personal data of a closed account, keeping the financial records."""
+
+    @_abc_1.abstractmethod
+    def GetAccountOverview(
+        self,
+        request: _customer_service_pb2.GetAccountOverviewRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.GetAccountOverviewResponse, _abc.Awaitable[_customer_service_pb2.GetAccountOverviewResponse]]:
+        """The account with its contacts, services, payment methods, purchases, balances, open bills and
+        collections state. Answers within its deadline even when balance or billing does not.
+        """
+
+    @_abc_1.abstractmethod
+    def AddContact(
+        self,
+        request: _customer_service_pb2.AddContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.AddContactResponse, _abc.Awaitable[_customer_service_pb2.AddContactResponse]]:
+        """Adds an email address, phone number or postal address to an account."""
+
+    @_abc_1.abstractmethod
+    def UpdateContact(
+        self,
+        request: _customer_service_pb2.UpdateContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.UpdateContactResponse, _abc.Awaitable[_customer_service_pb2.UpdateContactResponse]]:
+        """Updates the fields of a contact named in update_mask."""
+
+    @_abc_1.abstractmethod
+    def RemoveContact(
+        self,
+        request: _customer_service_pb2.RemoveContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.RemoveContactResponse, _abc.Awaitable[_customer_service_pb2.RemoveContactResponse]]:
+        """Removes a contact."""
+
+    @_abc_1.abstractmethod
+    def ListContacts(
+        self,
+        request: _customer_service_pb2.ListContactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ListContactsResponse, _abc.Awaitable[_customer_service_pb2.ListContactsResponse]]:
+        """Lists an account's contacts."""
+
+    @_abc_1.abstractmethod
+    def CreateProvisionedService(
+        self,
+        request: _customer_service_pb2.CreateProvisionedServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.CreateProvisionedServiceResponse, _abc.Awaitable[_customer_service_pb2.CreateProvisionedServiceResponse]]:
+        """Provisions a service (a line, a plan, a site...) under an account."""
+
+    @_abc_1.abstractmethod
+    def ListProvisionedServices(
+        self,
+        request: _customer_service_pb2.ListProvisionedServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ListProvisionedServicesResponse, _abc.Awaitable[_customer_service_pb2.ListProvisionedServicesResponse]]:
+        """Lists an account's provisioned services."""
+
+    @_abc_1.abstractmethod
+    def SetProvisionedServiceStatus(
+        self,
+        request: _customer_service_pb2.SetProvisionedServiceStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.SetProvisionedServiceStatusResponse, _abc.Awaitable[_customer_service_pb2.SetProvisionedServiceStatusResponse]]:
+        """Suspends, reinstates or closes one provisioned service."""
+
+    @_abc_1.abstractmethod
+    def AddPaymentMethod(
+        self,
+        request: _customer_service_pb2.AddPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.AddPaymentMethodResponse, _abc.Awaitable[_customer_service_pb2.AddPaymentMethodResponse]]:
+        """Adds a payment method; the first one becomes the default."""
+
+    @_abc_1.abstractmethod
+    def ListPaymentMethods(
+        self,
+        request: _customer_service_pb2.ListPaymentMethodsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ListPaymentMethodsResponse, _abc.Awaitable[_customer_service_pb2.ListPaymentMethodsResponse]]:
+        """Lists an account's payment methods, masked."""
+
+    @_abc_1.abstractmethod
+    def RemovePaymentMethod(
+        self,
+        request: _customer_service_pb2.RemovePaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.RemovePaymentMethodResponse, _abc.Awaitable[_customer_service_pb2.RemovePaymentMethodResponse]]:
+        """Removes a payment method; the default one only when it is the last."""
+
+    @_abc_1.abstractmethod
+    def SetDefaultPaymentMethod(
+        self,
+        request: _customer_service_pb2.SetDefaultPaymentMethodRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.SetDefaultPaymentMethodResponse, _abc.Awaitable[_customer_service_pb2.SetDefaultPaymentMethodResponse]]:
+        """Makes a payment method the account's default."""
+
+    @_abc_1.abstractmethod
+    def CreatePurchase(
+        self,
+        request: _customer_service_pb2.CreatePurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.CreatePurchaseResponse, _abc.Awaitable[_customer_service_pb2.CreatePurchaseResponse]]:
+        """Buys a charge offer of the charging catalog for an account."""
+
+    @_abc_1.abstractmethod
+    def EndPurchase(
+        self,
+        request: _customer_service_pb2.EndPurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.EndPurchaseResponse, _abc.Awaitable[_customer_service_pb2.EndPurchaseResponse]]:
+        """Ends a purchase at an instant (not before its start)."""
+
+    @_abc_1.abstractmethod
+    def CancelPurchase(
+        self,
+        request: _customer_service_pb2.CancelPurchaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.CancelPurchaseResponse, _abc.Awaitable[_customer_service_pb2.CancelPurchaseResponse]]:
+        """Cancels a purchase that has not started."""
+
+    @_abc_1.abstractmethod
+    def ListPurchases(
+        self,
+        request: _customer_service_pb2.ListPurchasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_customer_service_pb2.ListPurchasesResponse, _abc.Awaitable[_customer_service_pb2.ListPurchasesResponse]]:
+        """Lists an account's purchases with their state at an instant."""
 
 def add_CustomerServiceServicer_to_server(servicer: CustomerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

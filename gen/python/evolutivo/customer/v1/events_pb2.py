@@ -23,15 +23,44 @@ _sym_db = _symbol_database.Default()
 
 
 from evolutivo.customer.v1 import account_pb2 as evolutivo_dot_customer_dot_v1_dot_account__pb2
+from evolutivo.customer.v1 import contact_pb2 as evolutivo_dot_customer_dot_v1_dot_contact__pb2
+from evolutivo.customer.v1 import payment_method_pb2 as evolutivo_dot_customer_dot_v1_dot_payment__method__pb2
+from evolutivo.customer.v1 import provisioned_service_pb2 as evolutivo_dot_customer_dot_v1_dot_provisioned__service__pb2
+from evolutivo.customer.v1 import purchase_pb2 as evolutivo_dot_customer_dot_v1_dot_purchase__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/customer/v1/events.proto\x12\x15\x65volutivo.customer.v1\x1a#evolutivo/customer/v1/account.proto\"A\n\x0e\x41\x63\x63ountCreated\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Accountb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/customer/v1/events.proto\x12\x15\x65volutivo.customer.v1\x1a#evolutivo/customer/v1/account.proto\x1a#evolutivo/customer/v1/contact.proto\x1a*evolutivo/customer/v1/payment_method.proto\x1a/evolutivo/customer/v1/provisioned_service.proto\x1a$evolutivo/customer/v1/purchase.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"A\n\x0e\x41\x63\x63ountCreated\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\"Y\n\x0e\x41\x63\x63ountUpdated\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x16\n\x0e\x63hanged_fields\x18\x02 \x03(\t\"\xf8\x01\n\x14\x41\x63\x63ountStatusChanged\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12=\n\x0fprevious_status\x18\x02 \x01(\x0e\x32$.evolutivo.customer.v1.AccountStatus\x12\x33\n\x06\x63hange\x18\x03 \x01(\x0b\x32#.evolutivo.customer.v1.StatusChange\x12;\n\x08services\x18\x04 \x03(\x0b\x32).evolutivo.customer.v1.ProvisionedService\"\xd5\x01\n\x15\x42illingProfileChanged\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12\x37\n\x08previous\x18\x02 \x01(\x0b\x32%.evolutivo.customer.v1.BillingProfile\x12/\n\x0b\x63hange_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12!\n\x19\x65\x66\x66\x65\x63tive_from_next_cycle\x18\x04 \x01(\x08\"u\n\x12PersonalDataErased\x12/\n\x07\x61\x63\x63ount\x18\x01 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Account\x12.\n\nerase_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x0e\x43ontactChanged\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.evolutivo.customer.v1.ChangeKind\x12/\n\x07\x63ontact\x18\x02 \x01(\x0b\x32\x1e.evolutivo.customer.v1.Contact\"\xc7\x01\n\x19ProvisionedServiceChanged\x12/\n\x04kind\x18\x01 \x01(\x0e\x32!.evolutivo.customer.v1.ChangeKind\x12:\n\x07service\x18\x02 \x01(\x0b\x32).evolutivo.customer.v1.ProvisionedService\x12=\n\x0fprevious_status\x18\x03 \x01(\x0e\x32$.evolutivo.customer.v1.ServiceStatus\"R\n\x12PaymentMethodAdded\x12<\n\x0epayment_method\x18\x01 \x01(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\"E\n\x14PaymentMethodRemoved\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x19\n\x11payment_method_id\x18\x02 \x01(\t\"\x7f\n\x1b\x44\x65\x66\x61ultPaymentMethodChanged\x12<\n\x0epayment_method\x18\x01 \x01(\x0b\x32$.evolutivo.customer.v1.PaymentMethod\x12\"\n\x1aprevious_payment_method_id\x18\x02 \x01(\t\"n\n\x0fPurchaseCreated\x12\x31\n\x08purchase\x18\x01 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"B\n\rPurchaseEnded\x12\x31\n\x08purchase\x18\x01 \x01(\x0b\x32\x1f.evolutivo.customer.v1.Purchase*r\n\nChangeKind\x12\x1b\n\x17\x43HANGE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43HANGE_KIND_ADDED\x10\x01\x12\x17\n\x13\x43HANGE_KIND_UPDATED\x10\x02\x12\x17\n\x13\x43HANGE_KIND_REMOVED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.customer.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTCREATED']._serialized_start=98
-  _globals['_ACCOUNTCREATED']._serialized_end=163
+  _globals['_CHANGEKIND']._serialized_start=1825
+  _globals['_CHANGEKIND']._serialized_end=1939
+  _globals['_ACCOUNTCREATED']._serialized_start=299
+  _globals['_ACCOUNTCREATED']._serialized_end=364
+  _globals['_ACCOUNTUPDATED']._serialized_start=366
+  _globals['_ACCOUNTUPDATED']._serialized_end=455
+  _globals['_ACCOUNTSTATUSCHANGED']._serialized_start=458
+  _globals['_ACCOUNTSTATUSCHANGED']._serialized_end=706
+  _globals['_BILLINGPROFILECHANGED']._serialized_start=709
+  _globals['_BILLINGPROFILECHANGED']._serialized_end=922
+  _globals['_PERSONALDATAERASED']._serialized_start=924
+  _globals['_PERSONALDATAERASED']._serialized_end=1041
+  _globals['_CONTACTCHANGED']._serialized_start=1043
+  _globals['_CONTACTCHANGED']._serialized_end=1157
+  _globals['_PROVISIONEDSERVICECHANGED']._serialized_start=1160
+  _globals['_PROVISIONEDSERVICECHANGED']._serialized_end=1359
+  _globals['_PAYMENTMETHODADDED']._serialized_start=1361
+  _globals['_PAYMENTMETHODADDED']._serialized_end=1443
+  _globals['_PAYMENTMETHODREMOVED']._serialized_start=1445
+  _globals['_PAYMENTMETHODREMOVED']._serialized_end=1514
+  _globals['_DEFAULTPAYMENTMETHODCHANGED']._serialized_start=1516
+  _globals['_DEFAULTPAYMENTMETHODCHANGED']._serialized_end=1643
+  _globals['_PURCHASECREATED']._serialized_start=1645
+  _globals['_PURCHASECREATED']._serialized_end=1755
+  _globals['_PURCHASEENDED']._serialized_start=1757
+  _globals['_PURCHASEENDED']._serialized_end=1823
 # @@protoc_insertion_point(module_scope)

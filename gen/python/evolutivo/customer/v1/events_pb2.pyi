@@ -3,9 +3,17 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from evolutivo.customer.v1 import account_pb2 as _account_pb2
+from evolutivo.customer.v1 import contact_pb2 as _contact_pb2
+from evolutivo.customer.v1 import payment_method_pb2 as _payment_method_pb2
+from evolutivo.customer.v1 import provisioned_service_pb2 as _provisioned_service_pb2
+from evolutivo.customer.v1 import purchase_pb2 as _purchase_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -17,10 +25,33 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _ChangeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_KIND_UNSPECIFIED: _ChangeKind.ValueType  # 0
+    CHANGE_KIND_ADDED: _ChangeKind.ValueType  # 1
+    CHANGE_KIND_UPDATED: _ChangeKind.ValueType  # 2
+    CHANGE_KIND_REMOVED: _ChangeKind.ValueType  # 3
+
+class ChangeKind(_ChangeKind, metaclass=_ChangeKindEnumTypeWrapper):
+    """What happened to a sub-resource."""
+
+CHANGE_KIND_UNSPECIFIED: ChangeKind.ValueType  # 0
+CHANGE_KIND_ADDED: ChangeKind.ValueType  # 1
+CHANGE_KIND_UPDATED: ChangeKind.ValueType  # 2
+CHANGE_KIND_REMOVED: ChangeKind.ValueType  # 3
+Global___ChangeKind: _TypeAlias = ChangeKind  # noqa: Y015
+
 @_typing.final
 class AccountCreated(_message.Message):
-    """Published on subject "evolutivo.customer.v1.account.created" when an account is created.
-    Event id, type and time travel in the message headers (see docs/architecture.md).
+    """Customer's events, on subjects "evolutivo.customer.v1.<entity>.<verb>" (given on each message).
+    Event id, type and time travel in the message headers (see docs/architecture.md). Each event
+    carries what a consumer needs, so no consumer calls back.
+
+    "evolutivo.customer.v1.account.created"
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -40,3 +71,318 @@ class AccountCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountCreated: _TypeAlias = AccountCreated  # noqa: Y015
+
+@_typing.final
+class AccountUpdated(_message.Message):
+    """"evolutivo.customer.v1.account.updated": details changed (not status, not billing profile)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """The account after the change."""
+
+    @_builtins.property
+    def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The paths that changed, e.g. "display_name", "currency_code"."""
+
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+        changed_fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "changed_fields", b"changed_fields"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountUpdated: _TypeAlias = AccountUpdated  # noqa: Y015
+
+@_typing.final
+class AccountStatusChanged(_message.Message):
+    """"evolutivo.customer.v1.account.status_changed" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    CHANGE_FIELD_NUMBER: _builtins.int
+    SERVICES_FIELD_NUMBER: _builtins.int
+    previous_status: _account_pb2.AccountStatus.ValueType
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """The account after the change."""
+
+    @_builtins.property
+    def change(self) -> _account_pb2.StatusChange: ...
+    @_builtins.property
+    def services(self) -> _containers.RepeatedCompositeFieldContainer[_provisioned_service_pb2.ProvisionedService]:
+        """Services whose status changed with the account, after the change."""
+
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+        previous_status: _account_pb2.AccountStatus.ValueType = ...,
+        change: _account_pb2.StatusChange | None = ...,
+        services: _abc.Iterable[_provisioned_service_pb2.ProvisionedService] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "change", b"change"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "change", b"change", "previous_status", b"previous_status", "services", b"services"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountStatusChanged: _TypeAlias = AccountStatusChanged  # noqa: Y015
+
+@_typing.final
+class BillingProfileChanged(_message.Message):
+    """"evolutivo.customer.v1.account.billing_profile_changed" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_NEXT_CYCLE_FIELD_NUMBER: _builtins.int
+    effective_from_next_cycle: _builtins.bool
+    """The profile applies from the first cycle of the bill unit that starts after change_time; the
+    current cycle keeps the previous profile. Billing owns the calendar and announces the date.
+    """
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """The account after the change, with its new profile."""
+
+    @_builtins.property
+    def previous(self) -> _account_pb2.BillingProfile: ...
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+        previous: _account_pb2.BillingProfile | None = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+        effective_from_next_cycle: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "change_time", b"change_time", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "change_time", b"change_time", "effective_from_next_cycle", b"effective_from_next_cycle", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillingProfileChanged: _TypeAlias = BillingProfileChanged  # noqa: Y015
+
+@_typing.final
+class PersonalDataErased(_message.Message):
+    """"evolutivo.customer.v1.account.personal_data_erased" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    ERASE_TIME_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _account_pb2.Account:
+        """The account after erasure."""
+
+    @_builtins.property
+    def erase_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account: _account_pb2.Account | None = ...,
+        erase_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "erase_time", b"erase_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "erase_time", b"erase_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonalDataErased: _TypeAlias = PersonalDataErased  # noqa: Y015
+
+@_typing.final
+class ContactChanged(_message.Message):
+    """"evolutivo.customer.v1.contact.changed" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    CONTACT_FIELD_NUMBER: _builtins.int
+    kind: Global___ChangeKind.ValueType
+    @_builtins.property
+    def contact(self) -> _contact_pb2.Contact:
+        """The contact after the change (as it was, when removed)."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___ChangeKind.ValueType = ...,
+        contact: _contact_pb2.Contact | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactChanged: _TypeAlias = ContactChanged  # noqa: Y015
+
+@_typing.final
+class ProvisionedServiceChanged(_message.Message):
+    """"evolutivo.customer.v1.provisioned_service.changed": created, or its status changed on its own."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PREVIOUS_STATUS_FIELD_NUMBER: _builtins.int
+    kind: Global___ChangeKind.ValueType
+    previous_status: _provisioned_service_pb2.ServiceStatus.ValueType
+    @_builtins.property
+    def service(self) -> _provisioned_service_pb2.ProvisionedService: ...
+    def __init__(
+        self,
+        *,
+        kind: Global___ChangeKind.ValueType = ...,
+        service: _provisioned_service_pb2.ProvisionedService | None = ...,
+        previous_status: _provisioned_service_pb2.ServiceStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["service", b"service"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "previous_status", b"previous_status", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProvisionedServiceChanged: _TypeAlias = ProvisionedServiceChanged  # noqa: Y015
+
+@_typing.final
+class PaymentMethodAdded(_message.Message):
+    """"evolutivo.customer.v1.payment_method.added" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment_method(self) -> _payment_method_pb2.PaymentMethod:
+        """Masked."""
+
+    def __init__(
+        self,
+        *,
+        payment_method: _payment_method_pb2.PaymentMethod | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentMethodAdded: _TypeAlias = PaymentMethodAdded  # noqa: Y015
+
+@_typing.final
+class PaymentMethodRemoved(_message.Message):
+    """"evolutivo.customer.v1.payment_method.removed" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    payment_method_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        payment_method_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "payment_method_id", b"payment_method_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentMethodRemoved: _TypeAlias = PaymentMethodRemoved  # noqa: Y015
+
+@_typing.final
+class DefaultPaymentMethodChanged(_message.Message):
+    """"evolutivo.customer.v1.payment_method.default_changed" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_METHOD_FIELD_NUMBER: _builtins.int
+    PREVIOUS_PAYMENT_METHOD_ID_FIELD_NUMBER: _builtins.int
+    previous_payment_method_id: _builtins.str
+    """Empty when the account had no default."""
+    @_builtins.property
+    def payment_method(self) -> _payment_method_pb2.PaymentMethod:
+        """Masked; the new default."""
+
+    def __init__(
+        self,
+        *,
+        payment_method: _payment_method_pb2.PaymentMethod | None = ...,
+        previous_payment_method_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment_method", b"payment_method", "previous_payment_method_id", b"previous_payment_method_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefaultPaymentMethodChanged: _TypeAlias = DefaultPaymentMethodChanged  # noqa: Y015
+
+@_typing.final
+class PurchaseCreated(_message.Message):
+    """"evolutivo.customer.v1.purchase.created" """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The account's currency and time zone, for rating without calling back."""
+    time_zone: _builtins.str
+    @_builtins.property
+    def purchase(self) -> _purchase_pb2.Purchase: ...
+    def __init__(
+        self,
+        *,
+        purchase: _purchase_pb2.Purchase | None = ...,
+        currency_code: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency_code", b"currency_code", "purchase", b"purchase", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurchaseCreated: _TypeAlias = PurchaseCreated  # noqa: Y015
+
+@_typing.final
+class PurchaseEnded(_message.Message):
+    """"evolutivo.customer.v1.purchase.ended": ended at end_time, or cancelled before it started."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURCHASE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def purchase(self) -> _purchase_pb2.Purchase: ...
+    def __init__(
+        self,
+        *,
+        purchase: _purchase_pb2.Purchase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purchase", b"purchase"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PurchaseEnded: _TypeAlias = PurchaseEnded  # noqa: Y015

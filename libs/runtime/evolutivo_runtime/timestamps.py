@@ -1,0 +1,35 @@
+"""Conversions between protobuf time types and Python's, always timezone-aware UTC for instants."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from google.type import date_pb2
+
+from evolutivo_runtime.errors import InvalidArgument
+
+
+def to_timestamp(instant: datetime | None) -> Timestamp | None:
+    if instant is None:
+        return None
+    ts = Timestamp()
+    ts.FromDatetime(instant.astimezone(UTC))
+    return ts
+
+
+def from_timestamp(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def to_date(value: date | None) -> date_pb2.Date | None:
+    if value is None:
+        return None
+    return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def from_date(pb: date_pb2.Date, field: str) -> date:
+    try:
+        return date(pb.year, pb.month, pb.day)
+    except ValueError:
+        raise InvalidArgument(field, "must be a full calendar date (year, month and day)") from None

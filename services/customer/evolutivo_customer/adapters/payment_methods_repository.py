@@ -1,0 +1,10 @@
+"""Loads and stores payment methods (being written: see the issue's note)."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+class PaymentMethodRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session

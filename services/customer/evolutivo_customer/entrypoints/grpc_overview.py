@@ -1,0 +1,7 @@
+"""The overview RPCs of CustomerService (being written: until then they answer UNIMPLEMENTED)."""
+
+from __future__ import annotations
+
+
+class OverviewApi:
+    """Mixed into CustomerServicer."""
