@@ -394,6 +394,9 @@ class Stack:
                 f"{prefix}LOG_LEVEL": self.log_level,
             }
         )
+        # Where each service finds the others it calls (replica 0 of each; SERVICE_ADDRESS).
+        for other, replicas in self._replicas.items():
+            env[f"{prefix}{other.upper()}_ADDRESS"] = replicas[0].address
         env.update(self._env)
         return env
 

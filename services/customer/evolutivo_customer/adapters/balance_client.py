@@ -20,7 +20,10 @@ class GrpcBalanceReader:
         """The account's balance groups, or None when balance does not know the account yet."""
         try:
             return await self._stub.GetBalance(
-                balance_service_pb2.GetBalanceRequest(account_id=str(account_id)), timeout=self._timeout
+                balance_service_pb2.GetBalanceRequest(account_id=str(account_id)),
+                timeout=self._timeout,
+                # Wait (within the deadline) for a reconnect instead of failing at once.
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:

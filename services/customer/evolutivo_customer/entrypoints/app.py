@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import grpc
 from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
+from evolutivo_runtime.clients import service_channel
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_customer.adapters import events
@@ -25,9 +25,7 @@ def wire(rt: Runtime) -> Wiring:
     def uow() -> CustomerUnitOfWork:
         return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
 
-    balance = GrpcBalanceReader(
-        grpc.aio.insecure_channel(settings.balance_address), settings.downstream_timeout_seconds
-    )
+    balance = GrpcBalanceReader(service_channel(settings.balance_address), settings.downstream_timeout_seconds)
     return Wiring(
         servicers=[
             Servicer(
