@@ -3,14 +3,18 @@ price of its total usage however the events are batched or ordered."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
+from zoneinfo import ZoneInfo
 
 import pytest
 from evolutivo_charging.domain.catalog import Flat, Graduated, Package, Percentage, PerUnit, Tier, Volume
 from evolutivo_charging.domain.pricing import (
     cumulative_cost,
+    local_days,
     price_cumulative,
     price_event,
+    prorated_fee,
     round_money,
 )
 from hypothesis import given
@@ -128,3 +132,36 @@ def test_minor_units_follow_the_currency_and_round_half_up() -> None:
     assert round_money(Decimal("12.5"), 0) == Decimal(13)
     assert round_money(Decimal("0.0005"), 3) == Decimal("0.001")
     assert price_event(Flat(Decimal("0.045")), Decimal(7), None, 2).amount == Decimal("0.05")
+
+
+def local_midnight(y: int, m: int, d: int, zone: str) -> datetime:
+    return datetime(y, m, d, tzinfo=ZoneInfo(zone))
+
+
+def test_proration_counts_local_days_across_a_dst_change() -> None:
+    zone = "Europe/Madrid"  # 29 March 2026 has 23 hours there
+    start, end = local_midnight(2026, 3, 15, zone), local_midnight(2026, 4, 15, zone)
+    assert local_days(start, end, zone) == 31
+    half = prorated_fee(Decimal(31), start, end, local_midnight(2026, 3, 28, zone), None, zone, 2)
+    # 28 March .. 14 April: 18 local days, although 18 x 24 h minus the lost hour elapsed.
+    assert half.amount == Decimal("18.00")
+
+
+def test_proration_in_february_and_leap_years() -> None:
+    zone = "America/New_York"
+    feb = (local_midnight(2026, 2, 1, zone), local_midnight(2026, 3, 1, zone))
+    leap = (local_midnight(2028, 2, 1, zone), local_midnight(2028, 3, 1, zone))
+    mid_month = local_midnight(2026, 2, 15, zone)
+    assert prorated_fee(Decimal(28), *feb, mid_month, None, zone, 2).amount == Decimal("14.00")
+    assert prorated_fee(Decimal(29), *leap, local_midnight(2028, 2, 15, zone), None, zone, 2).amount == Decimal("15.00")
+
+
+def test_proration_of_a_purchase_ending_mid_cycle_and_a_whole_cycle() -> None:
+    zone = "Asia/Tokyo"
+    start, end = local_midnight(2026, 4, 1, zone), local_midnight(2026, 5, 1, zone)
+    ending = prorated_fee(Decimal(3000), start, end, None, local_midnight(2026, 4, 11, zone), zone, 0)
+    assert ending.amount == Decimal(1000)
+    assert prorated_fee(Decimal(3000), start, end, None, None, zone, 0).amount == Decimal(3000)
+    # A purchase that starts mid-day counts that whole local day.
+    noon = datetime(2026, 4, 21, 3, 0, tzinfo=ZoneInfo("UTC"))  # 12:00 in Tokyo
+    assert prorated_fee(Decimal(3000), start, end, noon, None, zone, 0).amount == Decimal(1000)

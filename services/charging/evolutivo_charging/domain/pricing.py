@@ -11,7 +11,9 @@ and no cent drifts. Models priced per event (flat, percentage) round each event 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, time
 from decimal import ROUND_CEILING, ROUND_HALF_UP, Decimal
+from zoneinfo import ZoneInfo
 
 from evolutivo_charging.domain.catalog import Flat, Graduated, Package, Percentage, PerUnit, PriceModel, Tier, Volume
 
@@ -131,3 +133,36 @@ def price_event(price: PriceModel, quantity: Decimal, amount_property: Decimal |
 
 def is_cumulative(price: PriceModel) -> bool:
     return isinstance(price, PerUnit | Graduated | Volume | Package)
+
+
+def local_days(start: datetime, end: datetime, time_zone: str) -> int:
+    """Calendar days from `start` to `end` in the zone: a 23- or 25-hour DST day counts as one day.
+    Both are instants at local midnights (cycle and purchase boundaries are)."""
+    zone = ZoneInfo(time_zone)
+    return (end.astimezone(zone).date() - start.astimezone(zone).date()).days
+
+
+def prorated_fee(
+    fee: Decimal,
+    cycle_start: datetime,
+    cycle_end: datetime,
+    active_from: datetime | None,
+    active_to: datetime | None,
+    time_zone: str,
+    exponent: int,
+) -> Priced:
+    """A cycle's recurring fee for the part of the cycle the purchase was active, by whole local
+    days: fee x active days / cycle days. A purchase starting mid-day counts that day from its
+    local midnight (the day is billed whole), one ending mid-day does not count its last day."""
+    zone = ZoneInfo(time_zone)
+
+    def midnight(instant: datetime) -> datetime:
+        local = instant.astimezone(zone)
+        return datetime.combine(local.date(), time(0), tzinfo=zone)
+
+    start = max(cycle_start, midnight(active_from)) if active_from else cycle_start
+    end = min(cycle_end, midnight(active_to)) if active_to else cycle_end
+    cycle_days = local_days(cycle_start, cycle_end, time_zone)
+    active_days = max(local_days(start, end, time_zone), 0) if end > start else 0
+    exact = fee * Decimal(active_days) / Decimal(cycle_days) if active_days < cycle_days else fee
+    return Priced(round_money(exact, exponent), exact)
