@@ -129,13 +129,24 @@ def test_a_forged_token_is_invalid_argument(token: str) -> None:
 # Wiring.
 
 
-def test_consumes_account_created_from_customer_with_its_own_durable() -> None:
+def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
     (sub,) = subscriptions()
     assert sub.durable == "billing"
     assert sub.stream == "EVOLUTIVO_CUSTOMER"
-    assert sub.subjects == ["evolutivo.customer.v1.account.created"]
+    assert sub.subjects == [
+        "evolutivo.customer.v1.account.created",
+        "evolutivo.customer.v1.account.status_changed",
+        "evolutivo.customer.v1.account.billing_profile_changed",
+    ]
     handler = sub.handlers["evolutivo.customer.v1.AccountCreated"]
     assert handler.message_type is customer_events.AccountCreated
+    assert (
+        sub.handlers["evolutivo.customer.v1.AccountStatusChanged"].message_type is customer_events.AccountStatusChanged
+    )
+    assert (
+        sub.handlers["evolutivo.customer.v1.BillingProfileChanged"].message_type
+        is customer_events.BillingProfileChanged
+    )
 
 
 def test_definition_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,11 +57,14 @@ def test_charging_publishes_no_events_yet() -> None:
         events.encode(object())
 
 
-def test_consumes_account_created_from_customer_with_its_own_durable() -> None:
+def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
     (sub,) = subscriptions()
     assert (sub.durable, sub.stream) == ("charging", "EVOLUTIVO_CUSTOMER")
-    assert sub.subjects == ["evolutivo.customer.v1.account.created"]
+    assert sub.subjects == ["evolutivo.customer.v1.account.created", "evolutivo.customer.v1.account.status_changed"]
     assert sub.handlers["evolutivo.customer.v1.AccountCreated"].message_type is customer_events.AccountCreated
+    assert (
+        sub.handlers["evolutivo.customer.v1.AccountStatusChanged"].message_type is customer_events.AccountStatusChanged
+    )
 
 
 def test_definition_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:

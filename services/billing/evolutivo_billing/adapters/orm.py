@@ -17,6 +17,15 @@ bill_units = Table(
     Column("billing_frequency", Text, nullable=False),
     Column("payment_terms_days", Integer, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
+    # Since 0002: customer's account status and when it changed (NULL: as opened).
+    Column("account_status", Text, nullable=False, server_default="active"),
+    Column("account_status_change_time", DateTime(timezone=True)),
+    # Since 0002: a profile change waiting for the next cycle (all NULL when none), and when
+    # customer last changed the profile.
+    Column("pending_bill_cycle_day", Integer),
+    Column("pending_billing_frequency", Text),
+    Column("pending_payment_terms_days", Integer),
+    Column("profile_change_time", DateTime(timezone=True)),
     # ListBillUnits' order and keyset cursor.
     Index("bill_units_listing", "create_time", "bill_unit_id"),
 )

@@ -6,13 +6,22 @@ import json
 import uuid
 from datetime import datetime
 
-from evolutivo.billing.v1 import bill_unit_pb2
+from evolutivo.billing.v1 import bill_unit_pb2, billing_service_pb2, billing_summary_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo_runtime.errors import InvalidArgument
+from evolutivo_runtime.money import to_money
 from evolutivo_runtime.pagination import decode_token, encode_token
+from evolutivo_runtime.timestamps import to_date, to_timestamp
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from evolutivo_billing.domain.model import BillingFrequency, BillingProfile, BillUnit, ListPosition
+from evolutivo_billing.domain.model import (
+    AccountStatus,
+    BillingFrequency,
+    BillingProfile,
+    BillingSummary,
+    BillUnit,
+    ListPosition,
+)
 
 _FREQUENCIES = {
     BillingFrequency.MONTHLY: bill_unit_pb2.BILLING_FREQUENCY_MONTHLY,
@@ -26,12 +35,22 @@ _CUSTOMER_FREQUENCIES = {
     account_pb2.BILLING_FREQUENCY_SEMI_ANNUAL: BillingFrequency.SEMI_ANNUAL,
     account_pb2.BILLING_FREQUENCY_ANNUAL: BillingFrequency.ANNUAL,
 }
+_STATUSES = {
+    AccountStatus.ACTIVE: bill_unit_pb2.ACCOUNT_STATUS_ACTIVE,
+    AccountStatus.SUSPENDED: bill_unit_pb2.ACCOUNT_STATUS_SUSPENDED,
+    AccountStatus.CLOSED: bill_unit_pb2.ACCOUNT_STATUS_CLOSED,
+}
+_CUSTOMER_STATUSES = {
+    account_pb2.ACCOUNT_STATUS_ACTIVE: AccountStatus.ACTIVE,
+    account_pb2.ACCOUNT_STATUS_SUSPENDED: AccountStatus.SUSPENDED,
+    account_pb2.ACCOUNT_STATUS_CLOSED: AccountStatus.CLOSED,
+}
 
 
 def unit_to_pb(unit: BillUnit) -> bill_unit_pb2.BillUnit:
     create_time = Timestamp()
     create_time.FromDatetime(unit.create_time)
-    return bill_unit_pb2.BillUnit(
+    pb = bill_unit_pb2.BillUnit(
         bill_unit_id=str(unit.bill_unit_id),
         account_id=str(unit.account_id),
         currency_code=unit.currency_code,
@@ -40,7 +59,55 @@ def unit_to_pb(unit: BillUnit) -> bill_unit_pb2.BillUnit:
         frequency=_FREQUENCIES[unit.profile.frequency],
         payment_terms_days=unit.profile.payment_terms_days,
         create_time=create_time,
+        account_status=_STATUSES[unit.account_status],
+        account_status_change_time=to_timestamp(unit.account_status_change_time),
     )
+    if unit.pending_profile is not None:
+        pending = unit.pending_profile
+        pb.pending_profile.CopyFrom(
+            bill_unit_pb2.PendingBillingProfile(
+                bill_cycle_day=pending.bill_cycle_day,
+                frequency=_FREQUENCIES[pending.frequency],
+                payment_terms_days=pending.payment_terms_days,
+                change_time=to_timestamp(unit.profile_change_time),
+            )
+        )
+    return pb
+
+
+def summary_to_pb(summary: BillingSummary) -> billing_service_pb2.GetBillingSummaryResponse:
+    currency = summary.bill_unit.currency_code
+    c = summary.collections
+    return billing_service_pb2.GetBillingSummaryResponse(
+        bill_unit=unit_to_pb(summary.bill_unit),
+        open_bills=[
+            billing_summary_pb2.BillSummary(
+                bill_id=str(b.bill_id),
+                bill_number=b.bill_number,
+                total=to_money(b.total, currency),
+                open_amount=to_money(b.open_amount, currency),
+                due_date=to_date(b.due_date),
+                overdue=b.is_overdue(summary.today),
+            )
+            for b in summary.open_bills
+        ],
+        overdue_total=to_money(summary.overdue_total, currency),
+        collections=billing_summary_pb2.CollectionsSummary(
+            in_collections=c.in_collections,
+            case_id=c.case_id,
+            stage=c.stage,
+            overdue_amount=to_money(c.overdue_amount, currency),
+            days_past_due=c.days_past_due,
+        ),
+    )
+
+
+def status_from_customer_pb(status: account_pb2.AccountStatus.ValueType) -> AccountStatus:
+    """The account's status as customer published it; an unspecified or unknown status is a broken event."""
+    try:
+        return _CUSTOMER_STATUSES[status]
+    except KeyError:
+        raise ValueError(f"customer account status {status} has no billing counterpart") from None
 
 
 def profile_from_customer_pb(pb: account_pb2.BillingProfile) -> BillingProfile:

@@ -8,7 +8,8 @@ import re
 import uuid
 import zoneinfo
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 MAX_BILL_CYCLE_DAY = 31
 MAX_PAYMENT_TERMS_DAYS = 365
@@ -37,6 +38,14 @@ _MONTHS = {
     BillingFrequency.SEMI_ANNUAL: 6,
     BillingFrequency.ANNUAL: 12,
 }
+
+
+class AccountStatus(enum.Enum):
+    """The account's status as customer announces it (AccountStatusChanged)."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -69,15 +78,27 @@ class BillUnit:
     currency_code: str
     # IANA time zone the cycles are computed in.
     time_zone: str
+    # The profile in force: the current cycle's.
     profile: BillingProfile
     create_time: datetime
+    # Customer's account status, for bill runs and collections (a later issue reads it), and when it
+    # last changed (None: the status the account was opened with).
+    account_status: AccountStatus = AccountStatus.ACTIVE
+    account_status_change_time: datetime | None = None
+    # A profile change customer announced, waiting for the unit's next cycle; None when there is none.
+    pending_profile: BillingProfile | None = None
+    # When customer last changed the account's billing profile (None: never).
+    profile_change_time: datetime | None = None
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         validate_currency(self.currency_code)
         validate_time_zone(self.time_zone)
-        if self.create_time.utcoffset() is None:
-            raise InvalidBillUnit("create_time must be timezone-aware")
+        _require_aware(self.create_time, "create_time")
+        if self.account_status_change_time is not None:
+            _require_aware(self.account_status_change_time, "account_status_change_time")
+        if self.profile_change_time is not None:
+            _require_aware(self.profile_change_time, "profile_change_time")
 
     @classmethod
     def open(
@@ -101,6 +122,87 @@ class BillUnit:
     def position(self) -> ListPosition:
         return ListPosition(self.create_time, self.bill_unit_id)
 
+    def record_account_status(self, status: AccountStatus, change_time: datetime) -> bool:
+        """The account's status as customer changed it at `change_time`.
+
+        Events of one account can be applied out of order (replicas share a consumer), so a change
+        no newer than the one recorded changes nothing; returns whether this one was recorded."""
+        _require_aware(change_time, "change_time")
+        if self.account_status_change_time is not None and change_time <= self.account_status_change_time:
+            return False
+        self.account_status = status
+        self.account_status_change_time = change_time.astimezone(UTC)
+        return True
+
+    def schedule_profile_change(self, profile: BillingProfile, change_time: datetime) -> bool:
+        """A billing profile customer set at `change_time`. It takes effect from the unit's next
+        cycle, so it waits as pending (a later change replaces it; a change back to the profile in
+        force cancels it). A change no newer than the last one recorded changes nothing; returns
+        whether this one was recorded."""
+        _require_aware(change_time, "change_time")
+        if self.profile_change_time is not None and change_time <= self.profile_change_time:
+            return False
+        self.pending_profile = None if profile == self.profile else profile
+        self.profile_change_time = change_time.astimezone(UTC)
+        return True
+
+    def apply_pending_profile(self) -> bool:
+        """Brings the pending profile into force. Called when the unit's next cycle starts (cycles
+        and bill runs arrive with a later issue); returns whether there was one."""
+        if self.pending_profile is None:
+            return False
+        self.profile, self.pending_profile = self.pending_profile, None
+        return True
+
+
+@dataclass(frozen=True)
+class OpenBill:
+    """A bill with something still to pay (bills arrive with the bill-run issue)."""
+
+    bill_id: uuid.UUID
+    bill_number: str
+    total: Decimal
+    open_amount: Decimal
+    due_date: date
+
+    def is_overdue(self, today: date) -> bool:
+        """Past its due date (`today` in the bill unit's time zone) and not fully paid."""
+        return self.open_amount > 0 and self.due_date < today
+
+
+@dataclass(frozen=True)
+class CollectionsState:
+    """Where the account stands in collections (dunning arrives with a later issue)."""
+
+    in_collections: bool = False
+    case_id: str = ""
+    stage: str = ""
+    overdue_amount: Decimal = Decimal(0)
+    days_past_due: int = 0
+
+
+@dataclass(frozen=True)
+class BillingSummary:
+    """An account's bill unit, open bills and collections state, as of `today` in the unit's zone."""
+
+    bill_unit: BillUnit
+    open_bills: list[OpenBill]
+    collections: CollectionsState
+    today: date
+
+    @classmethod
+    def of(
+        cls, unit: BillUnit, open_bills: list[OpenBill], collections: CollectionsState, now: datetime
+    ) -> BillingSummary:
+        today = now.astimezone(zoneinfo.ZoneInfo(unit.time_zone)).date()
+        bills = sorted(open_bills, key=lambda b: (b.due_date, b.bill_number))
+        return cls(unit, bills, collections, today)
+
+    @property
+    def overdue_total(self) -> Decimal:
+        """Sum of the overdue bills' open amounts, in the unit's currency."""
+        return sum((b.open_amount for b in self.open_bills if b.is_overdue(self.today)), Decimal(0))
+
 
 @dataclass(frozen=True)
 class BillUnitCreated:
@@ -113,6 +215,11 @@ class ListPosition:
 
     create_time: datetime
     bill_unit_id: uuid.UUID
+
+
+def _require_aware(instant: datetime, name: str) -> None:
+    if instant.utcoffset() is None:
+        raise InvalidBillUnit(f"{name} must be timezone-aware")
 
 
 def validate_currency(code: str) -> None:

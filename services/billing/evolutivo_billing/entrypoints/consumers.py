@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
+from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.timestamps import from_timestamp
 
 from evolutivo_billing.adapters import proto
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
+ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
+BILLING_PROFILE_CHANGED = "evolutivo.customer.v1.account.billing_profile_changed"
+
+
+def _facts(account: account_pb2.Account, profile: account_pb2.BillingProfile) -> handlers.AccountFacts:
+    return handlers.AccountFacts(
+        uuid.UUID(account.account_id),
+        account.currency_code,
+        account.time_zone,
+        proto.profile_from_customer_pb(profile),
+    )
 
 
 async def on_account_created(uow: BillingUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
@@ -28,15 +42,51 @@ async def on_account_created(uow: BillingUnitOfWork, event: customer_events.Acco
     )
 
 
+async def on_account_status_changed(
+    uow: BillingUnitOfWork, event: customer_events.AccountStatusChanged, meta: EventMeta
+) -> None:
+    status = event.change.status if event.HasField("change") else event.account.status
+    # The change's own time orders an account's status changes; the event's time if it has none.
+    change_time: datetime = (
+        from_timestamp(event.change.change_time) if event.change.HasField("change_time") else meta.occurred_at
+    )
+    await handlers.record_account_status(
+        uow,
+        _facts(event.account, event.account.billing_profile),
+        proto.status_from_customer_pb(status),
+        change_time,
+    )
+
+
+async def on_billing_profile_changed(
+    uow: BillingUnitOfWork, event: customer_events.BillingProfileChanged, meta: EventMeta
+) -> None:
+    change_time = from_timestamp(event.change_time) if event.HasField("change_time") else meta.occurred_at
+    # Opened from this event (it overtook AccountCreated), the unit starts with the previous profile.
+    previous = event.previous if event.HasField("previous") else event.account.billing_profile
+    await handlers.schedule_profile_change(
+        uow,
+        _facts(event.account, previous),
+        proto.profile_from_customer_pb(event.account.billing_profile),
+        change_time,
+    )
+
+
 def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
     return [
         Subscription(
             durable="billing",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_STATUS_CHANGED, BILLING_PROFILE_CHANGED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
+                ),
+                customer_events.AccountStatusChanged.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.AccountStatusChanged, on_account_status_changed
+                ),
+                customer_events.BillingProfileChanged.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.BillingProfileChanged, on_billing_profile_changed
                 ),
             },
         )

@@ -32,3 +32,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             bill_units=[proto.unit_to_pb(u) for u in units],
             next_page_token=proto.page_token(next_position, account_id) if next_position else "",
         )
+
+    async def GetBillingSummary(
+        self, request: pb.GetBillingSummaryRequest, context: Context
+    ) -> pb.GetBillingSummaryResponse:
+        summary = await handlers.get_billing_summary(self._uow(), parse_uuid("account_id", request.account_id))
+        return proto.summary_to_pb(summary)

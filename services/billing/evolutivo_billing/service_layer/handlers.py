@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from evolutivo_runtime.errors import NotFound
 
-from evolutivo_billing.domain.model import BillingProfile, BillUnit, ListPosition
+from evolutivo_billing.domain.model import (
+    AccountStatus,
+    BillingProfile,
+    BillingSummary,
+    BillUnit,
+    CollectionsState,
+    ListPosition,
+    OpenBill,
+)
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
+
+
+@dataclass(frozen=True)
+class AccountFacts:
+    """What billing learns of an account from any of customer's account events (each carries the
+    account), enough to open its bill unit if that event overtook AccountCreated."""
+
+    account_id: uuid.UUID
+    currency_code: str
+    time_zone: str
+    profile: BillingProfile
 
 
 async def open_bill_unit(
@@ -25,6 +45,48 @@ async def open_bill_unit(
     unit = BillUnit.open(account_id, currency_code, time_zone, profile, now)
     if await uow.bill_units.add(unit):
         uow.track(unit)
+
+
+async def _unit_for_update(uow: BillingUnitOfWork, account: AccountFacts) -> BillUnit:
+    """The account's bill unit, locked. Replicas share the consumer, so an account's later event
+    can be applied before its AccountCreated: the unit is then opened from this event's account."""
+    unit = await uow.bill_units.for_account(account.account_id, for_update=True)
+    if unit is None:
+        await open_bill_unit(
+            uow, account.account_id, account.currency_code, account.time_zone, account.profile, uow.clock.now()
+        )
+        unit = await uow.bill_units.for_account(account.account_id, for_update=True)
+        assert unit is not None, "the unit was just opened, or another transaction opened it"
+    return unit
+
+
+async def record_account_status(
+    uow: BillingUnitOfWork, account: AccountFacts, status: AccountStatus, change_time: datetime
+) -> bool:
+    """On AccountStatusChanged: the status on the account's bill unit, which bill runs and
+    collections read. An event older than the status recorded changes nothing (returns False).
+
+    Runs inside the consumer's transaction (the caller commits)."""
+    unit = await _unit_for_update(uow, account)
+    if not unit.record_account_status(status, change_time):
+        return False
+    await uow.bill_units.save(unit)
+    return True
+
+
+async def schedule_profile_change(
+    uow: BillingUnitOfWork, account: AccountFacts, profile: BillingProfile, change_time: datetime
+) -> bool:
+    """On BillingProfileChanged: the new profile waits on the bill unit as pending, to come into
+    force when the unit's next cycle starts (cycles and bill runs arrive with a later issue, which
+    calls BillUnit.apply_pending_profile). An older change than the one recorded changes nothing.
+
+    Runs inside the consumer's transaction (the caller commits)."""
+    unit = await _unit_for_update(uow, account)
+    if not unit.schedule_profile_change(profile, change_time):
+        return False
+    await uow.bill_units.save(unit)
+    return True
 
 
 async def get_bill_unit(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID) -> BillUnit:
@@ -45,3 +107,27 @@ async def list_bill_units(
         page = units[:page_size]
         return page, page[-1].position
     return units, None
+
+
+async def get_billing_summary(uow: BillingUnitOfWork, account_id: uuid.UUID) -> BillingSummary:
+    """The account's bill unit, open bills and collections state. NotFound when billing has no
+    bill unit for the account (it has not learnt of the account)."""
+    async with uow:
+        unit = await uow.bill_units.for_account(account_id)
+        if unit is None:
+            raise NotFound("account", str(account_id))
+        open_bills = await _open_bills(uow, unit)
+        collections = await _collections(uow, unit)
+        return BillingSummary.of(unit, open_bills, collections, uow.clock.now())
+
+
+async def _open_bills(uow: BillingUnitOfWork, unit: BillUnit) -> list[OpenBill]:
+    """The unit's bills with something still to pay. Billing issues no bills yet (bill runs arrive
+    with a later issue, which reads them here): none."""
+    return []
+
+
+async def _collections(uow: BillingUnitOfWork, unit: BillUnit) -> CollectionsState:
+    """Where the unit's account stands in collections. Collections (dunning) arrive with a later
+    issue, which reads the open case here: until then, never in collections."""
+    return CollectionsState()

@@ -14,6 +14,8 @@ charging_accounts = Table(
     Column("time_zone", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("update_time", DateTime(timezone=True), nullable=False),
+    # Since 0002: when customer changed the status (NULL: as opened). Orders status events.
+    Column("status_change_time", DateTime(timezone=True)),
 )
 
 outbox, inbox = messaging_tables(metadata)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from evolutivo.charging.v1 import charging_account_pb2
 from evolutivo.customer.v1 import account_pb2
+from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from evolutivo_charging.domain.model import ChargingAccount, ChargingAccountStatus
@@ -29,6 +30,7 @@ def account_to_pb(account: ChargingAccount) -> charging_account_pb2.ChargingAcco
         time_zone=account.time_zone,
         status=_STATUSES[account.status],
         update_time=update_time,
+        status_change_time=to_timestamp(account.status_change_time),
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,16 +28,34 @@ class ChargingAccountRepository:
                 time_zone=account.time_zone,
                 status=account.status.value,
                 update_time=account.update_time,
+                status_change_time=account.status_change_time,
             )
             .on_conflict_do_nothing(index_elements=[t.c.account_id])
             .returning(t.c.account_id)
         )
         return result.first() is not None
 
-    async def get(self, account_id: uuid.UUID) -> ChargingAccount | None:
+    async def get(self, account_id: uuid.UUID, for_update: bool = False) -> ChargingAccount | None:
+        """The account; with `for_update`, locked until the transaction ends."""
         t = charging_accounts
-        row = (await self._session.execute(select(t).where(t.c.account_id == account_id))).first()
+        query = select(t).where(t.c.account_id == account_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
         return _account(row._mapping) if row else None
+
+    async def save(self, account: ChargingAccount) -> None:
+        """Writes what can change on an account (read with `for_update`)."""
+        t = charging_accounts
+        await self._session.execute(
+            update(t)
+            .where(t.c.account_id == account.account_id)
+            .values(
+                status=account.status.value,
+                update_time=account.update_time,
+                status_change_time=account.status_change_time,
+            )
+        )
 
 
 def _account(row: Any) -> ChargingAccount:
@@ -47,4 +65,5 @@ def _account(row: Any) -> ChargingAccount:
         time_zone=row["time_zone"],
         status=ChargingAccountStatus(row["status"]),
         update_time=row["update_time"],
+        status_change_time=row["status_change_time"],
     )

@@ -32,6 +32,8 @@ class ChargingAccount:
     time_zone: str
     status: ChargingAccountStatus
     update_time: datetime
+    # When customer changed the status (AccountStatusChanged); None: the status it was opened with.
+    status_change_time: datetime | None = None
 
     def __post_init__(self) -> None:
         if not _CURRENCY_CODE.match(self.currency_code):
@@ -44,6 +46,8 @@ class ChargingAccount:
             )
         if self.update_time.utcoffset() is None:
             raise InvalidChargingAccount("update_time must be timezone-aware")
+        if self.status_change_time is not None and self.status_change_time.utcoffset() is None:
+            raise InvalidChargingAccount("status_change_time must be timezone-aware")
 
     @classmethod
     def learn(
@@ -59,6 +63,20 @@ class ChargingAccount:
             status=status,
             update_time=now.astimezone(UTC),
         )
+
+    def change_status(self, status: ChargingAccountStatus, change_time: datetime, now: datetime) -> bool:
+        """The status customer set at `change_time`, learnt at `now`.
+
+        Events of one account can be applied out of order (replicas share a consumer), so a change
+        no newer than the one recorded changes nothing; returns whether this one was recorded."""
+        if change_time.utcoffset() is None or now.utcoffset() is None:
+            raise InvalidChargingAccount("status change times must be timezone-aware")
+        if self.status_change_time is not None and change_time <= self.status_change_time:
+            return False
+        self.status = status
+        self.status_change_time = change_time.astimezone(UTC)
+        self.update_time = now.astimezone(UTC)
+        return True
 
     @property
     def accepts_usage(self) -> bool:

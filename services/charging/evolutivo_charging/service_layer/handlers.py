@@ -26,6 +26,32 @@ async def learn_account(
     return await uow.charging_accounts.add(account)
 
 
+async def change_status(
+    uow: ChargingUnitOfWork,
+    account_id: uuid.UUID,
+    currency_code: str,
+    time_zone: str,
+    status: ChargingAccountStatus,
+    change_time: datetime,
+    now: datetime,
+) -> bool:
+    """On AccountStatusChanged: whether charging accepts the account's usage follows its status.
+    An event older than the status recorded changes nothing (returns False).
+
+    Replicas share the consumer, so the event can be applied before the account's AccountCreated:
+    charging then learns the account from this event, which carries it.
+    Runs inside the consumer's transaction (the caller commits)."""
+    account = await uow.charging_accounts.get(account_id, for_update=True)
+    if account is None:
+        await uow.charging_accounts.add(ChargingAccount.learn(account_id, currency_code, time_zone, status, now))
+        account = await uow.charging_accounts.get(account_id, for_update=True)
+        assert account is not None, "the account was just added, or another transaction added it"
+    if not account.change_status(status, change_time, now):
+        return False
+    await uow.charging_accounts.save(account)
+    return True
+
+
 async def get_charging_account(uow: ChargingUnitOfWork, account_id: uuid.UUID) -> ChargingAccount:
     async with uow:
         account = await uow.charging_accounts.get(account_id)

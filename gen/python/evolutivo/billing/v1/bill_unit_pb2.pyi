@@ -40,6 +40,61 @@ BILLING_FREQUENCY_SEMI_ANNUAL: BillingFrequency.ValueType  # 3
 BILLING_FREQUENCY_ANNUAL: BillingFrequency.ValueType  # 4
 Global___BillingFrequency: _TypeAlias = BillingFrequency  # noqa: Y015
 
+class _AccountStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AccountStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ACCOUNT_STATUS_UNSPECIFIED: _AccountStatus.ValueType  # 0
+    ACCOUNT_STATUS_ACTIVE: _AccountStatus.ValueType  # 1
+    ACCOUNT_STATUS_SUSPENDED: _AccountStatus.ValueType  # 2
+    ACCOUNT_STATUS_CLOSED: _AccountStatus.ValueType  # 3
+
+class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper):
+    """The account's status as customer last announced it. Bill runs and collections read it."""
+
+ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
+ACCOUNT_STATUS_ACTIVE: AccountStatus.ValueType  # 1
+ACCOUNT_STATUS_SUSPENDED: AccountStatus.ValueType  # 2
+ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 3
+Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
+
+@_typing.final
+class PendingBillingProfile(_message.Message):
+    """A billing profile change customer announced, waiting for the bill unit's next cycle: the
+    current cycle keeps the profile it started with.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_CYCLE_DAY_FIELD_NUMBER: _builtins.int
+    FREQUENCY_FIELD_NUMBER: _builtins.int
+    PAYMENT_TERMS_DAYS_FIELD_NUMBER: _builtins.int
+    CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    bill_cycle_day: _builtins.int
+    frequency: Global___BillingFrequency.ValueType
+    payment_terms_days: _builtins.int
+    @_builtins.property
+    def change_time(self) -> _timestamp_pb2.Timestamp:
+        """When customer changed the profile; it applies from the first cycle that starts after it."""
+
+    def __init__(
+        self,
+        *,
+        bill_cycle_day: _builtins.int = ...,
+        frequency: Global___BillingFrequency.ValueType = ...,
+        payment_terms_days: _builtins.int = ...,
+        change_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["change_time", b"change_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycle_day", b"bill_cycle_day", "change_time", b"change_time", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PendingBillingProfile: _TypeAlias = PendingBillingProfile  # noqa: Y015
+
 @_typing.final
 class BillUnit(_message.Message):
     """What billing bills: one per account, built from the account's billing profile."""
@@ -54,6 +109,9 @@ class BillUnit(_message.Message):
     FREQUENCY_FIELD_NUMBER: _builtins.int
     PAYMENT_TERMS_DAYS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    ACCOUNT_STATUS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_STATUS_CHANGE_TIME_FIELD_NUMBER: _builtins.int
+    PENDING_PROFILE_FIELD_NUMBER: _builtins.int
     bill_unit_id: _builtins.str
     account_id: _builtins.str
     currency_code: _builtins.str
@@ -62,8 +120,17 @@ class BillUnit(_message.Message):
     bill_cycle_day: _builtins.int
     frequency: Global___BillingFrequency.ValueType
     payment_terms_days: _builtins.int
+    account_status: Global___AccountStatus.ValueType
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def account_status_change_time(self) -> _timestamp_pb2.Timestamp:
+        """When the account's status last changed; unset while it has the status it was opened with."""
+
+    @_builtins.property
+    def pending_profile(self) -> Global___PendingBillingProfile:
+        """Set while a profile change waits for the next cycle; the fields above are the profile in force."""
+
     def __init__(
         self,
         *,
@@ -75,10 +142,13 @@ class BillUnit(_message.Message):
         frequency: Global___BillingFrequency.ValueType = ...,
         payment_terms_days: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        account_status: Global___AccountStatus.ValueType = ...,
+        account_status_change_time: _timestamp_pb2.Timestamp | None = ...,
+        pending_profile: Global___PendingBillingProfile | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_status_change_time", b"account_status_change_time", "create_time", b"create_time", "pending_profile", b"pending_profile"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bill_cycle_day", b"bill_cycle_day", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_status", b"account_status", "account_status_change_time", b"account_status_change_time", "bill_cycle_day", b"bill_cycle_day", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days", "pending_profile", b"pending_profile", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,9 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
+from evolutivo.billing.v1 import billing_summary_pb2 as _billing_summary_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -108,3 +110,58 @@ class ListBillUnitsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBillUnitsResponse: _TypeAlias = ListBillUnitsResponse  # noqa: Y015
+
+@_typing.final
+class GetBillingSummaryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBillingSummaryRequest: _TypeAlias = GetBillingSummaryRequest  # noqa: Y015
+
+@_typing.final
+class GetBillingSummaryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_UNIT_FIELD_NUMBER: _builtins.int
+    OPEN_BILLS_FIELD_NUMBER: _builtins.int
+    OVERDUE_TOTAL_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill_unit(self) -> _bill_unit_pb2.BillUnit: ...
+    @_builtins.property
+    def open_bills(self) -> _containers.RepeatedCompositeFieldContainer[_billing_summary_pb2.BillSummary]:
+        """Bills with something still to pay, earliest due date first."""
+
+    @_builtins.property
+    def overdue_total(self) -> _money_pb2.Money:
+        """Sum of the open amounts of the overdue bills, in the bill unit's currency (zero when none)."""
+
+    @_builtins.property
+    def collections(self) -> _billing_summary_pb2.CollectionsSummary: ...
+    def __init__(
+        self,
+        *,
+        bill_unit: _bill_unit_pb2.BillUnit | None = ...,
+        open_bills: _abc.Iterable[_billing_summary_pb2.BillSummary] | None = ...,
+        overdue_total: _money_pb2.Money | None = ...,
+        collections: _billing_summary_pb2.CollectionsSummary | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill_unit", b"bill_unit", "collections", b"collections", "overdue_total", b"overdue_total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_unit", b"bill_unit", "collections", b"collections", "open_bills", b"open_bills", "overdue_total", b"overdue_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBillingSummaryResponse: _TypeAlias = GetBillingSummaryResponse  # noqa: Y015

@@ -45,6 +45,11 @@ class BillingServiceStub:
                 request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsResponse.FromString,
                 _registered_method=True)
+        self.GetBillingSummary = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/GetBillingSummary',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -65,6 +70,14 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetBillingSummary(self, request, context):
+        """Returns an account's bill unit, open bills, overdue total and collections state (for the
+        customer overview). NOT_FOUND when billing has no bill unit for the account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListBillUnits,
                     request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsRequest.FromString,
                     response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsResponse.SerializeToString,
+            ),
+            'GetBillingSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBillingSummary,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class BillingService:
             '/evolutivo.billing.v1.BillingService/ListBillUnits',
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsRequest.SerializeToString,
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillUnitsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBillingSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/GetBillingSummary',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class BillingServiceStub:
     """Returns one bill unit."""
     ListBillUnits: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillUnitsRequest, _billing_service_pb2.ListBillUnitsResponse]
     """Lists bill units, optionally for one account, oldest first."""
+    GetBillingSummary: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetBillingSummaryRequest, _billing_service_pb2.GetBillingSummaryResponse]
+    """Returns an account's bill unit, open bills, overdue total and collections state (for the
+    customer overview). NOT_FOUND when billing has no bill unit for the account.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -47,6 +51,10 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Returns one bill unit."""
     ListBillUnits: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillUnitsRequest, _billing_service_pb2.ListBillUnitsResponse]  # type: ignore[assignment]
     """Lists bill units, optionally for one account, oldest first."""
+    GetBillingSummary: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetBillingSummaryRequest, _billing_service_pb2.GetBillingSummaryResponse]  # type: ignore[assignment]
+    """Returns an account's bill unit, open bills, overdue total and collections state (for the
+    customer overview). NOT_FOUND when billing has no bill unit for the account.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns charges into bills and gets them paid."""
@@ -66,5 +74,15 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListBillUnitsResponse, _abc.Awaitable[_billing_service_pb2.ListBillUnitsResponse]]:
         """Lists bill units, optionally for one account, oldest first."""
+
+    @_abc_1.abstractmethod
+    def GetBillingSummary(
+        self,
+        request: _billing_service_pb2.GetBillingSummaryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetBillingSummaryResponse, _abc.Awaitable[_billing_service_pb2.GetBillingSummaryResponse]]:
+        """Returns an account's bill unit, open bills, overdue total and collections state (for the
+        customer overview). NOT_FOUND when billing has no bill unit for the account.
+        """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_account.proto\x12\x15\x65volutivo.charging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbe\x01\n\x0f\x43hargingAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12<\n\x06status\x18\x04 \x01(\x0e\x32,.evolutivo.charging.v1.ChargingAccountStatus\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaf\x01\n\x15\x43hargingAccountStatus\x12\'\n#CHARGING_ACCOUNT_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43HARGING_ACCOUNT_STATUS_ACTIVE\x10\x01\x12%\n!CHARGING_ACCOUNT_STATUS_SUSPENDED\x10\x02\x12\"\n\x1e\x43HARGING_ACCOUNT_STATUS_CLOSED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_account.proto\x12\x15\x65volutivo.charging.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf6\x01\n\x0f\x43hargingAccount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rcurrency_code\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12<\n\x06status\x18\x04 \x01(\x0e\x32,.evolutivo.charging.v1.ChargingAccountStatus\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12status_change_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xaf\x01\n\x15\x43hargingAccountStatus\x12\'\n#CHARGING_ACCOUNT_STATUS_UNSPECIFIED\x10\x00\x12\"\n\x1e\x43HARGING_ACCOUNT_STATUS_ACTIVE\x10\x01\x12%\n!CHARGING_ACCOUNT_STATUS_SUSPENDED\x10\x02\x12\"\n\x1e\x43HARGING_ACCOUNT_STATUS_CLOSED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.charging.v1.charging_account_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHARGINGACCOUNTSTATUS']._serialized_start=298
-  _globals['_CHARGINGACCOUNTSTATUS']._serialized_end=473
+  _globals['_CHARGINGACCOUNTSTATUS']._serialized_start=354
+  _globals['_CHARGINGACCOUNTSTATUS']._serialized_end=529
   _globals['_CHARGINGACCOUNT']._serialized_start=105
-  _globals['_CHARGINGACCOUNT']._serialized_end=295
+  _globals['_CHARGINGACCOUNT']._serialized_end=351
 # @@protoc_insertion_point(module_scope)

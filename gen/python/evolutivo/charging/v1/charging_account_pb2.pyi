@@ -49,12 +49,19 @@ class ChargingAccount(_message.Message):
     TIME_ZONE_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    STATUS_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     currency_code: _builtins.str
     time_zone: _builtins.str
     status: Global___ChargingAccountStatus.ValueType
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def status_change_time(self) -> _timestamp_pb2.Timestamp:
+        """When customer changed the account's status (AccountStatusChanged); unset while the account
+        has the status it was opened with. An older status change never overwrites a newer one.
+        """
+
     def __init__(
         self,
         *,
@@ -63,10 +70,11 @@ class ChargingAccount(_message.Message):
         time_zone: _builtins.str = ...,
         status: Global___ChargingAccountStatus.ValueType = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        status_change_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status_change_time", b"status_change_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency_code", b"currency_code", "status", b"status", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "currency_code", b"currency_code", "status", b"status", "status_change_time", b"status_change_time", "time_zone", b"time_zone", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,20 +22,47 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from evolutivo.charging.v1 import catalog_pb2 as evolutivo_dot_charging_dot_v1_dot_catalog__pb2
 from evolutivo.charging.v1 import charging_account_pb2 as evolutivo_dot_charging_dot_v1_dot_charging__account__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_service.proto\x12\x15\x65volutivo.charging.v1\x1a,evolutivo/charging/v1/charging_account.proto\"/\n\x19GetChargingAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"^\n\x1aGetChargingAccountResponse\x12@\n\x10\x63harging_account\x18\x01 \x01(\x0b\x32&.evolutivo.charging.v1.ChargingAccount2\x8c\x01\n\x0f\x43hargingService\x12y\n\x12GetChargingAccount\x12\x30.evolutivo.charging.v1.GetChargingAccountRequest\x1a\x31.evolutivo.charging.v1.GetChargingAccountResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_service.proto\x12\x15\x65volutivo.charging.v1\x1a#evolutivo/charging/v1/catalog.proto\x1a,evolutivo/charging/v1/charging_account.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x19GetChargingAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"^\n\x1aGetChargingAccountResponse\x12@\n\x10\x63harging_account\x18\x01 \x01(\x0b\x32&.evolutivo.charging.v1.ChargingAccount\"h\n\x18\x43reateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x19\x43reateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x85\x01\n\x18UpdateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x19UpdateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"5\n\x1a\x41\x63tivateChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"W\n\x1b\x41\x63tivateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"3\n\x18RetireChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"U\n\x19RetireChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"k\n\x15GetChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12+\n\x07\x61t_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16GetChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x88\x01\n\x17ListChargeOffersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.evolutivo.charging.v1.ChargeOfferStatus\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"n\n\x18ListChargeOffersResponse\x12\x39\n\rcharge_offers\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd6\x06\n\x0f\x43hargingService\x12y\n\x12GetChargingAccount\x12\x30.evolutivo.charging.v1.GetChargingAccountRequest\x1a\x31.evolutivo.charging.v1.GetChargingAccountResponse\x12v\n\x11\x43reateChargeOffer\x12/.evolutivo.charging.v1.CreateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.CreateChargeOfferResponse\x12v\n\x11UpdateChargeOffer\x12/.evolutivo.charging.v1.UpdateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.UpdateChargeOfferResponse\x12|\n\x13\x41\x63tivateChargeOffer\x12\x31.evolutivo.charging.v1.ActivateChargeOfferRequest\x1a\x32.evolutivo.charging.v1.ActivateChargeOfferResponse\x12v\n\x11RetireChargeOffer\x12/.evolutivo.charging.v1.RetireChargeOfferRequest\x1a\x30.evolutivo.charging.v1.RetireChargeOfferResponse\x12m\n\x0eGetChargeOffer\x12,.evolutivo.charging.v1.GetChargeOfferRequest\x1a-.evolutivo.charging.v1.GetChargeOfferResponse\x12s\n\x10ListChargeOffers\x12..evolutivo.charging.v1.ListChargeOffersRequest\x1a/.evolutivo.charging.v1.ListChargeOffersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.charging.v1.charging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_start=117
-  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_end=164
-  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_start=166
-  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_end=260
-  _globals['_CHARGINGSERVICE']._serialized_start=263
-  _globals['_CHARGINGSERVICE']._serialized_end=403
+  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_start=221
+  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_end=268
+  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_start=270
+  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_end=364
+  _globals['_CREATECHARGEOFFERREQUEST']._serialized_start=366
+  _globals['_CREATECHARGEOFFERREQUEST']._serialized_end=470
+  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_start=472
+  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_end=557
+  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_start=560
+  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_end=693
+  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_start=695
+  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_end=780
+  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_start=782
+  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_end=835
+  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_start=837
+  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_end=924
+  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_start=926
+  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_end=977
+  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_start=979
+  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_end=1064
+  _globals['_GETCHARGEOFFERREQUEST']._serialized_start=1066
+  _globals['_GETCHARGEOFFERREQUEST']._serialized_end=1173
+  _globals['_GETCHARGEOFFERRESPONSE']._serialized_start=1175
+  _globals['_GETCHARGEOFFERRESPONSE']._serialized_end=1257
+  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_start=1260
+  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_end=1396
+  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_start=1398
+  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_end=1508
+  _globals['_CHARGINGSERVICE']._serialized_start=1511
+  _globals['_CHARGINGSERVICE']._serialized_end=2365
 # @@protoc_insertion_point(module_scope)

@@ -3,9 +3,14 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
+from evolutivo.charging.v1 import catalog_pb2 as _catalog_pb2
 from evolutivo.charging.v1 import charging_account_pb2 as _charging_account_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -55,3 +60,275 @@ class GetChargingAccountResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetChargingAccountResponse: _TypeAlias = GetChargingAccountResponse  # noqa: Y015
+
+@_typing.final
+class CreateChargeOfferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer:
+        """The offer; output-only fields are ignored. An existing code gets its next version."""
+
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateChargeOfferRequest: _TypeAlias = CreateChargeOfferRequest  # noqa: Y015
+
+@_typing.final
+class CreateChargeOfferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer: ...
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateChargeOfferResponse: _TypeAlias = CreateChargeOfferResponse  # noqa: Y015
+
+@_typing.final
+class UpdateChargeOfferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer:
+        """With charge_offer_id set."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: "name", "description", "currency_code", "valid_from", "valid_to", "charges"."""
+
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateChargeOfferRequest: _TypeAlias = UpdateChargeOfferRequest  # noqa: Y015
+
+@_typing.final
+class UpdateChargeOfferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer: ...
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateChargeOfferResponse: _TypeAlias = UpdateChargeOfferResponse  # noqa: Y015
+
+@_typing.final
+class ActivateChargeOfferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_ID_FIELD_NUMBER: _builtins.int
+    charge_offer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        charge_offer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer_id", b"charge_offer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateChargeOfferRequest: _TypeAlias = ActivateChargeOfferRequest  # noqa: Y015
+
+@_typing.final
+class ActivateChargeOfferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer: ...
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ActivateChargeOfferResponse: _TypeAlias = ActivateChargeOfferResponse  # noqa: Y015
+
+@_typing.final
+class RetireChargeOfferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_ID_FIELD_NUMBER: _builtins.int
+    charge_offer_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        charge_offer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer_id", b"charge_offer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireChargeOfferRequest: _TypeAlias = RetireChargeOfferRequest  # noqa: Y015
+
+@_typing.final
+class RetireChargeOfferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer: ...
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetireChargeOfferResponse: _TypeAlias = RetireChargeOfferResponse  # noqa: Y015
+
+@_typing.final
+class GetChargeOfferRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    AT_TIME_FIELD_NUMBER: _builtins.int
+    charge_offer_id: _builtins.str
+    """Either the version's id..."""
+    code: _builtins.str
+    """...or the offer code, with the instant whose version is wanted (now when unset)."""
+    @_builtins.property
+    def at_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        charge_offer_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        at_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at_time", b"at_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at_time", b"at_time", "charge_offer_id", b"charge_offer_id", "code", b"code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChargeOfferRequest: _TypeAlias = GetChargeOfferRequest  # noqa: Y015
+
+@_typing.final
+class GetChargeOfferResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def charge_offer(self) -> _catalog_pb2.ChargeOffer: ...
+    def __init__(
+        self,
+        *,
+        charge_offer: _catalog_pb2.ChargeOffer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offer", b"charge_offer"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetChargeOfferResponse: _TypeAlias = GetChargeOfferResponse  # noqa: Y015
+
+@_typing.final
+class ListChargeOffersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    page_token: _builtins.str
+    status: _catalog_pb2.ChargeOfferStatus.ValueType
+    """Only versions in this status, when set."""
+    code: _builtins.str
+    """Only versions of this code, when set."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+        status: _catalog_pb2.ChargeOfferStatus.ValueType = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "page_size", b"page_size", "page_token", b"page_token", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChargeOffersRequest: _TypeAlias = ListChargeOffersRequest  # noqa: Y015
+
+@_typing.final
+class ListChargeOffersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGE_OFFERS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def charge_offers(self) -> _containers.RepeatedCompositeFieldContainer[_catalog_pb2.ChargeOffer]: ...
+    def __init__(
+        self,
+        *,
+        charge_offers: _abc.Iterable[_catalog_pb2.ChargeOffer] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charge_offers", b"charge_offers", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListChargeOffersResponse: _TypeAlias = ListChargeOffersResponse  # noqa: Y015

@@ -40,6 +40,36 @@ class ChargingServiceStub:
                 request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountResponse.FromString,
                 _registered_method=True)
+        self.CreateChargeOffer = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/CreateChargeOffer',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferResponse.FromString,
+                _registered_method=True)
+        self.UpdateChargeOffer = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/UpdateChargeOffer',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferResponse.FromString,
+                _registered_method=True)
+        self.ActivateChargeOffer = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/ActivateChargeOffer',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferResponse.FromString,
+                _registered_method=True)
+        self.RetireChargeOffer = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/RetireChargeOffer',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferResponse.FromString,
+                _registered_method=True)
+        self.GetChargeOffer = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/GetChargeOffer',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferResponse.FromString,
+                _registered_method=True)
+        self.ListChargeOffers = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/ListChargeOffers',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.FromString,
+                _registered_method=True)
 
 
 class ChargingServiceServicer:
@@ -53,6 +83,48 @@ class ChargingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateChargeOffer(self, request, context):
+        """Creates the first version of an offer, or the next version of an existing code, as a DRAFT.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateChargeOffer(self, request, context):
+        """Changes a DRAFT version; an active version is immutable (create a new version instead).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ActivateChargeOffer(self, request, context):
+        """Makes a DRAFT version ACTIVE from its valid_from; the previous active version ends there.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetireChargeOffer(self, request, context):
+        """Retires a version: no new purchases; existing ones keep rating until they end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetChargeOffer(self, request, context):
+        """Returns one version of an offer: by id, or by code at an instant (the version in force then).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListChargeOffers(self, request, context):
+        """Lists offer versions, newest first within each code.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChargingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +132,36 @@ def add_ChargingServiceServicer_to_server(servicer, server):
                     servicer.GetChargingAccount,
                     request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountRequest.FromString,
                     response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountResponse.SerializeToString,
+            ),
+            'CreateChargeOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateChargeOffer,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferResponse.SerializeToString,
+            ),
+            'UpdateChargeOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateChargeOffer,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferResponse.SerializeToString,
+            ),
+            'ActivateChargeOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.ActivateChargeOffer,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferResponse.SerializeToString,
+            ),
+            'RetireChargeOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetireChargeOffer,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferResponse.SerializeToString,
+            ),
+            'GetChargeOffer': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChargeOffer,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferResponse.SerializeToString,
+            ),
+            'ListChargeOffers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListChargeOffers,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +192,168 @@ class ChargingService:
             '/evolutivo.charging.v1.ChargingService/GetChargingAccount',
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountRequest.SerializeToString,
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargingAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateChargeOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/CreateChargeOffer',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.CreateChargeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateChargeOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/UpdateChargeOffer',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.UpdateChargeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ActivateChargeOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/ActivateChargeOffer',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ActivateChargeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetireChargeOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/RetireChargeOffer',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RetireChargeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChargeOffer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/GetChargeOffer',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.GetChargeOfferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListChargeOffers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/ListChargeOffers',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,18 @@ class ChargingServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ChargingServiceAsyncStub: ...
     GetChargingAccount: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.GetChargingAccountRequest, _charging_service_pb2.GetChargingAccountResponse]
     """Returns charging's view of an account (currency, time zone, whether usage is accepted)."""
+    CreateChargeOffer: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.CreateChargeOfferRequest, _charging_service_pb2.CreateChargeOfferResponse]
+    """Creates the first version of an offer, or the next version of an existing code, as a DRAFT."""
+    UpdateChargeOffer: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.UpdateChargeOfferRequest, _charging_service_pb2.UpdateChargeOfferResponse]
+    """Changes a DRAFT version; an active version is immutable (create a new version instead)."""
+    ActivateChargeOffer: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ActivateChargeOfferRequest, _charging_service_pb2.ActivateChargeOfferResponse]
+    """Makes a DRAFT version ACTIVE from its valid_from; the previous active version ends there."""
+    RetireChargeOffer: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.RetireChargeOfferRequest, _charging_service_pb2.RetireChargeOfferResponse]
+    """Retires a version: no new purchases; existing ones keep rating until they end."""
+    GetChargeOffer: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.GetChargeOfferRequest, _charging_service_pb2.GetChargeOfferResponse]
+    """Returns one version of an offer: by id, or by code at an instant (the version in force then)."""
+    ListChargeOffers: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargeOffersRequest, _charging_service_pb2.ListChargeOffersResponse]
+    """Lists offer versions, newest first within each code."""
 
 @_typing.type_check_only
 class ChargingServiceAsyncStub(ChargingServiceStub):
@@ -43,6 +55,18 @@ class ChargingServiceAsyncStub(ChargingServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetChargingAccount: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.GetChargingAccountRequest, _charging_service_pb2.GetChargingAccountResponse]  # type: ignore[assignment]
     """Returns charging's view of an account (currency, time zone, whether usage is accepted)."""
+    CreateChargeOffer: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.CreateChargeOfferRequest, _charging_service_pb2.CreateChargeOfferResponse]  # type: ignore[assignment]
+    """Creates the first version of an offer, or the next version of an existing code, as a DRAFT."""
+    UpdateChargeOffer: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.UpdateChargeOfferRequest, _charging_service_pb2.UpdateChargeOfferResponse]  # type: ignore[assignment]
+    """Changes a DRAFT version; an active version is immutable (create a new version instead)."""
+    ActivateChargeOffer: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ActivateChargeOfferRequest, _charging_service_pb2.ActivateChargeOfferResponse]  # type: ignore[assignment]
+    """Makes a DRAFT version ACTIVE from its valid_from; the previous active version ends there."""
+    RetireChargeOffer: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.RetireChargeOfferRequest, _charging_service_pb2.RetireChargeOfferResponse]  # type: ignore[assignment]
+    """Retires a version: no new purchases; existing ones keep rating until they end."""
+    GetChargeOffer: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.GetChargeOfferRequest, _charging_service_pb2.GetChargeOfferResponse]  # type: ignore[assignment]
+    """Returns one version of an offer: by id, or by code at an instant (the version in force then)."""
+    ListChargeOffers: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargeOffersRequest, _charging_service_pb2.ListChargeOffersResponse]  # type: ignore[assignment]
+    """Lists offer versions, newest first within each code."""
 
 class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prices every billable event the moment it happens."""
@@ -54,5 +78,53 @@ class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_charging_service_pb2.GetChargingAccountResponse, _abc.Awaitable[_charging_service_pb2.GetChargingAccountResponse]]:
         """Returns charging's view of an account (currency, time zone, whether usage is accepted)."""
+
+    @_abc_1.abstractmethod
+    def CreateChargeOffer(
+        self,
+        request: _charging_service_pb2.CreateChargeOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.CreateChargeOfferResponse, _abc.Awaitable[_charging_service_pb2.CreateChargeOfferResponse]]:
+        """Creates the first version of an offer, or the next version of an existing code, as a DRAFT."""
+
+    @_abc_1.abstractmethod
+    def UpdateChargeOffer(
+        self,
+        request: _charging_service_pb2.UpdateChargeOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.UpdateChargeOfferResponse, _abc.Awaitable[_charging_service_pb2.UpdateChargeOfferResponse]]:
+        """Changes a DRAFT version; an active version is immutable (create a new version instead)."""
+
+    @_abc_1.abstractmethod
+    def ActivateChargeOffer(
+        self,
+        request: _charging_service_pb2.ActivateChargeOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.ActivateChargeOfferResponse, _abc.Awaitable[_charging_service_pb2.ActivateChargeOfferResponse]]:
+        """Makes a DRAFT version ACTIVE from its valid_from; the previous active version ends there."""
+
+    @_abc_1.abstractmethod
+    def RetireChargeOffer(
+        self,
+        request: _charging_service_pb2.RetireChargeOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.RetireChargeOfferResponse, _abc.Awaitable[_charging_service_pb2.RetireChargeOfferResponse]]:
+        """Retires a version: no new purchases; existing ones keep rating until they end."""
+
+    @_abc_1.abstractmethod
+    def GetChargeOffer(
+        self,
+        request: _charging_service_pb2.GetChargeOfferRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.GetChargeOfferResponse, _abc.Awaitable[_charging_service_pb2.GetChargeOfferResponse]]:
+        """Returns one version of an offer: by id, or by code at an instant (the version in force then)."""
+
+    @_abc_1.abstractmethod
+    def ListChargeOffers(
+        self,
+        request: _charging_service_pb2.ListChargeOffersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.ListChargeOffersResponse, _abc.Awaitable[_charging_service_pb2.ListChargeOffersResponse]]:
+        """Lists offer versions, newest first within each code."""
 
 def add_ChargingServiceServicer_to_server(servicer: ChargingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
