@@ -9,5 +9,6 @@ class CustomerSettings(ServiceSettings):
     # gRPC addresses of the services customer reads from (overview, closing an account).
     balance_address: str = "127.0.0.1:50053"
     billing_address: str = "127.0.0.1:50054"
+    charging_address: str = "127.0.0.1:50052"
     # Deadline of each downstream read; the overview answers without a section that misses it.
     downstream_timeout_seconds: float = Field(default=0.5, gt=0)

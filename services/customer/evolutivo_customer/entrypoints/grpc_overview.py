@@ -11,7 +11,7 @@ from evolutivo.customer.v1 import overview_pb2
 from evolutivo_runtime.ids import parse_uuid
 from evolutivo_runtime.server import Context
 
-from evolutivo_customer.adapters import proto, proto_contacts, proto_payment_methods
+from evolutivo_customer.adapters import proto, proto_contacts, proto_payment_methods, proto_purchases
 from evolutivo_customer.service_layer import overview
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
 
@@ -41,6 +41,7 @@ def overview_to_pb(found: overview.AccountOverview) -> overview_pb2.AccountOverv
         services=[proto.service_to_pb(s) for s in found.services],
         # Masked by the translation: never a full provider token or IBAN.
         payment_methods=[proto_payment_methods.payment_method_to_pb(m) for m in found.payment_methods],
+        purchases=[proto_purchases.purchase_to_pb(p, found.as_of) for p in found.purchases],
         unavailable=[overview_pb2.UnavailableSection(section=m.section, reason=m.reason) for m in found.unavailable],
     )
     if found.balance is not None:

@@ -14,7 +14,8 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from datetime import datetime
+from typing import Protocol, TypeVar
 
 from evolutivo.balance.v1 import balance_service_pb2
 from evolutivo.billing.v1 import billing_service_pb2
@@ -23,6 +24,7 @@ from evolutivo_runtime.errors import Unavailable
 from evolutivo_customer.domain.contacts import Contact
 from evolutivo_customer.domain.model import Account, ProvisionedService
 from evolutivo_customer.domain.payment_methods import PaymentMethod
+from evolutivo_customer.domain.purchases import Purchase
 from evolutivo_customer.service_layer.accounts import load
 from evolutivo_customer.service_layer.ports import BalanceReader
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
@@ -73,11 +75,13 @@ class AccountOverview:
     services: list[ProvisionedService]
     # Unmasked in memory; masked by the translation to protobuf.
     payment_methods: list[PaymentMethod]
-    # Always empty until purchases are stored (their feature is being written).
-    purchases: list[Any]
+    # Not cancelled and not ended now (pending ones included).
+    purchases: list[Purchase]
     # None when the section is missing (see `unavailable`).
     balance: balance_service_pb2.GetBalanceResponse | None
     billing: billing_service_pb2.GetBillingSummaryResponse | None
+    # The instant the overview describes (purchase states are computed at it).
+    as_of: datetime
     unavailable: list[MissingSection] = field(default_factory=list)
 
 
@@ -102,8 +106,8 @@ async def get_overview(
             contacts = list(await uow.contacts.for_account(account_id))
             services = await uow.services.for_account(account_id)
             payment_methods = list(await uow.payment_methods.for_account(account_id))
-        # Purchases: their repository arrives with the purchases feature; until then, none.
-        purchases: list[Any] = []
+            as_of = uow.clock.now()
+            purchases = await uow.purchases.open_for_account(account_id, as_of)
         (balance_found, balance_missing), (billing_found, billing_missing) = await asyncio.gather(
             balance_read, billing_read
         )
@@ -124,6 +128,7 @@ async def get_overview(
         purchases=purchases,
         balance=balance_found,
         billing=billing_found,
+        as_of=as_of,
         unavailable=unavailable,
     )
 
