@@ -1,4 +1,6 @@
-"""ChargingService over gRPC: translates messages to handler calls and back, nothing more."""
+"""ChargingService over gRPC: one servicer composed of one mixin per part of the API.
+
+Each part translates messages to service-layer calls and back, nothing more."""
 
 from __future__ import annotations
 
@@ -10,11 +12,12 @@ from evolutivo_runtime.ids import parse_uuid
 from evolutivo_runtime.server import Context
 
 from evolutivo_charging.adapters import proto
+from evolutivo_charging.entrypoints.grpc_catalog import CatalogApi
 from evolutivo_charging.service_layer import handlers
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 
-class ChargingServicer(pb_grpc.ChargingServiceServicer):
+class ChargingServicer(CatalogApi, pb_grpc.ChargingServiceServicer):
     def __init__(self, uow: Callable[[], ChargingUnitOfWork]) -> None:
         self._uow = uow
 
