@@ -21,7 +21,7 @@ from evolutivo.charging.v1 import catalog_pb2 as c
 from evolutivo.charging.v1 import charging_service_pb2 as pb
 from evolutivo.charging.v1 import charging_service_pb2_grpc as pb_grpc
 from evolutivo.charging.v1 import events_pb2
-from evolutivo_charging.adapters import catalog_events
+from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.orm import charge_offers, outbox, request_log
 from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
@@ -52,7 +52,7 @@ class CatalogDb:
     clock: FixedClock
 
     def uow(self) -> ChargingUnitOfWork:
-        return ChargingUnitOfWork(self.sessions, outbox, self.clock, catalog_events.encode, request_log)
+        return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
     def servicer(self) -> ChargingServicer:
         return ChargingServicer(self.uow)

@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from evolutivo.charging.v1 import catalog_pb2 as c
 from evolutivo.charging.v1 import events_pb2
-from evolutivo_charging.adapters import catalog_events, catalog_proto
+from evolutivo_charging.adapters import catalog_proto, events
 from evolutivo_charging.domain.catalog import (
     Charge,
     ChargeOffer,
+    ChargeOfferActivated,
+    ChargeOfferRetired,
     Flat,
     Graduated,
     OfferStatus,
@@ -28,7 +30,6 @@ from evolutivo_charging.domain.catalog import (
     Tier,
     Volume,
 )
-from evolutivo_charging.service_layer.catalog import ChargeOfferActivated, ChargeOfferRetired
 from evolutivo_runtime.errors import InvalidArgument
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -288,15 +289,15 @@ def test_status_filters() -> None:
 
 def test_catalog_events_are_encoded_on_their_subjects() -> None:
     new, old = offer(status=OfferStatus.ACTIVE), offer(version=2, status=OfferStatus.ACTIVE, valid_to=NOW)
-    subject, message = catalog_events.encode(ChargeOfferActivated(new, old))
+    subject, message = events.encode(ChargeOfferActivated(new, old))
     assert subject == "evolutivo.charging.v1.charge_offer.activated"
     assert isinstance(message, events_pb2.ChargeOfferActivated)
     assert message.charge_offer.charge_offer_id == str(new.charge_offer_id)
     assert message.replaced.version == 2
-    _, alone = catalog_events.encode(ChargeOfferActivated(new))
+    _, alone = events.encode(ChargeOfferActivated(new))
     assert isinstance(alone, events_pb2.ChargeOfferActivated) and not alone.HasField("replaced")
-    subject, message = catalog_events.encode(ChargeOfferRetired(new))
+    subject, message = events.encode(ChargeOfferRetired(new))
     assert subject == "evolutivo.charging.v1.charge_offer.retired"
     assert isinstance(message, events_pb2.ChargeOfferRetired)
     with pytest.raises(TypeError):
-        catalog_events.encode(uuid.uuid4())
+        events.encode(uuid.uuid4())

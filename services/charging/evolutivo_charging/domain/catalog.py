@@ -270,6 +270,7 @@ class ChargeOffer:
         if not self.charges:
             raise FailedPrecondition("CHARGE_OFFER_EMPTY", "an offer needs at least one charge to be activated")
         self.valid_from = self.valid_from or now
+        replaced = None
         if previous is not None:
             if previous.valid_from is not None and self.valid_from <= previous.valid_from:
                 raise FailedPrecondition(
@@ -278,8 +279,10 @@ class ChargeOffer:
                 )
             if previous.valid_to is None or previous.valid_to > self.valid_from:
                 previous.valid_to = self.valid_from
+                replaced = previous
         self.status = OfferStatus.ACTIVE
         self.activate_time = now
+        self.events.append(ChargeOfferActivated(self, replaced))
 
     def retire(self, now: datetime) -> None:
         if self.status is not OfferStatus.ACTIVE:
@@ -288,6 +291,7 @@ class ChargeOffer:
             )
         self.status = OfferStatus.RETIRED
         self.retire_time = now
+        self.events.append(ChargeOfferRetired(self))
 
     def in_force(self, instant: datetime) -> bool:
         """Rates events at this instant (active or retired: existing purchases keep rating)."""
@@ -300,3 +304,15 @@ class ChargeOffer:
 
     def purchasable(self, instant: datetime) -> bool:
         return self.status is OfferStatus.ACTIVE and self.in_force(instant)
+
+
+@dataclass(frozen=True)
+class ChargeOfferActivated:
+    offer: ChargeOffer
+    # The version whose validity the activation ended (its valid_to is now the offer's valid_from).
+    replaced: ChargeOffer | None = None
+
+
+@dataclass(frozen=True)
+class ChargeOfferRetired:
+    offer: ChargeOffer

@@ -7,7 +7,7 @@ from pathlib import Path
 from evolutivo.charging.v1 import charging_service_pb2, charging_service_pb2_grpc
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
-from evolutivo_charging.adapters import catalog_events
+from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.orm import inbox, outbox, request_log
 from evolutivo_charging.entrypoints.consumers import subscriptions
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
@@ -19,8 +19,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 def wire(rt: Runtime) -> Wiring:
     def uow() -> ChargingUnitOfWork:
-        # catalog_events.encode: the catalog's events, then adapters.events.encode for the rest.
-        return ChargingUnitOfWork(rt.sessions, outbox, rt.clock, catalog_events.encode, request_log)
+        return ChargingUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
 
     return Wiring(
         servicers=[

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -27,18 +26,6 @@ from evolutivo_charging.domain.catalog import ChargeOffer, OfferStatus
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 # Events the catalog's use cases record on the offer (published through the outbox on commit).
-
-
-@dataclass(frozen=True)
-class ChargeOfferActivated:
-    offer: ChargeOffer
-    # The version whose validity the activation ended (valid_to now the offer's valid_from).
-    replaced: ChargeOffer | None = None
-
-
-@dataclass(frozen=True)
-class ChargeOfferRetired:
-    offer: ChargeOffer
 
 
 def check_currency(code: str, field: str = "charge_offer.currency_code") -> None:
@@ -112,13 +99,10 @@ async def activate_charge_offer(uow: ChargingUnitOfWork, charge_offer_id: uuid.U
     previous = _latest_started(v for v in versions if v.charge_offer_id != charge_offer_id)
     previous_end = previous.valid_to if previous else None
     offer.activate(previous, now)
-    replaced = None
     if previous is not None and previous.valid_to != previous_end:
         # First: the database holds at most one open-ended activated version of a code.
         await uow.catalog.save(previous)
-        replaced = previous
     await uow.catalog.save(offer)
-    offer.events.append(ChargeOfferActivated(offer, replaced))
     uow.track(offer)
     return offer
 
@@ -134,7 +118,6 @@ async def retire_charge_offer(uow: ChargingUnitOfWork, charge_offer_id: uuid.UUI
     offer = await load(uow, charge_offer_id, for_update=True)
     offer.retire(uow.clock.now())
     await uow.catalog.save(offer)
-    offer.events.append(ChargeOfferRetired(offer))
     uow.track(offer)
     return offer
 
