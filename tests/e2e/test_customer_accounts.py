@@ -12,6 +12,7 @@ import pytest
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as pb_grpc
+from evolutivo_runtime.testing import eventually
 from evolutivo_stack.stack import Stack
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
@@ -233,6 +234,9 @@ async def test_close_asks_balance_and_refuses_when_it_cannot_tell(
         assert still.status == account_pb2.ACCOUNT_STATUS_ACTIVE
     finally:
         stack.start_service("balance")
-    closed = (await customer.CloseAccount(close)).account
+    # UNAVAILABLE is retryable: once customer reconnects to the restarted balance, the close goes through.
+    closed = (
+        await eventually(lambda: customer.CloseAccount(close), timeout=20, what="the close to go through")
+    ).account
     assert closed.status == account_pb2.ACCOUNT_STATUS_CLOSED
     assert closed.last_status_change.reason == "moving"

@@ -41,6 +41,7 @@ from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_serv
 from evolutivo_runtime.migrations import is_migrated
 from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
+from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
 from evolutivo_runtime.settings import ServiceSettings
 from evolutivo_runtime.uow import UnitOfWork
 
@@ -138,7 +139,7 @@ async def serve(definition: ServiceDefinition) -> None:
         loop.add_signal_handler(sig, stop.set)
 
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(f"{name}.evolutivo.io")],
+        interceptors=[ServiceInterceptor(f"{name}.evolutivo.io"), SensitiveDataInterceptor(f"{name}.evolutivo.io")],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -8,8 +8,10 @@ from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grp
 from evolutivo_runtime.clients import service_channel
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
-from evolutivo_customer.adapters import events
+from evolutivo_customer.adapters import contact_events, events, payment_method_events, purchase_events  # noqa: F401
 from evolutivo_customer.adapters.balance_client import GrpcBalanceReader
+from evolutivo_customer.adapters.billing_client import GrpcBillingReader
+from evolutivo_customer.adapters.charging_client import GrpcCatalogReader
 from evolutivo_customer.adapters.orm import inbox, outbox, request_log
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
@@ -26,11 +28,13 @@ def wire(rt: Runtime) -> Wiring:
         return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
 
     balance = GrpcBalanceReader(service_channel(settings.balance_address), settings.downstream_timeout_seconds)
+    billing = GrpcBillingReader(service_channel(settings.billing_address), settings.downstream_timeout_seconds)
+    catalog = GrpcCatalogReader(service_channel(settings.charging_address), settings.downstream_timeout_seconds)
     return Wiring(
         servicers=[
             Servicer(
                 customer_service_pb2_grpc.add_CustomerServiceServicer_to_server,
-                CustomerServicer(uow, balance),
+                CustomerServicer(uow, balance, billing, settings.downstream_timeout_seconds, catalog),
                 customer_service_pb2.DESCRIPTOR.services_by_name["CustomerService"].full_name,
             )
         ],

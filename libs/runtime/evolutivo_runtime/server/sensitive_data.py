@@ -1,0 +1,286 @@
+"""Refuses any request carrying payment-card data, for every RPC of every service.
+
+No service may receive a card number or a card security code: cards are held as the payment
+provider's token. The interceptor walks every string field of each request message, recursively
+(nested messages, repeated fields, map keys and values, and google.protobuf.Any payloads whose type
+is known), and refuses the call with INVALID_ARGUMENT naming the field path, e.g.
+`payment_method.card.provider_token` or `account.labels["note"]`, when
+
+- a value contains a card number: 13 to 19 digits, optionally separated by single spaces or
+  dashes, that pass the Luhn check; or
+- a field or map key is named like a card security code (cvv, cvc, cvv2, cvc2, csc,
+  security_code, in any case or separator style) and has a non-empty value.
+
+The error names the field and the rule, never the value, and nothing here logs the value. A map
+key that itself contains a card number is reported as the map field, without the key.
+
+To keep false alarms away from data that is not a card, a digit run counts only when it stands on
+its own: it must not be preceded by a letter, a digit or "+" (so IBANs such as BE68539007547034
+and E.164 phone numbers never match) nor followed by a letter or a digit, and UUIDs are skipped.
+
+Register it after ServiceInterceptor (so that one times and counts the refused calls too):
+`grpc.aio.server(interceptors=[ServiceInterceptor(domain), SensitiveDataInterceptor(domain)])`.
+It aborts the call itself with the same rich status ServiceInterceptor gives an InvalidArgument
+(ErrorInfo and BadRequest), so it is correct in any position and for streaming methods as well.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import logging
+import re
+import unicodedata
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, cast
+
+import grpc
+from google.protobuf import any_pb2, descriptor_pool, message_factory
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+from grpc_status import rpc_status
+from stdnum import luhn
+
+from evolutivo_runtime.errors import InvalidArgument, to_rpc_status
+from evolutivo_runtime.server import Context
+
+log = logging.getLogger("evolutivo.rpc")
+
+CARD_NUMBER_RULE = "must not contain a payment card number: send the payment provider's token instead"
+SECURITY_CODE_RULE = "must not carry a card security code (CVV/CVC): it is never sent to or stored by this platform"
+CARD_NUMBER_IN_KEY_RULE = "a map key must not contain a payment card number"
+
+MIN_CARD_DIGITS = 13
+MAX_CARD_DIGITS = 19
+
+# Digits joined by at most one space or dash between them; standing on their own (see above).
+_DIGIT_RUN = re.compile(r"(?<![0-9A-Za-z+])[0-9](?:[ -]?[0-9])*(?![0-9A-Za-z])")
+_GROUP_SEPARATOR = re.compile(r"[ -]")
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+_SECURITY_CODE_WORDS = frozenset({"cvv", "cvc", "cvv2", "cvc2", "csc"})
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
+_WORD_SEPARATOR = re.compile(r"[^0-9a-z]+")
+
+
+def contains_card_number(value: str) -> bool:
+    """Whether the text holds a Luhn-valid run of 13-19 digits (single spaces or dashes allowed
+    between them). Within a longer separated run, every stretch of whole groups is tried, so a
+    number followed by more digits ("4111 1111 1111 1111 0825") is still found."""
+    # Full-width and other Unicode digits count as the ASCII digits they stand for.
+    text = _UUID.sub(" ", unicodedata.normalize("NFKC", value))
+    for match in _DIGIT_RUN.finditer(text):
+        run = match.group()
+        if sum(c.isdigit() for c in run) < MIN_CARD_DIGITS:
+            continue
+        groups = _GROUP_SEPARATOR.split(run)
+        for start in range(len(groups)):
+            digits = ""
+            for group in groups[start:]:
+                digits += group
+                if len(digits) > MAX_CARD_DIGITS:
+                    break
+                if len(digits) >= MIN_CARD_DIGITS and luhn.is_valid(digits):
+                    return True
+    return False
+
+
+def is_security_code_name(name: str) -> bool:
+    """cvv, CVC2, card_cvv, cardCvc, security_code, securityCode, card-security-code..."""
+    words = [w for w in _WORD_SEPARATOR.split(_CAMEL_BOUNDARY.sub("_", name).lower()) if w]
+    if any(w in _SECURITY_CODE_WORDS for w in words):
+        return True
+    return any(a == "security" and b == "code" for a, b in itertools.pairwise(words))
+
+
+def _has_value(value: object) -> bool:
+    """Whether a field named like a security code could be holding one (a flag cannot)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, Message):
+        return bool(value.ListFields())
+    return bool(value)
+
+
+def _key_path(key: object) -> str:
+    return f"[{json.dumps(key, ensure_ascii=False)}]" if isinstance(key, str) else f"[{key}]"
+
+
+def _unpacked(packed: any_pb2.Any) -> Message | None:
+    """The message inside an Any when its type is in the default pool (all our contracts are)."""
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(packed.TypeName())
+    except KeyError:
+        return None
+    message = message_factory.GetMessageClass(descriptor)()
+    try:
+        return message if packed.Unpack(message) else None
+    except DecodeError:
+        return None
+
+
+def find_card_data(message: Message, prefix: str = "") -> InvalidArgument | None:
+    """The first card data in the message, as the error to answer with; None when there is none."""
+    if message.DESCRIPTOR.full_name == any_pb2.Any.DESCRIPTOR.full_name:
+        inner = _unpacked(cast(any_pb2.Any, message))
+        return find_card_data(inner, prefix) if inner is not None else None
+    for field, value in message.ListFields():
+        path = f"{prefix}.{field.name}" if prefix else field.name
+        if is_security_code_name(field.name) and _has_value(value):
+            return InvalidArgument(path, SECURITY_CODE_RULE, reason="CARD_DATA_REFUSED")
+        found = _check_field(field, value, path)
+        if found is not None:
+            return found
+    return None
+
+
+def _check_field(field: FieldDescriptor, value: Any, path: str) -> InvalidArgument | None:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        value_field = field.message_type.fields_by_name["value"]
+        for key in value:
+            if isinstance(key, str) and contains_card_number(key):
+                return InvalidArgument(path, CARD_NUMBER_IN_KEY_RULE, reason="CARD_DATA_REFUSED")
+            entry_path = path + _key_path(key)
+            entry = value[key]
+            if isinstance(key, str) and is_security_code_name(key) and _has_value(entry):
+                return InvalidArgument(entry_path, SECURITY_CODE_RULE, reason="CARD_DATA_REFUSED")
+            found = _check_single(value_field, entry, entry_path)
+            if found is not None:
+                return found
+        return None
+    if field.is_repeated:
+        for i, item in enumerate(cast(Iterable[Any], value)):
+            found = _check_single(field, item, f"{path}[{i}]")
+            if found is not None:
+                return found
+        return None
+    return _check_single(field, value, path)
+
+
+def _check_single(field: FieldDescriptor, value: Any, path: str) -> InvalidArgument | None:
+    if field.type == FieldDescriptor.TYPE_STRING:
+        if contains_card_number(value):
+            return InvalidArgument(path, CARD_NUMBER_RULE, reason="CARD_DATA_REFUSED")
+        return None
+    if field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
+        return find_card_data(value, path)
+    return None
+
+
+Behaviour = Callable[..., Any]
+# Health checks and reflection carry service and symbol names only; like ServiceInterceptor, this
+# leaves them alone.
+_INFRASTRUCTURE_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+
+
+class SensitiveDataInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, error_domain: str) -> None:
+        # ErrorInfo.domain, e.g. "customer.evolutivo.io", as ServiceInterceptor gives it.
+        self._domain = error_domain
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
+            return handler
+        serializers = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(self._unary_unary(method, handler.unary_unary), **serializers)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method, handler.unary_stream), **serializers)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(self._stream_unary(method, handler.stream_unary), **serializers)
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._stream_stream(method, handler.stream_stream), **serializers
+            )
+        return handler
+
+    async def _check(self, method: str, request: object, context: Context) -> None:
+        """Aborts the call when the request carries card data."""
+        error = find_card_data(request) if isinstance(request, Message) else None
+        if error is None:
+            return
+        # The field path and the reason only: never the value.
+        log.info("rpc refused", extra={"rpc": method, "code": "INVALID_ARGUMENT", "field": error.field})
+        status = rpc_status.to_status(to_rpc_status(error, self._domain))
+        await context.abort(status.code, status.details, status.trailing_metadata)
+
+    def _checked(self, method: str, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+        """A client stream, each request checked as the handler takes it. (A handler that reads
+        with context.read() instead is not covered; no contract of ours streams requests.)"""
+
+        async def checked() -> AsyncIterator[Any]:
+            async for request in requests:
+                await self._check(method, request, context)
+                yield request
+
+        return checked()
+
+    # The wrappers keep each handler's form: grpc.aio awaits a coroutine, iterates an async
+    # generator, and lets a streaming coroutine write with context.write().
+
+    def _unary_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
+        async def wrapped(request: Any, context: Context) -> Any:
+            await self._check(method, request, context)
+            return await _result(behaviour(request, context))
+
+        return wrapped
+
+    def _stream_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
+        async def wrapped(requests: AsyncIterator[Any], context: Context) -> Any:
+            return await _result(behaviour(self._checked(method, requests, context), context))
+
+        return wrapped
+
+    def _unary_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def writer(request: Any, context: Context) -> None:
+                await self._check(method, request, context)
+                await behaviour(request, context)
+
+            return writer
+
+        async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
+            await self._check(method, request, context)
+            async for response in _responses(behaviour(request, context)):
+                yield response
+
+        return generator
+
+    def _stream_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
+        if inspect.iscoroutinefunction(behaviour):
+
+            async def writer(requests: AsyncIterator[Any], context: Context) -> None:
+                await behaviour(self._checked(method, requests, context), context)
+
+            return writer
+
+        async def generator(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
+            async for response in _responses(behaviour(self._checked(method, requests, context), context)):
+                yield response
+
+        return generator
+
+
+async def _result(result: Any) -> Any:
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _responses(responses: Any) -> AsyncIterator[Any]:
+    if hasattr(responses, "__aiter__"):
+        async for response in responses:
+            yield response
+    else:
+        for response in responses:
+            yield response
