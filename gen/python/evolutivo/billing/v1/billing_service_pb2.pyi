@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from evolutivo.billing.v1 import billing_summary_pb2 as _billing_summary_pb2
 from google.protobuf import descriptor as _descriptor
@@ -165,3 +166,53 @@ class GetBillingSummaryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBillingSummaryResponse: _TypeAlias = GetBillingSummaryResponse  # noqa: Y015
+
+@_typing.final
+class ListBillCyclesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose bill unit's cycles are listed."""
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBillCyclesRequest: _TypeAlias = ListBillCyclesRequest  # noqa: Y015
+
+@_typing.final
+class ListBillCyclesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_CYCLES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def bill_cycles(self) -> _containers.RepeatedCompositeFieldContainer[_bill_cycle_pb2.BillCycle]: ...
+    def __init__(
+        self,
+        *,
+        bill_cycles: _abc.Iterable[_bill_cycle_pb2.BillCycle] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycles", b"bill_cycles", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBillCyclesResponse: _TypeAlias = ListBillCyclesResponse  # noqa: Y015

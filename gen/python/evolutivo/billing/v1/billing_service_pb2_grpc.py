@@ -50,6 +50,11 @@ class BillingServiceStub:
                 request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.FromString,
                 _registered_method=True)
+        self.ListBillCycles = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/ListBillCycles',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -78,6 +83,13 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBillCycles(self, request, context):
+        """Lists a bill unit's cycles, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.GetBillingSummary,
                     request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.FromString,
                     response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.SerializeToString,
+            ),
+            'ListBillCycles': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBillCycles,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class BillingService:
             '/evolutivo.billing.v1.BillingService/GetBillingSummary',
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryRequest.SerializeToString,
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillingSummaryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBillCycles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/ListBillCycles',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,8 @@ class BillingServiceStub:
     """Returns an account's bill unit, open bills, overdue total and collections state (for the
     customer overview). NOT_FOUND when billing has no bill unit for the account.
     """
+    ListBillCycles: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillCyclesRequest, _billing_service_pb2.ListBillCyclesResponse]
+    """Lists a bill unit's cycles, newest first."""
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -55,6 +57,8 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Returns an account's bill unit, open bills, overdue total and collections state (for the
     customer overview). NOT_FOUND when billing has no bill unit for the account.
     """
+    ListBillCycles: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillCyclesRequest, _billing_service_pb2.ListBillCyclesResponse]  # type: ignore[assignment]
+    """Lists a bill unit's cycles, newest first."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns charges into bills and gets them paid."""
@@ -84,5 +88,13 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         """Returns an account's bill unit, open bills, overdue total and collections state (for the
         customer overview). NOT_FOUND when billing has no bill unit for the account.
         """
+
+    @_abc_1.abstractmethod
+    def ListBillCycles(
+        self,
+        request: _billing_service_pb2.ListBillCyclesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListBillCyclesResponse, _abc.Awaitable[_billing_service_pb2.ListBillCyclesResponse]]:
+        """Lists a bill unit's cycles, newest first."""
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

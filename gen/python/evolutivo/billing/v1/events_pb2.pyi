@@ -3,6 +3,7 @@
 isort:skip_file
 """
 
+from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -38,3 +39,57 @@ class BillUnitCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillUnitCreated: _TypeAlias = BillUnitCreated  # noqa: Y015
+
+@_typing.final
+class BillCycleOpened(_message.Message):
+    """Published on "evolutivo.billing.v1.bill_cycle.opened" when a cycle opens: the first on the bill
+    unit's creation, each next one when the previous closes. Charging charges in-advance fees on it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_CYCLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill_cycle(self) -> _bill_cycle_pb2.BillCycle: ...
+    def __init__(
+        self,
+        *,
+        bill_cycle: _bill_cycle_pb2.BillCycle | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill_cycle", b"bill_cycle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycle", b"bill_cycle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillCycleOpened: _TypeAlias = BillCycleOpened  # noqa: Y015
+
+@_typing.final
+class BillCycleClosed(_message.Message):
+    """Published on "evolutivo.billing.v1.bill_cycle.closed". Charging charges in-arrears fees on it;
+    usage with an event time in a closed cycle is rated into the open one and flagged late.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_CYCLE_FIELD_NUMBER: _builtins.int
+    NEXT_BILL_CYCLE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill_cycle(self) -> _bill_cycle_pb2.BillCycle: ...
+    @_builtins.property
+    def next_bill_cycle(self) -> _bill_cycle_pb2.BillCycle:
+        """The cycle opened in its place."""
+
+    def __init__(
+        self,
+        *,
+        bill_cycle: _bill_cycle_pb2.BillCycle | None = ...,
+        next_bill_cycle: _bill_cycle_pb2.BillCycle | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill_cycle", b"bill_cycle", "next_bill_cycle", b"next_bill_cycle"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_cycle", b"bill_cycle", "next_bill_cycle", b"next_bill_cycle"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillCycleClosed: _TypeAlias = BillCycleClosed  # noqa: Y015

@@ -24,45 +24,72 @@ _sym_db = _symbol_database.Default()
 
 from evolutivo.charging.v1 import catalog_pb2 as evolutivo_dot_charging_dot_v1_dot_catalog__pb2
 from evolutivo.charging.v1 import charging_account_pb2 as evolutivo_dot_charging_dot_v1_dot_charging__account__pb2
+from evolutivo.charging.v1 import usage_pb2 as evolutivo_dot_charging_dot_v1_dot_usage__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_service.proto\x12\x15\x65volutivo.charging.v1\x1a#evolutivo/charging/v1/catalog.proto\x1a,evolutivo/charging/v1/charging_account.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x19GetChargingAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"^\n\x1aGetChargingAccountResponse\x12@\n\x10\x63harging_account\x18\x01 \x01(\x0b\x32&.evolutivo.charging.v1.ChargingAccount\"h\n\x18\x43reateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x19\x43reateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x85\x01\n\x18UpdateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x19UpdateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"5\n\x1a\x41\x63tivateChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"W\n\x1b\x41\x63tivateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"3\n\x18RetireChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"U\n\x19RetireChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"k\n\x15GetChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12+\n\x07\x61t_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16GetChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x88\x01\n\x17ListChargeOffersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.evolutivo.charging.v1.ChargeOfferStatus\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"n\n\x18ListChargeOffersResponse\x12\x39\n\rcharge_offers\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xd6\x06\n\x0f\x43hargingService\x12y\n\x12GetChargingAccount\x12\x30.evolutivo.charging.v1.GetChargingAccountRequest\x1a\x31.evolutivo.charging.v1.GetChargingAccountResponse\x12v\n\x11\x43reateChargeOffer\x12/.evolutivo.charging.v1.CreateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.CreateChargeOfferResponse\x12v\n\x11UpdateChargeOffer\x12/.evolutivo.charging.v1.UpdateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.UpdateChargeOfferResponse\x12|\n\x13\x41\x63tivateChargeOffer\x12\x31.evolutivo.charging.v1.ActivateChargeOfferRequest\x1a\x32.evolutivo.charging.v1.ActivateChargeOfferResponse\x12v\n\x11RetireChargeOffer\x12/.evolutivo.charging.v1.RetireChargeOfferRequest\x1a\x30.evolutivo.charging.v1.RetireChargeOfferResponse\x12m\n\x0eGetChargeOffer\x12,.evolutivo.charging.v1.GetChargeOfferRequest\x1a-.evolutivo.charging.v1.GetChargeOfferResponse\x12s\n\x10ListChargeOffers\x12..evolutivo.charging.v1.ListChargeOffersRequest\x1a/.evolutivo.charging.v1.ListChargeOffersResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,evolutivo/charging/v1/charging_service.proto\x12\x15\x65volutivo.charging.v1\x1a#evolutivo/charging/v1/catalog.proto\x1a,evolutivo/charging/v1/charging_account.proto\x1a!evolutivo/charging/v1/usage.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"/\n\x19GetChargingAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"^\n\x1aGetChargingAccountResponse\x12@\n\x10\x63harging_account\x18\x01 \x01(\x0b\x32&.evolutivo.charging.v1.ChargingAccount\"h\n\x18\x43reateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"U\n\x19\x43reateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x85\x01\n\x18UpdateChargeOfferRequest\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"U\n\x19UpdateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"5\n\x1a\x41\x63tivateChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"W\n\x1b\x41\x63tivateChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"3\n\x18RetireChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\"U\n\x19RetireChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"k\n\x15GetChargeOfferRequest\x12\x17\n\x0f\x63harge_offer_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12+\n\x07\x61t_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"R\n\x16GetChargeOfferResponse\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\x88\x01\n\x17ListChargeOffersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x38\n\x06status\x18\x03 \x01(\x0e\x32(.evolutivo.charging.v1.ChargeOfferStatus\x12\x0c\n\x04\x63ode\x18\x04 \x01(\t\"n\n\x18ListChargeOffersResponse\x12\x39\n\rcharge_offers\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"F\n\x12RecordUsageRequest\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.evolutivo.charging.v1.UsageEvent\"I\n\x13RecordUsageResponse\x12\x32\n\x06result\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.UsageResult\"L\n\x17RecordUsageBatchRequest\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.evolutivo.charging.v1.UsageEvent\"O\n\x18RecordUsageBatchResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.UsageResult\"G\n\x12StreamUsageRequest\x12\x31\n\x06\x65vents\x18\x01 \x03(\x0b\x32!.evolutivo.charging.v1.UsageEvent\"J\n\x13StreamUsageResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.UsageResult\"f\n\x12ListChargesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\rbill_cycle_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"c\n\x13ListChargesResponse\x12\x33\n\x07\x63harges\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.RatedCharge\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"T\n\x17ListUnratedUsageRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xb6\x01\n\x0cUnratedUsage\x12\x30\n\x05\x65vent\x18\x01 \x01(\x0b\x32!.evolutivo.charging.v1.UsageEvent\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".evolutivo.charging.v1.UsageStatus\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x30\n\x0creceive_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x18ListUnratedUsageResponse\x12\x32\n\x05usage\x18\x01 \x03(\x0b\x32#.evolutivo.charging.v1.UnratedUsage\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x14ResubmitUsageRequest\x12\x11\n\tevent_ids\x18\x01 \x03(\t\"L\n\x15ResubmitUsageResponse\x12\x33\n\x07results\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.UsageResult2\xe0\x0b\n\x0f\x43hargingService\x12y\n\x12GetChargingAccount\x12\x30.evolutivo.charging.v1.GetChargingAccountRequest\x1a\x31.evolutivo.charging.v1.GetChargingAccountResponse\x12v\n\x11\x43reateChargeOffer\x12/.evolutivo.charging.v1.CreateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.CreateChargeOfferResponse\x12v\n\x11UpdateChargeOffer\x12/.evolutivo.charging.v1.UpdateChargeOfferRequest\x1a\x30.evolutivo.charging.v1.UpdateChargeOfferResponse\x12|\n\x13\x41\x63tivateChargeOffer\x12\x31.evolutivo.charging.v1.ActivateChargeOfferRequest\x1a\x32.evolutivo.charging.v1.ActivateChargeOfferResponse\x12v\n\x11RetireChargeOffer\x12/.evolutivo.charging.v1.RetireChargeOfferRequest\x1a\x30.evolutivo.charging.v1.RetireChargeOfferResponse\x12m\n\x0eGetChargeOffer\x12,.evolutivo.charging.v1.GetChargeOfferRequest\x1a-.evolutivo.charging.v1.GetChargeOfferResponse\x12s\n\x10ListChargeOffers\x12..evolutivo.charging.v1.ListChargeOffersRequest\x1a/.evolutivo.charging.v1.ListChargeOffersResponse\x12\x64\n\x0bRecordUsage\x12).evolutivo.charging.v1.RecordUsageRequest\x1a*.evolutivo.charging.v1.RecordUsageResponse\x12s\n\x10RecordUsageBatch\x12..evolutivo.charging.v1.RecordUsageBatchRequest\x1a/.evolutivo.charging.v1.RecordUsageBatchResponse\x12\x66\n\x0bStreamUsage\x12).evolutivo.charging.v1.StreamUsageRequest\x1a*.evolutivo.charging.v1.StreamUsageResponse(\x01\x12\x64\n\x0bListCharges\x12).evolutivo.charging.v1.ListChargesRequest\x1a*.evolutivo.charging.v1.ListChargesResponse\x12s\n\x10ListUnratedUsage\x12..evolutivo.charging.v1.ListUnratedUsageRequest\x1a/.evolutivo.charging.v1.ListUnratedUsageResponse\x12j\n\rResubmitUsage\x12+.evolutivo.charging.v1.ResubmitUsageRequest\x1a,.evolutivo.charging.v1.ResubmitUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.charging.v1.charging_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_start=221
-  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_end=268
-  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_start=270
-  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_end=364
-  _globals['_CREATECHARGEOFFERREQUEST']._serialized_start=366
-  _globals['_CREATECHARGEOFFERREQUEST']._serialized_end=470
-  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_start=472
-  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_end=557
-  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_start=560
-  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_end=693
-  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_start=695
-  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_end=780
-  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_start=782
-  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_end=835
-  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_start=837
-  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_end=924
-  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_start=926
-  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_end=977
-  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_start=979
-  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_end=1064
-  _globals['_GETCHARGEOFFERREQUEST']._serialized_start=1066
-  _globals['_GETCHARGEOFFERREQUEST']._serialized_end=1173
-  _globals['_GETCHARGEOFFERRESPONSE']._serialized_start=1175
-  _globals['_GETCHARGEOFFERRESPONSE']._serialized_end=1257
-  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_start=1260
-  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_end=1396
-  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_start=1398
-  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_end=1508
-  _globals['_CHARGINGSERVICE']._serialized_start=1511
-  _globals['_CHARGINGSERVICE']._serialized_end=2365
+  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_start=256
+  _globals['_GETCHARGINGACCOUNTREQUEST']._serialized_end=303
+  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_start=305
+  _globals['_GETCHARGINGACCOUNTRESPONSE']._serialized_end=399
+  _globals['_CREATECHARGEOFFERREQUEST']._serialized_start=401
+  _globals['_CREATECHARGEOFFERREQUEST']._serialized_end=505
+  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_start=507
+  _globals['_CREATECHARGEOFFERRESPONSE']._serialized_end=592
+  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_start=595
+  _globals['_UPDATECHARGEOFFERREQUEST']._serialized_end=728
+  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_start=730
+  _globals['_UPDATECHARGEOFFERRESPONSE']._serialized_end=815
+  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_start=817
+  _globals['_ACTIVATECHARGEOFFERREQUEST']._serialized_end=870
+  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_start=872
+  _globals['_ACTIVATECHARGEOFFERRESPONSE']._serialized_end=959
+  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_start=961
+  _globals['_RETIRECHARGEOFFERREQUEST']._serialized_end=1012
+  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_start=1014
+  _globals['_RETIRECHARGEOFFERRESPONSE']._serialized_end=1099
+  _globals['_GETCHARGEOFFERREQUEST']._serialized_start=1101
+  _globals['_GETCHARGEOFFERREQUEST']._serialized_end=1208
+  _globals['_GETCHARGEOFFERRESPONSE']._serialized_start=1210
+  _globals['_GETCHARGEOFFERRESPONSE']._serialized_end=1292
+  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_start=1295
+  _globals['_LISTCHARGEOFFERSREQUEST']._serialized_end=1431
+  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_start=1433
+  _globals['_LISTCHARGEOFFERSRESPONSE']._serialized_end=1543
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=1545
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=1615
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=1617
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1690
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_start=1692
+  _globals['_RECORDUSAGEBATCHREQUEST']._serialized_end=1768
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_start=1770
+  _globals['_RECORDUSAGEBATCHRESPONSE']._serialized_end=1849
+  _globals['_STREAMUSAGEREQUEST']._serialized_start=1851
+  _globals['_STREAMUSAGEREQUEST']._serialized_end=1922
+  _globals['_STREAMUSAGERESPONSE']._serialized_start=1924
+  _globals['_STREAMUSAGERESPONSE']._serialized_end=1998
+  _globals['_LISTCHARGESREQUEST']._serialized_start=2000
+  _globals['_LISTCHARGESREQUEST']._serialized_end=2102
+  _globals['_LISTCHARGESRESPONSE']._serialized_start=2104
+  _globals['_LISTCHARGESRESPONSE']._serialized_end=2203
+  _globals['_LISTUNRATEDUSAGEREQUEST']._serialized_start=2205
+  _globals['_LISTUNRATEDUSAGEREQUEST']._serialized_end=2289
+  _globals['_UNRATEDUSAGE']._serialized_start=2292
+  _globals['_UNRATEDUSAGE']._serialized_end=2474
+  _globals['_LISTUNRATEDUSAGERESPONSE']._serialized_start=2476
+  _globals['_LISTUNRATEDUSAGERESPONSE']._serialized_end=2579
+  _globals['_RESUBMITUSAGEREQUEST']._serialized_start=2581
+  _globals['_RESUBMITUSAGEREQUEST']._serialized_end=2622
+  _globals['_RESUBMITUSAGERESPONSE']._serialized_start=2624
+  _globals['_RESUBMITUSAGERESPONSE']._serialized_end=2700
+  _globals['_CHARGINGSERVICE']._serialized_start=2703
+  _globals['_CHARGINGSERVICE']._serialized_end=4207
 # @@protoc_insertion_point(module_scope)

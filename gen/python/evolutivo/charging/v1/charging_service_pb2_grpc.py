@@ -70,6 +70,36 @@ class ChargingServiceStub:
                 request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.FromString,
                 _registered_method=True)
+        self.RecordUsage = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/RecordUsage',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageResponse.FromString,
+                _registered_method=True)
+        self.RecordUsageBatch = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/RecordUsageBatch',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchResponse.FromString,
+                _registered_method=True)
+        self.StreamUsage = channel.stream_unary(
+                '/evolutivo.charging.v1.ChargingService/StreamUsage',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageResponse.FromString,
+                _registered_method=True)
+        self.ListCharges = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/ListCharges',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesResponse.FromString,
+                _registered_method=True)
+        self.ListUnratedUsage = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/ListUnratedUsage',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageResponse.FromString,
+                _registered_method=True)
+        self.ResubmitUsage = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/ResubmitUsage',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.FromString,
+                _registered_method=True)
 
 
 class ChargingServiceServicer:
@@ -125,6 +155,49 @@ class ChargingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordUsage(self, request, context):
+        """Rates one usage event now and returns its charges. Idempotent on event_id. A suspended or
+        closed account's usage is refused with FAILED_PRECONDITION (and kept as rejected).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordUsageBatch(self, request, context):
+        """Rates up to 1000 events, each on its own (all or nothing per event), with a result each.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamUsage(self, request_iterator, context):
+        """Client-streamed batches of usage; one answer with a result per event when the stream ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCharges(self, request, context):
+        """Lists an account's charges, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUnratedUsage(self, request, context):
+        """Lists usage kept unrated or rejected, with its reason.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResubmitUsage(self, request, context):
+        """Rates kept unrated or rejected events again, e.g. after the missing purchase was made.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChargingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -162,6 +235,36 @@ def add_ChargingServiceServicer_to_server(servicer, server):
                     servicer.ListChargeOffers,
                     request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.FromString,
                     response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.SerializeToString,
+            ),
+            'RecordUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsage,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageResponse.SerializeToString,
+            ),
+            'RecordUsageBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordUsageBatch,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchResponse.SerializeToString,
+            ),
+            'StreamUsage': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamUsage,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageResponse.SerializeToString,
+            ),
+            'ListCharges': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCharges,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesResponse.SerializeToString,
+            ),
+            'ListUnratedUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnratedUsage,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageResponse.SerializeToString,
+            ),
+            'ResubmitUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResubmitUsage,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -354,6 +457,168 @@ class ChargingService:
             '/evolutivo.charging.v1.ChargingService/ListChargeOffers',
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersRequest.SerializeToString,
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargeOffersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/RecordUsage',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordUsageBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/RecordUsageBatch',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RecordUsageBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamUsage(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/evolutivo.charging.v1.ChargingService/StreamUsage',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.StreamUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCharges(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/ListCharges',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListChargesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnratedUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/ListUnratedUsage',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ListUnratedUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResubmitUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/ResubmitUsage',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

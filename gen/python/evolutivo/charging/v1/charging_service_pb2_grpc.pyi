@@ -47,6 +47,20 @@ class ChargingServiceStub:
     """Returns one version of an offer: by id, or by code at an instant (the version in force then)."""
     ListChargeOffers: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargeOffersRequest, _charging_service_pb2.ListChargeOffersResponse]
     """Lists offer versions, newest first within each code."""
+    RecordUsage: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.RecordUsageRequest, _charging_service_pb2.RecordUsageResponse]
+    """Rates one usage event now and returns its charges. Idempotent on event_id. A suspended or
+    closed account's usage is refused with FAILED_PRECONDITION (and kept as rejected).
+    """
+    RecordUsageBatch: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.RecordUsageBatchRequest, _charging_service_pb2.RecordUsageBatchResponse]
+    """Rates up to 1000 events, each on its own (all or nothing per event), with a result each."""
+    StreamUsage: _grpc.StreamUnaryMultiCallable[_charging_service_pb2.StreamUsageRequest, _charging_service_pb2.StreamUsageResponse]
+    """Client-streamed batches of usage; one answer with a result per event when the stream ends."""
+    ListCharges: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargesRequest, _charging_service_pb2.ListChargesResponse]
+    """Lists an account's charges, oldest first."""
+    ListUnratedUsage: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ListUnratedUsageRequest, _charging_service_pb2.ListUnratedUsageResponse]
+    """Lists usage kept unrated or rejected, with its reason."""
+    ResubmitUsage: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ResubmitUsageRequest, _charging_service_pb2.ResubmitUsageResponse]
+    """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
 
 @_typing.type_check_only
 class ChargingServiceAsyncStub(ChargingServiceStub):
@@ -67,6 +81,20 @@ class ChargingServiceAsyncStub(ChargingServiceStub):
     """Returns one version of an offer: by id, or by code at an instant (the version in force then)."""
     ListChargeOffers: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargeOffersRequest, _charging_service_pb2.ListChargeOffersResponse]  # type: ignore[assignment]
     """Lists offer versions, newest first within each code."""
+    RecordUsage: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.RecordUsageRequest, _charging_service_pb2.RecordUsageResponse]  # type: ignore[assignment]
+    """Rates one usage event now and returns its charges. Idempotent on event_id. A suspended or
+    closed account's usage is refused with FAILED_PRECONDITION (and kept as rejected).
+    """
+    RecordUsageBatch: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.RecordUsageBatchRequest, _charging_service_pb2.RecordUsageBatchResponse]  # type: ignore[assignment]
+    """Rates up to 1000 events, each on its own (all or nothing per event), with a result each."""
+    StreamUsage: _aio.StreamUnaryMultiCallable[_charging_service_pb2.StreamUsageRequest, _charging_service_pb2.StreamUsageResponse]  # type: ignore[assignment]
+    """Client-streamed batches of usage; one answer with a result per event when the stream ends."""
+    ListCharges: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ListChargesRequest, _charging_service_pb2.ListChargesResponse]  # type: ignore[assignment]
+    """Lists an account's charges, oldest first."""
+    ListUnratedUsage: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ListUnratedUsageRequest, _charging_service_pb2.ListUnratedUsageResponse]  # type: ignore[assignment]
+    """Lists usage kept unrated or rejected, with its reason."""
+    ResubmitUsage: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ResubmitUsageRequest, _charging_service_pb2.ResubmitUsageResponse]  # type: ignore[assignment]
+    """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
 
 class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prices every billable event the moment it happens."""
@@ -126,5 +154,55 @@ class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_charging_service_pb2.ListChargeOffersResponse, _abc.Awaitable[_charging_service_pb2.ListChargeOffersResponse]]:
         """Lists offer versions, newest first within each code."""
+
+    @_abc_1.abstractmethod
+    def RecordUsage(
+        self,
+        request: _charging_service_pb2.RecordUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.RecordUsageResponse, _abc.Awaitable[_charging_service_pb2.RecordUsageResponse]]:
+        """Rates one usage event now and returns its charges. Idempotent on event_id. A suspended or
+        closed account's usage is refused with FAILED_PRECONDITION (and kept as rejected).
+        """
+
+    @_abc_1.abstractmethod
+    def RecordUsageBatch(
+        self,
+        request: _charging_service_pb2.RecordUsageBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.RecordUsageBatchResponse, _abc.Awaitable[_charging_service_pb2.RecordUsageBatchResponse]]:
+        """Rates up to 1000 events, each on its own (all or nothing per event), with a result each."""
+
+    @_abc_1.abstractmethod
+    def StreamUsage(
+        self,
+        request_iterator: _MaybeAsyncIterator[_charging_service_pb2.StreamUsageRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.StreamUsageResponse, _abc.Awaitable[_charging_service_pb2.StreamUsageResponse]]:
+        """Client-streamed batches of usage; one answer with a result per event when the stream ends."""
+
+    @_abc_1.abstractmethod
+    def ListCharges(
+        self,
+        request: _charging_service_pb2.ListChargesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.ListChargesResponse, _abc.Awaitable[_charging_service_pb2.ListChargesResponse]]:
+        """Lists an account's charges, oldest first."""
+
+    @_abc_1.abstractmethod
+    def ListUnratedUsage(
+        self,
+        request: _charging_service_pb2.ListUnratedUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.ListUnratedUsageResponse, _abc.Awaitable[_charging_service_pb2.ListUnratedUsageResponse]]:
+        """Lists usage kept unrated or rejected, with its reason."""
+
+    @_abc_1.abstractmethod
+    def ResubmitUsage(
+        self,
+        request: _charging_service_pb2.ResubmitUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.ResubmitUsageResponse, _abc.Awaitable[_charging_service_pb2.ResubmitUsageResponse]]:
+        """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
 
 def add_ChargingServiceServicer_to_server(servicer: ChargingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,17 +23,20 @@ _sym_db = _symbol_database.Default()
 
 
 from evolutivo.charging.v1 import catalog_pb2 as evolutivo_dot_charging_dot_v1_dot_catalog__pb2
+from evolutivo.charging.v1 import usage_pb2 as evolutivo_dot_charging_dot_v1_dot_usage__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/charging/v1/events.proto\x12\x15\x65volutivo.charging.v1\x1a#evolutivo/charging/v1/catalog.proto\"\x86\x01\n\x14\x43hargeOfferActivated\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x34\n\x08replaced\x18\x02 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"N\n\x12\x43hargeOfferRetired\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOfferb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/charging/v1/events.proto\x12\x15\x65volutivo.charging.v1\x1a#evolutivo/charging/v1/catalog.proto\x1a!evolutivo/charging/v1/usage.proto\"\x86\x01\n\x14\x43hargeOfferActivated\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\x12\x34\n\x08replaced\x18\x02 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"N\n\x12\x43hargeOfferRetired\x12\x38\n\x0c\x63harge_offer\x18\x01 \x01(\x0b\x32\".evolutivo.charging.v1.ChargeOffer\"\\\n\x0e\x43hargesCreated\x12\x33\n\x07\x63harges\x18\x01 \x03(\x0b\x32\".evolutivo.charging.v1.RatedCharge\x12\x15\n\rcurrency_code\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.charging.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CHARGEOFFERACTIVATED']._serialized_start=99
-  _globals['_CHARGEOFFERACTIVATED']._serialized_end=233
-  _globals['_CHARGEOFFERRETIRED']._serialized_start=235
-  _globals['_CHARGEOFFERRETIRED']._serialized_end=313
+  _globals['_CHARGEOFFERACTIVATED']._serialized_start=134
+  _globals['_CHARGEOFFERACTIVATED']._serialized_end=268
+  _globals['_CHARGEOFFERRETIRED']._serialized_start=270
+  _globals['_CHARGEOFFERRETIRED']._serialized_end=348
+  _globals['_CHARGESCREATED']._serialized_start=350
+  _globals['_CHARGESCREATED']._serialized_end=442
 # @@protoc_insertion_point(module_scope)

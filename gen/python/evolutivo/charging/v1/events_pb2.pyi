@@ -3,9 +3,12 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from evolutivo.charging.v1 import catalog_pb2 as _catalog_pb2
+from evolutivo.charging.v1 import usage_pb2 as _usage_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -74,3 +77,32 @@ class ChargeOfferRetired(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ChargeOfferRetired: _TypeAlias = ChargeOfferRetired  # noqa: Y015
+
+@_typing.final
+class ChargesCreated(_message.Message):
+    """Published on "evolutivo.charging.v1.charges.created": the charges of one rating transaction
+    (one event, a batch, or a cycle's fees), each with its own id and the usage event it came from.
+    Balance books them; billing collects them into cycles.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHARGES_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    currency_code: _builtins.str
+    """The account's currency (every amount's), repeated here for consumers' convenience."""
+    @_builtins.property
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[_usage_pb2.RatedCharge]: ...
+    def __init__(
+        self,
+        *,
+        charges: _abc.Iterable[_usage_pb2.RatedCharge] | None = ...,
+        currency_code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["charges", b"charges", "currency_code", b"currency_code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChargesCreated: _TypeAlias = ChargesCreated  # noqa: Y015
