@@ -9,14 +9,14 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 import pytest
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import account_pb2, payment_method_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from evolutivo_runtime.testing import eventually
 from evolutivo_stack.stack import Stack
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.rpc import error_details_pb2
-from google.type import money_pb2
+from google.type import date_pb2, money_pb2
 from grpc_status import rpc_status
 
 pytestmark = pytest.mark.e2e
@@ -240,3 +240,51 @@ async def test_close_asks_balance_and_refuses_when_it_cannot_tell(
     ).account
     assert closed.status == account_pb2.ACCOUNT_STATUS_CLOSED
     assert closed.last_status_change.reason == "moving"
+
+
+async def test_a_bad_iban_or_card_data_anywhere_is_refused_and_nothing_is_stored(
+    customer: pb_grpc.CustomerServiceStub, customer_db: asyncpg.Connection
+) -> None:
+    created = (await customer.CreateAccount(pb.CreateAccountRequest(account=account(display_name="Pagos SL")))).account
+    methods_before = await customer_db.fetchval("select count(*) from payment_methods")
+    sepa = payment_method_pb2.SepaDirectDebitDetails(
+        iban="ES9121000418450200051333",  # check digits do not match (ISO 13616 mod-97)
+        mandate_id="MANDATE-1",
+        mandate_signature_date=date_pb2.Date(year=2026, month=1, day=5),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as bad_iban:
+        await customer.AddPaymentMethod(
+            pb.AddPaymentMethodRequest(
+                account_id=created.account_id, payment_method=payment_method_pb2.PaymentMethod(sepa_direct_debit=sepa)
+            )
+        )
+    assert bad_iban.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_field(bad_iban.value) == "payment_method.sepa_direct_debit.iban"
+
+    card_number = "4111 1111 1111 1111"
+    card = payment_method_pb2.CardDetails(
+        provider="stripe", provider_token=card_number, brand="visa", last4="1111", expiry_month=12, expiry_year=2030
+    )
+    for request, field in (
+        (
+            pb.AddPaymentMethodRequest(
+                account_id=created.account_id, payment_method=payment_method_pb2.PaymentMethod(card=card)
+            ),
+            "payment_method.card.provider_token",
+        ),
+        (
+            pb.CreateAccountRequest(account=account(labels={"note": f"card {card_number}"})),
+            'account.labels["note"]',
+        ),
+        (pb.CreateAccountRequest(account=account(labels={"cvv": "123"})), 'account.labels["cvv"]'),
+    ):
+        method = (
+            customer.AddPaymentMethod if isinstance(request, pb.AddPaymentMethodRequest) else customer.CreateAccount
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await method(request)  # type: ignore[operator]
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violated_field(refused.value) == field
+        assert "4111" not in (refused.value.details() or ""), "the error never echoes card data"
+    assert await customer_db.fetchval("select count(*) from payment_methods") == methods_before
+    assert await customer_db.fetchval("select count(*) from accounts where labels ? 'note' or labels ? 'cvv'") == 0
