@@ -212,7 +212,7 @@ async def test_a_status_change_reaches_the_bill_unit(db: BillingDb) -> None:
     unit = await db.unit(account_id)
     assert unit.account_status is AccountStatus.SUSPENDED
     assert unit.account_status_change_time == NOW + timedelta(minutes=1)
-    assert await db.count(outbox) == 1, "only BillUnitCreated: a status change publishes nothing"
+    assert await db.count(outbox) == 2, "only BillUnitCreated and BillCycleOpened: a status change publishes nothing"
 
 
 async def test_an_older_status_event_applied_later_changes_nothing(db: BillingDb) -> None:
@@ -261,7 +261,7 @@ async def test_a_status_event_that_overtook_account_created_opens_the_unit(db: B
     unit = await db.unit(account_id)
     assert unit.account_status is AccountStatus.SUSPENDED
     assert (unit.currency_code, unit.time_zone, unit.profile.bill_cycle_day) == ("EUR", "Europe/Madrid", 15)
-    assert await db.count(outbox) == 1, "one BillUnitCreated, whichever event opened the unit"
+    assert await db.count(outbox) == 2, "one BillUnitCreated and BillCycleOpened, whichever event opened the unit"
 
 
 async def test_a_broken_status_event_is_retried(db: BillingDb) -> None:

@@ -188,8 +188,11 @@ async def test_account_created_opens_one_bill_unit_and_publishes_it(db: BillingD
     assert unit.create_time == NOW  # the unit of work's clock
 
     async with db.engine.connect() as conn:
-        rows = (await conn.execute(select(outbox))).all()
-    assert len(rows) == 1
+        rows = (await conn.execute(select(outbox).order_by(outbox.c.seq))).all()
+    assert [r.subject for r in rows] == [
+        "evolutivo.billing.v1.bill_unit.created",
+        "evolutivo.billing.v1.bill_cycle.opened",  # the unit's first cycle (test_billing_cycles_db.py)
+    ]
     assert rows[0].subject == "evolutivo.billing.v1.bill_unit.created"
     assert rows[0].event_type == "evolutivo.billing.v1.BillUnitCreated"
     published = events_pb2.BillUnitCreated.FromString(rows[0].payload).bill_unit
@@ -205,7 +208,7 @@ async def test_a_redelivered_event_changes_nothing(db: BillingDb) -> None:
     await deliver(db, again)
     assert again.acked
     assert await count_units(db) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 1
+    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
 
 
 async def test_the_handler_applied_twice_still_makes_one_bill_unit(db: BillingDb) -> None:
@@ -217,7 +220,7 @@ async def test_the_handler_applied_twice_still_makes_one_bill_unit(db: BillingDb
     await deliver(db, account_created(account_id))
     await deliver(db, account_created(account_id), account_created(account_id))
     assert await count_units(db, account_id) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 1
+    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
     assert await db.scalar(select(func.count()).select_from(inbox)) == 4
 
 
@@ -232,7 +235,7 @@ async def test_concurrent_handlers_for_one_account_make_one_bill_unit(db: Billin
 
     await asyncio.gather(*(apply() for _ in range(8)))
     assert await count_units(db, account_id) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 1
+    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
 
 
 async def test_a_broken_event_is_retried_and_does_not_block_the_batch(db: BillingDb) -> None:

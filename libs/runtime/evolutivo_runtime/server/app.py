@@ -2,8 +2,9 @@
 
 Lifecycle (after the official grpc aio and nats.py examples):
   start serving NOT_SERVING -> wait for migrated database and NATS -> declare streams and
-  consumers -> relay and consumers running -> SERVING -> SIGTERM -> NOT_SERVING, consumers stop
-  fetching, in-flight RPCs finish within the grace period, the relay drains, NATS drains.
+  consumers -> relay, consumers and background loops running -> SERVING -> SIGTERM -> NOT_SERVING,
+  consumers stop fetching and background loops stop, in-flight RPCs finish within the grace
+  period, the relay drains, NATS drains.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ class Wiring:
     subscriptions: Sequence[Subscription[Any]] = field(default_factory=list)
     # Streams of other services this one consumes, declared (idempotently) before binding.
     upstream_services: Sequence[str] = field(default_factory=list)
+    # Loops every replica runs in the background (e.g. billing's cycle closer): each is called
+    # with an event set at shutdown, started and stopped with the consumers, restarted if it crashes.
+    background: Sequence[Callable[[asyncio.Event], Awaitable[None]]] = field(default_factory=list)
 
 
 @dataclass
@@ -220,6 +224,16 @@ async def serve(definition: ServiceDefinition) -> None:
             _supervise(f"consumer:{c.subscription.durable}", partial(c.run, consumer_stop), consumer_stop)
         )
         for c in consumers
+    ]
+    tasks += [
+        asyncio.create_task(
+            _supervise(
+                f"background:{getattr(loop_fn, '__qualname__', repr(loop_fn))}",
+                partial(loop_fn, consumer_stop),
+                consumer_stop,
+            )
+        )
+        for loop_fn in wiring.background
     ]
     relay_task = asyncio.create_task(_supervise("outbox-relay", lambda: relay.run(relay_stop), relay_stop))
 

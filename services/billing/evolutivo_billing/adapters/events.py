@@ -6,13 +6,22 @@ from evolutivo.billing.v1 import events_pb2
 from google.protobuf.message import Message
 
 from evolutivo_billing.adapters import proto
+from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
 
 BILL_UNIT_CREATED = "evolutivo.billing.v1.bill_unit.created"
+BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
+BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
 
 
 def encode(event: object) -> tuple[str, Message]:
     match event:
         case BillUnitCreated(bill_unit=unit):
             return BILL_UNIT_CREATED, events_pb2.BillUnitCreated(bill_unit=proto.unit_to_pb(unit))
+        case BillCycleOpened(bill_cycle=cycle):
+            return BILL_CYCLE_OPENED, events_pb2.BillCycleOpened(bill_cycle=proto.cycle_to_pb(cycle))
+        case BillCycleClosed(bill_cycle=cycle, next_bill_cycle=following):
+            return BILL_CYCLE_CLOSED, events_pb2.BillCycleClosed(
+                bill_cycle=proto.cycle_to_pb(cycle), next_bill_cycle=proto.cycle_to_pb(following)
+            )
     raise TypeError(f"no protobuf event for {type(event).__name__}")

@@ -6,14 +6,15 @@ import json
 import uuid
 from datetime import datetime
 
-from evolutivo.billing.v1 import bill_unit_pb2, billing_service_pb2, billing_summary_pb2
+from evolutivo.billing.v1 import bill_cycle_pb2, bill_unit_pb2, billing_service_pb2, billing_summary_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.money import to_money
-from evolutivo_runtime.pagination import decode_token, encode_token
+from evolutivo_runtime.pagination import decode_keyset, decode_token, encode_keyset, encode_token
 from evolutivo_runtime.timestamps import to_date, to_timestamp
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import (
     AccountStatus,
     BillingFrequency,
@@ -39,6 +40,10 @@ _STATUSES = {
     AccountStatus.ACTIVE: bill_unit_pb2.ACCOUNT_STATUS_ACTIVE,
     AccountStatus.SUSPENDED: bill_unit_pb2.ACCOUNT_STATUS_SUSPENDED,
     AccountStatus.CLOSED: bill_unit_pb2.ACCOUNT_STATUS_CLOSED,
+}
+_CYCLE_STATUSES = {
+    BillCycleStatus.OPEN: bill_cycle_pb2.BILL_CYCLE_STATUS_OPEN,
+    BillCycleStatus.CLOSED: bill_cycle_pb2.BILL_CYCLE_STATUS_CLOSED,
 }
 _CUSTOMER_STATUSES = {
     account_pb2.ACCOUNT_STATUS_ACTIVE: AccountStatus.ACTIVE,
@@ -73,6 +78,22 @@ def unit_to_pb(unit: BillUnit) -> bill_unit_pb2.BillUnit:
             )
         )
     return pb
+
+
+def cycle_to_pb(cycle: BillCycle) -> bill_cycle_pb2.BillCycle:
+    return bill_cycle_pb2.BillCycle(
+        bill_cycle_id=str(cycle.bill_cycle_id),
+        bill_unit_id=str(cycle.bill_unit_id),
+        account_id=str(cycle.account_id),
+        sequence=cycle.sequence,
+        start_time=to_timestamp(cycle.start_time),
+        end_time=to_timestamp(cycle.end_time),
+        start_date=to_date(cycle.start_date),
+        end_date=to_date(cycle.end_date),
+        status=_CYCLE_STATUSES[cycle.status],
+        close_time=to_timestamp(cycle.close_time),
+        time_zone=cycle.time_zone,
+    )
 
 
 def summary_to_pb(summary: BillingSummary) -> billing_service_pb2.GetBillingSummaryResponse:
@@ -148,3 +169,22 @@ def position_from_token(token: str, account_id: uuid.UUID | None) -> ListPositio
     if filtered != (str(account_id) if account_id else ""):
         raise InvalidArgument("page_token", "was issued for a request with a different account_id")
     return position
+
+
+# ListBillCycles page tokens: the last cycle's sequence (the next page lists lower ones) and the
+# account they were issued for.
+def cycles_page_token(before: int, account_id: uuid.UUID) -> str:
+    return encode_keyset(str(before), str(account_id))
+
+
+def cycles_before_from_token(token: str, account_id: uuid.UUID) -> int | None:
+    """The sequence a ListBillCycles page token resumes below; None for the first page."""
+    key = decode_keyset(token, 2)
+    if key is None:
+        return None
+    before, issued_for = key
+    if not (before.isascii() and before.isdigit()):
+        raise InvalidArgument("page_token", "is not a token this service issued")
+    if issued_for != str(account_id):
+        raise InvalidArgument("page_token", "was issued for a request with a different account_id")
+    return int(before)

@@ -1,15 +1,18 @@
-"""Loads and stores bill units."""
+"""Loads and stores bill units and their cycles."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evolutivo_billing.adapters.orm import bill_units
+from evolutivo_billing.adapters.orm import bill_cycles, bill_units
+from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import AccountStatus, BillingFrequency, BillingProfile, BillUnit, ListPosition
 
 
@@ -28,8 +31,12 @@ class BillUnitRepository:
         )
         return result.first() is not None
 
-    async def get(self, bill_unit_id: uuid.UUID) -> BillUnit | None:
-        row = (await self._session.execute(select(bill_units).where(bill_units.c.bill_unit_id == bill_unit_id))).first()
+    async def get(self, bill_unit_id: uuid.UUID, for_update: bool = False) -> BillUnit | None:
+        """The bill unit; with `for_update`, locked until the transaction ends."""
+        query = select(bill_units).where(bill_units.c.bill_unit_id == bill_unit_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
         return _unit(row._mapping) if row else None
 
     async def for_account(self, account_id: uuid.UUID, for_update: bool = False) -> BillUnit | None:
@@ -100,4 +107,86 @@ def _unit(row: Any) -> BillUnit:
         account_status_change_time=row["account_status_change_time"],
         pending_profile=pending,
         profile_change_time=row["profile_change_time"],
+    )
+
+
+class CycleAlreadyClosed(RuntimeError):
+    """A cycle saved as closed that the database no longer holds open: someone else closed it."""
+
+
+class BillCycleRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, cycle: BillCycle) -> None:
+        """Inserts a new cycle. A second open cycle for its unit, or a sequence number the unit has
+        used, violates a unique index (IntegrityError): a cycle is never opened twice."""
+        await self._session.execute(insert(bill_cycles).values(bill_cycle_id=cycle.bill_cycle_id, **_cycle_row(cycle)))
+
+    async def claim_due(self, cutoff: datetime, limit: int, skip: Collection[uuid.UUID] = ()) -> list[BillCycle]:
+        """Up to `limit` open cycles that ended at or before `cutoff` (now minus the late-usage
+        delay), earliest end first, except those in `skip`, locked until the transaction ends.
+        Cycles another transaction holds are skipped (`SKIP LOCKED`), so concurrent closers share
+        the work instead of waiting."""
+        t = bill_cycles
+        query = (
+            select(t)
+            .where(t.c.status == BillCycleStatus.OPEN.value, t.c.end_time <= cutoff)
+            .order_by(t.c.end_time, t.c.bill_cycle_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        if skip:
+            query = query.where(t.c.bill_cycle_id.not_in(list(skip)))
+        return [_cycle(row._mapping) for row in await self._session.execute(query)]
+
+    async def save_closed(self, cycle: BillCycle) -> None:
+        """Writes the closing of a cycle read open (and locked) in this transaction."""
+        t = bill_cycles
+        result = await self._session.execute(
+            update(t)
+            .where(t.c.bill_cycle_id == cycle.bill_cycle_id, t.c.status == BillCycleStatus.OPEN.value)
+            .values(status=cycle.status.value, close_time=cycle.close_time)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            raise CycleAlreadyClosed(f"bill cycle {cycle.bill_cycle_id} is not open")
+
+    async def list_for_account(self, account_id: uuid.UUID, before: int | None, limit: int) -> list[BillCycle]:
+        """Up to `limit` of the account's cycles, newest (highest sequence) first, with a
+        sequence below `before` when given."""
+        t = bill_cycles
+        query = select(t).where(t.c.account_id == account_id).order_by(t.c.sequence.desc()).limit(limit)
+        if before is not None:
+            query = query.where(t.c.sequence < before)
+        return [_cycle(row._mapping) for row in await self._session.execute(query)]
+
+
+def _cycle_row(cycle: BillCycle) -> dict[str, Any]:
+    return {
+        "bill_unit_id": cycle.bill_unit_id,
+        "account_id": cycle.account_id,
+        "sequence": cycle.sequence,
+        "start_time": cycle.start_time,
+        "end_time": cycle.end_time,
+        "start_date": cycle.start_date,
+        "end_date": cycle.end_date,
+        "time_zone": cycle.time_zone,
+        "status": cycle.status.value,
+        "close_time": cycle.close_time,
+    }
+
+
+def _cycle(row: Any) -> BillCycle:
+    return BillCycle(
+        bill_cycle_id=row["bill_cycle_id"],
+        bill_unit_id=row["bill_unit_id"],
+        account_id=row["account_id"],
+        sequence=row["sequence"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        start_date=row["start_date"],
+        end_date=row["end_date"],
+        time_zone=row["time_zone"],
+        status=BillCycleStatus(row["status"]),
+        close_time=row["close_time"],
     )

@@ -147,12 +147,25 @@ class BillUnit:
         return True
 
     def apply_pending_profile(self) -> bool:
-        """Brings the pending profile into force. Called when the unit's next cycle starts (cycles
-        and bill runs arrive with a later issue); returns whether there was one."""
+        """Brings the pending profile into force, whenever it was changed; returns whether there
+        was one. Cycles use `start_cycle_at`, which applies it only from the right cycle."""
         if self.pending_profile is None:
             return False
         self.profile, self.pending_profile = self.pending_profile, None
         return True
+
+    def start_cycle_at(self, boundary: datetime) -> bool:
+        """The unit's next cycle starts at `boundary` (the end of the cycle closing). A pending
+        profile changed before the boundary comes into force from that cycle (a change takes
+        effect from the cycle after the one it was made in); one changed at or after the boundary
+        was made during the new cycle and waits for the one after it. Returns whether a pending
+        profile came into force."""
+        _require_aware(boundary, "boundary")
+        if self.pending_profile is None:
+            return False
+        if self.profile_change_time is not None and self.profile_change_time >= boundary:
+            return False
+        return self.apply_pending_profile()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from evolutivo.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
@@ -10,6 +11,7 @@ from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, W
 from evolutivo_billing.adapters import events
 from evolutivo_billing.adapters.orm import inbox, outbox
 from evolutivo_billing.entrypoints.consumers import subscriptions
+from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_billing.settings import BillingSettings
@@ -21,6 +23,13 @@ def wire(rt: Runtime) -> Wiring:
     def uow() -> BillingUnitOfWork:
         return BillingUnitOfWork(rt.sessions, outbox, rt.clock, events.encode)
 
+    settings = rt.settings if isinstance(rt.settings, BillingSettings) else BillingSettings()
+    closer = CycleCloser(
+        uow,
+        timedelta(seconds=settings.late_usage_delay_seconds),
+        settings.cycle_check_seconds,
+        settings.cycle_close_batch_size,
+    )
     return Wiring(
         servicers=[
             Servicer(
@@ -32,6 +41,7 @@ def wire(rt: Runtime) -> Wiring:
         uow_factory=uow,
         subscriptions=subscriptions(),
         upstream_services=["customer"],
+        background=[closer.run],
     )
 
 

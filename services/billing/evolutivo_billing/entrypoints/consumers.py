@@ -21,12 +21,18 @@ ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 BILLING_PROFILE_CHANGED = "evolutivo.customer.v1.account.billing_profile_changed"
 
 
+def _create_time(account: account_pb2.Account) -> datetime | None:
+    """When customer created the account: the instant its first bill cycle starts from."""
+    return from_timestamp(account.create_time) if account.HasField("create_time") else None
+
+
 def _facts(account: account_pb2.Account, profile: account_pb2.BillingProfile) -> handlers.AccountFacts:
     return handlers.AccountFacts(
         uuid.UUID(account.account_id),
         account.currency_code,
         account.time_zone,
         proto.profile_from_customer_pb(profile),
+        _create_time(account),
     )
 
 
@@ -39,6 +45,9 @@ async def on_account_created(uow: BillingUnitOfWork, event: customer_events.Acco
         account.time_zone,
         proto.profile_from_customer_pb(account.billing_profile),
         uow.clock.now(),
+        # The first cycle starts on the local day the account was created (the event's time if
+        # the account does not say), however late billing applies the event.
+        _create_time(account) or meta.occurred_at,
     )
 
 

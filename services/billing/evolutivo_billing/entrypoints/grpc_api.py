@@ -1,4 +1,6 @@
-"""BillingService over gRPC: translates messages to handler calls and back, nothing more."""
+"""BillingService over gRPC: one servicer composed of one mixin per part of the API.
+
+Each part translates messages to service-layer calls and back, nothing more."""
 
 from __future__ import annotations
 
@@ -11,11 +13,12 @@ from evolutivo_runtime.pagination import page_size
 from evolutivo_runtime.server import Context
 
 from evolutivo_billing.adapters import proto
+from evolutivo_billing.entrypoints.grpc_cycles import CyclesApi
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 
-class BillingServicer(pb_grpc.BillingServiceServicer):
+class BillingServicer(CyclesApi, pb_grpc.BillingServiceServicer):
     def __init__(self, uow: Callable[[], BillingUnitOfWork]) -> None:
         self._uow = uow
 

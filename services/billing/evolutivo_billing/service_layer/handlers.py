@@ -8,6 +8,7 @@ from datetime import datetime
 
 from evolutivo_runtime.errors import NotFound
 
+from evolutivo_billing.domain.cycles import BillCycle
 from evolutivo_billing.domain.model import (
     AccountStatus,
     BillingProfile,
@@ -29,6 +30,8 @@ class AccountFacts:
     currency_code: str
     time_zone: str
     profile: BillingProfile
+    # When customer created the account, if the event carries it.
+    create_time: datetime | None = None
 
 
 async def open_bill_unit(
@@ -38,13 +41,18 @@ async def open_bill_unit(
     time_zone: str,
     profile: BillingProfile,
     now: datetime,
+    account_create_time: datetime | None = None,
 ) -> None:
-    """On a new account: its bill unit, from the account's billing profile, exactly once.
+    """On a new account: its bill unit, from the account's billing profile, and the unit's first
+    cycle, from the local day of `account_create_time` (`now` when not known), exactly once.
 
     Runs inside the consumer's transaction (the caller commits)."""
     unit = BillUnit.open(account_id, currency_code, time_zone, profile, now)
     if await uow.bill_units.add(unit):
         uow.track(unit)
+        cycle = BillCycle.first(unit, account_create_time or now)
+        await uow.bill_cycles.add(cycle)
+        uow.track(cycle)
 
 
 async def _unit_for_update(uow: BillingUnitOfWork, account: AccountFacts) -> BillUnit:
@@ -53,7 +61,13 @@ async def _unit_for_update(uow: BillingUnitOfWork, account: AccountFacts) -> Bil
     unit = await uow.bill_units.for_account(account.account_id, for_update=True)
     if unit is None:
         await open_bill_unit(
-            uow, account.account_id, account.currency_code, account.time_zone, account.profile, uow.clock.now()
+            uow,
+            account.account_id,
+            account.currency_code,
+            account.time_zone,
+            account.profile,
+            uow.clock.now(),
+            account.create_time,
         )
         unit = await uow.bill_units.for_account(account.account_id, for_update=True)
         assert unit is not None, "the unit was just opened, or another transaction opened it"
@@ -78,8 +92,8 @@ async def schedule_profile_change(
     uow: BillingUnitOfWork, account: AccountFacts, profile: BillingProfile, change_time: datetime
 ) -> bool:
     """On BillingProfileChanged: the new profile waits on the bill unit as pending, to come into
-    force when the unit's next cycle starts (cycles and bill runs arrive with a later issue, which
-    calls BillUnit.apply_pending_profile). An older change than the one recorded changes nothing.
+    force when the unit's next cycle starts (the cycle closer applies it: BillUnit.start_cycle_at).
+    An older change than the one recorded changes nothing.
 
     Runs inside the consumer's transaction (the caller commits)."""
     unit = await _unit_for_update(uow, account)

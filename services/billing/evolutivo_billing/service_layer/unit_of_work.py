@@ -4,13 +4,15 @@ from typing import Self
 
 from evolutivo_runtime.uow import UnitOfWork
 
-from evolutivo_billing.adapters.repository import BillUnitRepository
+from evolutivo_billing.adapters.repository import BillCycleRepository, BillUnitRepository
 
 
 class BillingUnitOfWork(UnitOfWork):
     bill_units: BillUnitRepository
+    bill_cycles: BillCycleRepository
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.bill_units = BillUnitRepository(self.session)
+        self.bill_cycles = BillCycleRepository(self.session)
         return self
