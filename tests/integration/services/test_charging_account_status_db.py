@@ -154,7 +154,7 @@ def status_changed(account_id: uuid.UUID, status: int, change_time: datetime | N
 
 
 def consumer(db: ChargingDb) -> EventConsumer[ChargingUnitOfWork]:
-    (subscription,) = subscriptions()
+    subscription, _ = subscriptions()  # customer's stream
     return EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

@@ -131,7 +131,7 @@ def account_created(
 
 
 def consumer(db: ChargingDb) -> EventConsumer[ChargingUnitOfWork]:
-    (subscription,) = subscriptions()
+    subscription, _ = subscriptions()  # customer's stream
     return EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

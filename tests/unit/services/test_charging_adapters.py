@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.charging.v1 import charging_account_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
@@ -57,14 +58,27 @@ def test_charging_publishes_no_events_yet() -> None:
         events.encode(object())
 
 
-def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
-    (sub,) = subscriptions()
+def test_consumes_account_and_purchase_events_from_customer_with_its_own_durable() -> None:
+    sub, _ = subscriptions()
     assert (sub.durable, sub.stream) == ("charging", "EVOLUTIVO_CUSTOMER")
-    assert sub.subjects == ["evolutivo.customer.v1.account.created", "evolutivo.customer.v1.account.status_changed"]
+    assert sub.subjects == [
+        "evolutivo.customer.v1.account.created",
+        "evolutivo.customer.v1.account.status_changed",
+        "evolutivo.customer.v1.purchase.created",
+        "evolutivo.customer.v1.purchase.ended",
+    ]
     assert sub.handlers["evolutivo.customer.v1.AccountCreated"].message_type is customer_events.AccountCreated
     assert (
         sub.handlers["evolutivo.customer.v1.AccountStatusChanged"].message_type is customer_events.AccountStatusChanged
     )
+
+
+def test_consumes_cycle_events_from_billing_with_its_own_durable() -> None:
+    _, sub = subscriptions()
+    assert (sub.durable, sub.stream) == ("charging", "EVOLUTIVO_BILLING")
+    assert sub.subjects == ["evolutivo.billing.v1.bill_cycle.opened", "evolutivo.billing.v1.bill_cycle.closed"]
+    assert sub.handlers["evolutivo.billing.v1.BillCycleOpened"].message_type is billing_events.BillCycleOpened
+    assert sub.handlers["evolutivo.billing.v1.BillCycleClosed"].message_type is billing_events.BillCycleClosed
 
 
 def test_definition_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:

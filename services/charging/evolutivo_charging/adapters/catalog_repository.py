@@ -9,11 +9,12 @@ form evolves with it (new fields are additive; unknown ones are ignored when rea
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, func, insert, or_, select, update
+from sqlalchemy import Select, and_, func, insert, or_, select, true, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_charging.adapters.catalog_proto import charges_from_json, charges_to_json
@@ -100,6 +101,37 @@ class ChargeOfferRepository:
         )
         row = (await self._session.execute(query)).first()
         return _offer(row._mapping) if row else None
+
+    async def activated(self, codes: Iterable[str]) -> dict[str, list[ChargeOffer]]:
+        """The activated (active or retired) versions of each code, oldest first: rating picks
+        the one in force at each event's time."""
+        wanted = sorted(set(codes))
+        found: dict[str, list[ChargeOffer]] = {code: [] for code in wanted}
+        if not wanted:
+            return found
+        t = charge_offers
+        rows = await self._session.execute(
+            select(t).where(t.c.code.in_(wanted), t.c.status != OfferStatus.DRAFT.value).order_by(t.c.code, t.c.version)
+        )
+        for row in rows:
+            found[row.code].append(_offer(row._mapping))
+        return found
+
+    async def rated_event_types(self, event_types: Iterable[str]) -> set[str]:
+        """Those of `event_types` a charge of some activated (active or retired) version rates."""
+        wanted = sorted(set(event_types))
+        if not wanted:
+            return set()
+        element = func.jsonb_array_elements(charge_offers.c.charges).table_valued("value").alias("charge")
+        event_type = element.c.value.op("->>")("event_type")
+        rows = await self._session.execute(
+            select(event_type.label("event_type"))
+            .distinct()
+            .select_from(charge_offers)
+            .join(element, true())
+            .where(charge_offers.c.status != OfferStatus.DRAFT.value, event_type.in_(wanted))
+        )
+        return {row.event_type for row in rows}
 
     async def list(self, where: OfferFilter, after: tuple[str, int] | None, limit: int) -> list[ChargeOffer]:
         """Keyset page in (code, version descending) order, after the (code, version) of the last

@@ -2,8 +2,24 @@
 
 from evolutivo_runtime.idempotency import request_log_table
 from evolutivo_runtime.messaging.tables import messaging_tables
-from sqlalchemy import Column, DateTime, Index, Integer, MetaData, Table, Text, UniqueConstraint, Uuid, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -48,6 +64,115 @@ charge_offers = Table(
         unique=True,
         postgresql_where=text("status <> 'draft' AND valid_to IS NULL"),
     ),
+)
+
+# Since 0004: charging's projection of customer's purchases (PurchaseCreated / PurchaseEnded).
+purchases = Table(
+    "purchases",
+    metadata,
+    Column("purchase_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("service_id", Uuid),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("charge_offer_version", Integer, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True)),
+    Column("cancel_time", DateTime(timezone=True)),
+    # [{"charge_code": "...", "price": "0.0003"}]: decimals as strings.
+    Column("price_overrides", JSONB, nullable=False),
+    # When customer published the PurchaseEnded applied last (orders ends delivered out of order).
+    Column("end_update_time", DateTime(timezone=True)),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Index("purchases_account", "account_id"),
+)
+
+# Since 0004: charging's projection of billing's cycles (BillCycleOpened / BillCycleClosed).
+bill_cycles = Table(
+    "bill_cycles",
+    metadata,
+    Column("bill_cycle_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("bill_unit_id", Uuid),
+    Column("sequence", BigInteger, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    # open | closed (domain.usage.BillCycleStatus values); a closed cycle never opens again.
+    Column("status", Text, nullable=False),
+    Column("close_time", DateTime(timezone=True)),
+    Column("time_zone", Text, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Index("bill_cycles_account", "account_id"),
+)
+
+# Since 0005: every usage event received, once per event_id, kept forever (docs/charging.md).
+usage_events = Table(
+    "usage_events",
+    metadata,
+    Column("event_id", Text, primary_key=True),
+    # Orders the unrated list (keyset pages).
+    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
+    # SHA-256 (hex) of the canonical payload: the same id must come back with the same payload.
+    Column("payload_sha256", Text, nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    # The canonical payload (domain.usage.UsageEvent.payload), to rate the event again.
+    Column("payload", JSONB, nullable=False),
+    # rated | unrated | rejected (domain.usage.UsageStatus values).
+    Column("status", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    # The charges its rating produced, in order.
+    Column("charge_ids", ARRAY(Uuid), nullable=False),
+    Column("receive_time", DateTime(timezone=True), nullable=False),
+    Column("rate_time", DateTime(timezone=True), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Index("usage_events_kept", "seq", postgresql_where=text("status <> 'rated'")),
+    Index("usage_events_kept_by_account", "account_id", "seq", postgresql_where=text("status <> 'rated'")),
+)
+
+# Since 0005: units a purchase used of a cumulative charge in a cycle (tiers count them).
+usage_counters = Table(
+    "usage_counters",
+    metadata,
+    Column("account_id", Uuid, nullable=False),
+    Column("purchase_id", Uuid, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    Column("bill_cycle_id", Uuid, nullable=False),
+    Column("units", Numeric, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("account_id", "purchase_id", "charge_code", "bill_cycle_id", name="usage_counters_pkey"),
+)
+
+# Since 0005: charges, immutable once written (a correction is a new, reversing charge).
+charges = Table(
+    "charges",
+    metadata,
+    Column("charge_id", Uuid, primary_key=True),
+    # Orders an account's charges (ListCharges, oldest first).
+    Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
+    Column("account_id", Uuid, nullable=False),
+    # usage | recurring | one_time | reversal (domain.usage.ChargeKind values).
+    Column("kind", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("purchase_id", Uuid, nullable=False),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("charge_offer_version", Integer, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    Column("balance_group", Text, nullable=False),
+    Column("tax_code", Text, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("currency_code", Text, nullable=False),
+    # Exact: unconstrained NUMERIC keeps every digit.
+    Column("unrounded_amount", Numeric, nullable=False),
+    # [{"tier": 1, "units": "...", "unit_price": "...", "flat_fee": "...", "amount": "..."}]
+    Column("tiers", JSONB, nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("rate_time", DateTime(timezone=True), nullable=False),
+    Column("bill_cycle_id", Uuid, nullable=False),
+    Column("late", Boolean, nullable=False),
+    Column("reverses_charge_id", Uuid),
+    Index("charges_account", "account_id", "seq"),
+    Index("charges_account_cycle", "account_id", "bill_cycle_id", "seq"),
 )
 
 outbox, inbox = messaging_tables(metadata)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select, update
@@ -43,6 +44,15 @@ class ChargingAccountRepository:
             query = query.with_for_update()
         row = (await self._session.execute(query)).first()
         return _account(row._mapping) if row else None
+
+    async def get_many(self, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, ChargingAccount]:
+        """The accounts charging knows among `account_ids`."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return {}
+        t = charging_accounts
+        rows = await self._session.execute(select(t).where(t.c.account_id.in_(ids)))
+        return {row.account_id: _account(row._mapping) for row in rows}
 
     async def save(self, account: ChargingAccount) -> None:
         """Writes what can change on an account (read with `for_update`)."""

@@ -31,7 +31,7 @@ def wire(rt: Runtime) -> Wiring:
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
-        upstream_services=["customer"],
+        upstream_services=["customer", "billing"],
     )
 
 

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import uuid
 
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import from_timestamp
 
-from evolutivo_charging.adapters import proto
-from evolutivo_charging.service_layer import handlers
+from evolutivo_charging.adapters import proto, usage_proto
+from evolutivo_charging.service_layer import handlers, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
+PURCHASE_CREATED = "evolutivo.customer.v1.purchase.created"
+PURCHASE_ENDED = "evolutivo.customer.v1.purchase.ended"
+BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
+BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
 
 
 async def on_account_created(uow: ChargingUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
@@ -48,12 +53,30 @@ async def on_account_status_changed(
     )
 
 
+async def on_purchase_created(uow: ChargingUnitOfWork, event: customer_events.PurchaseCreated, meta: EventMeta) -> None:
+    await usage.learn_purchase(uow, usage_proto.purchase_from_pb(event.purchase), uow.clock.now())
+
+
+async def on_purchase_ended(uow: ChargingUnitOfWork, event: customer_events.PurchaseEnded, meta: EventMeta) -> None:
+    # Customer publishes a purchase's ends in order; the event's time orders them here.
+    await usage.end_purchase(uow, usage_proto.purchase_from_pb(event.purchase), meta.occurred_at, uow.clock.now())
+
+
+async def on_bill_cycle_opened(uow: ChargingUnitOfWork, event: billing_events.BillCycleOpened, meta: EventMeta) -> None:
+    await usage.open_cycle(uow, usage_proto.cycle_from_pb(event.bill_cycle), uow.clock.now())
+
+
+async def on_bill_cycle_closed(uow: ChargingUnitOfWork, event: billing_events.BillCycleClosed, meta: EventMeta) -> None:
+    next_cycle = usage_proto.cycle_from_pb(event.next_bill_cycle) if event.HasField("next_bill_cycle") else None
+    await usage.close_cycle(uow, usage_proto.cycle_from_pb(event.bill_cycle), next_cycle, uow.clock.now())
+
+
 def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
     return [
         Subscription(
             durable="charging",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED, ACCOUNT_STATUS_CHANGED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_STATUS_CHANGED, PURCHASE_CREATED, PURCHASE_ENDED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
@@ -61,6 +84,25 @@ def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
                 customer_events.AccountStatusChanged.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountStatusChanged, on_account_status_changed
                 ),
+                customer_events.PurchaseCreated.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.PurchaseCreated, on_purchase_created
+                ),
+                customer_events.PurchaseEnded.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.PurchaseEnded, on_purchase_ended
+                ),
             },
-        )
+        ),
+        Subscription(
+            durable="charging",
+            stream=stream_name("billing"),
+            subjects=[BILL_CYCLE_OPENED, BILL_CYCLE_CLOSED],
+            handlers={
+                billing_events.BillCycleOpened.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.BillCycleOpened, on_bill_cycle_opened
+                ),
+                billing_events.BillCycleClosed.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.BillCycleClosed, on_bill_cycle_closed
+                ),
+            },
+        ),
     ]

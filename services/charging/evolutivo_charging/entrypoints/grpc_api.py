@@ -13,11 +13,12 @@ from evolutivo_runtime.server import Context
 
 from evolutivo_charging.adapters import proto
 from evolutivo_charging.entrypoints.grpc_catalog import CatalogApi
+from evolutivo_charging.entrypoints.grpc_usage import UsageApi
 from evolutivo_charging.service_layer import handlers
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 
-class ChargingServicer(CatalogApi, pb_grpc.ChargingServiceServicer):
+class ChargingServicer(CatalogApi, UsageApi, pb_grpc.ChargingServiceServicer):
     def __init__(self, uow: Callable[[], ChargingUnitOfWork]) -> None:
         self._uow = uow
 

@@ -1,0 +1,481 @@
+"""Loads and stores what rating reads and writes: the purchase and cycle projections, usage
+events, usage counters and charges.
+
+Locks, always in this order within a transaction so concurrent calls cannot deadlock: usage
+events by event_id (claimed by inserting them, or locked with FOR UPDATE to rate them again),
+then usage counters by key.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evolutivo_charging.adapters.orm import bill_cycles, charges, purchases, usage_counters, usage_events
+from evolutivo_charging.domain.pricing import TierLine
+from evolutivo_charging.domain.rating import CounterKey, currency_exponent
+from evolutivo_charging.domain.usage import (
+    BillCycle,
+    BillCycleStatus,
+    ChargeKind,
+    Purchase,
+    RatedCharge,
+    UsageEvent,
+    UsageStatus,
+)
+
+
+def _str(value: Decimal) -> str:
+    return format(value, "f")
+
+
+class PurchaseRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def learn(self, purchase: Purchase, now: datetime) -> bool:
+        """On PurchaseCreated: records the purchase unless charging knows it already (a
+        PurchaseEnded applied first carries it, with its end); False when it did."""
+        t = purchases
+        result = await self._session.execute(
+            insert(t)
+            .values(**_purchase_row(purchase), update_time=now)
+            .on_conflict_do_nothing(index_elements=[t.c.purchase_id])
+            .returning(t.c.purchase_id)
+        )
+        return result.first() is not None
+
+    async def end(self, purchase: Purchase, ended_at: datetime, now: datetime) -> bool:
+        """On PurchaseEnded published at `ended_at`: its end (or cancellation) replaces what an
+        older PurchaseEnded said; an older one than applied changes nothing. A cancellation
+        stays. False when nothing changed."""
+        t = purchases
+        row = _purchase_row(purchase)
+        statement = insert(t).values(**row, end_update_time=ended_at, update_time=now)
+        new = statement.excluded
+        upsert = statement.on_conflict_do_update(
+            index_elements=[t.c.purchase_id],
+            set_={
+                "end_time": new.end_time,
+                "cancel_time": func.coalesce(t.c.cancel_time, new.cancel_time),
+                "end_update_time": new.end_update_time,
+                "update_time": new.update_time,
+            },
+            where=or_(t.c.end_update_time.is_(None), t.c.end_update_time <= new.end_update_time),
+        ).returning(t.c.purchase_id)
+        return (await self._session.execute(upsert)).first() is not None
+
+    async def get(self, purchase_id: uuid.UUID) -> Purchase | None:
+        row = (await self._session.execute(select(purchases).where(purchases.c.purchase_id == purchase_id))).first()
+        return _purchase(row._mapping) if row else None
+
+    async def for_accounts(self, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[Purchase]]:
+        """Every purchase of the accounts, by account."""
+        ids = sorted(set(account_ids))
+        found: dict[uuid.UUID, list[Purchase]] = {a: [] for a in ids}
+        if not ids:
+            return found
+        rows = await self._session.execute(select(purchases).where(purchases.c.account_id.in_(ids)))
+        for row in rows:
+            purchase = _purchase(row._mapping)
+            found[purchase.account_id].append(purchase)
+        return found
+
+
+def _purchase_row(p: Purchase) -> dict[str, Any]:
+    return {
+        "purchase_id": p.purchase_id,
+        "account_id": p.account_id,
+        "service_id": p.service_id,
+        "charge_offer_code": p.charge_offer_code,
+        "charge_offer_version": p.charge_offer_version,
+        "quantity": p.quantity,
+        "start_time": p.start_time,
+        "end_time": p.end_time,
+        "cancel_time": p.cancel_time,
+        "price_overrides": [{"charge_code": code, "price": _str(price)} for code, price in p.price_overrides],
+    }
+
+
+def _purchase(row: Any) -> Purchase:
+    return Purchase(
+        purchase_id=row["purchase_id"],
+        account_id=row["account_id"],
+        service_id=row["service_id"],
+        charge_offer_code=row["charge_offer_code"],
+        charge_offer_version=row["charge_offer_version"],
+        quantity=row["quantity"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        cancel_time=row["cancel_time"],
+        price_overrides=tuple((o["charge_code"], Decimal(o["price"])) for o in row["price_overrides"]),
+    )
+
+
+class BillCycleRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def upsert(self, cycle: BillCycle, now: datetime) -> None:
+        """Records a cycle, or what changed of one charging knows: it closes, never reopens."""
+        t = bill_cycles
+        statement = insert(t).values(
+            bill_cycle_id=cycle.bill_cycle_id,
+            account_id=cycle.account_id,
+            bill_unit_id=cycle.bill_unit_id,
+            sequence=cycle.sequence,
+            start_time=cycle.start_time,
+            end_time=cycle.end_time,
+            status=cycle.status.value,
+            close_time=cycle.close_time,
+            time_zone=cycle.time_zone,
+            update_time=now,
+        )
+        closed = BillCycleStatus.CLOSED.value
+        statement = statement.on_conflict_do_update(
+            index_elements=[t.c.bill_cycle_id],
+            set_={
+                "status": closed,
+                "close_time": func.coalesce(t.c.close_time, statement.excluded.close_time),
+                "update_time": statement.excluded.update_time,
+            },
+            # Only a cycle that closes changes.
+            where=and_(t.c.status != closed, statement.excluded.status == closed),
+        )
+        await self._session.execute(statement)
+
+    async def get(self, bill_cycle_id: uuid.UUID) -> BillCycle | None:
+        row = (
+            await self._session.execute(select(bill_cycles).where(bill_cycles.c.bill_cycle_id == bill_cycle_id))
+        ).first()
+        return _cycle(row._mapping) if row else None
+
+    async def for_accounts(self, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[BillCycle]]:
+        ids = sorted(set(account_ids))
+        found: dict[uuid.UUID, list[BillCycle]] = {a: [] for a in ids}
+        if not ids:
+            return found
+        rows = await self._session.execute(select(bill_cycles).where(bill_cycles.c.account_id.in_(ids)))
+        for row in rows:
+            cycle = _cycle(row._mapping)
+            found[cycle.account_id].append(cycle)
+        return found
+
+
+def _cycle(row: Any) -> BillCycle:
+    return BillCycle(
+        bill_cycle_id=row["bill_cycle_id"],
+        account_id=row["account_id"],
+        start_time=row["start_time"],
+        end_time=row["end_time"],
+        status=BillCycleStatus(row["status"]),
+        bill_unit_id=row["bill_unit_id"],
+        sequence=row["sequence"],
+        close_time=row["close_time"],
+        time_zone=row["time_zone"],
+    )
+
+
+@dataclass(frozen=True)
+class StoredUsage:
+    """A usage event as charging keeps it, with the outcome of its latest rating."""
+
+    event: UsageEvent
+    fingerprint: str
+    status: UsageStatus
+    reason: str
+    charge_ids: tuple[uuid.UUID, ...]
+    receive_time: datetime
+    seq: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    event_id: str
+    status: UsageStatus
+    reason: str
+    charge_ids: tuple[uuid.UUID, ...]
+
+
+class UsageRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, events: Sequence[UsageEvent], now: datetime) -> set[str]:
+        """Inserts the events charging has not received before, in event_id order, as UNRATED
+        until `record` sets their outcome in the same transaction. Returns the ids this call
+        claimed; the others were received before (a concurrent claim of one id waits for the
+        first transaction to end)."""
+        if not events:
+            return set()
+        t = usage_events
+        rows = [
+            {
+                "event_id": e.event_id,
+                "payload_sha256": e.fingerprint(),
+                "account_id": e.account_id,
+                "payload": e.payload(),
+                "status": UsageStatus.UNRATED.value,
+                "reason": "",
+                "charge_ids": [],
+                "receive_time": now,
+                "rate_time": now,
+                "attempts": 0,
+            }
+            for e in sorted(events, key=lambda e: e.event_id)
+        ]
+        result = await self._session.execute(
+            insert(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.event_id)
+        )
+        return {row.event_id for row in result}
+
+    async def get_many(self, event_ids: Iterable[str], for_update: bool = False) -> dict[str, StoredUsage]:
+        """The stored events among `event_ids`; with `for_update`, locked in event_id order."""
+        ids = sorted(set(event_ids))
+        if not ids:
+            return {}
+        t = usage_events
+        query = select(t).where(t.c.event_id.in_(ids)).order_by(t.c.event_id)
+        if for_update:
+            query = query.with_for_update()
+        return {row.event_id: _stored(row._mapping) for row in await self._session.execute(query)}
+
+    async def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
+        """The outcome of rating claimed or locked events (one statement for all)."""
+        if not outcomes:
+            return
+        t = usage_events
+        await self._session.execute(
+            update(t)
+            .where(t.c.event_id == bindparam("b_event_id"))
+            .values(
+                status=bindparam("b_status"),
+                reason=bindparam("b_reason"),
+                charge_ids=bindparam("b_charge_ids", type_=t.c.charge_ids.type),
+                rate_time=now,
+                attempts=t.c.attempts + 1,
+            )
+            .execution_options(synchronize_session=False),
+            [
+                {
+                    "b_event_id": o.event_id,
+                    "b_status": o.status.value,
+                    "b_reason": o.reason,
+                    "b_charge_ids": list(o.charge_ids),
+                }
+                for o in outcomes
+            ],
+        )
+
+    async def kept(self, account_id: uuid.UUID | None, after_seq: int, limit: int) -> list[StoredUsage]:
+        """Unrated and rejected events in the order received, after `after_seq`."""
+        t = usage_events
+        query: Select[Any] = (
+            select(t).where(t.c.status != UsageStatus.RATED.value, t.c.seq > after_seq).order_by(t.c.seq).limit(limit)
+        )
+        if account_id is not None:
+            query = query.where(t.c.account_id == account_id)
+        return [_stored(row._mapping) for row in await self._session.execute(query)]
+
+
+def _stored(row: Any) -> StoredUsage:
+    return StoredUsage(
+        event=UsageEvent.from_payload(row["event_id"], row["payload"]),
+        fingerprint=row["payload_sha256"],
+        status=UsageStatus(row["status"]),
+        reason=row["reason"],
+        charge_ids=tuple(row["charge_ids"]),
+        receive_time=row["receive_time"],
+        seq=row["seq"],
+    )
+
+
+# Counter keys per statement: 6 bind parameters each, well under PostgreSQL's 32767.
+_KEYS_PER_STATEMENT = 2000
+
+
+class CounterRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def lock(self, keys: Sequence[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
+        """The units used so far under each key (zero for a new one), each counter locked
+        (SELECT ... FOR UPDATE) in key order until the transaction ends. Chunks keep every
+        statement under PostgreSQL's bind-parameter limit and the lock order ascending."""
+        ordered = sorted(set(keys))
+        found: dict[CounterKey, Decimal] = {}
+        for start in range(0, len(ordered), _KEYS_PER_STATEMENT):
+            found.update(await self._lock(ordered[start : start + _KEYS_PER_STATEMENT], now))
+        return found
+
+    async def _lock(self, ordered: list[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
+        t = usage_counters
+        await self._session.execute(
+            insert(t)
+            .values(
+                [
+                    {
+                        "account_id": a,
+                        "purchase_id": p,
+                        "charge_code": c,
+                        "bill_cycle_id": b,
+                        "units": Decimal(0),
+                        "update_time": now,
+                    }
+                    for a, p, c, b in ordered
+                ]
+            )
+            .on_conflict_do_nothing()
+        )
+        columns = (t.c.account_id, t.c.purchase_id, t.c.charge_code, t.c.bill_cycle_id)
+        rows = await self._session.execute(
+            select(*columns, t.c.units).where(tuple_(*columns).in_(ordered)).order_by(*columns).with_for_update()
+        )
+        return {(r.account_id, r.purchase_id, r.charge_code, r.bill_cycle_id): r.units for r in rows}
+
+    async def save(self, counters: dict[CounterKey, Decimal], now: datetime) -> None:
+        if not counters:
+            return
+        t = usage_counters
+        await self._session.execute(
+            update(t)
+            .where(
+                t.c.account_id == bindparam("b_account_id"),
+                t.c.purchase_id == bindparam("b_purchase_id"),
+                t.c.charge_code == bindparam("b_charge_code"),
+                t.c.bill_cycle_id == bindparam("b_bill_cycle_id"),
+            )
+            .values(units=bindparam("b_units"), update_time=now)
+            .execution_options(synchronize_session=False),
+            [
+                {
+                    "b_account_id": a,
+                    "b_purchase_id": p,
+                    "b_charge_code": c,
+                    "b_bill_cycle_id": b,
+                    "b_units": units,
+                }
+                for (a, p, c, b), units in sorted(counters.items())
+            ],
+        )
+
+    async def units(self, key: CounterKey) -> Decimal:
+        t = usage_counters
+        a, p, c, b = key
+        found = await self._session.scalar(
+            select(t.c.units).where(
+                t.c.account_id == a, t.c.purchase_id == p, t.c.charge_code == c, t.c.bill_cycle_id == b
+            )
+        )
+        return found if found is not None else Decimal(0)
+
+
+class ChargeRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add_all(self, rated: Sequence[RatedCharge]) -> None:
+        """Inserts the charges in one statement (executemany)."""
+        if rated:
+            await self._session.execute(charges.insert(), [_charge_row(c) for c in rated])
+
+    async def get_many(self, charge_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, RatedCharge]:
+        ids = list(set(charge_ids))
+        if not ids:
+            return {}
+        rows = await self._session.execute(select(charges).where(charges.c.charge_id.in_(ids)))
+        return {row.charge_id: _charge(row._mapping) for row in rows}
+
+    async def list(
+        self, account_id: uuid.UUID, bill_cycle_id: uuid.UUID | None, after_seq: int, limit: int
+    ) -> list[tuple[int, RatedCharge]]:
+        """An account's charges, oldest first, after `after_seq`, with their position."""
+        t = charges
+        query: Select[Any] = (
+            select(t).where(t.c.account_id == account_id, t.c.seq > after_seq).order_by(t.c.seq).limit(limit)
+        )
+        if bill_cycle_id is not None:
+            query = query.where(t.c.bill_cycle_id == bill_cycle_id)
+        return [(row.seq, _charge(row._mapping)) for row in await self._session.execute(query)]
+
+
+def _charge_row(c: RatedCharge) -> dict[str, Any]:
+    return {
+        "charge_id": c.charge_id,
+        "account_id": c.account_id,
+        "kind": c.kind.value,
+        "event_id": c.event_id,
+        "purchase_id": c.purchase_id,
+        "charge_offer_code": c.charge_offer_code,
+        "charge_offer_version": c.charge_offer_version,
+        "charge_code": c.charge_code,
+        "balance_group": c.balance_group,
+        "tax_code": c.tax_code,
+        "quantity": c.quantity,
+        "amount": c.amount,
+        "currency_code": c.currency_code,
+        "unrounded_amount": c.unrounded_amount,
+        "tiers": [
+            {
+                "tier": line.tier,
+                "units": _str(line.units),
+                "unit_price": _str(line.unit_price),
+                "flat_fee": _str(line.flat_fee),
+                "amount": _str(line.amount),
+            }
+            for line in c.tiers
+        ],
+        "event_time": c.event_time,
+        "rate_time": c.rate_time,
+        "bill_cycle_id": c.bill_cycle_id,
+        "late": c.late,
+        "reverses_charge_id": c.reverses_charge_id,
+    }
+
+
+def _minor_unit(amount: Decimal, currency_code: str) -> Decimal:
+    exponent = currency_exponent(currency_code)
+    return amount if exponent is None else amount.quantize(Decimal(1).scaleb(-exponent))
+
+
+def _charge(row: Any) -> RatedCharge:
+    return RatedCharge(
+        charge_id=row["charge_id"],
+        account_id=row["account_id"],
+        kind=ChargeKind(row["kind"]),
+        event_id=row["event_id"],
+        purchase_id=row["purchase_id"],
+        charge_offer_code=row["charge_offer_code"],
+        charge_offer_version=row["charge_offer_version"],
+        charge_code=row["charge_code"],
+        balance_group=row["balance_group"],
+        tax_code=row["tax_code"],
+        quantity=row["quantity"],
+        # NUMERIC(38, 9) pads to 9 decimals: back to the minor unit, as rated.
+        amount=_minor_unit(row["amount"], row["currency_code"]),
+        currency_code=row["currency_code"],
+        unrounded_amount=row["unrounded_amount"],
+        tiers=tuple(
+            TierLine(
+                tier=int(line["tier"]),
+                units=Decimal(line["units"]),
+                unit_price=Decimal(line["unit_price"]),
+                flat_fee=Decimal(line["flat_fee"]),
+                amount=Decimal(line["amount"]),
+            )
+            for line in row["tiers"]
+        ),
+        event_time=row["event_time"],
+        rate_time=row["rate_time"],
+        bill_cycle_id=row["bill_cycle_id"],
+        late=row["late"],
+        reverses_charge_id=row["reverses_charge_id"],
+    )

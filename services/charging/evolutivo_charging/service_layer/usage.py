@@ -1,0 +1,270 @@
+"""Use cases of usage rating: record usage (one event, a batch, a stream slice), rate kept events
+again, list charges and kept usage, and the projections rating reads (purchases, billing cycles).
+
+One transaction per call (per slice of a stream), in this order:
+
+1. event types no activated offer rates are refused (INVALID_ARGUMENT on `<field>.event_type`),
+   like the other invalid fields the entrypoint refused already;
+2. the events' ids are claimed in `usage_events` (inserted in event_id order; a concurrent call
+   with the same id waits for the first to commit). An id received before returns its stored
+   result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it does not;
+3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
+   in key order (SELECT ... FOR UPDATE), the events are priced in the order received, then the
+   counters, the charges (one executemany) and the outcomes are written, and one ChargesCreated
+   per currency goes to the outbox with every charge of the call.
+
+Unrated and rejected events are kept with their reason; ResubmitUsage rates them again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
+
+from evolutivo_charging.adapters import events
+from evolutivo_charging.adapters.usage_proto import charge_to_pb
+from evolutivo_charging.adapters.usage_repository import Outcome, StoredUsage
+from evolutivo_charging.domain import rating
+from evolutivo_charging.domain.usage import (
+    BillCycle,
+    BillCycleStatus,
+    ChargesCreated,
+    Purchase,
+    RatedCharge,
+    Received,
+    UsageEvent,
+    UsageResult,
+    UsageStatus,
+)
+from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
+
+
+def _refused(event_id: str, error: ServiceError) -> UsageResult:
+    return UsageResult(event_id, None, error.reason, error=error)
+
+
+def _conflict(event_id: str) -> AlreadyExists:
+    return AlreadyExists(
+        "USAGE_EVENT_ID_REUSED",
+        f"event {event_id!r} was received before with another payload; give a new event a new event_id",
+        {"event_id": event_id},
+    )
+
+
+def _rejection(event: UsageEvent, reason: str, message: str) -> FailedPrecondition:
+    return FailedPrecondition(reason, message, {"account_id": str(event.account_id), "event_id": event.event_id})
+
+
+def _stored_result(stored: StoredUsage, charges: dict[uuid.UUID, RatedCharge]) -> UsageResult:
+    error = None
+    if stored.status is UsageStatus.REJECTED:
+        error = _rejection(
+            stored.event,
+            stored.reason,
+            f"account {stored.event.account_id} was not active when the event was rated ({stored.reason}): "
+            "it is kept as rejected; ResubmitUsage rates it again",
+        )
+    return UsageResult(
+        stored.event.event_id,
+        stored.status,
+        stored.reason,
+        tuple(charges[c] for c in stored.charge_ids),
+        error,
+    )
+
+
+async def record_usage(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list[UsageResult]:
+    """Rates the events of one call in one transaction; a result per event, in order."""
+    async with uow:
+        results = await _record(uow, received)
+        await uow.commit()
+        return results
+
+
+async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list[UsageResult]:
+    now = uow.clock.now()
+    results: dict[int, UsageResult] = {}
+    valid: list[tuple[int, Received, UsageEvent]] = []
+    for i, r in enumerate(received):
+        if r.event is None:
+            assert r.error is not None
+            results[i] = _refused(r.event_id, r.error)
+        else:
+            valid.append((i, r, r.event))
+
+    rated_types = await uow.catalog.rated_event_types(e.event_type for _, _, e in valid)
+    first: dict[str, tuple[int, UsageEvent]] = {}
+    repeats: list[tuple[int, int]] = []
+    for i, r, e in valid:
+        if e.event_type not in rated_types:
+            results[i] = _refused(
+                r.event_id,
+                InvalidArgument(f"{r.field}.event_type", f"no charge offer rates {e.event_type!r} events"),
+            )
+        elif e.event_id in first:
+            j, earlier = first[e.event_id]
+            if earlier.fingerprint() != e.fingerprint():
+                results[i] = _refused(e.event_id, _conflict(e.event_id))
+            else:
+                repeats.append((i, j))
+        else:
+            first[e.event_id] = (i, e)
+
+    claimed = await uow.usage.claim([e for _, e in first.values()], now)
+    before = await uow.usage.get_many(e_id for e_id in first if e_id not in claimed)
+    earlier_charges = await uow.charges.get_many(c for s in before.values() for c in s.charge_ids)
+    new: list[tuple[int, UsageEvent]] = []
+    for event_id, (i, e) in first.items():
+        if event_id in claimed:
+            new.append((i, e))
+            continue
+        stored = before[event_id]
+        if stored.fingerprint != e.fingerprint():
+            results[i] = _refused(event_id, _conflict(event_id))
+        else:
+            results[i] = _stored_result(stored, earlier_charges)
+
+    rated = await _rate(uow, [e for _, e in new], now)
+    for i, e in new:
+        results[i] = rated[e.event_id]
+    for i, j in repeats:
+        results[i] = results[j]
+    return [results[i] for i in range(len(received))]
+
+
+async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datetime) -> dict[str, UsageResult]:
+    """Rates events claimed or locked by this transaction and records the outcomes."""
+    if not batch:
+        return {}
+    account_ids = {e.account_id for e in batch}
+    accounts = await uow.charging_accounts.get_many(account_ids)
+    purchases = await uow.purchases.for_accounts(account_ids)
+    cycles = await uow.bill_cycles.for_accounts(account_ids)
+    versions = await uow.catalog.activated(p.charge_offer_code for ps in purchases.values() for p in ps)
+
+    plans = [
+        rating.plan(e, accounts.get(e.account_id), purchases[e.account_id], versions, cycles[e.account_id])
+        for e in batch
+    ]
+    keys = sorted({k for p in plans if isinstance(p, rating.Plan) for k in p.counter_keys()})
+    counters = await uow.counters.lock(keys, now)
+
+    results: dict[str, UsageResult] = {}
+    outcomes: list[Outcome] = []
+    created: list[RatedCharge] = []
+    for event, planned in zip(batch, plans, strict=True):
+        if isinstance(planned, rating.NotRated):
+            error = (
+                _rejection(event, planned.reason, planned.message) if planned.status is UsageStatus.REJECTED else None
+            )
+            results[event.event_id] = UsageResult(event.event_id, planned.status, planned.reason, (), error)
+            outcomes.append(Outcome(event.event_id, planned.status, planned.reason, ()))
+            continue
+        charges = rating.price(planned, counters, now)
+        created.extend(charges)
+        results[event.event_id] = UsageResult(event.event_id, UsageStatus.RATED, "", charges)
+        outcomes.append(Outcome(event.event_id, UsageStatus.RATED, "", tuple(c.charge_id for c in charges)))
+
+    await uow.counters.save({k: counters[k] for k in keys}, now)
+    await uow.charges.add_all(created)
+    await uow.usage.record(outcomes, now)
+    _publish(uow, created)
+    return results
+
+
+# A ChargesCreated stays well under NATS's default 1 MiB payload limit.
+MAX_MESSAGE_BYTES = 512 * 1024
+
+
+def _publish(uow: ChargingUnitOfWork, created: Sequence[RatedCharge]) -> None:
+    """One ChargesCreated with every charge of the call, per currency (the message names one);
+    a call whose charges would exceed MAX_MESSAGE_BYTES publishes them in several messages."""
+    by_currency: dict[str, list[RatedCharge]] = defaultdict(list)
+    for charge in created:
+        by_currency[charge.currency_code].append(charge)
+    for currency_code, charges_in in sorted(by_currency.items()):
+        part: list[RatedCharge] = []
+        size = 0
+        for charge in charges_in:
+            # Each repeated element costs its size plus a few bytes of tag and length.
+            cost = charge_to_pb(charge).ByteSize() + 8
+            if part and size + cost > MAX_MESSAGE_BYTES:
+                uow.publish(*events.encode(ChargesCreated(tuple(part), currency_code)))
+                part, size = [], 0
+            part.append(charge)
+            size += cost
+        uow.publish(*events.encode(ChargesCreated(tuple(part), currency_code)))
+
+
+async def resubmit_usage(uow: ChargingUnitOfWork, event_ids: Sequence[str]) -> list[UsageResult]:
+    """Rates kept (UNRATED or REJECTED) events again, e.g. once the account, the purchase or the
+    cycle they lacked is known. A RATED event keeps its charges: its stored result comes back.
+    An id charging never received is NOT_FOUND in its result."""
+    async with uow:
+        now = uow.clock.now()
+        stored = await uow.usage.get_many(event_ids, for_update=True)
+        earlier_charges = await uow.charges.get_many(
+            c for s in stored.values() if s.status is UsageStatus.RATED for c in s.charge_ids
+        )
+        # In the order they were received, as tiers would have counted them.
+        again = [s.event for s in sorted(stored.values(), key=lambda s: s.seq) if s.status is not UsageStatus.RATED]
+        rated = await _rate(uow, again, now)
+        results: list[UsageResult] = []
+        for event_id in event_ids:
+            found = stored.get(event_id)
+            if found is None:
+                results.append(_refused(event_id, NotFound("usage_event", event_id)))
+            elif event_id in rated:
+                results.append(rated[event_id])
+            else:
+                results.append(_stored_result(found, earlier_charges))
+        await uow.commit()
+        return results
+
+
+async def list_charges(
+    uow: ChargingUnitOfWork, account_id: uuid.UUID, bill_cycle_id: uuid.UUID | None, after_seq: int, limit: int
+) -> list[tuple[int, RatedCharge]]:
+    async with uow:
+        return await uow.charges.list(account_id, bill_cycle_id, after_seq, limit)
+
+
+async def list_kept_usage(
+    uow: ChargingUnitOfWork, account_id: uuid.UUID | None, after_seq: int, limit: int
+) -> list[StoredUsage]:
+    async with uow:
+        return await uow.usage.kept(account_id, after_seq, limit)
+
+
+# Projections: run inside the consumer's transaction (the caller commits).
+
+
+async def learn_purchase(uow: ChargingUnitOfWork, purchase: Purchase, now: datetime) -> bool:
+    """On PurchaseCreated: charging's record of the purchase, once; False when known already
+    (a PurchaseEnded applied before it carried the purchase)."""
+    return await uow.purchases.learn(purchase, now)
+
+
+async def end_purchase(uow: ChargingUnitOfWork, purchase: Purchase, ended_at: datetime, now: datetime) -> bool:
+    """On PurchaseEnded (published at `ended_at`): the purchase's end or cancellation, unless a
+    newer PurchaseEnded was applied already. Learns the purchase when its PurchaseCreated has not
+    arrived yet."""
+    return await uow.purchases.end(purchase, ended_at, now)
+
+
+async def open_cycle(uow: ChargingUnitOfWork, cycle: BillCycle, now: datetime) -> None:
+    """On BillCycleOpened: the cycle, unless charging knows it already (maybe closed)."""
+    await uow.bill_cycles.upsert(replace(cycle, status=BillCycleStatus.OPEN), now)
+
+
+async def close_cycle(uow: ChargingUnitOfWork, cycle: BillCycle, next_cycle: BillCycle | None, now: datetime) -> None:
+    """On BillCycleClosed: the cycle is closed for good; the next one, opened in its place, is
+    learnt too (its own BillCycleOpened may come later, or have come already)."""
+    await uow.bill_cycles.upsert(replace(cycle, status=BillCycleStatus.CLOSED), now)
+    if next_cycle is not None:
+        await uow.bill_cycles.upsert(replace(next_cycle, status=BillCycleStatus.OPEN), now)
