@@ -84,7 +84,16 @@ purchases = Table(
     # When customer published the PurchaseEnded applied last (orders ends delivered out of order).
     Column("end_update_time", DateTime(timezone=True)),
     Column("update_time", DateTime(timezone=True), nullable=False),
+    # Since 0006: when charging charged the fees due at the purchase's start (its one-time fees,
+    # and the in-advance fees of the cycles open then). NULL: not yet (the fee loop's queue).
+    Column("start_fees_time", DateTime(timezone=True)),
     Index("purchases_account", "account_id"),
+    Index(
+        "purchases_start_fees_pending",
+        "start_time",
+        "purchase_id",
+        postgresql_where=text("start_fees_time IS NULL"),
+    ),
 )
 
 # Since 0004: charging's projection of billing's cycles (BillCycleOpened / BillCycleClosed).
@@ -173,6 +182,24 @@ charges = Table(
     Column("reverses_charge_id", Uuid),
     Index("charges_account", "account_id", "seq"),
     Index("charges_account_cycle", "account_id", "bill_cycle_id", "seq"),
+)
+
+# Since 0006: every fee charged, keyed so it is charged once (docs/charging.md, "Fees"): a
+# recurring fee once per (purchase, charge code, the cycle it is for); a one-time fee once per
+# (purchase, charge code), its period_cycle_id the nil UUID.
+fee_charges = Table(
+    "fee_charges",
+    metadata,
+    Column("purchase_id", Uuid, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    # The cycle whose period the fee pays for (not always the cycle it is billed in).
+    Column("period_cycle_id", Uuid, nullable=False),
+    # recurring | one_time (domain.usage.ChargeKind values).
+    Column("kind", Text, nullable=False),
+    Column("charge_id", Uuid, nullable=False, unique=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("purchase_id", "charge_code", "period_cycle_id", "kind", name="fee_charges_pkey"),
 )
 
 outbox, inbox = messaging_tables(metadata)

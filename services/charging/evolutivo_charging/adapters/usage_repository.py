@@ -3,7 +3,8 @@ events, usage counters and charges.
 
 Locks, always in this order within a transaction so concurrent calls cannot deadlock: usage
 events by event_id (claimed by inserting them, or locked with FOR UPDATE to rate them again),
-then usage counters by key.
+then usage counters by key. Fees: a bill cycle (its upsert), then purchases (their upsert, or
+FOR UPDATE SKIP LOCKED, which never waits), then fee keys (inserted in key order).
 """
 
 from __future__ import annotations
@@ -19,7 +20,15 @@ from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, updat
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evolutivo_charging.adapters.orm import bill_cycles, charges, purchases, usage_counters, usage_events
+from evolutivo_charging.adapters.orm import (
+    bill_cycles,
+    charges,
+    fee_charges,
+    purchases,
+    usage_counters,
+    usage_events,
+)
+from evolutivo_charging.domain.fees import Fee, FeeKey
 from evolutivo_charging.domain.pricing import TierLine
 from evolutivo_charging.domain.rating import CounterKey, currency_exponent
 from evolutivo_charging.domain.usage import (
@@ -88,6 +97,43 @@ class PurchaseRepository:
             purchase = _purchase(row._mapping)
             found[purchase.account_id].append(purchase)
         return found
+
+    async def claim_started(self, now: datetime, limit: int, skip: Iterable[uuid.UUID] = ()) -> list[Purchase]:
+        """Up to `limit` purchases that have started by `now` and whose start's fees charging has
+        not charged yet, earliest start first, each locked until the transaction ends; rows another
+        transaction holds are skipped (FOR UPDATE SKIP LOCKED), and so are those in `skip`."""
+        t = purchases
+        query = (
+            select(t)
+            .where(t.c.start_fees_time.is_(None), t.c.start_time <= now)
+            .order_by(t.c.start_time, t.c.purchase_id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        excluded = sorted(set(skip))
+        if excluded:
+            query = query.where(t.c.purchase_id.not_in(excluded))
+        return [_purchase(row._mapping) for row in await self._session.execute(query)]
+
+    async def start_fees_pending(self, account_id: uuid.UUID, now: datetime) -> set[uuid.UUID]:
+        """The account's purchases that have started by `now` and whose start's fees are not
+        charged yet."""
+        t = purchases
+        rows = await self._session.execute(
+            select(t.c.purchase_id).where(
+                t.c.account_id == account_id, t.c.start_fees_time.is_(None), t.c.start_time <= now
+            )
+        )
+        return {row.purchase_id for row in rows}
+
+    async def settle_start_fees(self, purchase_ids: Iterable[uuid.UUID], now: datetime) -> None:
+        """Records that the fees due at these purchases' starts are charged (or that there are none)."""
+        ids = sorted(set(purchase_ids))
+        if ids:
+            t = purchases
+            await self._session.execute(
+                update(t).where(t.c.purchase_id.in_(ids), t.c.start_fees_time.is_(None)).values(start_fees_time=now)
+            )
 
 
 def _purchase_row(p: Purchase) -> dict[str, Any]:
@@ -479,3 +525,37 @@ def _charge(row: Any) -> RatedCharge:
         late=row["late"],
         reverses_charge_id=row["reverses_charge_id"],
     )
+
+
+class FeeRepository:
+    """The keys of the fees charged (fee_charges): a fee is charged once per key."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def claim(self, fees: Sequence[Fee], now: datetime) -> set[FeeKey]:
+        """Inserts the fees' keys, in key order; returns those this call inserted. A key charged
+        before is left alone; one a concurrent transaction is inserting waits for it to end, and
+        is this call's only if that transaction rolled back."""
+        if not fees:
+            return set()
+        t = fee_charges
+        rows = [
+            {
+                "purchase_id": f.key[0],
+                "charge_code": f.key[1],
+                "period_cycle_id": f.key[2],
+                "kind": f.key[3],
+                "charge_id": f.charge.charge_id,
+                "account_id": f.charge.account_id,
+                "create_time": now,
+            }
+            for f in sorted({f.key: f for f in fees}.values(), key=lambda f: f.key)
+        ]
+        result = await self._session.execute(
+            insert(t)
+            .values(rows)
+            .on_conflict_do_nothing(index_elements=[t.c.purchase_id, t.c.charge_code, t.c.period_cycle_id, t.c.kind])
+            .returning(t.c.purchase_id, t.c.charge_code, t.c.period_cycle_id, t.c.kind)
+        )
+        return {(r.purchase_id, r.charge_code, r.period_cycle_id, r.kind) for r in result}

@@ -163,7 +163,8 @@ def _amount_property(value: str | None) -> Decimal | None:
         return None
 
 
-def _in_force(versions: Sequence[ChargeOffer], instant: datetime) -> ChargeOffer | None:
+def version_in_force(versions: Sequence[ChargeOffer], instant: datetime) -> ChargeOffer | None:
+    """The version of an offer (among its activated `versions`) in force at `instant`."""
     found = [v for v in versions if v.in_force(instant)]
     return max(found, key=lambda v: v.version) if found else None
 
@@ -202,7 +203,7 @@ def plan(
             continue
         if event.service_id is not None and purchase.service_id != event.service_id:
             continue
-        offer = _in_force(versions.get(purchase.charge_offer_code, ()), event.event_time)
+        offer = version_in_force(versions.get(purchase.charge_offer_code, ()), event.event_time)
         if offer is None:
             continue
         for charge in offer.charges:

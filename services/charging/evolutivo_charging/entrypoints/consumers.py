@@ -12,7 +12,7 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import from_timestamp
 
 from evolutivo_charging.adapters import proto, usage_proto
-from evolutivo_charging.service_layer import handlers, usage
+from evolutivo_charging.service_layer import fees, handlers, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
@@ -54,21 +54,38 @@ async def on_account_status_changed(
 
 
 async def on_purchase_created(uow: ChargingUnitOfWork, event: customer_events.PurchaseCreated, meta: EventMeta) -> None:
-    await usage.learn_purchase(uow, usage_proto.purchase_from_pb(event.purchase), uow.clock.now())
+    purchase = usage_proto.purchase_from_pb(event.purchase)
+    now = uow.clock.now()
+    await usage.learn_purchase(uow, purchase, now)
+    # Its fees due now: a one-time fee once it has started, the in-advance fee of its open cycle.
+    await fees.purchase_learnt(uow, purchase.purchase_id, now)
 
 
 async def on_purchase_ended(uow: ChargingUnitOfWork, event: customer_events.PurchaseEnded, meta: EventMeta) -> None:
+    purchase = usage_proto.purchase_from_pb(event.purchase)
+    now = uow.clock.now()
     # Customer publishes a purchase's ends in order; the event's time orders them here.
-    await usage.end_purchase(uow, usage_proto.purchase_from_pb(event.purchase), meta.occurred_at, uow.clock.now())
+    await usage.end_purchase(uow, purchase, meta.occurred_at, now)
+    # It may be how charging learns the purchase (its PurchaseCreated still on the way).
+    await fees.purchase_learnt(uow, purchase.purchase_id, now)
 
 
 async def on_bill_cycle_opened(uow: ChargingUnitOfWork, event: billing_events.BillCycleOpened, meta: EventMeta) -> None:
-    await usage.open_cycle(uow, usage_proto.cycle_from_pb(event.bill_cycle), uow.clock.now())
+    cycle = usage_proto.cycle_from_pb(event.bill_cycle)
+    now = uow.clock.now()
+    await usage.open_cycle(uow, cycle, now)
+    # In-advance fees of the cycle.
+    await fees.cycles_learnt(uow, cycle.account_id, [cycle.bill_cycle_id], now)
 
 
 async def on_bill_cycle_closed(uow: ChargingUnitOfWork, event: billing_events.BillCycleClosed, meta: EventMeta) -> None:
+    cycle = usage_proto.cycle_from_pb(event.bill_cycle)
     next_cycle = usage_proto.cycle_from_pb(event.next_bill_cycle) if event.HasField("next_bill_cycle") else None
-    await usage.close_cycle(uow, usage_proto.cycle_from_pb(event.bill_cycle), next_cycle, uow.clock.now())
+    now = uow.clock.now()
+    await usage.close_cycle(uow, cycle, next_cycle, now)
+    # In-arrears fees of the closed cycle (billed in the next), in-advance fees of the next.
+    learnt = [cycle.bill_cycle_id] + ([next_cycle.bill_cycle_id] if next_cycle is not None else [])
+    await fees.cycles_learnt(uow, cycle.account_id, learnt, now)
 
 
 def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:

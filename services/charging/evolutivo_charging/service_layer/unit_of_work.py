@@ -10,6 +10,7 @@ from evolutivo_charging.adapters.usage_repository import (
     BillCycleRepository,
     ChargeRepository,
     CounterRepository,
+    FeeRepository,
     PurchaseRepository,
     UsageRepository,
 )
@@ -23,6 +24,7 @@ class ChargingUnitOfWork(UnitOfWork):
     usage: UsageRepository
     counters: CounterRepository
     charges: ChargeRepository
+    fees: FeeRepository
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -33,4 +35,5 @@ class ChargingUnitOfWork(UnitOfWork):
         self.usage = UsageRepository(self.session)
         self.counters = CounterRepository(self.session)
         self.charges = ChargeRepository(self.session)
+        self.fees = FeeRepository(self.session)
         return self

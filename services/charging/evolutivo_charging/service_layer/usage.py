@@ -173,7 +173,7 @@ async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datet
     await uow.counters.save({k: counters[k] for k in keys}, now)
     await uow.charges.add_all(created)
     await uow.usage.record(outcomes, now)
-    _publish(uow, created)
+    publish_charges(uow, created)
     return results
 
 
@@ -181,9 +181,10 @@ async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datet
 MAX_MESSAGE_BYTES = 512 * 1024
 
 
-def _publish(uow: ChargingUnitOfWork, created: Sequence[RatedCharge]) -> None:
-    """One ChargesCreated with every charge of the call, per currency (the message names one);
-    a call whose charges would exceed MAX_MESSAGE_BYTES publishes them in several messages."""
+def publish_charges(uow: ChargingUnitOfWork, created: Sequence[RatedCharge]) -> None:
+    """One ChargesCreated with every charge of the call (or of the fees charged together), per
+    currency (the message names one); charges that would exceed MAX_MESSAGE_BYTES are published
+    in several messages."""
     by_currency: dict[str, list[RatedCharge]] = defaultdict(list)
     for charge in created:
         by_currency[charge.currency_code].append(charge)
