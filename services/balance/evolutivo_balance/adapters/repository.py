@@ -1,16 +1,55 @@
-"""Loads and stores balance groups."""
+"""Loads and stores balance groups, ledger entries and payments.
+
+Row locks on balance groups, and why they cannot deadlock:
+
+- `FOR KEY SHARE` when a transaction books entries on a group (the entries' foreign key takes the
+  same lock): it keeps the group from closing meanwhile and never waits for other bookings.
+- `FOR NO KEY UPDATE` when the unit of work moves balances at commit: every group the
+  transaction booked on, in balance_group_id order, so two transactions always meet in the same
+  order.
+- `FOR UPDATE` only to close a group: it waits for the transactions booking on that group.
+"""
 
 from __future__ import annotations
 
+import enum
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Select, bindparam, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evolutivo_balance.adapters.orm import balance_groups
-from evolutivo_balance.domain.model import BalanceGroup
+from evolutivo_balance.adapters.orm import balance_groups, ledger_entries, payments
+from evolutivo_balance.domain.model import (
+    BalanceGroup,
+    EntryType,
+    LedgerEntry,
+    Payment,
+    PaymentMethod,
+    PaymentState,
+    SourceType,
+)
+
+
+class Lock(enum.Enum):
+    NONE = "none"
+    # Booking entries on the group: compatible with other bookings, keeps the group open.
+    SHARE = "share"
+    # Closing the group.
+    UPDATE = "update"
+
+
+def _locked(query: Select[Any], lock: Lock) -> Select[Any]:
+    if lock is Lock.SHARE:
+        return query.with_for_update(read=True, key_share=True)
+    if lock is Lock.UPDATE:
+        return query.with_for_update()
+    return query
 
 
 class BalanceGroupRepository:
@@ -22,27 +61,115 @@ class BalanceGroupRepository:
         t = balance_groups
         result = await self._session.execute(
             insert(t)
-            .values(
-                balance_group_id=group.balance_group_id,
-                account_id=group.account_id,
-                name=group.name,
-                is_default=group.is_default,
-                currency_code=group.currency_code,
-                balance=group.balance,
-                create_time=group.create_time,
-            )
+            .values(**_group_row(group))
             .on_conflict_do_nothing(index_elements=[t.c.account_id], index_where=t.c.is_default)
             .returning(t.c.balance_group_id)
         )
         return result.first() is not None
 
+    async def add(self, group: BalanceGroup) -> bool:
+        """Adds a group unless the account has an open group of that name; False when it has."""
+        t = balance_groups
+        result = await self._session.execute(
+            insert(t)
+            .values(**_group_row(group))
+            .on_conflict_do_nothing(index_elements=[t.c.account_id, t.c.name], index_where=t.c.close_time.is_(None))
+            .returning(t.c.balance_group_id)
+        )
+        return result.first() is not None
+
+    async def get(self, balance_group_id: uuid.UUID, lock: Lock = Lock.NONE) -> BalanceGroup | None:
+        query = _locked(select(balance_groups).where(balance_groups.c.balance_group_id == balance_group_id), lock)
+        row = (await self._session.execute(query)).first()
+        return _group(row._mapping) if row else None
+
+    async def default_for(self, account_id: uuid.UUID, lock: Lock = Lock.NONE) -> BalanceGroup | None:
+        t = balance_groups
+        query = _locked(select(t).where(t.c.account_id == account_id, t.c.is_default), lock)
+        row = (await self._session.execute(query)).first()
+        return _group(row._mapping) if row else None
+
     async def for_account(self, account_id: uuid.UUID) -> list[BalanceGroup]:
+        """Every group of the account, open or closed: the default first, then by creation."""
+        t = balance_groups
         rows = await self._session.execute(
-            select(balance_groups)
-            .where(balance_groups.c.account_id == account_id)
-            .order_by(balance_groups.c.is_default.desc(), balance_groups.c.create_time)
+            select(t)
+            .where(t.c.account_id == account_id)
+            .order_by(t.c.is_default.desc(), t.c.create_time, t.c.balance_group_id)
         )
         return [_group(row._mapping) for row in rows]
+
+    async def lock_account(self, account_id: uuid.UUID) -> list[BalanceGroup]:
+        """Every group of the account, locked FOR UPDATE in balance_group_id order: waits for the
+        transactions booking on them, and keeps new bookings out until this one ends."""
+        t = balance_groups
+        rows = await self._session.execute(
+            select(t).where(t.c.account_id == account_id).order_by(t.c.balance_group_id).with_for_update()
+        )
+        return [_group(row._mapping) for row in rows]
+
+    async def set_currency(self, account_id: uuid.UUID, currency_code: str) -> None:
+        t = balance_groups
+        await self._session.execute(update(t).where(t.c.account_id == account_id).values(currency_code=currency_code))
+
+    async def open_for_accounts(self, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[BalanceGroup]]:
+        """The open groups of the accounts, locked to book on (FOR KEY SHARE), by account."""
+        ids = sorted(set(account_ids))
+        found: dict[uuid.UUID, list[BalanceGroup]] = {a: [] for a in ids}
+        if not ids:
+            return found
+        t = balance_groups
+        query = (
+            select(t)
+            .where(t.c.account_id.in_(ids), t.c.close_time.is_(None))
+            .order_by(t.c.balance_group_id)
+            .with_for_update(read=True, key_share=True)
+        )
+        for row in await self._session.execute(query):
+            group = _group(row._mapping)
+            found[group.account_id].append(group)
+        return found
+
+    async def close(self, group: BalanceGroup) -> None:
+        await self._session.execute(
+            update(balance_groups)
+            .where(balance_groups.c.balance_group_id == group.balance_group_id)
+            .values(close_time=group.close_time)
+        )
+
+    async def move(self, deltas: Mapping[uuid.UUID, Decimal]) -> None:
+        """Adds each delta to its group's balance: the groups are locked (FOR NO KEY UPDATE) in
+        balance_group_id order first, so concurrent transactions cannot deadlock."""
+        ordered = sorted(g for g, d in deltas.items() if d != 0)
+        if not ordered:
+            return
+        t = balance_groups
+        await self._session.execute(
+            select(t.c.balance_group_id)
+            .where(t.c.balance_group_id.in_(ordered))
+            .order_by(t.c.balance_group_id)
+            .with_for_update(key_share=True)
+        )
+        await self._session.execute(
+            update(t)
+            .where(t.c.balance_group_id == bindparam("b_group_id"))
+            .values(balance=t.c.balance + bindparam("b_delta", type_=t.c.balance.type))
+            .execution_options(synchronize_session=False),
+            [{"b_group_id": g, "b_delta": deltas[g]} for g in ordered],
+        )
+
+
+def _group_row(group: BalanceGroup) -> dict[str, Any]:
+    return {
+        "balance_group_id": group.balance_group_id,
+        "account_id": group.account_id,
+        "name": group.name,
+        "is_default": group.is_default,
+        "currency_code": group.currency_code,
+        "balance": group.balance,
+        "create_time": group.create_time,
+        "close_time": group.close_time,
+    }
 
 
 def _group(row: Any) -> BalanceGroup:
@@ -54,4 +181,206 @@ def _group(row: Any) -> BalanceGroup:
         currency_code=row["currency_code"],
         balance=row["balance"],
         create_time=row["create_time"],
+        close_time=row["close_time"],
+    )
+
+
+@dataclass(frozen=True)
+class EntryFilter:
+    balance_group_id: uuid.UUID | None = None
+    types: tuple[EntryType, ...] = ()
+    source_type: str = ""
+    source_id: str = ""
+    # [start_time, end_time) on the effective time.
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+# Entries per INSERT: 13 bind parameters each, well under PostgreSQL's 32767.
+_ENTRIES_PER_STATEMENT = 1000
+
+
+class LedgerRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, entries: Sequence[LedgerEntry]) -> set[uuid.UUID]:
+        """Appends the entries whose source was not booked before (in source order, so two
+        transactions booking the same sources wait for each other instead of deadlocking).
+        Returns the ids of those appended."""
+        if not entries:
+            return set()
+        t = ledger_entries
+        rows = [_entry_row(e) for e in sorted(entries, key=lambda e: e.source)]
+        added: set[uuid.UUID] = set()
+        for start in range(0, len(rows), _ENTRIES_PER_STATEMENT):
+            result = await self._session.execute(
+                insert(t)
+                .values(rows[start : start + _ENTRIES_PER_STATEMENT])
+                .on_conflict_do_nothing(constraint="ledger_entries_source")
+                .returning(t.c.entry_id)
+            )
+            added.update(row.entry_id for row in result)
+        return added
+
+    async def get(self, entry_id: uuid.UUID) -> LedgerEntry | None:
+        row = (await self._session.execute(select(ledger_entries).where(ledger_entries.c.entry_id == entry_id))).first()
+        return _entry(row._mapping) if row else None
+
+    async def has_entries(self, account_id: uuid.UUID) -> bool:
+        t = ledger_entries
+        found = await self._session.scalar(select(t.c.entry_id).where(t.c.account_id == account_id).limit(1))
+        return found is not None
+
+    async def balances_as_of(self, account_id: uuid.UUID, as_of: datetime) -> dict[uuid.UUID, Decimal]:
+        """Each group's sum of the entries effective at or before `as_of` (groups with any)."""
+        t = ledger_entries
+        rows = await self._session.execute(
+            select(t.c.balance_group_id, func.sum(t.c.amount))
+            .where(t.c.account_id == account_id, t.c.effective_time <= as_of)
+            .group_by(t.c.balance_group_id)
+        )
+        return {group_id: amount for group_id, amount in rows}
+
+    async def page(
+        self, account_id: uuid.UUID, where: EntryFilter, after: tuple[datetime, int] | None, limit: int
+    ) -> list[tuple[int, LedgerEntry]]:
+        """The account's entries newest first (effective time, then booking order), after the
+        keyset `after`, with their booking position."""
+        t = ledger_entries
+        query: Select[Any] = (
+            select(t)
+            .where(t.c.account_id == account_id)
+            .order_by(t.c.effective_time.desc(), t.c.seq.desc())
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tuple_(t.c.effective_time, t.c.seq) < tuple_(literal(after[0]), literal(after[1])))
+        if where.balance_group_id is not None:
+            query = query.where(t.c.balance_group_id == where.balance_group_id)
+        if where.types:
+            query = query.where(t.c.type.in_([ty.value for ty in where.types]))
+        if where.source_type:
+            query = query.where(t.c.source_type == where.source_type)
+        if where.source_id:
+            query = query.where(t.c.source_id == where.source_id)
+        if where.start_time is not None:
+            query = query.where(t.c.effective_time >= where.start_time)
+        if where.end_time is not None:
+            query = query.where(t.c.effective_time < where.end_time)
+        return [(row.seq, _entry(row._mapping)) for row in await self._session.execute(query)]
+
+
+def _entry_row(e: LedgerEntry) -> dict[str, Any]:
+    return {
+        "entry_id": e.entry_id,
+        "balance_group_id": e.balance_group_id,
+        "account_id": e.account_id,
+        "type": e.type.value,
+        "amount": e.amount,
+        "currency_code": e.currency_code,
+        "source_type": e.source_type.value,
+        "source_id": e.source_id,
+        "reason_code": e.reason_code,
+        "reason": e.reason,
+        "actor": e.actor,
+        "effective_time": e.effective_time,
+        "create_time": e.create_time,
+    }
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        entry_id=row["entry_id"],
+        balance_group_id=row["balance_group_id"],
+        account_id=row["account_id"],
+        type=EntryType(row["type"]),
+        amount=row["amount"],
+        currency_code=row["currency_code"],
+        source_type=SourceType(row["source_type"]),
+        source_id=row["source_id"],
+        reason_code=row["reason_code"],
+        reason=row["reason"],
+        actor=row["actor"],
+        effective_time=row["effective_time"],
+        create_time=row["create_time"],
+    )
+
+
+class PaymentRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, payment: Payment) -> bool:
+        """Adds the payment unless its reference was recorded before (a concurrent call with the
+        same reference waits for the first to end); False when it was."""
+        t = payments
+        result = await self._session.execute(
+            insert(t)
+            .values(**_payment_row(payment))
+            .on_conflict_do_nothing(index_elements=[t.c.reference])
+            .returning(t.c.payment_id)
+        )
+        return result.first() is not None
+
+    async def get(
+        self, payment_id: uuid.UUID | None = None, reference: str = "", for_update: bool = False
+    ) -> Payment | None:
+        """By id, or by reference."""
+        t = payments
+        query = select(t).where(t.c.payment_id == payment_id if payment_id is not None else t.c.reference == reference)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
+        return _payment(row._mapping) if row else None
+
+    async def save(self, payment: Payment) -> None:
+        row = _payment_row(payment)
+        await self._session.execute(
+            update(payments)
+            .where(payments.c.payment_id == payment.payment_id)
+            .values(
+                state=row["state"],
+                reversal_entry_id=row["reversal_entry_id"],
+                reversal_reason=row["reversal_reason"],
+                reverse_time=row["reverse_time"],
+            )
+        )
+
+
+def _payment_row(p: Payment) -> dict[str, Any]:
+    return {
+        "payment_id": p.payment_id,
+        "reference": p.reference,
+        "account_id": p.account_id,
+        "balance_group_id": p.balance_group_id,
+        "amount": p.amount,
+        "currency_code": p.currency_code,
+        "method": p.method.value,
+        "received_time": p.received_time,
+        "state": p.state.value,
+        "entry_id": p.entry_id,
+        "reversal_entry_id": p.reversal_entry_id,
+        "reversal_reason": p.reversal_reason,
+        "reverse_time": p.reverse_time,
+        "create_time": p.create_time,
+    }
+
+
+def _payment(row: Any) -> Payment:
+    return Payment(
+        payment_id=row["payment_id"],
+        account_id=row["account_id"],
+        balance_group_id=row["balance_group_id"],
+        amount=row["amount"],
+        currency_code=row["currency_code"],
+        method=PaymentMethod(row["method"]),
+        reference=row["reference"],
+        received_time=row["received_time"],
+        state=PaymentState(row["state"]),
+        entry_id=row["entry_id"],
+        create_time=row["create_time"],
+        reversal_entry_id=row["reversal_entry_id"],
+        reversal_reason=row["reversal_reason"],
+        reverse_time=row["reverse_time"],
     )

@@ -8,7 +8,7 @@ from evolutivo.balance.v1 import balance_service_pb2, balance_service_pb2_grpc
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_balance.adapters import events
-from evolutivo_balance.adapters.orm import inbox, outbox
+from evolutivo_balance.adapters.orm import inbox, outbox, request_log
 from evolutivo_balance.entrypoints.consumers import subscriptions
 from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
@@ -19,7 +19,7 @@ MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 def wire(rt: Runtime) -> Wiring:
     def uow() -> BalanceUnitOfWork:
-        return BalanceUnitOfWork(rt.sessions, outbox, rt.clock, events.encode)
+        return BalanceUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
 
     return Wiring(
         servicers=[
@@ -31,7 +31,7 @@ def wire(rt: Runtime) -> Wiring:
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
-        upstream_services=["customer"],
+        upstream_services=["customer", "charging"],
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -63,6 +64,25 @@ class AccountRepository:
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Aborted("CONCURRENT_UPDATE", "the account changed meanwhile; read it again and retry")
+
+    async def mark_charged(self, account_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+        """Sets has_charges on those of the accounts that did not have it; returns them. The rows
+        are locked in account_id order first (every account write locks its row, so a concurrent
+        UpdateAccount either sees has_charges or finishes before it is set). Unknown ids: ignored."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return []
+        t = accounts
+        locked = await self._session.execute(
+            select(t.c.account_id)
+            .where(t.c.account_id.in_(ids), t.c.has_charges.is_(False))
+            .order_by(t.c.account_id)
+            .with_for_update()
+        )
+        marked = [row.account_id for row in locked]
+        if marked:
+            await self._session.execute(update(t).where(t.c.account_id.in_(marked)).values(has_charges=True))
+        return marked
 
     async def list(self, where: AccountFilter, after_number: str, limit: int) -> list[Account]:
         query: Select[Any] = select(accounts).order_by(accounts.c.account_number).limit(limit)

@@ -13,6 +13,7 @@ from evolutivo_customer.adapters.balance_client import GrpcBalanceReader
 from evolutivo_customer.adapters.billing_client import GrpcBillingReader
 from evolutivo_customer.adapters.charging_client import GrpcCatalogReader
 from evolutivo_customer.adapters.orm import inbox, outbox, request_log
+from evolutivo_customer.entrypoints.consumers import subscriptions
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
 from evolutivo_customer.settings import CustomerSettings
@@ -39,6 +40,9 @@ def wire(rt: Runtime) -> Wiring:
             )
         ],
         uow_factory=uow,
+        subscriptions=subscriptions(),
+        # Charging's ChargesCreated fixes an account's currency (accounts.has_charges).
+        upstream_services=["charging"],
     )
 
 

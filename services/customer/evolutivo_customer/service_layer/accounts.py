@@ -8,7 +8,7 @@ reads open their own.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from evolutivo_runtime.errors import Aborted, AlreadyExists, NotFound
@@ -72,6 +72,14 @@ async def update_account(
         await uow.accounts.save(account, version)
         uow.track(account)
     return account
+
+
+async def note_charges(uow: CustomerUnitOfWork, account_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """On charging's ChargesCreated: the accounts it names have charges from now on, which fixes
+    their currency (Account.update refuses to change it). Idempotent; accounts customer does not
+    know are ignored. Returns the accounts marked now. Runs inside the consumer's transaction
+    (the caller commits)."""
+    return await uow.accounts.mark_charged(account_ids)
 
 
 async def suspend_account(

@@ -30,17 +30,31 @@ class BalanceGroup(_message.Message):
     IS_DEFAULT_FIELD_NUMBER: _builtins.int
     BALANCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    CLOSE_TIME_FIELD_NUMBER: _builtins.int
     balance_group_id: _builtins.str
+    """Server-assigned UUID."""
     account_id: _builtins.str
+    """The customer account the group belongs to."""
     name: _builtins.str
+    """Unique among the account's open groups; charges name the group they land in by it."""
     is_default: _builtins.bool
-    """Every account has exactly one default group; charges land there unless they name another."""
+    """Every account has exactly one default group; charges land there unless they name another.
+    The default group never closes.
+    """
     @_builtins.property
     def balance(self) -> _money_pb2.Money:
-        """What the account owes on this group: positive is debt, negative is credit. Exact decimal."""
+        """What the account owes on this group: positive is debt, negative is credit. Exact decimal,
+        always the sum of the group's ledger entries (as of `GetBalanceRequest.as_of_time` when asked).
+        """
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the group was opened."""
+
+    @_builtins.property
+    def close_time(self) -> _timestamp_pb2.Timestamp:
+        """When the group was closed; unset while it is open. A closed group takes no new entries."""
+
     def __init__(
         self,
         *,
@@ -50,10 +64,11 @@ class BalanceGroup(_message.Message):
         is_default: _builtins.bool = ...,
         balance: _money_pb2.Money | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        close_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "close_time", b"close_time", "create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "balance_group_id", b"balance_group_id", "create_time", b"create_time", "is_default", b"is_default", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "balance_group_id", b"balance_group_id", "close_time", b"close_time", "create_time", b"create_time", "is_default", b"is_default", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -5,8 +5,11 @@ isort:skip_file
 
 from collections import abc as _abc
 from evolutivo.balance.v1 import balance_pb2 as _balance_pb2
+from evolutivo.balance.v1 import ledger_pb2 as _ledger_pb2
+from evolutivo.balance.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
@@ -25,15 +28,28 @@ class GetBalanceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
+    SHOW_CLOSED_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    """The account whose balance is asked."""
+    show_closed: _builtins.bool
+    """Also list closed groups (their balance is zero)."""
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """When set, each group's balance is the sum of its entries with an effective time at or before
+        this instant, and only the groups open at it are listed. Now when unset.
+        """
+
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
+        show_closed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of_time", b"as_of_time", "show_closed", b"show_closed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -46,12 +62,20 @@ class GetBalanceResponse(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     BALANCE_GROUPS_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
+    AS_OF_TIME_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
+    """The account asked."""
     @_builtins.property
-    def balance_groups(self) -> _containers.RepeatedCompositeFieldContainer[_balance_pb2.BalanceGroup]: ...
+    def balance_groups(self) -> _containers.RepeatedCompositeFieldContainer[_balance_pb2.BalanceGroup]:
+        """The default group first, then the others in creation order."""
+
     @_builtins.property
     def total(self) -> _money_pb2.Money:
         """Sum of the groups' balances."""
+
+    @_builtins.property
+    def as_of_time(self) -> _timestamp_pb2.Timestamp:
+        """The instant the balances are as of: the request's, or the time of the read."""
 
     def __init__(
         self,
@@ -59,11 +83,574 @@ class GetBalanceResponse(_message.Message):
         account_id: _builtins.str = ...,
         balance_groups: _abc.Iterable[_balance_pb2.BalanceGroup] | None = ...,
         total: _money_pb2.Money | None = ...,
+        as_of_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of_time", b"as_of_time", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_groups", b"balance_groups", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "as_of_time", b"as_of_time", "balance_groups", b"balance_groups", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetBalanceResponse: _TypeAlias = GetBalanceResponse  # noqa: Y015
+
+@_typing.final
+class GetBalanceGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    balance_group_id: _builtins.str
+    """The group asked."""
+    def __init__(
+        self,
+        *,
+        balance_group_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group_id", b"balance_group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBalanceGroupRequest: _TypeAlias = GetBalanceGroupRequest  # noqa: Y015
+
+@_typing.final
+class GetBalanceGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its current balance."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBalanceGroupResponse: _TypeAlias = GetBalanceGroupResponse  # noqa: Y015
+
+@_typing.final
+class CreateBalanceGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to open the group on; it must be known to balance (its default group exists)."""
+    name: _builtins.str
+    """1 to 64 printable characters without surrounding spaces, unique among the account's open groups."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "name", b"name", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBalanceGroupRequest: _TypeAlias = CreateBalanceGroupRequest  # noqa: Y015
+
+@_typing.final
+class CreateBalanceGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The new group, with a zero balance in the account's currency."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateBalanceGroupResponse: _TypeAlias = CreateBalanceGroupResponse  # noqa: Y015
+
+@_typing.final
+class CloseBalanceGroupRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    balance_group_id: _builtins.str
+    """The group to close."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    def __init__(
+        self,
+        *,
+        balance_group_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group_id", b"balance_group_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseBalanceGroupRequest: _TypeAlias = CloseBalanceGroupRequest  # noqa: Y015
+
+@_typing.final
+class CloseBalanceGroupResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its close_time."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CloseBalanceGroupResponse: _TypeAlias = CloseBalanceGroupResponse  # noqa: Y015
+
+@_typing.final
+class RecordPaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    RECEIVED_TIME_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account that paid."""
+    balance_group_id: _builtins.str
+    """The group to credit; the account's default group when empty."""
+    method: _payment_pb2.PaymentMethodType.ValueType
+    """How it was paid; required."""
+    reference: _builtins.str
+    """The provider's or bank's reference, 1 to 200 printable characters, unique across payments:
+    the payment's idempotency key.
+    """
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Greater than zero, in the account's currency, at most the currency's minor unit."""
+
+    @_builtins.property
+    def received_time(self) -> _timestamp_pb2.Timestamp:
+        """When the money was received: not in the future; now when unset."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        balance_group_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        method: _payment_pb2.PaymentMethodType.ValueType = ...,
+        reference: _builtins.str = ...,
+        received_time: _timestamp_pb2.Timestamp | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "received_time", b"received_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "balance_group_id", b"balance_group_id", "method", b"method", "received_time", b"received_time", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentRequest: _TypeAlias = RecordPaymentRequest  # noqa: Y015
+
+@_typing.final
+class RecordPaymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment, as recorded first."""
+
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """Its credit entry."""
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordPaymentResponse: _TypeAlias = RecordPaymentResponse  # noqa: Y015
+
+@_typing.final
+class ReversePaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """The payment's id."""
+    reference: _builtins.str
+    """The payment's reference."""
+    reason: _builtins.str
+    """Why, e.g. "direct debit returned: insufficient funds"; required."""
+    actor: _builtins.str
+    """Who reversed it (a user or a system); optional."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "payment_id", b"payment_id", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "payment", b"payment", "payment_id", b"payment_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payment: _TypeAlias = _typing.Literal["payment_id", "reference"]  # noqa: Y015
+    _WhichOneofArgType_payment: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payment) -> _WhichOneofReturnType_payment | None: ...
+
+Global___ReversePaymentRequest: _TypeAlias = ReversePaymentRequest  # noqa: Y015
+
+@_typing.final
+class ReversePaymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment, now REVERSED."""
+
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The payment_reversal entry."""
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReversePaymentResponse: _TypeAlias = ReversePaymentResponse  # noqa: Y015
+
+@_typing.final
+class GetPaymentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """The payment's id."""
+    reference: _builtins.str
+    """The payment's reference."""
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        reference: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "payment_id", b"payment_id", "reference", b"reference"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment", "payment_id", b"payment_id", "reference", b"reference"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_payment: _TypeAlias = _typing.Literal["payment_id", "reference"]  # noqa: Y015
+    _WhichOneofArgType_payment: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payment) -> _WhichOneofReturnType_payment | None: ...
+
+Global___GetPaymentRequest: _TypeAlias = GetPaymentRequest  # noqa: Y015
+
+@_typing.final
+class GetPaymentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment."""
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPaymentResponse: _TypeAlias = GetPaymentResponse  # noqa: Y015
+
+@_typing.final
+class CreateAdjustmentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account adjusted."""
+    balance_group_id: _builtins.str
+    """The group adjusted; the account's default group when empty."""
+    reason_code: _builtins.str
+    """Required: 1 to 64 letters, digits, "_", "-" or ".", e.g. "GOODWILL", "BILLING_ERROR"."""
+    reason: _builtins.str
+    """Optional free text."""
+    actor: _builtins.str
+    """Required: who made the adjustment (a user or a system), at most 200 characters."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Signed, not zero, in the account's currency: positive is a debit, negative a credit."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        balance_group_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        reason_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_group_id", b"balance_group_id", "reason", b"reason", "reason_code", b"reason_code", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAdjustmentRequest: _TypeAlias = CreateAdjustmentRequest  # noqa: Y015
+
+@_typing.final
+class CreateAdjustmentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The adjustment entry."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateAdjustmentResponse: _TypeAlias = CreateAdjustmentResponse  # noqa: Y015
+
+@_typing.final
+class TransferBalanceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    FROM_BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    TO_BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account both groups belong to."""
+    from_balance_group_id: _builtins.str
+    """The group whose balance goes down by `amount` (a credit entry on it)."""
+    to_balance_group_id: _builtins.str
+    """The group whose balance goes up by `amount` (a debit entry on it); another group of the same
+    account.
+    """
+    reason: _builtins.str
+    """Optional free text."""
+    actor: _builtins.str
+    """Required: who moved it (a user or a system), at most 200 characters."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Greater than zero, in the account's currency."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        from_balance_group_id: _builtins.str = ...,
+        to_balance_group_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "from_balance_group_id", b"from_balance_group_id", "reason", b"reason", "request_id", b"request_id", "to_balance_group_id", b"to_balance_group_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferBalanceRequest: _TypeAlias = TransferBalanceRequest  # noqa: Y015
+
+@_typing.final
+class TransferBalanceResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    FROM_ENTRY_FIELD_NUMBER: _builtins.int
+    TO_ENTRY_FIELD_NUMBER: _builtins.int
+    transfer_id: _builtins.str
+    """The transfer's id: the source_id of both entries."""
+    @_builtins.property
+    def from_entry(self) -> _ledger_pb2.LedgerEntry:
+        """The credit entry on the "from" group (source_type "transfer_out")."""
+
+    @_builtins.property
+    def to_entry(self) -> _ledger_pb2.LedgerEntry:
+        """The debit entry on the "to" group (source_type "transfer_in")."""
+
+    def __init__(
+        self,
+        *,
+        transfer_id: _builtins.str = ...,
+        from_entry: _ledger_pb2.LedgerEntry | None = ...,
+        to_entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["from_entry", b"from_entry", "to_entry", b"to_entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["from_entry", b"from_entry", "to_entry", b"to_entry", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransferBalanceResponse: _TypeAlias = TransferBalanceResponse  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    TYPES_FIELD_NUMBER: _builtins.int
+    SOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose entries are listed."""
+    balance_group_id: _builtins.str
+    """Only this group's entries, when set."""
+    source_type: _builtins.str
+    """Only entries from this source type ("charge", "payment", ...), when set."""
+    source_id: _builtins.str
+    """Only entries from this source id (a charge id, a payment reference...), when set."""
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    """From the previous response, with the same filters."""
+    @_builtins.property
+    def types(self) -> _containers.RepeatedScalarFieldContainer[_ledger_pb2.LedgerEntryType.ValueType]:
+        """Only entries of these types, when any."""
+
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """Only entries effective at or after this instant, when set."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """Only entries effective before this instant, when set."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        balance_group_id: _builtins.str = ...,
+        types: _abc.Iterable[_ledger_pb2.LedgerEntryType.ValueType] | None = ...,
+        source_type: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_group_id", b"balance_group_id", "end_time", b"end_time", "page_size", b"page_size", "page_token", b"page_token", "source_id", b"source_id", "source_type", b"source_type", "start_time", b"start_time", "types", b"types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesRequest: _TypeAlias = ListLedgerEntriesRequest  # noqa: Y015
+
+@_typing.final
+class ListLedgerEntriesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more pages."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[_ledger_pb2.LedgerEntry]:
+        """Newest first: by effective time, then the order they were booked in."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_ledger_pb2.LedgerEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015

@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class BalanceServiceStub:
-    """The book of record for what each account owes.
+    """The book of record for what each account owes: balance groups and their append-only ledgers.
     """
 
     def __init__(self, channel):
@@ -40,14 +40,124 @@ class BalanceServiceStub:
                 request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceResponse.FromString,
                 _registered_method=True)
+        self.GetBalanceGroup = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/GetBalanceGroup',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupResponse.FromString,
+                _registered_method=True)
+        self.CreateBalanceGroup = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/CreateBalanceGroup',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupResponse.FromString,
+                _registered_method=True)
+        self.CloseBalanceGroup = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/CloseBalanceGroup',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupResponse.FromString,
+                _registered_method=True)
+        self.RecordPayment = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/RecordPayment',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentResponse.FromString,
+                _registered_method=True)
+        self.ReversePayment = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/ReversePayment',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentResponse.FromString,
+                _registered_method=True)
+        self.GetPayment = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/GetPayment',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentResponse.FromString,
+                _registered_method=True)
+        self.CreateAdjustment = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/CreateAdjustment',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentResponse.FromString,
+                _registered_method=True)
+        self.TransferBalance = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/TransferBalance',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.FromString,
+                _registered_method=True)
+        self.ListLedgerEntries = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/ListLedgerEntries',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesResponse.FromString,
+                _registered_method=True)
 
 
 class BalanceServiceServicer:
-    """The book of record for what each account owes.
+    """The book of record for what each account owes: balance groups and their append-only ledgers.
     """
 
     def GetBalance(self, request, context):
-        """Returns an account's balance groups and their total.
+        """Returns an account's balance groups and their total, now or as of an instant.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBalanceGroup(self, request, context):
+        """Returns one balance group with its current balance.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateBalanceGroup(self, request, context):
+        """Opens another balance group on an account (per service, cost centre, project...).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CloseBalanceGroup(self, request, context):
+        """Closes a group whose balance is zero. The default group never closes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordPayment(self, request, context):
+        """Records a payment as a credit entry on a group. Idempotent on the payment reference: the same
+        reference returns the first result; with another amount, account or method it is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReversePayment(self, request, context):
+        """Reverses a payment (e.g. a bounced direct debit): a payment_reversal entry restores what it
+        paid. Reversing a reversed payment returns it unchanged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPayment(self, request, context):
+        """Returns one payment, by id or by reference.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateAdjustment(self, request, context):
+        """Books a manual debit or credit on a group, with a reason code and an actor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TransferBalance(self, request, context):
+        """Moves an amount from one group of an account to another of the same account.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLedgerEntries(self, request, context):
+        """Lists an account's ledger entries, newest first (by effective time).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -61,6 +171,51 @@ def add_BalanceServiceServicer_to_server(servicer, server):
                     request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceRequest.FromString,
                     response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceResponse.SerializeToString,
             ),
+            'GetBalanceGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBalanceGroup,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupResponse.SerializeToString,
+            ),
+            'CreateBalanceGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateBalanceGroup,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupResponse.SerializeToString,
+            ),
+            'CloseBalanceGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CloseBalanceGroup,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupResponse.SerializeToString,
+            ),
+            'RecordPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPayment,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentResponse.SerializeToString,
+            ),
+            'ReversePayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReversePayment,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentResponse.SerializeToString,
+            ),
+            'GetPayment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPayment,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentResponse.SerializeToString,
+            ),
+            'CreateAdjustment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateAdjustment,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentResponse.SerializeToString,
+            ),
+            'TransferBalance': grpc.unary_unary_rpc_method_handler(
+                    servicer.TransferBalance,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.SerializeToString,
+            ),
+            'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLedgerEntries,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'evolutivo.balance.v1.BalanceService', rpc_method_handlers)
@@ -70,7 +225,7 @@ def add_BalanceServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class BalanceService:
-    """The book of record for what each account owes.
+    """The book of record for what each account owes: balance groups and their append-only ledgers.
     """
 
     @staticmethod
@@ -90,6 +245,249 @@ class BalanceService:
             '/evolutivo.balance.v1.BalanceService/GetBalance',
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceRequest.SerializeToString,
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBalanceGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/GetBalanceGroup',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetBalanceGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateBalanceGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/CreateBalanceGroup',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateBalanceGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CloseBalanceGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/CloseBalanceGroup',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CloseBalanceGroupResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/RecordPayment',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReversePayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/ReversePayment',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ReversePaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPayment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/GetPayment',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.GetPaymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateAdjustment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/CreateAdjustment',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.CreateAdjustmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TransferBalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/TransferBalance',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLedgerEntries(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/ListLedgerEntries',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -27,25 +27,69 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class BalanceServiceStub:
-    """The book of record for what each account owes."""
+    """The book of record for what each account owes: balance groups and their append-only ledgers."""
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BalanceServiceAsyncStub: ...
     GetBalance: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.GetBalanceRequest, _balance_service_pb2.GetBalanceResponse]
-    """Returns an account's balance groups and their total."""
+    """Returns an account's balance groups and their total, now or as of an instant."""
+    GetBalanceGroup: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.GetBalanceGroupRequest, _balance_service_pb2.GetBalanceGroupResponse]
+    """Returns one balance group with its current balance."""
+    CreateBalanceGroup: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.CreateBalanceGroupRequest, _balance_service_pb2.CreateBalanceGroupResponse]
+    """Opens another balance group on an account (per service, cost centre, project...)."""
+    CloseBalanceGroup: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.CloseBalanceGroupRequest, _balance_service_pb2.CloseBalanceGroupResponse]
+    """Closes a group whose balance is zero. The default group never closes."""
+    RecordPayment: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.RecordPaymentRequest, _balance_service_pb2.RecordPaymentResponse]
+    """Records a payment as a credit entry on a group. Idempotent on the payment reference: the same
+    reference returns the first result; with another amount, account or method it is refused.
+    """
+    ReversePayment: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.ReversePaymentRequest, _balance_service_pb2.ReversePaymentResponse]
+    """Reverses a payment (e.g. a bounced direct debit): a payment_reversal entry restores what it
+    paid. Reversing a reversed payment returns it unchanged.
+    """
+    GetPayment: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.GetPaymentRequest, _balance_service_pb2.GetPaymentResponse]
+    """Returns one payment, by id or by reference."""
+    CreateAdjustment: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.CreateAdjustmentRequest, _balance_service_pb2.CreateAdjustmentResponse]
+    """Books a manual debit or credit on a group, with a reason code and an actor."""
+    TransferBalance: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.TransferBalanceRequest, _balance_service_pb2.TransferBalanceResponse]
+    """Moves an amount from one group of an account to another of the same account."""
+    ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]
+    """Lists an account's ledger entries, newest first (by effective time)."""
 
 @_typing.type_check_only
 class BalanceServiceAsyncStub(BalanceServiceStub):
-    """The book of record for what each account owes."""
+    """The book of record for what each account owes: balance groups and their append-only ledgers."""
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetBalance: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.GetBalanceRequest, _balance_service_pb2.GetBalanceResponse]  # type: ignore[assignment]
-    """Returns an account's balance groups and their total."""
+    """Returns an account's balance groups and their total, now or as of an instant."""
+    GetBalanceGroup: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.GetBalanceGroupRequest, _balance_service_pb2.GetBalanceGroupResponse]  # type: ignore[assignment]
+    """Returns one balance group with its current balance."""
+    CreateBalanceGroup: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.CreateBalanceGroupRequest, _balance_service_pb2.CreateBalanceGroupResponse]  # type: ignore[assignment]
+    """Opens another balance group on an account (per service, cost centre, project...)."""
+    CloseBalanceGroup: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.CloseBalanceGroupRequest, _balance_service_pb2.CloseBalanceGroupResponse]  # type: ignore[assignment]
+    """Closes a group whose balance is zero. The default group never closes."""
+    RecordPayment: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.RecordPaymentRequest, _balance_service_pb2.RecordPaymentResponse]  # type: ignore[assignment]
+    """Records a payment as a credit entry on a group. Idempotent on the payment reference: the same
+    reference returns the first result; with another amount, account or method it is refused.
+    """
+    ReversePayment: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.ReversePaymentRequest, _balance_service_pb2.ReversePaymentResponse]  # type: ignore[assignment]
+    """Reverses a payment (e.g. a bounced direct debit): a payment_reversal entry restores what it
+    paid. Reversing a reversed payment returns it unchanged.
+    """
+    GetPayment: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.GetPaymentRequest, _balance_service_pb2.GetPaymentResponse]  # type: ignore[assignment]
+    """Returns one payment, by id or by reference."""
+    CreateAdjustment: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.CreateAdjustmentRequest, _balance_service_pb2.CreateAdjustmentResponse]  # type: ignore[assignment]
+    """Books a manual debit or credit on a group, with a reason code and an actor."""
+    TransferBalance: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.TransferBalanceRequest, _balance_service_pb2.TransferBalanceResponse]  # type: ignore[assignment]
+    """Moves an amount from one group of an account to another of the same account."""
+    ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
+    """Lists an account's ledger entries, newest first (by effective time)."""
 
 class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
-    """The book of record for what each account owes."""
+    """The book of record for what each account owes: balance groups and their append-only ledgers."""
 
     @_abc_1.abstractmethod
     def GetBalance(
@@ -53,6 +97,82 @@ class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _balance_service_pb2.GetBalanceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_balance_service_pb2.GetBalanceResponse, _abc.Awaitable[_balance_service_pb2.GetBalanceResponse]]:
-        """Returns an account's balance groups and their total."""
+        """Returns an account's balance groups and their total, now or as of an instant."""
+
+    @_abc_1.abstractmethod
+    def GetBalanceGroup(
+        self,
+        request: _balance_service_pb2.GetBalanceGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.GetBalanceGroupResponse, _abc.Awaitable[_balance_service_pb2.GetBalanceGroupResponse]]:
+        """Returns one balance group with its current balance."""
+
+    @_abc_1.abstractmethod
+    def CreateBalanceGroup(
+        self,
+        request: _balance_service_pb2.CreateBalanceGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.CreateBalanceGroupResponse, _abc.Awaitable[_balance_service_pb2.CreateBalanceGroupResponse]]:
+        """Opens another balance group on an account (per service, cost centre, project...)."""
+
+    @_abc_1.abstractmethod
+    def CloseBalanceGroup(
+        self,
+        request: _balance_service_pb2.CloseBalanceGroupRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.CloseBalanceGroupResponse, _abc.Awaitable[_balance_service_pb2.CloseBalanceGroupResponse]]:
+        """Closes a group whose balance is zero. The default group never closes."""
+
+    @_abc_1.abstractmethod
+    def RecordPayment(
+        self,
+        request: _balance_service_pb2.RecordPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.RecordPaymentResponse, _abc.Awaitable[_balance_service_pb2.RecordPaymentResponse]]:
+        """Records a payment as a credit entry on a group. Idempotent on the payment reference: the same
+        reference returns the first result; with another amount, account or method it is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def ReversePayment(
+        self,
+        request: _balance_service_pb2.ReversePaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.ReversePaymentResponse, _abc.Awaitable[_balance_service_pb2.ReversePaymentResponse]]:
+        """Reverses a payment (e.g. a bounced direct debit): a payment_reversal entry restores what it
+        paid. Reversing a reversed payment returns it unchanged.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPayment(
+        self,
+        request: _balance_service_pb2.GetPaymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.GetPaymentResponse, _abc.Awaitable[_balance_service_pb2.GetPaymentResponse]]:
+        """Returns one payment, by id or by reference."""
+
+    @_abc_1.abstractmethod
+    def CreateAdjustment(
+        self,
+        request: _balance_service_pb2.CreateAdjustmentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.CreateAdjustmentResponse, _abc.Awaitable[_balance_service_pb2.CreateAdjustmentResponse]]:
+        """Books a manual debit or credit on a group, with a reason code and an actor."""
+
+    @_abc_1.abstractmethod
+    def TransferBalance(
+        self,
+        request: _balance_service_pb2.TransferBalanceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.TransferBalanceResponse, _abc.Awaitable[_balance_service_pb2.TransferBalanceResponse]]:
+        """Moves an amount from one group of an account to another of the same account."""
+
+    @_abc_1.abstractmethod
+    def ListLedgerEntries(
+        self,
+        request: _balance_service_pb2.ListLedgerEntriesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.ListLedgerEntriesResponse, _abc.Awaitable[_balance_service_pb2.ListLedgerEntriesResponse]]:
+        """Lists an account's ledger entries, newest first (by effective time)."""
 
 def add_BalanceServiceServicer_to_server(servicer: BalanceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,8 @@ isort:skip_file
 """
 
 from evolutivo.balance.v1 import balance_pb2 as _balance_pb2
+from evolutivo.balance.v1 import ledger_pb2 as _ledger_pb2
+from evolutivo.balance.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 import builtins as _builtins
@@ -19,13 +21,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class BalanceGroupCreated(_message.Message):
-    """Published on "evolutivo.balance.v1.balance_group.created"."""
+    """Published on "evolutivo.balance.v1.balance_group.created" when a group opens: the default one
+    with the account, the others on CreateBalanceGroup.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     BALANCE_GROUP_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def balance_group(self) -> _balance_pb2.BalanceGroup: ...
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The new group, with a zero balance."""
+
     def __init__(
         self,
         *,
@@ -38,3 +44,115 @@ class BalanceGroupCreated(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BalanceGroupCreated: _TypeAlias = BalanceGroupCreated  # noqa: Y015
+
+@_typing.final
+class BalanceGroupClosed(_message.Message):
+    """Published on "evolutivo.balance.v1.balance_group.closed" when a group with a zero balance closes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its close_time."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BalanceGroupClosed: _TypeAlias = BalanceGroupClosed  # noqa: Y015
+
+@_typing.final
+class PaymentRecorded(_message.Message):
+    """Published on "evolutivo.balance.v1.payment.recorded" once per payment (a retry publishes
+    nothing). Billing allocates it to the account's open bills.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment."""
+
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """Its credit entry."""
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentRecorded: _TypeAlias = PaymentRecorded  # noqa: Y015
+
+@_typing.final
+class PaymentReversed(_message.Message):
+    """Published on "evolutivo.balance.v1.payment.reversed" once per reversed payment. Billing undoes
+    the payment's allocations; collections may follow up.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def payment(self) -> _payment_pb2.Payment:
+        """The payment, REVERSED, with its reason."""
+
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The payment_reversal entry."""
+
+    def __init__(
+        self,
+        *,
+        payment: _payment_pb2.Payment | None = ...,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "payment", b"payment"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentReversed: _TypeAlias = PaymentReversed  # noqa: Y015
+
+@_typing.final
+class AdjustmentMade(_message.Message):
+    """Published on "evolutivo.balance.v1.adjustment.made" for every manual adjustment."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The adjustment entry, with its reason code and actor."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustmentMade: _TypeAlias = AdjustmentMade  # noqa: Y015

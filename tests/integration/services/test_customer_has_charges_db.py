@@ -1,0 +1,239 @@
+"""Customer learns from charging's ChargesCreated which accounts have charges, against a real,
+migrated database and through the runtime's consumer: an account's currency can change until its
+first charge and never after; replays and accounts customer does not know change nothing; a
+currency change racing the first charge either finishes first or is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import asyncpg
+import evolutivo_customer
+import pytest
+from evolutivo.charging.v1 import events_pb2 as charging_events
+from evolutivo.charging.v1 import usage_pb2
+from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import customer_service_pb2 as pb
+from evolutivo_customer.adapters import events
+from evolutivo_customer.adapters.orm import accounts, inbox, outbox, request_log
+from evolutivo_customer.entrypoints.consumers import subscriptions
+from evolutivo_customer.entrypoints.grpc_accounts import AccountsApi
+from evolutivo_customer.service_layer import accounts as accounts_service
+from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
+from evolutivo_runtime.clock import FixedClock
+from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.errors import FailedPrecondition
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.consumer import EventConsumer
+from evolutivo_runtime.migrations import upgrade_to_head
+from evolutivo_runtime.money import to_money
+from google.protobuf import field_mask_pb2
+from nats.aio.msg import Msg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+MIGRATIONS = Path(evolutivo_customer.__file__).resolve().parent / "migrations"
+NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
+NO_CONTEXT: Any = None
+
+
+class NothingOwed:
+    async def amount_owed(self, account_id: uuid.UUID) -> Decimal:
+        return Decimal(0)
+
+
+class Servicer(AccountsApi):
+    def __init__(self, uow: Callable[[], CustomerUnitOfWork]) -> None:
+        self._uow = uow
+        self._balance = NothingOwed()
+
+
+@dataclass
+class CustomerDb:
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: FixedClock
+
+    def uow(self) -> CustomerUnitOfWork:
+        return CustomerUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
+
+    @property
+    def api(self) -> Servicer:
+        return Servicer(self.uow)
+
+    async def has_charges(self, account_id: str) -> bool:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(
+                select(accounts.c.has_charges).where(accounts.c.account_id == uuid.UUID(account_id))
+            )
+        return bool(found)
+
+    async def version(self, account_id: str) -> int:
+        async with self.engine.connect() as conn:
+            found = await conn.scalar(select(accounts.c.version).where(accounts.c.account_id == uuid.UUID(account_id)))
+        return int(found or 0)
+
+    async def count(self, table: Any) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+
+
+@pytest.fixture
+async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[CustomerDb]:
+    url = await new_database("customer")
+    # alembic's env.py runs its own event loop: migrate from a thread.
+    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
+    engine = create_engine(url, pool_size=5)
+    try:
+        yield CustomerDb(engine, session_factory(engine), FixedClock(NOW))
+    finally:
+        await engine.dispose()
+        conn = await asyncpg.connect(plain_url(pg_server_url))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+@dataclass
+class FakeMsg:
+    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
+
+    data: bytes
+    headers: dict[str, str]
+    subject: str
+    attempt: int = 1
+    acked: bool = False
+    naked: bool = False
+    metadata: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metadata = SimpleNamespace(
+            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
+        )
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naked = True
+
+
+def charges_created(*account_ids: str) -> FakeMsg:
+    event = charging_events.ChargesCreated(
+        charges=[
+            usage_pb2.RatedCharge(charge_id=str(uuid.uuid4()), account_id=a, amount=to_money(Decimal("0.10"), "EUR"))
+            for a in account_ids
+        ],
+        currency_code="EUR",
+    )
+    event_id = str(uuid.uuid4())
+    return FakeMsg(
+        data=event.SerializeToString(),
+        headers={
+            envelope.MSG_ID: event_id,
+            envelope.EVENT_ID: event_id,
+            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
+            envelope.OCCURRED_AT: NOW.isoformat(),
+        },
+        subject="evolutivo.charging.v1.charges.created",
+    )
+
+
+async def deliver(db: CustomerDb, *msgs: FakeMsg) -> None:
+    (subscription,) = subscriptions()
+    assert (subscription.durable, subscription.stream) == ("customer", "EVOLUTIVO_CHARGING")
+    consumer = EventConsumer(
+        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
+        subscription=subscription,
+        uow_factory=db.uow,
+        inbox=inbox,
+        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30,
+    )
+    await consumer.process(cast(list[Msg], list(msgs)))
+    assert all(m.acked for m in msgs), "every event applies"
+
+
+async def new_account(db: CustomerDb) -> str:
+    created = await db.api.CreateAccount(
+        pb.CreateAccountRequest(
+            account=account_pb2.Account(
+                type=account_pb2.ACCOUNT_TYPE_BUSINESS,
+                display_name="Acme Distribuciones SL",
+                currency_code="EUR",
+                time_zone="Europe/Madrid",
+            )
+        ),
+        NO_CONTEXT,
+    )
+    return created.account.account_id
+
+
+async def change_currency(db: CustomerDb, account_id: str, currency_code: str) -> pb.UpdateAccountResponse:
+    return await db.api.UpdateAccount(
+        pb.UpdateAccountRequest(
+            account=account_pb2.Account(account_id=account_id, currency_code=currency_code),
+            update_mask=field_mask_pb2.FieldMask(paths=["currency_code"]),
+        ),
+        NO_CONTEXT,
+    )
+
+
+async def test_the_currency_is_fixed_once_the_account_has_charges(db: CustomerDb) -> None:
+    account_id = await new_account(db)
+    assert (await change_currency(db, account_id, "USD")).account.currency_code == "USD", "no charges yet"
+    assert not await db.has_charges(account_id)
+    await deliver(db, charges_created(account_id))
+    assert await db.has_charges(account_id)
+    with pytest.raises(FailedPrecondition) as refused:
+        await change_currency(db, account_id, "EUR")
+    assert refused.value.reason == "CURRENCY_FIXED"
+    # Other fields still change.
+    renamed = await db.api.UpdateAccount(
+        pb.UpdateAccountRequest(
+            account=account_pb2.Account(account_id=account_id, display_name="Acme SL"),
+            update_mask=field_mask_pb2.FieldMask(paths=["display_name"]),
+        ),
+        NO_CONTEXT,
+    )
+    assert renamed.account.display_name == "Acme SL"
+    assert await db.has_charges(account_id), "a later save keeps has_charges"
+
+
+async def test_replays_and_unknown_accounts_change_nothing(db: CustomerDb) -> None:
+    first, second = await new_account(db), await new_account(db)
+    outbox_before = await db.count(outbox)
+    version = await db.version(first)
+    # One batch: both accounts twice, and an account customer never opened.
+    await deliver(db, charges_created(first, first, str(uuid.uuid4())), charges_created(first, second))
+    await deliver(db, charges_created(first))
+    assert await db.has_charges(first) and await db.has_charges(second)
+    assert await db.version(first) == version, "has_charges is no change of the account's public data"
+    assert await db.count(outbox) == outbox_before, "customer publishes nothing for it"
+
+
+async def test_a_currency_change_racing_the_first_charge_finishes_first_or_is_refused(db: CustomerDb) -> None:
+    account_id = await new_account(db)
+    async with db.uow() as uow:
+        assert await accounts_service.note_charges(uow, [uuid.UUID(account_id)]) == [uuid.UUID(account_id)]
+        racing = asyncio.create_task(change_currency(db, account_id, "USD"))
+        await asyncio.sleep(0.3)
+        assert not racing.done(), "the update waits for the row the consumer locked"
+        await uow.commit()
+    with pytest.raises(FailedPrecondition) as refused:
+        await racing
+    assert refused.value.reason == "CURRENCY_FIXED"
+    async with db.uow() as uow:
+        assert await accounts_service.note_charges(uow, [uuid.UUID(account_id)]) == [], "marked once"
