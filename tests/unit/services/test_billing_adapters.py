@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import pytest
 from evolutivo.billing.v1 import bill_unit_pb2, events_pb2
+from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_billing.adapters import events, proto
@@ -130,7 +131,7 @@ def test_a_forged_token_is_invalid_argument(token: str) -> None:
 
 
 def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
-    (sub,) = subscriptions()
+    sub, _ = subscriptions()
     assert sub.durable == "billing"
     assert sub.stream == "EVOLUTIVO_CUSTOMER"
     assert sub.subjects == [
@@ -147,6 +148,16 @@ def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
         sub.handlers["evolutivo.customer.v1.BillingProfileChanged"].message_type
         is customer_events.BillingProfileChanged
     )
+
+
+def test_consumes_charges_from_charging_with_its_own_durable() -> None:
+    _, sub = subscriptions()
+    assert (sub.durable, sub.stream, sub.subjects) == (
+        "billing",
+        "EVOLUTIVO_CHARGING",
+        ["evolutivo.charging.v1.charges.created"],
+    )
+    assert sub.handlers["evolutivo.charging.v1.ChargesCreated"].message_type is charging_events.ChargesCreated
 
 
 def test_definition_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from evolutivo.billing.v1 import events_pb2
 from google.protobuf.message import Message
 
-from evolutivo_billing.adapters import proto
+from evolutivo_billing.adapters import bills_proto, proto
+from evolutivo_billing.domain.bills import BillIssued
 from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
 
 BILL_UNIT_CREATED = "evolutivo.billing.v1.bill_unit.created"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
 BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
+BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 
 
 def encode(event: object) -> tuple[str, Message]:
@@ -24,4 +26,7 @@ def encode(event: object) -> tuple[str, Message]:
             return BILL_CYCLE_CLOSED, events_pb2.BillCycleClosed(
                 bill_cycle=proto.cycle_to_pb(cycle), next_bill_cycle=proto.cycle_to_pb(following)
             )
+        case BillIssued(bill=bill):
+            # Without the lines' charge ids (GetBill has them): the event stays small.
+            return BILL_ISSUED, events_pb2.BillIssued(bill=bills_proto.bill_to_pb(bill, with_charge_ids=False))
     raise TypeError(f"no protobuf event for {type(event).__name__}")

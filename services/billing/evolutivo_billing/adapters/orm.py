@@ -3,6 +3,7 @@
 from evolutivo_runtime.messaging.tables import messaging_tables
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Date,
@@ -11,6 +12,8 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -72,6 +75,128 @@ bill_cycles = Table(
     Index("bill_cycles_due", "end_time", postgresql_where=text("status = 'open'")),
     # ListBillCycles: an account's cycles, newest first.
     Index("bill_cycles_listing", "account_id", "sequence"),
+)
+
+_BILL_STATUSES = "'draft', 'issued', 'partially_paid', 'paid', 'overdue', 'void', 'written_off'"
+
+# Since 0004: bills (docs/billing.md, "Bills").
+bills = Table(
+    "bills",
+    metadata,
+    Column("bill_id", Uuid, primary_key=True),
+    Column("bill_unit_id", Uuid, ForeignKey("bill_units.bill_unit_id"), nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    # The cycle it bills (NULL for bills of other triggers, later).
+    Column("bill_cycle_id", Uuid, ForeignKey("bill_cycles.bill_cycle_id")),
+    Column("status", Text, nullable=False),
+    Column("bill_number", Text, unique=True),
+    Column("number_series", Text),
+    Column("number_sequence", BigInteger),
+    Column("currency_code", Text, nullable=False),
+    Column("period_start_date", Date, nullable=False),
+    Column("period_end_date", Date, nullable=False),
+    Column("issue_date", Date, nullable=False),
+    Column("due_date", Date, nullable=False),
+    Column("subtotal", Numeric(38, 9), nullable=False),
+    Column("tax_total", Numeric(38, 9), nullable=False),
+    Column("total", Numeric(38, 9), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Column("issue_time", DateTime(timezone=True)),
+    Column("suppressed", Boolean, nullable=False, server_default="false"),
+    # A cycle is billed once, whoever (replica, rerun) bills it.
+    UniqueConstraint("bill_unit_id", "bill_cycle_id", name="bills_one_per_cycle"),
+    UniqueConstraint("number_series", "number_sequence", name="bills_series_sequence"),
+    CheckConstraint(f"status in ({_BILL_STATUSES})", name="bills_status"),
+    # A draft has no number; every other status has one.
+    CheckConstraint(
+        "(status = 'draft') = (bill_number is null)"
+        " and (bill_number is null) = (number_series is null)"
+        " and (bill_number is null) = (number_sequence is null)",
+        name="bills_numbered_when_issued",
+    ),
+    CheckConstraint("(status = 'draft') = (issue_time is null)", name="bills_issue_time"),
+    CheckConstraint("not suppressed or (status = 'draft' and total = 0)", name="bills_suppressed_zero"),
+    CheckConstraint("total = subtotal + tax_total", name="bills_total_adds_up"),
+    # ListBills: an account's bills, newest first.
+    Index("bills_listing", "account_id", "issue_date", "create_time", "bill_id"),
+)
+
+bill_lines = Table(
+    "bill_lines",
+    metadata,
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), nullable=False),
+    Column("line_number", Integer, nullable=False),
+    Column("period_start_date", Date, nullable=False),
+    Column("period_end_date", Date, nullable=False),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    Column("tax_code", Text, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("charge_count", Integer, nullable=False),
+    PrimaryKeyConstraint("bill_id", "line_number", name="bill_lines_pkey"),
+)
+
+bill_taxes = Table(
+    "bill_taxes",
+    metadata,
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), nullable=False),
+    Column("tax_code", Text, nullable=False),
+    Column("rate", Numeric, nullable=False),
+    Column("taxable_amount", Numeric(38, 9), nullable=False),
+    Column("tax_amount", Numeric(38, 9), nullable=False),
+    PrimaryKeyConstraint("bill_id", "tax_code", name="bill_taxes_pkey"),
+)
+
+# Since 0004: the charges billing received (ChargesCreated), unbilled until a bill takes them.
+bill_items = Table(
+    "bill_items",
+    metadata,
+    # One item per charge, whatever the redeliveries.
+    Column("charge_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("bill_unit_id", Uuid, ForeignKey("bill_units.bill_unit_id"), nullable=False),
+    # The cycle it is billed in.
+    Column("bill_cycle_id", Uuid, ForeignKey("bill_cycles.bill_cycle_id"), nullable=False),
+    # The cycle charging rated it into (NULL when the charge named none).
+    Column("rated_bill_cycle_id", Uuid),
+    Column("kind", Text, nullable=False),
+    Column("event_id", Text, nullable=False),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("charge_offer_version", Integer, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    Column("tax_code", Text, nullable=False),
+    Column("quantity", Numeric, nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("currency_code", Text, nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("late", Boolean, nullable=False),
+    # The local dates of the period its event time falls in.
+    Column("period_start_date", Date, nullable=False),
+    Column("period_end_date", Date, nullable=False),
+    Column("receive_time", DateTime(timezone=True), nullable=False),
+    # The bill and line it is on; NULL while unbilled.
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id")),
+    Column("bill_line_number", Integer),
+    CheckConstraint("(bill_id is null) = (bill_line_number is null)", name="bill_items_line"),
+    # The bill run: a cycle's unbilled items.
+    Index("bill_items_unbilled", "bill_cycle_id", postgresql_where=text("bill_id is null")),
+    # ListUnbilledItems: an account's unbilled items, oldest first.
+    Index(
+        "bill_items_unbilled_listing", "account_id", "event_time", "charge_id", postgresql_where=text("bill_id is null")
+    ),
+    # A bill's lines' charges.
+    Index("bill_items_bill", "bill_id", "bill_line_number", "charge_id"),
+)
+
+# Since 0004: the last number of each bill number series, taken with UPDATE ... RETURNING in the
+# issuing transaction (a rolled-back issue leaves no gap).
+bill_number_series = Table(
+    "bill_number_series",
+    metadata,
+    Column("series_key", Text, primary_key=True),
+    Column("last_number", BigInteger, nullable=False),
+    CheckConstraint("last_number >= 0", name="bill_number_series_last_number"),
 )
 
 outbox, inbox = messaging_tables(metadata)

@@ -123,22 +123,34 @@ class BillCycleRepository:
         used, violates a unique index (IntegrityError): a cycle is never opened twice."""
         await self._session.execute(insert(bill_cycles).values(bill_cycle_id=cycle.bill_cycle_id, **_cycle_row(cycle)))
 
-    async def claim_due(self, cutoff: datetime, limit: int, skip: Collection[uuid.UUID] = ()) -> list[BillCycle]:
+    async def claim_due(
+        self, cutoff: datetime, limit: int, skip: Collection[uuid.UUID] = (), wait: bool = False
+    ) -> list[BillCycle]:
         """Up to `limit` open cycles that ended at or before `cutoff` (now minus the late-usage
         delay), earliest end first, except those in `skip`, locked until the transaction ends.
         Cycles another transaction holds are skipped (`SKIP LOCKED`), so concurrent closers share
-        the work instead of waiting."""
+        the work instead of waiting. With `wait`, they are waited for instead (a cycle another
+        closer closed meanwhile is then read closed and left out)."""
         t = bill_cycles
         query = (
             select(t)
             .where(t.c.status == BillCycleStatus.OPEN.value, t.c.end_time <= cutoff)
             .order_by(t.c.end_time, t.c.bill_cycle_id)
             .limit(limit)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=not wait)
         )
         if skip:
             query = query.where(t.c.bill_cycle_id.not_in(list(skip)))
         return [_cycle(row._mapping) for row in await self._session.execute(query)]
+
+    async def any_due(self, cutoff: datetime, skip: Collection[uuid.UUID] = ()) -> bool:
+        """Whether an open cycle ended at or before `cutoff` (without locking: also one that
+        another transaction holds), except those in `skip`."""
+        t = bill_cycles
+        query = select(t.c.bill_cycle_id).where(t.c.status == BillCycleStatus.OPEN.value, t.c.end_time <= cutoff)
+        if skip:
+            query = query.where(t.c.bill_cycle_id.not_in(list(skip)))
+        return (await self._session.execute(query.limit(1))).first() is not None
 
     async def save_closed(self, cycle: BillCycle) -> None:
         """Writes the closing of a cycle read open (and locked) in this transaction."""
@@ -150,6 +162,34 @@ class BillCycleRepository:
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
             raise CycleAlreadyClosed(f"bill cycle {cycle.bill_cycle_id} is not open")
+
+    async def get(self, bill_cycle_id: uuid.UUID, for_share: bool = False) -> BillCycle | None:
+        """The cycle; with `for_share`, share-locked until the transaction ends (a closer closing
+        it is waited for, and one not yet closing it skips it: the cycle cannot close meanwhile)."""
+        query = select(bill_cycles).where(bill_cycles.c.bill_cycle_id == bill_cycle_id)
+        if for_share:
+            query = query.with_for_update(read=True)
+        row = (await self._session.execute(query)).first()
+        return _cycle(row._mapping) if row else None
+
+    async def open_for_unit(self, bill_unit_id: uuid.UUID, for_share: bool = False) -> BillCycle | None:
+        """The unit's open cycle; with `for_share`, share-locked until the transaction ends.
+
+        None while a closer is closing it: after waiting for the closer, the locking read finds
+        the row closed, and the cycle it opened is not in this statement's snapshot (ask again)."""
+        t = bill_cycles
+        query = select(t).where(t.c.bill_unit_id == bill_unit_id, t.c.status == BillCycleStatus.OPEN.value)
+        if for_share:
+            query = query.with_for_update(read=True)
+        row = (await self._session.execute(query)).first()
+        return _cycle(row._mapping) if row else None
+
+    async def containing(self, bill_unit_id: uuid.UUID, instant: datetime) -> BillCycle | None:
+        """The unit's cycle whose [start, end) holds `instant`, if any."""
+        t = bill_cycles
+        query = select(t).where(t.c.bill_unit_id == bill_unit_id, t.c.start_time <= instant, t.c.end_time > instant)
+        row = (await self._session.execute(query)).first()
+        return _cycle(row._mapping) if row else None
 
     async def list_for_account(self, account_id: uuid.UUID, before: int | None, limit: int) -> list[BillCycle]:
         """Up to `limit` of the account's cycles, newest (highest sequence) first, with a

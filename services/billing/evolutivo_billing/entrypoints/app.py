@@ -10,9 +10,12 @@ from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, W
 
 from evolutivo_billing.adapters import events
 from evolutivo_billing.adapters.orm import inbox, outbox
+from evolutivo_billing.domain.bills import TaxRates
+from evolutivo_billing.domain.numbering import NumberFormat
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
+from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_billing.settings import BillingSettings
 
@@ -29,6 +32,7 @@ def wire(rt: Runtime) -> Wiring:
         timedelta(seconds=settings.late_usage_delay_seconds),
         settings.cycle_check_seconds,
         settings.cycle_close_batch_size,
+        policy(settings),
     )
     return Wiring(
         servicers=[
@@ -40,9 +44,15 @@ def wire(rt: Runtime) -> Wiring:
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
-        upstream_services=["customer"],
+        upstream_services=["customer", "charging"],
         background=[closer.run],
     )
+
+
+def policy(settings: BillingSettings) -> BillPolicy:
+    """How the bill runs build and issue bills, from BILLING_TAX_RATES, BILLING_NUMBER_FORMAT and
+    BILLING_SUPPRESS_ZERO_BILLS."""
+    return BillPolicy(TaxRates(settings.tax_rates), NumberFormat(settings.number_format), settings.suppress_zero_bills)
 
 
 def definition() -> ServiceDefinition:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
@@ -12,13 +13,14 @@ from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import from_timestamp
 
-from evolutivo_billing.adapters import proto
-from evolutivo_billing.service_layer import handlers
+from evolutivo_billing.adapters import bills_proto, proto
+from evolutivo_billing.service_layer import bills, handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 BILLING_PROFILE_CHANGED = "evolutivo.customer.v1.account.billing_profile_changed"
+CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
 
 
 def _create_time(account: account_pb2.Account) -> datetime | None:
@@ -81,6 +83,10 @@ async def on_billing_profile_changed(
     )
 
 
+async def on_charges_created(uow: BillingUnitOfWork, event: charging_events.ChargesCreated, meta: EventMeta) -> None:
+    await bills.record_charges(uow, [bills_proto.charge_from_pb(c, event.currency_code) for c in event.charges])
+
+
 def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
     return [
         Subscription(
@@ -98,5 +104,15 @@ def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
                     customer_events.BillingProfileChanged, on_billing_profile_changed
                 ),
             },
-        )
+        ),
+        Subscription(
+            durable="billing",
+            stream=stream_name("charging"),
+            subjects=[CHARGES_CREATED],
+            handlers={
+                charging_events.ChargesCreated.DESCRIPTOR.full_name: EventHandler(
+                    charging_events.ChargesCreated, on_charges_created
+                ),
+            },
+        ),
     ]

@@ -1,8 +1,9 @@
-"""The cycle closer: a background loop every billing replica runs (Wiring.background).
+"""The cycle closer: a background loop every billing replica runs (Wiring.background). Closing a
+cycle bills it, in the same transaction (the bill run).
 
 Every `BILLING_CYCLE_CHECK_SECONDS` it runs passes of `close_due_cycles` until one closes nothing,
 so a unit several cycles behind catches up, one cycle per pass, in order. Replicas share the work
-through row locks (`SKIP LOCKED`); a cycle is never closed twice (docs/billing.md)."""
+through row locks (`SKIP LOCKED`); a cycle is never closed, nor billed, twice (docs/billing.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from evolutivo_billing.service_layer.cycles import close_due_cycles
+from evolutivo_billing.service_layer.bills import BillPolicy
+from evolutivo_billing.service_layer.cycles import any_due, close_due_cycles
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 
@@ -23,25 +25,40 @@ class CycleCloser:
         late_usage_delay: timedelta,
         check_seconds: float,
         batch_size: int,
+        policy: BillPolicy | None = None,
     ) -> None:
         self._uow = uow
         self.late_usage_delay = late_usage_delay
         self.check_seconds = check_seconds
         self.batch_size = batch_size
+        self.policy = policy or BillPolicy()
 
     async def catch_up(self, stop: asyncio.Event | None = None) -> int:
         """Passes until one finds nothing due (or `stop` is set); returns the cycles closed.
 
         A cycle that fails to close is left out of the following passes, so it cannot take the
-        place of due ones; the next catch-up tries it again."""
+        place of due ones; the next catch-up tries it again. When a pass finds nothing it can
+        claim but cycles are due, another transaction holds them: a closer (it closes them) or
+        the ChargesCreated consumer adding items (briefly, but a busy account's cycle could be
+        held at every check). A pass that waits for one is run then, and again while such
+        passes close something, so no cycle is skipped for ever."""
         total = 0
         failed: set[uuid.UUID] = set()
+        may_wait = True
         while stop is None or not stop.is_set():
-            done = await close_due_cycles(self._uow(), self.late_usage_delay, self.batch_size, failed)
+            done = await close_due_cycles(self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy)
             total += done.closed
             failed |= done.failed
-            if not done.closed and not done.failed:
+            if done.closed or done.failed:
+                continue
+            if not may_wait or not await any_due(self._uow(), self.late_usage_delay, failed):
                 break
+            done = await close_due_cycles(
+                self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy, wait=True
+            )
+            total += done.closed
+            failed |= done.failed
+            may_wait = bool(done.closed)
         return total
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -13,12 +13,13 @@ from evolutivo_runtime.pagination import page_size
 from evolutivo_runtime.server import Context
 
 from evolutivo_billing.adapters import proto
+from evolutivo_billing.entrypoints.grpc_bills import BillsApi
 from evolutivo_billing.entrypoints.grpc_cycles import CyclesApi
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 
-class BillingServicer(CyclesApi, pb_grpc.BillingServiceServicer):
+class BillingServicer(CyclesApi, BillsApi, pb_grpc.BillingServiceServicer):
     def __init__(self, uow: Callable[[], BillingUnitOfWork]) -> None:
         self._uow = uow
 

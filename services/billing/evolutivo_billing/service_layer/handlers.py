@@ -136,9 +136,9 @@ async def get_billing_summary(uow: BillingUnitOfWork, account_id: uuid.UUID) -> 
 
 
 async def _open_bills(uow: BillingUnitOfWork, unit: BillUnit) -> list[OpenBill]:
-    """The unit's bills with something still to pay. Billing issues no bills yet (bill runs arrive
-    with a later issue, which reads them here): none."""
-    return []
+    """The unit's bills with something still to pay: its ISSUED bills, each owing its total until
+    payments arrive with a later issue (BillingSummary flags those past their due date)."""
+    return await uow.bills.open_for_unit(unit.bill_unit_id)
 
 
 async def _collections(uow: BillingUnitOfWork, unit: BillUnit) -> CollectionsState:

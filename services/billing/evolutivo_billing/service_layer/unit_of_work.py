@@ -4,15 +4,22 @@ from typing import Self
 
 from evolutivo_runtime.uow import UnitOfWork
 
+from evolutivo_billing.adapters.bills_repository import BillItemRepository, BillNumberSeriesRepository, BillRepository
 from evolutivo_billing.adapters.repository import BillCycleRepository, BillUnitRepository
 
 
 class BillingUnitOfWork(UnitOfWork):
     bill_units: BillUnitRepository
     bill_cycles: BillCycleRepository
+    bill_items: BillItemRepository
+    bills: BillRepository
+    bill_numbers: BillNumberSeriesRepository
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.bill_units = BillUnitRepository(self.session)
         self.bill_cycles = BillCycleRepository(self.session)
+        self.bill_items = BillItemRepository(self.session)
+        self.bills = BillRepository(self.session)
+        self.bill_numbers = BillNumberSeriesRepository(self.session)
         return self

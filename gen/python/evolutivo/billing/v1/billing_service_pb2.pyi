@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
+from evolutivo.billing.v1 import bill_pb2 as _bill_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from evolutivo.billing.v1 import billing_summary_pb2 as _billing_summary_pb2
 from google.protobuf import descriptor as _descriptor
@@ -216,3 +217,140 @@ class ListBillCyclesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBillCyclesResponse: _TypeAlias = ListBillCyclesResponse  # noqa: Y015
+
+@_typing.final
+class ListUnbilledItemsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnbilledItemsRequest: _TypeAlias = ListUnbilledItemsRequest  # noqa: Y015
+
+@_typing.final
+class ListUnbilledItemsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_bill_pb2.BillItem]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_bill_pb2.BillItem] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListUnbilledItemsResponse: _TypeAlias = ListUnbilledItemsResponse  # noqa: Y015
+
+@_typing.final
+class GetBillRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_ID_FIELD_NUMBER: _builtins.int
+    bill_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        bill_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_id", b"bill_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBillRequest: _TypeAlias = GetBillRequest  # noqa: Y015
+
+@_typing.final
+class GetBillResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetBillResponse: _TypeAlias = GetBillResponse  # noqa: Y015
+
+@_typing.final
+class ListBillsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBillsRequest: _TypeAlias = ListBillsRequest  # noqa: Y015
+
+@_typing.final
+class ListBillsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILLS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def bills(self) -> _containers.RepeatedCompositeFieldContainer[_bill_pb2.Bill]: ...
+    def __init__(
+        self,
+        *,
+        bills: _abc.Iterable[_bill_pb2.Bill] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bills", b"bills", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBillsResponse: _TypeAlias = ListBillsResponse  # noqa: Y015

@@ -55,6 +55,21 @@ class BillingServiceStub:
                 request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.FromString,
                 _registered_method=True)
+        self.ListUnbilledItems = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/ListUnbilledItems',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsResponse.FromString,
+                _registered_method=True)
+        self.GetBill = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/GetBill',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillResponse.FromString,
+                _registered_method=True)
+        self.ListBills = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/ListBills',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -90,6 +105,27 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListUnbilledItems(self, request, context):
+        """Lists an account's charges not billed yet, oldest event time first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBill(self, request, context):
+        """Returns one bill, with the charge ids of each line.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListBills(self, request, context):
+        """Lists an account's bills, newest issue date first (lines without their charge ids).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +148,21 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListBillCycles,
                     request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.FromString,
                     response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.SerializeToString,
+            ),
+            'ListUnbilledItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUnbilledItems,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsResponse.SerializeToString,
+            ),
+            'GetBill': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBill,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillResponse.SerializeToString,
+            ),
+            'ListBills': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBills,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +274,87 @@ class BillingService:
             '/evolutivo.billing.v1.BillingService/ListBillCycles',
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesRequest.SerializeToString,
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillCyclesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUnbilledItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/ListUnbilledItems',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListUnbilledItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/GetBill',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetBillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBills(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/ListBills',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,12 @@ class BillingServiceStub:
     """
     ListBillCycles: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillCyclesRequest, _billing_service_pb2.ListBillCyclesResponse]
     """Lists a bill unit's cycles, newest first."""
+    ListUnbilledItems: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListUnbilledItemsRequest, _billing_service_pb2.ListUnbilledItemsResponse]
+    """Lists an account's charges not billed yet, oldest event time first."""
+    GetBill: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetBillRequest, _billing_service_pb2.GetBillResponse]
+    """Returns one bill, with the charge ids of each line."""
+    ListBills: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillsRequest, _billing_service_pb2.ListBillsResponse]
+    """Lists an account's bills, newest issue date first (lines without their charge ids)."""
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -59,6 +65,12 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """
     ListBillCycles: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillCyclesRequest, _billing_service_pb2.ListBillCyclesResponse]  # type: ignore[assignment]
     """Lists a bill unit's cycles, newest first."""
+    ListUnbilledItems: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListUnbilledItemsRequest, _billing_service_pb2.ListUnbilledItemsResponse]  # type: ignore[assignment]
+    """Lists an account's charges not billed yet, oldest event time first."""
+    GetBill: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetBillRequest, _billing_service_pb2.GetBillResponse]  # type: ignore[assignment]
+    """Returns one bill, with the charge ids of each line."""
+    ListBills: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillsRequest, _billing_service_pb2.ListBillsResponse]  # type: ignore[assignment]
+    """Lists an account's bills, newest issue date first (lines without their charge ids)."""
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns charges into bills and gets them paid."""
@@ -96,5 +108,29 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListBillCyclesResponse, _abc.Awaitable[_billing_service_pb2.ListBillCyclesResponse]]:
         """Lists a bill unit's cycles, newest first."""
+
+    @_abc_1.abstractmethod
+    def ListUnbilledItems(
+        self,
+        request: _billing_service_pb2.ListUnbilledItemsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListUnbilledItemsResponse, _abc.Awaitable[_billing_service_pb2.ListUnbilledItemsResponse]]:
+        """Lists an account's charges not billed yet, oldest event time first."""
+
+    @_abc_1.abstractmethod
+    def GetBill(
+        self,
+        request: _billing_service_pb2.GetBillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetBillResponse, _abc.Awaitable[_billing_service_pb2.GetBillResponse]]:
+        """Returns one bill, with the charge ids of each line."""
+
+    @_abc_1.abstractmethod
+    def ListBills(
+        self,
+        request: _billing_service_pb2.ListBillsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListBillsResponse, _abc.Awaitable[_billing_service_pb2.ListBillsResponse]]:
+        """Lists an account's bills, newest issue date first (lines without their charge ids)."""
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

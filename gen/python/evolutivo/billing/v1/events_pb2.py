@@ -22,21 +22,24 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from evolutivo.billing.v1 import bill_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__pb2
 from evolutivo.billing.v1 import bill_cycle_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__cycle__pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__unit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycleb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Billb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.billing.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BILLUNITCREATED']._serialized_start=136
-  _globals['_BILLUNITCREATED']._serialized_end=204
-  _globals['_BILLCYCLEOPENED']._serialized_start=206
-  _globals['_BILLCYCLEOPENED']._serialized_end=276
-  _globals['_BILLCYCLECLOSED']._serialized_start=279
-  _globals['_BILLCYCLECLOSED']._serialized_end=407
+  _globals['_BILLUNITCREATED']._serialized_start=169
+  _globals['_BILLUNITCREATED']._serialized_end=237
+  _globals['_BILLCYCLEOPENED']._serialized_start=239
+  _globals['_BILLCYCLEOPENED']._serialized_end=309
+  _globals['_BILLCYCLECLOSED']._serialized_start=312
+  _globals['_BILLCYCLECLOSED']._serialized_end=440
+  _globals['_BILLISSUED']._serialized_start=442
+  _globals['_BILLISSUED']._serialized_end=496
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
+from evolutivo.billing.v1 import bill_pb2 as _bill_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -93,3 +94,28 @@ class BillCycleClosed(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillCycleClosed: _TypeAlias = BillCycleClosed  # noqa: Y015
+
+@_typing.final
+class BillIssued(_message.Message):
+    """Published on "evolutivo.billing.v1.bill.issued" when a bill is issued (not for a suppressed
+    zero-amount bill). Its lines carry charge_count but no charge_ids (GetBill has them), so the
+    event stays small however many charges the bill sums.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillIssued: _TypeAlias = BillIssued  # noqa: Y015

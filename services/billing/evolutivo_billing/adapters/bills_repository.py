@@ -1,0 +1,370 @@
+"""Loads and stores bill items, bills (with their lines and taxes) and bill number series."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Iterable, Sequence
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import Uuid, any_, bindparam, select, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from evolutivo_billing.adapters.orm import bill_items, bill_lines, bill_number_series, bill_taxes, bills
+from evolutivo_billing.domain.bills import (
+    Bill,
+    BillItem,
+    BillLine,
+    BillListPosition,
+    BillNumber,
+    BillStatus,
+    BillTax,
+    Charge,
+    ItemListPosition,
+    LineKey,
+    Period,
+)
+from evolutivo_billing.domain.model import OpenBill
+
+
+def _any_of(ids: Collection[uuid.UUID]) -> Any:
+    """`= ANY($1)` with the ids as one array parameter: any number of ids (an IN list would take
+    a parameter each, and PostgreSQL takes at most 32767)."""
+    return any_(bindparam(None, list(ids), type_=ARRAY(Uuid)))
+
+
+class ItemAlreadyBilled(RuntimeError):
+    """An item a bill was to take is on another bill already: the bill rolls back."""
+
+
+class BillItemRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def known(self, charge_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Which of these charges billing has received already."""
+        if not charge_ids:
+            return set()
+        t = bill_items
+        rows = await self._session.execute(select(t.c.charge_id).where(t.c.charge_id == _any_of(charge_ids)))
+        return {row.charge_id for row in rows}
+
+    async def add_all(self, items: Sequence[BillItem]) -> set[uuid.UUID]:
+        """Inserts the items whose charge billing has not received (the others are left as they
+        are, also when a concurrent transaction inserts them first); returns the charges inserted."""
+        if not items:
+            return set()
+        t = bill_items
+        result = await self._session.execute(
+            insert(t).on_conflict_do_nothing(index_elements=[t.c.charge_id]).returning(t.c.charge_id),
+            [_item_row(item) for item in items],
+        )
+        return {row.charge_id for row in result}
+
+    async def unbilled_in_cycle(self, bill_cycle_id: uuid.UUID) -> list[BillItem]:
+        """The cycle's items no bill has taken, oldest event first."""
+        t = bill_items
+        query = (
+            select(t)
+            .where(t.c.bill_cycle_id == bill_cycle_id, t.c.bill_id.is_(None))
+            .order_by(t.c.event_time, t.c.charge_id)
+        )
+        return [_item(row._mapping) for row in await self._session.execute(query)]
+
+    async def list_unbilled(self, account_id: uuid.UUID, after: ItemListPosition | None, limit: int) -> list[BillItem]:
+        """Up to `limit` of the account's unbilled items, oldest event time first, after `after`."""
+        t = bill_items
+        query = (
+            select(t)
+            .where(t.c.account_id == account_id, t.c.bill_id.is_(None))
+            .order_by(t.c.event_time, t.c.charge_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(tuple_(t.c.event_time, t.c.charge_id) > tuple_(after.event_time, after.charge_id))
+        return [_item(row._mapping) for row in await self._session.execute(query)]
+
+    async def mark_billed(self, bill_id: uuid.UUID, line: BillLine) -> None:
+        """Puts the line's charges on the bill; ItemAlreadyBilled when one is on a bill already."""
+        t = bill_items
+        result = await self._session.execute(
+            update(t)
+            .where(t.c.charge_id == _any_of(line.charge_ids), t.c.bill_id.is_(None))
+            .values(bill_id=bill_id, bill_line_number=line.line_number)
+        )
+        if result.rowcount != len(line.charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            raise ItemAlreadyBilled(f"line {line.line_number} of bill {bill_id}: a charge is billed already")
+
+
+def _item_row(item: BillItem) -> dict[str, Any]:
+    c = item.charge
+    return {
+        "charge_id": c.charge_id,
+        "account_id": c.account_id,
+        "bill_unit_id": item.bill_unit_id,
+        "bill_cycle_id": item.bill_cycle_id,
+        "rated_bill_cycle_id": c.bill_cycle_id,
+        "kind": c.kind,
+        "event_id": c.event_id,
+        "charge_offer_code": c.charge_offer_code,
+        "charge_offer_version": c.charge_offer_version,
+        "charge_code": c.charge_code,
+        "tax_code": c.tax_code,
+        "quantity": c.quantity,
+        "amount": c.amount,
+        "currency_code": c.currency_code,
+        "event_time": c.event_time,
+        "late": item.late,
+        "period_start_date": item.period.start,
+        "period_end_date": item.period.end,
+        "receive_time": item.receive_time,
+        "bill_id": item.bill_id,
+        "bill_line_number": item.bill_line_number,
+    }
+
+
+def _item(row: Any) -> BillItem:
+    charge = Charge(
+        charge_id=row["charge_id"],
+        account_id=row["account_id"],
+        kind=row["kind"],
+        event_id=row["event_id"],
+        charge_offer_code=row["charge_offer_code"],
+        charge_offer_version=row["charge_offer_version"],
+        charge_code=row["charge_code"],
+        tax_code=row["tax_code"],
+        quantity=row["quantity"],
+        amount=_plain(row["amount"]),
+        currency_code=row["currency_code"],
+        event_time=row["event_time"],
+        bill_cycle_id=row["rated_bill_cycle_id"],
+        late=row["late"],
+    )
+    return BillItem(
+        charge=charge,
+        bill_unit_id=row["bill_unit_id"],
+        bill_cycle_id=row["bill_cycle_id"],
+        period=Period(row["period_start_date"], row["period_end_date"]),
+        late=row["late"],
+        receive_time=row["receive_time"],
+        bill_id=row["bill_id"],
+        bill_line_number=row["bill_line_number"],
+    )
+
+
+def _plain(value: Decimal) -> Decimal:
+    """A NUMERIC(38, 9) amount read back without the trailing zeros of its scale (0.750000000 ->
+    0.75). Unconstrained NUMERIC columns (quantities, rates) keep the digits they were written
+    with and are read as they are."""
+    normal = value.normalize()
+    # normalize() writes integers in exponent form (1E+3); quantize them back to units.
+    return normal.quantize(Decimal(1)) if normal == normal.to_integral_value() else normal
+
+
+class BillRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, bill: Bill, items: BillItemRepository) -> None:
+        """Inserts the bill, its lines and taxes, and puts its charges on it. A second bill for a
+        cycle violates `bills_one_per_cycle` (IntegrityError), a charge on another bill raises
+        ItemAlreadyBilled: either way the whole bill rolls back."""
+        await self._session.execute(insert(bills).values(**_bill_row(bill)))
+        if bill.lines:
+            await self._session.execute(
+                insert(bill_lines),
+                [
+                    {
+                        "bill_id": bill.bill_id,
+                        "line_number": line.line_number,
+                        "period_start_date": line.key.period_start,
+                        "period_end_date": line.key.period_end,
+                        "charge_offer_code": line.key.charge_offer_code,
+                        "charge_code": line.key.charge_code,
+                        "tax_code": line.key.tax_code,
+                        "quantity": line.quantity,
+                        "amount": line.amount,
+                        "charge_count": len(line.charge_ids),
+                    }
+                    for line in bill.lines
+                ],
+            )
+        if bill.taxes:
+            await self._session.execute(
+                insert(bill_taxes),
+                [
+                    {
+                        "bill_id": bill.bill_id,
+                        "tax_code": tax.tax_code,
+                        "rate": tax.rate,
+                        "taxable_amount": tax.taxable_amount,
+                        "tax_amount": tax.tax_amount,
+                    }
+                    for tax in bill.taxes
+                ],
+            )
+        for line in bill.lines:
+            await items.mark_billed(bill.bill_id, line)
+
+    async def get(self, bill_id: uuid.UUID, with_charge_ids: bool = True) -> Bill | None:
+        row = (await self._session.execute(select(bills).where(bills.c.bill_id == bill_id))).first()
+        if row is None:
+            return None
+        (bill,) = await self._complete([row._mapping], with_charge_ids)
+        return bill
+
+    async def list_for_account(self, account_id: uuid.UUID, before: BillListPosition | None, limit: int) -> list[Bill]:
+        """Up to `limit` of the account's bills, newest issue date first (then newest created),
+        strictly before `before`; lines without their charge ids."""
+        t = bills
+        key = tuple_(t.c.issue_date, t.c.create_time, t.c.bill_id)
+        query = (
+            select(t)
+            .where(t.c.account_id == account_id)
+            .order_by(t.c.issue_date.desc(), t.c.create_time.desc(), t.c.bill_id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(key < tuple_(before.issue_date, before.create_time, before.bill_id))
+        rows = [row._mapping for row in await self._session.execute(query)]
+        return await self._complete(rows, with_charge_ids=False)
+
+    async def open_for_unit(self, bill_unit_id: uuid.UUID) -> list[OpenBill]:
+        """The unit's issued bills with something to pay: no payments are recorded yet, so each
+        owes its total (a bill totalling zero or less owes nothing and is left out)."""
+        t = bills
+        query = select(t.c.bill_id, t.c.bill_number, t.c.total, t.c.due_date).where(
+            t.c.bill_unit_id == bill_unit_id, t.c.status == BillStatus.ISSUED.value, t.c.total > 0
+        )
+        return [
+            OpenBill(row.bill_id, row.bill_number, _plain(row.total), _plain(row.total), row.due_date)
+            for row in await self._session.execute(query)
+        ]
+
+    async def _complete(self, rows: Sequence[Any], with_charge_ids: bool) -> list[Bill]:
+        """Bills from their rows, with their lines and taxes (and the lines' charge ids)."""
+        ids = [row["bill_id"] for row in rows]
+        if not ids:
+            return []
+        lines: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+        for line in await self._session.execute(
+            select(bill_lines).where(bill_lines.c.bill_id.in_(ids)).order_by(bill_lines.c.line_number)
+        ):
+            lines[line.bill_id].append(line)
+        taxes: dict[uuid.UUID, list[BillTax]] = {i: [] for i in ids}
+        for tax in await self._session.execute(
+            select(bill_taxes).where(bill_taxes.c.bill_id.in_(ids)).order_by(bill_taxes.c.tax_code)
+        ):
+            taxes[tax.bill_id].append(
+                BillTax(tax.tax_code, tax.rate, _plain(tax.taxable_amount), _plain(tax.tax_amount))
+            )
+        charges: dict[tuple[uuid.UUID, int], list[uuid.UUID]] = {}
+        if with_charge_ids:
+            t = bill_items
+            for item in await self._session.execute(
+                select(t.c.bill_id, t.c.bill_line_number, t.c.charge_id)
+                .where(t.c.bill_id.in_(ids))
+                .order_by(t.c.bill_id, t.c.bill_line_number, t.c.charge_id)
+            ):
+                charges.setdefault((item.bill_id, item.bill_line_number), []).append(item.charge_id)
+        return [_bill(row, lines[row["bill_id"]], taxes[row["bill_id"]], charges) for row in rows]
+
+
+def _bill_row(bill: Bill) -> dict[str, Any]:
+    number = bill.number
+    return {
+        "bill_id": bill.bill_id,
+        "bill_unit_id": bill.bill_unit_id,
+        "account_id": bill.account_id,
+        "bill_cycle_id": bill.bill_cycle_id,
+        "status": bill.status.value,
+        "bill_number": number.number if number else None,
+        "number_series": number.series if number else None,
+        "number_sequence": number.sequence if number else None,
+        "currency_code": bill.currency_code,
+        "period_start_date": bill.period.start,
+        "period_end_date": bill.period.end,
+        "issue_date": bill.issue_date,
+        "due_date": bill.due_date,
+        "subtotal": bill.subtotal,
+        "tax_total": bill.tax_total,
+        "total": bill.total,
+        "create_time": bill.create_time,
+        "issue_time": bill.issue_time,
+        "suppressed": bill.suppressed,
+    }
+
+
+def _bill(
+    row: Any, lines: Iterable[Any], taxes: list[BillTax], charges: dict[tuple[uuid.UUID, int], list[uuid.UUID]]
+) -> Bill:
+    bill_id = row["bill_id"]
+    number = None
+    if row["bill_number"] is not None:
+        number = BillNumber(row["bill_number"], row["number_series"], row["number_sequence"])
+    return Bill(
+        bill_id=bill_id,
+        bill_unit_id=row["bill_unit_id"],
+        account_id=row["account_id"],
+        bill_cycle_id=row["bill_cycle_id"],
+        currency_code=row["currency_code"],
+        period=Period(row["period_start_date"], row["period_end_date"]),
+        issue_date=row["issue_date"],
+        due_date=row["due_date"],
+        lines=[
+            BillLine(
+                line.line_number,
+                LineKey(
+                    line.period_start_date,
+                    line.period_end_date,
+                    line.charge_offer_code,
+                    line.charge_code,
+                    line.tax_code,
+                ),
+                line.quantity,
+                _plain(line.amount),
+                tuple(charges.get((bill_id, line.line_number), ())),
+                line.charge_count,
+            )
+            for line in lines
+        ],
+        taxes=taxes,
+        subtotal=_plain(row["subtotal"]),
+        tax_total=_plain(row["tax_total"]),
+        total=_plain(row["total"]),
+        create_time=row["create_time"],
+        status=BillStatus(row["status"]),
+        number=number,
+        issue_time=row["issue_time"],
+        suppressed=row["suppressed"],
+    )
+
+
+class BillNumberSeriesRepository:
+    """Gapless counters: taken inside the issuing transaction, so a rollback gives the number back."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def lock(self, series_keys: Iterable[str]) -> None:
+        """Creates the series that do not exist yet and locks them all, in key order, until the
+        transaction ends. A closer pass locks every series it may number from before numbering, so
+        passes running at once wait for each other in one order instead of deadlocking."""
+        t = bill_number_series
+        for key in sorted(set(series_keys)):
+            statement = insert(t).values(series_key=key, last_number=0)
+            await self._session.execute(
+                statement.on_conflict_do_update(index_elements=[t.c.series_key], set_={"last_number": t.c.last_number})
+            )
+
+    async def next(self, series_key: str) -> int:
+        """The series' next number (UPDATE ... RETURNING; the row is created at 0 if missing)."""
+        t = bill_number_series
+        result = await self._session.execute(
+            insert(t)
+            .values(series_key=series_key, last_number=1)
+            .on_conflict_do_update(index_elements=[t.c.series_key], set_={"last_number": t.c.last_number + 1})
+            .returning(t.c.last_number)
+        )
+        return int(result.scalar_one())

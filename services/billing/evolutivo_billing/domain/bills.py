@@ -1,0 +1,381 @@
+"""Bill items (the charges billing receives) and bills. Plain Python: no protobuf, no SQL.
+
+Rules (docs/billing.md, "Unbilled items" and "Bills"):
+- A charge becomes one bill item, in the cycle it is billed in: the charge's own cycle while it is
+  open, else the bill unit's open cycle. Its period is the cycle its event time falls in (or the
+  event's local day when no cycle of the unit holds it), so a late charge keeps its own period.
+- A bill's lines group its items per (period, charge offer, charge code, tax code): quantity and
+  amount are the sums of the items' (already rounded) quantities and amounts, so the lines add up
+  to exactly the sum of the charges.
+- Taxes are computed per tax code on the sum of that code's lines, rounded ROUND_HALF_UP to the
+  currency's minor unit. A charge without a tax code is taxed as "standard"; a code the rates do
+  not know is taxed at the "standard" rate under its own code.
+- subtotal = sum of lines, tax_total = sum of taxes, total = subtotal + tax_total.
+- Issue date: the cycle end's local date; due date: issue date + the payment terms of the cycle's
+  profile. A bill is created DRAFT and issued with its gapless number; a zero-amount bill can be
+  suppressed instead (it stays DRAFT, with no number, and still bills its items).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal, localcontext
+from zoneinfo import ZoneInfo
+
+import iso4217
+
+from evolutivo_billing.domain.cycles import BillCycle
+from evolutivo_billing.domain.model import BillingProfile, BillUnit
+
+STANDARD = "standard"
+# Enough significant digits for every sum and product of NUMERIC(38, 9) amounts to be exact.
+PRECISION = 80
+
+
+class InvalidBill(ValueError):
+    """A bill or item that breaks its rules (a broken charge, a bill issued twice...)."""
+
+
+def currency_exponent(code: str) -> int:
+    """The ISO 4217 minor unit (EUR 2, JPY 0, BHD 3); InvalidBill for a code without one."""
+    try:
+        exponent = iso4217.Currency(code).exponent
+    except ValueError:
+        exponent = None
+    if exponent is None:
+        raise InvalidBill(f"currency {code!r} has no ISO 4217 minor unit")
+    return int(exponent)
+
+
+def round_money(amount: Decimal, exponent: int) -> Decimal:
+    """ROUND_HALF_UP (halves away from zero) to the minor unit."""
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return amount.quantize(Decimal(1).scaleb(-exponent), rounding=ROUND_HALF_UP)
+
+
+def is_rounded(amount: Decimal, exponent: int) -> bool:
+    return round_money(amount, exponent) == amount
+
+
+@dataclass(frozen=True)
+class Charge:
+    """A charge as charging published it (RatedCharge in ChargesCreated), what billing keeps of it."""
+
+    charge_id: uuid.UUID
+    account_id: uuid.UUID
+    kind: str
+    event_id: str
+    charge_offer_code: str
+    charge_offer_version: int
+    charge_code: str
+    tax_code: str
+    quantity: Decimal
+    amount: Decimal
+    currency_code: str
+    event_time: datetime
+    # The cycle charging rated it into; None when the charge names none.
+    bill_cycle_id: uuid.UUID | None
+    late: bool = False
+
+
+@dataclass(frozen=True)
+class Period:
+    """Local dates [start, end) an item's event time falls in."""
+
+    start: date
+    end: date
+
+    @classmethod
+    def of_cycle(cls, cycle: BillCycle) -> Period:
+        return cls(cycle.start_date, cycle.end_date)
+
+    @classmethod
+    def of_day(cls, instant: datetime, time_zone: str) -> Period:
+        day = instant.astimezone(ZoneInfo(time_zone)).date()
+        return cls(day, day + timedelta(days=1))
+
+
+@dataclass(frozen=True)
+class BillItem:
+    """A charge received by billing, in the cycle it is billed in; `bill_id` is set once billed."""
+
+    charge: Charge
+    bill_unit_id: uuid.UUID
+    bill_cycle_id: uuid.UUID
+    period: Period
+    late: bool
+    receive_time: datetime
+    bill_id: uuid.UUID | None = None
+    bill_line_number: int | None = None
+
+    @property
+    def charge_id(self) -> uuid.UUID:
+        return self.charge.charge_id
+
+    @classmethod
+    def place(cls, charge: Charge, unit: BillUnit, target: BillCycle, period: Period, now: datetime) -> BillItem:
+        """The charge billed in `target` (an open cycle of `unit`), labelled with `period`. It is
+        late when charging said so, or when billing moved it out of the cycle charging rated it
+        into (closed, or unknown) to an open cycle that starts after its event time. (A charge
+        charging itself put in a later cycle, such as an in-arrears fee, is not late: its period
+        says what it is for.)"""
+        if charge.account_id != unit.account_id or target.bill_unit_id != unit.bill_unit_id:
+            raise InvalidBill(f"charge {charge.charge_id} is not for bill unit {unit.bill_unit_id}")
+        if charge.currency_code != unit.currency_code:
+            raise InvalidBill(
+                f"charge {charge.charge_id} is in {charge.currency_code}, its account bills in {unit.currency_code}"
+            )
+        if not is_rounded(charge.amount, currency_exponent(unit.currency_code)):
+            raise InvalidBill(f"charge {charge.charge_id}: amount {charge.amount} is not rounded to the minor unit")
+        if charge.event_time.utcoffset() is None:
+            raise InvalidBill(f"charge {charge.charge_id}: event_time must be timezone-aware")
+        moved = charge.bill_cycle_id != target.bill_cycle_id
+        late = charge.late or (moved and charge.event_time < target.start_time)
+        return cls(charge, unit.bill_unit_id, target.bill_cycle_id, period, late, now.astimezone(UTC))
+
+
+def effective_tax_code(code: str) -> str:
+    """The code a charge is taxed under: its own, "standard" when it has none."""
+    return code or STANDARD
+
+
+@dataclass(frozen=True, order=True)
+class LineKey:
+    period_start: date
+    period_end: date
+    charge_offer_code: str
+    charge_code: str
+    tax_code: str
+
+
+@dataclass(frozen=True)
+class BillLine:
+    line_number: int
+    key: LineKey
+    quantity: Decimal
+    amount: Decimal
+    # The charges it sums, sorted (empty when read without them: lists, events).
+    charge_ids: tuple[uuid.UUID, ...]
+    charge_count: int
+
+    @property
+    def tax_code(self) -> str:
+        return self.key.tax_code
+
+    @property
+    def period(self) -> Period:
+        return Period(self.key.period_start, self.key.period_end)
+
+
+def group_lines(items: Iterable[BillItem]) -> list[BillLine]:
+    """One line per (period, charge offer, charge code, tax code), in that order, numbered from 1,
+    each summing its items' quantities and amounts exactly and keeping their charge ids (sorted)."""
+    groups: dict[LineKey, list[BillItem]] = defaultdict(list)
+    for item in items:
+        c = item.charge
+        key = LineKey(
+            item.period.start, item.period.end, c.charge_offer_code, c.charge_code, effective_tax_code(c.tax_code)
+        )
+        groups[key].append(item)
+    lines = []
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        for number, key in enumerate(sorted(groups), start=1):
+            members = groups[key]
+            lines.append(
+                BillLine(
+                    number,
+                    key,
+                    sum((i.charge.quantity for i in members), Decimal(0)),
+                    sum((i.charge.amount for i in members), Decimal(0)),
+                    tuple(sorted(i.charge_id for i in members)),
+                    len(members),
+                )
+            )
+    return lines
+
+
+@dataclass(frozen=True)
+class TaxRates:
+    """Tax rates by tax code (BILLING_TAX_RATES); "standard" is required."""
+
+    rates: Mapping[str, Decimal] = field(default_factory=lambda: {STANDARD: Decimal(0), "exempt": Decimal(0)})
+
+    def __post_init__(self) -> None:
+        if STANDARD not in self.rates:
+            raise InvalidBill('tax rates must include "standard"')
+        for code, rate in self.rates.items():
+            if not rate.is_finite() or rate < 0:
+                raise InvalidBill(f"tax rate of {code!r} must be a finite decimal, not negative: {rate}")
+
+    def rate(self, code: str) -> Decimal:
+        """The rate of a tax code; the standard rate for a code it does not know."""
+        return self.rates.get(code, self.rates[STANDARD])
+
+    def knows(self, code: str) -> bool:
+        return code in self.rates
+
+
+@dataclass(frozen=True)
+class BillTax:
+    tax_code: str
+    rate: Decimal
+    taxable_amount: Decimal
+    tax_amount: Decimal
+
+
+def compute_taxes(lines: Sequence[BillLine], rates: TaxRates, exponent: int) -> list[BillTax]:
+    """One tax per tax code of the lines, sorted by code: the rate on the sum of that code's line
+    amounts, rounded ROUND_HALF_UP to the minor unit."""
+    taxable: dict[str, Decimal] = defaultdict(Decimal)
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        for line in lines:
+            taxable[line.tax_code] += line.amount
+        return [
+            BillTax(code, rates.rate(code), taxable[code], round_money(taxable[code] * rates.rate(code), exponent))
+            for code in sorted(taxable)
+        ]
+
+
+class BillStatus(enum.Enum):
+    DRAFT = "draft"
+    ISSUED = "issued"
+    PARTIALLY_PAID = "partially_paid"
+    PAID = "paid"
+    OVERDUE = "overdue"
+    VOID = "void"
+    WRITTEN_OFF = "written_off"
+
+
+@dataclass(frozen=True)
+class BillNumber:
+    """A bill's number, the series it was taken from and its place in it."""
+
+    number: str
+    series: str
+    sequence: int
+
+
+@dataclass
+class Bill:
+    bill_id: uuid.UUID
+    bill_unit_id: uuid.UUID
+    account_id: uuid.UUID
+    bill_cycle_id: uuid.UUID | None
+    currency_code: str
+    period: Period
+    issue_date: date
+    due_date: date
+    lines: list[BillLine]
+    taxes: list[BillTax]
+    subtotal: Decimal
+    tax_total: Decimal
+    total: Decimal
+    create_time: datetime
+    status: BillStatus = BillStatus.DRAFT
+    number: BillNumber | None = None
+    issue_time: datetime | None = None
+    suppressed: bool = False
+    events: list[object] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def for_cycle(
+        cls,
+        unit: BillUnit,
+        cycle: BillCycle,
+        profile: BillingProfile,
+        items: Iterable[BillItem],
+        rates: TaxRates,
+        now: datetime,
+    ) -> Bill:
+        """The DRAFT bill of a closed cycle: every item billed in it becomes part of a line.
+        `profile` is the profile the cycle ran under (its payment terms give the due date)."""
+        if cycle.bill_unit_id != unit.bill_unit_id:
+            raise InvalidBill(f"cycle {cycle.bill_cycle_id} is not a cycle of bill unit {unit.bill_unit_id}")
+        collected = list(items)
+        for item in collected:
+            if item.bill_cycle_id != cycle.bill_cycle_id or item.bill_id is not None:
+                raise InvalidBill(f"item {item.charge_id} is not an unbilled item of cycle {cycle.bill_cycle_id}")
+        if now.utcoffset() is None:
+            raise InvalidBill("now must be timezone-aware")
+        exponent = currency_exponent(unit.currency_code)
+        lines = group_lines(collected)
+        taxes = compute_taxes(lines, rates, exponent)
+        with localcontext() as ctx:
+            ctx.prec = PRECISION
+            subtotal = sum((line.amount for line in lines), Decimal(0))
+            tax_total = sum((t.tax_amount for t in taxes), Decimal(0))
+            total = subtotal + tax_total
+        issue_date = cycle.end_date
+        return cls(
+            bill_id=uuid.uuid4(),
+            bill_unit_id=unit.bill_unit_id,
+            account_id=unit.account_id,
+            bill_cycle_id=cycle.bill_cycle_id,
+            currency_code=unit.currency_code,
+            period=Period.of_cycle(cycle),
+            issue_date=issue_date,
+            due_date=issue_date + timedelta(days=profile.payment_terms_days),
+            lines=lines,
+            taxes=taxes,
+            subtotal=subtotal,
+            tax_total=tax_total,
+            total=total,
+            create_time=now.astimezone(UTC),
+        )
+
+    @property
+    def is_zero(self) -> bool:
+        return self.total == 0
+
+    @property
+    def charge_ids(self) -> list[uuid.UUID]:
+        return [charge_id for line in self.lines for charge_id in line.charge_ids]
+
+    def issue(self, number: BillNumber, now: datetime) -> None:
+        """DRAFT -> ISSUED with its number; records BillIssued."""
+        if self.status is not BillStatus.DRAFT or self.suppressed:
+            raise InvalidBill(f"bill {self.bill_id} is {self.status.value}, only a draft is issued")
+        if now.utcoffset() is None:
+            raise InvalidBill("now must be timezone-aware")
+        self.status = BillStatus.ISSUED
+        self.number = number
+        self.issue_time = now.astimezone(UTC)
+        self.events.append(BillIssued(self))
+
+    def suppress(self) -> None:
+        """A zero-amount bill that is not issued: it stays DRAFT, without a number, for good."""
+        if self.status is not BillStatus.DRAFT:
+            raise InvalidBill(f"bill {self.bill_id} is {self.status.value}, only a draft is suppressed")
+        if not self.is_zero:
+            raise InvalidBill(f"bill {self.bill_id} totals {self.total}: only a zero-amount bill is suppressed")
+        self.suppressed = True
+
+
+@dataclass(frozen=True)
+class BillIssued:
+    bill: Bill
+
+
+@dataclass(frozen=True, order=True)
+class BillListPosition:
+    """Where a listing of bills stands (newest first): the sort key of the last bill returned."""
+
+    issue_date: date
+    create_time: datetime
+    bill_id: uuid.UUID
+
+
+@dataclass(frozen=True, order=True)
+class ItemListPosition:
+    """Where a listing of unbilled items stands (oldest first): the last item's sort key."""
+
+    event_time: datetime
+    charge_id: uuid.UUID

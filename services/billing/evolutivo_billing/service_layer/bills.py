@@ -1,0 +1,180 @@
+"""Use cases of bill items and bills: charges received from charging, the bill of a closing
+cycle (run by the cycle closer, in the transaction that closes the cycle), and reading bills."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from evolutivo_runtime.errors import NotFound
+
+from evolutivo_billing.domain.bills import (
+    Bill,
+    BillItem,
+    BillListPosition,
+    Charge,
+    ItemListPosition,
+    Period,
+    TaxRates,
+)
+from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
+from evolutivo_billing.domain.model import BillingProfile, BillUnit
+from evolutivo_billing.domain.numbering import NumberFormat
+from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
+
+log = logging.getLogger(__name__)
+
+# Reads of a unit's open cycle while a closer is replacing it (see BillCycleRepository.open_for_unit).
+OPEN_CYCLE_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class BillPolicy:
+    """How bills are built and issued (BILLING_TAX_RATES, BILLING_NUMBER_FORMAT,
+    BILLING_SUPPRESS_ZERO_BILLS)."""
+
+    tax_rates: TaxRates = field(default_factory=TaxRates)
+    numbering: NumberFormat = field(default_factory=NumberFormat)
+    suppress_zero_bills: bool = False
+
+
+class NoOpenCycle(LookupError):
+    """A bill unit without an open cycle (never once it exists): the charges wait and are retried."""
+
+
+async def record_charges(uow: BillingUnitOfWork, charges: Sequence[Charge]) -> int:
+    """On ChargesCreated: each charge billing has not received becomes an unbilled item of its
+    bill unit; returns how many. A charge goes into its own cycle while that cycle is open, else
+    (closed, or not a cycle billing knows for the account) into the unit's open cycle, flagged
+    late when its event time is before that cycle, and labelled with the period its event time
+    falls in. The cycles are share-locked until the transaction ends: a closer closing one is
+    waited for (its items then go to the cycle it opened), one not yet closing it skips it until
+    the charges are in, so an item never lands in a cycle after its bill.
+
+    Runs inside the consumer's transaction (the caller commits). A charge for an account billing
+    has no bill unit for, in another currency than the account's, or not rounded to the minor
+    unit, raises: the event is retried, then dead-lettered (replayable)."""
+    now = uow.clock.now()
+    known = await uow.bill_items.known({c.charge_id for c in charges})
+    by_account: dict[uuid.UUID, dict[uuid.UUID, Charge]] = defaultdict(dict)
+    for charge in charges:
+        if charge.charge_id not in known:
+            by_account[charge.account_id].setdefault(charge.charge_id, charge)
+    items: list[BillItem] = []
+    for account_id in sorted(by_account):
+        unit = await uow.bill_units.for_account(account_id)
+        if unit is None:
+            raise LookupError(f"billing has no bill unit for account {account_id}")
+        fresh = list(by_account[account_id].values())
+        targets: dict[uuid.UUID | None, tuple[BillCycle, BillCycle | None]] = {}
+        for cycle_id in sorted({c.bill_cycle_id for c in fresh}, key=str):
+            rated = await uow.bill_cycles.get(cycle_id, for_share=True) if cycle_id is not None else None
+            if rated is not None and rated.bill_unit_id != unit.bill_unit_id:
+                rated = None  # another unit's cycle: as if unknown
+            if rated is not None and rated.status is BillCycleStatus.OPEN:
+                targets[cycle_id] = (rated, rated)
+            else:
+                targets[cycle_id] = (await _open_cycle(uow, unit), rated)
+        for charge in fresh:
+            target, rated = targets[charge.bill_cycle_id]
+            period = await _period(uow, unit, charge.event_time, target, rated)
+            items.append(BillItem.place(charge, unit, target, period, now))
+    inserted = await uow.bill_items.add_all(items)
+    late = sum(1 for i in items if i.late and i.charge_id in inserted)
+    if inserted:
+        log.debug("charges received", extra={"items": len(inserted), "late": late})
+    return len(inserted)
+
+
+async def _open_cycle(uow: BillingUnitOfWork, unit: BillUnit) -> BillCycle:
+    for _ in range(OPEN_CYCLE_ATTEMPTS):
+        cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id, for_share=True)
+        if cycle is not None:
+            return cycle
+    raise NoOpenCycle(f"bill unit {unit.bill_unit_id} has no open cycle")
+
+
+async def _period(
+    uow: BillingUnitOfWork, unit: BillUnit, event_time: datetime, target: BillCycle, rated: BillCycle | None
+) -> Period:
+    """The period an event time falls in: the unit's cycle holding it, else its local day."""
+    for cycle in (target, rated):
+        if cycle is not None and cycle.start_time <= event_time < cycle.end_time:
+            return Period.of_cycle(cycle)
+    found = await uow.bill_cycles.containing(unit.bill_unit_id, event_time)
+    return Period.of_cycle(found) if found is not None else Period.of_day(event_time, unit.time_zone)
+
+
+def series_to_lock(policy: BillPolicy, cycles: Sequence[BillCycle]) -> set[str]:
+    """The number series the bills of these cycles may be numbered from (by their issue dates)."""
+    return {policy.numbering.series(c.end_date) for c in cycles}
+
+
+async def bill_cycle(
+    uow: BillingUnitOfWork, unit: BillUnit, profile: BillingProfile, cycle: BillCycle, now: datetime, policy: BillPolicy
+) -> Bill:
+    """The bill of a cycle being closed, in the closing transaction: every unbilled item of the
+    cycle goes on it, grouped into lines, taxed, created DRAFT and issued with the next number of
+    its series, or suppressed when it totals zero and the policy says so. The caller tracks it.
+
+    `profile` is the profile the cycle ran under. The unique (bill unit, cycle) key makes a second
+    bill for the cycle fail, and the number is taken in this transaction: a rollback gives it back."""
+    items = await uow.bill_items.unbilled_in_cycle(cycle.bill_cycle_id)
+    bill = Bill.for_cycle(unit, cycle, profile, items, policy.tax_rates, now)
+    if bill.is_zero and policy.suppress_zero_bills:
+        bill.suppress()
+    else:
+        series = policy.numbering.series(bill.issue_date)
+        bill.issue(policy.numbering.number(bill.issue_date, await uow.bill_numbers.next(series)), now)
+    await uow.bills.add(bill, uow.bill_items)
+    unknown = sorted(t.tax_code for t in bill.taxes if not policy.tax_rates.knows(t.tax_code))
+    if unknown:
+        log.warning(
+            "tax codes without a rate taxed at the standard rate",
+            extra={"bill_id": str(bill.bill_id), "tax_codes": unknown},
+        )
+    return bill
+
+
+async def get_bill(uow: BillingUnitOfWork, bill_id: uuid.UUID) -> Bill:
+    async with uow:
+        bill = await uow.bills.get(bill_id)
+        if bill is None:
+            raise NotFound("bill", str(bill_id))
+        return bill
+
+
+async def list_bills(
+    uow: BillingUnitOfWork, account_id: uuid.UUID, page_size: int, before: BillListPosition | None
+) -> tuple[list[Bill], BillListPosition | None]:
+    """One page of the account's bills, newest first, and where the next page starts (None on
+    the last page). NotFound when billing has no bill unit for the account."""
+    async with uow:
+        if await uow.bill_units.for_account(account_id) is None:
+            raise NotFound("account", str(account_id))
+        found = await uow.bills.list_for_account(account_id, before, page_size + 1)
+    if len(found) > page_size:
+        page = found[:page_size]
+        last = page[-1]
+        return page, BillListPosition(last.issue_date, last.create_time, last.bill_id)
+    return found, None
+
+
+async def list_unbilled_items(
+    uow: BillingUnitOfWork, account_id: uuid.UUID, page_size: int, after: ItemListPosition | None
+) -> tuple[list[BillItem], ItemListPosition | None]:
+    """One page of the account's unbilled items, oldest event time first. NotFound when billing
+    has no bill unit for the account."""
+    async with uow:
+        if await uow.bill_units.for_account(account_id) is None:
+            raise NotFound("account", str(account_id))
+        found = await uow.bill_items.list_unbilled(account_id, after, page_size + 1)
+    if len(found) > page_size:
+        page = found[:page_size]
+        last = page[-1]
+        return page, ItemListPosition(last.charge.event_time, last.charge_id)
+    return found, None
