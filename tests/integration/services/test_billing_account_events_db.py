@@ -183,7 +183,7 @@ def profile_changed(account_id: uuid.UUID, new_day: int, change_time: datetime, 
 
 
 def consumer(db: BillingDb) -> EventConsumer[BillingUnitOfWork]:
-    subscription, _ = subscriptions()  # customer's stream
+    subscription = subscriptions()[0]  # customer's stream
     return EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

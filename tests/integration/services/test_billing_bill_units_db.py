@@ -135,7 +135,7 @@ def account_created(
 
 
 def consumer(db: BillingDb) -> EventConsumer[BillingUnitOfWork]:
-    subscription, _ = subscriptions()  # customer's stream
+    subscription = subscriptions()[0]  # customer's stream
     return EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

@@ -241,7 +241,7 @@ def charges_created(*charges: usage_pb2.RatedCharge, currency: str = "EUR") -> F
 
 async def deliver(db: BillingDb, *msgs: FakeMsg, must_apply: bool = True) -> None:
     """One fetched batch of charging's stream, applied as the service's consumer applies it."""
-    _, subscription = subscriptions()
+    subscription = subscriptions()[1]
     consumer = EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

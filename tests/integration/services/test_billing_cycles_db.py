@@ -217,7 +217,7 @@ def account_created(account_id: uuid.UUID, create_time: datetime | None, occurre
 
 async def deliver(db: BillingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    subscription, _ = subscriptions()  # customer's stream
+    subscription = subscriptions()[0]  # customer's stream
     consumer = EventConsumer(
         js=None,  # type: ignore[arg-type]  # process() never touches JetStream
         subscription=subscription,

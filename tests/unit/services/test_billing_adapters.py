@@ -131,7 +131,7 @@ def test_a_forged_token_is_invalid_argument(token: str) -> None:
 
 
 def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
-    sub, _ = subscriptions()
+    sub = subscriptions()[0]
     assert sub.durable == "billing"
     assert sub.stream == "EVOLUTIVO_CUSTOMER"
     assert sub.subjects == [
@@ -151,7 +151,7 @@ def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
 
 
 def test_consumes_charges_from_charging_with_its_own_durable() -> None:
-    _, sub = subscriptions()
+    sub = subscriptions()[1]
     assert (sub.durable, sub.stream, sub.subjects) == (
         "billing",
         "EVOLUTIVO_CHARGING",

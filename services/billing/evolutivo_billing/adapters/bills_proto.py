@@ -145,6 +145,9 @@ def bill_to_pb(bill: Bill, with_charge_ids: bool = True) -> bill_pb2.Bill:
         create_time=to_timestamp(bill.create_time),
         issue_time=to_timestamp(bill.issue_time),
         suppressed=bill.suppressed,
+        paid_amount=to_money(bill.paid_amount, currency),
+        open_amount=to_money(bill.open_amount, currency),
+        overdue_time=to_timestamp(bill.overdue_time),
     )
 
 

@@ -4,15 +4,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Uuid, any_, bindparam, select, tuple_, update
+from sqlalchemy import Date, DateTime, Uuid, any_, bindparam, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evolutivo_billing.adapters.orm import bill_items, bill_lines, bill_number_series, bill_taxes, bills
+from evolutivo_billing.adapters.orm import (
+    bill_items,
+    bill_lines,
+    bill_number_series,
+    bill_taxes,
+    bill_units,
+    bills,
+    payment_allocations,
+    payments,
+)
 from evolutivo_billing.domain.bills import (
+    OPEN_STATUSES,
     Bill,
     BillItem,
     BillLine,
@@ -231,16 +243,75 @@ class BillRepository:
         return await self._complete(rows, with_charge_ids=False)
 
     async def open_for_unit(self, bill_unit_id: uuid.UUID) -> list[OpenBill]:
-        """The unit's issued bills with something to pay: no payments are recorded yet, so each
-        owes its total (a bill totalling zero or less owes nothing and is left out)."""
+        """The unit's bills with something to pay: ISSUED, PARTIALLY_PAID or OVERDUE, each owing
+        total - paid_amount (a bill owing nothing, e.g. totalling zero, is left out)."""
         t = bills
-        query = select(t.c.bill_id, t.c.bill_number, t.c.total, t.c.due_date).where(
-            t.c.bill_unit_id == bill_unit_id, t.c.status == BillStatus.ISSUED.value, t.c.total > 0
+        query = select(t.c.bill_id, t.c.bill_number, t.c.total, t.c.paid_amount, t.c.due_date).where(
+            t.c.bill_unit_id == bill_unit_id,
+            t.c.status.in_([s.value for s in OPEN_STATUSES]),
+            t.c.total > t.c.paid_amount,
         )
         return [
-            OpenBill(row.bill_id, row.bill_number, _plain(row.total), _plain(row.total), row.due_date)
+            OpenBill(row.bill_id, row.bill_number, _plain(row.total), _plain(row.total - row.paid_amount), row.due_date)
             for row in await self._session.execute(query)
         ]
+
+    async def open_for_update(self, bill_unit_id: uuid.UUID) -> list[Bill]:
+        """The unit's open bills (ISSUED, PARTIALLY_PAID, OVERDUE, owing something), locked
+        (FOR UPDATE) in bill_id order, the one order every payment locks bills in; no charge ids."""
+        t = bills
+        query = (
+            select(t)
+            .where(
+                t.c.bill_unit_id == bill_unit_id,
+                t.c.status.in_([s.value for s in OPEN_STATUSES]),
+                t.c.total > t.c.paid_amount,
+            )
+            .order_by(t.c.bill_id)
+            .with_for_update()
+        )
+        rows = [row._mapping for row in await self._session.execute(query)]
+        return await self._complete(rows, with_charge_ids=False)
+
+    async def many_for_update(self, bill_ids: Collection[uuid.UUID]) -> list[Bill]:
+        """These bills, locked (FOR UPDATE) in bill_id order; no charge ids."""
+        if not bill_ids:
+            return []
+        t = bills
+        query = select(t).where(t.c.bill_id == _any_of(bill_ids)).order_by(t.c.bill_id).with_for_update()
+        rows = [row._mapping for row in await self._session.execute(query)]
+        return await self._complete(rows, with_charge_ids=False)
+
+    async def claim_overdue(self, now: datetime, limit: int) -> list[tuple[Bill, str]]:
+        """Up to `limit` ISSUED / PARTIALLY_PAID bills owing something whose due date is before
+        today in their account's time zone, locked FOR UPDATE SKIP LOCKED (replicas claim
+        different bills), with the time zone; oldest due first."""
+        t = bills
+        u = bill_units
+        today = func.timezone(u.c.time_zone, bindparam("now", now, type_=DateTime(timezone=True))).cast(Date)
+        query = (
+            select(t, u.c.time_zone.label("unit_time_zone"))
+            .join(u, u.c.bill_unit_id == t.c.bill_unit_id)
+            .where(
+                t.c.status.in_([BillStatus.ISSUED.value, BillStatus.PARTIALLY_PAID.value]),
+                t.c.total > t.c.paid_amount,
+                t.c.due_date < today,
+            )
+            .order_by(t.c.due_date, t.c.bill_id)
+            .limit(limit)
+            .with_for_update(of=t, skip_locked=True)
+        )
+        rows = [row._mapping for row in await self._session.execute(query)]
+        found = await self._complete(rows, with_charge_ids=False)
+        return [(bill, row["unit_time_zone"]) for bill, row in zip(found, rows, strict=True)]
+
+    async def save_payment_state(self, bill: Bill) -> None:
+        """Stores what payments and the overdue marker change: status, paid_amount, overdue_time."""
+        await self._session.execute(
+            update(bills)
+            .where(bills.c.bill_id == bill.bill_id)
+            .values(status=bill.status.value, paid_amount=bill.paid_amount, overdue_time=bill.overdue_time)
+        )
 
     async def _complete(self, rows: Sequence[Any], with_charge_ids: bool) -> list[Bill]:
         """Bills from their rows, with their lines and taxes (and the lines' charge ids)."""
@@ -293,6 +364,8 @@ def _bill_row(bill: Bill) -> dict[str, Any]:
         "create_time": bill.create_time,
         "issue_time": bill.issue_time,
         "suppressed": bill.suppressed,
+        "paid_amount": bill.paid_amount,
+        "overdue_time": bill.overdue_time,
     }
 
 
@@ -338,6 +411,8 @@ def _bill(
         number=number,
         issue_time=row["issue_time"],
         suppressed=row["suppressed"],
+        paid_amount=_plain(row["paid_amount"]),
+        overdue_time=row["overdue_time"],
     )
 
 
@@ -368,3 +443,99 @@ class BillNumberSeriesRepository:
             .returning(t.c.last_number)
         )
         return int(result.scalar_one())
+
+
+@dataclass(frozen=True)
+class ReceivedPayment:
+    payment_id: uuid.UUID
+    account_id: uuid.UUID
+    currency_code: str
+    amount: Decimal
+    unallocated: Decimal
+    reversed: bool
+    received_time: datetime
+
+
+def _payment(row: Any) -> ReceivedPayment:
+    return ReceivedPayment(
+        row.payment_id,
+        row.account_id,
+        row.currency_code,
+        _plain(row.amount),
+        _plain(row.unallocated),
+        row.reversed,
+        row.received_time,
+    )
+
+
+class PaymentRepository:
+    """The payments billing received from balance, their unallocated remainders (the account's
+    credit) and their allocations to bills."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, payment: ReceivedPayment, now: datetime) -> bool:
+        """Inserts the payment unless billing has it already (False then: nothing to do)."""
+        t = payments
+        result = await self._session.execute(
+            insert(t)
+            .values(
+                payment_id=payment.payment_id,
+                account_id=payment.account_id,
+                currency_code=payment.currency_code,
+                amount=payment.amount,
+                unallocated=payment.unallocated,
+                reversed=payment.reversed,
+                received_time=payment.received_time,
+                record_time=now,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.payment_id])
+            .returning(t.c.payment_id)
+        )
+        return result.first() is not None
+
+    async def get(self, payment_id: uuid.UUID, for_update: bool = False) -> ReceivedPayment | None:
+        query = select(payments).where(payments.c.payment_id == payment_id)
+        if for_update:
+            query = query.with_for_update()
+        row = (await self._session.execute(query)).first()
+        return _payment(row) if row is not None else None
+
+    async def set_unallocated(self, payment_id: uuid.UUID, unallocated: Decimal, reversed_: bool = False) -> None:
+        await self._session.execute(
+            update(payments)
+            .where(payments.c.payment_id == payment_id)
+            .values(unallocated=unallocated, reversed=reversed_)
+        )
+
+    async def credits_for_update(self, account_id: uuid.UUID) -> list[ReceivedPayment]:
+        """The account's payments with something unallocated, oldest received first, locked."""
+        t = payments
+        query = (
+            select(t)
+            .where(t.c.account_id == account_id, t.c.unallocated > 0)
+            .order_by(t.c.received_time, t.c.payment_id)
+            .with_for_update()
+        )
+        return [_payment(row) for row in await self._session.execute(query)]
+
+    async def allocate(self, payment_id: uuid.UUID, bill_id: uuid.UUID, amount: Decimal, now: datetime) -> bool:
+        """Records what the payment pays on the bill; False if it has paid on that bill already."""
+        t = payment_allocations
+        result = await self._session.execute(
+            insert(t)
+            .values(payment_id=payment_id, bill_id=bill_id, amount=amount, create_time=now)
+            .on_conflict_do_nothing(index_elements=[t.c.payment_id, t.c.bill_id])
+            .returning(t.c.bill_id)
+        )
+        return result.first() is not None
+
+    async def allocations_of(self, payment_id: uuid.UUID) -> dict[uuid.UUID, Decimal]:
+        t = payment_allocations
+        rows = await self._session.execute(select(t.c.bill_id, t.c.amount).where(t.c.payment_id == payment_id))
+        return {row.bill_id: _plain(row.amount) for row in rows}
+
+    async def remove_allocations(self, payment_id: uuid.UUID) -> None:
+        t = payment_allocations
+        await self._session.execute(t.delete().where(t.c.payment_id == payment_id))

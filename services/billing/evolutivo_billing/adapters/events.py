@@ -6,7 +6,7 @@ from evolutivo.billing.v1 import events_pb2
 from google.protobuf.message import Message
 
 from evolutivo_billing.adapters import bills_proto, proto
-from evolutivo_billing.domain.bills import BillIssued
+from evolutivo_billing.domain.bills import BillIssued, BillOverdue, BillPaid, BillPartiallyPaid
 from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
 
@@ -14,6 +14,9 @@ BILL_UNIT_CREATED = "evolutivo.billing.v1.bill_unit.created"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
 BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
 BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
+BILL_PAID = "evolutivo.billing.v1.bill.paid"
+BILL_PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
+BILL_OVERDUE = "evolutivo.billing.v1.bill.overdue"
 
 
 def encode(event: object) -> tuple[str, Message]:
@@ -29,4 +32,12 @@ def encode(event: object) -> tuple[str, Message]:
         case BillIssued(bill=bill):
             # Without the lines' charge ids (GetBill has them): the event stays small.
             return BILL_ISSUED, events_pb2.BillIssued(bill=bills_proto.bill_to_pb(bill, with_charge_ids=False))
+        case BillPaid(bill=bill):
+            return BILL_PAID, events_pb2.BillPaid(bill=bills_proto.bill_to_pb(bill, with_charge_ids=False))
+        case BillPartiallyPaid(bill=bill):
+            return BILL_PARTIALLY_PAID, events_pb2.BillPartiallyPaid(
+                bill=bills_proto.bill_to_pb(bill, with_charge_ids=False)
+            )
+        case BillOverdue(bill=bill):
+            return BILL_OVERDUE, events_pb2.BillOverdue(bill=bills_proto.bill_to_pb(bill, with_charge_ids=False))
     raise TypeError(f"no protobuf event for {type(event).__name__}")

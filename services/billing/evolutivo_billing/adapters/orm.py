@@ -103,6 +103,9 @@ bills = Table(
     Column("create_time", DateTime(timezone=True), nullable=False),
     Column("issue_time", DateTime(timezone=True)),
     Column("suppressed", Boolean, nullable=False, server_default="false"),
+    # Since 0005: what payments allocated to it have paid, and when it first went overdue.
+    Column("paid_amount", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("overdue_time", DateTime(timezone=True)),
     # A cycle is billed once, whoever (replica, rerun) bills it.
     UniqueConstraint("bill_unit_id", "bill_cycle_id", name="bills_one_per_cycle"),
     UniqueConstraint("number_series", "number_sequence", name="bills_series_sequence"),
@@ -117,6 +120,14 @@ bills = Table(
     CheckConstraint("(status = 'draft') = (issue_time is null)", name="bills_issue_time"),
     CheckConstraint("not suppressed or (status = 'draft' and total = 0)", name="bills_suppressed_zero"),
     CheckConstraint("total = subtotal + tax_total", name="bills_total_adds_up"),
+    CheckConstraint("paid_amount >= 0 and (paid_amount = 0 or paid_amount <= total)", name="bills_paid_amount"),
+    # Payments and the overdue marker: a unit's open bills.
+    Index(
+        "bills_open",
+        "bill_unit_id",
+        "due_date",
+        postgresql_where=text("status in ('issued', 'partially_paid', 'overdue')"),
+    ),
     # ListBills: an account's bills, newest first.
     Index("bills_listing", "account_id", "issue_date", "create_time", "bill_id"),
 )
@@ -197,6 +208,37 @@ bill_number_series = Table(
     Column("series_key", Text, primary_key=True),
     Column("last_number", BigInteger, nullable=False),
     CheckConstraint("last_number >= 0", name="bill_number_series_last_number"),
+)
+
+# Since 0005: the payments billing received from balance (PaymentRecorded), with what no open bill
+# took (the account's credit, applied to its next bills), and what each paid on which bill.
+payments = Table(
+    "payments",
+    metadata,
+    Column("payment_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("currency_code", Text, nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("unallocated", Numeric(38, 9), nullable=False),
+    Column("reversed", Boolean, nullable=False),
+    Column("received_time", DateTime(timezone=True), nullable=False),
+    Column("record_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint("unallocated >= 0 and unallocated <= amount", name="payments_unallocated"),
+    CheckConstraint("not reversed or unallocated = 0", name="payments_reversed_no_credit"),
+    Index("payments_credit", "account_id", "received_time", "payment_id", postgresql_where=text("unallocated > 0")),
+)
+
+payment_allocations = Table(
+    "payment_allocations",
+    metadata,
+    Column("payment_id", Uuid, ForeignKey("payments.payment_id"), nullable=False),
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    # A payment pays a bill once: a redelivery allocates nothing twice.
+    PrimaryKeyConstraint("payment_id", "bill_id", name="payment_allocations_pkey"),
+    CheckConstraint("amount > 0", name="payment_allocations_amount"),
+    Index("payment_allocations_bill", "bill_id"),
 )
 
 outbox, inbox = messaging_tables(metadata)

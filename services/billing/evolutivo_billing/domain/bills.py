@@ -283,6 +283,10 @@ class Bill:
     number: BillNumber | None = None
     issue_time: datetime | None = None
     suppressed: bool = False
+    # What payments allocated to it have paid (docs/billing.md, "Payments").
+    paid_amount: Decimal = Decimal(0)
+    # When it first went OVERDUE (BillOverdue is published then, once).
+    overdue_time: datetime | None = None
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
@@ -358,9 +362,86 @@ class Bill:
             raise InvalidBill(f"bill {self.bill_id} totals {self.total}: only a zero-amount bill is suppressed")
         self.suppressed = True
 
+    @property
+    def open_amount(self) -> Decimal:
+        """What is still to pay: total - paid_amount."""
+        return self.total - self.paid_amount
+
+    @property
+    def is_open(self) -> bool:
+        """Payments are allocated to it: ISSUED, PARTIALLY_PAID or OVERDUE with something to pay."""
+        return self.status in OPEN_STATUSES and self.open_amount > 0
+
+    def pay(self, amount: Decimal) -> None:
+        """A payment's allocation: paid_amount grows; PAID when nothing is left to pay (also an
+        OVERDUE bill), else PARTIALLY_PAID (an OVERDUE bill stays OVERDUE). Records BillPaid or
+        BillPartiallyPaid."""
+        if not self.is_open:
+            raise InvalidBill(f"bill {self.bill_id} is {self.status.value} and owes {self.open_amount}")
+        if amount <= 0 or amount > self.open_amount:
+            raise InvalidBill(f"bill {self.bill_id} owes {self.open_amount}, it cannot take {amount}")
+        self.paid_amount += amount
+        if self.open_amount <= 0:
+            self.status = BillStatus.PAID
+        elif self.status is not BillStatus.OVERDUE:
+            # Going OVERDUE is the overdue marker's step (with its BillOverdue), not a payment's.
+            self.status = BillStatus.PARTIALLY_PAID
+        self.events.append(BillPaid(self) if self.status is BillStatus.PAID else BillPartiallyPaid(self))
+
+    def unpay(self, amount: Decimal, today: date, now: datetime) -> None:
+        """A reversed payment's allocation taken back: the bill re-opens, ISSUED, PARTIALLY_PAID or
+        OVERDUE as its due date says (BillOverdue if it never went overdue before)."""
+        if amount <= 0 or amount > self.paid_amount:
+            raise InvalidBill(f"bill {self.bill_id} has paid {self.paid_amount}, {amount} cannot be taken back")
+        self.paid_amount -= amount
+        if self.status in (*OPEN_STATUSES, BillStatus.PAID):
+            self.status = self._settled_status(today)
+            if self.status is BillStatus.OVERDUE and self.overdue_time is None:
+                self.overdue_time = now.astimezone(UTC)
+                self.events.append(BillOverdue(self))
+
+    def mark_overdue(self, today: date, now: datetime) -> bool:
+        """ISSUED / PARTIALLY_PAID past its due date with something to pay -> OVERDUE; BillOverdue
+        the first time. False when it is not due to go overdue."""
+        if self.status not in (BillStatus.ISSUED, BillStatus.PARTIALLY_PAID) or self.open_amount <= 0:
+            return False
+        if self.due_date >= today:
+            return False
+        self.status = BillStatus.OVERDUE
+        if self.overdue_time is None:
+            self.overdue_time = now.astimezone(UTC)
+            self.events.append(BillOverdue(self))
+        return True
+
+    def _settled_status(self, today: date) -> BillStatus:
+        if self.open_amount <= 0:
+            return BillStatus.PAID
+        if self.due_date < today:
+            return BillStatus.OVERDUE
+        return BillStatus.PARTIALLY_PAID if self.paid_amount > 0 else BillStatus.ISSUED
+
+
+# The statuses payments are allocated to (with something still to pay).
+OPEN_STATUSES = (BillStatus.ISSUED, BillStatus.PARTIALLY_PAID, BillStatus.OVERDUE)
+
 
 @dataclass(frozen=True)
 class BillIssued:
+    bill: Bill
+
+
+@dataclass(frozen=True)
+class BillPaid:
+    bill: Bill
+
+
+@dataclass(frozen=True)
+class BillPartiallyPaid:
+    bill: Bill
+
+
+@dataclass(frozen=True)
+class BillOverdue:
     bill: Bill
 
 

@@ -44,7 +44,7 @@ def wire(rt: Runtime) -> Wiring:
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
-        upstream_services=["customer", "charging"],
+        upstream_services=["customer", "charging", "balance"],
         background=[closer.run],
     )
 

@@ -5,22 +5,28 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.balance.v1 import payment_pb2
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.money import from_money
 from evolutivo_runtime.timestamps import from_timestamp
 
 from evolutivo_billing.adapters import bills_proto, proto
-from evolutivo_billing.service_layer import bills, handlers
+from evolutivo_billing.adapters.bills_repository import ReceivedPayment
+from evolutivo_billing.service_layer import bills, handlers, payments
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 BILLING_PROFILE_CHANGED = "evolutivo.customer.v1.account.billing_profile_changed"
 CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
+PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
+PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
 
 
 def _create_time(account: account_pb2.Account) -> datetime | None:
@@ -87,6 +93,27 @@ async def on_charges_created(uow: BillingUnitOfWork, event: charging_events.Char
     await bills.record_charges(uow, [bills_proto.charge_from_pb(c, event.currency_code) for c in event.charges])
 
 
+def _payment(payment: payment_pb2.Payment, meta: EventMeta) -> ReceivedPayment:
+    amount = from_money(payment.amount)
+    return ReceivedPayment(
+        payment_id=uuid.UUID(payment.payment_id),
+        account_id=uuid.UUID(payment.account_id),
+        currency_code=payment.amount.currency_code,
+        amount=amount,
+        unallocated=amount,
+        reversed=False,
+        received_time=from_timestamp(payment.received_time) if payment.HasField("received_time") else meta.occurred_at,
+    )
+
+
+async def on_payment_recorded(uow: BillingUnitOfWork, event: balance_events.PaymentRecorded, meta: EventMeta) -> None:
+    await payments.record_payment(uow, _payment(event.payment, meta))
+
+
+async def on_payment_reversed(uow: BillingUnitOfWork, event: balance_events.PaymentReversed, meta: EventMeta) -> None:
+    await payments.reverse_payment(uow, _payment(event.payment, meta))
+
+
 def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
     return [
         Subscription(
@@ -112,6 +139,19 @@ def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
             handlers={
                 charging_events.ChargesCreated.DESCRIPTOR.full_name: EventHandler(
                     charging_events.ChargesCreated, on_charges_created
+                ),
+            },
+        ),
+        Subscription(
+            durable="billing",
+            stream=stream_name("balance"),
+            subjects=[PAYMENT_RECORDED, PAYMENT_REVERSED],
+            handlers={
+                balance_events.PaymentRecorded.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.PaymentRecorded, on_payment_recorded
+                ),
+                balance_events.PaymentReversed.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.PaymentReversed, on_payment_reversed
                 ),
             },
         ),

@@ -1,5 +1,6 @@
 """The cycle closer: a background loop every billing replica runs (Wiring.background). Closing a
-cycle bills it, in the same transaction (the bill run).
+cycle bills it, in the same transaction (the bill run). After each catch-up it marks the bills
+past their due date OVERDUE (docs/billing.md, "Payments").
 
 Every `BILLING_CYCLE_CHECK_SECONDS` it runs passes of `close_due_cycles` until one closes nothing,
 so a unit several cycles behind catches up, one cycle per pass, in order. Replicas share the work
@@ -15,6 +16,7 @@ from datetime import timedelta
 
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.cycles import any_due, close_due_cycles
+from evolutivo_billing.service_layer.payments import mark_overdue_bills
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 
@@ -61,8 +63,19 @@ class CycleCloser:
             may_wait = bool(done.closed)
         return total
 
+    async def mark_overdue(self, stop: asyncio.Event | None = None) -> int:
+        """Passes of the overdue marker until one marks fewer than a batch; returns how many."""
+        total = 0
+        while stop is None or not stop.is_set():
+            marked = await mark_overdue_bills(self._uow(), self.batch_size)
+            total += marked
+            if marked < self.batch_size:
+                break
+        return total
+
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             await self.catch_up(stop)
+            await self.mark_overdue(stop)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.check_seconds)

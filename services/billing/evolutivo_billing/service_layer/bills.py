@@ -24,6 +24,7 @@ from evolutivo_billing.domain.bills import (
 from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import BillingProfile, BillUnit
 from evolutivo_billing.domain.numbering import NumberFormat
+from evolutivo_billing.service_layer.payments import apply_credit
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ async def bill_cycle(
         series = policy.numbering.series(bill.issue_date)
         bill.issue(policy.numbering.number(bill.issue_date, await uow.bill_numbers.next(series)), now)
     await uow.bills.add(bill, uow.bill_items)
+    # The account's credit (payments no open bill took) pays it, in this same transaction.
+    await apply_credit(uow, unit, bill, now)
     unknown = sorted(t.tax_code for t in bill.taxes if not policy.tax_rates.knows(t.tax_code))
     if unknown:
         log.warning(

@@ -136,8 +136,8 @@ async def get_billing_summary(uow: BillingUnitOfWork, account_id: uuid.UUID) -> 
 
 
 async def _open_bills(uow: BillingUnitOfWork, unit: BillUnit) -> list[OpenBill]:
-    """The unit's bills with something still to pay: its ISSUED bills, each owing its total until
-    payments arrive with a later issue (BillingSummary flags those past their due date)."""
+    """The unit's bills with something still to pay (ISSUED, PARTIALLY_PAID, OVERDUE), each owing
+    its total less what payments paid (BillingSummary flags those past their due date)."""
     return await uow.bills.open_for_unit(unit.bill_unit_id)
 
 

@@ -4,7 +4,12 @@ from typing import Self
 
 from evolutivo_runtime.uow import UnitOfWork
 
-from evolutivo_billing.adapters.bills_repository import BillItemRepository, BillNumberSeriesRepository, BillRepository
+from evolutivo_billing.adapters.bills_repository import (
+    BillItemRepository,
+    BillNumberSeriesRepository,
+    BillRepository,
+    PaymentRepository,
+)
 from evolutivo_billing.adapters.repository import BillCycleRepository, BillUnitRepository
 
 
@@ -14,6 +19,7 @@ class BillingUnitOfWork(UnitOfWork):
     bill_items: BillItemRepository
     bills: BillRepository
     bill_numbers: BillNumberSeriesRepository
+    payments: PaymentRepository
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -22,4 +28,5 @@ class BillingUnitOfWork(UnitOfWork):
         self.bill_items = BillItemRepository(self.session)
         self.bills = BillRepository(self.session)
         self.bill_numbers = BillNumberSeriesRepository(self.session)
+        self.payments = PaymentRepository(self.session)
         return self

@@ -281,6 +281,9 @@ class Bill(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     ISSUE_TIME_FIELD_NUMBER: _builtins.int
     SUPPRESSED_FIELD_NUMBER: _builtins.int
+    PAID_AMOUNT_FIELD_NUMBER: _builtins.int
+    OPEN_AMOUNT_FIELD_NUMBER: _builtins.int
+    OVERDUE_TIME_FIELD_NUMBER: _builtins.int
     bill_id: _builtins.str
     bill_unit_id: _builtins.str
     account_id: _builtins.str
@@ -332,6 +335,18 @@ class Bill(_message.Message):
     def issue_time(self) -> _timestamp_pb2.Timestamp:
         """When it was issued; unset while DRAFT."""
 
+    @_builtins.property
+    def paid_amount(self) -> _money_pb2.Money:
+        """What payments allocated to it have paid (docs/billing.md, "Payments")."""
+
+    @_builtins.property
+    def open_amount(self) -> _money_pb2.Money:
+        """total - paid_amount: what is still to pay."""
+
+    @_builtins.property
+    def overdue_time(self) -> _timestamp_pb2.Timestamp:
+        """When it first went OVERDUE; unset if it never did."""
+
     def __init__(
         self,
         *,
@@ -354,10 +369,13 @@ class Bill(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         issue_time: _timestamp_pb2.Timestamp | None = ...,
         suppressed: _builtins.bool = ...,
+        paid_amount: _money_pb2.Money | None = ...,
+        open_amount: _money_pb2.Money | None = ...,
+        overdue_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "subtotal", b"subtotal", "tax_total", b"tax_total", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "subtotal", b"subtotal", "tax_total", b"tax_total", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "bill_number", b"bill_number", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "lines", b"lines", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "status", b"status", "subtotal", b"subtotal", "suppressed", b"suppressed", "tax_total", b"tax_total", "taxes", b"taxes", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "bill_number", b"bill_number", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "lines", b"lines", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "status", b"status", "subtotal", b"subtotal", "suppressed", b"suppressed", "tax_total", b"tax_total", "taxes", b"taxes", "total", b"total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from evolutivo.billing.v1 import bill_cycle_pb2 as evolutivo_dot_billing_dot_v1_
 from evolutivo.billing.v1 import bill_unit_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__unit__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Billb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"4\n\x08\x42illPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"=\n\x11\x42illPartiallyPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"7\n\x0b\x42illOverdue\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Billb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,4 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BILLCYCLECLOSED']._serialized_end=440
   _globals['_BILLISSUED']._serialized_start=442
   _globals['_BILLISSUED']._serialized_end=496
+  _globals['_BILLPAID']._serialized_start=498
+  _globals['_BILLPAID']._serialized_end=550
+  _globals['_BILLPARTIALLYPAID']._serialized_start=552
+  _globals['_BILLPARTIALLYPAID']._serialized_end=613
+  _globals['_BILLOVERDUE']._serialized_start=615
+  _globals['_BILLOVERDUE']._serialized_end=670
 # @@protoc_insertion_point(module_scope)

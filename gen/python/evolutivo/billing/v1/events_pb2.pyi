@@ -119,3 +119,75 @@ class BillIssued(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillIssued: _TypeAlias = BillIssued  # noqa: Y015
+
+@_typing.final
+class BillPaid(_message.Message):
+    """Published on "evolutivo.billing.v1.bill.paid" when payments (or account credit) pay a bill in
+    full. Like BillIssued, its lines carry no charge_ids.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillPaid: _TypeAlias = BillPaid  # noqa: Y015
+
+@_typing.final
+class BillPartiallyPaid(_message.Message):
+    """Published on "evolutivo.billing.v1.bill.partially_paid" when a payment (or account credit) pays
+    part of a bill and something is still to pay.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillPartiallyPaid: _TypeAlias = BillPartiallyPaid  # noqa: Y015
+
+@_typing.final
+class BillOverdue(_message.Message):
+    """Published on "evolutivo.billing.v1.bill.overdue" once per bill, when it first goes past its due
+    date (in the account's time zone) with something still to pay.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillOverdue: _TypeAlias = BillOverdue  # noqa: Y015

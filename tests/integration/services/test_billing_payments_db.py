@@ -1,0 +1,449 @@
+"""Payments allocated to bills against a real, migrated database: balance's PaymentRecorded and
+PaymentReversed applied through the service's consumer (oldest due first, part and full payments,
+overpayment kept as credit and applied to the next bill issued, redeliveries allocating nothing
+twice, reversals re-opening what they paid), the overdue marker (once per bill), the billing
+summary's open amounts and the 0005 migration."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from types import SimpleNamespace
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import pytest
+from alembic import command
+from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import billing_service_pb2 as pb
+from evolutivo.billing.v1 import events_pb2
+from evolutivo.charging.v1 import events_pb2 as charging_events
+from evolutivo.charging.v1 import usage_pb2
+from evolutivo_billing.adapters import events
+from evolutivo_billing.adapters.orm import bills, outbox, payment_allocations, payments
+from evolutivo_billing.adapters.orm import inbox as inbox_table
+from evolutivo_billing.domain.bills import Bill, BillStatus, TaxRates
+from evolutivo_billing.domain.model import BillingProfile
+from evolutivo_billing.entrypoints.app import MIGRATIONS
+from evolutivo_billing.entrypoints.consumers import subscriptions
+from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
+from evolutivo_billing.entrypoints.grpc_api import BillingServicer
+from evolutivo_billing.service_layer import handlers
+from evolutivo_billing.service_layer.bills import BillPolicy
+from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
+from evolutivo_runtime.clock import FixedClock
+from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.messaging import envelope
+from evolutivo_runtime.messaging.consumer import EventConsumer
+from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
+from evolutivo_runtime.money import from_money, to_money
+from evolutivo_runtime.timestamps import to_timestamp
+from google.protobuf.message import Message
+from nats.aio.msg import Msg
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+MADRID = ZoneInfo("Europe/Madrid")
+DELAY = timedelta(hours=1)
+NO_CONTEXT: Any = None
+# Billing day 15, due 5 days after issue; 21% standard tax.
+PROFILE = BillingProfile(15, payment_terms_days=5)
+POLICY = BillPolicy(TaxRates({"standard": Decimal("0.21")}))
+
+PAID = "evolutivo.billing.v1.bill.paid"
+PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
+OVERDUE = "evolutivo.billing.v1.bill.overdue"
+_EVENT_TYPES: dict[str, type[Message]] = {
+    "evolutivo.billing.v1.BillPaid": events_pb2.BillPaid,
+    "evolutivo.billing.v1.BillPartiallyPaid": events_pb2.BillPartiallyPaid,
+    "evolutivo.billing.v1.BillOverdue": events_pb2.BillOverdue,
+}
+
+
+def madrid(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=MADRID).astimezone(UTC)
+
+
+NOW = madrid(2031, 5, 10, 12)
+# Bill 1 (cycle 10-15 May) is issued 15 May, due 20 May; bill 2 (15 May-15 Jun) issued 15 Jun, due 20 Jun.
+FIRST_CLOSE = madrid(2031, 5, 15) + DELAY
+SECOND_CLOSE = madrid(2031, 6, 15) + DELAY
+
+
+@dataclass
+class BillingDb:
+    url: str
+    engine: AsyncEngine
+    sessions: async_sessionmaker[AsyncSession]
+    clock: FixedClock
+
+    def uow(self) -> BillingUnitOfWork:
+        return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
+
+    def closer(self) -> CycleCloser:
+        return CycleCloser(self.uow, DELAY, check_seconds=0.05, batch_size=2, policy=POLICY)
+
+    async def bills(self, account_id: uuid.UUID) -> list[Bill]:
+        """The account's bills, oldest first."""
+        async with self.uow() as uow:
+            return list(reversed(await uow.bills.list_for_account(account_id, None, 1000)))
+
+    async def events(self, *subjects: str) -> list[tuple[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(outbox).order_by(outbox.c.seq))).all()
+        return [
+            (row.subject, _EVENT_TYPES[row.event_type].FromString(row.payload))
+            for row in rows
+            if row.subject in subjects
+        ]
+
+    async def count(self, table: Any) -> int:
+        async with self.engine.connect() as conn:
+            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
+
+    async def credit(self, account_id: uuid.UUID) -> Decimal:
+        async with self.engine.connect() as conn:
+            total = await conn.scalar(
+                select(func.coalesce(func.sum(payments.c.unallocated), 0)).where(payments.c.account_id == account_id)
+            )
+        return Decimal(total).normalize() if total else Decimal(0)
+
+
+async def _drop(pg_server_url: str, url: str) -> None:
+    conn = await asyncpg.connect(plain_url(pg_server_url))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
+    url = await new_database("billing")
+    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
+    engine = create_engine(url, pool_size=8)
+    try:
+        yield BillingDb(url, engine, session_factory(engine), FixedClock(NOW))
+    finally:
+        await engine.dispose()
+        await _drop(pg_server_url, url)
+
+
+@dataclass
+class FakeMsg:
+    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
+
+    data: bytes
+    headers: dict[str, str]
+    subject: str
+    attempt: int = 1
+    acked: bool = False
+    naked: bool = False
+    metadata: Any = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.metadata = SimpleNamespace(
+            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
+        )
+
+    async def ack(self) -> None:
+        self.acked = True
+
+    async def nak(self, delay: float | None = None) -> None:
+        self.naked = True
+
+    def again(self) -> FakeMsg:
+        return FakeMsg(self.data, dict(self.headers), self.subject, attempt=self.attempt + 1)
+
+
+def _msg(event: Message, subject: str) -> FakeMsg:
+    event_id = str(uuid.uuid4())
+    return FakeMsg(
+        data=event.SerializeToString(),
+        headers={
+            envelope.MSG_ID: event_id,
+            envelope.EVENT_ID: event_id,
+            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
+            envelope.OCCURRED_AT: NOW.isoformat(),
+        },
+        subject=subject,
+    )
+
+
+async def deliver(db: BillingDb, stream: int, *msgs: FakeMsg) -> None:
+    """One fetched batch of a stream (1 charging, 2 balance), applied as the service's consumer does."""
+    consumer = EventConsumer(
+        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
+        subscription=subscriptions()[stream],
+        uow_factory=db.uow,
+        inbox=inbox_table,
+        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30,
+    )
+    await consumer.process(cast(list[Msg], list(msgs)))
+    assert all(m.acked for m in msgs), "every event applies"
+
+
+async def open_unit(db: BillingDb) -> uuid.UUID:
+    account_id = uuid.uuid4()
+    async with db.uow() as uow:
+        await handlers.open_bill_unit(uow, account_id, "EUR", "Europe/Madrid", PROFILE, db.clock.now(), NOW)
+        await uow.commit()
+    return account_id
+
+
+async def charge(db: BillingDb, account_id: uuid.UUID, amount: str, at: datetime) -> None:
+    """A charge of `amount` (taxed 21%) in the account's open cycle."""
+    async with db.uow() as uow:
+        unit = await uow.bill_units.for_account(account_id)
+        assert unit is not None
+        cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id)
+        assert cycle is not None
+    rated = usage_pb2.RatedCharge(
+        charge_id=str(uuid.uuid4()),
+        account_id=str(account_id),
+        kind=usage_pb2.CHARGE_KIND_USAGE,
+        event_id=f"evt-{uuid.uuid4().hex[:10]}",
+        purchase_id=str(uuid.uuid4()),
+        charge_offer_code="api_pro",
+        charge_offer_version=1,
+        charge_code="api_calls",
+        tax_code="standard",
+        quantity="1",
+        amount=to_money(Decimal(amount), "EUR"),
+        unrounded_amount=amount,
+        event_time=to_timestamp(at),
+        rate_time=to_timestamp(at),
+        bill_cycle_id=str(cycle.bill_cycle_id),
+    )
+    event = charging_events.ChargesCreated(charges=[rated], currency_code="EUR")
+    await deliver(db, 1, _msg(event, "evolutivo.charging.v1.charges.created"))
+
+
+async def close(db: BillingDb, at: datetime) -> None:
+    db.clock.instant = at
+    await db.closer().catch_up()
+
+
+def payment(account_id: uuid.UUID, amount: str, payment_id: uuid.UUID | None = None) -> payment_pb2.Payment:
+    return payment_pb2.Payment(
+        payment_id=str(payment_id or uuid.uuid4()),
+        account_id=str(account_id),
+        balance_group_id=str(uuid.uuid4()),
+        amount=to_money(Decimal(amount), "EUR"),
+        method=payment_pb2.PAYMENT_METHOD_TYPE_BANK_TRANSFER,
+        reference=f"ref-{uuid.uuid4().hex[:8]}",
+        received_time=to_timestamp(NOW),
+        state=payment_pb2.PAYMENT_STATE_RECORDED,
+    )
+
+
+def recorded(p: payment_pb2.Payment) -> FakeMsg:
+    return _msg(balance_events.PaymentRecorded(payment=p), "evolutivo.balance.v1.payment.recorded")
+
+
+def reversed_(p: payment_pb2.Payment) -> FakeMsg:
+    r = payment_pb2.Payment()
+    r.CopyFrom(p)
+    r.state = payment_pb2.PAYMENT_STATE_REVERSED
+    return _msg(balance_events.PaymentReversed(payment=r), "evolutivo.balance.v1.payment.reversed")
+
+
+def states(found: list[Bill]) -> list[tuple[BillStatus, Decimal, Decimal]]:
+    return [(b.status, b.paid_amount, b.open_amount) for b in found]
+
+
+async def two_bills(db: BillingDb) -> uuid.UUID:
+    """An account with bill 1 of 12.10 (due 20 May) and bill 2 of 24.20 (due 20 Jun), both issued."""
+    account_id = await open_unit(db)
+    await charge(db, account_id, "10.00", madrid(2031, 5, 11))
+    await close(db, FIRST_CLOSE)
+    await charge(db, account_id, "20.00", madrid(2031, 6, 1))
+    await close(db, SECOND_CLOSE)
+    db.clock.instant = madrid(2031, 6, 16)
+    return account_id
+
+
+async def test_a_full_payment_pays_the_bill(db: BillingDb) -> None:
+    account_id = await open_unit(db)
+    await charge(db, account_id, "10.00", madrid(2031, 5, 11))
+    await close(db, FIRST_CLOSE)
+    await deliver(db, 2, recorded(payment(account_id, "12.10")))
+
+    (bill,) = await db.bills(account_id)
+    assert (bill.status, bill.paid_amount, bill.open_amount) == (BillStatus.PAID, Decimal("12.10"), Decimal(0))
+    ((subject, event),) = await db.events(PAID, PARTIALLY_PAID)
+    assert subject == PAID and event.bill.bill_id == str(bill.bill_id)
+    assert from_money(event.bill.paid_amount) == Decimal("12.10") and from_money(event.bill.open_amount) == 0
+    summary = await BillingServicer(db.uow).GetBillingSummary(
+        pb.GetBillingSummaryRequest(account_id=str(account_id)), NO_CONTEXT
+    )
+    assert list(summary.open_bills) == []
+    assert await db.credit(account_id) == 0
+
+
+async def test_payments_go_oldest_due_first_part_payments_leave_bills_partly_paid(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    await deliver(db, 2, recorded(payment(account_id, "20.00")))  # 12.10 on bill 1, 7.90 on bill 2
+
+    assert states(await db.bills(account_id)) == [
+        (BillStatus.PAID, Decimal("12.10"), Decimal(0)),
+        (BillStatus.PARTIALLY_PAID, Decimal("7.90"), Decimal("16.30")),
+    ]
+    assert [s for s, _ in await db.events(PAID, PARTIALLY_PAID)] == [PAID, PARTIALLY_PAID]
+    summary = await BillingServicer(db.uow).GetBillingSummary(
+        pb.GetBillingSummaryRequest(account_id=str(account_id)), NO_CONTEXT
+    )
+    (open_bill,) = summary.open_bills
+    assert (from_money(open_bill.total), from_money(open_bill.open_amount)) == (Decimal("24.20"), Decimal("16.30"))
+
+
+async def test_an_overpayment_is_credit_applied_to_the_next_bill_when_issued(db: BillingDb) -> None:
+    account_id = await open_unit(db)
+    await charge(db, account_id, "10.00", madrid(2031, 5, 11))
+    await close(db, FIRST_CLOSE)
+    db.clock.instant = madrid(2031, 5, 16)
+    await deliver(db, 2, recorded(payment(account_id, "20.00")))
+    assert states(await db.bills(account_id)) == [(BillStatus.PAID, Decimal("12.10"), Decimal(0))]
+    assert await db.credit(account_id) == Decimal("7.9")
+
+    await charge(db, account_id, "20.00", madrid(2031, 6, 1))
+    await close(db, SECOND_CLOSE)  # bill 2, 24.20, takes the 7.90 of credit as it is issued
+    assert states(await db.bills(account_id))[1] == (BillStatus.PARTIALLY_PAID, Decimal("7.90"), Decimal("16.30"))
+    assert await db.credit(account_id) == 0
+    assert await db.count(payment_allocations) == 2
+
+    await deliver(db, 2, recorded(payment(account_id, "30.00")))  # 16.30 pays bill 2, 13.70 is credit
+    await close(db, madrid(2031, 7, 15) + DELAY)  # bill 3 is zero: it owes nothing, the credit stays
+    await charge(db, account_id, "5.00", madrid(2031, 7, 20))
+    await close(db, madrid(2031, 8, 15) + DELAY)  # bill 4, 6.05, is paid from the credit
+    found = await db.bills(account_id)
+    assert [b.status for b in found] == [BillStatus.PAID, BillStatus.PAID, BillStatus.ISSUED, BillStatus.PAID]
+    assert found[2].total == 0
+    assert await db.credit(account_id) == Decimal("7.65")
+
+
+async def test_a_redelivered_payment_allocates_nothing_twice(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    p = payment(account_id, "5.00")
+    first = recorded(p)
+    await deliver(db, 2, first)
+    await deliver(db, 2, first.again())  # the same message: the inbox skips it
+    await deliver(db, 2, recorded(p))  # the same payment in another event: billing has it
+    assert states(await db.bills(account_id))[0] == (BillStatus.PARTIALLY_PAID, Decimal("5.00"), Decimal("7.10"))
+    assert await db.count(payment_allocations) == 1
+    assert len(await db.events(PAID, PARTIALLY_PAID)) == 1
+
+
+async def test_a_reversal_reopens_what_the_payment_paid_and_drops_its_credit(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    db.clock.instant = madrid(2031, 6, 16)  # bill 1 is past due, bill 2 is not
+    kept = payment(account_id, "6.00")
+    undone = payment(account_id, "50.00")
+    await deliver(db, 2, recorded(kept), recorded(undone))
+    assert states(await db.bills(account_id)) == [
+        (BillStatus.PAID, Decimal("12.10"), Decimal(0)),
+        (BillStatus.PAID, Decimal("24.20"), Decimal(0)),
+    ]
+    assert await db.credit(account_id) == Decimal("19.7")
+
+    reversal = reversed_(undone)
+    await deliver(db, 2, reversal)
+    await deliver(db, 2, reversal.again(), reversed_(undone))  # once only
+    assert states(await db.bills(account_id)) == [
+        (BillStatus.OVERDUE, Decimal("6.00"), Decimal("6.10")),  # its due date has passed
+        (BillStatus.ISSUED, Decimal(0), Decimal("24.20")),
+    ]
+    assert await db.credit(account_id) == 0
+    assert await db.count(payment_allocations) == 1
+    (overdue,) = await db.events(OVERDUE)  # it went overdue on being re-opened
+    assert overdue[1].bill.bill_number == "F-2031-000001"
+
+    # A reversal that overtakes its payment: the payment then allocates nothing.
+    early = payment(account_id, "100.00")
+    await deliver(db, 2, reversed_(early))
+    await deliver(db, 2, recorded(early))
+    assert states(await db.bills(account_id))[1] == (BillStatus.ISSUED, Decimal(0), Decimal("24.20"))
+    assert await db.credit(account_id) == 0
+
+
+async def test_bills_past_due_are_marked_overdue_once(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    db.clock.instant = madrid(2031, 5, 20, 23, 59)  # bill 1's due date, in Madrid: not yet
+    assert await db.closer().mark_overdue() == 0
+    db.clock.instant = madrid(2031, 5, 21)
+    await deliver(db, 2, recorded(payment(account_id, "2.10")))
+    assert await db.closer().mark_overdue() == 1
+    assert await db.closer().mark_overdue() == 0
+    db.clock.instant = madrid(2031, 6, 21)  # bill 2 is past due too
+    assert await db.closer().mark_overdue() == 1
+    assert [b.status for b in await db.bills(account_id)] == [BillStatus.OVERDUE, BillStatus.OVERDUE]
+    assert [e.bill.bill_number for _, e in await db.events(OVERDUE)] == ["F-2031-000001", "F-2031-000002"]
+
+    summary = await BillingServicer(db.uow).GetBillingSummary(
+        pb.GetBillingSummaryRequest(account_id=str(account_id)), NO_CONTEXT
+    )
+    assert [b.overdue for b in summary.open_bills] == [True, True]
+    assert from_money(summary.overdue_total) == Decimal("34.20")  # 10.00 + 24.20
+
+    await deliver(db, 2, recorded(payment(account_id, "10.00")))  # a paid overdue bill is PAID
+    assert [b.status for b in await db.bills(account_id)] == [BillStatus.PAID, BillStatus.OVERDUE]
+    assert await db.closer().mark_overdue() == 0
+    assert len(await db.events(OVERDUE)) == 2
+
+
+async def test_a_payment_for_an_unknown_account_is_retried(db: BillingDb) -> None:
+    msg = recorded(payment(uuid.uuid4(), "1.00"))
+    consumer = EventConsumer(
+        js=None,  # type: ignore[arg-type]
+        subscription=subscriptions()[2],
+        uow_factory=db.uow,
+        inbox=inbox_table,
+        dead_letters=None,  # type: ignore[arg-type]
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30,
+    )
+    await consumer.process(cast(list[Msg], [msg]))
+    assert msg.naked and not msg.acked
+    assert await db.count(payments) == 0
+
+
+async def test_migration_0005_goes_back_and_forth(
+    new_database: Callable[[str], Awaitable[str]], pg_server_url: str
+) -> None:
+    url = await new_database("billing")
+    config = alembic_config(MIGRATIONS, url)
+    try:
+        await asyncio.to_thread(command.upgrade, config, "head")
+        await asyncio.to_thread(command.downgrade, config, "0004")
+        conn = await asyncpg.connect(plain_url(url))
+        try:
+            for table in ("payments", "payment_allocations"):
+                assert await conn.fetchval(f"select to_regclass('{table}')") is None
+            assert (
+                await conn.fetchval(
+                    "select count(*) from information_schema.columns"
+                    " where table_name = 'bills' and column_name = 'paid_amount'"
+                )
+                == 0
+            )
+            await asyncio.to_thread(command.upgrade, config, "head")
+            assert await conn.fetchval("select count(*) from payment_allocations") == 0
+        finally:
+            await conn.close()
+    finally:
+        await _drop(pg_server_url, url)
+
+
+async def test_a_fresh_database_has_the_payment_tables(db: BillingDb) -> None:
+    assert await db.count(payments) == await db.count(payment_allocations) == await db.count(bills) == 0
