@@ -63,6 +63,7 @@ def test_consumes_account_and_purchase_events_from_customer_with_its_own_durable
     assert (sub.durable, sub.stream) == ("charging", "EVOLUTIVO_CUSTOMER")
     assert sub.subjects == [
         "evolutivo.customer.v1.account.created",
+        "evolutivo.customer.v1.account.updated",
         "evolutivo.customer.v1.account.status_changed",
         "evolutivo.customer.v1.purchase.created",
         "evolutivo.customer.v1.purchase.ended",

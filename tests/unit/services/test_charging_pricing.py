@@ -88,7 +88,11 @@ def test_graduated_tiers_at_their_boundaries(units: Decimal, expected: Decimal) 
 
 def test_graduated_breakdown_traces_an_event_across_bands() -> None:
     priced = price_cumulative(GRADUATED, Decimal(900), Decimal(9200), 2)
-    assert [(line.tier, line.units) for line in priced.breakdown] == [(0, 100), (1, 9000), (2, 100)]
+    assert [(line.tier, line.units) for line in priced.breakdown] == [
+        (0, Decimal(100)),
+        (1, Decimal(9000)),
+        (2, Decimal(100)),
+    ]
     assert sum(line.amount for line in priced.breakdown) == priced.unrounded
     assert priced.amount == round_money(priced.unrounded, 2)
 

@@ -34,6 +34,9 @@ charging_accounts = Table(
     Column("update_time", DateTime(timezone=True), nullable=False),
     # Since 0002: when customer changed the status (NULL: as opened). Orders status events.
     Column("status_change_time", DateTime(timezone=True)),
+    # Since 0007: as of when the currency and time zone are known (customer's account update time;
+    # NULL: unknown). Orders AccountUpdated.
+    Column("details_change_time", DateTime(timezone=True)),
 )
 
 # Since 0003: the charge-offer catalog, one row per version of an offer (adapters/catalog_repository.py).

@@ -30,6 +30,7 @@ class ChargingAccountRepository:
                 status=account.status.value,
                 update_time=account.update_time,
                 status_change_time=account.status_change_time,
+                details_change_time=account.details_change_time,
             )
             .on_conflict_do_nothing(index_elements=[t.c.account_id])
             .returning(t.c.account_id)
@@ -61,9 +62,12 @@ class ChargingAccountRepository:
             update(t)
             .where(t.c.account_id == account.account_id)
             .values(
+                currency_code=account.currency_code,
+                time_zone=account.time_zone,
                 status=account.status.value,
                 update_time=account.update_time,
                 status_change_time=account.status_change_time,
+                details_change_time=account.details_change_time,
             )
         )
 
@@ -76,4 +80,5 @@ def _account(row: Any) -> ChargingAccount:
         status=ChargingAccountStatus(row["status"]),
         update_time=row["update_time"],
         status_change_time=row["status_change_time"],
+        details_change_time=row["details_change_time"],
     )

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from evolutivo.billing.v1 import events_pb2 as billing_events
+from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
@@ -16,11 +18,21 @@ from evolutivo_charging.service_layer import fees, handlers, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
+ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
 ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 PURCHASE_CREATED = "evolutivo.customer.v1.purchase.created"
 PURCHASE_ENDED = "evolutivo.customer.v1.purchase.ended"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
 BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
+
+
+# The fields of AccountUpdated.changed_fields charging keeps.
+_DETAILS_KEPT = frozenset({"currency_code", "time_zone"})
+
+
+def _account_time(account: account_pb2.Account, meta: EventMeta) -> datetime:
+    """As of when the event's account is: its update time; the event's time if it has none."""
+    return from_timestamp(account.update_time) if account.HasField("update_time") else meta.occurred_at
 
 
 async def on_account_created(uow: ChargingUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
@@ -31,6 +43,22 @@ async def on_account_created(uow: ChargingUnitOfWork, event: customer_events.Acc
         account.currency_code,
         account.time_zone,
         proto.status_from_customer_pb(account.status),
+        uow.clock.now(),
+        _account_time(account, meta),
+    )
+
+
+async def on_account_updated(uow: ChargingUnitOfWork, event: customer_events.AccountUpdated, meta: EventMeta) -> None:
+    if _DETAILS_KEPT.isdisjoint(event.changed_fields):
+        return  # a change charging does not keep (display name, contacts...)
+    account = event.account
+    await handlers.update_details(
+        uow,
+        uuid.UUID(account.account_id),
+        account.currency_code,
+        account.time_zone,
+        proto.status_from_customer_pb(account.status),
+        _account_time(account, meta),
         uow.clock.now(),
     )
 
@@ -50,6 +78,7 @@ async def on_account_status_changed(
         proto.status_from_customer_pb(status),
         change_time,
         uow.clock.now(),
+        _account_time(account, meta),
     )
 
 
@@ -93,10 +122,13 @@ def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
         Subscription(
             durable="charging",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED, ACCOUNT_STATUS_CHANGED, PURCHASE_CREATED, PURCHASE_ENDED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED, ACCOUNT_STATUS_CHANGED, PURCHASE_CREATED, PURCHASE_ENDED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
+                ),
+                customer_events.AccountUpdated.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.AccountUpdated, on_account_updated
                 ),
                 customer_events.AccountStatusChanged.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountStatusChanged, on_account_status_changed
