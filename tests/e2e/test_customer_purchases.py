@@ -16,6 +16,7 @@ from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as pb_grpc
 from evolutivo_runtime.timestamps import to_timestamp
 from evolutivo_stack.stack import Stack
+from google.protobuf.field_mask_pb2 import FieldMask
 from google.type import money_pb2
 
 pytestmark = pytest.mark.e2e
@@ -195,3 +196,29 @@ async def test_nothing_is_sold_when_the_catalog_cannot_be_asked(stack: Stack, st
         stack.start_service("charging")
     listed = await stubs.customer.ListPurchases(pb.ListPurchasesRequest(account_id=account.account_id))
     assert list(listed.purchases) == []
+
+
+async def test_the_currency_is_fixed_while_the_account_has_purchases(stubs: Stubs) -> None:
+    offer = await active_offer(stubs)
+    account = await new_account(stubs)
+    change = pb.UpdateAccountRequest(
+        account=account_pb2.Account(account_id=account.account_id, currency_code="USD"),
+        update_mask=FieldMask(paths=["currency_code"]),
+    )
+    bought = (
+        await stubs.customer.CreatePurchase(
+            pb.CreatePurchaseRequest(
+                account_id=account.account_id, purchase=purchase_pb2.Purchase(charge_offer_code=offer.code)
+            )
+        )
+    ).purchase
+    with pytest.raises(grpc.aio.AioRpcError) as fixed:
+        await stubs.customer.UpdateAccount(change)
+    assert fixed.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    unchanged = (await stubs.customer.GetAccount(pb.GetAccountRequest(account_id=account.account_id))).account
+    assert unchanged.currency_code == "EUR"
+    # Without purchases (a fresh account) the currency may still change.
+    other = await new_account(stubs)
+    change.account.account_id = other.account_id
+    assert (await stubs.customer.UpdateAccount(change)).account.currency_code == "USD"
+    assert bought.state == purchase_pb2.PURCHASE_STATE_ACTIVE

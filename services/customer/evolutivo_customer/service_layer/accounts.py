@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 
-from evolutivo_runtime.errors import Aborted, AlreadyExists, NotFound
+from evolutivo_runtime.errors import Aborted, AlreadyExists, FailedPrecondition, NotFound
 
 from evolutivo_customer.adapters.repository import AccountFilter
 from evolutivo_customer.domain.model import (
@@ -68,7 +68,14 @@ async def update_account(
         raise Aborted("ETAG_MISMATCH", "the account changed since it was read; read it again and retry")
     version = account.version
     details, profile = merge(account)
-    if account.update(details, profile, uow.clock.now()):
+    now = uow.clock.now()
+    if details.currency_code != account.details.currency_code and await uow.purchases.open_for_account(account_id, now):
+        # Its purchases' offers are priced in the current currency: changing it would leave their
+        # usage unrated and their fees in the old currency.
+        raise FailedPrecondition(
+            "CURRENCY_FIXED", "account.currency_code cannot change while the account has purchases; end them first"
+        )
+    if account.update(details, profile, now):
         await uow.accounts.save(account, version)
         uow.track(account)
     return account
