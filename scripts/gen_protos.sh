@@ -5,8 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-OUT=gen/python
-rm -rf "$OUT/evolutivo"
+DEST=gen/python
+# Generate into a scratch folder and sync only what changed, so a process importing gen/ while this
+# runs (another test run, a running service) never sees the package half deleted.
+OUT=$(mktemp -d)
+trap 'rm -rf "$OUT"' EXIT
 mapfile -t files < <(cd protos && find evolutivo -name '*.proto' | sort)
 "$PY" -m grpc_tools.protoc \
   -I protos -I third_party/googleapis \
@@ -20,3 +23,22 @@ done
 # Make every generated folder a regular package, typed.
 find "$OUT/evolutivo" -type d -exec touch {}/__init__.py \;
 touch "$OUT/evolutivo/py.typed"
+"$PY" - "$OUT/evolutivo" "$DEST/evolutivo" <<'PY'
+import filecmp, os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+for root, dirs, files in os.walk(src):
+    target = os.path.join(dst, os.path.relpath(root, src))
+    os.makedirs(target, exist_ok=True)
+    for name in files:
+        if not os.path.exists(os.path.join(target, name)) or not filecmp.cmp(os.path.join(root, name), os.path.join(target, name), shallow=False):
+            shutil.copy2(os.path.join(root, name), os.path.join(target, name))
+for root, dirs, files in os.walk(dst, topdown=False):
+    if "__pycache__" in root:
+        continue
+    origin = os.path.join(src, os.path.relpath(root, dst))
+    for name in files:
+        if not os.path.exists(os.path.join(origin, name)):
+            os.remove(os.path.join(root, name))
+    if not os.path.isdir(origin):
+        shutil.rmtree(root, ignore_errors=True)
+PY

@@ -7,13 +7,18 @@ and EVOLUTIVO_TEST_NATS_URL to run against external servers instead.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database, scratch_dir
+from sqlalchemy.engine import make_url
 
 
 @pytest.fixture(scope="session")
@@ -52,3 +57,30 @@ def new_database(pg_server_url: str) -> Callable[[str], Awaitable[str]]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def migrated_database(pg_server_url: str) -> AsyncIterator[Callable[[str, Path], Awaitable[str]]]:
+    """Creates a database (prefix + random suffix), migrates it to head with the given Alembic
+    directory and returns its URL; every database made is dropped when the test ends."""
+    made: list[str] = []
+
+    async def make(prefix: str, migrations: Path) -> str:
+        url = await create_database(pg_server_url, f"{prefix}_{uuid.uuid4().hex[:12]}")
+        made.append(url)
+        # alembic's env.py runs its own event loop: migrate from a thread.
+        await asyncio.to_thread(upgrade_to_head, migrations, url)
+        return url
+
+    yield make
+    if made:
+        await drop_databases(pg_server_url, made)
+
+
+async def drop_databases(server_url: str, urls: list[str]) -> None:
+    conn = await asyncpg.connect(plain_url(server_url))
+    try:
+        for url in urls:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+    finally:
+        await conn.close()

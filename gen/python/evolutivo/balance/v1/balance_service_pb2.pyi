@@ -654,3 +654,79 @@ class ListLedgerEntriesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
+
+@_typing.final
+class WriteOffRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    SOURCE_TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_ID_FIELD_NUMBER: _builtins.int
+    REASON_CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account whose debt is written off."""
+    balance_group_id: _builtins.str
+    """The group credited; the account's default group when empty."""
+    source_type: _builtins.str
+    """What is written off: "bill" or "collections_case"; required."""
+    source_id: _builtins.str
+    """The bill's or the case's id; required. (source_type, source_id) is the idempotency key."""
+    reason_code: _builtins.str
+    """Required: 1 to 64 letters, digits, "_", "-" or ".", e.g. "UNCOLLECTIBLE"."""
+    reason: _builtins.str
+    """Optional free text."""
+    actor: _builtins.str
+    """Required: who wrote it off (a user or a system), at most 200 characters."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Greater than zero, in the account's currency."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        balance_group_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        source_type: _builtins.str = ...,
+        source_id: _builtins.str = ...,
+        reason_code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_group_id", b"balance_group_id", "reason", b"reason", "reason_code", b"reason_code", "request_id", b"request_id", "source_id", b"source_id", "source_type", b"source_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteOffRequest: _TypeAlias = WriteOffRequest  # noqa: Y015
+
+@_typing.final
+class WriteOffResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The write-off entry (a credit)."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteOffResponse: _TypeAlias = WriteOffResponse  # noqa: Y015

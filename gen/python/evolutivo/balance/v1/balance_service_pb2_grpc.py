@@ -80,6 +80,11 @@ class BalanceServiceStub:
                 request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.FromString,
                 _registered_method=True)
+        self.WriteOff = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/WriteOff',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.FromString,
+                _registered_method=True)
         self.ListLedgerEntries = channel.unary_unary(
                 '/evolutivo.balance.v1.BalanceService/ListLedgerEntries',
                 request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesRequest.SerializeToString,
@@ -156,6 +161,14 @@ class BalanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WriteOff(self, request, context):
+        """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
+        (source_type, source_id): the same source returns the first entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLedgerEntries(self, request, context):
         """Lists an account's ledger entries, newest first (by effective time).
         """
@@ -210,6 +223,11 @@ def add_BalanceServiceServicer_to_server(servicer, server):
                     servicer.TransferBalance,
                     request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.FromString,
                     response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.SerializeToString,
+            ),
+            'WriteOff': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteOff,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.SerializeToString,
             ),
             'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLedgerEntries,
@@ -461,6 +479,33 @@ class BalanceService:
             '/evolutivo.balance.v1.BalanceService/TransferBalance',
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceRequest.SerializeToString,
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.TransferBalanceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteOff(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/WriteOff',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -55,6 +55,10 @@ class BalanceServiceStub:
     """Books a manual debit or credit on a group, with a reason code and an actor."""
     TransferBalance: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.TransferBalanceRequest, _balance_service_pb2.TransferBalanceResponse]
     """Moves an amount from one group of an account to another of the same account."""
+    WriteOff: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.WriteOffRequest, _balance_service_pb2.WriteOffResponse]
+    """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
+    (source_type, source_id): the same source returns the first entry.
+    """
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]
     """Lists an account's ledger entries, newest first (by effective time)."""
 
@@ -85,6 +89,10 @@ class BalanceServiceAsyncStub(BalanceServiceStub):
     """Books a manual debit or credit on a group, with a reason code and an actor."""
     TransferBalance: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.TransferBalanceRequest, _balance_service_pb2.TransferBalanceResponse]  # type: ignore[assignment]
     """Moves an amount from one group of an account to another of the same account."""
+    WriteOff: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.WriteOffRequest, _balance_service_pb2.WriteOffResponse]  # type: ignore[assignment]
+    """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
+    (source_type, source_id): the same source returns the first entry.
+    """
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """Lists an account's ledger entries, newest first (by effective time)."""
 
@@ -166,6 +174,16 @@ class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_balance_service_pb2.TransferBalanceResponse, _abc.Awaitable[_balance_service_pb2.TransferBalanceResponse]]:
         """Moves an amount from one group of an account to another of the same account."""
+
+    @_abc_1.abstractmethod
+    def WriteOff(
+        self,
+        request: _balance_service_pb2.WriteOffRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.WriteOffResponse, _abc.Awaitable[_balance_service_pb2.WriteOffResponse]]:
+        """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
+        (source_type, source_id): the same source returns the first entry.
+        """
 
     @_abc_1.abstractmethod
     def ListLedgerEntries(

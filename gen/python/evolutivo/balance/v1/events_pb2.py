@@ -25,23 +25,30 @@ _sym_db = _symbol_database.Default()
 from evolutivo.balance.v1 import balance_pb2 as evolutivo_dot_balance_dot_v1_dot_balance__pb2
 from evolutivo.balance.v1 import ledger_pb2 as evolutivo_dot_balance_dot_v1_dot_ledger__pb2
 from evolutivo.balance.v1 import payment_pb2 as evolutivo_dot_balance_dot_v1_dot_payment__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/events.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\"P\n\x13\x42\x61lanceGroupCreated\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"O\n\x12\x42\x61lanceGroupClosed\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"s\n\x0fPaymentRecorded\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"s\n\x0fPaymentReversed\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"B\n\x0e\x41\x64justmentMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/events.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\x1a\x17google/type/money.proto\"P\n\x13\x42\x61lanceGroupCreated\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"O\n\x12\x42\x61lanceGroupClosed\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"s\n\x0fPaymentRecorded\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"s\n\x0fPaymentReversed\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"B\n\x0e\x41\x64justmentMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\x98\x01\n\x13\x43reditLimitExceeded\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"\x98\x01\n\x13\x43reditLimitRestored\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"@\n\x0cWriteOffMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.balance.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BALANCEGROUPCREATED']._serialized_start=166
-  _globals['_BALANCEGROUPCREATED']._serialized_end=246
-  _globals['_BALANCEGROUPCLOSED']._serialized_start=248
-  _globals['_BALANCEGROUPCLOSED']._serialized_end=327
-  _globals['_PAYMENTRECORDED']._serialized_start=329
-  _globals['_PAYMENTRECORDED']._serialized_end=444
-  _globals['_PAYMENTREVERSED']._serialized_start=446
-  _globals['_PAYMENTREVERSED']._serialized_end=561
-  _globals['_ADJUSTMENTMADE']._serialized_start=563
-  _globals['_ADJUSTMENTMADE']._serialized_end=629
+  _globals['_BALANCEGROUPCREATED']._serialized_start=191
+  _globals['_BALANCEGROUPCREATED']._serialized_end=271
+  _globals['_BALANCEGROUPCLOSED']._serialized_start=273
+  _globals['_BALANCEGROUPCLOSED']._serialized_end=352
+  _globals['_PAYMENTRECORDED']._serialized_start=354
+  _globals['_PAYMENTRECORDED']._serialized_end=469
+  _globals['_PAYMENTREVERSED']._serialized_start=471
+  _globals['_PAYMENTREVERSED']._serialized_end=586
+  _globals['_ADJUSTMENTMADE']._serialized_start=588
+  _globals['_ADJUSTMENTMADE']._serialized_end=654
+  _globals['_CREDITLIMITEXCEEDED']._serialized_start=657
+  _globals['_CREDITLIMITEXCEEDED']._serialized_end=809
+  _globals['_CREDITLIMITRESTORED']._serialized_start=812
+  _globals['_CREDITLIMITRESTORED']._serialized_end=964
+  _globals['_WRITEOFFMADE']._serialized_start=966
+  _globals['_WRITEOFFMADE']._serialized_end=1030
 # @@protoc_insertion_point(module_scope)

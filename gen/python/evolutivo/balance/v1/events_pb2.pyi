@@ -8,6 +8,7 @@ from evolutivo.balance.v1 import ledger_pb2 as _ledger_pb2
 from evolutivo.balance.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -156,3 +157,103 @@ class AdjustmentMade(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AdjustmentMade: _TypeAlias = AdjustmentMade  # noqa: Y015
+
+@_typing.final
+class CreditLimitExceeded(_message.Message):
+    """Published on "evolutivo.balance.v1.credit_limit.exceeded" once per crossing, when a group's
+    balance goes above its credit limit (the temporary limit while it has not expired). Charging
+    refuses usage rated into the group until CreditLimitRestored, unless the charge offer allows
+    overage.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    CREDIT_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    credit_state_version: _builtins.int
+    """Grows by one with every limit crossing of the group (up or down): a consumer that receives
+    them out of order keeps the state of the highest.
+    """
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its balance after the entry that crossed."""
+
+    @_builtins.property
+    def credit_limit(self) -> _money_pb2.Money:
+        """The limit in force when it was exceeded."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+        credit_limit: _money_pb2.Money | None = ...,
+        credit_state_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit", "credit_state_version", b"credit_state_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditLimitExceeded: _TypeAlias = CreditLimitExceeded  # noqa: Y015
+
+@_typing.final
+class CreditLimitRestored(_message.Message):
+    """Published on "evolutivo.balance.v1.credit_limit.restored" once per crossing, when a group over
+    its limit comes back within it (a payment, a credit, a raised or expired limit...).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    CREDIT_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    credit_state_version: _builtins.int
+    """As in CreditLimitExceeded."""
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its balance now."""
+
+    @_builtins.property
+    def credit_limit(self) -> _money_pb2.Money:
+        """The limit in force now; unset when the group no longer has one."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+        credit_limit: _money_pb2.Money | None = ...,
+        credit_state_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit", "credit_state_version", b"credit_state_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditLimitRestored: _TypeAlias = CreditLimitRestored  # noqa: Y015
+
+@_typing.final
+class WriteOffMade(_message.Message):
+    """Published on "evolutivo.balance.v1.write_off.made" for every write-off entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The write-off entry (a credit), with its source (e.g. a bill or a collections case)."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WriteOffMade: _TypeAlias = WriteOffMade  # noqa: Y015

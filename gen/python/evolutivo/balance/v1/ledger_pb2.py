@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/ledger.proto\x12\x14\x65volutivo.balance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xe7\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x33\n\x04type\x18\x04 \x01(\x0e\x32%.evolutivo.balance.v1.LedgerEntryType\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0bsource_type\x18\x06 \x01(\t\x12\x11\n\tsource_id\x18\x07 \x01(\t\x12\x13\n\x0breason_code\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x9a\x02\n\x0fLedgerEntryType\x12!\n\x1dLEDGER_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_TYPE_CHARGE\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_TYPE_PAYMENT\x10\x02\x12 \n\x1cLEDGER_ENTRY_TYPE_ADJUSTMENT\x10\x03\x12\x1f\n\x1bLEDGER_ENTRY_TYPE_WRITE_OFF\x10\x04\x12\x1c\n\x18LEDGER_ENTRY_TYPE_REFUND\x10\x05\x12&\n\"LEDGER_ENTRY_TYPE_PAYMENT_REVERSAL\x10\x06\x12\x1e\n\x1aLEDGER_ENTRY_TYPE_TRANSFER\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/ledger.proto\x12\x14\x65volutivo.balance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xe7\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x33\n\x04type\x18\x04 \x01(\x0e\x32%.evolutivo.balance.v1.LedgerEntryType\x12\"\n\x06\x61mount\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0bsource_type\x18\x06 \x01(\t\x12\x11\n\tsource_id\x18\x07 \x01(\t\x12\x13\n\x0breason_code\x18\x08 \x01(\t\x12\x0e\n\x06reason\x18\t \x01(\t\x12\r\n\x05\x61\x63tor\x18\n \x01(\t\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x63reate_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd8\x02\n\x0fLedgerEntryType\x12!\n\x1dLEDGER_ENTRY_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18LEDGER_ENTRY_TYPE_CHARGE\x10\x01\x12\x1d\n\x19LEDGER_ENTRY_TYPE_PAYMENT\x10\x02\x12 \n\x1cLEDGER_ENTRY_TYPE_ADJUSTMENT\x10\x03\x12\x1f\n\x1bLEDGER_ENTRY_TYPE_WRITE_OFF\x10\x04\x12\x1c\n\x18LEDGER_ENTRY_TYPE_REFUND\x10\x05\x12&\n\"LEDGER_ENTRY_TYPE_PAYMENT_REVERSAL\x10\x06\x12\x1e\n\x1aLEDGER_ENTRY_TYPE_TRANSFER\x10\x07\x12\x19\n\x15LEDGER_ENTRY_TYPE_TAX\x10\x08\x12!\n\x1dLEDGER_ENTRY_TYPE_CREDIT_NOTE\x10\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,7 +34,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.balance.v1.ledger
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LEDGERENTRYTYPE']._serialized_start=480
-  _globals['_LEDGERENTRYTYPE']._serialized_end=762
+  _globals['_LEDGERENTRYTYPE']._serialized_end=824
   _globals['_LEDGERENTRY']._serialized_start=118
   _globals['_LEDGERENTRY']._serialized_end=477
 # @@protoc_insertion_point(module_scope)

@@ -34,13 +34,21 @@ class _LedgerEntryTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     LEDGER_ENTRY_TYPE_ADJUSTMENT: _LedgerEntryType.ValueType  # 3
     """A manual correction, debit or credit, with a reason code and an actor."""
     LEDGER_ENTRY_TYPE_WRITE_OFF: _LedgerEntryType.ValueType  # 4
-    """Debt given up (a credit). Reserved: not booked yet."""
+    """Debt given up (a credit), e.g. by collections; source_type "bill" or "collections_case"."""
     LEDGER_ENTRY_TYPE_REFUND: _LedgerEntryType.ValueType  # 5
-    """Money paid back to the customer (a debit). Reserved: not booked yet."""
+    """Money paid back to the customer out of a credit balance (a debit)."""
     LEDGER_ENTRY_TYPE_PAYMENT_REVERSAL: _LedgerEntryType.ValueType  # 6
     """A payment that did not stick, e.g. a bounced direct debit: restores what it paid (a debit)."""
     LEDGER_ENTRY_TYPE_TRANSFER: _LedgerEntryType.ValueType  # 7
     """One side of a move between two groups of one account (a debit on one, a credit on the other)."""
+    LEDGER_ENTRY_TYPE_TAX: _LedgerEntryType.ValueType  # 8
+    """The tax of an issued bill (a debit): charges are booked net, the customer owes them with tax.
+    source_type "bill", source_id the bill id.
+    """
+    LEDGER_ENTRY_TYPE_CREDIT_NOTE: _LedgerEntryType.ValueType  # 9
+    """A credit note issued by billing (a credit of its total, tax included); source_type
+    "credit_note", source_id the credit note id.
+    """
 
 class LedgerEntryType(_LedgerEntryType, metaclass=_LedgerEntryTypeEnumTypeWrapper):
     """What moved a balance."""
@@ -54,13 +62,21 @@ LEDGER_ENTRY_TYPE_PAYMENT: LedgerEntryType.ValueType  # 2
 LEDGER_ENTRY_TYPE_ADJUSTMENT: LedgerEntryType.ValueType  # 3
 """A manual correction, debit or credit, with a reason code and an actor."""
 LEDGER_ENTRY_TYPE_WRITE_OFF: LedgerEntryType.ValueType  # 4
-"""Debt given up (a credit). Reserved: not booked yet."""
+"""Debt given up (a credit), e.g. by collections; source_type "bill" or "collections_case"."""
 LEDGER_ENTRY_TYPE_REFUND: LedgerEntryType.ValueType  # 5
-"""Money paid back to the customer (a debit). Reserved: not booked yet."""
+"""Money paid back to the customer out of a credit balance (a debit)."""
 LEDGER_ENTRY_TYPE_PAYMENT_REVERSAL: LedgerEntryType.ValueType  # 6
 """A payment that did not stick, e.g. a bounced direct debit: restores what it paid (a debit)."""
 LEDGER_ENTRY_TYPE_TRANSFER: LedgerEntryType.ValueType  # 7
 """One side of a move between two groups of one account (a debit on one, a credit on the other)."""
+LEDGER_ENTRY_TYPE_TAX: LedgerEntryType.ValueType  # 8
+"""The tax of an issued bill (a debit): charges are booked net, the customer owes them with tax.
+source_type "bill", source_id the bill id.
+"""
+LEDGER_ENTRY_TYPE_CREDIT_NOTE: LedgerEntryType.ValueType  # 9
+"""A credit note issued by billing (a credit of its total, tax included); source_type
+"credit_note", source_id the credit note id.
+"""
 Global___LedgerEntryType: _TypeAlias = LedgerEntryType  # noqa: Y015
 
 @_typing.final

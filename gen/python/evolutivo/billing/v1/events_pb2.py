@@ -25,27 +25,32 @@ _sym_db = _symbol_database.Default()
 from evolutivo.billing.v1 import bill_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__pb2
 from evolutivo.billing.v1 import bill_cycle_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__cycle__pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__unit__pb2
+from evolutivo.billing.v1 import credit_note_pb2 as evolutivo_dot_billing_dot_v1_dot_credit__note__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"4\n\x08\x42illPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"=\n\x11\x42illPartiallyPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"7\n\x0b\x42illOverdue\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Billb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\x1a&evolutivo/billing/v1/credit_note.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"4\n\x08\x42illPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"=\n\x11\x42illPartiallyPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"7\n\x0b\x42illOverdue\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"I\n\x10\x43reditNoteIssued\x12\x35\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32 .evolutivo.billing.v1.CreditNote\"N\n\nBillVoided\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\x12\x16\n\x0e\x63redit_note_id\x18\x02 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.billing.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BILLUNITCREATED']._serialized_start=169
-  _globals['_BILLUNITCREATED']._serialized_end=237
-  _globals['_BILLCYCLEOPENED']._serialized_start=239
-  _globals['_BILLCYCLEOPENED']._serialized_end=309
-  _globals['_BILLCYCLECLOSED']._serialized_start=312
-  _globals['_BILLCYCLECLOSED']._serialized_end=440
-  _globals['_BILLISSUED']._serialized_start=442
-  _globals['_BILLISSUED']._serialized_end=496
-  _globals['_BILLPAID']._serialized_start=498
-  _globals['_BILLPAID']._serialized_end=550
-  _globals['_BILLPARTIALLYPAID']._serialized_start=552
-  _globals['_BILLPARTIALLYPAID']._serialized_end=613
-  _globals['_BILLOVERDUE']._serialized_start=615
-  _globals['_BILLOVERDUE']._serialized_end=670
+  _globals['_BILLUNITCREATED']._serialized_start=209
+  _globals['_BILLUNITCREATED']._serialized_end=277
+  _globals['_BILLCYCLEOPENED']._serialized_start=279
+  _globals['_BILLCYCLEOPENED']._serialized_end=349
+  _globals['_BILLCYCLECLOSED']._serialized_start=352
+  _globals['_BILLCYCLECLOSED']._serialized_end=480
+  _globals['_BILLISSUED']._serialized_start=482
+  _globals['_BILLISSUED']._serialized_end=536
+  _globals['_BILLPAID']._serialized_start=538
+  _globals['_BILLPAID']._serialized_end=590
+  _globals['_BILLPARTIALLYPAID']._serialized_start=592
+  _globals['_BILLPARTIALLYPAID']._serialized_end=653
+  _globals['_BILLOVERDUE']._serialized_start=655
+  _globals['_BILLOVERDUE']._serialized_end=710
+  _globals['_CREDITNOTEISSUED']._serialized_start=712
+  _globals['_CREDITNOTEISSUED']._serialized_end=785
+  _globals['_BILLVOIDED']._serialized_start=787
+  _globals['_BILLVOIDED']._serialized_end=865
 # @@protoc_insertion_point(module_scope)

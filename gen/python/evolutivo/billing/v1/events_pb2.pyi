@@ -6,6 +6,7 @@ isort:skip_file
 from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
 from evolutivo.billing.v1 import bill_pb2 as _bill_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
+from evolutivo.billing.v1 import credit_note_pb2 as _credit_note_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 import builtins as _builtins
@@ -191,3 +192,55 @@ class BillOverdue(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillOverdue: _TypeAlias = BillOverdue  # noqa: Y015
+
+@_typing.final
+class CreditNoteIssued(_message.Message):
+    """Published on "evolutivo.billing.v1.credit_note.issued" for every credit note. Balance books a
+    credit_note entry of its total (tax included) on the account's default group.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credit_note(self) -> _credit_note_pb2.CreditNote: ...
+    def __init__(
+        self,
+        *,
+        credit_note: _credit_note_pb2.CreditNote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNoteIssued: _TypeAlias = CreditNoteIssued  # noqa: Y015
+
+@_typing.final
+class BillVoided(_message.Message):
+    """Published on "evolutivo.billing.v1.bill.voided" when a full credit note voids a bill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    CREDIT_NOTE_ID_FIELD_NUMBER: _builtins.int
+    credit_note_id: _builtins.str
+    """The credit note that voided it."""
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill:
+        """The bill, VOID."""
+
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+        credit_note_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill", "credit_note_id", b"credit_note_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillVoided: _TypeAlias = BillVoided  # noqa: Y015
