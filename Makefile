@@ -19,7 +19,7 @@ SERVICE_PKGS := $(foreach dir,$(SERVICE_DIRS),$(dir)/evolutivo_$(notdir $(dir)))
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: help setup up test protos lint check-generated breaking
+.PHONY: help setup up test protos lint check-generated breaking check-k8s
 
 help:
 	@echo "make setup            create .venv, install every package, the dev tools and buf"
@@ -28,6 +28,7 @@ help:
 	@echo "make protos           regenerate gen/python from protos/"
 	@echo "make lint             ruff, ruff format --check, mypy, buf lint"
 	@echo "make check-generated  fail if gen/ differs from what protos/ generates"
+	@echo "make check-k8s        render deploy/k8s overlays, validate against the Kubernetes schemas, policy"
 	@echo "make breaking         buf breaking against the main branch"
 
 setup:
@@ -47,6 +48,7 @@ lint: setup
 	$(PY) -m ruff format --check .
 	MYPYPATH=$(subst $(space),:,$(SERVICE_DIRS)) $(PY) -m mypy \
 		libs/runtime/evolutivo_runtime deploy/local/evolutivo_stack $(SERVICE_PKGS)
+	$(PY) -m mypy --strict deploy/k8s/check.py tests/unit/deploy
 	$(BUF) lint
 
 check-generated: protos
@@ -55,6 +57,10 @@ check-generated: protos
 	if [ -n "$$untracked" ]; then \
 		echo "untracked generated files (run 'make protos' and commit them):" >&2; echo "$$untracked" >&2; exit 1; \
 	fi
+
+# kubectl kustomize (pinned kubectl in .venv), kubernetes-validate schemas and the policy: deploy/k8s/check.py.
+check-k8s: setup
+	$(PY) deploy/k8s/check.py
 
 breaking: setup
 	$(BUF) breaking --against '.git#branch=main'

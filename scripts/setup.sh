@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 VENV=.venv
 STAMP="$VENV/.evolutivo-setup-stamp"
+TRYTON_VENV=.venv-tryton
 
 say() { printf '[setup] %s\n' "$*"; }
 die() { printf '[setup] error: %s\n' "$*" >&2; exit 1; }
@@ -74,12 +75,14 @@ for name in sorted(sys.argv[1:]):
 print(h.hexdigest())
 EOF
 }
-inputs=(scripts/setup.sh requirements-dev.txt package.json package-lock.json)
+inputs=(scripts/setup.sh scripts/install_packages.sh requirements-dev.txt requirements-tryton.txt package.json package-lock.json)
 for package in "${packages[@]}"; do inputs+=("$package/pyproject.toml"); done
 want=$(fingerprint "${inputs[@]}")
 have=$(cat "$STAMP" 2>/dev/null || true)
 buf_ok=true
 if command -v npm >/dev/null 2>&1 && [ ! -x node_modules/.bin/buf ]; then buf_ok=false; fi
+# The Tryton ERP the ERP gateway's tests run (its own virtualenv, see below).
+if [ ! -x "$TRYTON_VENV/bin/trytond" ]; then buf_ok=false; fi
 if [ "${FORCE:-0}" != 1 ] && [ "$want" = "$have" ] && $buf_ok; then
   say "up to date ($VENV, ${#packages[@]} packages, buf)"
   exit 0
@@ -90,11 +93,18 @@ rm -f "$STAMP"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 say "upgrading pip"
 quietly "$PY" -m pip install --upgrade pip
-editable=()
-for package in "${packages[@]}"; do editable+=(-e "$package"); done
 say "installing ${packages[*]} and requirements-dev.txt"
-# One resolver run: the local packages depend on each other (evolutivo-runtime, evolutivo-contracts).
-quietly "$PY" -m pip install "${editable[@]}" -r requirements-dev.txt
+# The same script every services/*/Dockerfile runs (there without --editable, one service only).
+quietly scripts/install_packages.sh --editable "$PY" "${packages[@]}" -r requirements-dev.txt
+
+# --- Tryton (the ERP gateway's tests run a real one) -----------------------------------------------
+# In its own virtualenv: trytond's pinned dependencies are not the suite's (tests/support/tryton.py).
+if [ ! -e "$TRYTON_VENV" ]; then
+  say "creating $TRYTON_VENV"
+  quietly "$PY" -m venv "$TRYTON_VENV"
+fi
+say "installing requirements-tryton.txt into $TRYTON_VENV"
+quietly "$TRYTON_VENV/bin/python" -m pip install -r requirements-tryton.txt
 
 # --- buf (npm) ------------------------------------------------------------------------------------
 if command -v npm >/dev/null 2>&1; then

@@ -1,0 +1,272 @@
+"""deploy/k8s: both overlays render and validate, meet the policy, and the policy catches breakage."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _load_check() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("deploy_k8s_check", ROOT / "deploy" / "k8s" / "check.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+check = _load_check()
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict[str, Any]]]:
+    return {name: check.render(path) for name, path in check.OVERLAYS.items()}
+
+
+@pytest.fixture(scope="module")
+def postgres() -> dict[str, list[dict[str, Any]]]:
+    return {name: check.render(path) for name, path in check.POSTGRES.items()}
+
+
+def _find(objs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_overlay_validates_against_the_kubernetes_schemas(rendered: dict[str, Any], overlay: str) -> None:
+    objs = rendered[overlay]
+    kinds = {o["kind"] for o in objs}
+    assert {"Namespace", "Deployment", "Service", "ServiceAccount", "ConfigMap"} <= kinds
+    assert {"PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"} <= kinds
+    assert check.schema_errors(objs) == []
+
+
+def test_overlays_meet_the_policy(rendered: dict[str, Any]) -> None:
+    assert check.policy_violations(rendered["dev"]) == []
+    assert check.policy_violations(rendered["prod"], min_replicas=2, spread=True) == []
+
+
+def test_dev_runs_one_replica_and_prod_at_least_two(rendered: dict[str, Any]) -> None:
+    for name in check.SERVICES:
+        dev = _find(rendered["dev"], "HorizontalPodAutoscaler", name)["spec"]
+        prod = _find(rendered["prod"], "HorizontalPodAutoscaler", name)["spec"]
+        assert (dev["minReplicas"], dev["maxReplicas"]) == (1, 1)
+        assert prod["minReplicas"] >= 2 and prod["maxReplicas"] > prod["minReplicas"]
+    # Dev has no spreading rules; the policy for prod notices that.
+    assert any("podAntiAffinity" in p for p in check.policy_violations(rendered["dev"], spread=True))
+
+
+def test_database_url_is_a_secret_reference_and_no_secret_is_rendered(rendered: dict[str, Any]) -> None:
+    for overlay, objs in rendered.items():
+        assert not [o for o in objs if o["kind"] == "Secret"], overlay
+        for name, (prefix, _) in check.SERVICES.items():
+            spec = _find(objs, "Deployment", name)["spec"]["template"]["spec"]
+            for container in spec["containers"] + spec["initContainers"]:
+                env = {e["name"]: e for e in container["env"]}
+                ref = env[f"{prefix}DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": f"pg-{name}-app", "key": "uri"}
+
+
+def test_prod_speaks_tls_to_nats_and_verifies_postgres(rendered: dict[str, Any]) -> None:
+    for name, (prefix, _) in check.SERVICES.items():
+        config = check._config(rendered["prod"], f"{name}-config")
+        assert config[f"{prefix}NATS_URL"].startswith("tls://")
+        container = _find(rendered["prod"], "Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PGSSLMODE"] == "verify-full"
+        assert check._config(rendered["dev"], f"{name}-config")[f"{prefix}NATS_URL"].startswith("nats://")
+
+
+def test_engines_postgres_and_nats(postgres: dict[str, Any]) -> None:
+    values = yaml.safe_load(check.NATS_VALUES.read_text())
+    assert check.schema_errors(postgres["base"]) == []
+    assert check.engine_violations(postgres["base"], production=True, nats_values=values) == []
+    assert check.engine_violations(postgres["dev"], production=False) == []
+    # The dev variant is not production-grade, and the check says so.
+    assert any("fewer than 3 instances" in p for p in check.engine_violations(postgres["dev"], production=True))
+    broken = copy.deepcopy(values)
+    broken["config"]["cluster"]["replicas"] = 1
+    assert check.engine_violations(postgres["base"], production=True, nats_values=broken) == [
+        "NATS values: config.cluster must be enabled with 3 replicas"
+    ]
+
+
+def test_check_all_passes() -> None:
+    assert check.check_all() == []
+
+
+# --- the policy catches a deliberately broken manifest --------------------------------------------
+
+Mutation = Callable[[dict[str, Any]], None]
+
+
+def _main(d: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = d["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _drop_limits(d: dict[str, Any]) -> None:
+    del _main(d)["resources"]["limits"]
+
+
+def _drop_liveness(d: dict[str, Any]) -> None:
+    del _main(d)["livenessProbe"]
+
+
+def _drop_readiness(d: dict[str, Any]) -> None:
+    del _main(d)["readinessProbe"]
+
+
+def _run_as_root(d: dict[str, Any]) -> None:
+    _main(d)["securityContext"]["runAsNonRoot"] = False
+
+
+def _writable_root(d: dict[str, Any]) -> None:
+    del _main(d)["securityContext"]["readOnlyRootFilesystem"]
+
+
+def _escalation(d: dict[str, Any]) -> None:
+    _main(d)["securityContext"]["allowPrivilegeEscalation"] = True
+
+
+def _keep_capabilities(d: dict[str, Any]) -> None:
+    del _main(d)["securityContext"]["capabilities"]
+
+
+def _init_without_limits(d: dict[str, Any]) -> None:
+    del d["spec"]["template"]["spec"]["initContainers"][0]["resources"]["limits"]
+
+
+def _latest_image(d: dict[str, Any]) -> None:
+    _main(d)["image"] = "evolutivo/customer:latest"
+
+
+def _short_grace(d: dict[str, Any]) -> None:
+    d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] = 10
+
+
+def _http_probe(d: dict[str, Any]) -> None:
+    _main(d)["readinessProbe"] = {"tcpSocket": {"port": 50051}}
+
+
+def _no_migration(d: dict[str, Any]) -> None:
+    d["spec"]["template"]["spec"]["initContainers"][0]["args"] = ["serve"]
+
+
+BROKEN: dict[str, tuple[Mutation, str]] = {
+    "no limits": (_drop_limits, "customer: no cpu in resources.limits"),
+    "no liveness probe": (_drop_liveness, "customer: no livenessProbe"),
+    "no readiness probe": (_drop_readiness, "customer: no readinessProbe"),
+    "runs as root": (_run_as_root, "customer: runAsNonRoot must be true"),
+    "writable root": (_writable_root, "customer: readOnlyRootFilesystem must be true"),
+    "privilege escalation": (_escalation, "customer: allowPrivilegeEscalation must be false"),
+    "capabilities kept": (_keep_capabilities, "customer: capabilities.drop must include ALL"),
+    "init container without limits": (_init_without_limits, "migrate: no memory in resources.limits"),
+    "moving image tag": (_latest_image, "needs a fixed tag or digest"),
+    "grace shorter than the drain": (_short_grace, "terminationGracePeriodSeconds must be at least"),
+    "probe not on gRPC health": (_http_probe, "readinessProbe must be a gRPC health probe on port 50051"),
+    "no migration": (_no_migration, "no initContainer running `migrate`"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_policy_catches_a_broken_deployment(rendered: dict[str, Any], case: str) -> None:
+    mutate, expected = BROKEN[case]
+    objs = copy.deepcopy(rendered["dev"])
+    mutate(_find(objs, "Deployment", "customer"))
+    problems = check.policy_violations(objs)
+    assert any(expected in p for p in problems), problems
+    # Only the broken Deployment is reported.
+    assert all("customer" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("kind", ["PodDisruptionBudget", "HorizontalPodAutoscaler", "Service", "ServiceAccount"])
+def test_policy_catches_a_missing_companion(rendered: dict[str, Any], kind: str) -> None:
+    objs = [o for o in rendered["dev"] if not (o["kind"] == kind and o["metadata"]["name"] == "billing")]
+    assert any("billing" in p for p in check.policy_violations(objs))
+
+
+def test_policy_catches_a_network_policy_that_opens_a_call(rendered: dict[str, Any]) -> None:
+    objs = copy.deepcopy(rendered["dev"])
+    policy = _find(objs, "NetworkPolicy", "charging")
+    # charging calls no service: an egress rule to balance is a hole.
+    policy["spec"]["egress"].append(
+        {
+            "to": [
+                {
+                    "podSelector": {
+                        "matchLabels": {"app.kubernetes.io/name": "balance", "app.kubernetes.io/part-of": "evolutivo"}
+                    }
+                }
+            ],
+            "ports": [{"port": 50053, "protocol": "TCP"}],
+        }
+    )
+    problems = check.policy_violations(objs)
+    assert problems == [
+        "NetworkPolicy/charging: egress to ['balance', 'dns', 'nats', 'pg-charging'], "
+        "expected ['dns', 'nats', 'pg-charging']"
+    ]
+
+
+def test_policy_catches_a_missing_default_deny(rendered: dict[str, Any]) -> None:
+    objs = [o for o in rendered["dev"] if o["metadata"]["name"] != "default-deny"]
+    assert check.policy_violations(objs) == [
+        "no default-deny NetworkPolicy (podSelector {}, Ingress and Egress, no rules)"
+    ]
+
+
+# A plain Deployment as one is often first written: no limits, no probes, root, writable root.
+NAIVE = """
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: worker
+spec:
+  selector:
+    matchLabels: {app: worker}
+  template:
+    metadata:
+      labels: {app: worker}
+    spec:
+      containers:
+        - name: worker
+          image: evolutivo/worker
+"""
+
+
+def test_policy_rejects_a_naive_deployment() -> None:
+    problems = check.container_violations(check.load_yaml(NAIVE)[0])
+    for expected in (
+        "no cpu in resources.limits",
+        "no memory in resources.limits",
+        "no livenessProbe",
+        "no readinessProbe",
+        "runAsNonRoot must be true",
+        "readOnlyRootFilesystem must be true",
+        "needs a fixed tag or digest",
+        "automountServiceAccountToken must be false",
+    ):
+        assert any(expected in p for p in problems), (expected, problems)
+
+
+def test_schema_validation_rejects_unknown_fields_and_wrong_types(rendered: dict[str, Any]) -> None:
+    objs = copy.deepcopy(rendered["dev"])
+    deployment = _find(objs, "Deployment", "customer")
+    _main(deployment)["livenessProbes"] = _main(deployment).pop("livenessProbe")  # a typo
+    hpa = _find(objs, "HorizontalPodAutoscaler", "customer")
+    hpa["spec"]["minReplicas"] = "one"
+    errors = check.schema_errors([deployment, hpa], versions=["1.30.0"])
+    assert len(errors) == 2, errors
+    assert "livenessProbes" in errors[0]
+    assert "HorizontalPodAutoscaler/customer" in errors[1] and "minReplicas" in errors[1]
