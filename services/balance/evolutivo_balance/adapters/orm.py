@@ -19,6 +19,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 
 metadata = MetaData()
 
@@ -37,13 +38,42 @@ balance_groups = Table(
     Column("create_time", DateTime(timezone=True), nullable=False),
     # Since 0002: when the group closed (NULL while open).
     Column("close_time", DateTime(timezone=True)),
+    # Since 0003, the credit policy (domain/credit.py CreditPolicy): NULL limits are no limit.
+    Column("credit_limit", Numeric(38, 9)),
+    Column("temporary_credit_limit", Numeric(38, 9)),
+    Column("temporary_limit_expire_time", DateTime(timezone=True)),
+    # [{"amount": "100.00"} | {"percent": "80"}, ...]
+    Column("credit_thresholds", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    # Since 0003, the credit state last published (CreditState), moved with the balance.
+    Column("credit_limit_exceeded", Boolean, nullable=False, server_default=text("false")),
+    # Keys of the thresholds reached, e.g. ["amount:100", "percent:80"].
+    Column("credit_thresholds_reached", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("credit_state_version", BigInteger, nullable=False, server_default=text("0")),
+    Column("threshold_state_version", BigInteger, nullable=False, server_default=text("0")),
     # One default group per account, whatever the number of deliveries or replicas.
     Index("balance_groups_one_default", "account_id", unique=True, postgresql_where=text("is_default")),
     # Since 0002: a name names one open group of an account.
     Index("balance_groups_open_name", "account_id", "name", unique=True, postgresql_where=text("close_time IS NULL")),
+    # Since 0003: the expiry loop's due temporary limits.
+    Index(
+        "balance_groups_temporary_limit_expiry",
+        "temporary_limit_expire_time",
+        postgresql_where=text("temporary_limit_expire_time IS NOT NULL"),
+    ),
 )
 
-ENTRY_TYPES = ("charge", "payment", "adjustment", "write_off", "refund", "payment_reversal", "transfer")
+ENTRY_TYPES = (
+    "charge",
+    "payment",
+    "adjustment",
+    "write_off",
+    "refund",
+    "payment_reversal",
+    "transfer",
+    # Since 0003.
+    "tax",
+    "credit_note",
+)
 
 # Since 0002: the append-only ledger (a trigger refuses UPDATE and DELETE).
 ledger_entries = Table(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 from evolutivo.balance.v1 import balance_pb2, ledger_pb2, payment_pb2
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.money import from_money, to_money
-from evolutivo_runtime.timestamps import to_timestamp
+from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 from google.type import money_pb2
 
+from evolutivo_balance.domain.credit import Amount, CreditPolicy, Threshold, ThresholdSpec
 from evolutivo_balance.domain.model import (
     BalanceGroup,
     EntryType,
@@ -28,6 +30,8 @@ ENTRY_TYPES_PB: dict[EntryType, ledger_pb2.LedgerEntryType.ValueType] = {
     EntryType.REFUND: ledger_pb2.LEDGER_ENTRY_TYPE_REFUND,
     EntryType.PAYMENT_REVERSAL: ledger_pb2.LEDGER_ENTRY_TYPE_PAYMENT_REVERSAL,
     EntryType.TRANSFER: ledger_pb2.LEDGER_ENTRY_TYPE_TRANSFER,
+    EntryType.TAX: ledger_pb2.LEDGER_ENTRY_TYPE_TAX,
+    EntryType.CREDIT_NOTE: ledger_pb2.LEDGER_ENTRY_TYPE_CREDIT_NOTE,
 }
 _ENTRY_TYPES: dict[int, EntryType] = {v: k for k, v in ENTRY_TYPES_PB.items()}
 
@@ -54,16 +58,47 @@ def _amount(amount: Decimal, currency_code: str) -> money_pb2.Money:
     return to_money(rounded if rounded == amount else amount, currency_code)
 
 
-def group_to_pb(group: BalanceGroup) -> balance_pb2.BalanceGroup:
-    return balance_pb2.BalanceGroup(
+def optional_amount(amount: Decimal | None, currency_code: str) -> money_pb2.Money | None:
+    return None if amount is None else _amount(amount, currency_code)
+
+
+def threshold_to_pb(threshold: Threshold, currency_code: str) -> balance_pb2.CreditThreshold:
+    if threshold.amount is not None:
+        return balance_pb2.CreditThreshold(amount=_amount(threshold.amount, currency_code))
+    return balance_pb2.CreditThreshold(percent=threshold.to_json()["percent"])
+
+
+def policy_to_pb(policy: CreditPolicy, currency_code: str) -> balance_pb2.CreditPolicy:
+    return balance_pb2.CreditPolicy(
+        credit_limit=optional_amount(policy.credit_limit, currency_code),
+        temporary_credit_limit=optional_amount(policy.temporary_limit, currency_code),
+        temporary_limit_expire_time=to_timestamp(policy.temporary_limit_expire_time),
+        thresholds=[threshold_to_pb(t, currency_code) for t in policy.thresholds],
+    )
+
+
+def group_to_pb(group: BalanceGroup, now: datetime | None = None) -> balance_pb2.BalanceGroup:
+    """The group with its credit as of `now`: the limit in force then and the credit available
+    (without `now`, only its policy)."""
+    currency_code = group.currency_code
+    found = balance_pb2.BalanceGroup(
         balance_group_id=str(group.balance_group_id),
         account_id=str(group.account_id),
         name=group.name,
         is_default=group.is_default,
-        balance=_amount(group.balance, group.currency_code),
+        balance=_amount(group.balance, currency_code),
         create_time=to_timestamp(group.create_time),
         close_time=to_timestamp(group.close_time),
+        credit_policy=policy_to_pb(group.credit, currency_code),
+        credit_state_version=group.credit_state.version,
     )
+    if now is not None:
+        limit = group.credit_limit(now)
+        if limit is not None:
+            found.credit_limit.CopyFrom(_amount(limit, currency_code))
+            found.available_credit.CopyFrom(_amount(group.available_credit(now) or Decimal(0), currency_code))
+            found.credit_limit_exceeded = group.is_over_limit(now)
+    return found
 
 
 def entry_to_pb(entry: LedgerEntry) -> ledger_pb2.LedgerEntry:
@@ -109,6 +144,41 @@ def amount_from_pb(field_name: str, has_amount: bool, money: money_pb2.Money) ->
         return from_money(money), money.currency_code
     except ValueError as exc:
         raise InvalidArgument(field_name, str(exc)) from None
+
+
+def optional_amount_from_pb(field_name: str, has_amount: bool, money: money_pb2.Money) -> Amount | None:
+    if not has_amount:
+        return None
+    amount, currency_code = amount_from_pb(field_name, True, money)
+    return Amount(amount, currency_code)
+
+
+def policy_from_pb(
+    policy: balance_pb2.CreditPolicy,
+) -> tuple[Amount | None, Amount | None, datetime | None, list[ThresholdSpec]]:
+    """The credit limit, temporary limit, its expire time and the thresholds a request carries,
+    not yet checked against the group (domain/credit.py updated_policy does)."""
+    field = "credit_policy"
+    thresholds = []
+    for i, threshold in enumerate(policy.thresholds):
+        which = threshold.WhichOneof("level")
+        if which == "amount":
+            found = optional_amount_from_pb(f"{field}.thresholds[{i}].amount", True, threshold.amount)
+            thresholds.append(ThresholdSpec(amount=found))
+        elif which == "percent":
+            thresholds.append(ThresholdSpec(percent=threshold.percent))
+        else:
+            thresholds.append(ThresholdSpec())
+    return (
+        optional_amount_from_pb(f"{field}.credit_limit", policy.HasField("credit_limit"), policy.credit_limit),
+        optional_amount_from_pb(
+            f"{field}.temporary_credit_limit",
+            policy.HasField("temporary_credit_limit"),
+            policy.temporary_credit_limit,
+        ),
+        from_timestamp(policy.temporary_limit_expire_time) if policy.HasField("temporary_limit_expire_time") else None,
+        thresholds,
+    )
 
 
 def method_from_pb(value: int) -> PaymentMethod:

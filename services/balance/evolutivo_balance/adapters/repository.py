@@ -8,6 +8,9 @@ Row locks on balance groups, and why they cannot deadlock:
   transaction booked on, in balance_group_id order, so two transactions always meet in the same
   order.
 - `FOR UPDATE` only to close a group: it waits for the transactions booking on that group.
+- `FOR NO KEY UPDATE` on one group at the start of a transaction that reads its balance to decide
+  (a refund) or changes its credit policy (SetCreditLimit); it books on that group only, so it
+  waits for nobody while holding it. The expiry loop takes it with SKIP LOCKED: it never waits.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_balance.adapters.orm import balance_groups, ledger_entries, payments
+from evolutivo_balance.domain.credit import CreditPolicy, CreditState, Threshold
 from evolutivo_balance.domain.model import (
     BalanceGroup,
     EntryType,
@@ -42,6 +46,8 @@ class Lock(enum.Enum):
     SHARE = "share"
     # Closing the group.
     UPDATE = "update"
+    # Reading the balance to decide on it, or changing the credit policy (FOR NO KEY UPDATE).
+    BALANCE = "balance"
 
 
 def _locked(query: Select[Any], lock: Lock) -> Select[Any]:
@@ -49,6 +55,8 @@ def _locked(query: Select[Any], lock: Lock) -> Select[Any]:
         return query.with_for_update(read=True, key_share=True)
     if lock is Lock.UPDATE:
         return query.with_for_update()
+    if lock is Lock.BALANCE:
+        return query.with_for_update(key_share=True)
     return query
 
 
@@ -137,19 +145,21 @@ class BalanceGroupRepository:
             .values(close_time=group.close_time)
         )
 
-    async def move(self, deltas: Mapping[uuid.UUID, Decimal]) -> None:
+    async def move(self, deltas: Mapping[uuid.UUID, Decimal]) -> list[BalanceGroup]:
         """Adds each delta to its group's balance: the groups are locked (FOR NO KEY UPDATE) in
-        balance_group_id order first, so concurrent transactions cannot deadlock."""
+        balance_group_id order first, so concurrent transactions cannot deadlock. Returns the
+        groups as they stand after the move (read under the lock: their credit can be assessed)."""
         ordered = sorted(g for g, d in deltas.items() if d != 0)
         if not ordered:
-            return
+            return []
         t = balance_groups
-        await self._session.execute(
-            select(t.c.balance_group_id)
+        rows = await self._session.execute(
+            select(t)
             .where(t.c.balance_group_id.in_(ordered))
             .order_by(t.c.balance_group_id)
             .with_for_update(key_share=True)
         )
+        groups = [_group(row._mapping) for row in rows]
         await self._session.execute(
             update(t)
             .where(t.c.balance_group_id == bindparam("b_group_id"))
@@ -157,6 +167,30 @@ class BalanceGroupRepository:
             .execution_options(synchronize_session=False),
             [{"b_group_id": g, "b_delta": deltas[g]} for g in ordered],
         )
+        for group in groups:
+            group.balance += deltas[group.balance_group_id]
+        return groups
+
+    async def save_credit(self, group: BalanceGroup) -> None:
+        """Stores the group's credit policy and state (its row is locked FOR NO KEY UPDATE)."""
+        t = balance_groups
+        await self._session.execute(
+            update(t).where(t.c.balance_group_id == group.balance_group_id).values(**_credit_row(group))
+        )
+
+    async def claim_expired_temporary_limits(self, now: datetime, limit: int) -> list[BalanceGroup]:
+        """Groups whose temporary limit expired at or before `now`, locked FOR NO KEY UPDATE in
+        balance_group_id order; those another transaction holds are skipped (SKIP LOCKED), so
+        replicas share the work and a busy group is claimed on a later pass."""
+        t = balance_groups
+        rows = await self._session.execute(
+            select(t)
+            .where(t.c.temporary_limit_expire_time <= now)
+            .order_by(t.c.balance_group_id)
+            .limit(limit)
+            .with_for_update(key_share=True, skip_locked=True)
+        )
+        return [_group(row._mapping) for row in rows]
 
 
 def _group_row(group: BalanceGroup) -> dict[str, Any]:
@@ -169,6 +203,21 @@ def _group_row(group: BalanceGroup) -> dict[str, Any]:
         "balance": group.balance,
         "create_time": group.create_time,
         "close_time": group.close_time,
+        **_credit_row(group),
+    }
+
+
+def _credit_row(group: BalanceGroup) -> dict[str, Any]:
+    policy, state = group.credit, group.credit_state
+    return {
+        "credit_limit": policy.credit_limit,
+        "temporary_credit_limit": policy.temporary_limit,
+        "temporary_limit_expire_time": policy.temporary_limit_expire_time,
+        "credit_thresholds": [t.to_json() for t in policy.thresholds],
+        "credit_limit_exceeded": state.exceeded,
+        "credit_thresholds_reached": sorted(state.reached),
+        "credit_state_version": state.version,
+        "threshold_state_version": state.threshold_version,
     }
 
 
@@ -182,6 +231,18 @@ def _group(row: Any) -> BalanceGroup:
         balance=row["balance"],
         create_time=row["create_time"],
         close_time=row["close_time"],
+        credit=CreditPolicy(
+            credit_limit=row["credit_limit"],
+            temporary_limit=row["temporary_credit_limit"],
+            temporary_limit_expire_time=row["temporary_limit_expire_time"],
+            thresholds=tuple(Threshold.from_json(t) for t in row["credit_thresholds"]),
+        ),
+        credit_state=CreditState(
+            exceeded=row["credit_limit_exceeded"],
+            reached=frozenset(row["credit_thresholds_reached"]),
+            version=row["credit_state_version"],
+            threshold_version=row["threshold_state_version"],
+        ),
     )
 
 
@@ -225,6 +286,18 @@ class LedgerRepository:
 
     async def get(self, entry_id: uuid.UUID) -> LedgerEntry | None:
         row = (await self._session.execute(select(ledger_entries).where(ledger_entries.c.entry_id == entry_id))).first()
+        return _entry(row._mapping) if row else None
+
+    async def by_source(self, type_: EntryType, source_type: SourceType, source_id: str) -> LedgerEntry | None:
+        """The entry booked for a source, if any (a source is booked at most once per type)."""
+        t = ledger_entries
+        row = (
+            await self._session.execute(
+                select(t).where(
+                    t.c.type == type_.value, t.c.source_type == source_type.value, t.c.source_id == source_id
+                )
+            )
+        ).first()
         return _entry(row._mapping) if row else None
 
     async def has_entries(self, account_id: uuid.UUID) -> bool:

@@ -1,8 +1,9 @@
 """Balance groups, their ledgers and payments. Plain Python: no protobuf, no SQL.
 
 Sign convention: an amount is positive when the account owes more (a debit: a charge, a payment
-reversal, a debit adjustment) and negative when it owes less (a credit: a payment, a credit
-adjustment). A group's balance is the sum of its entries: positive is debt, negative is credit.
+reversal, a debit adjustment, a bill's tax, a refund) and negative when it owes less (a credit: a
+payment, a credit adjustment, a write-off, a credit note). A group's balance is the sum of its
+entries: positive is debt, negative is credit.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from decimal import Decimal
 import iso4217
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument
 
+from evolutivo_balance.domain import credit
+from evolutivo_balance.domain.credit import CreditPolicy, CreditState
+
 DEFAULT_GROUP_NAME = "default"
 # Amounts are below 10^18 in absolute value (google.type.Money units are an int64).
 MAX_AMOUNT = Decimal(10) ** 18
@@ -26,8 +30,10 @@ MAX_REFERENCE = 200
 MAX_ACTOR = 200
 MAX_REASON = 1000
 _REASON_CODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}")
-# Who books charges.
+# Who books charges, and the entries of bills and credit notes.
 CHARGING_ACTOR = "charging"
+BILLING_ACTOR = "billing"
+MAX_SOURCE_ID = 200
 
 
 class EntryType(enum.StrEnum):
@@ -38,6 +44,8 @@ class EntryType(enum.StrEnum):
     REFUND = "refund"
     PAYMENT_REVERSAL = "payment_reversal"
     TRANSFER = "transfer"
+    TAX = "tax"
+    CREDIT_NOTE = "credit_note"
 
 
 class SourceType(enum.StrEnum):
@@ -48,6 +56,17 @@ class SourceType(enum.StrEnum):
     ADJUSTMENT = "adjustment"
     TRANSFER_OUT = "transfer_out"
     TRANSFER_IN = "transfer_in"
+    # A bill: its tax, or a write-off of it.
+    BILL = "bill"
+    # A collections case written off.
+    COLLECTIONS_CASE = "collections_case"
+    CREDIT_NOTE = "credit_note"
+    # A refund's reference.
+    REFUND = "refund"
+
+
+# What a write-off may name as its source.
+WRITE_OFF_SOURCES = (SourceType.BILL, SourceType.COLLECTIONS_CASE)
 
 
 class PaymentMethod(enum.StrEnum):
@@ -114,12 +133,12 @@ def check_reason_code(value: str) -> str:
     return value
 
 
-def check_reference(reference: str) -> str:
+def check_reference(reference: str, field_name: str = "reference", what: str = "payment") -> str:
     if not reference:
-        raise InvalidArgument("reference", "is required: the provider's or the bank's payment reference")
+        raise InvalidArgument(field_name, f"is required: the provider's or the bank's {what} reference")
     if reference != reference.strip() or len(reference) > MAX_REFERENCE or not reference.isprintable():
         raise InvalidArgument(
-            "reference", f"must be 1 to {MAX_REFERENCE} printable characters without surrounding spaces"
+            field_name, f"must be 1 to {MAX_REFERENCE} printable characters without surrounding spaces"
         )
     return reference
 
@@ -175,6 +194,10 @@ class BalanceGroup:
     balance: Decimal
     create_time: datetime
     close_time: datetime | None = None
+    # The credit limit, temporary limit and thresholds set on the group.
+    credit: CreditPolicy = field(default_factory=CreditPolicy)
+    # What was last published about them (crossings are published once: see domain/credit.py).
+    credit_state: CreditState = field(default_factory=CreditState)
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
@@ -209,6 +232,43 @@ class BalanceGroup:
     @property
     def is_open(self) -> bool:
         return self.close_time is None
+
+    @property
+    def exponent(self) -> int:
+        return currency_exponent(self.currency_code)
+
+    def credit_limit(self, now: datetime) -> Decimal | None:
+        """The limit in force now (the temporary one until it expires); None without one."""
+        return self.credit.limit_at(now)
+
+    def available_credit(self, now: datetime) -> Decimal | None:
+        return credit.available_credit(self.balance, self.credit_limit(now))
+
+    def is_over_limit(self, now: datetime) -> bool:
+        return credit.is_exceeded(self.balance, self.credit_limit(now))
+
+    def set_credit_policy(self, policy: CreditPolicy) -> None:
+        self.credit = policy
+
+    def assess_credit(self, now: datetime) -> bool:
+        """Compares the group's credit state now (its balance against its limit and thresholds)
+        with the state last published, records an event per crossing and keeps the new state.
+        True when the state changed (it must be stored). Call it with the balance read under the
+        group's row lock, so two transactions never publish the same crossing."""
+        state, crossings = credit.assess(self.credit, self.credit_state, self.balance, self.exponent, now)
+        if state == self.credit_state:
+            return False
+        self.credit_state = state
+        for crossing in crossings:
+            if isinstance(crossing, credit.LimitCrossing):
+                if crossing.exceeded:
+                    assert crossing.limit is not None
+                    self.events.append(CreditLimitExceeded(self, crossing.limit, crossing.version, now))
+                else:
+                    self.events.append(CreditLimitRestored(self, crossing.limit, crossing.version, now))
+            else:
+                self.events.append(CreditThresholdCrossed(self, crossing, now))
+        return True
 
     def require_open(self, field_name: str) -> None:
         if not self.is_open:
@@ -338,6 +398,54 @@ def charge_entry(group: BalanceGroup, charge: Charge, reason: str, now: datetime
     )
 
 
+@dataclass(frozen=True)
+class BillingEntry:
+    """What billing issued that moves the balance: a bill's tax (a debit; charges are booked net
+    of tax, the customer owes them with it) or a credit note (a credit of its total, tax
+    included). Booked once per bill or credit note, on the account's default group."""
+
+    account_id: uuid.UUID
+    type: EntryType
+    source_type: SourceType
+    source_id: str
+    # Signed as booked: the tax as billed, minus the credit note's total.
+    amount: Decimal
+    currency_code: str
+    # When it was issued: the entry takes effect then.
+    effective_time: datetime | None
+    reason: str = ""
+
+
+def billing_entry(group: BalanceGroup, item: BillingEntry, now: datetime) -> LedgerEntry:
+    if item.currency_code != group.currency_code:
+        # Billing bills in the account's currency; another one is a broken upstream: the event
+        # is retried, then dead-lettered, never booked.
+        raise FailedPrecondition(
+            "CURRENCY_MISMATCH",
+            f"{item.source_type.value} {item.source_id} is in {item.currency_code}, "
+            f"account {item.account_id} in {group.currency_code}",
+            {"source_id": item.source_id, "account_id": str(item.account_id)},
+        )
+    exponent = currency_exponent(item.currency_code)
+    if item.amount != item.amount.quantize(Decimal(1).scaleb(-exponent)) or abs(item.amount) >= MAX_AMOUNT:
+        raise FailedPrecondition(
+            "AMOUNT_INVALID",
+            f"{item.source_type.value} {item.source_id}: {item.amount} is not an amount in "
+            f"{item.currency_code}'s minor unit",
+            {"source_id": item.source_id, "account_id": str(item.account_id)},
+        )
+    return group.entry(
+        item.type,
+        item.amount,
+        item.source_type,
+        item.source_id,
+        item.effective_time or now,
+        now,
+        reason=item.reason,
+        actor=BILLING_ACTOR,
+    )
+
+
 # Adjustments and transfers.
 
 
@@ -429,6 +537,101 @@ def transfer(
             EntryType.TRANSFER, amount, SourceType.TRANSFER_IN, str(transfer_id), now, now, reason=reason, actor=actor
         ),
     )
+
+
+# Write-offs and refunds.
+
+
+def check_source_id(source_id: str) -> str:
+    if not source_id:
+        raise InvalidArgument("source_id", "is required: the id of the bill or collections case written off")
+    if source_id != source_id.strip() or len(source_id) > MAX_SOURCE_ID or not source_id.isprintable():
+        raise InvalidArgument(
+            "source_id", f"must be 1 to {MAX_SOURCE_ID} printable characters without surrounding spaces"
+        )
+    return source_id
+
+
+def write_off_entry(
+    group: BalanceGroup,
+    amount: Decimal,
+    currency_code: str,
+    source_type: str,
+    source_id: str,
+    reason_code: str,
+    reason: str,
+    actor: str,
+    now: datetime,
+) -> LedgerEntry:
+    """A write-off: the debt given up, a credit of `amount` on the group, referencing what was
+    written off (a bill or a collections case). The caller books it once per source."""
+    if source_type not in WRITE_OFF_SOURCES:
+        raise InvalidArgument("source_type", f"is required: one of {', '.join(s.value for s in WRITE_OFF_SOURCES)}")
+    source_id = check_source_id(source_id)
+    reason_code = check_reason_code(reason_code)
+    actor = check_text("actor", actor, MAX_ACTOR, required=True)
+    reason = check_text("reason", reason, MAX_REASON, required=False)
+    check_amount("amount", amount, currency_code, group.currency_code, sign=1)
+    return group.entry(
+        EntryType.WRITE_OFF,
+        -amount,
+        SourceType(source_type),
+        source_id,
+        now,
+        now,
+        reason_code=reason_code,
+        reason=reason,
+        actor=actor,
+    )
+
+
+def refund_entry(
+    group: BalanceGroup, amount: Decimal, currency_code: str, reference: str, reason: str, actor: str, now: datetime
+) -> LedgerEntry:
+    """A refund: money paid back out of the group's credit, a debit of `amount`. Whether the group
+    has that much credit is checked when it is booked (`check_refund`), under the group's lock."""
+    check_amount("amount", amount, currency_code, group.currency_code, sign=1)
+    reference = check_reference(reference, what="refund")
+    actor = check_text("actor", actor, MAX_ACTOR, required=True)
+    reason = check_text("reason", reason, MAX_REASON, required=False)
+    return group.entry(EntryType.REFUND, amount, SourceType.REFUND, reference, now, now, reason=reason, actor=actor)
+
+
+def check_refund(group: BalanceGroup, entry: LedgerEntry) -> None:
+    """A refund pays back at most the group's credit (minus its balance): it never leaves the
+    group owing what it paid out."""
+    if entry.amount > -group.balance:
+        credit_left = max(-group.balance, Decimal(0)).quantize(Decimal(1).scaleb(-group.exponent))
+        raise FailedPrecondition(
+            "REFUND_EXCEEDS_CREDIT",
+            f"amount: a refund of {entry.amount} {group.currency_code} is more than the credit of "
+            f"balance group {group.balance_group_id} ({credit_left} {group.currency_code})",
+            {
+                "field": "amount",
+                "balance_group_id": str(group.balance_group_id),
+                "credit": format(credit_left, "f"),
+            },
+        )
+
+
+def same_entry(first: LedgerEntry, again: LedgerEntry, key_field: str, reason: str) -> None:
+    """`again` came with `first`'s source: a retry of it (same account, group and amount), or
+    refused naming the key field."""
+    differs = [
+        name
+        for name, mine, theirs in (
+            ("account_id", first.account_id, again.account_id),
+            ("balance_group_id", first.balance_group_id, again.balance_group_id),
+            ("amount", first.amount, again.amount),
+        )
+        if mine != theirs
+    ]
+    if differs:
+        raise InvalidArgument(
+            key_field,
+            f"was booked before as entry {first.entry_id} with another {', '.join(differs)}",
+            reason,
+        )
 
 
 # Payments.
@@ -565,3 +768,38 @@ class PaymentReversed:
 @dataclass(frozen=True)
 class AdjustmentMade:
     entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class WriteOffMade:
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class RefundMade:
+    entry: LedgerEntry
+
+
+@dataclass(frozen=True)
+class CreditLimitExceeded:
+    group: BalanceGroup
+    limit: Decimal
+    version: int
+    # When it was assessed: the limit in force and the available credit are as of then.
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CreditLimitRestored:
+    group: BalanceGroup
+    # None when the group no longer has a limit.
+    limit: Decimal | None
+    version: int
+    at: datetime
+
+
+@dataclass(frozen=True)
+class CreditThresholdCrossed:
+    group: BalanceGroup
+    crossing: credit.ThresholdCrossing
+    at: datetime

@@ -10,6 +10,7 @@ from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, W
 from evolutivo_balance.adapters import events
 from evolutivo_balance.adapters.orm import inbox, outbox, request_log
 from evolutivo_balance.entrypoints.consumers import subscriptions
+from evolutivo_balance.entrypoints.credit_expiry import TemporaryLimitExpiry
 from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 from evolutivo_balance.settings import BalanceSettings
@@ -21,6 +22,10 @@ def wire(rt: Runtime) -> Wiring:
     def uow() -> BalanceUnitOfWork:
         return BalanceUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
 
+    settings = rt.settings
+    assert isinstance(settings, BalanceSettings)
+    expiry = TemporaryLimitExpiry(uow, settings.credit_expiry_check_seconds, settings.credit_expiry_batch_size)
+
     return Wiring(
         servicers=[
             Servicer(
@@ -31,7 +36,8 @@ def wire(rt: Runtime) -> Wiring:
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
-        upstream_services=["customer", "charging"],
+        upstream_services=["customer", "charging", "billing"],
+        background=[expiry.run],
     )
 
 

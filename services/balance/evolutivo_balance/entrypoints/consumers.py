@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
@@ -13,13 +14,15 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.timestamps import from_timestamp
 
-from evolutivo_balance.domain.model import Charge
+from evolutivo_balance.domain.model import BillingEntry, Charge, EntryType, SourceType
 from evolutivo_balance.service_layer import handlers
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
 CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
+BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
+CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 
 
 async def on_account_created(uow: BalanceUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
@@ -52,6 +55,47 @@ async def on_charges_created(uow: BalanceUnitOfWork, event: charging_events.Char
     await handlers.book_charges(uow, charges, uow.clock.now())
 
 
+def bill_tax_from_pb(event: billing_events.BillIssued) -> BillingEntry:
+    """A bill's tax as balance books it. A malformed bill raises: retried, then dead-lettered."""
+    bill = event.bill
+    return BillingEntry(
+        account_id=uuid.UUID(bill.account_id),
+        type=EntryType.TAX,
+        source_type=SourceType.BILL,
+        source_id=str(uuid.UUID(bill.bill_id)),
+        amount=from_money(bill.tax_total),
+        currency_code=bill.tax_total.currency_code or bill.currency_code,
+        effective_time=from_timestamp(bill.issue_time) if bill.HasField("issue_time") else None,
+        reason=f"tax of bill {bill.bill_number}" if bill.bill_number else "",
+    )
+
+
+def credit_note_from_pb(event: billing_events.CreditNoteIssued) -> BillingEntry:
+    note = event.credit_note
+    return BillingEntry(
+        account_id=uuid.UUID(note.account_id),
+        type=EntryType.CREDIT_NOTE,
+        source_type=SourceType.CREDIT_NOTE,
+        source_id=str(uuid.UUID(note.credit_note_id)),
+        amount=-from_money(note.total),
+        currency_code=note.total.currency_code or note.currency_code,
+        effective_time=from_timestamp(note.issue_time) if note.HasField("issue_time") else None,
+        reason=f"credit note {note.credit_note_number}" if note.credit_note_number else "",
+    )
+
+
+async def on_bill_issued(uow: BalanceUnitOfWork, event: billing_events.BillIssued, meta: EventMeta) -> None:
+    """Books the bill's tax (charges were booked net of it), once per bill."""
+    await handlers.book_billing_entry(uow, bill_tax_from_pb(event), uow.clock.now())
+
+
+async def on_credit_note_issued(
+    uow: BalanceUnitOfWork, event: billing_events.CreditNoteIssued, meta: EventMeta
+) -> None:
+    """Credits the credit note's total (tax included), once per credit note."""
+    await handlers.book_billing_entry(uow, credit_note_from_pb(event), uow.clock.now())
+
+
 def subscriptions() -> list[Subscription[BalanceUnitOfWork]]:
     return [
         Subscription(
@@ -74,6 +118,17 @@ def subscriptions() -> list[Subscription[BalanceUnitOfWork]]:
             handlers={
                 charging_events.ChargesCreated.DESCRIPTOR.full_name: EventHandler(
                     charging_events.ChargesCreated, on_charges_created
+                ),
+            },
+        ),
+        Subscription(
+            durable="balance",
+            stream=stream_name("billing"),
+            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED],
+            handlers={
+                billing_events.BillIssued.DESCRIPTOR.full_name: EventHandler(billing_events.BillIssued, on_bill_issued),
+                billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.CreditNoteIssued, on_credit_note_issued
                 ),
             },
         ),

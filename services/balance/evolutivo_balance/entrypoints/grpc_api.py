@@ -20,7 +20,7 @@ from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 from evolutivo_balance.adapters import proto
 from evolutivo_balance.adapters.repository import EntryFilter
 from evolutivo_balance.domain.model import total
-from evolutivo_balance.service_layer import adjustments, handlers, payments
+from evolutivo_balance.service_layer import adjustments, credit, handlers, payments, refunds
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 
 
@@ -78,15 +78,16 @@ class BalanceServicer(pb_grpc.BalanceServiceServicer):
         groups, at = await handlers.get_balance(self._uow(), account_id, as_of, request.show_closed)
         return pb.GetBalanceResponse(
             account_id=str(account_id),
-            balance_groups=[proto.group_to_pb(g) for g in groups],
+            balance_groups=[proto.group_to_pb(g, at) for g in groups],
             total=to_money(total(groups), groups[0].currency_code),
             as_of_time=to_timestamp(at),
         )
 
     async def GetBalanceGroup(self, request: pb.GetBalanceGroupRequest, context: Context) -> pb.GetBalanceGroupResponse:
         group_id = parse_uuid("balance_group_id", request.balance_group_id)
-        group = await handlers.get_group(self._uow(), group_id)
-        return pb.GetBalanceGroupResponse(balance_group=proto.group_to_pb(group))
+        uow = self._uow()
+        group = await handlers.get_group(uow, group_id)
+        return pb.GetBalanceGroupResponse(balance_group=proto.group_to_pb(group, uow.clock.now()))
 
     async def GetPayment(self, request: pb.GetPaymentRequest, context: Context) -> pb.GetPaymentResponse:
         payment_id, reference = _payment_key(request)
@@ -128,7 +129,7 @@ class BalanceServicer(pb_grpc.BalanceServiceServicer):
 
         async def perform(uow: BalanceUnitOfWork) -> pb.CreateBalanceGroupResponse:
             group = await handlers.create_group(uow, account_id, request.name)
-            return pb.CreateBalanceGroupResponse(balance_group=proto.group_to_pb(group))
+            return pb.CreateBalanceGroupResponse(balance_group=proto.group_to_pb(group, uow.clock.now()))
 
         return await run_idempotent(
             self._uow(), request_id, "CreateBalanceGroup", pb.CreateBalanceGroupResponse, perform
@@ -142,7 +143,7 @@ class BalanceServicer(pb_grpc.BalanceServiceServicer):
 
         async def perform(uow: BalanceUnitOfWork) -> pb.CloseBalanceGroupResponse:
             group = await handlers.close_group(uow, group_id)
-            return pb.CloseBalanceGroupResponse(balance_group=proto.group_to_pb(group))
+            return pb.CloseBalanceGroupResponse(balance_group=proto.group_to_pb(group, uow.clock.now()))
 
         return await run_idempotent(self._uow(), request_id, "CloseBalanceGroup", pb.CloseBalanceGroupResponse, perform)
 
@@ -213,3 +214,63 @@ class BalanceServicer(pb_grpc.BalanceServiceServicer):
             )
 
         return await run_idempotent(self._uow(), request_id, "TransferBalance", pb.TransferBalanceResponse, perform)
+
+    # Write-offs and refunds.
+
+    async def WriteOff(self, request: pb.WriteOffRequest, context: Context) -> pb.WriteOffResponse:
+        account_id = parse_uuid("account_id", request.account_id)
+        group_id = _optional_uuid("balance_group_id", request.balance_group_id)
+        amount, currency_code = proto.amount_from_pb("amount", request.HasField("amount"), request.amount)
+        request_id = parse_request_id(request.request_id)
+
+        async def perform(uow: BalanceUnitOfWork) -> pb.WriteOffResponse:
+            entry = await refunds.write_off(
+                uow,
+                account_id,
+                group_id,
+                amount,
+                currency_code,
+                request.source_type,
+                request.source_id,
+                request.reason_code,
+                request.reason,
+                request.actor,
+            )
+            return pb.WriteOffResponse(entry=proto.entry_to_pb(entry))
+
+        return await run_idempotent(self._uow(), request_id, "WriteOff", pb.WriteOffResponse, perform)
+
+    async def RecordRefund(self, request: pb.RecordRefundRequest, context: Context) -> pb.RecordRefundResponse:
+        account_id = parse_uuid("account_id", request.account_id)
+        group_id = _optional_uuid("balance_group_id", request.balance_group_id)
+        amount, currency_code = proto.amount_from_pb("amount", request.HasField("amount"), request.amount)
+        request_id = parse_request_id(request.request_id)
+
+        async def perform(uow: BalanceUnitOfWork) -> pb.RecordRefundResponse:
+            entry = await refunds.record_refund(
+                uow, account_id, group_id, amount, currency_code, request.reference, request.reason, request.actor
+            )
+            return pb.RecordRefundResponse(entry=proto.entry_to_pb(entry))
+
+        return await run_idempotent(self._uow(), request_id, "RecordRefund", pb.RecordRefundResponse, perform)
+
+    # Credit limits.
+
+    async def SetCreditLimit(self, request: pb.SetCreditLimitRequest, context: Context) -> pb.SetCreditLimitResponse:
+        group_id = parse_uuid("balance_group_id", request.balance_group_id)
+        limit, temporary, expire_time, thresholds = proto.policy_from_pb(request.credit_policy)
+        cmd = credit.SetCreditLimit(
+            balance_group_id=group_id,
+            credit_limit=limit,
+            temporary_limit=temporary,
+            temporary_limit_expire_time=expire_time,
+            thresholds=thresholds,
+            paths=list(request.update_mask.paths),
+        )
+        request_id = parse_request_id(request.request_id)
+
+        async def perform(uow: BalanceUnitOfWork) -> pb.SetCreditLimitResponse:
+            group = await credit.set_credit_limit(uow, cmd)
+            return pb.SetCreditLimitResponse(balance_group=proto.group_to_pb(group, uow.clock.now()))
+
+        return await run_idempotent(self._uow(), request_id, "SetCreditLimit", pb.SetCreditLimitResponse, perform)

@@ -18,7 +18,17 @@ from decimal import Decimal
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 from evolutivo_balance.adapters.repository import EntryFilter, Lock
-from evolutivo_balance.domain.model import BalanceGroup, Charge, LedgerEntry, charge_entry, target_group
+from evolutivo_balance.domain.credit import CreditPolicy, CreditState
+from evolutivo_balance.domain.model import (
+    BalanceGroup,
+    BillingEntry,
+    Charge,
+    LedgerEntry,
+    SourceType,
+    billing_entry,
+    charge_entry,
+    target_group,
+)
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 
 
@@ -141,6 +151,23 @@ async def book_charges(uow: BalanceUnitOfWork, charges: Sequence[Charge], now: d
     return await uow.book(entries)
 
 
+# Tax and credit notes from billing.
+
+
+async def book_billing_entry(uow: BalanceUnitOfWork, item: BillingEntry, now: datetime) -> list[LedgerEntry]:
+    """On BillIssued (its tax) and CreditNoteIssued (its total): one entry on the account's
+    default group, idempotent on the bill or credit note id; a zero amount books nothing. An
+    account balance has not heard of yet gets its default group in the bill's currency.
+    Runs inside the consumer's transaction (the caller commits). Returns the entries booked now."""
+    if item.amount == 0:
+        return []
+    group = await uow.balance_groups.default_for(item.account_id, Lock.SHARE)
+    if group is None:
+        await open_default_group(uow, item.account_id, item.currency_code, now)
+        group = await default_group(uow, item.account_id, Lock.SHARE)
+    return await uow.book([billing_entry(group, item, now)])
+
+
 # Reads.
 
 
@@ -162,8 +189,17 @@ async def get_balance(
             closed = g.close_time is not None and g.close_time <= as_of
             return g.is_default or (existed and (show_closed or not closed))
 
+        # Limits have no history: a past balance is shown without them.
         return [
-            replace(g, balance=sums.get(g.balance_group_id, Decimal(0)), events=[]) for g in groups if listed(g)
+            replace(
+                g,
+                balance=sums.get(g.balance_group_id, Decimal(0)),
+                credit=CreditPolicy(),
+                credit_state=CreditState(),
+                events=[],
+            )
+            for g in groups
+            if listed(g)
         ], as_of
 
 
@@ -182,7 +218,15 @@ async def list_entries(
     after: tuple[datetime, int] | None,
     limit: int,
 ) -> list[tuple[int, LedgerEntry]]:
+    if where.source_type and where.source_type not in {s.value for s in SourceType}:
+        raise InvalidArgument(
+            "source_type", f"must be one of {', '.join(s.value for s in SourceType)} (or empty for any)"
+        )
     async with uow:
         if await uow.balance_groups.default_for(account_id) is None:
             raise NotFound("account", str(account_id))
+        if where.balance_group_id is not None:
+            group = await uow.balance_groups.get(where.balance_group_id)
+            if group is None or group.account_id != account_id:
+                raise InvalidArgument("balance_group_id", f"is not a balance group of account {account_id}")
         return await uow.ledger.page(account_id, where, after, limit)

@@ -6,6 +6,13 @@ groups are locked in balance_group_id order (FOR NO KEY UPDATE) and each gets on
 consumer's batch of ChargesCreated therefore costs one balance update per group, whatever the
 number of charges, and concurrent batches, payments and adjustments cannot deadlock. A group's
 stored balance is always the sum of its entries.
+
+Credit limits and thresholds are assessed right there, in the same transaction: each moved group,
+read under its lock with its new balance, is compared with the credit state last published, and a
+crossing (threshold crossed, limit exceeded or restored) is recorded as an event and the new state
+stored. Whatever moves a balance (charges, payments, reversals, adjustments, transfers, write-offs,
+refunds, tax, credit notes) goes through here, so a crossing is published once, and a batch that
+goes over and back within itself publishes nothing.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from typing import Self
 from evolutivo_runtime.uow import Checkpoint, UnitOfWork
 
 from evolutivo_balance.adapters.repository import BalanceGroupRepository, LedgerRepository, PaymentRepository
-from evolutivo_balance.domain.model import LedgerEntry
+from evolutivo_balance.domain.model import BalanceGroup, LedgerEntry
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,10 @@ class BalanceUnitOfWork(UnitOfWork):
             self._deltas[entry.balance_group_id] = self._deltas.get(entry.balance_group_id, Decimal(0)) + entry.amount
         return booked
 
+    def record(self, event: object) -> None:
+        """A domain event no tracked aggregate carries (e.g. WriteOffMade): to the outbox at commit."""
+        self.publish(*self._encode(event))
+
     @property
     def pending_deltas(self) -> dict[uuid.UUID, Decimal]:
         """What commit will add to each group's balance."""
@@ -67,10 +78,20 @@ class BalanceUnitOfWork(UnitOfWork):
         if isinstance(checkpoint, BalanceCheckpoint):
             self._deltas = dict(checkpoint.deltas)
 
+    async def assess_credit(self, group: BalanceGroup) -> None:
+        """Publishes the group's credit crossings and stores its new credit state, if it changed.
+        The group was read under its FOR NO KEY UPDATE lock in this transaction."""
+        if group.assess_credit(self.clock.now()):
+            await self.balance_groups.save_credit(group)
+            self.track(group)
+
     async def commit(self) -> None:
         if self._deltas:
-            await self.balance_groups.move(self._deltas)
+            moved = await self.balance_groups.move(self._deltas)
             self._deltas = {}
+            # (`or ()`: a repository that reads nothing back, as the pure unit tests' fake, assesses nothing.)
+            for group in moved or ():
+                await self.assess_credit(group)
         await super().commit()
 
     async def rollback(self) -> None:

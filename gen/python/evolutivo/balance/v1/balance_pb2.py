@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/balance/v1/balance.proto\x12\x14\x65volutivo.balance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xe4\x01\n\x0c\x42\x61lanceGroup\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestampb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"evolutivo/balance/v1/balance.proto\x12\x14\x65volutivo.balance.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xb4\x03\n\x0c\x42\x61lanceGroup\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12#\n\x07\x62\x61lance\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nclose_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\rcredit_policy\x18\x08 \x01(\x0b\x32\".evolutivo.balance.v1.CreditPolicy\x12(\n\x0c\x63redit_limit\x18\t \x01(\x0b\x32\x12.google.type.Money\x12,\n\x10\x61vailable_credit\x18\n \x01(\x0b\x32\x12.google.type.Money\x12\x1d\n\x15\x63redit_limit_exceeded\x18\x0b \x01(\x08\x12\x1c\n\x14\x63redit_state_version\x18\x0c \x01(\x03\"S\n\x0f\x43reditThreshold\x12$\n\x06\x61mount\x18\x01 \x01(\x0b\x32\x12.google.type.MoneyH\x00\x12\x11\n\x07percent\x18\x02 \x01(\tH\x00\x42\x07\n\x05level\"\xe8\x01\n\x0c\x43reditPolicy\x12(\n\x0c\x63redit_limit\x18\x01 \x01(\x0b\x32\x12.google.type.Money\x12\x32\n\x16temporary_credit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12?\n\x1btemporary_limit_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\nthresholds\x18\x04 \x03(\x0b\x32%.evolutivo.balance.v1.CreditThresholdb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,5 +34,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.balance.v1.balanc
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_BALANCEGROUP']._serialized_start=119
-  _globals['_BALANCEGROUP']._serialized_end=347
+  _globals['_BALANCEGROUP']._serialized_end=555
+  _globals['_CREDITTHRESHOLD']._serialized_start=557
+  _globals['_CREDITTHRESHOLD']._serialized_end=640
+  _globals['_CREDITPOLICY']._serialized_start=643
+  _globals['_CREDITPOLICY']._serialized_end=875
 # @@protoc_insertion_point(module_scope)

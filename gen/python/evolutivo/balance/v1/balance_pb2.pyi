@@ -3,9 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
 from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -31,6 +33,11 @@ class BalanceGroup(_message.Message):
     BALANCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     CLOSE_TIME_FIELD_NUMBER: _builtins.int
+    CREDIT_POLICY_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    AVAILABLE_CREDIT_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_EXCEEDED_FIELD_NUMBER: _builtins.int
+    CREDIT_STATE_VERSION_FIELD_NUMBER: _builtins.int
     balance_group_id: _builtins.str
     """Server-assigned UUID."""
     account_id: _builtins.str
@@ -40,6 +47,12 @@ class BalanceGroup(_message.Message):
     is_default: _builtins.bool
     """Every account has exactly one default group; charges land there unless they name another.
     The default group never closes.
+    """
+    credit_limit_exceeded: _builtins.bool
+    """The balance is above the limit in force (credit_limit)."""
+    credit_state_version: _builtins.int
+    """Grows by one with every credit limit crossing of the group (CreditLimitExceeded and
+    CreditLimitRestored carry it).
     """
     @_builtins.property
     def balance(self) -> _money_pb2.Money:
@@ -55,6 +68,22 @@ class BalanceGroup(_message.Message):
     def close_time(self) -> _timestamp_pb2.Timestamp:
         """When the group was closed; unset while it is open. A closed group takes no new entries."""
 
+    @_builtins.property
+    def credit_policy(self) -> Global___CreditPolicy:
+        """The credit limit, temporary limit and thresholds set with SetCreditLimit; empty when none."""
+
+    @_builtins.property
+    def credit_limit(self) -> _money_pb2.Money:
+        """The limit in force at the read: the temporary limit while it has not expired, else the
+        credit limit; unset when the group has no limit (and in balances as of a past instant).
+        """
+
+    @_builtins.property
+    def available_credit(self) -> _money_pb2.Money:
+        """What the group can still owe before it exceeds its limit: credit_limit - balance, never below
+        zero (a group in credit has its limit plus its credit available). Unset without a limit.
+        """
+
     def __init__(
         self,
         *,
@@ -65,11 +94,95 @@ class BalanceGroup(_message.Message):
         balance: _money_pb2.Money | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         close_time: _timestamp_pb2.Timestamp | None = ...,
+        credit_policy: Global___CreditPolicy | None = ...,
+        credit_limit: _money_pb2.Money | None = ...,
+        available_credit: _money_pb2.Money | None = ...,
+        credit_limit_exceeded: _builtins.bool = ...,
+        credit_state_version: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["balance", b"balance", "close_time", b"close_time", "create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["available_credit", b"available_credit", "balance", b"balance", "close_time", b"close_time", "create_time", b"create_time", "credit_limit", b"credit_limit", "credit_policy", b"credit_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance", b"balance", "balance_group_id", b"balance_group_id", "close_time", b"close_time", "create_time", b"create_time", "is_default", b"is_default", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available_credit", b"available_credit", "balance", b"balance", "balance_group_id", b"balance_group_id", "close_time", b"close_time", "create_time", b"create_time", "credit_limit", b"credit_limit", "credit_limit_exceeded", b"credit_limit_exceeded", "credit_policy", b"credit_policy", "credit_state_version", b"credit_state_version", "is_default", b"is_default", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BalanceGroup: _TypeAlias = BalanceGroup  # noqa: Y015
+
+@_typing.final
+class CreditThreshold(_message.Message):
+    """A balance at which the group's owner wants to hear about it (CreditThresholdCrossed): reached
+    when the group's balance (debt) is at or above its level and above zero.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    percent: _builtins.str
+    """A percentage of the limit in force, as a decimal string greater than 0 and at most 1000,
+    with at most 2 decimals (e.g. "80", "87.5"). Its level is limit x percent / 100, rounded
+    half up to the currency's minor unit; without a limit it has no level and is not reached.
+    """
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """A fixed amount, greater than zero, in the group's currency."""
+
+    def __init__(
+        self,
+        *,
+        amount: _money_pb2.Money | None = ...,
+        percent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "level", b"level", "percent", b"percent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "level", b"level", "percent", b"percent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_level: _TypeAlias = _typing.Literal["amount", "percent"]  # noqa: Y015
+    _WhichOneofArgType_level: _TypeAlias = _typing.Literal["level", b"level"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_level) -> _WhichOneofReturnType_level | None: ...
+
+Global___CreditThreshold: _TypeAlias = CreditThreshold  # noqa: Y015
+
+@_typing.final
+class CreditPolicy(_message.Message):
+    """How much a balance group may owe, and when to say it is getting there."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    TEMPORARY_CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    TEMPORARY_LIMIT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    THRESHOLDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credit_limit(self) -> _money_pb2.Money:
+        """The most the group may owe (0 or more, in the group's currency); unset: no limit."""
+
+    @_builtins.property
+    def temporary_credit_limit(self) -> _money_pb2.Money:
+        """A limit in force instead of credit_limit until temporary_limit_expire_time (0 or more, in the
+        group's currency); unset: none.
+        """
+
+    @_builtins.property
+    def temporary_limit_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the temporary limit stops applying; set exactly when temporary_credit_limit is."""
+
+    @_builtins.property
+    def thresholds(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditThreshold]:
+        """At most 20, each level given once."""
+
+    def __init__(
+        self,
+        *,
+        credit_limit: _money_pb2.Money | None = ...,
+        temporary_credit_limit: _money_pb2.Money | None = ...,
+        temporary_limit_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        thresholds: _abc.Iterable[Global___CreditThreshold] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_limit", b"credit_limit", "temporary_credit_limit", b"temporary_credit_limit", "temporary_limit_expire_time", b"temporary_limit_expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_limit", b"credit_limit", "temporary_credit_limit", b"temporary_credit_limit", "temporary_limit_expire_time", b"temporary_limit_expire_time", "thresholds", b"thresholds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditPolicy: _TypeAlias = CreditPolicy  # noqa: Y015

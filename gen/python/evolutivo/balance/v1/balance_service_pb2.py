@@ -25,61 +25,70 @@ _sym_db = _symbol_database.Default()
 from evolutivo.balance.v1 import balance_pb2 as evolutivo_dot_balance_dot_v1_dot_balance__pb2
 from evolutivo.balance.v1 import ledger_pb2 as evolutivo_dot_balance_dot_v1_dot_ledger__pb2
 from evolutivo.balance.v1 import payment_pb2 as evolutivo_dot_balance_dot_v1_dot_payment__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*evolutivo/balance/v1/balance_service.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"l\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bshow_closed\x18\x03 \x01(\x08\"\xb7\x01\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12:\n\x0e\x62\x61lance_groups\x18\x02 \x03(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12!\n\x05total\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12.\n\nas_of_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x16GetBalanceGroupRequest\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\"T\n\x17GetBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"Q\n\x19\x43reateBalanceGroupRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"W\n\x1a\x43reateBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"H\n\x18\x43loseBalanceGroupRequest\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x19\x43loseBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"\xfb\x01\n\x14RecordPaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x37\n\x06method\x18\x04 \x01(\x0e\x32\'.evolutivo.balance.v1.PaymentMethodType\x12\x11\n\treference\x18\x05 \x01(\t\x12\x31\n\rreceived_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"y\n\x15RecordPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\x80\x01\n\x15ReversePaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x13\n\treference\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\t\n\x07payment\"z\n\x16ReversePaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"I\n\x11GetPaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x13\n\treference\x18\x02 \x01(\tH\x00\x42\t\n\x07payment\"D\n\x12GetPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\"\xb3\x01\n\x17\x43reateAdjustmentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0breason_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"L\n\x18\x43reateAdjustmentResponse\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xbf\x01\n\x16TransferBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1d\n\x15\x66rom_balance_group_id\x18\x02 \x01(\t\x12\x1b\n\x13to_balance_group_id\x18\x03 \x01(\t\x12\"\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9a\x01\n\x17TransferBalanceResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x35\n\nfrom_entry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\x12\x33\n\x08to_entry\x18\x03 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xab\x02\n\x18ListLedgerEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\x34\n\x05types\x18\x03 \x03(\x0e\x32%.evolutivo.balance.v1.LedgerEntryType\x12\x13\n\x0bsource_type\x18\x04 \x01(\t\x12\x11\n\tsource_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"h\n\x19ListLedgerEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd3\x01\n\x0fWriteOffRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0bsource_type\x18\x04 \x01(\t\x12\x11\n\tsource_id\x18\x05 \x01(\t\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"D\n\x10WriteOffResponse\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry2\xbc\t\n\x0e\x42\x61lanceService\x12_\n\nGetBalance\x12\'.evolutivo.balance.v1.GetBalanceRequest\x1a(.evolutivo.balance.v1.GetBalanceResponse\x12n\n\x0fGetBalanceGroup\x12,.evolutivo.balance.v1.GetBalanceGroupRequest\x1a-.evolutivo.balance.v1.GetBalanceGroupResponse\x12w\n\x12\x43reateBalanceGroup\x12/.evolutivo.balance.v1.CreateBalanceGroupRequest\x1a\x30.evolutivo.balance.v1.CreateBalanceGroupResponse\x12t\n\x11\x43loseBalanceGroup\x12..evolutivo.balance.v1.CloseBalanceGroupRequest\x1a/.evolutivo.balance.v1.CloseBalanceGroupResponse\x12h\n\rRecordPayment\x12*.evolutivo.balance.v1.RecordPaymentRequest\x1a+.evolutivo.balance.v1.RecordPaymentResponse\x12k\n\x0eReversePayment\x12+.evolutivo.balance.v1.ReversePaymentRequest\x1a,.evolutivo.balance.v1.ReversePaymentResponse\x12_\n\nGetPayment\x12\'.evolutivo.balance.v1.GetPaymentRequest\x1a(.evolutivo.balance.v1.GetPaymentResponse\x12q\n\x10\x43reateAdjustment\x12-.evolutivo.balance.v1.CreateAdjustmentRequest\x1a..evolutivo.balance.v1.CreateAdjustmentResponse\x12n\n\x0fTransferBalance\x12,.evolutivo.balance.v1.TransferBalanceRequest\x1a-.evolutivo.balance.v1.TransferBalanceResponse\x12Y\n\x08WriteOff\x12%.evolutivo.balance.v1.WriteOffRequest\x1a&.evolutivo.balance.v1.WriteOffResponse\x12t\n\x11ListLedgerEntries\x12..evolutivo.balance.v1.ListLedgerEntriesRequest\x1a/.evolutivo.balance.v1.ListLedgerEntriesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*evolutivo/balance/v1/balance_service.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"l\n\x11GetBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12.\n\nas_of_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bshow_closed\x18\x03 \x01(\x08\"\xb7\x01\n\x12GetBalanceResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12:\n\x0e\x62\x61lance_groups\x18\x02 \x03(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12!\n\x05total\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12.\n\nas_of_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"2\n\x16GetBalanceGroupRequest\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\"T\n\x17GetBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"Q\n\x19\x43reateBalanceGroupRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"W\n\x1a\x43reateBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"H\n\x18\x43loseBalanceGroupRequest\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"V\n\x19\x43loseBalanceGroupResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"\xfb\x01\n\x14RecordPaymentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x37\n\x06method\x18\x04 \x01(\x0e\x32\'.evolutivo.balance.v1.PaymentMethodType\x12\x11\n\treference\x18\x05 \x01(\t\x12\x31\n\rreceived_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"y\n\x15RecordPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\x80\x01\n\x15ReversePaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x13\n\treference\x18\x02 \x01(\tH\x00\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x04 \x01(\t\x12\x12\n\nrequest_id\x18\x05 \x01(\tB\t\n\x07payment\"z\n\x16ReversePaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"I\n\x11GetPaymentRequest\x12\x14\n\npayment_id\x18\x01 \x01(\tH\x00\x12\x13\n\treference\x18\x02 \x01(\tH\x00\x42\t\n\x07payment\"D\n\x12GetPaymentResponse\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\"\xb3\x01\n\x17\x43reateAdjustmentRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0breason_code\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"L\n\x18\x43reateAdjustmentResponse\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xbf\x01\n\x16TransferBalanceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x1d\n\x15\x66rom_balance_group_id\x18\x02 \x01(\t\x12\x1b\n\x13to_balance_group_id\x18\x03 \x01(\t\x12\"\n\x06\x61mount\x18\x04 \x01(\x0b\x32\x12.google.type.Money\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"\x9a\x01\n\x17TransferBalanceResponse\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x35\n\nfrom_entry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\x12\x33\n\x08to_entry\x18\x03 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xab\x02\n\x18ListLedgerEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\x34\n\x05types\x18\x03 \x03(\x0e\x32%.evolutivo.balance.v1.LedgerEntryType\x12\x13\n\x0bsource_type\x18\x04 \x01(\t\x12\x11\n\tsource_id\x18\x05 \x01(\t\x12.\n\nstart_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x08 \x01(\x05\x12\x12\n\npage_token\x18\t \x01(\t\"h\n\x19ListLedgerEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd3\x01\n\x0fWriteOffRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x13\n\x0bsource_type\x18\x04 \x01(\t\x12\x11\n\tsource_id\x18\x05 \x01(\t\x12\x13\n\x0breason_code\x18\x06 \x01(\t\x12\x0e\n\x06reason\x18\x07 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x08 \x01(\t\x12\x12\n\nrequest_id\x18\t \x01(\t\"D\n\x10WriteOffResponse\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xad\x01\n\x13RecordRefundRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x18\n\x10\x62\x61lance_group_id\x18\x02 \x01(\t\x12\"\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x11\n\treference\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"H\n\x14RecordRefundResponse\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xb1\x01\n\x15SetCreditLimitRequest\x12\x18\n\x10\x62\x61lance_group_id\x18\x01 \x01(\t\x12\x39\n\rcredit_policy\x18\x02 \x01(\x0b\x32\".evolutivo.balance.v1.CreditPolicy\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"S\n\x16SetCreditLimitResponse\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup2\x90\x0b\n\x0e\x42\x61lanceService\x12_\n\nGetBalance\x12\'.evolutivo.balance.v1.GetBalanceRequest\x1a(.evolutivo.balance.v1.GetBalanceResponse\x12n\n\x0fGetBalanceGroup\x12,.evolutivo.balance.v1.GetBalanceGroupRequest\x1a-.evolutivo.balance.v1.GetBalanceGroupResponse\x12w\n\x12\x43reateBalanceGroup\x12/.evolutivo.balance.v1.CreateBalanceGroupRequest\x1a\x30.evolutivo.balance.v1.CreateBalanceGroupResponse\x12t\n\x11\x43loseBalanceGroup\x12..evolutivo.balance.v1.CloseBalanceGroupRequest\x1a/.evolutivo.balance.v1.CloseBalanceGroupResponse\x12h\n\rRecordPayment\x12*.evolutivo.balance.v1.RecordPaymentRequest\x1a+.evolutivo.balance.v1.RecordPaymentResponse\x12k\n\x0eReversePayment\x12+.evolutivo.balance.v1.ReversePaymentRequest\x1a,.evolutivo.balance.v1.ReversePaymentResponse\x12_\n\nGetPayment\x12\'.evolutivo.balance.v1.GetPaymentRequest\x1a(.evolutivo.balance.v1.GetPaymentResponse\x12q\n\x10\x43reateAdjustment\x12-.evolutivo.balance.v1.CreateAdjustmentRequest\x1a..evolutivo.balance.v1.CreateAdjustmentResponse\x12n\n\x0fTransferBalance\x12,.evolutivo.balance.v1.TransferBalanceRequest\x1a-.evolutivo.balance.v1.TransferBalanceResponse\x12Y\n\x08WriteOff\x12%.evolutivo.balance.v1.WriteOffRequest\x1a&.evolutivo.balance.v1.WriteOffResponse\x12\x65\n\x0cRecordRefund\x12).evolutivo.balance.v1.RecordRefundRequest\x1a*.evolutivo.balance.v1.RecordRefundResponse\x12k\n\x0eSetCreditLimit\x12+.evolutivo.balance.v1.SetCreditLimitRequest\x1a,.evolutivo.balance.v1.SetCreditLimitResponse\x12t\n\x11ListLedgerEntries\x12..evolutivo.balance.v1.ListLedgerEntriesRequest\x1a/.evolutivo.balance.v1.ListLedgerEntriesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.balance.v1.balance_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETBALANCEREQUEST']._serialized_start=233
-  _globals['_GETBALANCEREQUEST']._serialized_end=341
-  _globals['_GETBALANCERESPONSE']._serialized_start=344
-  _globals['_GETBALANCERESPONSE']._serialized_end=527
-  _globals['_GETBALANCEGROUPREQUEST']._serialized_start=529
-  _globals['_GETBALANCEGROUPREQUEST']._serialized_end=579
-  _globals['_GETBALANCEGROUPRESPONSE']._serialized_start=581
-  _globals['_GETBALANCEGROUPRESPONSE']._serialized_end=665
-  _globals['_CREATEBALANCEGROUPREQUEST']._serialized_start=667
-  _globals['_CREATEBALANCEGROUPREQUEST']._serialized_end=748
-  _globals['_CREATEBALANCEGROUPRESPONSE']._serialized_start=750
-  _globals['_CREATEBALANCEGROUPRESPONSE']._serialized_end=837
-  _globals['_CLOSEBALANCEGROUPREQUEST']._serialized_start=839
-  _globals['_CLOSEBALANCEGROUPREQUEST']._serialized_end=911
-  _globals['_CLOSEBALANCEGROUPRESPONSE']._serialized_start=913
-  _globals['_CLOSEBALANCEGROUPRESPONSE']._serialized_end=999
-  _globals['_RECORDPAYMENTREQUEST']._serialized_start=1002
-  _globals['_RECORDPAYMENTREQUEST']._serialized_end=1253
-  _globals['_RECORDPAYMENTRESPONSE']._serialized_start=1255
-  _globals['_RECORDPAYMENTRESPONSE']._serialized_end=1376
-  _globals['_REVERSEPAYMENTREQUEST']._serialized_start=1379
-  _globals['_REVERSEPAYMENTREQUEST']._serialized_end=1507
-  _globals['_REVERSEPAYMENTRESPONSE']._serialized_start=1509
-  _globals['_REVERSEPAYMENTRESPONSE']._serialized_end=1631
-  _globals['_GETPAYMENTREQUEST']._serialized_start=1633
-  _globals['_GETPAYMENTREQUEST']._serialized_end=1706
-  _globals['_GETPAYMENTRESPONSE']._serialized_start=1708
-  _globals['_GETPAYMENTRESPONSE']._serialized_end=1776
-  _globals['_CREATEADJUSTMENTREQUEST']._serialized_start=1779
-  _globals['_CREATEADJUSTMENTREQUEST']._serialized_end=1958
-  _globals['_CREATEADJUSTMENTRESPONSE']._serialized_start=1960
-  _globals['_CREATEADJUSTMENTRESPONSE']._serialized_end=2036
-  _globals['_TRANSFERBALANCEREQUEST']._serialized_start=2039
-  _globals['_TRANSFERBALANCEREQUEST']._serialized_end=2230
-  _globals['_TRANSFERBALANCERESPONSE']._serialized_start=2233
-  _globals['_TRANSFERBALANCERESPONSE']._serialized_end=2387
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2390
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2689
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2691
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2795
-  _globals['_WRITEOFFREQUEST']._serialized_start=2798
-  _globals['_WRITEOFFREQUEST']._serialized_end=3009
-  _globals['_WRITEOFFRESPONSE']._serialized_start=3011
-  _globals['_WRITEOFFRESPONSE']._serialized_end=3079
-  _globals['_BALANCESERVICE']._serialized_start=3082
-  _globals['_BALANCESERVICE']._serialized_end=4294
+  _globals['_GETBALANCEREQUEST']._serialized_start=267
+  _globals['_GETBALANCEREQUEST']._serialized_end=375
+  _globals['_GETBALANCERESPONSE']._serialized_start=378
+  _globals['_GETBALANCERESPONSE']._serialized_end=561
+  _globals['_GETBALANCEGROUPREQUEST']._serialized_start=563
+  _globals['_GETBALANCEGROUPREQUEST']._serialized_end=613
+  _globals['_GETBALANCEGROUPRESPONSE']._serialized_start=615
+  _globals['_GETBALANCEGROUPRESPONSE']._serialized_end=699
+  _globals['_CREATEBALANCEGROUPREQUEST']._serialized_start=701
+  _globals['_CREATEBALANCEGROUPREQUEST']._serialized_end=782
+  _globals['_CREATEBALANCEGROUPRESPONSE']._serialized_start=784
+  _globals['_CREATEBALANCEGROUPRESPONSE']._serialized_end=871
+  _globals['_CLOSEBALANCEGROUPREQUEST']._serialized_start=873
+  _globals['_CLOSEBALANCEGROUPREQUEST']._serialized_end=945
+  _globals['_CLOSEBALANCEGROUPRESPONSE']._serialized_start=947
+  _globals['_CLOSEBALANCEGROUPRESPONSE']._serialized_end=1033
+  _globals['_RECORDPAYMENTREQUEST']._serialized_start=1036
+  _globals['_RECORDPAYMENTREQUEST']._serialized_end=1287
+  _globals['_RECORDPAYMENTRESPONSE']._serialized_start=1289
+  _globals['_RECORDPAYMENTRESPONSE']._serialized_end=1410
+  _globals['_REVERSEPAYMENTREQUEST']._serialized_start=1413
+  _globals['_REVERSEPAYMENTREQUEST']._serialized_end=1541
+  _globals['_REVERSEPAYMENTRESPONSE']._serialized_start=1543
+  _globals['_REVERSEPAYMENTRESPONSE']._serialized_end=1665
+  _globals['_GETPAYMENTREQUEST']._serialized_start=1667
+  _globals['_GETPAYMENTREQUEST']._serialized_end=1740
+  _globals['_GETPAYMENTRESPONSE']._serialized_start=1742
+  _globals['_GETPAYMENTRESPONSE']._serialized_end=1810
+  _globals['_CREATEADJUSTMENTREQUEST']._serialized_start=1813
+  _globals['_CREATEADJUSTMENTREQUEST']._serialized_end=1992
+  _globals['_CREATEADJUSTMENTRESPONSE']._serialized_start=1994
+  _globals['_CREATEADJUSTMENTRESPONSE']._serialized_end=2070
+  _globals['_TRANSFERBALANCEREQUEST']._serialized_start=2073
+  _globals['_TRANSFERBALANCEREQUEST']._serialized_end=2264
+  _globals['_TRANSFERBALANCERESPONSE']._serialized_start=2267
+  _globals['_TRANSFERBALANCERESPONSE']._serialized_end=2421
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=2424
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=2723
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=2725
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2829
+  _globals['_WRITEOFFREQUEST']._serialized_start=2832
+  _globals['_WRITEOFFREQUEST']._serialized_end=3043
+  _globals['_WRITEOFFRESPONSE']._serialized_start=3045
+  _globals['_WRITEOFFRESPONSE']._serialized_end=3113
+  _globals['_RECORDREFUNDREQUEST']._serialized_start=3116
+  _globals['_RECORDREFUNDREQUEST']._serialized_end=3289
+  _globals['_RECORDREFUNDRESPONSE']._serialized_start=3291
+  _globals['_RECORDREFUNDRESPONSE']._serialized_end=3363
+  _globals['_SETCREDITLIMITREQUEST']._serialized_start=3366
+  _globals['_SETCREDITLIMITREQUEST']._serialized_end=3543
+  _globals['_SETCREDITLIMITRESPONSE']._serialized_start=3545
+  _globals['_SETCREDITLIMITRESPONSE']._serialized_end=3628
+  _globals['_BALANCESERVICE']._serialized_start=3631
+  _globals['_BALANCESERVICE']._serialized_end=5055
 # @@protoc_insertion_point(module_scope)

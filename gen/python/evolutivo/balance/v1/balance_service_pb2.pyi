@@ -8,6 +8,7 @@ from evolutivo.balance.v1 import balance_pb2 as _balance_pb2
 from evolutivo.balance.v1 import ledger_pb2 as _ledger_pb2
 from evolutivo.balance.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -730,3 +731,133 @@ class WriteOffResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteOffResponse: _TypeAlias = WriteOffResponse  # noqa: Y015
+
+@_typing.final
+class RecordRefundRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account paid back."""
+    balance_group_id: _builtins.str
+    """The group whose credit is paid back; the account's default group when empty."""
+    reference: _builtins.str
+    """The bank's or provider's reference of the payout, 1 to 200 printable characters, unique across
+    refunds: the refund's idempotency key.
+    """
+    reason: _builtins.str
+    """Optional free text."""
+    actor: _builtins.str
+    """Required: who made the refund (a user or a system), at most 200 characters."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Greater than zero, in the account's currency, at most the group's credit (minus its balance)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        balance_group_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+        reference: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "amount", b"amount", "balance_group_id", b"balance_group_id", "reason", b"reason", "reference", b"reference", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRefundRequest: _TypeAlias = RecordRefundRequest  # noqa: Y015
+
+@_typing.final
+class RecordRefundResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The refund entry (a debit), as booked first."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRefundResponse: _TypeAlias = RecordRefundResponse  # noqa: Y015
+
+@_typing.final
+class SetCreditLimitRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_ID_FIELD_NUMBER: _builtins.int
+    CREDIT_POLICY_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    balance_group_id: _builtins.str
+    """The group whose credit policy is set."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def credit_policy(self) -> _balance_pb2.CreditPolicy:
+        """The policy: the fields named by update_mask are set from it, an unset one clears."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """"credit_limit", "temporary_credit_limit" (with its expire time; "temporary_limit_expire_time"
+        names the same pair) and "thresholds"; empty sets all of them.
+        """
+
+    def __init__(
+        self,
+        *,
+        balance_group_id: _builtins.str = ...,
+        credit_policy: _balance_pb2.CreditPolicy | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_policy", b"credit_policy", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group_id", b"balance_group_id", "credit_policy", b"credit_policy", "request_id", b"request_id", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCreditLimitRequest: _TypeAlias = SetCreditLimitRequest  # noqa: Y015
+
+@_typing.final
+class SetCreditLimitResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group with its policy, the limit in force and its available credit."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetCreditLimitResponse: _TypeAlias = SetCreditLimitResponse  # noqa: Y015

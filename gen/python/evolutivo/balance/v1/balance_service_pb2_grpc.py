@@ -85,6 +85,16 @@ class BalanceServiceStub:
                 request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.FromString,
                 _registered_method=True)
+        self.RecordRefund = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/RecordRefund',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundResponse.FromString,
+                _registered_method=True)
+        self.SetCreditLimit = channel.unary_unary(
+                '/evolutivo.balance.v1.BalanceService/SetCreditLimit',
+                request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitResponse.FromString,
+                _registered_method=True)
         self.ListLedgerEntries = channel.unary_unary(
                 '/evolutivo.balance.v1.BalanceService/ListLedgerEntries',
                 request_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.ListLedgerEntriesRequest.SerializeToString,
@@ -169,6 +179,22 @@ class BalanceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRefund(self, request, context):
+        """Pays money back to the customer out of a group's credit: a refund entry (a debit). Idempotent
+        on the refund's reference; a refund larger than the group's credit is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetCreditLimit(self, request, context):
+        """Sets (or clears) a group's credit limit, temporary limit and thresholds. A group already past
+        a new limit or threshold publishes its crossing at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListLedgerEntries(self, request, context):
         """Lists an account's ledger entries, newest first (by effective time).
         """
@@ -228,6 +254,16 @@ def add_BalanceServiceServicer_to_server(servicer, server):
                     servicer.WriteOff,
                     request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.FromString,
                     response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.SerializeToString,
+            ),
+            'RecordRefund': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRefund,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundResponse.SerializeToString,
+            ),
+            'SetCreditLimit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetCreditLimit,
+                    request_deserializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitRequest.FromString,
+                    response_serializer=evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitResponse.SerializeToString,
             ),
             'ListLedgerEntries': grpc.unary_unary_rpc_method_handler(
                     servicer.ListLedgerEntries,
@@ -506,6 +542,60 @@ class BalanceService:
             '/evolutivo.balance.v1.BalanceService/WriteOff',
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffRequest.SerializeToString,
             evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.WriteOffResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRefund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/RecordRefund',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.RecordRefundResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetCreditLimit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.balance.v1.BalanceService/SetCreditLimit',
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitRequest.SerializeToString,
+            evolutivo_dot_balance_dot_v1_dot_balance__service__pb2.SetCreditLimitResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,14 @@ class BalanceServiceStub:
     """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
     (source_type, source_id): the same source returns the first entry.
     """
+    RecordRefund: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.RecordRefundRequest, _balance_service_pb2.RecordRefundResponse]
+    """Pays money back to the customer out of a group's credit: a refund entry (a debit). Idempotent
+    on the refund's reference; a refund larger than the group's credit is refused.
+    """
+    SetCreditLimit: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.SetCreditLimitRequest, _balance_service_pb2.SetCreditLimitResponse]
+    """Sets (or clears) a group's credit limit, temporary limit and thresholds. A group already past
+    a new limit or threshold publishes its crossing at once.
+    """
     ListLedgerEntries: _grpc.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]
     """Lists an account's ledger entries, newest first (by effective time)."""
 
@@ -92,6 +100,14 @@ class BalanceServiceAsyncStub(BalanceServiceStub):
     WriteOff: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.WriteOffRequest, _balance_service_pb2.WriteOffResponse]  # type: ignore[assignment]
     """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
     (source_type, source_id): the same source returns the first entry.
+    """
+    RecordRefund: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.RecordRefundRequest, _balance_service_pb2.RecordRefundResponse]  # type: ignore[assignment]
+    """Pays money back to the customer out of a group's credit: a refund entry (a debit). Idempotent
+    on the refund's reference; a refund larger than the group's credit is refused.
+    """
+    SetCreditLimit: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.SetCreditLimitRequest, _balance_service_pb2.SetCreditLimitResponse]  # type: ignore[assignment]
+    """Sets (or clears) a group's credit limit, temporary limit and thresholds. A group already past
+    a new limit or threshold publishes its crossing at once.
     """
     ListLedgerEntries: _aio.UnaryUnaryMultiCallable[_balance_service_pb2.ListLedgerEntriesRequest, _balance_service_pb2.ListLedgerEntriesResponse]  # type: ignore[assignment]
     """Lists an account's ledger entries, newest first (by effective time)."""
@@ -183,6 +199,26 @@ class BalanceServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_balance_service_pb2.WriteOffResponse, _abc.Awaitable[_balance_service_pb2.WriteOffResponse]]:
         """Gives up an amount of an account's debt: a write-off entry (a credit) on a group. Idempotent on
         (source_type, source_id): the same source returns the first entry.
+        """
+
+    @_abc_1.abstractmethod
+    def RecordRefund(
+        self,
+        request: _balance_service_pb2.RecordRefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.RecordRefundResponse, _abc.Awaitable[_balance_service_pb2.RecordRefundResponse]]:
+        """Pays money back to the customer out of a group's credit: a refund entry (a debit). Idempotent
+        on the refund's reference; a refund larger than the group's credit is refused.
+        """
+
+    @_abc_1.abstractmethod
+    def SetCreditLimit(
+        self,
+        request: _balance_service_pb2.SetCreditLimitRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_balance_service_pb2.SetCreditLimitResponse, _abc.Awaitable[_balance_service_pb2.SetCreditLimitResponse]]:
+        """Sets (or clears) a group's credit limit, temporary limit and thresholds. A group already past
+        a new limit or threshold publishes its crossing at once.
         """
 
     @_abc_1.abstractmethod

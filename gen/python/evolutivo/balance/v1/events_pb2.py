@@ -28,13 +28,15 @@ from evolutivo.balance.v1 import payment_pb2 as evolutivo_dot_balance_dot_v1_dot
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/events.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\x1a\x17google/type/money.proto\"P\n\x13\x42\x61lanceGroupCreated\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"O\n\x12\x42\x61lanceGroupClosed\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"s\n\x0fPaymentRecorded\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"s\n\x0fPaymentReversed\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"B\n\x0e\x41\x64justmentMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\x98\x01\n\x13\x43reditLimitExceeded\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"\x98\x01\n\x13\x43reditLimitRestored\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"@\n\x0cWriteOffMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntryb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/balance/v1/events.proto\x12\x14\x65volutivo.balance.v1\x1a\"evolutivo/balance/v1/balance.proto\x1a!evolutivo/balance/v1/ledger.proto\x1a\"evolutivo/balance/v1/payment.proto\x1a\x17google/type/money.proto\"P\n\x13\x42\x61lanceGroupCreated\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"O\n\x12\x42\x61lanceGroupClosed\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\"s\n\x0fPaymentRecorded\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"s\n\x0fPaymentReversed\x12.\n\x07payment\x18\x01 \x01(\x0b\x32\x1d.evolutivo.balance.v1.Payment\x12\x30\n\x05\x65ntry\x18\x02 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"B\n\x0e\x41\x64justmentMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\x98\x01\n\x13\x43reditLimitExceeded\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"\x98\x01\n\x13\x43reditLimitRestored\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12(\n\x0c\x63redit_limit\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12\x1c\n\x14\x63redit_state_version\x18\x03 \x01(\x03\"@\n\x0cWriteOffMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry\"\xc9\x02\n\x16\x43reditThresholdCrossed\x12\x39\n\rbalance_group\x18\x01 \x01(\x0b\x32\".evolutivo.balance.v1.BalanceGroup\x12\x38\n\tthreshold\x18\x02 \x01(\x0b\x32%.evolutivo.balance.v1.CreditThreshold\x12,\n\x10threshold_amount\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x41\n\tdirection\x18\x04 \x01(\x0e\x32..evolutivo.balance.v1.CreditThresholdDirection\x12(\n\x0c\x63redit_limit\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12\x1f\n\x17threshold_state_version\x18\x06 \x01(\x03\">\n\nRefundMade\x12\x30\n\x05\x65ntry\x18\x01 \x01(\x0b\x32!.evolutivo.balance.v1.LedgerEntry*\x8e\x01\n\x18\x43reditThresholdDirection\x12*\n&CREDIT_THRESHOLD_DIRECTION_UNSPECIFIED\x10\x00\x12!\n\x1d\x43REDIT_THRESHOLD_DIRECTION_UP\x10\x01\x12#\n\x1f\x43REDIT_THRESHOLD_DIRECTION_DOWN\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.balance.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CREDITTHRESHOLDDIRECTION']._serialized_start=1429
+  _globals['_CREDITTHRESHOLDDIRECTION']._serialized_end=1571
   _globals['_BALANCEGROUPCREATED']._serialized_start=191
   _globals['_BALANCEGROUPCREATED']._serialized_end=271
   _globals['_BALANCEGROUPCLOSED']._serialized_start=273
@@ -51,4 +53,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CREDITLIMITRESTORED']._serialized_end=964
   _globals['_WRITEOFFMADE']._serialized_start=966
   _globals['_WRITEOFFMADE']._serialized_end=1030
+  _globals['_CREDITTHRESHOLDCROSSED']._serialized_start=1033
+  _globals['_CREDITTHRESHOLDCROSSED']._serialized_end=1362
+  _globals['_REFUNDMADE']._serialized_start=1364
+  _globals['_REFUNDMADE']._serialized_end=1426
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from evolutivo.balance.v1 import ledger_pb2 as _ledger_pb2
 from evolutivo.balance.v1 import payment_pb2 as _payment_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CreditThresholdDirection:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CreditThresholdDirectionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CreditThresholdDirection.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CREDIT_THRESHOLD_DIRECTION_UNSPECIFIED: _CreditThresholdDirection.ValueType  # 0
+    """Never published."""
+    CREDIT_THRESHOLD_DIRECTION_UP: _CreditThresholdDirection.ValueType  # 1
+    """The balance reached the threshold (or the threshold came down to the balance)."""
+    CREDIT_THRESHOLD_DIRECTION_DOWN: _CreditThresholdDirection.ValueType  # 2
+    """The balance went back below it (or the threshold went up past the balance, or lost its level)."""
+
+class CreditThresholdDirection(_CreditThresholdDirection, metaclass=_CreditThresholdDirectionEnumTypeWrapper):
+    """Which way a balance crossed a credit threshold."""
+
+CREDIT_THRESHOLD_DIRECTION_UNSPECIFIED: CreditThresholdDirection.ValueType  # 0
+"""Never published."""
+CREDIT_THRESHOLD_DIRECTION_UP: CreditThresholdDirection.ValueType  # 1
+"""The balance reached the threshold (or the threshold came down to the balance)."""
+CREDIT_THRESHOLD_DIRECTION_DOWN: CreditThresholdDirection.ValueType  # 2
+"""The balance went back below it (or the threshold went up past the balance, or lost its level)."""
+Global___CreditThresholdDirection: _TypeAlias = CreditThresholdDirection  # noqa: Y015
 
 @_typing.final
 class BalanceGroupCreated(_message.Message):
@@ -257,3 +282,86 @@ class WriteOffMade(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WriteOffMade: _TypeAlias = WriteOffMade  # noqa: Y015
+
+@_typing.final
+class CreditThresholdCrossed(_message.Message):
+    """Published on "evolutivo.balance.v1.credit_threshold.crossed" once per crossing of one of a
+    group's thresholds, upward or downward: by the entries of one transaction (a consumer's batch of
+    charges, a payment...), a changed policy or an expired temporary limit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BALANCE_GROUP_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
+    DIRECTION_FIELD_NUMBER: _builtins.int
+    CREDIT_LIMIT_FIELD_NUMBER: _builtins.int
+    THRESHOLD_STATE_VERSION_FIELD_NUMBER: _builtins.int
+    direction: Global___CreditThresholdDirection.ValueType
+    """Up or down."""
+    threshold_state_version: _builtins.int
+    """Grows by one with every threshold crossing of the group: a consumer that receives them out of
+    order keeps the highest.
+    """
+    @_builtins.property
+    def balance_group(self) -> _balance_pb2.BalanceGroup:
+        """The group, with its balance after the crossing."""
+
+    @_builtins.property
+    def threshold(self) -> _balance_pb2.CreditThreshold:
+        """The threshold crossed, as set."""
+
+    @_builtins.property
+    def threshold_amount(self) -> _money_pb2.Money:
+        """Its level when crossed: its amount, or its percentage of the limit in force; unset when a
+        percentage threshold went down because the group no longer has a limit.
+        """
+
+    @_builtins.property
+    def credit_limit(self) -> _money_pb2.Money:
+        """The limit in force; unset when none."""
+
+    def __init__(
+        self,
+        *,
+        balance_group: _balance_pb2.BalanceGroup | None = ...,
+        threshold: _balance_pb2.CreditThreshold | None = ...,
+        threshold_amount: _money_pb2.Money | None = ...,
+        direction: Global___CreditThresholdDirection.ValueType = ...,
+        credit_limit: _money_pb2.Money | None = ...,
+        threshold_state_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit", "threshold", b"threshold", "threshold_amount", b"threshold_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "credit_limit", b"credit_limit", "direction", b"direction", "threshold", b"threshold", "threshold_amount", b"threshold_amount", "threshold_state_version", b"threshold_state_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditThresholdCrossed: _TypeAlias = CreditThresholdCrossed  # noqa: Y015
+
+@_typing.final
+class RefundMade(_message.Message):
+    """Published on "evolutivo.balance.v1.refund.made" for every refund: money paid back to the
+    customer out of a group's credit.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entry(self) -> _ledger_pb2.LedgerEntry:
+        """The refund entry (a debit), source_type "refund", source_id the refund's reference."""
+
+    def __init__(
+        self,
+        *,
+        entry: _ledger_pb2.LedgerEntry | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundMade: _TypeAlias = RefundMade  # noqa: Y015

@@ -106,9 +106,12 @@ class LedgerEntry(_message.Message):
     type: Global___LedgerEntryType.ValueType
     """What kind of movement it is."""
     source_type: _builtins.str
-    """What made the entry: "charge", "payment", "adjustment", "transfer_out" or "transfer_in"."""
+    """What made the entry: "charge", "payment", "adjustment", "transfer_out", "transfer_in",
+    "bill" (tax, write-off), "collections_case" (write-off), "credit_note" or "refund".
+    """
     source_id: _builtins.str
-    """The source's id: the charge id, the payment reference, the adjustment's or the transfer's id.
+    """The source's id: the charge id, the payment reference, the adjustment's or the transfer's id,
+    the bill's, the collections case's or the credit note's id, the refund's reference.
     (type, source_type, source_id) is unique: a source is booked at most once.
     """
     reason_code: _builtins.str
