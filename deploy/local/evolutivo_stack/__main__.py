@@ -43,6 +43,11 @@ stopping:
   Ctrl-C (SIGINT) or SIGTERM stops the services gracefully, then NATS, then PostgreSQL.  All data
   is kept in DATA_DIR for the next start.  Logs are in DATA_DIR/logs (or --log-dir).
 
+bill emails:
+  With BILLING_SMTP_HOST (and BILLING_SMTP_PORT, _USERNAME, _PASSWORD, _STARTTLS, _FROM) set, billing
+  emails each issued bill's PDF through that server.  Without it, each email is written as a .eml
+  file to DATA_DIR/outbox instead (BILLING_DELIVERY_OUTBOX_DIR overrides the folder).
+
 environment:
   DATABASE_URL, NATS_URL as above; EVOLUTIVO_DATA_DIR, EVOLUTIVO_BASE_PORT and EVOLUTIVO_CLOCK_MODE
   give the defaults of --data-dir, --base-port and --clock.
@@ -145,7 +150,17 @@ def _print_summary(stack: Stack) -> None:
         print(f"    {service:<{width}}  {redact_url(stack.database_url(service))}")
     print(f"  NATS        {stack.nats_url}  ({nats_where})")
     print(f"  Logs        {stack.log_dir}")
+    outbox = stack.service_env("billing").get("BILLING_DELIVERY_OUTBOX_DIR") if "billing" in stack.services else None
+    if outbox and not os.environ.get("BILLING_SMTP_HOST"):
+        print(f"  Bill emails {outbox}  (.eml files; set BILLING_SMTP_HOST to send them)")
     print("Press Ctrl-C to stop (the data is kept for the next start).", flush=True)
+
+
+def _billing_outbox(data_dir: Path) -> dict[str, str]:
+    """Without an SMTP server, billing writes its emails to DATA_DIR/outbox (docs/billing.md)."""
+    if os.environ.get("BILLING_SMTP_HOST") or os.environ.get("BILLING_DELIVERY_OUTBOX_DIR"):
+        return {}
+    return {"BILLING_DELIVERY_OUTBOX_DIR": str((data_dir / "outbox").resolve())}
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -173,6 +188,7 @@ def _up(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             startup_timeout=args.startup_timeout,
             progress=progress,
+            env=_billing_outbox(Path(args.data_dir)),
         )
     except StackError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -138,6 +138,10 @@ def test_consumes_account_events_from_customer_with_its_own_durable() -> None:
         "evolutivo.customer.v1.account.created",
         "evolutivo.customer.v1.account.status_changed",
         "evolutivo.customer.v1.account.billing_profile_changed",
+        # What bill documents and their delivery need: the name, the address, the billing contacts.
+        "evolutivo.customer.v1.account.updated",
+        "evolutivo.customer.v1.contact.changed",
+        "evolutivo.customer.v1.account.personal_data_erased",
     ]
     handler = sub.handlers["evolutivo.customer.v1.AccountCreated"]
     assert handler.message_type is customer_events.AccountCreated

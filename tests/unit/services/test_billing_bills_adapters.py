@@ -68,6 +68,7 @@ def test_a_rated_charge_becomes_a_charge() -> None:
         tax_code="reduced",
         quantity=Decimal(1500),
         amount=Decimal("0.75"),
+        unrounded_amount=Decimal("0.75"),
         currency_code="EUR",
         event_time=datetime(2031, 5, 20, 8, tzinfo=UTC),
         bill_cycle_id=uuid.UUID(pb.bill_cycle_id),

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, DateTime, Uuid, any_, bindparam, func, select, tuple_, update
+from sqlalchemy import Date, DateTime, Table, Uuid, any_, bindparam, func, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -20,6 +20,7 @@ from evolutivo_billing.adapters.orm import (
     bill_taxes,
     bill_units,
     bills,
+    credit_notes,
     payment_allocations,
     payments,
 )
@@ -32,10 +33,13 @@ from evolutivo_billing.domain.bills import (
     BillNumber,
     BillStatus,
     BillTax,
+    BillTrigger,
     Charge,
     ItemListPosition,
     LineKey,
     Period,
+    Statement,
+    Tier,
 )
 from evolutivo_billing.domain.model import OpenBill
 
@@ -83,6 +87,24 @@ class BillItemRepository:
             .order_by(t.c.event_time, t.c.charge_id)
         )
         return [_item(row._mapping) for row in await self._session.execute(query)]
+
+    async def unbilled_for_unit(self, bill_unit_id: uuid.UUID) -> list[BillItem]:
+        """The unit's items no bill has taken (all in its open cycle), oldest event first."""
+        t = bill_items
+        query = (
+            select(t)
+            .where(t.c.bill_unit_id == bill_unit_id, t.c.bill_id.is_(None))
+            .order_by(t.c.event_time, t.c.charge_id)
+        )
+        return [_item(row._mapping) for row in await self._session.execute(query)]
+
+    async def unbilled_amount(self, account_id: uuid.UUID) -> Decimal:
+        """The sum of the account's unbilled items (before tax): what its threshold is compared to."""
+        t = bill_items
+        total = await self._session.scalar(
+            select(func.coalesce(func.sum(t.c.amount), 0)).where(t.c.account_id == account_id, t.c.bill_id.is_(None))
+        )
+        return _plain(Decimal(total or 0))
 
     async def list_unbilled(self, account_id: uuid.UUID, after: ItemListPosition | None, limit: int) -> list[BillItem]:
         """Up to `limit` of the account's unbilled items, oldest event time first, after `after`."""
@@ -133,7 +155,32 @@ def _item_row(item: BillItem) -> dict[str, Any]:
         "receive_time": item.receive_time,
         "bill_id": item.bill_id,
         "bill_line_number": item.bill_line_number,
+        "unrounded_amount": c.unrounded_amount,
+        "tiers": tiers_to_json(c.tiers) if c.tiers else None,
     }
+
+
+def tiers_to_json(tiers: Iterable[Tier]) -> list[dict[str, Any]]:
+    """Tier bands as JSONB: decimals as strings, so no digit is lost."""
+    return [
+        {
+            "tier": t.tier,
+            "units": format(t.units, "f"),
+            "unit_price": format(t.unit_price, "f"),
+            "flat_fee": format(t.flat_fee, "f"),
+            "amount": format(t.amount, "f"),
+        }
+        for t in tiers
+    ]
+
+
+def tiers_from_json(value: Any) -> tuple[Tier, ...]:
+    return tuple(
+        Tier(
+            int(t["tier"]), Decimal(t["units"]), Decimal(t["unit_price"]), Decimal(t["flat_fee"]), Decimal(t["amount"])
+        )
+        for t in value or ()
+    )
 
 
 def _item(row: Any) -> BillItem:
@@ -152,6 +199,8 @@ def _item(row: Any) -> BillItem:
         event_time=row["event_time"],
         bill_cycle_id=row["rated_bill_cycle_id"],
         late=row["late"],
+        unrounded_amount=row["unrounded_amount"],
+        tiers=tiers_from_json(row["tiers"]),
     )
     return BillItem(
         charge=charge,
@@ -198,6 +247,8 @@ class BillRepository:
                         "quantity": line.quantity,
                         "amount": line.amount,
                         "charge_count": len(line.charge_ids),
+                        "unit_price": line.unit_price,
+                        "tiers": tiers_to_json(line.tiers) if line.tiers else None,
                     }
                     for line in bill.lines
                 ],
@@ -226,6 +277,47 @@ class BillRepository:
         (bill,) = await self._complete([row._mapping], with_charge_ids)
         return bill
 
+    async def by_request(self, bill_unit_id: uuid.UUID, request_id: uuid.UUID) -> Bill | None:
+        """The bill BillNow issued for this request id, if any."""
+        t = bills
+        row = (
+            await self._session.execute(select(t).where(t.c.bill_unit_id == bill_unit_id, t.c.request_id == request_id))
+        ).first()
+        if row is None:
+            return None
+        (bill,) = await self._complete([row._mapping], with_charge_ids=True)
+        return bill
+
+    async def statement(self, bill_unit_id: uuid.UUID, account_id: uuid.UUID) -> Statement:
+        """Where the account stands for a bill being built: what its open bills still owe, and the
+        payments (by when billing recorded them, not reversed) and credit notes billing received
+        since its last bill was issued (ever, before its first)."""
+        t = bills
+        owed = await self._session.scalar(
+            select(func.coalesce(func.sum(t.c.total - t.c.paid_amount - t.c.credited_amount), 0)).where(
+                t.c.bill_unit_id == bill_unit_id,
+                t.c.status.in_([s.value for s in OPEN_STATUSES]),
+                t.c.total > t.c.paid_amount + t.c.credited_amount,
+            )
+        )
+        since = await self._session.scalar(
+            select(func.max(t.c.issue_time)).where(t.c.bill_unit_id == bill_unit_id, t.c.issue_time.is_not(None))
+        )
+        p = payments
+        paid_query = select(func.coalesce(func.sum(p.c.amount), 0)).where(
+            p.c.account_id == account_id, p.c.reversed.is_(False)
+        )
+        c = credit_notes
+        credit_query = select(func.coalesce(func.sum(c.c.total), 0)).where(c.c.bill_unit_id == bill_unit_id)
+        if since is not None:
+            paid_query = paid_query.where(p.c.record_time > since)
+            credit_query = credit_query.where(c.c.issue_time > since)
+        return Statement(
+            _plain(Decimal(owed or 0)),
+            _plain(Decimal(await self._session.scalar(paid_query) or 0)),
+            _plain(Decimal(await self._session.scalar(credit_query) or 0)),
+        )
+
     async def list_for_account(self, account_id: uuid.UUID, before: BillListPosition | None, limit: int) -> list[Bill]:
         """Up to `limit` of the account's bills, newest issue date first (then newest created),
         strictly before `before`; lines without their charge ids."""
@@ -246,13 +338,21 @@ class BillRepository:
         """The unit's bills with something to pay: ISSUED, PARTIALLY_PAID or OVERDUE, each owing
         total - paid_amount (a bill owing nothing, e.g. totalling zero, is left out)."""
         t = bills
-        query = select(t.c.bill_id, t.c.bill_number, t.c.total, t.c.paid_amount, t.c.due_date).where(
+        query = select(
+            t.c.bill_id, t.c.bill_number, t.c.total, t.c.paid_amount, t.c.credited_amount, t.c.due_date
+        ).where(
             t.c.bill_unit_id == bill_unit_id,
             t.c.status.in_([s.value for s in OPEN_STATUSES]),
-            t.c.total > t.c.paid_amount,
+            t.c.total > t.c.paid_amount + t.c.credited_amount,
         )
         return [
-            OpenBill(row.bill_id, row.bill_number, _plain(row.total), _plain(row.total - row.paid_amount), row.due_date)
+            OpenBill(
+                row.bill_id,
+                row.bill_number,
+                _plain(row.total),
+                _plain(row.total - row.paid_amount - row.credited_amount),
+                row.due_date,
+            )
             for row in await self._session.execute(query)
         ]
 
@@ -265,7 +365,7 @@ class BillRepository:
             .where(
                 t.c.bill_unit_id == bill_unit_id,
                 t.c.status.in_([s.value for s in OPEN_STATUSES]),
-                t.c.total > t.c.paid_amount,
+                t.c.total > t.c.paid_amount + t.c.credited_amount,
             )
             .order_by(t.c.bill_id)
             .with_for_update()
@@ -294,7 +394,7 @@ class BillRepository:
             .join(u, u.c.bill_unit_id == t.c.bill_unit_id)
             .where(
                 t.c.status.in_([BillStatus.ISSUED.value, BillStatus.PARTIALLY_PAID.value]),
-                t.c.total > t.c.paid_amount,
+                t.c.total > t.c.paid_amount + t.c.credited_amount,
                 t.c.due_date < today,
             )
             .order_by(t.c.due_date, t.c.bill_id)
@@ -306,11 +406,19 @@ class BillRepository:
         return [(bill, row["unit_time_zone"]) for bill, row in zip(found, rows, strict=True)]
 
     async def save_payment_state(self, bill: Bill) -> None:
-        """Stores what payments and the overdue marker change: status, paid_amount, overdue_time."""
+        """Stores what payments, credits and the overdue marker change: status, paid_amount,
+        credited_amount, overdue_time, and the credit applied at issue (with the amount due)."""
         await self._session.execute(
             update(bills)
             .where(bills.c.bill_id == bill.bill_id)
-            .values(status=bill.status.value, paid_amount=bill.paid_amount, overdue_time=bill.overdue_time)
+            .values(
+                status=bill.status.value,
+                paid_amount=bill.paid_amount,
+                credited_amount=bill.credited_amount,
+                overdue_time=bill.overdue_time,
+                credit_applied=bill.credit_applied,
+                amount_due=bill.amount_due,
+            )
         )
 
     async def _complete(self, rows: Sequence[Any], with_charge_ids: bool) -> list[Bill]:
@@ -366,6 +474,14 @@ def _bill_row(bill: Bill) -> dict[str, Any]:
         "suppressed": bill.suppressed,
         "paid_amount": bill.paid_amount,
         "overdue_time": bill.overdue_time,
+        "trigger": bill.trigger.value,
+        "request_id": bill.request_id,
+        "previous_balance": bill.statement.previous_balance,
+        "payments_received": bill.statement.payments_received,
+        "credits": bill.statement.credits,
+        "credit_applied": bill.credit_applied,
+        "amount_due": bill.amount_due,
+        "credited_amount": bill.credited_amount,
     }
 
 
@@ -399,6 +515,8 @@ def _bill(
                 _plain(line.amount),
                 tuple(charges.get((bill_id, line.line_number), ())),
                 line.charge_count,
+                line.unit_price,
+                tiers_from_json(line.tiers),
             )
             for line in lines
         ],
@@ -413,20 +531,27 @@ def _bill(
         suppressed=row["suppressed"],
         paid_amount=_plain(row["paid_amount"]),
         overdue_time=row["overdue_time"],
+        trigger=BillTrigger(row["trigger"]),
+        request_id=row["request_id"],
+        statement=Statement(_plain(row["previous_balance"]), _plain(row["payments_received"]), _plain(row["credits"])),
+        credit_applied=_plain(row["credit_applied"]),
+        credited_amount=_plain(row["credited_amount"]),
     )
 
 
 class BillNumberSeriesRepository:
-    """Gapless counters: taken inside the issuing transaction, so a rollback gives the number back."""
+    """Gapless counters: taken inside the issuing transaction, so a rollback gives the number back.
+    Bills number from `bill_number_series`, credit notes from `credit_note_number_series`."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, table: Table = bill_number_series) -> None:
         self._session = session
+        self._table = table
 
     async def lock(self, series_keys: Iterable[str]) -> None:
         """Creates the series that do not exist yet and locks them all, in key order, until the
         transaction ends. A closer pass locks every series it may number from before numbering, so
         passes running at once wait for each other in one order instead of deadlocking."""
-        t = bill_number_series
+        t = self._table
         for key in sorted(set(series_keys)):
             statement = insert(t).values(series_key=key, last_number=0)
             await self._session.execute(
@@ -435,7 +560,7 @@ class BillNumberSeriesRepository:
 
     async def next(self, series_key: str) -> int:
         """The series' next number (UPDATE ... RETURNING; the row is created at 0 if missing)."""
-        t = bill_number_series
+        t = self._table
         result = await self._session.execute(
             insert(t)
             .values(series_key=series_key, last_number=1)
@@ -520,6 +645,14 @@ class PaymentRepository:
         )
         return [_payment(row) for row in await self._session.execute(query)]
 
+    async def credit_total(self, account_id: uuid.UUID) -> Decimal:
+        """The account's credit from payments: their unallocated remainders (not locked)."""
+        t = payments
+        total = await self._session.scalar(
+            select(func.coalesce(func.sum(t.c.unallocated), 0)).where(t.c.account_id == account_id)
+        )
+        return _plain(Decimal(total or 0))
+
     async def allocate(self, payment_id: uuid.UUID, bill_id: uuid.UUID, amount: Decimal, now: datetime) -> bool:
         """Records what the payment pays on the bill; False if it has paid on that bill already."""
         t = payment_allocations
@@ -539,3 +672,59 @@ class PaymentRepository:
     async def remove_allocations(self, payment_id: uuid.UUID) -> None:
         t = payment_allocations
         await self._session.execute(t.delete().where(t.c.payment_id == payment_id))
+
+
+class ThresholdRepository:
+    """The threshold mark on bill units: set by the ChargesCreated consumer when the unbilled amount
+    reaches the unit's threshold, cleared by the threshold bill (docs/billing.md, "Other triggers")."""
+
+    CHANNEL = "evolutivo_billing_threshold"
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def mark_reached(self, bill_unit_id: uuid.UUID, now: datetime) -> bool:
+        """Marks the unit's threshold reached (once: an unbilled mark is left as it is) and
+        notifies the threshold billers when the transaction commits; False if it was marked."""
+        t = bill_units
+        result = await self._session.execute(
+            update(t)
+            .where(t.c.bill_unit_id == bill_unit_id, t.c.threshold_reached_time.is_(None))
+            .values(threshold_reached_time=now)
+            .returning(t.c.bill_unit_id)
+        )
+        if result.first() is None:
+            return False
+        await self._session.execute(text(f"NOTIFY {self.CHANNEL}"))
+        return True
+
+    async def due(self, limit: int) -> list[tuple[uuid.UUID, str]]:
+        """Up to `limit` marked units (not locked), earliest mark first, with their time zones."""
+        t = bill_units
+        query = (
+            select(t.c.bill_unit_id, t.c.time_zone)
+            .where(t.c.threshold_reached_time.is_not(None))
+            .order_by(t.c.threshold_reached_time, t.c.bill_unit_id)
+            .limit(limit)
+        )
+        return [(row.bill_unit_id, row.time_zone) for row in await self._session.execute(query)]
+
+    async def claim(self, bill_unit_ids: Collection[uuid.UUID]) -> list[uuid.UUID]:
+        """Of these units, the ones still marked, locked FOR UPDATE SKIP LOCKED (replicas, and
+        anything else holding a unit, are skipped: a later pass finds them)."""
+        if not bill_unit_ids:
+            return []
+        t = bill_units
+        query = (
+            select(t.c.bill_unit_id)
+            .where(t.c.bill_unit_id == _any_of(bill_unit_ids), t.c.threshold_reached_time.is_not(None))
+            .order_by(t.c.bill_unit_id)
+            .with_for_update(skip_locked=True)
+        )
+        return [row.bill_unit_id for row in await self._session.execute(query)]
+
+    async def clear(self, bill_unit_id: uuid.UUID) -> None:
+        t = bill_units
+        await self._session.execute(
+            update(t).where(t.c.bill_unit_id == bill_unit_id).values(threshold_reached_time=None)
+        )

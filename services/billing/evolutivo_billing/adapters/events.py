@@ -5,8 +5,9 @@ from __future__ import annotations
 from evolutivo.billing.v1 import events_pb2
 from google.protobuf.message import Message
 
-from evolutivo_billing.adapters import bills_proto, proto
-from evolutivo_billing.domain.bills import BillIssued, BillOverdue, BillPaid, BillPartiallyPaid
+from evolutivo_billing.adapters import bills_proto, collections_proto, proto
+from evolutivo_billing.domain.bills import BillIssued, BillOverdue, BillPaid, BillPartiallyPaid, BillVoided
+from evolutivo_billing.domain.credit_notes import CreditNoteIssued
 from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
 
@@ -17,6 +18,8 @@ BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 BILL_PAID = "evolutivo.billing.v1.bill.paid"
 BILL_PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
 BILL_OVERDUE = "evolutivo.billing.v1.bill.overdue"
+BILL_VOIDED = "evolutivo.billing.v1.bill.voided"
+CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 
 
 def encode(event: object) -> tuple[str, Message]:
@@ -40,4 +43,14 @@ def encode(event: object) -> tuple[str, Message]:
             )
         case BillOverdue(bill=bill):
             return BILL_OVERDUE, events_pb2.BillOverdue(bill=bills_proto.bill_to_pb(bill, with_charge_ids=False))
+        case BillVoided(bill=bill, credit_note_id=credit_note_id):
+            return BILL_VOIDED, events_pb2.BillVoided(
+                bill=bills_proto.bill_to_pb(bill, with_charge_ids=False), credit_note_id=str(credit_note_id)
+            )
+        case CreditNoteIssued(credit_note=note):
+            return CREDIT_NOTE_ISSUED, events_pb2.CreditNoteIssued(credit_note=bills_proto.credit_note_to_pb(note))
+    # Collections' events (docs/collections.md) are encoded by their own module.
+    encoded = collections_proto.encode(event)
+    if encoded is not None:
+        return encoded
     raise TypeError(f"no protobuf event for {type(event).__name__}")

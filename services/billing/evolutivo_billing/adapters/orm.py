@@ -11,6 +11,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Uuid,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 metadata = MetaData()
 
@@ -44,6 +46,16 @@ bill_units = Table(
     Column("pending_billing_frequency", Text),
     Column("pending_payment_terms_days", Integer),
     Column("profile_change_time", DateTime(timezone=True)),
+    # Since 0006: the profile's threshold (NULL: none), and when the unbilled amount reached it
+    # (set until the threshold bill is issued).
+    Column("threshold_amount", Numeric(38, 9)),
+    Column("threshold_reached_time", DateTime(timezone=True)),
+    CheckConstraint("threshold_amount is null or threshold_amount > 0", name="bill_units_threshold"),
+    Index(
+        "bill_units_threshold_due",
+        "threshold_reached_time",
+        postgresql_where=text("threshold_reached_time is not null"),
+    ),
     # ListBillUnits' order and keyset cursor.
     Index("bill_units_listing", "create_time", "bill_unit_id"),
 )
@@ -106,8 +118,24 @@ bills = Table(
     # Since 0005: what payments allocated to it have paid, and when it first went overdue.
     Column("paid_amount", Numeric(38, 9), nullable=False, server_default="0"),
     Column("overdue_time", DateTime(timezone=True)),
-    # A cycle is billed once, whoever (replica, rerun) bills it.
-    UniqueConstraint("bill_unit_id", "bill_cycle_id", name="bills_one_per_cycle"),
+    # Since 0006: what made it (cycle, on_demand, threshold), BillNow's request id, the statement
+    # (docs/billing.md, "What a bill says") and what credit notes took off it.
+    Column("trigger", Text, nullable=False, server_default="cycle"),
+    Column("request_id", Uuid),
+    Column("previous_balance", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("payments_received", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("credits", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("credit_applied", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("amount_due", Numeric(38, 9), nullable=False, server_default="0"),
+    Column("credited_amount", Numeric(38, 9), nullable=False, server_default="0"),
+    # A cycle is billed once by its close, whoever (replica, rerun) bills it; bill-now and
+    # threshold bills of the cycle come on top.
+    Index(
+        "bills_one_per_cycle", "bill_unit_id", "bill_cycle_id", unique=True, postgresql_where=text("trigger = 'cycle'")
+    ),
+    Index("bills_request", "bill_unit_id", "request_id", unique=True, postgresql_where=text("request_id is not null")),
+    CheckConstraint("trigger in ('cycle', 'on_demand', 'threshold')", name="bills_trigger"),
+    CheckConstraint("amount_due = previous_balance + total - credit_applied", name="bills_amount_due_adds_up"),
     UniqueConstraint("number_series", "number_sequence", name="bills_series_sequence"),
     CheckConstraint(f"status in ({_BILL_STATUSES})", name="bills_status"),
     # A draft has no number; every other status has one.
@@ -120,7 +148,11 @@ bills = Table(
     CheckConstraint("(status = 'draft') = (issue_time is null)", name="bills_issue_time"),
     CheckConstraint("not suppressed or (status = 'draft' and total = 0)", name="bills_suppressed_zero"),
     CheckConstraint("total = subtotal + tax_total", name="bills_total_adds_up"),
-    CheckConstraint("paid_amount >= 0 and (paid_amount = 0 or paid_amount <= total)", name="bills_paid_amount"),
+    CheckConstraint(
+        "paid_amount >= 0 and credited_amount >= 0"
+        " and (paid_amount + credited_amount = 0 or paid_amount + credited_amount <= total)",
+        name="bills_paid_amount",
+    ),
     # Payments and the overdue marker: a unit's open bills.
     Index(
         "bills_open",
@@ -145,6 +177,9 @@ bill_lines = Table(
     Column("quantity", Numeric, nullable=False),
     Column("amount", Numeric(38, 9), nullable=False),
     Column("charge_count", Integer, nullable=False),
+    # Since 0006: the unit price all its charges share (NULL otherwise), or their tier bands.
+    Column("unit_price", Numeric),
+    Column("tiers", JSONB),
     PrimaryKeyConstraint("bill_id", "line_number", name="bill_lines_pkey"),
 )
 
@@ -189,6 +224,9 @@ bill_items = Table(
     # The bill and line it is on; NULL while unbilled.
     Column("bill_id", Uuid, ForeignKey("bills.bill_id")),
     Column("bill_line_number", Integer),
+    # Since 0006: the charge's exact amount before rounding and its tier bands, as charging priced it.
+    Column("unrounded_amount", Numeric),
+    Column("tiers", JSONB),
     CheckConstraint("(bill_id is null) = (bill_line_number is null)", name="bill_items_line"),
     # The bill run: a cycle's unbilled items.
     Index("bill_items_unbilled", "bill_cycle_id", postgresql_where=text("bill_id is null")),
@@ -239,6 +277,146 @@ payment_allocations = Table(
     PrimaryKeyConstraint("payment_id", "bill_id", name="payment_allocations_pkey"),
     CheckConstraint("amount > 0", name="payment_allocations_amount"),
     Index("payment_allocations_bill", "bill_id"),
+)
+
+# Since 0006: credit notes (docs/billing.md, "Credit notes"), their lines, what each took off
+# which bill, and their own gapless number series.
+credit_notes = Table(
+    "credit_notes",
+    metadata,
+    Column("credit_note_id", Uuid, primary_key=True),
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), nullable=False),
+    Column("bill_unit_id", Uuid, ForeignKey("bill_units.bill_unit_id"), nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    Column("request_id", Uuid, nullable=False),
+    Column("credit_note_number", Text, nullable=False, unique=True),
+    Column("number_series", Text, nullable=False),
+    Column("number_sequence", BigInteger, nullable=False),
+    Column("currency_code", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("subtotal", Numeric(38, 9), nullable=False),
+    Column("tax_total", Numeric(38, 9), nullable=False),
+    Column("total", Numeric(38, 9), nullable=False),
+    Column("issue_date", Date, nullable=False),
+    Column("issue_time", DateTime(timezone=True), nullable=False),
+    Column("voids_bill", Boolean, nullable=False),
+    # What no bill took yet: the account's credit, applied to its next bills.
+    Column("unallocated", Numeric(38, 9), nullable=False),
+    UniqueConstraint("number_series", "number_sequence", name="credit_notes_series_sequence"),
+    UniqueConstraint("bill_unit_id", "request_id", name="credit_notes_request"),
+    CheckConstraint("total = subtotal + tax_total", name="credit_notes_total_adds_up"),
+    CheckConstraint("total > 0", name="credit_notes_total"),
+    CheckConstraint("unallocated >= 0 and unallocated <= total", name="credit_notes_unallocated"),
+    Index("credit_notes_listing", "account_id", "issue_time", "credit_note_id"),
+    Index("credit_notes_bill", "bill_id"),
+    Index(
+        "credit_notes_credit", "account_id", "issue_time", "credit_note_id", postgresql_where=text("unallocated > 0")
+    ),
+)
+
+credit_note_lines = Table(
+    "credit_note_lines",
+    metadata,
+    Column("credit_note_id", Uuid, ForeignKey("credit_notes.credit_note_id"), nullable=False),
+    Column("line_number", Integer, nullable=False),
+    Column("bill_line_number", Integer, nullable=False),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("charge_code", Text, nullable=False),
+    Column("tax_code", Text, nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    PrimaryKeyConstraint("credit_note_id", "line_number", name="credit_note_lines_pkey"),
+    UniqueConstraint("credit_note_id", "bill_line_number", name="credit_note_lines_bill_line"),
+)
+
+credit_note_allocations = Table(
+    "credit_note_allocations",
+    metadata,
+    Column("credit_note_id", Uuid, ForeignKey("credit_notes.credit_note_id"), nullable=False),
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), nullable=False),
+    Column("amount", Numeric(38, 9), nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("credit_note_id", "bill_id", name="credit_note_allocations_pkey"),
+    CheckConstraint("amount > 0", name="credit_note_allocations_amount"),
+    Index("credit_note_allocations_bill", "bill_id"),
+)
+
+credit_note_number_series = Table(
+    "credit_note_number_series",
+    metadata,
+    Column("series_key", Text, primary_key=True),
+    Column("last_number", BigInteger, nullable=False),
+    CheckConstraint("last_number >= 0", name="credit_note_number_series_last_number"),
+)
+
+# Since 0007: what billing keeps of customer's accounts and contacts for documents and delivery
+# (docs/billing.md, "Documents"); ordered by customer's update times.
+account_details = Table(
+    "account_details",
+    metadata,
+    Column("account_id", Uuid, primary_key=True),
+    Column("account_number", Text, nullable=False, server_default=""),
+    Column("display_name", Text, nullable=False, server_default=""),
+    Column("tax_id", Text, nullable=False, server_default=""),
+    Column("country_code", Text, nullable=False, server_default=""),
+    Column("locale", Text, nullable=False, server_default=""),
+    Column("delivery_method", Text, nullable=False, server_default="email"),
+    Column("personal_data_erased", Boolean, nullable=False, server_default="false"),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint("delivery_method in ('email', 'postal', 'portal')", name="account_details_delivery_method"),
+)
+
+account_contacts = Table(
+    "account_contacts",
+    metadata,
+    Column("contact_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("email", Text),
+    Column("postal_address", JSONB),
+    # Removed by customer: kept, so an older change arriving later does not bring it back.
+    Column("removed", Boolean, nullable=False, server_default="false"),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    Index("account_contacts_account", "account_id"),
+)
+
+# Since 0007: each issued bill's PDF, kept as first rendered.
+bill_documents = Table(
+    "bill_documents",
+    metadata,
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), primary_key=True),
+    Column("content_type", Text, nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("render_time", DateTime(timezone=True), nullable=False),
+)
+
+# Since 0007: the email delivery of each issued bill, added by the trigger
+# bills_delivery_when_issued in the issuing transaction (docs/billing.md, "Delivery").
+bill_deliveries = Table(
+    "bill_deliveries",
+    metadata,
+    Column("bill_id", Uuid, ForeignKey("bills.bill_id"), primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_time", DateTime(timezone=True)),
+    Column("last_attempt_time", DateTime(timezone=True)),
+    Column("last_error", Text, nullable=False, server_default=""),
+    Column("sent_time", DateTime(timezone=True)),
+    Column("recipients", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("message_id", Text, nullable=False, server_default=""),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint(
+        "state in ('pending', 'sent', 'failed', 'no_recipient', 'not_by_email')", name="bill_deliveries_state"
+    ),
+    CheckConstraint("attempts >= 0", name="bill_deliveries_attempts"),
+    CheckConstraint("(state = 'pending') = (next_attempt_time is not null)", name="bill_deliveries_due"),
+    CheckConstraint("(state = 'sent') = (sent_time is not null)", name="bill_deliveries_sent_time"),
+    # The delivery loop's claim: pending deliveries by due time.
+    Index("bill_deliveries_pending", "next_attempt_time", postgresql_where=text("state = 'pending'")),
 )
 
 outbox, inbox = messaging_tables(metadata)

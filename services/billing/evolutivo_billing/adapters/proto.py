@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import datetime
+from decimal import Decimal
 
 from evolutivo.billing.v1 import bill_cycle_pb2, bill_unit_pb2, billing_service_pb2, billing_summary_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo_runtime.errors import InvalidArgument
-from evolutivo_runtime.money import to_money
+from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.pagination import decode_keyset, decode_token, encode_keyset, encode_token
 from evolutivo_runtime.timestamps import to_date, to_timestamp
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -67,6 +68,8 @@ def unit_to_pb(unit: BillUnit) -> bill_unit_pb2.BillUnit:
         account_status=_STATUSES[unit.account_status],
         account_status_change_time=to_timestamp(unit.account_status_change_time),
     )
+    if unit.threshold_amount is not None:
+        pb.threshold_amount.CopyFrom(to_money(unit.threshold_amount, unit.currency_code))
     if unit.pending_profile is not None:
         pending = unit.pending_profile
         pb.pending_profile.CopyFrom(
@@ -129,6 +132,17 @@ def status_from_customer_pb(status: account_pb2.AccountStatus.ValueType) -> Acco
         return _CUSTOMER_STATUSES[status]
     except KeyError:
         raise ValueError(f"customer account status {status} has no billing counterpart") from None
+
+
+def threshold_from_customer_pb(pb: account_pb2.BillingProfile, currency_code: str) -> Decimal | None:
+    """The profile's threshold in the account's currency; None when unset or zero. One in another
+    currency is a broken event."""
+    if not pb.HasField("threshold_amount"):
+        return None
+    if pb.threshold_amount.currency_code and pb.threshold_amount.currency_code != currency_code:
+        raise ValueError(f"threshold in {pb.threshold_amount.currency_code}, the account bills in {currency_code}")
+    amount = from_money(pb.threshold_amount)
+    return amount if amount > 0 else None
 
 
 def profile_from_customer_pb(pb: account_pb2.BillingProfile) -> BillingProfile:

@@ -81,6 +81,8 @@ def _changeable(unit: BillUnit) -> dict[str, Any]:
         "pending_billing_frequency": pending.frequency.value if pending else None,
         "pending_payment_terms_days": pending.payment_terms_days if pending else None,
         "profile_change_time": unit.profile_change_time,
+        # threshold_reached_time is written only by its own updates (ThresholdRepository).
+        "threshold_amount": unit.threshold_amount,
     }
 
 
@@ -107,6 +109,8 @@ def _unit(row: Any) -> BillUnit:
         account_status_change_time=row["account_status_change_time"],
         pending_profile=pending,
         profile_change_time=row["profile_change_time"],
+        threshold_amount=row["threshold_amount"],
+        threshold_reached_time=row["threshold_reached_time"],
     )
 
 

@@ -64,6 +64,18 @@ def is_rounded(amount: Decimal, exponent: int) -> bool:
 
 
 @dataclass(frozen=True)
+class Tier:
+    """One band of tiered pricing: what it priced of a charge, or of a line's charges summed."""
+
+    tier: int
+    units: Decimal
+    unit_price: Decimal
+    flat_fee: Decimal
+    # Exact, unrounded.
+    amount: Decimal
+
+
+@dataclass(frozen=True)
 class Charge:
     """A charge as charging published it (RatedCharge in ChargesCreated), what billing keeps of it."""
 
@@ -82,6 +94,27 @@ class Charge:
     # The cycle charging rated it into; None when the charge names none.
     bill_cycle_id: uuid.UUID | None
     late: bool = False
+    # As charging priced it: the exact amount before rounding (None if unknown) and the tier bands.
+    unrounded_amount: Decimal | None = None
+    tiers: tuple[Tier, ...] = ()
+
+    @property
+    def unit_price(self) -> Decimal | None:
+        """The price of one unit, when the charge has one: its only band's (without a flat fee),
+        or, untiered, its exact amount over its quantity when that divides exactly."""
+        if self.tiers:
+            (only, *more) = self.tiers
+            return only.unit_price if not more and only.flat_fee == 0 else None
+        if self.unrounded_amount is None or self.quantity == 0:
+            return None
+        with localcontext() as ctx:
+            ctx.prec = PRECISION
+            price = self.unrounded_amount / self.quantity
+            # Only a price that gives back the amount exactly and fits NUMERIC(38, 9)'s scale.
+            if price * self.quantity != self.unrounded_amount or price != price.quantize(Decimal("1e-9")):
+                return None
+            # 2.50 / 25 is 0.10: the price is shown without the amount's trailing zeros.
+            return price.normalize()
 
 
 @dataclass(frozen=True)
@@ -163,6 +196,10 @@ class BillLine:
     # The charges it sums, sorted (empty when read without them: lists, events).
     charge_ids: tuple[uuid.UUID, ...]
     charge_count: int
+    # The unit price all its charges share (None when they differ or have none); without one,
+    # their tier bands summed per band (informative: exact, the amount sums rounded charges).
+    unit_price: Decimal | None = None
+    tiers: tuple[Tier, ...] = ()
 
     @property
     def tax_code(self) -> str:
@@ -188,6 +225,7 @@ def group_lines(items: Iterable[BillItem]) -> list[BillLine]:
         ctx.prec = PRECISION
         for number, key in enumerate(sorted(groups), start=1):
             members = groups[key]
+            price = line_unit_price([i.charge for i in members])
             lines.append(
                 BillLine(
                     number,
@@ -196,9 +234,33 @@ def group_lines(items: Iterable[BillItem]) -> list[BillLine]:
                     sum((i.charge.amount for i in members), Decimal(0)),
                     tuple(sorted(i.charge_id for i in members)),
                     len(members),
+                    price,
+                    () if price is not None else sum_tiers([i.charge for i in members]),
                 )
             )
     return lines
+
+
+def line_unit_price(charges: Sequence[Charge]) -> Decimal | None:
+    """The unit price of a line: the one all its charges share, None if one has none or they differ."""
+    prices = {c.unit_price for c in charges}
+    if len(prices) != 1:
+        return None
+    (price,) = prices
+    return price
+
+
+def sum_tiers(charges: Iterable[Charge]) -> tuple[Tier, ...]:
+    """The charges' tier bands summed per (band, unit price, flat fee), in band order."""
+    summed: dict[tuple[int, Decimal, Decimal], tuple[Decimal, Decimal]] = {}
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        for charge in charges:
+            for t in charge.tiers:
+                key = (t.tier, t.unit_price, t.flat_fee)
+                units, amount = summed.get(key, (Decimal(0), Decimal(0)))
+                summed[key] = (units + t.units, amount + t.amount)
+    return tuple(Tier(k[0], u, k[1], k[2], a) for k, (u, a) in sorted(summed.items()))
 
 
 @dataclass(frozen=True)
@@ -244,6 +306,26 @@ def compute_taxes(lines: Sequence[BillLine], rates: TaxRates, exponent: int) -> 
         ]
 
 
+class BillTrigger(enum.Enum):
+    """What made a bill (docs/billing.md, "Other triggers")."""
+
+    CYCLE = "cycle"
+    ON_DEMAND = "on_demand"
+    THRESHOLD = "threshold"
+
+
+@dataclass(frozen=True)
+class Statement:
+    """Where the account stood when a bill was built (docs/billing.md, "What a bill says"):
+    what it still owed on earlier bills, and the payments and credit notes billing received since
+    the previous bill was issued (already counted in the previous balance or the account's credit,
+    so shown and not added again)."""
+
+    previous_balance: Decimal = Decimal(0)
+    payments_received: Decimal = Decimal(0)
+    credits: Decimal = Decimal(0)
+
+
 class BillStatus(enum.Enum):
     DRAFT = "draft"
     ISSUED = "issued"
@@ -287,6 +369,14 @@ class Bill:
     paid_amount: Decimal = Decimal(0)
     # When it first went OVERDUE (BillOverdue is published then, once).
     overdue_time: datetime | None = None
+    trigger: BillTrigger = BillTrigger.CYCLE
+    # BillNow's request id.
+    request_id: uuid.UUID | None = None
+    statement: Statement = field(default_factory=Statement)
+    # The account's credit (payments', credit notes') it took when issued.
+    credit_applied: Decimal = Decimal(0)
+    # What credit notes took off it: on it, or as account credit applied to it.
+    credited_amount: Decimal = Decimal(0)
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
@@ -301,6 +391,24 @@ class Bill:
     ) -> Bill:
         """The DRAFT bill of a closed cycle: every item billed in it becomes part of a line.
         `profile` is the profile the cycle ran under (its payment terms give the due date)."""
+        return cls.build(unit, cycle, profile, items, rates, now, BillTrigger.CYCLE, cycle.end_date)
+
+    @classmethod
+    def build(
+        cls,
+        unit: BillUnit,
+        cycle: BillCycle,
+        profile: BillingProfile,
+        items: Iterable[BillItem],
+        rates: TaxRates,
+        now: datetime,
+        trigger: BillTrigger,
+        issue_date: date,
+        request_id: uuid.UUID | None = None,
+    ) -> Bill:
+        """A DRAFT bill of unbilled items of `cycle`, issued on `issue_date`. A cycle's bill covers
+        the cycle; a bill-now or threshold bill, issued while the cycle is open, covers it from its
+        start to its issue date (inclusive; the cycle's bill then holds only what came after)."""
         if cycle.bill_unit_id != unit.bill_unit_id:
             raise InvalidBill(f"cycle {cycle.bill_cycle_id} is not a cycle of bill unit {unit.bill_unit_id}")
         collected = list(items)
@@ -317,14 +425,18 @@ class Bill:
             subtotal = sum((line.amount for line in lines), Decimal(0))
             tax_total = sum((t.tax_amount for t in taxes), Decimal(0))
             total = subtotal + tax_total
-        issue_date = cycle.end_date
+        period = Period.of_cycle(cycle)
+        if trigger is not BillTrigger.CYCLE:
+            period = Period(
+                period.start, max(period.start + timedelta(days=1), min(period.end, issue_date + timedelta(days=1)))
+            )
         return cls(
             bill_id=uuid.uuid4(),
             bill_unit_id=unit.bill_unit_id,
             account_id=unit.account_id,
             bill_cycle_id=cycle.bill_cycle_id,
             currency_code=unit.currency_code,
-            period=Period.of_cycle(cycle),
+            period=period,
             issue_date=issue_date,
             due_date=issue_date + timedelta(days=profile.payment_terms_days),
             lines=lines,
@@ -333,7 +445,14 @@ class Bill:
             tax_total=tax_total,
             total=total,
             create_time=now.astimezone(UTC),
+            trigger=trigger,
+            request_id=request_id,
         )
+
+    @property
+    def amount_due(self) -> Decimal:
+        """previous balance + total - credit applied: what the account owed with this bill."""
+        return self.statement.previous_balance + self.total - self.credit_applied
 
     @property
     def is_zero(self) -> bool:
@@ -364,8 +483,8 @@ class Bill:
 
     @property
     def open_amount(self) -> Decimal:
-        """What is still to pay: total - paid_amount."""
-        return self.total - self.paid_amount
+        """What is still to pay: total - paid_amount - credited_amount."""
+        return self.total - self.paid_amount - self.credited_amount
 
     @property
     def is_open(self) -> bool:
@@ -387,6 +506,28 @@ class Bill:
             # Going OVERDUE is the overdue marker's step (with its BillOverdue), not a payment's.
             self.status = BillStatus.PARTIALLY_PAID
         self.events.append(BillPaid(self) if self.status is BillStatus.PAID else BillPartiallyPaid(self))
+
+    def take_credit(self, amount: Decimal) -> None:
+        """A credit note's credit taken off what is still to pay (on this bill, or account credit
+        applied to it). Paid in full it is PAID (BillPaid); in part its status stays: a credit is
+        not a payment."""
+        if not self.is_open:
+            raise InvalidBill(f"bill {self.bill_id} is {self.status.value} and owes {self.open_amount}")
+        if amount <= 0 or amount > self.open_amount:
+            raise InvalidBill(f"bill {self.bill_id} owes {self.open_amount}, it cannot take a credit of {amount}")
+        self.credited_amount += amount
+        if self.open_amount <= 0:
+            self.status = BillStatus.PAID
+            self.events.append(BillPaid(self))
+
+    def void(self, amount: Decimal, credit_note_id: uuid.UUID) -> None:
+        """VOID through a credit note for all it still owes, when no payment has paid any of it;
+        records BillVoided."""
+        if self.status not in OPEN_STATUSES or self.paid_amount != 0 or amount != self.open_amount:
+            raise InvalidBill(f"bill {self.bill_id} is voided only by a credit note of all it owes, unpaid")
+        self.credited_amount += amount
+        self.status = BillStatus.VOID
+        self.events.append(BillVoided(self, credit_note_id))
 
     def unpay(self, amount: Decimal, today: date, now: datetime) -> None:
         """A reversed payment's allocation taken back: the bill re-opens, ISSUED, PARTIALLY_PAID or
@@ -443,6 +584,12 @@ class BillPartiallyPaid:
 @dataclass(frozen=True)
 class BillOverdue:
     bill: Bill
+
+
+@dataclass(frozen=True)
+class BillVoided:
+    bill: Bill
+    credit_note_id: uuid.UUID
 
 
 @dataclass(frozen=True, order=True)

@@ -89,6 +89,11 @@ class BillUnit:
     pending_profile: BillingProfile | None = None
     # When customer last changed the account's billing profile (None: never).
     profile_change_time: datetime | None = None
+    # The profile's threshold (docs/billing.md, "Other triggers"): a bill is issued as soon as the
+    # unbilled amount reaches it. It applies at once (it moves no cycle boundary). None: none.
+    threshold_amount: Decimal | None = None
+    # When the unbilled amount reached it; set until the threshold bill is issued.
+    threshold_reached_time: datetime | None = None
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -145,6 +150,12 @@ class BillUnit:
         self.pending_profile = None if profile == self.profile else profile
         self.profile_change_time = change_time.astimezone(UTC)
         return True
+
+    def set_threshold(self, amount: Decimal | None) -> None:
+        """The profile's threshold, in force at once (None or zero: no threshold)."""
+        if amount is not None and (not amount.is_finite() or amount < 0):
+            raise InvalidBillUnit(f"threshold_amount must not be negative, not {amount}")
+        self.threshold_amount = amount if amount else None
 
     def apply_pending_profile(self) -> bool:
         """Brings the pending profile into force, whenever it was changed; returns whether there

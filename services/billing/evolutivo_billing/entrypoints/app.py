@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 
 from evolutivo.billing.v1 import billing_service_pb2, billing_service_pb2_grpc
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
-from evolutivo_billing.adapters import events
+from evolutivo_billing.adapters import events, pdf
 from evolutivo_billing.adapters.orm import inbox, outbox
+from evolutivo_billing.adapters.smtp import DirectoryMailer, SmtpMailer
 from evolutivo_billing.domain.bills import TaxRates
+from evolutivo_billing.domain.delivery import RetryPolicy
+from evolutivo_billing.domain.documents import Seller
 from evolutivo_billing.domain.numbering import NumberFormat
+from evolutivo_billing.entrypoints import collections_processor, grpc_collections
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
+from evolutivo_billing.entrypoints.delivery_loop import DeliveryLoop
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer.bills import BillPolicy
+from evolutivo_billing.service_layer.delivery import DeliveryPolicy, Documents, Mailer
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_billing.settings import BillingSettings
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -33,26 +44,87 @@ def wire(rt: Runtime) -> Wiring:
         settings.cycle_check_seconds,
         settings.cycle_close_batch_size,
         policy(settings),
+        settings.database_url,
     )
     return Wiring(
         servicers=[
             Servicer(
                 billing_service_pb2_grpc.add_BillingServiceServicer_to_server,
-                BillingServicer(uow),
+                BillingServicer(uow, documents(settings), policy(settings)),
                 billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
-            )
+            ),
+            grpc_collections.servicer(rt),
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
         upstream_services=["customer", "charging", "balance"],
-        background=[closer.run],
+        background=[
+            closer.run,
+            collections_processor.processor(uow, settings).run,
+            *delivery_loops(uow, settings),
+        ],
     )
 
 
 def policy(settings: BillingSettings) -> BillPolicy:
-    """How the bill runs build and issue bills, from BILLING_TAX_RATES, BILLING_NUMBER_FORMAT and
-    BILLING_SUPPRESS_ZERO_BILLS."""
-    return BillPolicy(TaxRates(settings.tax_rates), NumberFormat(settings.number_format), settings.suppress_zero_bills)
+    """How bills are built, issued and corrected, from BILLING_TAX_RATES, BILLING_NUMBER_FORMAT,
+    BILLING_SUPPRESS_ZERO_BILLS and BILLING_CREDIT_NOTE_NUMBER_FORMAT."""
+    return BillPolicy(
+        TaxRates(settings.tax_rates),
+        NumberFormat(settings.number_format),
+        settings.suppress_zero_bills,
+        NumberFormat(settings.credit_note_number_format),
+    )
+
+
+def documents(settings: BillingSettings) -> Documents:
+    """The seller printed on bills (BILLING_SELLER_*, BILLING_PAYMENT_INSTRUCTIONS) and the renderer."""
+    seller = Seller(
+        name=settings.seller_name,
+        address_lines=tuple(settings.seller_address),
+        tax_id=settings.seller_tax_id,
+        email=settings.seller_email,
+        payment_instructions=tuple(settings.payment_instructions),
+    )
+    return Documents(seller, pdf.render)
+
+
+def mailer(settings: BillingSettings) -> tuple[Mailer, str] | None:
+    """SMTP with BILLING_SMTP_HOST; else .eml files in BILLING_DELIVERY_OUTBOX_DIR; else None
+    (delivery off). With the sender address."""
+    if settings.smtp_host:
+        smtp = SmtpMailer(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_username,
+            settings.smtp_password.get_secret_value(),
+            settings.smtp_starttls,
+            settings.smtp_timeout_seconds,
+        )
+        return smtp, settings.smtp_from
+    if settings.delivery_outbox_dir:
+        return DirectoryMailer(Path(settings.delivery_outbox_dir)), settings.smtp_from or "billing@localhost"
+    return None
+
+
+def delivery_loops(
+    uow: Callable[[], BillingUnitOfWork], settings: BillingSettings
+) -> list[Callable[[asyncio.Event], Awaitable[None]]]:
+    """The delivery loop, when a way to send is configured (docs/billing.md, "Delivery")."""
+    configured = mailer(settings)
+    if configured is None:
+        log.warning("bill delivery is off: set BILLING_SMTP_HOST (or BILLING_DELIVERY_OUTBOX_DIR)")
+        return []
+    sender_mailer, sender = configured
+    retry = RetryPolicy(
+        settings.delivery_max_attempts,
+        timedelta(seconds=settings.delivery_retry_seconds),
+        timedelta(seconds=settings.delivery_retry_max_seconds),
+    )
+    loop = DeliveryLoop(
+        uow, documents(settings), sender_mailer, DeliveryPolicy(sender, retry), settings.delivery_check_seconds
+    )
+    return [loop.run]
 
 
 def definition() -> ServiceDefinition:

@@ -16,14 +16,18 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.timestamps import from_timestamp
 
-from evolutivo_billing.adapters import bills_proto, proto
+from evolutivo_billing.adapters import bills_proto, collections_proto, documents_proto, proto
 from evolutivo_billing.adapters.bills_repository import ReceivedPayment
-from evolutivo_billing.service_layer import bills, handlers, payments
+from evolutivo_billing.service_layer import bills, collections, delivery, handlers, payments
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 BILLING_PROFILE_CHANGED = "evolutivo.customer.v1.account.billing_profile_changed"
+# For documents and delivery (docs/billing.md, "Documents"): the customer details billing keeps.
+ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
+CONTACT_CHANGED = "evolutivo.customer.v1.contact.changed"
+PERSONAL_DATA_ERASED = "evolutivo.customer.v1.account.personal_data_erased"
 CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
 PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
 PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
@@ -41,11 +45,13 @@ def _facts(account: account_pb2.Account, profile: account_pb2.BillingProfile) ->
         account.time_zone,
         proto.profile_from_customer_pb(profile),
         _create_time(account),
+        proto.threshold_from_customer_pb(profile, account.currency_code),
     )
 
 
 async def on_account_created(uow: BillingUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
     account = event.account
+    await delivery.record_account(uow, documents_proto.account_details_from_pb(account, meta.occurred_at))
     await handlers.open_bill_unit(
         uow,
         uuid.UUID(account.account_id),
@@ -56,7 +62,9 @@ async def on_account_created(uow: BillingUnitOfWork, event: customer_events.Acco
         # The first cycle starts on the local day the account was created (the event's time if
         # the account does not say), however late billing applies the event.
         _create_time(account) or meta.occurred_at,
+        proto.threshold_from_customer_pb(account.billing_profile, account.currency_code),
     )
+    await collections.record_account_facts(uow, collections_proto.account_facts_from_pb(account, meta.occurred_at))
 
 
 async def on_account_status_changed(
@@ -73,6 +81,9 @@ async def on_account_status_changed(
         proto.status_from_customer_pb(status),
         change_time,
     )
+    await collections.record_account_facts(
+        uow, collections_proto.account_facts_from_pb(event.account, meta.occurred_at)
+    )
 
 
 async def on_billing_profile_changed(
@@ -81,12 +92,37 @@ async def on_billing_profile_changed(
     change_time = from_timestamp(event.change_time) if event.HasField("change_time") else meta.occurred_at
     # Opened from this event (it overtook AccountCreated), the unit starts with the previous profile.
     previous = event.previous if event.HasField("previous") else event.account.billing_profile
+    # The delivery method is part of the profile: documents and delivery follow it at once.
+    await delivery.record_account(uow, documents_proto.account_details_from_pb(event.account, meta.occurred_at))
     await handlers.schedule_profile_change(
         uow,
         _facts(event.account, previous),
         proto.profile_from_customer_pb(event.account.billing_profile),
         change_time,
+        proto.threshold_from_customer_pb(event.account.billing_profile, event.account.currency_code),
     )
+    # Exemption and the named scenario apply to collections at once (docs/collections.md).
+    await collections.record_account_facts(
+        uow, collections_proto.account_facts_from_pb(event.account, meta.occurred_at)
+    )
+
+
+async def on_account_updated(uow: BillingUnitOfWork, event: customer_events.AccountUpdated, meta: EventMeta) -> None:
+    await delivery.record_account(uow, documents_proto.account_details_from_pb(event.account, meta.occurred_at))
+    await collections.record_account_facts(
+        uow, collections_proto.account_facts_from_pb(event.account, meta.occurred_at)
+    )
+
+
+async def on_contact_changed(uow: BillingUnitOfWork, event: customer_events.ContactChanged, meta: EventMeta) -> None:
+    removed = event.kind == customer_events.CHANGE_KIND_REMOVED
+    await delivery.record_contact(uow, documents_proto.contact_from_pb(event.contact, removed, meta.occurred_at))
+
+
+async def on_personal_data_erased(
+    uow: BillingUnitOfWork, event: customer_events.PersonalDataErased, meta: EventMeta
+) -> None:
+    await delivery.erase_personal_data(uow, documents_proto.account_details_from_pb(event.account, meta.occurred_at))
 
 
 async def on_charges_created(uow: BillingUnitOfWork, event: charging_events.ChargesCreated, meta: EventMeta) -> None:
@@ -108,10 +144,13 @@ def _payment(payment: payment_pb2.Payment, meta: EventMeta) -> ReceivedPayment:
 
 async def on_payment_recorded(uow: BillingUnitOfWork, event: balance_events.PaymentRecorded, meta: EventMeta) -> None:
     await payments.record_payment(uow, _payment(event.payment, meta))
+    # The account's collections case closes when its overdue debt is paid.
+    await collections.review_account(uow, uuid.UUID(event.payment.account_id))
 
 
 async def on_payment_reversed(uow: BillingUnitOfWork, event: balance_events.PaymentReversed, meta: EventMeta) -> None:
     await payments.reverse_payment(uow, _payment(event.payment, meta))
+    await collections.review_account(uow, uuid.UUID(event.payment.account_id))
 
 
 def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
@@ -119,7 +158,14 @@ def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
         Subscription(
             durable="billing",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED, ACCOUNT_STATUS_CHANGED, BILLING_PROFILE_CHANGED],
+            subjects=[
+                ACCOUNT_CREATED,
+                ACCOUNT_STATUS_CHANGED,
+                BILLING_PROFILE_CHANGED,
+                ACCOUNT_UPDATED,
+                CONTACT_CHANGED,
+                PERSONAL_DATA_ERASED,
+            ],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
@@ -129,6 +175,15 @@ def subscriptions() -> list[Subscription[BillingUnitOfWork]]:
                 ),
                 customer_events.BillingProfileChanged.DESCRIPTOR.full_name: EventHandler(
                     customer_events.BillingProfileChanged, on_billing_profile_changed
+                ),
+                customer_events.AccountUpdated.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.AccountUpdated, on_account_updated
+                ),
+                customer_events.ContactChanged.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.ContactChanged, on_contact_changed
+                ),
+                customer_events.PersonalDataErased.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.PersonalDataErased, on_personal_data_erased
                 ),
             },
         ),

@@ -1,6 +1,8 @@
 """The cycle closer: a background loop every billing replica runs (Wiring.background). Closing a
-cycle bills it, in the same transaction (the bill run). After each catch-up it marks the bills
-past their due date OVERDUE (docs/billing.md, "Payments").
+cycle bills it, in the same transaction (the bill run). After each catch-up it issues the
+threshold bills of the bill units marked by the ChargesCreated consumer (docs/billing.md, "Other
+triggers") and marks the bills past their due date OVERDUE (docs/billing.md, "Payments"). It is
+woken at once when a threshold is reached (LISTEN), besides every check.
 
 Every `BILLING_CYCLE_CHECK_SECONDS` it runs passes of `close_due_cycles` until one closes nothing,
 so a unit several cycles behind catches up, one cycle per pass, in order. Replicas share the work
@@ -9,15 +11,21 @@ through row locks (`SKIP LOCKED`); a cycle is never closed, nor billed, twice (d
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 
-from evolutivo_billing.service_layer.bills import BillPolicy
+import asyncpg
+from evolutivo_runtime.db import plain_url
+
+from evolutivo_billing.adapters.bills_repository import ThresholdRepository
+from evolutivo_billing.service_layer.bills import BillPolicy, bill_thresholds
 from evolutivo_billing.service_layer.cycles import any_due, close_due_cycles
 from evolutivo_billing.service_layer.payments import mark_overdue_bills
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
+
+log = logging.getLogger(__name__)
 
 
 class CycleCloser:
@@ -28,8 +36,12 @@ class CycleCloser:
         check_seconds: float,
         batch_size: int,
         policy: BillPolicy | None = None,
+        listen_url: str | None = None,
     ) -> None:
         self._uow = uow
+        # Where to LISTEN for reached thresholds (None: only the periodic check finds them).
+        self._listen_url = listen_url
+        self._wakeup = asyncio.Event()
         self.late_usage_delay = late_usage_delay
         self.check_seconds = check_seconds
         self.batch_size = batch_size
@@ -73,9 +85,40 @@ class CycleCloser:
                 break
         return total
 
+    async def bill_thresholds(self, stop: asyncio.Event | None = None) -> int:
+        """Passes of the threshold biller until one issues fewer than a batch; returns bills issued."""
+        total = 0
+        while stop is None or not stop.is_set():
+            issued = await bill_thresholds(self._uow, self.policy, self.batch_size)
+            total += issued
+            if issued < self.batch_size:
+                break
+        return total
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.catch_up(stop)
-            await self.mark_overdue(stop)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=self.check_seconds)
+        listener = await self._listen()
+        try:
+            while not stop.is_set():
+                self._wakeup.clear()
+                await self.catch_up(stop)
+                await self.bill_thresholds(stop)
+                await self.mark_overdue(stop)
+                waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
+                _, pending = await asyncio.wait(waiters, timeout=self.check_seconds, return_when="FIRST_COMPLETED")
+                for waiter in pending:
+                    waiter.cancel()
+        finally:
+            if listener is not None:
+                await listener.close()
+
+    async def _listen(self) -> asyncpg.Connection | None:
+        """LISTEN for reached thresholds; the periodic check still covers a lost notification."""
+        if not self._listen_url:
+            return None
+        try:
+            conn = await asyncpg.connect(plain_url(self._listen_url))
+            await conn.add_listener(ThresholdRepository.CHANNEL, lambda *_: self._wakeup.set())
+            return conn
+        except Exception:
+            log.warning("threshold LISTEN unavailable; relying on the periodic check", exc_info=True)
+            return None

@@ -12,16 +12,29 @@ from evolutivo_runtime.ids import parse_uuid
 from evolutivo_runtime.pagination import page_size
 from evolutivo_runtime.server import Context
 
-from evolutivo_billing.adapters import proto
+from evolutivo_billing.adapters import pdf, proto
+from evolutivo_billing.domain.documents import Seller
 from evolutivo_billing.entrypoints.grpc_bills import BillsApi
 from evolutivo_billing.entrypoints.grpc_cycles import CyclesApi
+from evolutivo_billing.entrypoints.grpc_documents import DocumentsApi
 from evolutivo_billing.service_layer import handlers
+from evolutivo_billing.service_layer.bills import BillPolicy
+from evolutivo_billing.service_layer.delivery import Documents
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 
-class BillingServicer(CyclesApi, BillsApi, pb_grpc.BillingServiceServicer):
-    def __init__(self, uow: Callable[[], BillingUnitOfWork]) -> None:
+class BillingServicer(CyclesApi, BillsApi, DocumentsApi, pb_grpc.BillingServiceServicer):
+    def __init__(
+        self,
+        uow: Callable[[], BillingUnitOfWork],
+        documents: Documents | None = None,
+        policy: BillPolicy | None = None,
+    ) -> None:
         self._uow = uow
+        # How BillNow bills and credit notes are numbered and taxed (BILLING_* settings).
+        self._policy = policy or BillPolicy()
+        # How GetBillDocument renders (the seller from settings; a blank seller when not given).
+        self._documents = documents or Documents(Seller(), pdf.render)
 
     async def GetBillUnit(self, request: pb.GetBillUnitRequest, context: Context) -> pb.GetBillUnitResponse:
         unit = await handlers.get_bill_unit(self._uow(), parse_uuid("bill_unit_id", request.bill_unit_id))

@@ -1,26 +1,36 @@
 """Use cases of bill items and bills: charges received from charging, the bill of a closing
-cycle (run by the cycle closer, in the transaction that closes the cycle), and reading bills."""
+cycle (run by the cycle closer, in the transaction that closes the cycle), bill now, threshold
+and trial bills, and reading bills.
+
+Lock order (docs/billing.md, "Other triggers"), which every path follows so none deadlocks: a
+bill cycle (the closer's exclusive claim, or a share lock on the unit's open cycle), then the bill
+number series, then the bill unit (the closer); bill now and threshold bills take the open cycle
+(share), then the unit, and the series last."""
 
 from __future__ import annotations
 
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
-from evolutivo_runtime.errors import NotFound
+from evolutivo_runtime.errors import FailedPrecondition, NotFound
+from prometheus_client import Counter
 
 from evolutivo_billing.domain.bills import (
     Bill,
     BillItem,
     BillListPosition,
+    BillTrigger,
     Charge,
     ItemListPosition,
     Period,
     TaxRates,
 )
+from evolutivo_billing.domain.credit_notes import DEFAULT_NUMBER_FORMAT
 from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import BillingProfile, BillUnit
 from evolutivo_billing.domain.numbering import NumberFormat
@@ -32,6 +42,9 @@ log = logging.getLogger(__name__)
 # Reads of a unit's open cycle while a closer is replacing it (see BillCycleRepository.open_for_unit).
 OPEN_CYCLE_ATTEMPTS = 5
 
+BILLS_ON_DEMAND = Counter("evolutivo_billing_bills_on_demand_total", "Bills issued by BillNow")
+BILLS_THRESHOLD = Counter("evolutivo_billing_bills_threshold_total", "Bills issued on reaching the threshold")
+
 
 @dataclass(frozen=True)
 class BillPolicy:
@@ -41,6 +54,8 @@ class BillPolicy:
     tax_rates: TaxRates = field(default_factory=TaxRates)
     numbering: NumberFormat = field(default_factory=NumberFormat)
     suppress_zero_bills: bool = False
+    # BILLING_CREDIT_NOTE_NUMBER_FORMAT: credit notes' own gapless series.
+    credit_note_numbering: NumberFormat = field(default_factory=lambda: NumberFormat(DEFAULT_NUMBER_FORMAT))
 
 
 class NoOpenCycle(LookupError):
@@ -66,10 +81,12 @@ async def record_charges(uow: BillingUnitOfWork, charges: Sequence[Charge]) -> i
         if charge.charge_id not in known:
             by_account[charge.account_id].setdefault(charge.charge_id, charge)
     items: list[BillItem] = []
+    units: dict[uuid.UUID, BillUnit] = {}
     for account_id in sorted(by_account):
         unit = await uow.bill_units.for_account(account_id)
         if unit is None:
             raise LookupError(f"billing has no bill unit for account {account_id}")
+        units[account_id] = unit
         fresh = list(by_account[account_id].values())
         targets: dict[uuid.UUID | None, tuple[BillCycle, BillCycle | None]] = {}
         for cycle_id in sorted({c.bill_cycle_id for c in fresh}, key=str):
@@ -85,10 +102,23 @@ async def record_charges(uow: BillingUnitOfWork, charges: Sequence[Charge]) -> i
             period = await _period(uow, unit, charge.event_time, target, rated)
             items.append(BillItem.place(charge, unit, target, period, now))
     inserted = await uow.bill_items.add_all(items)
+    for account_id in sorted({i.charge.account_id for i in items if i.charge_id in inserted}):
+        await _check_threshold(uow, units[account_id], now)
     late = sum(1 for i in items if i.late and i.charge_id in inserted)
     if inserted:
         log.debug("charges received", extra={"items": len(inserted), "late": late})
     return len(inserted)
+
+
+async def _check_threshold(uow: BillingUnitOfWork, unit: BillUnit, now: datetime) -> None:
+    """Marks the unit's threshold reached when its unbilled amount (before tax; this
+    transaction's items included) reaches it; the threshold biller issues the bill (at once: it is
+    notified when this transaction commits). Marked once until that bill clears the mark."""
+    if unit.threshold_amount is None or unit.threshold_reached_time is not None:
+        return
+    if await uow.bill_items.unbilled_amount(unit.account_id) >= unit.threshold_amount:
+        if await uow.thresholds.mark_reached(unit.bill_unit_id, now):
+            log.info("threshold reached", extra={"bill_unit_id": str(unit.bill_unit_id)})
 
 
 async def _open_cycle(uow: BillingUnitOfWork, unit: BillUnit) -> BillCycle:
@@ -126,13 +156,22 @@ async def bill_cycle(
     bill for the cycle fail, and the number is taken in this transaction: a rollback gives it back."""
     items = await uow.bill_items.unbilled_in_cycle(cycle.bill_cycle_id)
     bill = Bill.for_cycle(unit, cycle, profile, items, policy.tax_rates, now)
+    return await _issue(uow, unit, bill, now, policy)
+
+
+async def _issue(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: datetime, policy: BillPolicy) -> Bill:
+    """A DRAFT bill built from unbilled items, with the account's statement, issued with the next
+    number of its series (or suppressed when it totals zero and the policy says so), stored with
+    its items, and paid by the account's credit: all in the caller's transaction, which holds the
+    bill unit (and takes the series here, or took it before)."""
+    bill.statement = await uow.bills.statement(unit.bill_unit_id, unit.account_id)
     if bill.is_zero and policy.suppress_zero_bills:
         bill.suppress()
     else:
         series = policy.numbering.series(bill.issue_date)
         bill.issue(policy.numbering.number(bill.issue_date, await uow.bill_numbers.next(series)), now)
     await uow.bills.add(bill, uow.bill_items)
-    # The account's credit (payments no open bill took) pays it, in this same transaction.
+    # The account's credit (payments no open bill took, credit notes) pays it, in this same transaction.
     await apply_credit(uow, unit, bill, now)
     unknown = sorted(t.tax_code for t in bill.taxes if not policy.tax_rates.knows(t.tax_code))
     if unknown:
@@ -141,6 +180,124 @@ async def bill_cycle(
             extra={"bill_id": str(bill.bill_id), "tax_codes": unknown},
         )
     return bill
+
+
+def _today(unit: BillUnit, now: datetime) -> date:
+    return now.astimezone(ZoneInfo(unit.time_zone)).date()
+
+
+async def _bill_unbilled(
+    uow: BillingUnitOfWork,
+    unit: BillUnit,
+    cycle: BillCycle,
+    now: datetime,
+    policy: BillPolicy,
+    trigger: BillTrigger,
+    request_id: uuid.UUID | None = None,
+) -> Bill | None:
+    """The bill of the unit's unbilled items while its cycle goes on (bill now, threshold), issued
+    today in the unit's time zone under the profile in force; None when nothing is unbilled. The
+    caller holds the open cycle (share) and the unit."""
+    items = await uow.bill_items.unbilled_for_unit(unit.bill_unit_id)
+    if not items:
+        return None
+    bill = Bill.build(unit, cycle, unit.profile, items, policy.tax_rates, now, trigger, _today(unit, now), request_id)
+    await _issue(uow, unit, bill, now, policy)
+    uow.track(bill)
+    return bill
+
+
+async def bill_now(uow: BillingUnitOfWork, account_id: uuid.UUID, request_id: uuid.UUID, policy: BillPolicy) -> Bill:
+    """BillNow: a bill at once for the account's unbilled items, numbered from the same series as
+    the cycle bills; the cycle goes on and its bill holds what comes after. A retry with the same
+    request id returns the first bill. FailedPrecondition when nothing is unbilled."""
+    async with uow:
+        unit = await uow.bill_units.for_account(account_id)
+        if unit is None:
+            raise NotFound("account", str(account_id))
+        done = await uow.bills.by_request(unit.bill_unit_id, request_id)
+        if done is not None:
+            return done
+        # The open cycle (share: a closer closing it is waited for), then the unit: the order the
+        # ChargesCreated consumer takes them in; the number series comes last.
+        cycle = await _open_cycle(uow, unit)
+        locked = await uow.bill_units.get(unit.bill_unit_id, for_update=True)
+        assert locked is not None, "a bill unit is never deleted"
+        # A retry racing the first call waited for it on the unit.
+        done = await uow.bills.by_request(unit.bill_unit_id, request_id)
+        if done is not None:
+            return done
+        now = uow.clock.now()
+        bill = await _bill_unbilled(uow, locked, cycle, now, policy, BillTrigger.ON_DEMAND, request_id)
+        if bill is None:
+            raise FailedPrecondition("NOTHING_TO_BILL", f"account {account_id} has no unbilled charges")
+        await uow.commit()
+    BILLS_ON_DEMAND.inc()
+    log.info("bill issued on demand", extra={"bill_id": str(bill.bill_id), "account_id": str(account_id)})
+    return bill
+
+
+async def bill_threshold(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID, policy: BillPolicy) -> Bill | None:
+    """The threshold bill of one unit marked by the ChargesCreated consumer: the mark is cleared
+    and, if the unbilled amount still reaches the threshold (the cycle's bill or a bill now may
+    have taken the items meanwhile), a bill of its unbilled items is issued; the cycle goes on.
+    One unit per transaction (the series is taken last, after the unit's cycle and unit). A unit
+    another transaction holds is left for the next pass (SKIP LOCKED). Returns the bill, if any."""
+    async with uow:
+        unit = await uow.bill_units.get(bill_unit_id)
+        if unit is None or unit.threshold_reached_time is None:
+            return None
+        cycle = await _open_cycle(uow, unit)
+        if not await uow.thresholds.claim([bill_unit_id]):
+            return None
+        locked = await uow.bill_units.get(bill_unit_id)
+        assert locked is not None, "a bill unit is never deleted"
+        await uow.thresholds.clear(bill_unit_id)
+        bill = None
+        threshold = locked.threshold_amount
+        if threshold is not None and await uow.bill_items.unbilled_amount(locked.account_id) >= threshold:
+            bill = await _bill_unbilled(uow, locked, cycle, uow.clock.now(), policy, BillTrigger.THRESHOLD)
+        await uow.commit()
+    if bill is not None:
+        BILLS_THRESHOLD.inc()
+        log.info("threshold bill issued", extra={"bill_id": str(bill.bill_id), "bill_unit_id": str(bill_unit_id)})
+    return bill
+
+
+async def bill_thresholds(uow: Callable[[], BillingUnitOfWork], policy: BillPolicy, limit: int) -> int:
+    """One pass of the threshold biller: the bill of each unit marked (up to `limit`), one
+    transaction each; a unit whose bill fails stays marked and is retried. Returns bills issued."""
+    async with uow() as reader:
+        due = await reader.thresholds.due(limit)
+    issued = 0
+    for bill_unit_id, _ in due:
+        try:
+            issued += await bill_threshold(uow(), bill_unit_id, policy) is not None
+        except Exception:
+            log.exception("threshold bill failed; retried later", extra={"bill_unit_id": str(bill_unit_id)})
+    return issued
+
+
+async def preview_bill(uow: BillingUnitOfWork, account_id: uuid.UUID, policy: BillPolicy) -> Bill:
+    """A trial bill: what BillNow would issue now (DRAFT, no number, with the credit it would
+    take), read in a transaction that writes nothing and is rolled back."""
+    async with uow:
+        unit = await uow.bill_units.for_account(account_id)
+        if unit is None:
+            raise NotFound("account", str(account_id))
+        cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id)
+        if cycle is None:
+            raise NoOpenCycle(f"bill unit {unit.bill_unit_id} has no open cycle")
+        items = await uow.bill_items.unbilled_for_unit(unit.bill_unit_id)
+        now = uow.clock.now()
+        bill = Bill.build(
+            unit, cycle, unit.profile, items, policy.tax_rates, now, BillTrigger.ON_DEMAND, _today(unit, now)
+        )
+        bill.statement = await uow.bills.statement(unit.bill_unit_id, unit.account_id)
+        if bill.total > 0:
+            credit = await uow.payments.credit_total(account_id) + await uow.credit_notes.credit_total(account_id)
+            bill.credit_applied = min(credit, bill.total)
+        return bill
 
 
 async def get_bill(uow: BillingUnitOfWork, bill_id: uuid.UUID) -> Bill:

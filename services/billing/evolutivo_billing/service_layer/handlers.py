@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 
 from evolutivo_runtime.errors import NotFound
 
@@ -32,6 +33,8 @@ class AccountFacts:
     profile: BillingProfile
     # When customer created the account, if the event carries it.
     create_time: datetime | None = None
+    # The profile's threshold (None: none).
+    threshold_amount: Decimal | None = None
 
 
 async def open_bill_unit(
@@ -42,12 +45,14 @@ async def open_bill_unit(
     profile: BillingProfile,
     now: datetime,
     account_create_time: datetime | None = None,
+    threshold_amount: Decimal | None = None,
 ) -> None:
     """On a new account: its bill unit, from the account's billing profile, and the unit's first
     cycle, from the local day of `account_create_time` (`now` when not known), exactly once.
 
     Runs inside the consumer's transaction (the caller commits)."""
     unit = BillUnit.open(account_id, currency_code, time_zone, profile, now)
+    unit.set_threshold(threshold_amount)
     if await uow.bill_units.add(unit):
         uow.track(unit)
         cycle = BillCycle.first(unit, account_create_time or now)
@@ -68,6 +73,7 @@ async def _unit_for_update(uow: BillingUnitOfWork, account: AccountFacts) -> Bil
             account.profile,
             uow.clock.now(),
             account.create_time,
+            account.threshold_amount,
         )
         unit = await uow.bill_units.for_account(account.account_id, for_update=True)
         assert unit is not None, "the unit was just opened, or another transaction opened it"
@@ -89,7 +95,11 @@ async def record_account_status(
 
 
 async def schedule_profile_change(
-    uow: BillingUnitOfWork, account: AccountFacts, profile: BillingProfile, change_time: datetime
+    uow: BillingUnitOfWork,
+    account: AccountFacts,
+    profile: BillingProfile,
+    change_time: datetime,
+    threshold_amount: Decimal | None = None,
 ) -> bool:
     """On BillingProfileChanged: the new profile waits on the bill unit as pending, to come into
     force when the unit's next cycle starts (the cycle closer applies it: BillUnit.start_cycle_at).
@@ -99,6 +109,8 @@ async def schedule_profile_change(
     unit = await _unit_for_update(uow, account)
     if not unit.schedule_profile_change(profile, change_time):
         return False
+    # The threshold moves no cycle boundary: it applies at once.
+    unit.set_threshold(threshold_amount)
     await uow.bill_units.save(unit)
     return True
 
@@ -142,6 +154,8 @@ async def _open_bills(uow: BillingUnitOfWork, unit: BillUnit) -> list[OpenBill]:
 
 
 async def _collections(uow: BillingUnitOfWork, unit: BillUnit) -> CollectionsState:
-    """Where the unit's account stands in collections. Collections (dunning) arrive with a later
-    issue, which reads the open case here: until then, never in collections."""
-    return CollectionsState()
+    """Where the unit's account stands in collections: its open case (docs/collections.md)."""
+    # Imported here: collections' use cases import the bill use cases, which this module precedes.
+    from evolutivo_billing.service_layer.collections import collections_state
+
+    return await collections_state(uow, unit.bill_unit_id)

@@ -109,8 +109,9 @@ async def reverse_payment(uow: BillingUnitOfWork, payment: ReceivedPayment) -> b
 
 
 async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: datetime) -> None:
-    """A bill just issued takes the account's credit (the unallocated remainders of its payments,
-    oldest received first), in the issuing transaction (the bill unit is locked by the caller)."""
+    """A bill just issued takes the account's credit, in the issuing transaction (the bill unit is
+    locked by the caller): the unallocated remainders of its payments, oldest received first, then
+    of its credit notes, oldest issued first. What it took is its `credit_applied`."""
     if bill.status is not BillStatus.ISSUED or bill.open_amount <= 0:
         return
     for credit in await uow.payments.credits_for_update(bill.account_id):
@@ -122,7 +123,19 @@ async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: 
         if not await uow.payments.allocate(credit.payment_id, bill.bill_id, take, now):
             raise RuntimeError(f"payment {credit.payment_id} has paid on bill {bill.bill_id} already")
         bill.pay(take)
+        bill.credit_applied += take
         await uow.payments.set_unallocated(credit.payment_id, credit.unallocated - take)
+    if bill.open_amount > 0:
+        for note in await uow.credit_notes.credits_for_update(bill.account_id):
+            if bill.open_amount <= 0:
+                break
+            if note.currency_code != bill.currency_code:
+                continue
+            take = min(note.unallocated, bill.open_amount)
+            await uow.credit_notes.allocate(note.credit_note_id, bill.bill_id, take, now)
+            bill.take_credit(take)
+            bill.credit_applied += take
+            await uow.credit_notes.set_unallocated(note.credit_note_id, note.unallocated - take)
     await uow.bills.save_payment_state(bill)
 
 

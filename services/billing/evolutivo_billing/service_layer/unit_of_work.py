@@ -4,12 +4,15 @@ from typing import Self
 
 from evolutivo_runtime.uow import UnitOfWork
 
+from evolutivo_billing.adapters.bills_credit_notes import CreditNoteRepository
 from evolutivo_billing.adapters.bills_repository import (
     BillItemRepository,
     BillNumberSeriesRepository,
     BillRepository,
     PaymentRepository,
+    ThresholdRepository,
 )
+from evolutivo_billing.adapters.orm import credit_note_number_series
 from evolutivo_billing.adapters.repository import BillCycleRepository, BillUnitRepository
 
 
@@ -20,6 +23,9 @@ class BillingUnitOfWork(UnitOfWork):
     bills: BillRepository
     bill_numbers: BillNumberSeriesRepository
     payments: PaymentRepository
+    thresholds: ThresholdRepository
+    credit_notes: CreditNoteRepository
+    credit_note_numbers: BillNumberSeriesRepository
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -29,4 +35,7 @@ class BillingUnitOfWork(UnitOfWork):
         self.bills = BillRepository(self.session)
         self.bill_numbers = BillNumberSeriesRepository(self.session)
         self.payments = PaymentRepository(self.session)
+        self.thresholds = ThresholdRepository(self.session)
+        self.credit_notes = CreditNoteRepository(self.session)
+        self.credit_note_numbers = BillNumberSeriesRepository(self.session, credit_note_number_series)
         return self

@@ -57,6 +57,74 @@ BILL_STATUS_VOID: BillStatus.ValueType  # 6
 BILL_STATUS_WRITTEN_OFF: BillStatus.ValueType  # 7
 Global___BillStatus: _TypeAlias = BillStatus  # noqa: Y015
 
+class _BillTrigger:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BillTriggerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BillTrigger.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BILL_TRIGGER_UNSPECIFIED: _BillTrigger.ValueType  # 0
+    BILL_TRIGGER_CYCLE: _BillTrigger.ValueType  # 1
+    """The close of its bill cycle (the regular bill run)."""
+    BILL_TRIGGER_ON_DEMAND: _BillTrigger.ValueType  # 2
+    """BillNow: on demand, for the account's unbilled items; the cycle goes on."""
+    BILL_TRIGGER_THRESHOLD: _BillTrigger.ValueType  # 3
+    """The unbilled amount reached the billing profile's threshold; the cycle goes on."""
+
+class BillTrigger(_BillTrigger, metaclass=_BillTriggerEnumTypeWrapper):
+    """What made a bill: its cycle's close, or one of the other triggers (docs/billing.md, "Other
+    triggers").
+    """
+
+BILL_TRIGGER_UNSPECIFIED: BillTrigger.ValueType  # 0
+BILL_TRIGGER_CYCLE: BillTrigger.ValueType  # 1
+"""The close of its bill cycle (the regular bill run)."""
+BILL_TRIGGER_ON_DEMAND: BillTrigger.ValueType  # 2
+"""BillNow: on demand, for the account's unbilled items; the cycle goes on."""
+BILL_TRIGGER_THRESHOLD: BillTrigger.ValueType  # 3
+"""The unbilled amount reached the billing profile's threshold; the cycle goes on."""
+Global___BillTrigger: _TypeAlias = BillTrigger  # noqa: Y015
+
+@_typing.final
+class BillTier(_message.Message):
+    """One band of tiered pricing: on a charge as charging priced it, on a line summed over its charges."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIER_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    FLAT_FEE_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    tier: _builtins.int
+    """The band, as charging numbers it (0 for the first)."""
+    units: _builtins.str
+    """Decimal string: the units priced in the band."""
+    unit_price: _builtins.str
+    """Decimal string."""
+    flat_fee: _builtins.str
+    """Decimal string: the band's flat fee."""
+    amount: _builtins.str
+    """Decimal string: units x unit_price + flat_fee, exact (unrounded; the line's amount is the sum
+    of its charges' rounded amounts).
+    """
+    def __init__(
+        self,
+        *,
+        tier: _builtins.int = ...,
+        units: _builtins.str = ...,
+        unit_price: _builtins.str = ...,
+        flat_fee: _builtins.str = ...,
+        amount: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "flat_fee", b"flat_fee", "tier", b"tier", "unit_price", b"unit_price", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillTier: _TypeAlias = BillTier  # noqa: Y015
+
 @_typing.final
 class BillItem(_message.Message):
     """A charge billing received from charging (ChargesCreated), waiting for its bill or on one."""
@@ -81,6 +149,8 @@ class BillItem(_message.Message):
     PERIOD_END_DATE_FIELD_NUMBER: _builtins.int
     BILL_ID_FIELD_NUMBER: _builtins.int
     RECEIVE_TIME_FIELD_NUMBER: _builtins.int
+    UNROUNDED_AMOUNT_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
     charge_id: _builtins.str
     """Charging's charge id: a charge is received once, whatever the redeliveries."""
     account_id: _builtins.str
@@ -107,6 +177,8 @@ class BillItem(_message.Message):
     """
     bill_id: _builtins.str
     """The bill it is on; empty while unbilled."""
+    unrounded_amount: _builtins.str
+    """Decimal string: the exact amount before rounding, as charging priced it (empty if unknown)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Rounded to the currency's minor unit (charging rounds it)."""
@@ -126,6 +198,10 @@ class BillItem(_message.Message):
     @_builtins.property
     def receive_time(self) -> _timestamp_pb2.Timestamp:
         """When billing received it."""
+
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BillTier]:
+        """The tier bands that priced it (tiered pricing only)."""
 
     def __init__(
         self,
@@ -148,10 +224,12 @@ class BillItem(_message.Message):
         period_end_date: _date_pb2.Date | None = ...,
         bill_id: _builtins.str = ...,
         receive_time: _timestamp_pb2.Timestamp | None = ...,
+        unrounded_amount: _builtins.str = ...,
+        tiers: _abc.Iterable[Global___BillTier] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_time", b"event_time", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "receive_time", b"receive_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "charge_code", b"charge_code", "charge_id", b"charge_id", "charge_offer_code", b"charge_offer_code", "charge_offer_version", b"charge_offer_version", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "late", b"late", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "quantity", b"quantity", "rated_bill_cycle_id", b"rated_bill_cycle_id", "receive_time", b"receive_time", "tax_code", b"tax_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "charge_code", b"charge_code", "charge_id", b"charge_id", "charge_offer_code", b"charge_offer_code", "charge_offer_version", b"charge_offer_version", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "late", b"late", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "quantity", b"quantity", "rated_bill_cycle_id", b"rated_bill_cycle_id", "receive_time", b"receive_time", "tax_code", b"tax_code", "tiers", b"tiers", "unrounded_amount", b"unrounded_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -173,6 +251,8 @@ class BillLine(_message.Message):
     PERIOD_END_DATE_FIELD_NUMBER: _builtins.int
     CHARGE_COUNT_FIELD_NUMBER: _builtins.int
     CHARGE_IDS_FIELD_NUMBER: _builtins.int
+    UNIT_PRICE_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
     line_number: _builtins.int
     """1, 2, 3... in the order of (period, charge offer, charge, tax code)."""
     charge_offer_code: _builtins.str
@@ -183,6 +263,8 @@ class BillLine(_message.Message):
     """Decimal string: the sum of its charges' quantities."""
     charge_count: _builtins.int
     """How many charges it sums."""
+    unit_price: _builtins.str
+    """Decimal string: the price of one unit when all its charges were priced at one (empty otherwise)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """The sum of its charges' (rounded) amounts, before tax."""
@@ -197,6 +279,12 @@ class BillLine(_message.Message):
     def charge_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The charges it sums (GetBill only; lists and events leave them out, charge_count stays)."""
 
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___BillTier]:
+        """Without a single unit price: the tier bands of its charges, summed per band (empty when its
+        charges were not tiered).
+        """
+
     def __init__(
         self,
         *,
@@ -210,10 +298,12 @@ class BillLine(_message.Message):
         period_end_date: _date_pb2.Date | None = ...,
         charge_count: _builtins.int = ...,
         charge_ids: _abc.Iterable[_builtins.str] | None = ...,
+        unit_price: _builtins.str = ...,
+        tiers: _abc.Iterable[Global___BillTier] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_code", b"charge_code", "charge_count", b"charge_count", "charge_ids", b"charge_ids", "charge_offer_code", b"charge_offer_code", "line_number", b"line_number", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "quantity", b"quantity", "tax_code", b"tax_code"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "charge_code", b"charge_code", "charge_count", b"charge_count", "charge_ids", b"charge_ids", "charge_offer_code", b"charge_offer_code", "line_number", b"line_number", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "quantity", b"quantity", "tax_code", b"tax_code", "tiers", b"tiers", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -284,6 +374,13 @@ class Bill(_message.Message):
     PAID_AMOUNT_FIELD_NUMBER: _builtins.int
     OPEN_AMOUNT_FIELD_NUMBER: _builtins.int
     OVERDUE_TIME_FIELD_NUMBER: _builtins.int
+    TRIGGER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_BALANCE_FIELD_NUMBER: _builtins.int
+    PAYMENTS_RECEIVED_FIELD_NUMBER: _builtins.int
+    CREDITS_FIELD_NUMBER: _builtins.int
+    CREDIT_APPLIED_FIELD_NUMBER: _builtins.int
+    AMOUNT_DUE_FIELD_NUMBER: _builtins.int
+    CREDITED_AMOUNT_FIELD_NUMBER: _builtins.int
     bill_id: _builtins.str
     bill_unit_id: _builtins.str
     account_id: _builtins.str
@@ -297,6 +394,8 @@ class Bill(_message.Message):
     """A zero-amount bill not issued (BILLING_SUPPRESS_ZERO_BILLS): DRAFT forever, no number; its
     charges are billed by it all the same.
     """
+    trigger: Global___BillTrigger.ValueType
+    """What made it: its cycle's close, BillNow or the threshold."""
     @_builtins.property
     def period_start_date(self) -> _date_pb2.Date:
         """The cycle's local dates, [start, end)."""
@@ -341,11 +440,39 @@ class Bill(_message.Message):
 
     @_builtins.property
     def open_amount(self) -> _money_pb2.Money:
-        """total - paid_amount: what is still to pay."""
+        """total - paid_amount - credited_amount: what is still to pay."""
 
     @_builtins.property
     def overdue_time(self) -> _timestamp_pb2.Timestamp:
         """When it first went OVERDUE; unset if it never did."""
+
+    @_builtins.property
+    def previous_balance(self) -> _money_pb2.Money:
+        """The statement (docs/billing.md, "What a bill says"), as it stood when the bill was built:
+        what the account still owed on its earlier bills.
+        """
+
+    @_builtins.property
+    def payments_received(self) -> _money_pb2.Money:
+        """Payments billing received since the previous bill was issued (already in previous_balance or
+        credit_applied: shown, not added again).
+        """
+
+    @_builtins.property
+    def credits(self) -> _money_pb2.Money:
+        """Credit notes issued since the previous bill (likewise shown, not added again)."""
+
+    @_builtins.property
+    def credit_applied(self) -> _money_pb2.Money:
+        """The account's credit (unallocated payments and credit notes) this bill took when issued."""
+
+    @_builtins.property
+    def amount_due(self) -> _money_pb2.Money:
+        """previous_balance + total - credit_applied: what the account owed with this bill, when issued."""
+
+    @_builtins.property
+    def credited_amount(self) -> _money_pb2.Money:
+        """What credit notes took off this bill (on it, or as account credit applied to it)."""
 
     def __init__(
         self,
@@ -372,10 +499,17 @@ class Bill(_message.Message):
         paid_amount: _money_pb2.Money | None = ...,
         open_amount: _money_pb2.Money | None = ...,
         overdue_time: _timestamp_pb2.Timestamp | None = ...,
+        trigger: Global___BillTrigger.ValueType = ...,
+        previous_balance: _money_pb2.Money | None = ...,
+        payments_received: _money_pb2.Money | None = ...,
+        credits: _money_pb2.Money | None = ...,
+        credit_applied: _money_pb2.Money | None = ...,
+        amount_due: _money_pb2.Money | None = ...,
+        credited_amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "subtotal", b"subtotal", "tax_total", b"tax_total", "total", b"total"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_due", b"amount_due", "create_time", b"create_time", "credit_applied", b"credit_applied", "credited_amount", b"credited_amount", "credits", b"credits", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "payments_received", b"payments_received", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "previous_balance", b"previous_balance", "subtotal", b"subtotal", "tax_total", b"tax_total", "total", b"total"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "bill_number", b"bill_number", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "lines", b"lines", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "status", b"status", "subtotal", b"subtotal", "suppressed", b"suppressed", "tax_total", b"tax_total", "taxes", b"taxes", "total", b"total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_due", b"amount_due", "bill_cycle_id", b"bill_cycle_id", "bill_id", b"bill_id", "bill_number", b"bill_number", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "credit_applied", b"credit_applied", "credited_amount", b"credited_amount", "credits", b"credits", "currency_code", b"currency_code", "due_date", b"due_date", "issue_date", b"issue_date", "issue_time", b"issue_time", "lines", b"lines", "open_amount", b"open_amount", "overdue_time", b"overdue_time", "paid_amount", b"paid_amount", "payments_received", b"payments_received", "period_end_date", b"period_end_date", "period_start_date", b"period_start_date", "previous_balance", b"previous_balance", "status", b"status", "subtotal", b"subtotal", "suppressed", b"suppressed", "tax_total", b"tax_total", "taxes", b"taxes", "total", b"total", "trigger", b"trigger"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,21 +23,22 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$evolutivo/billing/v1/bill_unit.proto\x12\x14\x65volutivo.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb7\x01\n\x15PendingBillingProfile\x12\x16\n\x0e\x62ill_cycle_day\x18\x01 \x01(\x05\x12\x39\n\tfrequency\x18\x02 \x01(\x0e\x32&.evolutivo.billing.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x03 \x01(\x05\x12/\n\x0b\x63hange_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc1\x03\n\x08\x42illUnit\x12\x14\n\x0c\x62ill_unit_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\x16\n\x0e\x62ill_cycle_day\x18\x05 \x01(\x05\x12\x39\n\tfrequency\x18\x06 \x01(\x0e\x32&.evolutivo.billing.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0e\x61\x63\x63ount_status\x18\t \x01(\x0e\x32#.evolutivo.billing.v1.AccountStatus\x12>\n\x1a\x61\x63\x63ount_status_change_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x0fpending_profile\x18\x0b \x01(\x0b\x32+.evolutivo.billing.v1.PendingBillingProfile*\xb6\x01\n\x10\x42illingFrequency\x12!\n\x1d\x42ILLING_FREQUENCY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ILLING_FREQUENCY_MONTHLY\x10\x01\x12\x1f\n\x1b\x42ILLING_FREQUENCY_QUARTERLY\x10\x02\x12!\n\x1d\x42ILLING_FREQUENCY_SEMI_ANNUAL\x10\x03\x12\x1c\n\x18\x42ILLING_FREQUENCY_ANNUAL\x10\x04*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$evolutivo/billing/v1/bill_unit.proto\x12\x14\x65volutivo.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"\xb7\x01\n\x15PendingBillingProfile\x12\x16\n\x0e\x62ill_cycle_day\x18\x01 \x01(\x05\x12\x39\n\tfrequency\x18\x02 \x01(\x0e\x32&.evolutivo.billing.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x03 \x01(\x05\x12/\n\x0b\x63hange_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xef\x03\n\x08\x42illUnit\x12\x14\n\x0c\x62ill_unit_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\rcurrency_code\x18\x03 \x01(\t\x12\x11\n\ttime_zone\x18\x04 \x01(\t\x12\x16\n\x0e\x62ill_cycle_day\x18\x05 \x01(\x05\x12\x39\n\tfrequency\x18\x06 \x01(\x0e\x32&.evolutivo.billing.v1.BillingFrequency\x12\x1a\n\x12payment_terms_days\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12;\n\x0e\x61\x63\x63ount_status\x18\t \x01(\x0e\x32#.evolutivo.billing.v1.AccountStatus\x12>\n\x1a\x61\x63\x63ount_status_change_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x0fpending_profile\x18\x0b \x01(\x0b\x32+.evolutivo.billing.v1.PendingBillingProfile\x12,\n\x10threshold_amount\x18\x0c \x01(\x0b\x32\x12.google.type.Money*\xb6\x01\n\x10\x42illingFrequency\x12!\n\x1d\x42ILLING_FREQUENCY_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42ILLING_FREQUENCY_MONTHLY\x10\x01\x12\x1f\n\x1b\x42ILLING_FREQUENCY_QUARTERLY\x10\x02\x12!\n\x1d\x42ILLING_FREQUENCY_SEMI_ANNUAL\x10\x03\x12\x1c\n\x18\x42ILLING_FREQUENCY_ANNUAL\x10\x04*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.billing.v1.bill_unit_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BILLINGFREQUENCY']._serialized_start=734
-  _globals['_BILLINGFREQUENCY']._serialized_end=916
-  _globals['_ACCOUNTSTATUS']._serialized_start=919
-  _globals['_ACCOUNTSTATUS']._serialized_end=1050
-  _globals['_PENDINGBILLINGPROFILE']._serialized_start=96
-  _globals['_PENDINGBILLINGPROFILE']._serialized_end=279
-  _globals['_BILLUNIT']._serialized_start=282
-  _globals['_BILLUNIT']._serialized_end=731
+  _globals['_BILLINGFREQUENCY']._serialized_start=805
+  _globals['_BILLINGFREQUENCY']._serialized_end=987
+  _globals['_ACCOUNTSTATUS']._serialized_start=990
+  _globals['_ACCOUNTSTATUS']._serialized_end=1121
+  _globals['_PENDINGBILLINGPROFILE']._serialized_start=121
+  _globals['_PENDINGBILLINGPROFILE']._serialized_end=304
+  _globals['_BILLUNIT']._serialized_start=307
+  _globals['_BILLUNIT']._serialized_end=802
 # @@protoc_insertion_point(module_scope)

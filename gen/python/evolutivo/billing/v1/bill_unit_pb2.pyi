@@ -7,6 +7,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -112,6 +113,7 @@ class BillUnit(_message.Message):
     ACCOUNT_STATUS_FIELD_NUMBER: _builtins.int
     ACCOUNT_STATUS_CHANGE_TIME_FIELD_NUMBER: _builtins.int
     PENDING_PROFILE_FIELD_NUMBER: _builtins.int
+    THRESHOLD_AMOUNT_FIELD_NUMBER: _builtins.int
     bill_unit_id: _builtins.str
     account_id: _builtins.str
     currency_code: _builtins.str
@@ -131,6 +133,12 @@ class BillUnit(_message.Message):
     def pending_profile(self) -> Global___PendingBillingProfile:
         """Set while a profile change waits for the next cycle; the fields above are the profile in force."""
 
+    @_builtins.property
+    def threshold_amount(self) -> _money_pb2.Money:
+        """The profile's threshold, in force at once: a bill is issued as soon as the unbilled amount
+        reaches it. Unset: none.
+        """
+
     def __init__(
         self,
         *,
@@ -145,10 +153,11 @@ class BillUnit(_message.Message):
         account_status: Global___AccountStatus.ValueType = ...,
         account_status_change_time: _timestamp_pb2.Timestamp | None = ...,
         pending_profile: Global___PendingBillingProfile | None = ...,
+        threshold_amount: _money_pb2.Money | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_status_change_time", b"account_status_change_time", "create_time", b"create_time", "pending_profile", b"pending_profile"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_status_change_time", b"account_status_change_time", "create_time", b"create_time", "pending_profile", b"pending_profile", "threshold_amount", b"threshold_amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_status", b"account_status", "account_status_change_time", b"account_status_change_time", "bill_cycle_day", b"bill_cycle_day", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days", "pending_profile", b"pending_profile", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_status", b"account_status", "account_status_change_time", b"account_status_change_time", "bill_cycle_day", b"bill_cycle_day", "bill_unit_id", b"bill_unit_id", "create_time", b"create_time", "currency_code", b"currency_code", "frequency", b"frequency", "payment_terms_days", b"payment_terms_days", "pending_profile", b"pending_profile", "threshold_amount", b"threshold_amount", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -26,44 +26,68 @@ from evolutivo.billing.v1 import bill_pb2 as evolutivo_dot_billing_dot_v1_dot_bi
 from evolutivo.billing.v1 import bill_cycle_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__cycle__pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__unit__pb2
 from evolutivo.billing.v1 import billing_summary_pb2 as evolutivo_dot_billing_dot_v1_dot_billing__summary__pb2
+from evolutivo.billing.v1 import credit_note_pb2 as evolutivo_dot_billing_dot_v1_dot_credit__note__pb2
+from evolutivo.billing.v1 import document_pb2 as evolutivo_dot_billing_dot_v1_dot_document__pb2
 from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*evolutivo/billing/v1/billing_service.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\x1a*evolutivo/billing/v1/billing_summary.proto\x1a\x17google/type/money.proto\"*\n\x12GetBillUnitRequest\x12\x14\n\x0c\x62ill_unit_id\x18\x01 \x01(\t\"H\n\x13GetBillUnitResponse\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"Q\n\x14ListBillUnitsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x15ListBillUnitsResponse\x12\x32\n\nbill_units\x18\x01 \x03(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18GetBillingSummaryRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xef\x01\n\x19GetBillingSummaryResponse\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\x12\x35\n\nopen_bills\x18\x02 \x03(\x0b\x32!.evolutivo.billing.v1.BillSummary\x12)\n\roverdue_total\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12=\n\x0b\x63ollections\x18\x04 \x01(\x0b\x32(.evolutivo.billing.v1.CollectionsSummary\"R\n\x15ListBillCyclesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x16ListBillCyclesResponse\x12\x34\n\x0b\x62ill_cycles\x18\x01 \x03(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x18ListUnbilledItemsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x19ListUnbilledItemsResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.evolutivo.billing.v1.BillItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0eGetBillRequest\x12\x0f\n\x07\x62ill_id\x18\x01 \x01(\t\";\n\x0fGetBillResponse\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"M\n\x10ListBillsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x11ListBillsResponse\x12)\n\x05\x62ills\x18\x01 \x03(\x0b\x32\x1a.evolutivo.billing.v1.Bill\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xed\x05\n\x0e\x42illingService\x12\x62\n\x0bGetBillUnit\x12(.evolutivo.billing.v1.GetBillUnitRequest\x1a).evolutivo.billing.v1.GetBillUnitResponse\x12h\n\rListBillUnits\x12*.evolutivo.billing.v1.ListBillUnitsRequest\x1a+.evolutivo.billing.v1.ListBillUnitsResponse\x12t\n\x11GetBillingSummary\x12..evolutivo.billing.v1.GetBillingSummaryRequest\x1a/.evolutivo.billing.v1.GetBillingSummaryResponse\x12k\n\x0eListBillCycles\x12+.evolutivo.billing.v1.ListBillCyclesRequest\x1a,.evolutivo.billing.v1.ListBillCyclesResponse\x12t\n\x11ListUnbilledItems\x12..evolutivo.billing.v1.ListUnbilledItemsRequest\x1a/.evolutivo.billing.v1.ListUnbilledItemsResponse\x12V\n\x07GetBill\x12$.evolutivo.billing.v1.GetBillRequest\x1a%.evolutivo.billing.v1.GetBillResponse\x12\\\n\tListBills\x12&.evolutivo.billing.v1.ListBillsRequest\x1a\'.evolutivo.billing.v1.ListBillsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*evolutivo/billing/v1/billing_service.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\x1a*evolutivo/billing/v1/billing_summary.proto\x1a&evolutivo/billing/v1/credit_note.proto\x1a#evolutivo/billing/v1/document.proto\x1a\x17google/type/money.proto\"*\n\x12GetBillUnitRequest\x12\x14\n\x0c\x62ill_unit_id\x18\x01 \x01(\t\"H\n\x13GetBillUnitResponse\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"Q\n\x14ListBillUnitsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"d\n\x15ListBillUnitsResponse\x12\x32\n\nbill_units\x18\x01 \x03(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\".\n\x18GetBillingSummaryRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"\xef\x01\n\x19GetBillingSummaryResponse\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\x12\x35\n\nopen_bills\x18\x02 \x03(\x0b\x32!.evolutivo.billing.v1.BillSummary\x12)\n\roverdue_total\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12=\n\x0b\x63ollections\x18\x04 \x01(\x0b\x32(.evolutivo.billing.v1.CollectionsSummary\"R\n\x15ListBillCyclesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"g\n\x16ListBillCyclesResponse\x12\x34\n\x0b\x62ill_cycles\x18\x01 \x03(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x18ListUnbilledItemsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x19ListUnbilledItemsResponse\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.evolutivo.billing.v1.BillItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0eGetBillRequest\x12\x0f\n\x07\x62ill_id\x18\x01 \x01(\t\";\n\x0fGetBillResponse\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"M\n\x10ListBillsRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"W\n\x11ListBillsResponse\x12)\n\x05\x62ills\x18\x01 \x03(\x0b\x32\x1a.evolutivo.billing.v1.Bill\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"8\n\x0e\x42illNowRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\";\n\x0f\x42illNowResponse\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"(\n\x12PreviewBillRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"?\n\x13PreviewBillResponse\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"U\n\x15\x43reditNoteLineRequest\x12\x18\n\x10\x62ill_line_number\x18\x01 \x01(\x05\x12\"\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x12.google.type.Money\"\xad\x01\n\x17\x43reateCreditNoteRequest\x12\x0f\n\x07\x62ill_id\x18\x01 \x01(\t\x12\x12\n\nwhole_bill\x18\x02 \x01(\x08\x12:\n\x05lines\x18\x03 \x03(\x0b\x32+.evolutivo.billing.v1.CreditNoteLineRequest\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"Q\n\x18\x43reateCreditNoteResponse\x12\x35\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32 .evolutivo.billing.v1.CreditNote\".\n\x14GetCreditNoteRequest\x12\x16\n\x0e\x63redit_note_id\x18\x01 \x01(\t\"N\n\x15GetCreditNoteResponse\x12\x35\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32 .evolutivo.billing.v1.CreditNote\"d\n\x16ListCreditNotesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0f\n\x07\x62ill_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"j\n\x17ListCreditNotesResponse\x12\x36\n\x0c\x63redit_notes\x18\x01 \x03(\x0b\x32 .evolutivo.billing.v1.CreditNote\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xcc\x0c\n\x0e\x42illingService\x12\x62\n\x0bGetBillUnit\x12(.evolutivo.billing.v1.GetBillUnitRequest\x1a).evolutivo.billing.v1.GetBillUnitResponse\x12h\n\rListBillUnits\x12*.evolutivo.billing.v1.ListBillUnitsRequest\x1a+.evolutivo.billing.v1.ListBillUnitsResponse\x12t\n\x11GetBillingSummary\x12..evolutivo.billing.v1.GetBillingSummaryRequest\x1a/.evolutivo.billing.v1.GetBillingSummaryResponse\x12k\n\x0eListBillCycles\x12+.evolutivo.billing.v1.ListBillCyclesRequest\x1a,.evolutivo.billing.v1.ListBillCyclesResponse\x12t\n\x11ListUnbilledItems\x12..evolutivo.billing.v1.ListUnbilledItemsRequest\x1a/.evolutivo.billing.v1.ListUnbilledItemsResponse\x12V\n\x07GetBill\x12$.evolutivo.billing.v1.GetBillRequest\x1a%.evolutivo.billing.v1.GetBillResponse\x12\\\n\tListBills\x12&.evolutivo.billing.v1.ListBillsRequest\x1a\'.evolutivo.billing.v1.ListBillsResponse\x12V\n\x07\x42illNow\x12$.evolutivo.billing.v1.BillNowRequest\x1a%.evolutivo.billing.v1.BillNowResponse\x12\x62\n\x0bPreviewBill\x12(.evolutivo.billing.v1.PreviewBillRequest\x1a).evolutivo.billing.v1.PreviewBillResponse\x12q\n\x10\x43reateCreditNote\x12-.evolutivo.billing.v1.CreateCreditNoteRequest\x1a..evolutivo.billing.v1.CreateCreditNoteResponse\x12h\n\rGetCreditNote\x12*.evolutivo.billing.v1.GetCreditNoteRequest\x1a+.evolutivo.billing.v1.GetCreditNoteResponse\x12n\n\x0fListCreditNotes\x12,.evolutivo.billing.v1.ListCreditNotesRequest\x1a-.evolutivo.billing.v1.ListCreditNotesResponse\x12n\n\x0fGetBillDocument\x12,.evolutivo.billing.v1.GetBillDocumentRequest\x1a-.evolutivo.billing.v1.GetBillDocumentResponse\x12n\n\x0fGetBillDelivery\x12,.evolutivo.billing.v1.GetBillDeliveryRequest\x1a-.evolutivo.billing.v1.GetBillDeliveryResponse\x12t\n\x11RetryBillDelivery\x12..evolutivo.billing.v1.RetryBillDeliveryRequest\x1a/.evolutivo.billing.v1.RetryBillDeliveryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.billing.v1.billing_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETBILLUNITREQUEST']._serialized_start=247
-  _globals['_GETBILLUNITREQUEST']._serialized_end=289
-  _globals['_GETBILLUNITRESPONSE']._serialized_start=291
-  _globals['_GETBILLUNITRESPONSE']._serialized_end=363
-  _globals['_LISTBILLUNITSREQUEST']._serialized_start=365
-  _globals['_LISTBILLUNITSREQUEST']._serialized_end=446
-  _globals['_LISTBILLUNITSRESPONSE']._serialized_start=448
-  _globals['_LISTBILLUNITSRESPONSE']._serialized_end=548
-  _globals['_GETBILLINGSUMMARYREQUEST']._serialized_start=550
-  _globals['_GETBILLINGSUMMARYREQUEST']._serialized_end=596
-  _globals['_GETBILLINGSUMMARYRESPONSE']._serialized_start=599
-  _globals['_GETBILLINGSUMMARYRESPONSE']._serialized_end=838
-  _globals['_LISTBILLCYCLESREQUEST']._serialized_start=840
-  _globals['_LISTBILLCYCLESREQUEST']._serialized_end=922
-  _globals['_LISTBILLCYCLESRESPONSE']._serialized_start=924
-  _globals['_LISTBILLCYCLESRESPONSE']._serialized_end=1027
-  _globals['_LISTUNBILLEDITEMSREQUEST']._serialized_start=1029
-  _globals['_LISTUNBILLEDITEMSREQUEST']._serialized_end=1114
-  _globals['_LISTUNBILLEDITEMSRESPONSE']._serialized_start=1116
-  _globals['_LISTUNBILLEDITEMSRESPONSE']._serialized_end=1215
-  _globals['_GETBILLREQUEST']._serialized_start=1217
-  _globals['_GETBILLREQUEST']._serialized_end=1250
-  _globals['_GETBILLRESPONSE']._serialized_start=1252
-  _globals['_GETBILLRESPONSE']._serialized_end=1311
-  _globals['_LISTBILLSREQUEST']._serialized_start=1313
-  _globals['_LISTBILLSREQUEST']._serialized_end=1390
-  _globals['_LISTBILLSRESPONSE']._serialized_start=1392
-  _globals['_LISTBILLSRESPONSE']._serialized_end=1479
-  _globals['_BILLINGSERVICE']._serialized_start=1482
-  _globals['_BILLINGSERVICE']._serialized_end=2231
+  _globals['_GETBILLUNITREQUEST']._serialized_start=324
+  _globals['_GETBILLUNITREQUEST']._serialized_end=366
+  _globals['_GETBILLUNITRESPONSE']._serialized_start=368
+  _globals['_GETBILLUNITRESPONSE']._serialized_end=440
+  _globals['_LISTBILLUNITSREQUEST']._serialized_start=442
+  _globals['_LISTBILLUNITSREQUEST']._serialized_end=523
+  _globals['_LISTBILLUNITSRESPONSE']._serialized_start=525
+  _globals['_LISTBILLUNITSRESPONSE']._serialized_end=625
+  _globals['_GETBILLINGSUMMARYREQUEST']._serialized_start=627
+  _globals['_GETBILLINGSUMMARYREQUEST']._serialized_end=673
+  _globals['_GETBILLINGSUMMARYRESPONSE']._serialized_start=676
+  _globals['_GETBILLINGSUMMARYRESPONSE']._serialized_end=915
+  _globals['_LISTBILLCYCLESREQUEST']._serialized_start=917
+  _globals['_LISTBILLCYCLESREQUEST']._serialized_end=999
+  _globals['_LISTBILLCYCLESRESPONSE']._serialized_start=1001
+  _globals['_LISTBILLCYCLESRESPONSE']._serialized_end=1104
+  _globals['_LISTUNBILLEDITEMSREQUEST']._serialized_start=1106
+  _globals['_LISTUNBILLEDITEMSREQUEST']._serialized_end=1191
+  _globals['_LISTUNBILLEDITEMSRESPONSE']._serialized_start=1193
+  _globals['_LISTUNBILLEDITEMSRESPONSE']._serialized_end=1292
+  _globals['_GETBILLREQUEST']._serialized_start=1294
+  _globals['_GETBILLREQUEST']._serialized_end=1327
+  _globals['_GETBILLRESPONSE']._serialized_start=1329
+  _globals['_GETBILLRESPONSE']._serialized_end=1388
+  _globals['_LISTBILLSREQUEST']._serialized_start=1390
+  _globals['_LISTBILLSREQUEST']._serialized_end=1467
+  _globals['_LISTBILLSRESPONSE']._serialized_start=1469
+  _globals['_LISTBILLSRESPONSE']._serialized_end=1556
+  _globals['_BILLNOWREQUEST']._serialized_start=1558
+  _globals['_BILLNOWREQUEST']._serialized_end=1614
+  _globals['_BILLNOWRESPONSE']._serialized_start=1616
+  _globals['_BILLNOWRESPONSE']._serialized_end=1675
+  _globals['_PREVIEWBILLREQUEST']._serialized_start=1677
+  _globals['_PREVIEWBILLREQUEST']._serialized_end=1717
+  _globals['_PREVIEWBILLRESPONSE']._serialized_start=1719
+  _globals['_PREVIEWBILLRESPONSE']._serialized_end=1782
+  _globals['_CREDITNOTELINEREQUEST']._serialized_start=1784
+  _globals['_CREDITNOTELINEREQUEST']._serialized_end=1869
+  _globals['_CREATECREDITNOTEREQUEST']._serialized_start=1872
+  _globals['_CREATECREDITNOTEREQUEST']._serialized_end=2045
+  _globals['_CREATECREDITNOTERESPONSE']._serialized_start=2047
+  _globals['_CREATECREDITNOTERESPONSE']._serialized_end=2128
+  _globals['_GETCREDITNOTEREQUEST']._serialized_start=2130
+  _globals['_GETCREDITNOTEREQUEST']._serialized_end=2176
+  _globals['_GETCREDITNOTERESPONSE']._serialized_start=2178
+  _globals['_GETCREDITNOTERESPONSE']._serialized_end=2256
+  _globals['_LISTCREDITNOTESREQUEST']._serialized_start=2258
+  _globals['_LISTCREDITNOTESREQUEST']._serialized_end=2358
+  _globals['_LISTCREDITNOTESRESPONSE']._serialized_start=2360
+  _globals['_LISTCREDITNOTESRESPONSE']._serialized_end=2466
+  _globals['_BILLINGSERVICE']._serialized_start=2469
+  _globals['_BILLINGSERVICE']._serialized_end=4081
 # @@protoc_insertion_point(module_scope)

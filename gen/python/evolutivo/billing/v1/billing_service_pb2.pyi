@@ -8,6 +8,7 @@ from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
 from evolutivo.billing.v1 import bill_pb2 as _bill_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from evolutivo.billing.v1 import billing_summary_pb2 as _billing_summary_pb2
+from evolutivo.billing.v1 import credit_note_pb2 as _credit_note_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -354,3 +355,268 @@ class ListBillsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListBillsResponse: _TypeAlias = ListBillsResponse  # noqa: Y015
+
+@_typing.final
+class BillNowRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    request_id: _builtins.str
+    """Required UUID (AIP-155): a retry with the same id returns the first bill."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillNowRequest: _TypeAlias = BillNowRequest  # noqa: Y015
+
+@_typing.final
+class BillNowResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill: ...
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillNowResponse: _TypeAlias = BillNowResponse  # noqa: Y015
+
+@_typing.final
+class PreviewBillRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewBillRequest: _TypeAlias = PreviewBillRequest  # noqa: Y015
+
+@_typing.final
+class PreviewBillResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def bill(self) -> _bill_pb2.Bill:
+        """DRAFT, without a number or an id that exists: what would be billed now."""
+
+    def __init__(
+        self,
+        *,
+        bill: _bill_pb2.Bill | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill", b"bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewBillResponse: _TypeAlias = PreviewBillResponse  # noqa: Y015
+
+@_typing.final
+class CreditNoteLineRequest(_message.Message):
+    """A bill line to credit, and how much of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_LINE_NUMBER_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    bill_line_number: _builtins.int
+    """The bill's line number."""
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money:
+        """Positive, in the bill's currency, rounded to its minor unit; at most what the line billed
+        less earlier credit notes on it. Unset: all that is left of the line.
+        """
+
+    def __init__(
+        self,
+        *,
+        bill_line_number: _builtins.int = ...,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bill_line_number", b"bill_line_number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNoteLineRequest: _TypeAlias = CreditNoteLineRequest  # noqa: Y015
+
+@_typing.final
+class CreateCreditNoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_ID_FIELD_NUMBER: _builtins.int
+    WHOLE_BILL_FIELD_NUMBER: _builtins.int
+    LINES_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    bill_id: _builtins.str
+    whole_bill: _builtins.bool
+    """Credit the whole bill (all that is left of every line); otherwise `lines` says what."""
+    reason: _builtins.str
+    """Required free text, at most 500 characters."""
+    actor: _builtins.str
+    """Required: who issues it (a user or a system), at most 200 characters."""
+    request_id: _builtins.str
+    """Required UUID (AIP-155): a retry with the same id returns the first credit note."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___CreditNoteLineRequest]: ...
+    def __init__(
+        self,
+        *,
+        bill_id: _builtins.str = ...,
+        whole_bill: _builtins.bool = ...,
+        lines: _abc.Iterable[Global___CreditNoteLineRequest] | None = ...,
+        reason: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "bill_id", b"bill_id", "lines", b"lines", "reason", b"reason", "request_id", b"request_id", "whole_bill", b"whole_bill"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCreditNoteRequest: _TypeAlias = CreateCreditNoteRequest  # noqa: Y015
+
+@_typing.final
+class CreateCreditNoteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credit_note(self) -> _credit_note_pb2.CreditNote: ...
+    def __init__(
+        self,
+        *,
+        credit_note: _credit_note_pb2.CreditNote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCreditNoteResponse: _TypeAlias = CreateCreditNoteResponse  # noqa: Y015
+
+@_typing.final
+class GetCreditNoteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_ID_FIELD_NUMBER: _builtins.int
+    credit_note_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        credit_note_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_note_id", b"credit_note_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditNoteRequest: _TypeAlias = GetCreditNoteRequest  # noqa: Y015
+
+@_typing.final
+class GetCreditNoteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def credit_note(self) -> _credit_note_pb2.CreditNote: ...
+    def __init__(
+        self,
+        *,
+        credit_note: _credit_note_pb2.CreditNote | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_note", b"credit_note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCreditNoteResponse: _TypeAlias = GetCreditNoteResponse  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    BILL_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    bill_id: _builtins.str
+    """When set, only this bill's credit notes."""
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        bill_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "bill_id", b"bill_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditNotesRequest: _TypeAlias = ListCreditNotesRequest  # noqa: Y015
+
+@_typing.final
+class ListCreditNotesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def credit_notes(self) -> _containers.RepeatedCompositeFieldContainer[_credit_note_pb2.CreditNote]: ...
+    def __init__(
+        self,
+        *,
+        credit_notes: _abc.Iterable[_credit_note_pb2.CreditNote] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_notes", b"credit_notes", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCreditNotesResponse: _TypeAlias = ListCreditNotesResponse  # noqa: Y015

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from evolutivo.billing.v1 import billing_service_pb2 as evolutivo_dot_billing_dot_v1_dot_billing__service__pb2
+from evolutivo.billing.v1 import document_pb2 as evolutivo_dot_billing_dot_v1_dot_document__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -70,6 +71,46 @@ class BillingServiceStub:
                 request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.FromString,
                 _registered_method=True)
+        self.BillNow = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/BillNow',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowResponse.FromString,
+                _registered_method=True)
+        self.PreviewBill = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/PreviewBill',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillResponse.FromString,
+                _registered_method=True)
+        self.CreateCreditNote = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/CreateCreditNote',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteResponse.FromString,
+                _registered_method=True)
+        self.GetCreditNote = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/GetCreditNote',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteResponse.FromString,
+                _registered_method=True)
+        self.ListCreditNotes = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/ListCreditNotes',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesResponse.FromString,
+                _registered_method=True)
+        self.GetBillDocument = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/GetBillDocument',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentResponse.FromString,
+                _registered_method=True)
+        self.GetBillDelivery = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/GetBillDelivery',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryResponse.FromString,
+                _registered_method=True)
+        self.RetryBillDelivery = channel.unary_unary(
+                '/evolutivo.billing.v1.BillingService/RetryBillDelivery',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryResponse.FromString,
+                _registered_method=True)
 
 
 class BillingServiceServicer:
@@ -126,6 +167,67 @@ class BillingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BillNow(self, request, context):
+        """Issues a bill at once for the account's unbilled items (the cycle goes on: its bill holds what
+        comes after). The same request_id returns the first bill. FAILED_PRECONDITION when there is
+        nothing unbilled.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewBill(self, request, context):
+        """A trial bill: what BillNow would issue now (DRAFT, no number), changing nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateCreditNote(self, request, context):
+        """Issues a credit note against an issued bill, whole or for chosen lines (docs/billing.md,
+        "Credit notes"). The same request_id returns the first credit note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCreditNote(self, request, context):
+        """Returns one credit note.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCreditNotes(self, request, context):
+        """Lists an account's credit notes (optionally of one bill), newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBillDocument(self, request, context):
+        """Returns the PDF of an issued bill (rendered at the first request or delivery, then kept).
+        FAILED_PRECONDITION for a bill that was never issued.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetBillDelivery(self, request, context):
+        """Returns where the email delivery of an issued bill stands. NOT_FOUND for a bill without one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryBillDelivery(self, request, context):
+        """Makes a bill's delivery PENDING and due now (attempts start again), e.g. after FAILED or
+        NO_RECIPIENT once the contacts are fixed. FAILED_PRECONDITION when it was SENT already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BillingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -163,6 +265,46 @@ def add_BillingServiceServicer_to_server(servicer, server):
                     servicer.ListBills,
                     request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.FromString,
                     response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.SerializeToString,
+            ),
+            'BillNow': grpc.unary_unary_rpc_method_handler(
+                    servicer.BillNow,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowResponse.SerializeToString,
+            ),
+            'PreviewBill': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewBill,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillResponse.SerializeToString,
+            ),
+            'CreateCreditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCreditNote,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteResponse.SerializeToString,
+            ),
+            'GetCreditNote': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCreditNote,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteResponse.SerializeToString,
+            ),
+            'ListCreditNotes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCreditNotes,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesResponse.SerializeToString,
+            ),
+            'GetBillDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBillDocument,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentResponse.SerializeToString,
+            ),
+            'GetBillDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetBillDelivery,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryResponse.SerializeToString,
+            ),
+            'RetryBillDelivery': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryBillDelivery,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +497,222 @@ class BillingService:
             '/evolutivo.billing.v1.BillingService/ListBills',
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsRequest.SerializeToString,
             evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListBillsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BillNow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/BillNow',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.BillNowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewBill(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/PreviewBill',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.PreviewBillResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCreditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/CreateCreditNote',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.CreateCreditNoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCreditNote(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/GetCreditNote',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.GetCreditNoteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCreditNotes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/ListCreditNotes',
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_billing__service__pb2.ListCreditNotesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBillDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/GetBillDocument',
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetBillDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/GetBillDelivery',
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.GetBillDeliveryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryBillDelivery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.BillingService/RetryBillDelivery',
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_document__pb2.RetryBillDeliveryResponse.FromString,
             options,
             channel_credentials,
             insecure,

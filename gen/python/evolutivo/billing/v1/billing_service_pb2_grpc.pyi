@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from evolutivo.billing.v1 import billing_service_pb2 as _billing_service_pb2
+from evolutivo.billing.v1 import document_pb2 as _document_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -49,6 +50,31 @@ class BillingServiceStub:
     """Returns one bill, with the charge ids of each line."""
     ListBills: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillsRequest, _billing_service_pb2.ListBillsResponse]
     """Lists an account's bills, newest issue date first (lines without their charge ids)."""
+    BillNow: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.BillNowRequest, _billing_service_pb2.BillNowResponse]
+    """Issues a bill at once for the account's unbilled items (the cycle goes on: its bill holds what
+    comes after). The same request_id returns the first bill. FAILED_PRECONDITION when there is
+    nothing unbilled.
+    """
+    PreviewBill: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.PreviewBillRequest, _billing_service_pb2.PreviewBillResponse]
+    """A trial bill: what BillNow would issue now (DRAFT, no number), changing nothing."""
+    CreateCreditNote: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.CreateCreditNoteRequest, _billing_service_pb2.CreateCreditNoteResponse]
+    """Issues a credit note against an issued bill, whole or for chosen lines (docs/billing.md,
+    "Credit notes"). The same request_id returns the first credit note.
+    """
+    GetCreditNote: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.GetCreditNoteRequest, _billing_service_pb2.GetCreditNoteResponse]
+    """Returns one credit note."""
+    ListCreditNotes: _grpc.UnaryUnaryMultiCallable[_billing_service_pb2.ListCreditNotesRequest, _billing_service_pb2.ListCreditNotesResponse]
+    """Lists an account's credit notes (optionally of one bill), newest first."""
+    GetBillDocument: _grpc.UnaryUnaryMultiCallable[_document_pb2.GetBillDocumentRequest, _document_pb2.GetBillDocumentResponse]
+    """Returns the PDF of an issued bill (rendered at the first request or delivery, then kept).
+    FAILED_PRECONDITION for a bill that was never issued.
+    """
+    GetBillDelivery: _grpc.UnaryUnaryMultiCallable[_document_pb2.GetBillDeliveryRequest, _document_pb2.GetBillDeliveryResponse]
+    """Returns where the email delivery of an issued bill stands. NOT_FOUND for a bill without one."""
+    RetryBillDelivery: _grpc.UnaryUnaryMultiCallable[_document_pb2.RetryBillDeliveryRequest, _document_pb2.RetryBillDeliveryResponse]
+    """Makes a bill's delivery PENDING and due now (attempts start again), e.g. after FAILED or
+    NO_RECIPIENT once the contacts are fixed. FAILED_PRECONDITION when it was SENT already.
+    """
 
 @_typing.type_check_only
 class BillingServiceAsyncStub(BillingServiceStub):
@@ -71,6 +97,31 @@ class BillingServiceAsyncStub(BillingServiceStub):
     """Returns one bill, with the charge ids of each line."""
     ListBills: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListBillsRequest, _billing_service_pb2.ListBillsResponse]  # type: ignore[assignment]
     """Lists an account's bills, newest issue date first (lines without their charge ids)."""
+    BillNow: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.BillNowRequest, _billing_service_pb2.BillNowResponse]  # type: ignore[assignment]
+    """Issues a bill at once for the account's unbilled items (the cycle goes on: its bill holds what
+    comes after). The same request_id returns the first bill. FAILED_PRECONDITION when there is
+    nothing unbilled.
+    """
+    PreviewBill: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.PreviewBillRequest, _billing_service_pb2.PreviewBillResponse]  # type: ignore[assignment]
+    """A trial bill: what BillNow would issue now (DRAFT, no number), changing nothing."""
+    CreateCreditNote: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.CreateCreditNoteRequest, _billing_service_pb2.CreateCreditNoteResponse]  # type: ignore[assignment]
+    """Issues a credit note against an issued bill, whole or for chosen lines (docs/billing.md,
+    "Credit notes"). The same request_id returns the first credit note.
+    """
+    GetCreditNote: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.GetCreditNoteRequest, _billing_service_pb2.GetCreditNoteResponse]  # type: ignore[assignment]
+    """Returns one credit note."""
+    ListCreditNotes: _aio.UnaryUnaryMultiCallable[_billing_service_pb2.ListCreditNotesRequest, _billing_service_pb2.ListCreditNotesResponse]  # type: ignore[assignment]
+    """Lists an account's credit notes (optionally of one bill), newest first."""
+    GetBillDocument: _aio.UnaryUnaryMultiCallable[_document_pb2.GetBillDocumentRequest, _document_pb2.GetBillDocumentResponse]  # type: ignore[assignment]
+    """Returns the PDF of an issued bill (rendered at the first request or delivery, then kept).
+    FAILED_PRECONDITION for a bill that was never issued.
+    """
+    GetBillDelivery: _aio.UnaryUnaryMultiCallable[_document_pb2.GetBillDeliveryRequest, _document_pb2.GetBillDeliveryResponse]  # type: ignore[assignment]
+    """Returns where the email delivery of an issued bill stands. NOT_FOUND for a bill without one."""
+    RetryBillDelivery: _aio.UnaryUnaryMultiCallable[_document_pb2.RetryBillDeliveryRequest, _document_pb2.RetryBillDeliveryResponse]  # type: ignore[assignment]
+    """Makes a bill's delivery PENDING and due now (attempts start again), e.g. after FAILED or
+    NO_RECIPIENT once the contacts are fixed. FAILED_PRECONDITION when it was SENT already.
+    """
 
 class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Turns charges into bills and gets them paid."""
@@ -132,5 +183,78 @@ class BillingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_service_pb2.ListBillsResponse, _abc.Awaitable[_billing_service_pb2.ListBillsResponse]]:
         """Lists an account's bills, newest issue date first (lines without their charge ids)."""
+
+    @_abc_1.abstractmethod
+    def BillNow(
+        self,
+        request: _billing_service_pb2.BillNowRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.BillNowResponse, _abc.Awaitable[_billing_service_pb2.BillNowResponse]]:
+        """Issues a bill at once for the account's unbilled items (the cycle goes on: its bill holds what
+        comes after). The same request_id returns the first bill. FAILED_PRECONDITION when there is
+        nothing unbilled.
+        """
+
+    @_abc_1.abstractmethod
+    def PreviewBill(
+        self,
+        request: _billing_service_pb2.PreviewBillRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.PreviewBillResponse, _abc.Awaitable[_billing_service_pb2.PreviewBillResponse]]:
+        """A trial bill: what BillNow would issue now (DRAFT, no number), changing nothing."""
+
+    @_abc_1.abstractmethod
+    def CreateCreditNote(
+        self,
+        request: _billing_service_pb2.CreateCreditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.CreateCreditNoteResponse, _abc.Awaitable[_billing_service_pb2.CreateCreditNoteResponse]]:
+        """Issues a credit note against an issued bill, whole or for chosen lines (docs/billing.md,
+        "Credit notes"). The same request_id returns the first credit note.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCreditNote(
+        self,
+        request: _billing_service_pb2.GetCreditNoteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.GetCreditNoteResponse, _abc.Awaitable[_billing_service_pb2.GetCreditNoteResponse]]:
+        """Returns one credit note."""
+
+    @_abc_1.abstractmethod
+    def ListCreditNotes(
+        self,
+        request: _billing_service_pb2.ListCreditNotesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_service_pb2.ListCreditNotesResponse, _abc.Awaitable[_billing_service_pb2.ListCreditNotesResponse]]:
+        """Lists an account's credit notes (optionally of one bill), newest first."""
+
+    @_abc_1.abstractmethod
+    def GetBillDocument(
+        self,
+        request: _document_pb2.GetBillDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_pb2.GetBillDocumentResponse, _abc.Awaitable[_document_pb2.GetBillDocumentResponse]]:
+        """Returns the PDF of an issued bill (rendered at the first request or delivery, then kept).
+        FAILED_PRECONDITION for a bill that was never issued.
+        """
+
+    @_abc_1.abstractmethod
+    def GetBillDelivery(
+        self,
+        request: _document_pb2.GetBillDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_pb2.GetBillDeliveryResponse, _abc.Awaitable[_document_pb2.GetBillDeliveryResponse]]:
+        """Returns where the email delivery of an issued bill stands. NOT_FOUND for a bill without one."""
+
+    @_abc_1.abstractmethod
+    def RetryBillDelivery(
+        self,
+        request: _document_pb2.RetryBillDeliveryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_document_pb2.RetryBillDeliveryResponse, _abc.Awaitable[_document_pb2.RetryBillDeliveryResponse]]:
+        """Makes a bill's delivery PENDING and due now (attempts start again), e.g. after FAILED or
+        NO_RECIPIENT once the contacts are fixed. FAILED_PRECONDITION when it was SENT already.
+        """
 
 def add_BillingServiceServicer_to_server(servicer: BillingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

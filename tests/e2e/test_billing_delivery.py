@@ -1,0 +1,278 @@
+"""Bill delivery across processes, to a real SMTP server (aiosmtpd) started by the test: the stack's
+billing (two replicas) is pointed at it with BILLING_SMTP_*; an account with a billing contact
+(customer's ContactChanged reaches billing over NATS) is charged, the shared clock moves past the
+cycle's end, the bill is issued, and one email arrives with the bill's PDF attached, whose number
+and totals are those of GetBill, the same PDF GetBillDocument returns; the delivery reads SENT."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from email.message import EmailMessage
+from typing import Any, cast
+
+import grpc
+import pypdf
+import pytest
+from aiosmtpd.controller import Controller
+from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
+from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from evolutivo.billing.v1 import bill_pb2, document_pb2
+from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
+from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from evolutivo.charging.v1 import catalog_pb2, usage_pb2
+from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
+from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
+from evolutivo.customer.v1 import account_pb2, contact_pb2, purchase_pb2
+from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
+from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
+from evolutivo_runtime.money import from_money
+from evolutivo_runtime.testing import eventually
+from evolutivo_runtime.timestamps import to_timestamp
+from evolutivo_stack.embedded import free_port, scratch_dir
+from evolutivo_stack.stack import Stack
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+pytestmark = pytest.mark.e2e
+
+SENDER = "billing@evolutivo.test"
+
+
+@dataclass
+class MailServer:
+    """aiosmtpd handler that keeps every message it accepts."""
+
+    port: int
+    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        self.received.append((list(envelope.rcpt_tos), parsed))
+        return "250 2.0.0 accepted"
+
+
+@pytest.fixture(scope="module")
+def smtp() -> Iterator[MailServer]:
+    server = MailServer(free_port())
+    controller = Controller(server, hostname="127.0.0.1", port=server.port)
+    controller.start()
+    try:
+        yield server
+    finally:
+        controller.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(smtp: MailServer) -> Iterator[Stack]:
+    # Cycles close right after their end; billing's two replicas both run the delivery loop.
+    with scratch_dir("stack") as data_dir:
+        with Stack(
+            data_dir,
+            base_port=None,
+            clock_mode="controllable",
+            env={
+                "BILLING_CYCLE_CHECK_SECONDS": "0.5",
+                "BILLING_LATE_USAGE_DELAY_SECONDS": "0",
+                "BILLING_TAX_RATES": '{"standard": "0.21", "exempt": "0"}',
+                "BILLING_SMTP_HOST": "127.0.0.1",
+                "BILLING_SMTP_PORT": str(smtp.port),
+                "BILLING_SMTP_STARTTLS": "false",
+                "BILLING_SMTP_FROM": SENDER,
+                "BILLING_DELIVERY_CHECK_SECONDS": "0.5",
+                "BILLING_SELLER_NAME": "Evolutivo Telecom S.L.",
+                "BILLING_SELLER_ADDRESS": '["Calle Mayor 1", "28013 Madrid"]',
+                "BILLING_SELLER_TAX_ID": "ESB12345678",
+                "BILLING_PAYMENT_INSTRUCTIONS": '["IBAN ES91 2100 0418 4502 0005 1332"]',
+            },
+            replicas={"billing": 2},
+        ) as running:
+            yield running
+
+
+@pytest.fixture
+async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
+    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
+    yield opened
+    for channel in opened.values():
+        await channel.close(None)
+
+
+def at(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:
+    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
+    return at((await admin.GetClock(clock_pb.GetClockRequest())).now)
+
+
+async def advance_to(channels: dict[str, grpc.aio.Channel], target: datetime) -> None:
+    """Moves the shared clock to at least `target` and waits until billing and charging follow."""
+    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
+    seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
+    moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
+    for service in ("billing", "charging"):
+        stub = clock_grpc.ClockAdminServiceStub(channels[service])
+
+        async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
+            seen = await stub.GetClock(clock_pb.GetClockRequest())
+            return True if seen.revision >= moved.revision else None
+
+        await eventually(followed, timeout=10, what=f"{service} to follow the clock")
+
+
+async def rate(charging: charging_grpc.ChargingServiceAsyncStub, event: usage_pb2.UsageEvent) -> usage_pb2.RatedCharge:
+    """Records the event and re-submits it until charging knows the account, purchase and cycle."""
+    await charging.RecordUsage(charging_pb.RecordUsageRequest(event=event))
+
+    async def attempt() -> usage_pb2.UsageResult | None:
+        (result,) = (await charging.ResubmitUsage(charging_pb.ResubmitUsageRequest(event_ids=[event.event_id]))).results
+        return result if result.status == usage_pb2.USAGE_STATUS_RATED else None
+
+    (charge,) = (await eventually(attempt, what=f"{event.event_id} to be rated")).charges
+    return charge
+
+
+def pdf_text(content: bytes) -> str:
+    return "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(content)).pages)
+
+
+def money_text(amount: Decimal) -> str:
+    return f"{amount:,.2f} EUR"
+
+
+async def test_an_issued_bill_is_emailed_with_its_pdf(
+    stack: Stack, smtp: MailServer, channels: dict[str, grpc.aio.Channel]
+) -> None:
+    charging = charging_grpc.ChargingServiceStub(channels["charging"])
+    customer = customer_grpc.CustomerServiceStub(channels["customer"])
+    billing = billing_grpc.BillingServiceStub(channels["billing"])
+
+    code = f"api_{uuid.uuid4().hex[:8]}"
+    draft = await charging.CreateChargeOffer(
+        charging_pb.CreateChargeOfferRequest(
+            charge_offer=catalog_pb2.ChargeOffer(
+                code=code,
+                name="API Metered",
+                currency_code="EUR",
+                charges=[
+                    catalog_pb2.Charge(
+                        code="api_calls",
+                        name="API calls",
+                        event_type="api.call",
+                        per_unit=catalog_pb2.PerUnitPrice(unit_price="0.01"),
+                        tax_code="standard",
+                    )
+                ],
+            )
+        )
+    )
+    await charging.ActivateChargeOffer(
+        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
+    )
+    account = (
+        await customer.CreateAccount(
+            customer_pb.CreateAccountRequest(
+                request_id=str(uuid.uuid4()),
+                account=account_pb2.Account(
+                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
+                    display_name="Facturas Ibéricas SL",
+                    currency_code="EUR",
+                    time_zone="Europe/Madrid",
+                    billing_profile=account_pb2.BillingProfile(
+                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
+                    ),
+                ),
+            )
+        )
+    ).account
+    account_id = account.account_id
+    await customer.AddContact(
+        customer_pb.AddContactRequest(
+            account_id=account_id,
+            request_id=str(uuid.uuid4()),
+            contact=contact_pb2.Contact(
+                role=contact_pb2.CONTACT_ROLE_BILLING, name="Accounts payable", email="ap@facturas.example"
+            ),
+        )
+    )
+    await customer.CreatePurchase(
+        customer_pb.CreatePurchaseRequest(account_id=account_id, purchase=purchase_pb2.Purchase(charge_offer_code=code))
+    )
+
+    # 123456 calls at 0.01: 1,234.56, plus 21% tax.
+    now = await clock_now(channels)
+    charge = await rate(
+        charging,
+        usage_pb2.UsageEvent(
+            event_id=f"e2e-{uuid.uuid4().hex}",
+            account_id=account_id,
+            event_type="api.call",
+            event_time=to_timestamp(now),
+            quantity="123456",
+        ),
+    )
+
+    async def received() -> bool | None:
+        items = (await billing.ListUnbilledItems(billing_pb.ListUnbilledItemsRequest(account_id=account_id))).items
+        return True if any(i.charge_id == charge.charge_id for i in items) else None
+
+    await eventually(received, what="billing to receive the charge")
+    cycles = (await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account_id))).bill_cycles
+    await advance_to(channels, at(cycles[0].end_time) + timedelta(seconds=5))
+
+    async def issued() -> bill_pb2.Bill | None:
+        found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account_id))).bills
+        return found[0] if found and found[0].bill_number else None
+
+    listed = await eventually(issued, what="the bill to be issued")
+    bill = (await billing.GetBill(billing_pb.GetBillRequest(bill_id=listed.bill_id))).bill
+    assert (from_money(bill.subtotal), from_money(bill.tax_total), from_money(bill.total)) == (
+        Decimal("1234.56"),
+        Decimal("259.26"),
+        Decimal("1493.82"),
+    )
+
+    async def emailed() -> tuple[list[str], EmailMessage] | None:
+        mine = [r for r in smtp.received if r[1]["Message-ID"] == f"<bill-{bill.bill_id}@evolutivo.test>"]
+        return mine[0] if mine else None
+
+    recipients, message = await eventually(emailed, what="the bill's email")
+    assert recipients == ["ap@facturas.example"]
+    assert message["From"] == SENDER
+    assert bill.bill_number in message["Subject"]
+    (attached,) = list(message.iter_attachments())
+    assert (attached.get_content_type(), attached.get_filename()) == ("application/pdf", f"{bill.bill_number}.pdf")
+    content = cast(bytes, attached.get_content())
+    text = pdf_text(content)
+    for expected in (
+        bill.bill_number,
+        "Evolutivo Telecom S.L.",
+        "Facturas Ibéricas SL",
+        money_text(from_money(bill.subtotal)),
+        money_text(from_money(bill.tax_total)),
+        money_text(from_money(bill.total)),
+        f"Due date: {bill.due_date.year:04d}-{bill.due_date.month:02d}-{bill.due_date.day:02d}",
+        "IBAN ES91 2100 0418 4502 0005 1332",
+    ):
+        assert expected in text, f"{expected!r} is on the emailed PDF"
+
+    document = (await billing.GetBillDocument(document_pb2.GetBillDocumentRequest(bill_id=bill.bill_id))).document
+    assert document.content == content, "the PDF kept is the one emailed"
+
+    async def sent() -> document_pb2.BillDelivery | None:
+        found = (await billing.GetBillDelivery(document_pb2.GetBillDeliveryRequest(bill_id=bill.bill_id))).delivery
+        return found if found.state == document_pb2.BILL_DELIVERY_STATE_SENT else None
+
+    delivery = await eventually(sent, what="the delivery to read SENT")
+    assert (list(delivery.recipients), delivery.attempts) == (["ap@facturas.example"], 1)
+    # Two replicas ran the delivery loop: the bill went out once.
+    mine = [r for r in smtp.received if r[1]["Message-ID"] == delivery.message_id]
+    assert len(mine) == 1
