@@ -169,6 +169,7 @@ def charge_to_pb(charge: Charge) -> catalog_pb2.Charge:
         quantity_property=charge.quantity_property,
         balance_group=charge.balance_group,
         tax_code=charge.tax_code,
+        allow_overage=charge.allow_overage,
         **_price_to_pb(charge.price),
     )
 
@@ -250,6 +251,7 @@ def charge_from_pb(charge: catalog_pb2.Charge, prefix: str) -> Charge:
         quantity_property=charge.quantity_property,
         balance_group=charge.balance_group,
         tax_code=charge.tax_code,
+        allow_overage=charge.allow_overage,
     )
 
 

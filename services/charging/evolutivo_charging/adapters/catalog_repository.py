@@ -117,6 +117,17 @@ class ChargeOfferRepository:
             found[row.code].append(_offer(row._mapping))
         return found
 
+    async def activated_all(self) -> dict[str, list[ChargeOffer]]:
+        """Every activated (active or retired) version, by code, oldest first: the replicas' cache."""
+        t = charge_offers
+        rows = await self._session.execute(
+            select(t).where(t.c.status != OfferStatus.DRAFT.value).order_by(t.c.code, t.c.version)
+        )
+        found: dict[str, list[ChargeOffer]] = {}
+        for row in rows:
+            found.setdefault(row.code, []).append(_offer(row._mapping))
+        return found
+
     async def rated_event_types(self, event_types: Iterable[str]) -> set[str]:
         """Those of `event_types` a charge of some activated (active or retired) version rates."""
         wanted = sorted(set(event_types))

@@ -5,6 +5,7 @@ from evolutivo_runtime.messaging.tables import messaging_tables
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Identity,
@@ -13,6 +14,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    Sequence,
     Table,
     Text,
     UniqueConstraint,
@@ -117,7 +119,8 @@ bill_cycles = Table(
     Index("bill_cycles_account", "account_id"),
 )
 
-# Since 0005: every usage event received, once per event_id, kept forever (docs/charging.md).
+# Since 0005: every usage event received, once per event_id; RATED ones are deleted past the
+# idempotency horizon (docs/charging.md).
 usage_events = Table(
     "usage_events",
     metadata,
@@ -137,9 +140,20 @@ usage_events = Table(
     Column("receive_time", DateTime(timezone=True), nullable=False),
     Column("rate_time", DateTime(timezone=True), nullable=False),
     Column("attempts", Integer, nullable=False),
+    # Since 0008: the event's time (rerating windows), the cycle its units counted in and its place
+    # in the order the cycle's counters counted (usage_rate_seq), set when it is rated.
+    Column("event_time", DateTime(timezone=True), nullable=False),
+    Column("bill_cycle_id", Uuid),
+    Column("rate_seq", BigInteger),
     Index("usage_events_kept", "seq", postgresql_where=text("status <> 'rated'")),
     Index("usage_events_kept_by_account", "account_id", "seq", postgresql_where=text("status <> 'rated'")),
+    Index("usage_events_rated_window", "account_id", "event_time", postgresql_where=text("status = 'rated'")),
+    Index("usage_events_rated_cycle", "bill_cycle_id", "rate_seq", postgresql_where=text("status = 'rated'")),
+    Index("usage_events_expiry", "receive_time", postgresql_where=text("status = 'rated'")),
 )
+
+# Since 0008: the order in which usage is rated (usage_events.rate_seq).
+usage_rate_seq = Sequence("usage_rate_seq", metadata=metadata)
 
 # Since 0005: units a purchase used of a cumulative charge in a cycle (tiers count them).
 usage_counters = Table(
@@ -183,7 +197,13 @@ charges = Table(
     Column("bill_cycle_id", Uuid, nullable=False),
     Column("late", Boolean, nullable=False),
     Column("reverses_charge_id", Uuid),
+    # Since 0008: the rerating run that made a reversing or new charge; the charge a new one replaces.
+    Column("rerate_run_id", Uuid),
+    Column("replaces_charge_id", Uuid),
     Index("charges_account", "account_id", "seq"),
+    Index("charges_account_event", "account_id", "event_id"),
+    # What a reversal cancels: the charges that stand are those no reversal names.
+    Index("charges_reverses", "reverses_charge_id", postgresql_where=text("reverses_charge_id IS NOT NULL")),
     Index("charges_account_cycle", "account_id", "bill_cycle_id", "seq"),
 )
 
@@ -203,6 +223,50 @@ fee_charges = Table(
     Column("account_id", Uuid, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
     PrimaryKeyConstraint("purchase_id", "charge_code", "period_cycle_id", "kind", name="fee_charges_pkey"),
+)
+
+# Since 0008: one row per RerateUsage run (docs/charging.md, "Rerating").
+rerate_runs = Table(
+    "rerate_runs",
+    metadata,
+    Column("rerate_run_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("charge_offer_code", Text, nullable=False),
+    Column("request_id", Text, nullable=False, unique=True),
+    Column("events_rerated", Integer, nullable=False),
+    Column("events_changed", Integer, nullable=False),
+    Column("charges_reversed", Integer, nullable=False),
+    Column("charges_created", Integer, nullable=False),
+    Column("net_amount", Numeric(38, 9), nullable=False),
+    Column("currency_code", Text, nullable=False),
+    Column("create_time", DateTime(timezone=True), nullable=False),
+    Index("rerate_runs_account", "account_id", "create_time"),
+)
+
+# Since 0008: balance's credit-limit state per (account, balance group name), the highest
+# credit_state_version applied wins (docs/charging.md, "Credit limits").
+credit_states = Table(
+    "credit_states",
+    metadata,
+    Column("account_id", Uuid, nullable=False),
+    Column("balance_group_name", Text, nullable=False),
+    Column("is_default", Boolean, nullable=False),
+    Column("exceeded", Boolean, nullable=False),
+    Column("credit_state_version", BigInteger, nullable=False),
+    Column("update_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("account_id", "balance_group_name", name="credit_states_pkey"),
+)
+
+# Since 0008: one row; every transaction that changes what replicas cache (accounts, purchases,
+# cycles, credit states, the catalog) bumps it and NOTIFYs (adapters/cache.py).
+cache_generation = Table(
+    "cache_generation",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("generation", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="cache_generation_one_row"),
 )
 
 outbox, inbox = messaging_tables(metadata)

@@ -18,7 +18,7 @@ from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.timestamps import to_timestamp
 
 from evolutivo_charging.adapters.catalog_proto import decimal_to_str, instant_from_pb
-from evolutivo_charging.adapters.usage_repository import StoredUsage
+from evolutivo_charging.adapters.usage_repository import RerateRunRow, StoredUsage
 from evolutivo_charging.domain.usage import (
     BillCycle,
     BillCycleStatus,
@@ -107,6 +107,25 @@ def charge_to_pb(charge: RatedCharge) -> usage_pb2.RatedCharge:
         bill_cycle_id=str(charge.bill_cycle_id),
         late=charge.late,
         reverses_charge_id=str(charge.reverses_charge_id) if charge.reverses_charge_id else "",
+        rerate_run_id=str(charge.rerate_run_id) if charge.rerate_run_id else "",
+        replaces_charge_id=str(charge.replaces_charge_id) if charge.replaces_charge_id else "",
+    )
+
+
+def run_to_pb(run: RerateRunRow) -> usage_pb2.RerateRun:
+    return usage_pb2.RerateRun(
+        rerate_run_id=str(run.rerate_run_id),
+        account_id=str(run.account_id),
+        start_time=to_timestamp(run.start_time),
+        end_time=to_timestamp(run.end_time),
+        charge_offer_code=run.charge_offer_code,
+        request_id=run.request_id,
+        events_rerated=run.events_rerated,
+        events_changed=run.events_changed,
+        charges_reversed=run.charges_reversed,
+        charges_created=run.charges_created,
+        net_amount=to_money(run.net_amount, run.currency_code),
+        create_time=to_timestamp(run.create_time),
     )
 
 
@@ -140,6 +159,11 @@ def kept_to_pb(stored: StoredUsage) -> charging_service_pb2.UnratedUsage:
 
 # Other services' messages. A malformed one is a broken event: ValueError, and the consumer
 # retries it, then dead-letters it.
+
+
+def uuid_field(value: str, what: str) -> uuid.UUID:
+    """A UUID field of another service's event; ValueError (a broken event) when it is not one."""
+    return _uuid(value, what)
 
 
 def _uuid(value: str, what: str) -> uuid.UUID:

@@ -16,15 +16,17 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Select, and_, bindparam, func, or_, select, tuple_, update
+from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_charging.adapters.orm import (
     bill_cycles,
     charges,
+    credit_states,
     fee_charges,
     purchases,
+    rerate_runs,
     usage_counters,
     usage_events,
 )
@@ -35,6 +37,7 @@ from evolutivo_charging.domain.usage import (
     BillCycle,
     BillCycleStatus,
     ChargeKind,
+    CreditState,
     Purchase,
     RatedCharge,
     UsageEvent,
@@ -249,6 +252,8 @@ class Outcome:
     status: UsageStatus
     reason: str
     charge_ids: tuple[uuid.UUID, ...]
+    # RATED: the cycle whose counters counted its units.
+    bill_cycle_id: uuid.UUID | None = None
 
 
 class UsageRepository:
@@ -269,6 +274,7 @@ class UsageRepository:
                 "payload_sha256": e.fingerprint(),
                 "account_id": e.account_id,
                 "payload": e.payload(),
+                "event_time": e.event_time,
                 "status": UsageStatus.UNRATED.value,
                 "reason": "",
                 "charge_ids": [],
@@ -278,8 +284,10 @@ class UsageRepository:
             }
             for e in sorted(events, key=lambda e: e.event_id)
         ]
+        # executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs from one cached
+        # statement (a .values(rows) statement would be compiled anew for every batch size).
         result = await self._session.execute(
-            insert(t).values(rows).on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.event_id)
+            insert(t).on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.event_id), rows
         )
         return {row.event_id for row in result}
 
@@ -295,31 +303,82 @@ class UsageRepository:
         return {row.event_id: _stored(row._mapping) for row in await self._session.execute(query)}
 
     async def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
-        """The outcome of rating claimed or locked events (one statement for all)."""
+        """The outcome of rating claimed or locked events, in one UPDATE over arrays. Each takes
+        the next `usage_rate_seq` in the order given, the order they were priced in: the order
+        their cycle's counters counted them (the caller holds the counters' locks), which
+        rerating replays."""
         if not outcomes:
             return
-        t = usage_events
-        await self._session.execute(
-            update(t)
-            .where(t.c.event_id == bindparam("b_event_id"))
-            .values(
-                status=bindparam("b_status"),
-                reason=bindparam("b_reason"),
-                charge_ids=bindparam("b_charge_ids", type_=t.c.charge_ids.type),
-                rate_time=now,
-                attempts=t.c.attempts + 1,
-            )
-            .execution_options(synchronize_session=False),
-            [
-                {
-                    "b_event_id": o.event_id,
-                    "b_status": o.status.value,
-                    "b_reason": o.reason,
-                    "b_charge_ids": list(o.charge_ids),
-                }
-                for o in outcomes
-            ],
+        numbers = await self._session.execute(
+            text("SELECT nextval('usage_rate_seq') AS n FROM generate_series(1, :count)"), {"count": len(outcomes)}
         )
+        rate_seqs = sorted(row.n for row in numbers)
+        await self._session.execute(
+            text(
+                """
+                UPDATE usage_events AS u
+                SET status = v.status, reason = v.reason, bill_cycle_id = v.bill_cycle_id,
+                    rate_seq = v.rate_seq, rate_time = :now, attempts = u.attempts + 1,
+                    charge_ids = CAST(string_to_array(v.charge_ids, ',') AS uuid[])
+                FROM unnest(CAST(:event_ids AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
+                            CAST(:charge_ids AS text[]), CAST(:cycles AS uuid[]), CAST(:rate_seqs AS bigint[]))
+                     AS v(event_id, status, reason, charge_ids, bill_cycle_id, rate_seq)
+                WHERE u.event_id = v.event_id
+                """
+            ),
+            {
+                "now": now,
+                "event_ids": [o.event_id for o in outcomes],
+                "statuses": [o.status.value for o in outcomes],
+                "reasons": [o.reason for o in outcomes],
+                # Comma-joined (arrays of arrays must be rectangular); "" is the empty array.
+                "charge_ids": [",".join(str(c) for c in o.charge_ids) for o in outcomes],
+                "cycles": [o.bill_cycle_id for o in outcomes],
+                "rate_seqs": rate_seqs,
+            },
+        )
+
+    async def rated_cycles_in_window(
+        self, account_id: uuid.UUID, start: datetime, end: datetime
+    ) -> dict[str, uuid.UUID | None]:
+        """The account's RATED events with an event time in [start, end): event id -> the cycle
+        their units counted in (None for one rated to zero before migration 0008)."""
+        t = usage_events
+        rows = await self._session.execute(
+            select(t.c.event_id, t.c.bill_cycle_id).where(
+                t.c.account_id == account_id,
+                t.c.status == UsageStatus.RATED.value,
+                t.c.event_time >= start,
+                t.c.event_time < end,
+            )
+        )
+        return {row.event_id: row.bill_cycle_id for row in rows}
+
+    async def rated_in_cycle(self, bill_cycle_id: uuid.UUID) -> list[StoredUsage]:
+        """The RATED events whose units count in the cycle, in rating order."""
+        t = usage_events
+        rows = await self._session.execute(
+            select(t)
+            .where(t.c.bill_cycle_id == bill_cycle_id, t.c.status == UsageStatus.RATED.value)
+            .order_by(t.c.rate_seq, t.c.seq)
+        )
+        return [_stored(row._mapping) for row in rows]
+
+    async def expire(self, received_before: datetime, limit: int) -> int:
+        """Deletes up to `limit` RATED events received before `received_before` (past the
+        idempotency horizon), oldest first; rows another transaction holds are skipped (SKIP
+        LOCKED), so replicas share the work. Returns how many it deleted."""
+        t = usage_events
+        doomed = (
+            select(t.c.event_id)
+            .where(t.c.status == UsageStatus.RATED.value, t.c.receive_time < received_before)
+            .order_by(t.c.receive_time)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        result = await self._session.execute(delete(t).where(t.c.event_id.in_(doomed)).returning(t.c.event_id))
+        return len(result.all())
 
     async def kept(self, account_id: uuid.UUID | None, after_seq: int, limit: int) -> list[StoredUsage]:
         """Unrated and rejected events in the order received, after `after_seq`."""
@@ -365,21 +424,18 @@ class CounterRepository:
     async def _lock(self, ordered: list[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
         t = usage_counters
         await self._session.execute(
-            insert(t)
-            .values(
-                [
-                    {
-                        "account_id": a,
-                        "purchase_id": p,
-                        "charge_code": c,
-                        "bill_cycle_id": b,
-                        "units": Decimal(0),
-                        "update_time": now,
-                    }
-                    for a, p, c, b in ordered
-                ]
-            )
-            .on_conflict_do_nothing()
+            insert(t).on_conflict_do_nothing(),
+            [
+                {
+                    "account_id": a,
+                    "purchase_id": p,
+                    "charge_code": c,
+                    "bill_cycle_id": b,
+                    "units": Decimal(0),
+                    "update_time": now,
+                }
+                for a, p, c, b in ordered
+            ],
         )
         columns = (t.c.account_id, t.c.purchase_id, t.c.charge_code, t.c.bill_cycle_id)
         rows = await self._session.execute(
@@ -413,6 +469,14 @@ class CounterRepository:
             ],
         )
 
+    async def of_cycle(self, account_id: uuid.UUID, bill_cycle_id: uuid.UUID) -> dict[CounterKey, Decimal]:
+        """Every counter of the account in the cycle."""
+        t = usage_counters
+        rows = await self._session.execute(
+            select(t).where(t.c.account_id == account_id, t.c.bill_cycle_id == bill_cycle_id)
+        )
+        return {(r.account_id, r.purchase_id, r.charge_code, r.bill_cycle_id): r.units for r in rows}
+
     async def units(self, key: CounterKey) -> Decimal:
         t = usage_counters
         a, p, c, b = key
@@ -439,6 +503,31 @@ class ChargeRepository:
             return {}
         rows = await self._session.execute(select(charges).where(charges.c.charge_id.in_(ids)))
         return {row.charge_id: _charge(row._mapping) for row in rows}
+
+    async def standing(self, account_id: uuid.UUID, event_ids: Iterable[str]) -> dict[str, list[RatedCharge]]:
+        """The charges standing for each usage event: its charges (usage, or made by rerating) that
+        no reversal cancels, in the order made."""
+        ids = sorted(set(event_ids))
+        found: dict[str, list[RatedCharge]] = {e: [] for e in ids}
+        if not ids:
+            return found
+        t = charges
+        reversing = charges.alias("reversing")
+        rows = await self._session.execute(
+            select(t)
+            .where(
+                t.c.account_id == account_id,
+                t.c.event_id.in_(ids),
+                t.c.kind != ChargeKind.REVERSAL.value,
+                ~select(reversing.c.charge_id)
+                .where(reversing.c.account_id == account_id, reversing.c.reverses_charge_id == t.c.charge_id)
+                .exists(),
+            )
+            .order_by(t.c.seq)
+        )
+        for row in rows:
+            found[row.event_id].append(_charge(row._mapping))
+        return found
 
     async def list(
         self, account_id: uuid.UUID, bill_cycle_id: uuid.UUID | None, after_seq: int, limit: int
@@ -484,6 +573,8 @@ def _charge_row(c: RatedCharge) -> dict[str, Any]:
         "bill_cycle_id": c.bill_cycle_id,
         "late": c.late,
         "reverses_charge_id": c.reverses_charge_id,
+        "rerate_run_id": c.rerate_run_id,
+        "replaces_charge_id": c.replaces_charge_id,
     }
 
 
@@ -524,6 +615,8 @@ def _charge(row: Any) -> RatedCharge:
         bill_cycle_id=row["bill_cycle_id"],
         late=row["late"],
         reverses_charge_id=row["reverses_charge_id"],
+        rerate_run_id=row["rerate_run_id"],
+        replaces_charge_id=row["replaces_charge_id"],
     )
 
 
@@ -559,3 +652,107 @@ class FeeRepository:
             .returning(t.c.purchase_id, t.c.charge_code, t.c.period_cycle_id, t.c.kind)
         )
         return {(r.purchase_id, r.charge_code, r.period_cycle_id, r.kind) for r in result}
+
+
+_ACCOUNT_LOCK = "evolutivo_charging.account:"
+
+
+class AccountLocks:
+    """Transaction-scoped advisory locks per account: rating takes them shared (ratings never wait
+    for each other), a rerating run exclusive, so a run sees no usage being rated into the
+    counters it rebuilds. Taken before any counter lock, in account order."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def share(self, account_ids: Iterable[uuid.UUID]) -> None:
+        ids = sorted({str(a) for a in account_ids})
+        if ids:
+            # Ordered in a subquery: the select list is evaluated before an outer ORDER BY.
+            await self._session.execute(
+                text(
+                    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:prefix || k, 0)) "
+                    "FROM (SELECT unnest(CAST(:ids AS text[])) AS k ORDER BY 1) AS keys"
+                ),
+                {"prefix": _ACCOUNT_LOCK, "ids": ids},
+            )
+
+    async def exclusive(self, account_id: uuid.UUID) -> None:
+        await self._session.execute(
+            select(func.pg_advisory_xact_lock(func.hashtextextended(_ACCOUNT_LOCK + str(account_id), 0)))
+        )
+
+
+@dataclass(frozen=True)
+class RerateRunRow:
+    rerate_run_id: uuid.UUID
+    account_id: uuid.UUID
+    start_time: datetime
+    end_time: datetime
+    charge_offer_code: str
+    request_id: str
+    events_rerated: int
+    events_changed: int
+    charges_reversed: int
+    charges_created: int
+    net_amount: Decimal
+    currency_code: str
+    create_time: datetime
+
+
+class RerateRunRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(self, run: RerateRunRow) -> None:
+        await self._session.execute(rerate_runs.insert().values(**run.__dict__))
+
+
+class CreditStateRepository:
+    """Balance's credit-limit state per (account, group name); a lower version never overwrites."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def apply(self, state: CreditState, now: datetime) -> bool:
+        """Records the state unless one with a version as high is recorded; False then."""
+        t = credit_states
+        statement = insert(t).values(
+            account_id=state.account_id,
+            balance_group_name=state.balance_group_name,
+            is_default=state.is_default,
+            exceeded=state.exceeded,
+            credit_state_version=state.credit_state_version,
+            update_time=now,
+        )
+        new = statement.excluded
+        upsert = statement.on_conflict_do_update(
+            index_elements=[t.c.account_id, t.c.balance_group_name],
+            set_={
+                "is_default": new.is_default,
+                "exceeded": new.exceeded,
+                "credit_state_version": new.credit_state_version,
+                "update_time": new.update_time,
+            },
+            where=t.c.credit_state_version < new.credit_state_version,
+        ).returning(t.c.account_id)
+        return (await self._session.execute(upsert)).first() is not None
+
+    async def for_accounts(self, account_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, list[CreditState]]:
+        ids = sorted(set(account_ids))
+        found: dict[uuid.UUID, list[CreditState]] = {a: [] for a in ids}
+        if not ids:
+            return found
+        t = credit_states
+        rows = await self._session.execute(select(t).where(t.c.account_id.in_(ids)))
+        for row in rows:
+            found[row.account_id].append(
+                CreditState(
+                    account_id=row.account_id,
+                    balance_group_name=row.balance_group_name,
+                    is_default=row.is_default,
+                    exceeded=row.exceeded,
+                    credit_state_version=row.credit_state_version,
+                )
+            )
+        return found

@@ -132,6 +132,8 @@ class Charge:
     quantity_property: str = ""
     balance_group: str = ""
     tax_code: str = ""
+    # Rates usage even while its balance group is over its credit limit (docs/charging.md).
+    allow_overage: bool = False
 
     @property
     def is_usage(self) -> bool:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, localcontext
 
@@ -40,11 +40,13 @@ from evolutivo_charging.domain.usage import (
     BillCycle,
     BillCycleStatus,
     ChargeKind,
+    CreditState,
     Purchase,
     RatedCharge,
     Reason,
     UsageEvent,
     UsageStatus,
+    exceeded_group,
 )
 
 # Enough significant digits that every product and sum of rating is exact: quantities and
@@ -63,6 +65,8 @@ class NotRated:
     status: UsageStatus
     reason: str
     message: str
+    # Named in the error's metadata (e.g. the balance group over its credit limit).
+    details: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,33 +173,16 @@ def version_in_force(versions: Sequence[ChargeOffer], instant: datetime) -> Char
     return max(found, key=lambda v: v.version) if found else None
 
 
-def plan(
+def match_lines(
     event: UsageEvent,
-    account: ChargingAccount | None,
+    account: ChargingAccount,
     purchases: Iterable[Purchase],
     versions: Mapping[str, Sequence[ChargeOffer]],
-    cycles: Iterable[BillCycle],
-) -> Plan | NotRated:
-    """Which charges price the event, in which cycle; or why it is not rated.
-
-    `purchases` and `cycles` are the account's; `versions` maps an offer code to its activated
-    versions. The checks, in order: the account is known (else UNRATED, UNKNOWN_ACCOUNT) and
-    active (else REJECTED); some purchase active at the event time (and for the event's service,
-    when it names one) has, in the offer version in force at the event time, usage charges
-    matching the event (else UNRATED, NO_MATCHING_PURCHASE); each such charge can price it; an open
-    cycle takes it (else UNRATED, NO_OPEN_CYCLE)."""
-    if account is None:
-        return NotRated(
-            UsageStatus.UNRATED, Reason.UNKNOWN_ACCOUNT, f"charging does not know account {event.account_id}"
-        )
-    if account.status is ChargingAccountStatus.SUSPENDED:
-        return NotRated(
-            UsageStatus.REJECTED, Reason.ACCOUNT_SUSPENDED, f"account {event.account_id} is suspended: usage is refused"
-        )
-    if account.status is ChargingAccountStatus.CLOSED:
-        return NotRated(
-            UsageStatus.REJECTED, Reason.ACCOUNT_CLOSED, f"account {event.account_id} is closed: usage is refused"
-        )
+) -> tuple[Line, ...] | NotRated:
+    """The charges of the account's purchases that price the event (whatever the account's
+    status): every purchase active at the event time (and for the event's service, when it names
+    one) with, in the offer version in force at the event time, usage charges matching the event;
+    or why one of them cannot price it; UNRATED, NO_MATCHING_PURCHASE when none matches."""
     properties = event.property_map
     lines: list[Line] = []
     for purchase in sorted(purchases, key=lambda p: (p.start_time, p.purchase_id)):
@@ -220,6 +207,52 @@ def plan(
             f"no purchase of account {event.account_id} active at {event.event_time.isoformat()} "
             f"has a charge for {event.event_type!r}",
         )
+    return tuple(lines)
+
+
+def plan(
+    event: UsageEvent,
+    account: ChargingAccount | None,
+    purchases: Iterable[Purchase],
+    versions: Mapping[str, Sequence[ChargeOffer]],
+    cycles: Iterable[BillCycle],
+    credit: Iterable[CreditState] = (),
+) -> Plan | NotRated:
+    """Which charges price the event, in which cycle; or why it is not rated.
+
+    `purchases`, `cycles` and `credit` are the account's; `versions` maps an offer code to its
+    activated versions. The checks, in order: the account is known (else UNRATED, UNKNOWN_ACCOUNT)
+    and active (else REJECTED); some purchase has charges matching the event (`match_lines`; else
+    UNRATED, NO_MATCHING_PURCHASE); each such charge can price it; none that forbids overage lands
+    in a balance group over its credit limit (else REJECTED, CREDIT_LIMIT_EXCEEDED); an open cycle
+    takes it (else UNRATED, NO_OPEN_CYCLE)."""
+    if account is None:
+        return NotRated(
+            UsageStatus.UNRATED, Reason.UNKNOWN_ACCOUNT, f"charging does not know account {event.account_id}"
+        )
+    if account.status is ChargingAccountStatus.SUSPENDED:
+        return NotRated(
+            UsageStatus.REJECTED, Reason.ACCOUNT_SUSPENDED, f"account {event.account_id} is suspended: usage is refused"
+        )
+    if account.status is ChargingAccountStatus.CLOSED:
+        return NotRated(
+            UsageStatus.REJECTED, Reason.ACCOUNT_CLOSED, f"account {event.account_id} is closed: usage is refused"
+        )
+    lines = match_lines(event, account, purchases, versions)
+    if isinstance(lines, NotRated):
+        return lines
+    states = tuple(credit)
+    if states:
+        for line in lines:
+            group = None if line.charge.allow_overage else exceeded_group(states, line.charge.balance_group)
+            if group is not None:
+                return NotRated(
+                    UsageStatus.REJECTED,
+                    Reason.CREDIT_LIMIT_EXCEEDED,
+                    f"charge {line.charge.code!r} of {line.offer.code} lands in balance group {group!r} of account "
+                    f"{event.account_id}, which is over its credit limit and the charge does not allow overage",
+                    {"balance_group": group},
+                )
     chosen = choose_cycle(cycles, event.event_time)
     if chosen is None:
         return NotRated(
@@ -230,7 +263,7 @@ def plan(
     cycle, late = chosen
     exponent = currency_exponent(account.currency_code)
     assert exponent is not None, "the offers' currency is the account's, and offers have a minor unit"
-    return Plan(event, cycle, late, account.currency_code, exponent, tuple(lines))
+    return Plan(event, cycle, late, account.currency_code, exponent, lines)
 
 
 def _line(

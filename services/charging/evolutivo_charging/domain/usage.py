@@ -10,6 +10,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -53,6 +54,9 @@ class Reason:
     PRICE_OVERRIDE_UNSUPPORTED = "PRICE_OVERRIDE_UNSUPPORTED"
     # The offer version is priced in another currency than the account's.
     CURRENCY_MISMATCH = "CURRENCY_MISMATCH"
+    # A charge of the event lands in a balance group over its credit limit and does not allow
+    # overage (balance's CreditLimitExceeded); kept as REJECTED, re-submittable once restored.
+    CREDIT_LIMIT_EXCEEDED = "CREDIT_LIMIT_EXCEEDED"
 
 
 def _no_control_characters(value: str) -> bool:
@@ -234,6 +238,28 @@ class BillCycle:
         return self.start_time <= instant < self.end_time
 
 
+@dataclass(frozen=True)
+class CreditState:
+    """Whether a balance group of an account is over its credit limit, as balance last said
+    (CreditLimitExceeded / CreditLimitRestored); the highest `credit_state_version` wins."""
+
+    account_id: uuid.UUID
+    balance_group_name: str
+    is_default: bool
+    exceeded: bool
+    credit_state_version: int
+
+
+def exceeded_group(states: Iterable[CreditState], balance_group: str) -> str | None:
+    """The name of the group a charge naming `balance_group` lands in (empty: the account's
+    default group), when that group is over its credit limit; None otherwise."""
+    for state in states:
+        lands_here = state.is_default if not balance_group else state.balance_group_name == balance_group
+        if lands_here and state.exceeded:
+            return state.balance_group_name
+    return None
+
+
 class ChargeKind(enum.Enum):
     USAGE = "usage"
     RECURRING = "recurring"
@@ -267,6 +293,9 @@ class RatedCharge:
     bill_cycle_id: uuid.UUID
     late: bool = False
     reverses_charge_id: uuid.UUID | None = None
+    # Set on the charges a rerating run made: the run, and for a new charge the one it replaces.
+    rerate_run_id: uuid.UUID | None = None
+    replaces_charge_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)

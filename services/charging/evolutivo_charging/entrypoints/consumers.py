@@ -5,6 +5,8 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from evolutivo.balance.v1 import balance_pb2
+from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
@@ -14,7 +16,8 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import from_timestamp
 
 from evolutivo_charging.adapters import proto, usage_proto
-from evolutivo_charging.service_layer import fees, handlers, usage
+from evolutivo_charging.domain.usage import CreditState
+from evolutivo_charging.service_layer import fees, handlers, rerating, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
@@ -24,6 +27,8 @@ PURCHASE_CREATED = "evolutivo.customer.v1.purchase.created"
 PURCHASE_ENDED = "evolutivo.customer.v1.purchase.ended"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
 BILL_CYCLE_CLOSED = "evolutivo.billing.v1.bill_cycle.closed"
+CREDIT_LIMIT_EXCEEDED = "evolutivo.balance.v1.credit_limit.exceeded"
+CREDIT_LIMIT_RESTORED = "evolutivo.balance.v1.credit_limit.restored"
 
 
 # The fields of AccountUpdated.changed_fields charging keeps.
@@ -117,7 +122,34 @@ async def on_bill_cycle_closed(uow: ChargingUnitOfWork, event: billing_events.Bi
     await fees.cycles_learnt(uow, cycle.account_id, learnt, now)
 
 
+def _credit_state(group: balance_pb2.BalanceGroup, exceeded: bool, version: int) -> CreditState:
+    if not group.name:
+        raise ValueError("credit limit event: balance_group.name is required")
+    return CreditState(
+        account_id=usage_proto.uuid_field(group.account_id, "balance_group.account_id"),
+        balance_group_name=group.name,
+        is_default=group.is_default,
+        exceeded=exceeded,
+        credit_state_version=version,
+    )
+
+
+async def on_credit_limit_exceeded(
+    uow: ChargingUnitOfWork, event: balance_events.CreditLimitExceeded, meta: EventMeta
+) -> None:
+    state = _credit_state(event.balance_group, True, event.credit_state_version)
+    await rerating.apply_credit_state(uow, state, uow.clock.now())
+
+
+async def on_credit_limit_restored(
+    uow: ChargingUnitOfWork, event: balance_events.CreditLimitRestored, meta: EventMeta
+) -> None:
+    state = _credit_state(event.balance_group, False, event.credit_state_version)
+    await rerating.apply_credit_state(uow, state, uow.clock.now())
+
+
 def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
+    """Customer's and billing's events (balance's: `balance_subscriptions`)."""
     return [
         Subscription(
             durable="charging",
@@ -155,3 +187,27 @@ def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
             },
         ),
     ]
+
+
+def balance_subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
+    """Balance's credit-limit events (docs/charging.md, "Credit limits")."""
+    return [
+        Subscription(
+            durable="charging",
+            stream=stream_name("balance"),
+            subjects=[CREDIT_LIMIT_EXCEEDED, CREDIT_LIMIT_RESTORED],
+            handlers={
+                balance_events.CreditLimitExceeded.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.CreditLimitExceeded, on_credit_limit_exceeded
+                ),
+                balance_events.CreditLimitRestored.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.CreditLimitRestored, on_credit_limit_restored
+                ),
+            },
+        ),
+    ]
+
+
+def all_subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
+    """Every subscription the service binds (app.py)."""
+    return [*subscriptions(), *balance_subscriptions()]

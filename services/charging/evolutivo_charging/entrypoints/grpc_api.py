@@ -5,6 +5,7 @@ Each part translates messages to service-layer calls and back, nothing more."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from evolutivo.charging.v1 import charging_service_pb2 as pb
 from evolutivo.charging.v1 import charging_service_pb2_grpc as pb_grpc
@@ -19,8 +20,9 @@ from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 
 class ChargingServicer(CatalogApi, UsageApi, pb_grpc.ChargingServiceServicer):
-    def __init__(self, uow: Callable[[], ChargingUnitOfWork]) -> None:
+    def __init__(self, uow: Callable[[], ChargingUnitOfWork], usage_horizon: timedelta | None = None) -> None:
         self._uow = uow
+        self._usage_horizon = usage_horizon
 
     async def GetChargingAccount(
         self, request: pb.GetChargingAccountRequest, context: Context

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
+from datetime import timedelta
 
 from evolutivo.charging.v1 import charging_service_pb2 as pb
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_runtime.errors import InvalidArgument
-from evolutivo_runtime.ids import parse_uuid
+from evolutivo_runtime.idempotency import run_idempotent
+from evolutivo_runtime.ids import parse_request_id, parse_uuid
 from evolutivo_runtime.pagination import decode_keyset, encode_keyset, page_size
 from evolutivo_runtime.server import Context
 
 from evolutivo_charging.adapters import usage_proto
+from evolutivo_charging.adapters.catalog_proto import instant_from_pb
 from evolutivo_charging.domain.usage import MAX_BATCH, Received
-from evolutivo_charging.service_layer import usage
+from evolutivo_charging.service_layer import rerating, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
+
+OFFER_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
 # Events one StreamUsage call carries (its answer holds a result for each).
 MAX_STREAM_EVENTS = 10 * MAX_BATCH
@@ -42,6 +48,8 @@ class UsageApi:
     """Mixed into ChargingServicer."""
 
     _uow: Callable[[], ChargingUnitOfWork]
+    # How long rated usage is kept (rerating reaches no further); None: forever.
+    _usage_horizon: timedelta | None
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         if not request.HasField("event"):
@@ -117,3 +125,28 @@ class UsageApi:
                 raise InvalidArgument(f"event_ids[{i}]", "is required")
         results = await usage.resubmit_usage(self._uow(), list(request.event_ids))
         return pb.ResubmitUsageResponse(results=[usage_proto.result_to_pb(r) for r in results])
+
+    async def RerateUsage(self, request: pb.RerateUsageRequest, context: Context) -> pb.RerateUsageResponse:
+        account_id = parse_uuid("account_id", request.account_id)
+        start = instant_from_pb(request, "start_time", "start_time")
+        end = instant_from_pb(request, "end_time", "end_time")
+        if start is None:
+            raise InvalidArgument("start_time", "is required: the window's start (inclusive)")
+        if end is None:
+            raise InvalidArgument("end_time", "is required: the window's end (exclusive)")
+        if end <= start:
+            raise InvalidArgument("end_time", "must be after start_time")
+        code = request.charge_offer_code
+        if code and not OFFER_CODE.match(code):
+            raise InvalidArgument("charge_offer_code", "an offer code: lower-case, starts with a letter")
+        request_id = parse_request_id(request.request_id)
+        if request_id is None:
+            raise InvalidArgument("request_id", "is required: a UUID, so a retry does not rerate twice")
+
+        async def perform(uow: ChargingUnitOfWork) -> pb.RerateUsageResponse:
+            run, _ = await rerating.rerate_usage(
+                uow, account_id, start, end, code, str(request_id), self._usage_horizon
+            )
+            return pb.RerateUsageResponse(rerate_run=usage_proto.run_to_pb(run))
+
+        return await run_idempotent(self._uow(), request_id, "RerateUsage", pb.RerateUsageResponse, perform)

@@ -3,8 +3,8 @@
 Subject "evolutivo.usage.v1.events", stream EVOLUTIVO_USAGE (on "evolutivo.usage.>", declared
 idempotently here like every stream), payload one `evolutivo.charging.v1.UsageEvent` in protobuf
 binary; header `Nats-Msg-Id` = the event's `event_id` is recommended (JetStream then drops a
-re-publish inside its duplicate window; charging's own idempotency on `event_id` holds forever
-anyway). No other header is needed: this is not a service's outbox event, so the runtime's
+re-publish inside its duplicate window; charging's own idempotency on `event_id` holds for the
+horizon, docs/charging.md). No other header is needed: this is not a service's outbox event, so the runtime's
 EventConsumer (which reads the Evolutivo-Event-* headers the outbox relay sets) is not used.
 
 A background loop every charging replica runs (Wiring.background) pulls from one durable consumer
@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 import nats.errors
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_runtime.errors import InvalidArgument
+from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import CONSUMER_PENDING
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
 from evolutivo_runtime.messaging.streams import declare_service_stream, stream_name
@@ -63,6 +64,13 @@ MESSAGES = Counter(
 
 def usage_subject(source: str = SOURCE) -> str:
     return f"evolutivo.{source}.v1.events"
+
+
+def _name_event(msg: Msg, event_id: str) -> None:
+    """Gives the message the envelope's event id header (platforms need not set it), so a dead
+    letter of it is listed with the usage event's id."""
+    if event_id and not (msg.headers or {}).get(envelope.EVENT_ID):
+        msg.headers = {**(msg.headers or {}), envelope.EVENT_ID: event_id}
 
 
 class UsageSubscriber:
@@ -152,6 +160,7 @@ class UsageSubscriber:
             except DecodeError:
                 refused.append((msg, InvalidArgument("event", f"the payload is not an {USAGE_EVENT}")))
                 continue
+            _name_event(msg, event.event_id)
             received = usage_proto.received_from_pb(event, "event")
             if received.error is not None:
                 refused.append((msg, received.error))

@@ -104,6 +104,7 @@ async def activate_charge_offer(uow: ChargingUnitOfWork, charge_offer_id: uuid.U
         await uow.catalog.save(previous)
     await uow.catalog.save(offer)
     uow.track(offer)
+    uow.catalog_changed()
     return offer
 
 
@@ -119,6 +120,7 @@ async def retire_charge_offer(uow: ChargingUnitOfWork, charge_offer_id: uuid.UUI
     offer.retire(uow.clock.now())
     await uow.catalog.save(offer)
     uow.track(offer)
+    uow.catalog_changed()
     return offer
 
 

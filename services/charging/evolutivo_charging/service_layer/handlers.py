@@ -25,6 +25,7 @@ async def learn_account(
 
     Runs inside the consumer's transaction (the caller commits)."""
     account = ChargingAccount.learn(account_id, currency_code, time_zone, status, now, details_time)
+    uow.account_changed(account_id)
     return await uow.charging_accounts.add(account)
 
 
@@ -44,6 +45,7 @@ async def change_status(
     Replicas share the consumer, so the event can be applied before the account's AccountCreated:
     charging then learns the account from this event, which carries it.
     Runs inside the consumer's transaction (the caller commits)."""
+    uow.account_changed(account_id)
     account = await uow.charging_accounts.get(account_id, for_update=True)
     if account is None:
         learnt = ChargingAccount.learn(account_id, currency_code, time_zone, status, now, details_time)
@@ -71,6 +73,7 @@ async def update_details(
 
     Like change_status, the event can overtake the account's AccountCreated: charging then learns
     the account from this event, which carries it. Runs inside the consumer's transaction."""
+    uow.account_changed(account_id)
     account = await uow.charging_accounts.get(account_id, for_update=True)
     if account is None:
         learnt = ChargingAccount.learn(account_id, currency_code, time_zone, status, now, change_time)

@@ -1,17 +1,23 @@
 from __future__ import annotations
 
-from typing import Self
+import uuid
+from typing import Any, Self
 
 from evolutivo_runtime.uow import UnitOfWork
 
+from evolutivo_charging.adapters import cache as cache_adapter
+from evolutivo_charging.adapters.cache import RatingCache
 from evolutivo_charging.adapters.catalog_repository import ChargeOfferRepository
 from evolutivo_charging.adapters.repository import ChargingAccountRepository
 from evolutivo_charging.adapters.usage_repository import (
+    AccountLocks,
     BillCycleRepository,
     ChargeRepository,
     CounterRepository,
+    CreditStateRepository,
     FeeRepository,
     PurchaseRepository,
+    RerateRunRepository,
     UsageRepository,
 )
 
@@ -25,9 +31,19 @@ class ChargingUnitOfWork(UnitOfWork):
     counters: CounterRepository
     charges: ChargeRepository
     fees: FeeRepository
+    credit: CreditStateRepository
+    rerate_runs: RerateRunRepository
+    account_locks: AccountLocks
+
+    def __init__(self, *args: Any, cache: RatingCache | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The replica's rating cache (adapters/cache.py); None reads everything from the database.
+        self.cache = cache
+        self._cache_changes: set[str] = set()
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
+        self._cache_changes = set()
         self.charging_accounts = ChargingAccountRepository(self.session)
         self.catalog = ChargeOfferRepository(self.session)
         self.purchases = PurchaseRepository(self.session)
@@ -36,4 +52,26 @@ class ChargingUnitOfWork(UnitOfWork):
         self.counters = CounterRepository(self.session)
         self.charges = ChargeRepository(self.session)
         self.fees = FeeRepository(self.session)
+        self.credit = CreditStateRepository(self.session)
+        self.rerate_runs = RerateRunRepository(self.session)
+        self.account_locks = AccountLocks(self.session)
         return self
+
+    def account_changed(self, account_id: uuid.UUID) -> None:
+        """What replicas cache of the account (itself, purchases, cycles, credit) changes in this
+        transaction: the commit bumps the cache generation and notifies them."""
+        self._cache_changes.add(str(account_id))
+
+    def catalog_changed(self) -> None:
+        self._cache_changes.add(cache_adapter.CATALOG)
+
+    async def commit(self) -> None:
+        if self._cache_changes:
+            # Last before the commit: the generation row stays locked for as short as possible.
+            await cache_adapter.bump(self.session, self._cache_changes)
+            self._cache_changes = set()
+        await super().commit()
+
+    async def rollback(self) -> None:
+        self._cache_changes = set()
+        await super().rollback()

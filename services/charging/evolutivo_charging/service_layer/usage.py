@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from evolutivo.charging.v1 import events_pb2, usage_pb2
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 
 from evolutivo_charging.adapters import events
@@ -33,14 +34,15 @@ from evolutivo_charging.domain import rating
 from evolutivo_charging.domain.usage import (
     BillCycle,
     BillCycleStatus,
-    ChargesCreated,
     Purchase,
     RatedCharge,
+    Reason,
     Received,
     UsageEvent,
     UsageResult,
     UsageStatus,
 )
+from evolutivo_charging.service_layer.reads import RatingReads
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
 
@@ -56,18 +58,26 @@ def _conflict(event_id: str) -> AlreadyExists:
     )
 
 
-def _rejection(event: UsageEvent, reason: str, message: str) -> FailedPrecondition:
-    return FailedPrecondition(reason, message, {"account_id": str(event.account_id), "event_id": event.event_id})
+def _rejection(
+    event: UsageEvent, reason: str, message: str, details: Mapping[str, str] | None = None
+) -> FailedPrecondition:
+    return FailedPrecondition(
+        reason, message, {"account_id": str(event.account_id), "event_id": event.event_id, **(details or {})}
+    )
 
 
 def _stored_result(stored: StoredUsage, charges: dict[uuid.UUID, RatedCharge]) -> UsageResult:
     error = None
     if stored.status is UsageStatus.REJECTED:
+        why = (
+            "a balance group it lands in was over its credit limit"
+            if stored.reason == Reason.CREDIT_LIMIT_EXCEEDED
+            else f"account {stored.event.account_id} was not active"
+        )
         error = _rejection(
             stored.event,
             stored.reason,
-            f"account {stored.event.account_id} was not active when the event was rated ({stored.reason}): "
-            "it is kept as rejected; ResubmitUsage rates it again",
+            f"{why} when the event was rated ({stored.reason}): it is kept as rejected; ResubmitUsage rates it again",
         )
     return UsageResult(
         stored.event.event_id,
@@ -97,7 +107,9 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             valid.append((i, r, r.event))
 
-    rated_types = await uow.catalog.rated_event_types(e.event_type for _, _, e in valid)
+    reads = RatingReads(uow)
+    await reads.begin()
+    rated_types = await reads.rated_event_types(e.event_type for _, _, e in valid)
     first: dict[str, tuple[int, UsageEvent]] = {}
     repeats: list[tuple[int, int]] = []
     for i, r, e in valid:
@@ -129,7 +141,7 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             results[i] = _stored_result(stored, earlier_charges)
 
-    rated = await _rate(uow, [e for _, e in new], now)
+    rated = await _rate(uow, [e for _, e in new], now, reads)
     for i, e in new:
         results[i] = rated[e.event_id]
     for i, j in repeats:
@@ -137,21 +149,33 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
     return [results[i] for i in range(len(received))]
 
 
-async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datetime) -> dict[str, UsageResult]:
+async def _rate(
+    uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datetime, reads: RatingReads | None = None
+) -> dict[str, UsageResult]:
     """Rates events claimed or locked by this transaction and records the outcomes."""
     if not batch:
         return {}
+    if reads is None:
+        reads = RatingReads(uow)
+        await reads.begin()
     account_ids = {e.account_id for e in batch}
-    accounts = await uow.charging_accounts.get_many(account_ids)
-    purchases = await uow.purchases.for_accounts(account_ids)
-    cycles = await uow.bill_cycles.for_accounts(account_ids)
-    versions = await uow.catalog.activated(p.charge_offer_code for ps in purchases.values() for p in ps)
+    views = await reads.accounts(account_ids)
+    catalog = (await reads.catalog()).versions
 
     plans = [
-        rating.plan(e, accounts.get(e.account_id), purchases[e.account_id], versions, cycles[e.account_id])
+        rating.plan(
+            e,
+            views[e.account_id].account,
+            views[e.account_id].purchases,
+            catalog,
+            views[e.account_id].cycles,
+            views[e.account_id].credit,
+        )
         for e in batch
     ]
     keys = sorted({k for p in plans if isinstance(p, rating.Plan) for k in p.counter_keys()})
+    # Shared: a rerating run of one of these accounts (exclusive) is not rebuilding its counters.
+    await uow.account_locks.share(e.account_id for e, p in zip(batch, plans, strict=True) if isinstance(p, rating.Plan))
     counters = await uow.counters.lock(keys, now)
 
     results: dict[str, UsageResult] = {}
@@ -160,7 +184,9 @@ async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datet
     for event, planned in zip(batch, plans, strict=True):
         if isinstance(planned, rating.NotRated):
             error = (
-                _rejection(event, planned.reason, planned.message) if planned.status is UsageStatus.REJECTED else None
+                _rejection(event, planned.reason, planned.message, planned.details)
+                if planned.status is UsageStatus.REJECTED
+                else None
             )
             results[event.event_id] = UsageResult(event.event_id, planned.status, planned.reason, (), error)
             outcomes.append(Outcome(event.event_id, planned.status, planned.reason, ()))
@@ -168,7 +194,15 @@ async def _rate(uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datet
         charges = rating.price(planned, counters, now)
         created.extend(charges)
         results[event.event_id] = UsageResult(event.event_id, UsageStatus.RATED, "", charges)
-        outcomes.append(Outcome(event.event_id, UsageStatus.RATED, "", tuple(c.charge_id for c in charges)))
+        outcomes.append(
+            Outcome(
+                event.event_id,
+                UsageStatus.RATED,
+                "",
+                tuple(c.charge_id for c in charges),
+                planned.cycle.bill_cycle_id,
+            )
+        )
 
     await uow.counters.save({k: counters[k] for k in keys}, now)
     await uow.charges.add_all(created)
@@ -184,22 +218,24 @@ MAX_MESSAGE_BYTES = 512 * 1024
 def publish_charges(uow: ChargingUnitOfWork, created: Sequence[RatedCharge]) -> None:
     """One ChargesCreated with every charge of the call (or of the fees charged together), per
     currency (the message names one); charges that would exceed MAX_MESSAGE_BYTES are published
-    in several messages."""
-    by_currency: dict[str, list[RatedCharge]] = defaultdict(list)
+    in several messages. Each charge is translated once (this is on the hot path)."""
+    by_currency: dict[str, list[usage_pb2.RatedCharge]] = defaultdict(list)
     for charge in created:
-        by_currency[charge.currency_code].append(charge)
+        by_currency[charge.currency_code].append(charge_to_pb(charge))
     for currency_code, charges_in in sorted(by_currency.items()):
-        part: list[RatedCharge] = []
+        part: list[usage_pb2.RatedCharge] = []
         size = 0
-        for charge in charges_in:
+        for charge_pb in charges_in:
             # Each repeated element costs its size plus a few bytes of tag and length.
-            cost = charge_to_pb(charge).ByteSize() + 8
+            cost = charge_pb.ByteSize() + 8
             if part and size + cost > MAX_MESSAGE_BYTES:
-                uow.publish(*events.encode(ChargesCreated(tuple(part), currency_code)))
+                uow.publish(
+                    events.CHARGES_CREATED, events_pb2.ChargesCreated(charges=part, currency_code=currency_code)
+                )
                 part, size = [], 0
-            part.append(charge)
+            part.append(charge_pb)
             size += cost
-        uow.publish(*events.encode(ChargesCreated(tuple(part), currency_code)))
+        uow.publish(events.CHARGES_CREATED, events_pb2.ChargesCreated(charges=part, currency_code=currency_code))
 
 
 async def resubmit_usage(uow: ChargingUnitOfWork, event_ids: Sequence[str]) -> list[UsageResult]:
@@ -248,6 +284,7 @@ async def list_kept_usage(
 async def learn_purchase(uow: ChargingUnitOfWork, purchase: Purchase, now: datetime) -> bool:
     """On PurchaseCreated: charging's record of the purchase, once; False when known already
     (a PurchaseEnded applied before it carried the purchase)."""
+    uow.account_changed(purchase.account_id)
     return await uow.purchases.learn(purchase, now)
 
 
@@ -255,17 +292,30 @@ async def end_purchase(uow: ChargingUnitOfWork, purchase: Purchase, ended_at: da
     """On PurchaseEnded (published at `ended_at`): the purchase's end or cancellation, unless a
     newer PurchaseEnded was applied already. Learns the purchase when its PurchaseCreated has not
     arrived yet."""
+    uow.account_changed(purchase.account_id)
     return await uow.purchases.end(purchase, ended_at, now)
 
 
 async def open_cycle(uow: ChargingUnitOfWork, cycle: BillCycle, now: datetime) -> None:
     """On BillCycleOpened: the cycle, unless charging knows it already (maybe closed)."""
+    uow.account_changed(cycle.account_id)
     await uow.bill_cycles.upsert(replace(cycle, status=BillCycleStatus.OPEN), now)
 
 
 async def close_cycle(uow: ChargingUnitOfWork, cycle: BillCycle, next_cycle: BillCycle | None, now: datetime) -> None:
     """On BillCycleClosed: the cycle is closed for good; the next one, opened in its place, is
     learnt too (its own BillCycleOpened may come later, or have come already)."""
+    uow.account_changed(cycle.account_id)
     await uow.bill_cycles.upsert(replace(cycle, status=BillCycleStatus.CLOSED), now)
     if next_cycle is not None:
         await uow.bill_cycles.upsert(replace(next_cycle, status=BillCycleStatus.OPEN), now)
+
+
+async def expire_usage(uow: ChargingUnitOfWork, horizon: timedelta, limit: int) -> int:
+    """Deletes up to `limit` RATED usage events received more than `horizon` ago (their ids may
+    be used again after that; their charges stay). Unrated and rejected events are kept until they
+    are rated: they are work to do, not only idempotency records. Returns how many it deleted."""
+    async with uow:
+        deleted = await uow.usage.expire(uow.clock.now() - horizon, limit)
+        await uow.commit()
+        return deleted

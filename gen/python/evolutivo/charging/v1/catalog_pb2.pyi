@@ -333,6 +333,7 @@ class Charge(_message.Message):
     ONE_TIME_FIELD_NUMBER: _builtins.int
     BALANCE_GROUP_FIELD_NUMBER: _builtins.int
     TAX_CODE_FIELD_NUMBER: _builtins.int
+    ALLOW_OVERAGE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """Unique within the offer, e.g. "api_calls"; purchases override prices by it."""
     name: _builtins.str
@@ -344,6 +345,10 @@ class Charge(_message.Message):
     """The balance group the charge lands in, by name; empty means the account's default group."""
     tax_code: _builtins.str
     """Tax code billing applies to it, e.g. "standard", "reduced", "exempt"."""
+    allow_overage: _builtins.bool
+    """Usage charges: rate events even while the balance group is over its credit limit (balance's
+    CreditLimitExceeded); unset, such usage is refused with FAILED_PRECONDITION.
+    """
     @_builtins.property
     def filters(self) -> _containers.RepeatedCompositeFieldContainer[Global___PropertyFilter]:
         """Every filter must match for the charge to apply."""
@@ -382,10 +387,11 @@ class Charge(_message.Message):
         one_time: Global___OneTimeFee | None = ...,
         balance_group: _builtins.str = ...,
         tax_code: _builtins.str = ...,
+        allow_overage: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["flat", b"flat", "graduated", b"graduated", "one_time", b"one_time", "package", b"package", "per_unit", b"per_unit", "percentage", b"percentage", "price", b"price", "recurring", b"recurring", "volume", b"volume"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_group", b"balance_group", "code", b"code", "event_type", b"event_type", "filters", b"filters", "flat", b"flat", "graduated", b"graduated", "name", b"name", "one_time", b"one_time", "package", b"package", "per_unit", b"per_unit", "percentage", b"percentage", "price", b"price", "quantity_property", b"quantity_property", "recurring", b"recurring", "tax_code", b"tax_code", "volume", b"volume"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_overage", b"allow_overage", "balance_group", b"balance_group", "code", b"code", "event_type", b"event_type", "filters", b"filters", "flat", b"flat", "graduated", b"graduated", "name", b"name", "one_time", b"one_time", "package", b"package", "per_unit", b"per_unit", "percentage", b"percentage", "price", b"price", "quantity_property", b"quantity_property", "recurring", b"recurring", "tax_code", b"tax_code", "volume", b"volume"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_price: _TypeAlias = _typing.Literal["flat", "per_unit", "graduated", "volume", "package", "percentage", "recurring", "one_time"]  # noqa: Y015
     _WhichOneofArgType_price: _TypeAlias = _typing.Literal["price", b"price"]  # noqa: Y015

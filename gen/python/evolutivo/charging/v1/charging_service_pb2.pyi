@@ -636,3 +636,62 @@ class ResubmitUsageResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResubmitUsageResponse: _TypeAlias = ResubmitUsageResponse  # noqa: Y015
+
+@_typing.final
+class RerateUsageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CHARGE_OFFER_CODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    charge_offer_code: _builtins.str
+    """Only the charges of this offer code are compared and corrected, when set."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first run."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window of event times, [start_time, end_time); both required."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        charge_offer_code: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "charge_offer_code", b"charge_offer_code", "end_time", b"end_time", "request_id", b"request_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerateUsageRequest: _TypeAlias = RerateUsageRequest  # noqa: Y015
+
+@_typing.final
+class RerateUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RERATE_RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rerate_run(self) -> _usage_pb2.RerateRun:
+        """The run; ListCharges lists its charges (rerate_run_id set), ordered as it made them."""
+
+    def __init__(
+        self,
+        *,
+        rerate_run: _usage_pb2.RerateRun | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rerate_run", b"rerate_run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rerate_run", b"rerate_run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerateUsageResponse: _TypeAlias = RerateUsageResponse  # noqa: Y015

@@ -100,6 +100,11 @@ class ChargingServiceStub:
                 request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.FromString,
                 _registered_method=True)
+        self.RerateUsage = channel.unary_unary(
+                '/evolutivo.charging.v1.ChargingService/RerateUsage',
+                request_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageResponse.FromString,
+                _registered_method=True)
 
 
 class ChargingServiceServicer:
@@ -198,6 +203,16 @@ class ChargingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RerateUsage(self, request, context):
+        """Rates an account's rated usage in a window again with the current catalog and purchases (after
+        a catalog or purchase fix): every difference becomes a reversing charge and a new charge,
+        published like any charge and billed on the next bill; no charge is ever edited. Idempotent on
+        request_id; a run that finds no difference charges nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChargingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +280,11 @@ def add_ChargingServiceServicer_to_server(servicer, server):
                     servicer.ResubmitUsage,
                     request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.FromString,
                     response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.SerializeToString,
+            ),
+            'RerateUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.RerateUsage,
+                    request_deserializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageRequest.FromString,
+                    response_serializer=evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -619,6 +639,33 @@ class ChargingService:
             '/evolutivo.charging.v1.ChargingService/ResubmitUsage',
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageRequest.SerializeToString,
             evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.ResubmitUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RerateUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.charging.v1.ChargingService/RerateUsage',
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageRequest.SerializeToString,
+            evolutivo_dot_charging_dot_v1_dot_charging__service__pb2.RerateUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

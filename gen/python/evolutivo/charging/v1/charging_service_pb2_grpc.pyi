@@ -61,6 +61,12 @@ class ChargingServiceStub:
     """Lists usage kept unrated or rejected, with its reason."""
     ResubmitUsage: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.ResubmitUsageRequest, _charging_service_pb2.ResubmitUsageResponse]
     """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
+    RerateUsage: _grpc.UnaryUnaryMultiCallable[_charging_service_pb2.RerateUsageRequest, _charging_service_pb2.RerateUsageResponse]
+    """Rates an account's rated usage in a window again with the current catalog and purchases (after
+    a catalog or purchase fix): every difference becomes a reversing charge and a new charge,
+    published like any charge and billed on the next bill; no charge is ever edited. Idempotent on
+    request_id; a run that finds no difference charges nothing.
+    """
 
 @_typing.type_check_only
 class ChargingServiceAsyncStub(ChargingServiceStub):
@@ -95,6 +101,12 @@ class ChargingServiceAsyncStub(ChargingServiceStub):
     """Lists usage kept unrated or rejected, with its reason."""
     ResubmitUsage: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.ResubmitUsageRequest, _charging_service_pb2.ResubmitUsageResponse]  # type: ignore[assignment]
     """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
+    RerateUsage: _aio.UnaryUnaryMultiCallable[_charging_service_pb2.RerateUsageRequest, _charging_service_pb2.RerateUsageResponse]  # type: ignore[assignment]
+    """Rates an account's rated usage in a window again with the current catalog and purchases (after
+    a catalog or purchase fix): every difference becomes a reversing charge and a new charge,
+    published like any charge and billed on the next bill; no charge is ever edited. Idempotent on
+    request_id; a run that finds no difference charges nothing.
+    """
 
 class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prices every billable event the moment it happens."""
@@ -204,5 +216,17 @@ class ChargingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_charging_service_pb2.ResubmitUsageResponse, _abc.Awaitable[_charging_service_pb2.ResubmitUsageResponse]]:
         """Rates kept unrated or rejected events again, e.g. after the missing purchase was made."""
+
+    @_abc_1.abstractmethod
+    def RerateUsage(
+        self,
+        request: _charging_service_pb2.RerateUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_charging_service_pb2.RerateUsageResponse, _abc.Awaitable[_charging_service_pb2.RerateUsageResponse]]:
+        """Rates an account's rated usage in a window again with the current catalog and purchases (after
+        a catalog or purchase fix): every difference becomes a reversing charge and a new charge,
+        published like any charge and billed on the next bill; no charge is ever edited. Idempotent on
+        request_id; a run that finds no difference charges nothing.
+        """
 
 def add_ChargingServiceServicer_to_server(servicer: ChargingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -206,6 +206,8 @@ class RatedCharge(_message.Message):
     BILL_CYCLE_ID_FIELD_NUMBER: _builtins.int
     LATE_FIELD_NUMBER: _builtins.int
     REVERSES_CHARGE_ID_FIELD_NUMBER: _builtins.int
+    RERATE_RUN_ID_FIELD_NUMBER: _builtins.int
+    REPLACES_CHARGE_ID_FIELD_NUMBER: _builtins.int
     charge_id: _builtins.str
     account_id: _builtins.str
     kind: Global___ChargeKind.ValueType
@@ -230,6 +232,10 @@ class RatedCharge(_message.Message):
     """Its event time falls in a cycle already closed: billed in the open cycle, labelled with its own period."""
     reverses_charge_id: _builtins.str
     """For reversals: the charge it cancels."""
+    rerate_run_id: _builtins.str
+    """Set on the reversing and new charges a rerating run made (RerateUsage): that run's id."""
+    replaces_charge_id: _builtins.str
+    """For a new charge a rerating run made: the charge it replaces (reversed by the same run)."""
     @_builtins.property
     def amount(self) -> _money_pb2.Money:
         """Rounded to the currency's minor unit: what the account owes for it."""
@@ -264,14 +270,83 @@ class RatedCharge(_message.Message):
         bill_cycle_id: _builtins.str = ...,
         late: _builtins.bool = ...,
         reverses_charge_id: _builtins.str = ...,
+        rerate_run_id: _builtins.str = ...,
+        replaces_charge_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "event_time", b"event_time", "rate_time", b"rate_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "balance_group", b"balance_group", "bill_cycle_id", b"bill_cycle_id", "charge_code", b"charge_code", "charge_id", b"charge_id", "charge_offer_code", b"charge_offer_code", "charge_offer_version", b"charge_offer_version", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "late", b"late", "purchase_id", b"purchase_id", "quantity", b"quantity", "rate_time", b"rate_time", "reverses_charge_id", b"reverses_charge_id", "tax_code", b"tax_code", "tiers", b"tiers", "unrounded_amount", b"unrounded_amount"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount", b"amount", "balance_group", b"balance_group", "bill_cycle_id", b"bill_cycle_id", "charge_code", b"charge_code", "charge_id", b"charge_id", "charge_offer_code", b"charge_offer_code", "charge_offer_version", b"charge_offer_version", "event_id", b"event_id", "event_time", b"event_time", "kind", b"kind", "late", b"late", "purchase_id", b"purchase_id", "quantity", b"quantity", "rate_time", b"rate_time", "replaces_charge_id", b"replaces_charge_id", "rerate_run_id", b"rerate_run_id", "reverses_charge_id", b"reverses_charge_id", "tax_code", b"tax_code", "tiers", b"tiers", "unrounded_amount", b"unrounded_amount"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RatedCharge: _TypeAlias = RatedCharge  # noqa: Y015
+
+@_typing.final
+class RerateRun(_message.Message):
+    """A rerating run (RerateUsage): an account's rated usage in a window, priced again with the
+    current catalog and purchases; the differences became reversing and new charges.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RERATE_RUN_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CHARGE_OFFER_CODE_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    EVENTS_RERATED_FIELD_NUMBER: _builtins.int
+    EVENTS_CHANGED_FIELD_NUMBER: _builtins.int
+    CHARGES_REVERSED_FIELD_NUMBER: _builtins.int
+    CHARGES_CREATED_FIELD_NUMBER: _builtins.int
+    NET_AMOUNT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    rerate_run_id: _builtins.str
+    account_id: _builtins.str
+    charge_offer_code: _builtins.str
+    """Only charges of this offer code were compared, when set."""
+    request_id: _builtins.str
+    events_rerated: _builtins.int
+    """Rated usage events in the window the run priced again."""
+    events_changed: _builtins.int
+    """Those whose charges changed (each got reversing and new charges)."""
+    charges_reversed: _builtins.int
+    charges_created: _builtins.int
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The window of event times, [start_time, end_time)."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def net_amount(self) -> _money_pb2.Money:
+        """Sum of the reversing and new charges (negative: the account owes less), in the account's currency."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        rerate_run_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        charge_offer_code: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+        events_rerated: _builtins.int = ...,
+        events_changed: _builtins.int = ...,
+        charges_reversed: _builtins.int = ...,
+        charges_created: _builtins.int = ...,
+        net_amount: _money_pb2.Money | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "net_amount", b"net_amount", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "charge_offer_code", b"charge_offer_code", "charges_created", b"charges_created", "charges_reversed", b"charges_reversed", "create_time", b"create_time", "end_time", b"end_time", "events_changed", b"events_changed", "events_rerated", b"events_rerated", "net_amount", b"net_amount", "request_id", b"request_id", "rerate_run_id", b"rerate_run_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RerateRun: _TypeAlias = RerateRun  # noqa: Y015
 
 @_typing.final
 class UsageResult(_message.Message):
