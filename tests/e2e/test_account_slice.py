@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import asyncpg
@@ -42,14 +41,6 @@ EXPECTED_SERVICES = {
     "billing": "evolutivo.billing.v1.BillingService",
     "erp_gateway": "evolutivo.erp_gateway.v1.ErpGatewayService",
 }
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close()
 
 
 def new_account(**overrides: object) -> account_pb2.Account:

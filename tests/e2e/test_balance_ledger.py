@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -40,14 +39,6 @@ def applied_by(metrics_url: str, durable: str, event_type: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
     prefix = f'evolutivo_consumer_applied_total{{consumer="{durable}",event_type="{event_type}"}}'
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 async def new_account(customer: customer_grpc.CustomerServiceAsyncStub) -> str:

@@ -7,7 +7,7 @@ bills are listed, open in the billing summary and announced with BillIssued."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -56,14 +56,6 @@ def stack() -> Iterator[Stack]:
             replicas={"billing": 2},
         ) as running:
             yield running
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 def at(ts: Timestamp) -> datetime:

@@ -10,7 +10,7 @@ import email
 import email.policy
 import io
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -94,14 +94,6 @@ def stack(smtp: MailServer) -> Iterator[Stack]:
             replicas={"billing": 2},
         ) as running:
             yield running
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 def at(ts: Timestamp) -> datetime:

@@ -7,7 +7,7 @@ reaches balance as a credit of its total."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -52,14 +52,6 @@ def stack() -> Iterator[Stack]:
             replicas={"billing": 2},
         ) as running:
             yield running
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:

@@ -8,7 +8,7 @@ the NATS usage subject is rated once; every fee charge goes out in ChargesCreate
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -62,14 +62,6 @@ def stack() -> Iterator[Stack]:
             yield running
 
 
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
-
-
 def at(ts: Timestamp) -> datetime:
     return ts.ToDatetime(tzinfo=UTC)
 
@@ -84,15 +76,18 @@ async def advance_to(stack: Stack, channels: dict[str, grpc.aio.Channel], target
     seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
     moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
     # Every replica of the services involved follows the clock.
-    for replica in stack.replica_addresses("charging") + stack.replica_addresses("billing"):
-        async with grpc.aio.insecure_channel(replica) as channel:
+    replicas = [
+        (service, index) for service in ("charging", "billing") for index in range(len(stack.replicas(service)))
+    ]
+    for service, index in replicas:
+        async with stack.channel(service, index) as channel:
             stub = clock_grpc.ClockAdminServiceStub(channel)
 
             async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
                 seen = await stub.GetClock(clock_pb.GetClockRequest())
                 return True if seen.revision >= moved.revision else None
 
-            await eventually(followed, timeout=10, what=f"{replica} to follow the clock")
+            await eventually(followed, timeout=10, what=f"{service}[{index}] to follow the clock")
 
 
 async def charges_of(charging: charging_grpc.ChargingServiceAsyncStub, account_id: str) -> list[usage_pb2.RatedCharge]:

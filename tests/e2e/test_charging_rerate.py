@@ -6,7 +6,7 @@ what the fixed catalog says; a retry returns the first run and another run chang
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -39,14 +39,6 @@ def stack() -> Iterator[Stack]:
             data_dir, base_port=None, clock_mode="controllable", services=("customer", "charging", "balance", "billing")
         ) as running:
             yield running
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:

@@ -7,7 +7,7 @@ are published on NATS."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -47,14 +47,6 @@ def stack() -> Iterator[Stack]:
             data_dir, base_port=None, clock_mode="controllable", env={"BILLING_CYCLE_CHECK_SECONDS": "0.5"}
         ) as running:
             yield running
-
-
-@pytest.fixture
-async def channels(stack: Stack) -> AsyncIterator[dict[str, grpc.aio.Channel]]:
-    opened = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
-    yield opened
-    for channel in opened.values():
-        await channel.close(None)
 
 
 def at(ts: Timestamp) -> datetime:

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 async def customer(stack: Stack) -> AsyncIterator[pb_grpc.CustomerServiceStub]:
-    async with grpc.aio.insecure_channel(stack.addresses["customer"]) as channel:
+    async with stack.channel("customer") as channel:
         yield pb_grpc.CustomerServiceStub(channel)
 
 

@@ -38,7 +38,7 @@ class Stubs:
 
 @pytest.fixture
 async def stubs(stack: Stack) -> AsyncIterator[Stubs]:
-    channels = {service: grpc.aio.insecure_channel(address) for service, address in stack.addresses.items()}
+    channels = {service: stack.channel(service) for service in stack.addresses}
     yield Stubs(channels)
     for channel in channels.values():
         await channel.close(None)

@@ -31,8 +31,8 @@ class Stubs:
 @pytest.fixture
 async def stubs(stack: Stack) -> AsyncIterator[Stubs]:
     async with (
-        grpc.aio.insecure_channel(stack.addresses["customer"]) as customer,
-        grpc.aio.insecure_channel(stack.addresses["charging"]) as charging,
+        stack.channel("customer") as customer,
+        stack.channel("charging") as charging,
     ):
         yield Stubs(pb_grpc.CustomerServiceStub(customer), charging_service_pb2_grpc.ChargingServiceStub(charging))
 

@@ -9,7 +9,6 @@ import uuid
 from collections.abc import Iterator
 
 import asyncpg
-import grpc
 import pytest
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
@@ -40,7 +39,7 @@ def applied_by(metrics_url: str, durable: str) -> float:
 
 
 async def test_two_replicas_of_every_service_apply_each_event_once(stack: Stack) -> None:
-    channels = [grpc.aio.insecure_channel(address) for address in stack.replica_addresses("customer")]
+    channels = [stack.channel("customer", index) for index in range(len(stack.replica_addresses("customer")))]
     try:
         stubs = [pb_grpc.CustomerServiceStub(channel) for channel in channels]
         created = await asyncio.gather(

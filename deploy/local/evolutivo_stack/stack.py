@@ -343,6 +343,12 @@ class Stack:
         """Every replica of ``service``, replica 0 first."""
         return list(self._replicas_of(service, None))
 
+    def channel(self, service: str, replica: int = 0) -> grpc.aio.Channel:
+        """An asyncio gRPC channel to one replica of ``service``, with the credentials the stack's
+        clients need. Every client of the stack (tests, tools) opens its channels here, so how they
+        authenticate is decided in one place."""
+        return grpc.aio.insecure_channel(self.replica_addresses(service)[replica])
+
     def replica_addresses(self, service: str) -> list[str]:
         """``127.0.0.1:port`` of every replica of ``service``, replica 0 first."""
         return [r.address for r in self._replicas_of(service, None)]
