@@ -13,12 +13,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import asyncpg
 import pytest
-from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database, scratch_dir
 from sqlalchemy.engine import make_url
+from support.databases import EmptyDatabase, MigratedDatabase, drop_databases
 
 
 @pytest.fixture(scope="session")
@@ -60,27 +59,30 @@ def repo_root() -> Path:
 
 
 @pytest.fixture
-async def migrated_database(pg_server_url: str) -> AsyncIterator[Callable[[str, Path], Awaitable[str]]]:
-    """Creates a database (prefix + random suffix), migrates it to head with the given Alembic
-    directory and returns its URL; every database made is dropped when the test ends."""
+async def empty_database(pg_server_url: str) -> AsyncIterator[EmptyDatabase]:
+    """Creates a database (prefix + random suffix) with no tables and returns its URL, for tests that
+    run a service's migrations step by step; every database made is dropped when the test ends."""
     made: list[str] = []
 
-    async def make(prefix: str, migrations: Path) -> str:
+    async def make(prefix: str) -> str:
         url = await create_database(pg_server_url, f"{prefix}_{uuid.uuid4().hex[:12]}")
         made.append(url)
-        # alembic's env.py runs its own event loop: migrate from a thread.
-        await asyncio.to_thread(upgrade_to_head, migrations, url)
         return url
 
     yield make
     if made:
-        await drop_databases(pg_server_url, made)
+        await drop_databases(pg_server_url, [make_url(url).database or "" for url in made])
 
 
-async def drop_databases(server_url: str, urls: list[str]) -> None:
-    conn = await asyncpg.connect(plain_url(server_url))
-    try:
-        for url in urls:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
+@pytest.fixture
+def migrated_database(empty_database: EmptyDatabase) -> MigratedDatabase:
+    """Creates a database (prefix + random suffix), migrates it to head with the given Alembic
+    directory and returns its URL; every database made is dropped when the test ends."""
+
+    async def make(prefix: str, migrations: Path) -> str:
+        url = await empty_database(prefix)
+        # alembic's env.py runs its own event loop: migrate from a thread.
+        await asyncio.to_thread(upgrade_to_head, migrations, url)
+        return url
+
+    return make

@@ -21,6 +21,7 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 from evolutivo_stack.stack import SERVICES, Stack, StackError, database_name
+from support.databases import drop_databases
 
 # A stand-in for one service: `migrate` and `serve` driven by the same env variables as the real ones.
 _FAKE_SERVICE = """
@@ -102,16 +103,7 @@ def suffix(pg_server_url: str) -> Iterator[str]:
     """A database-name suffix unique to the test; its databases are dropped afterwards."""
     suffix = f"_t{uuid.uuid4().hex[:8]}"
     yield suffix
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(pg_server_url)
-        try:
-            for service in SERVICES:
-                await conn.execute(f'DROP DATABASE IF EXISTS "{database_name(service, suffix)}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    asyncio.run(drop_databases(pg_server_url, [database_name(service, suffix) for service in SERVICES]))
 
 
 async def _migrations(url: str) -> list[str]:

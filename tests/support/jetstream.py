@@ -4,7 +4,7 @@ directly against a real database without a broker in between (the broker path ha
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import SimpleNamespace
@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 from sqlalchemy import Table
 
 U = TypeVar("U", bound=UnitOfWork)
+M = TypeVar("M", bound=Message)
 
 
 @dataclass
@@ -83,3 +84,17 @@ def consumer_for(
 async def process(consumer: EventConsumer[U], *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
     await consumer.process(cast(list[Msg], list(msgs)))
+
+
+async def handle(
+    uow_factory: Callable[[], U],
+    handler: Callable[[U, M, envelope.EventMeta], Awaitable[None]],
+    event: M,
+    occurred_at: datetime,
+) -> None:
+    """`event` applied by the consumer's handler in a unit of work of its own, without the inbox: for
+    tests of the handler itself (redeliveries under new event ids, concurrent appliers)."""
+    meta = envelope.EventMeta(uuid.uuid4(), event.DESCRIPTOR.full_name, "test", occurred_at, 1)
+    async with uow_factory() as uow:
+        await handler(uow, event, meta)
+        await uow.commit()

@@ -11,14 +11,11 @@ from __future__ import annotations
 import asyncio
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import pytest
 from alembic import command
 from evolutivo.balance.v1 import balance_service_pb2 as pb
@@ -34,22 +31,20 @@ from evolutivo_balance.entrypoints.consumers import charge_from_pb, subscription
 from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
 from evolutivo_balance.service_layer import handlers
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
-from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import EventConsumer
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
 from google.type import money_pb2
-from nats.aio.msg import Msg
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer_messages import created_message
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 NO_CONTEXT: Any = None
@@ -60,23 +55,13 @@ def eur(amount: str, currency_code: str = "EUR") -> money_pb2.Money:
     return to_money(Decimal(amount), currency_code)
 
 
-@dataclass
-class BalanceDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BalanceDb(ServiceDb):
     def uow(self) -> BalanceUnitOfWork:
         return BalanceUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
     @property
     def api(self) -> BalanceServicer:
         return BalanceServicer(self.uow)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
     async def counts(self) -> tuple[int, int, int, int]:
         """What a refused call must leave unchanged."""
@@ -88,11 +73,8 @@ class BalanceDb:
         )
 
     async def published(self, subject: str) -> list[bytes]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(outbox.c.payload).where(outbox.c.subject == subject).order_by(outbox.c.seq)
-            )
-            return [row.payload for row in rows]
+        rows = await self.rows(select(outbox.c.payload).where(outbox.c.subject == subject).order_by(outbox.c.seq))
+        return [row.payload for row in rows]
 
     async def balance(self, account_id: uuid.UUID, as_of: datetime | None = None) -> pb.GetBalanceResponse:
         return await self.api.GetBalance(
@@ -108,108 +90,41 @@ class BalanceDb:
 
     async def check_invariant(self) -> None:
         """Every group's stored balance is the sum of its entries."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    text(
-                        "SELECT g.balance_group_id, g.balance, COALESCE(SUM(e.amount), 0) AS entries "
-                        "FROM balance_groups g LEFT JOIN ledger_entries e USING (balance_group_id) "
-                        "GROUP BY g.balance_group_id, g.balance"
-                    )
-                )
-            ).all()
+        rows = await self.rows(
+            text(
+                "SELECT g.balance_group_id, g.balance, COALESCE(SUM(e.amount), 0) AS entries "
+                "FROM balance_groups g LEFT JOIN ledger_entries e USING (balance_group_id) "
+                "GROUP BY g.balance_group_id, g.balance"
+            )
+        )
         wrong = [(r.balance_group_id, r.balance, r.entries) for r in rows if r.balance != r.entries]
         assert not wrong, f"balances that are not the sum of their entries: {wrong}"
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BalanceDb]:
-    url = await new_database("balance")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=16)
-    database = BalanceDb(url, engine, session_factory(engine), FixedClock(NOW))
-    try:
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BalanceDb]:
+    async with BalanceDb.open(await migrated_database("balance", MIGRATIONS), NOW, pool_size=16) as database:
         yield database
         await database.check_invariant()
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 # Messages as the consumer receives them.
 
 
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-    def again(self) -> FakeMsg:
-        """The same message redelivered (same event id)."""
-        return FakeMsg(self.data, dict(self.headers), self.subject, attempt=self.attempt + 1)
-
-
-def message(subject: str, event: Message, occurred_at: datetime = NOW) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: occurred_at.isoformat(),
-        },
-        subject=subject,
-    )
-
-
-def consumer(db: BalanceDb, stream: str) -> EventConsumer[BalanceUnitOfWork]:
-    (subscription,) = [s for s in subscriptions() if s.stream == stream]
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=100,
-        max_deliver=5,
-        ack_wait=30,
-    )
+def consumer(db: BalanceDb, service: str) -> EventConsumer[BalanceUnitOfWork]:
+    return consumer_for(subscriptions(), stream_name(service), db.uow, inbox)
 
 
 async def deliver(db: BalanceDb, *msgs: FakeMsg) -> None:
     """One fetched batch of ChargesCreated, applied as the service's consumer applies it."""
-    await consumer(db, "EVOLUTIVO_CHARGING").process(cast(list[Msg], list(msgs)))
+    await process(consumer(db, "charging"), *msgs)
 
 
 async def new_account(db: BalanceDb, currency_code: str = "EUR") -> uuid.UUID:
     account_id = uuid.uuid4()
     account = account_pb2.Account(account_id=str(account_id), currency_code=currency_code, time_zone="Europe/Madrid")
-    msg = message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account))
-    await consumer(db, "EVOLUTIVO_CUSTOMER").process(cast(list[Msg], [msg]))
+    msg = created_message(account, NOW)
+    await process(consumer(db, "customer"), msg)
     assert msg.acked
     return account_id
 
@@ -233,7 +148,7 @@ def rated(
 
 
 def charges_created(*charges: usage_pb2.RatedCharge, currency_code: str = "EUR") -> FakeMsg:
-    return message(CHARGES_CREATED, charging_events.ChargesCreated(charges=charges, currency_code=currency_code))
+    return message(CHARGES_CREATED, charging_events.ChargesCreated(charges=charges, currency_code=currency_code), NOW)
 
 
 async def create_group(db: BalanceDb, account_id: uuid.UUID, name: str) -> str:
@@ -391,8 +306,8 @@ async def test_charges_for_an_account_balance_has_not_heard_of_open_its_default_
     await deliver(db, charges_created(rated(account_id, "3.00")))
     assert await db.total(account_id) == Decimal("3.00")
     account = account_pb2.Account(account_id=str(account_id), currency_code="EUR")
-    late = message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account))
-    await consumer(db, "EVOLUTIVO_CUSTOMER").process(cast(list[Msg], [late]))
+    late = created_message(account, NOW)
+    await process(consumer(db, "customer"), late)
     assert len((await db.balance(account_id)).balance_groups) == 1
     assert len(await db.published("evolutivo.balance.v1.balance_group.created")) == 1
 
@@ -418,36 +333,37 @@ def account_updated(account_id: uuid.UUID, currency_code: str, *changed: str) ->
     return message(
         "evolutivo.customer.v1.account.updated",
         customer_events.AccountUpdated(account=account, changed_fields=changed or ["currency_code"]),
+        NOW,
     )
 
 
 async def test_groups_follow_a_currency_change_while_the_ledger_is_empty(db: BalanceDb) -> None:
     account_id = await new_account(db)
     await create_group(db, account_id, "project")
-    customer = consumer(db, "EVOLUTIVO_CUSTOMER")
+    customer = consumer(db, "customer")
     renamed = account_updated(account_id, "USD", "display_name")
-    await customer.process(cast(list[Msg], [renamed]))
+    await process(customer, renamed)
     assert (await db.balance(account_id)).total.currency_code == "EUR", "only a currency change counts"
     changed = account_updated(account_id, "USD")
-    await customer.process(cast(list[Msg], [changed]))
+    await process(customer, changed)
     assert changed.acked
     answered = await db.balance(account_id)
     assert {g.balance.currency_code for g in answered.balance_groups} == {"USD"}
     await pay(db, payment_request(account_id, "5.00", currency_code="USD"))
     # With entries in the ledger, balance cannot follow: the event fails (and is dead-lettered).
     again = account_updated(account_id, "GBP")
-    await customer.process(cast(list[Msg], [again]))
+    await process(customer, again)
     assert again.naked and not again.acked
     assert (await db.balance(account_id)).total.currency_code == "USD"
 
 
 async def test_a_currency_change_before_account_created_opens_the_group_in_the_new_currency(db: BalanceDb) -> None:
     account_id = uuid.uuid4()
-    customer = consumer(db, "EVOLUTIVO_CUSTOMER")
-    await customer.process(cast(list[Msg], [account_updated(account_id, "JPY")]))
+    customer = consumer(db, "customer")
+    await process(customer, account_updated(account_id, "JPY"))
     account = account_pb2.Account(account_id=str(account_id), currency_code="EUR")
-    created = message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account))
-    await customer.process(cast(list[Msg], [created]))
+    created = created_message(account, NOW)
+    await process(customer, created)
     assert created.acked
     assert (await db.balance(account_id)).total.currency_code == "JPY"
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import asyncpg
 import grpc
@@ -18,7 +16,6 @@ import pytest
 from alembic import command
 from evolutivo.billing.v1 import bill_unit_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as pb
-from evolutivo.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_billing.adapters import events
@@ -29,36 +26,24 @@ from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.errors import InvalidArgument, NotFound
-from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
-from evolutivo_runtime.server.interceptors import ServiceInterceptor
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.timestamps import to_timestamp
-from google.protobuf.message import Message
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.billing import billing_stub
+from support.customer_messages import created_message, status_changed_message
+from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 NO_CONTEXT: Any = None
 
 
-@dataclass
-class BillingDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
     async def unit(self, account_id: uuid.UUID) -> BillUnit:
         async with self.uow() as uow:
@@ -67,63 +52,10 @@ class BillingDb:
         return found
 
 
-async def _drop(pg_server_url: str, url: str) -> None:
-    conn = await asyncpg.connect(plain_url(pg_server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
-    url = await new_database("billing")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=10)
-    try:
-        yield BillingDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        await _drop(pg_server_url, url)
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-
-def message(subject: str, event: Message, occurred_at: datetime = NOW) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: occurred_at.isoformat(),
-        },
-        subject=subject,
-    )
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BillingDb]:
+    async with BillingDb.open(await migrated_database("billing", MIGRATIONS), NOW, pool_size=10) as database:
+        yield database
 
 
 def customer_account(
@@ -144,10 +76,7 @@ def customer_account(
 
 
 def created(account_id: uuid.UUID) -> FakeMsg:
-    return message(
-        "evolutivo.customer.v1.account.created",
-        customer_events.AccountCreated(account=customer_account(account_id)),
-    )
+    return created_message(customer_account(account_id), NOW)
 
 
 def status_changed(account_id: uuid.UUID, status: int, change_time: datetime | None) -> FakeMsg:
@@ -159,13 +88,7 @@ def status_changed(account_id: uuid.UUID, status: int, change_time: datetime | N
         change_time=to_timestamp(change_time),
     )
     account.last_status_change.CopyFrom(change)
-    return message(
-        "evolutivo.customer.v1.account.status_changed",
-        customer_events.AccountStatusChanged(
-            account=account, previous_status=account_pb2.ACCOUNT_STATUS_ACTIVE, change=change
-        ),
-        occurred_at=(change_time or NOW) + timedelta(milliseconds=5),
-    )
+    return status_changed_message(account, change, (change_time or NOW) + timedelta(milliseconds=5))
 
 
 def profile_changed(account_id: uuid.UUID, new_day: int, change_time: datetime, previous_day: int = 15) -> FakeMsg:
@@ -179,26 +102,17 @@ def profile_changed(account_id: uuid.UUID, new_day: int, change_time: datetime, 
             change_time=to_timestamp(change_time),
             effective_from_next_cycle=True,
         ),
+        NOW,
     )
 
 
 def consumer(db: BillingDb) -> EventConsumer[BillingUnitOfWork]:
-    subscription = subscriptions()[0]  # customer's stream
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    return consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox)
 
 
 async def deliver(db: BillingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    await consumer(db).process(cast(list[Msg], list(msgs)))
+    await process(consumer(db), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 
@@ -225,7 +139,7 @@ async def test_an_older_status_event_applied_later_changes_nothing(db: BillingDb
     unit = await db.unit(account_id)
     assert (unit.account_status, unit.account_status_change_time) == (AccountStatus.ACTIVE, NOW + timedelta(minutes=2))
     await deliver(db, closed)
-    await deliver(db, FakeMsg(suspended.data, dict(suspended.headers), suspended.subject, attempt=2))
+    await deliver(db, suspended.again())
     assert (await db.unit(account_id)).account_status is AccountStatus.CLOSED
 
 
@@ -235,7 +149,7 @@ async def test_concurrent_status_events_keep_the_newest(db: BillingDb) -> None:
     statuses = [account_pb2.ACCOUNT_STATUS_SUSPENDED, account_pb2.ACCOUNT_STATUS_ACTIVE] * 4
     msgs = [status_changed(account_id, s, NOW + timedelta(seconds=i + 1)) for i, s in enumerate(statuses)]
     # Replicas applying an account's events at once: each in its own transaction.
-    await asyncio.gather(*(consumer(db).process(cast(list[Msg], [m])) for m in reversed(msgs)))
+    await asyncio.gather(*(process(consumer(db), m) for m in reversed(msgs)))
     unit = await db.unit(account_id)
     assert (unit.account_status, unit.account_status_change_time) == (
         AccountStatus.ACTIVE,
@@ -267,7 +181,7 @@ async def test_a_status_event_that_overtook_account_created_opens_the_unit(db: B
 async def test_a_broken_status_event_is_retried(db: BillingDb) -> None:
     account_id = uuid.uuid4()
     broken = status_changed(account_id, account_pb2.ACCOUNT_STATUS_UNSPECIFIED, NOW + timedelta(minutes=1))
-    await consumer(db).process(cast(list[Msg], [broken]))
+    await process(consumer(db), broken)
     assert broken.naked and not broken.acked
     assert await db.count(inbox) == 0
 
@@ -326,35 +240,30 @@ async def test_the_stored_unit_round_trips_every_field(db: BillingDb) -> None:
 # The 0002 migration over units opened before it.
 
 
-async def test_migration_0002_keeps_existing_units_active_and_goes_back(
-    new_database: Callable[[str], Awaitable[str]], pg_server_url: str
-) -> None:
-    url = await new_database("billing")
+async def test_migration_0002_keeps_existing_units_active_and_goes_back(empty_database: EmptyDatabase) -> None:
+    url = await empty_database("billing")
     config = alembic_config(MIGRATIONS, url)
+    await asyncio.to_thread(command.upgrade, config, "0001")
+    conn = await asyncpg.connect(plain_url(url))
     try:
-        await asyncio.to_thread(command.upgrade, config, "0001")
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            await conn.execute(
-                "insert into bill_units values ($1, $2, 'EUR', 'UTC', 5, 'monthly', 30, now())",
-                uuid.uuid4(),
-                uuid.uuid4(),
-            )
-            await asyncio.to_thread(command.upgrade, config, "head")
-            row = await conn.fetchrow("select * from bill_units")
-            assert row is not None
-            assert (row["account_status"], row["account_status_change_time"], row["pending_bill_cycle_day"]) == (
-                "active",
-                None,
-                None,
-            )
-            await asyncio.to_thread(command.downgrade, config, "0001")
-            assert await conn.fetchval("select count(*) from bill_units") == 1
-            await asyncio.to_thread(command.upgrade, config, "head")
-        finally:
-            await conn.close()
+        await conn.execute(
+            "insert into bill_units values ($1, $2, 'EUR', 'UTC', 5, 'monthly', 30, now())",
+            uuid.uuid4(),
+            uuid.uuid4(),
+        )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        row = await conn.fetchrow("select * from bill_units")
+        assert row is not None
+        assert (row["account_status"], row["account_status_change_time"], row["pending_bill_cycle_day"]) == (
+            "active",
+            None,
+            None,
+        )
+        await asyncio.to_thread(command.downgrade, config, "0001")
+        assert await conn.fetchval("select count(*) from bill_units") == 1
+        await asyncio.to_thread(command.upgrade, config, "head")
     finally:
-        await _drop(pg_server_url, url)
+        await conn.close()
 
 
 # GetBillingSummary.
@@ -396,20 +305,12 @@ async def test_the_summary_of_a_bad_account_id_names_the_field(db: BillingDb, ac
 async def test_summary_status_codes_over_grpc(db: BillingDb) -> None:
     account_id = uuid.uuid4()
     await deliver(db, created(account_id))
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("billing.evolutivo.io")])
-    pb_grpc.add_BillingServiceServicer_to_server(BillingServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.BillingServiceStub(channel)
-            got = await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id=str(account_id)))
-            assert got.bill_unit.account_id == str(account_id)
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id=str(uuid.uuid4())))
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-            with pytest.raises(grpc.aio.AioRpcError) as invalid:
-                await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id="x"))
-            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        await server.stop(None)
+    async with billing_stub(db.uow) as stub:
+        got = await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id=str(account_id)))
+        assert got.bill_unit.account_id == str(account_id)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id=str(uuid.uuid4())))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.GetBillingSummary(pb.GetBillingSummaryRequest(account_id="x"))
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT

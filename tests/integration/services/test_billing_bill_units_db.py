@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from evolutivo.billing.v1 import bill_unit_pb2, events_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as pb
 from evolutivo.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from evolutivo.customer.v1 import account_pb2
-from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_billing.adapters import events
 from evolutivo_billing.adapters.orm import bill_units, inbox, metadata, outbox
 from evolutivo_billing.domain.model import BillingProfile
@@ -29,128 +23,44 @@ from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import InvalidArgument, NotFound
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import upgrade_to_head
-from evolutivo_runtime.server.interceptors import ServiceInterceptor
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from nats.aio.msg import Msg
+from evolutivo_runtime.messaging.streams import stream_name
 from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.billing import billing_stub
+from support.customer_messages import business_account, created_message
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, process
+from support.rpc import bad_request_fields
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 # The servicers never read their gRPC context.
 NO_CONTEXT: Any = None
 
 
-@dataclass
-class BillingDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
-    async def scalar(self, query: Any) -> Any:
-        async with self.engine.connect() as conn:
-            return await conn.scalar(query)
-
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
-    url = await new_database("billing")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    try:
-        yield BillingDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-# What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg.
-@dataclass
-class FakeMsg:
-    data: bytes
-    headers: dict[str, str]
-    subject: str = "evolutivo.customer.v1.account.created"
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BillingDb]:
+    async with BillingDb.open(await migrated_database("billing", MIGRATIONS), NOW) as database:
+        yield database
 
 
 def account_created(
     account_id: uuid.UUID | None = None, event_id: uuid.UUID | None = None, bill_cycle_day: int = 31
 ) -> FakeMsg:
-    event = customer_events.AccountCreated(
-        account=account_pb2.Account(
-            account_id=str(account_id or uuid.uuid4()),
-            account_number="A-00000001",
-            type=account_pb2.ACCOUNT_TYPE_BUSINESS,
-            display_name="Acme Distribuciones SL",
-            currency_code="EUR",
-            time_zone="Europe/Madrid",
-            locale="es-ES",
-            status=account_pb2.ACCOUNT_STATUS_ACTIVE,
-            billing_profile=account_pb2.BillingProfile(
-                bill_cycle_day=bill_cycle_day,
-                frequency=account_pb2.BILLING_FREQUENCY_QUARTERLY,
-                payment_terms_days=15,
-            ),
-        )
+    profile = account_pb2.BillingProfile(
+        bill_cycle_day=bill_cycle_day, frequency=account_pb2.BILLING_FREQUENCY_QUARTERLY, payment_terms_days=15
     )
-    event_id = event_id or uuid.uuid4()
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: str(event_id),
-            envelope.EVENT_ID: str(event_id),
-            envelope.EVENT_TYPE: "evolutivo.customer.v1.AccountCreated",
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        },
-    )
-
-
-def consumer(db: BillingDb) -> EventConsumer[BillingUnitOfWork]:
-    subscription = subscriptions()[0]  # customer's stream
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    account = business_account(account_id, profile)
+    return created_message(account, NOW, event_id)
 
 
 async def deliver(db: BillingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    await consumer(db).process(cast(list[Msg], list(msgs)))
+    await process(consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox), *msgs)
 
 
 async def count_units(db: BillingDb, account_id: uuid.UUID | None = None) -> int:
@@ -164,11 +74,7 @@ async def count_units(db: BillingDb, account_id: uuid.UUID | None = None) -> int
 
 
 async def test_migrations_create_exactly_the_tables_the_code_uses(db: BillingDb) -> None:
-    def diff(connection: Connection) -> list[Any]:
-        return list(compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
+    assert await db.schema_diff(metadata) == []
 
 
 # The AccountCreated handler, through the runtime's consumer.
@@ -204,11 +110,11 @@ async def test_account_created_opens_one_bill_unit_and_publishes_it(db: BillingD
 async def test_a_redelivered_event_changes_nothing(db: BillingDb) -> None:
     msg = account_created()
     await deliver(db, msg)
-    again = FakeMsg(msg.data, dict(msg.headers), attempt=2)
+    again = msg.again()
     await deliver(db, again)
     assert again.acked
     assert await count_units(db) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
+    assert await db.count(outbox) == 2  # BillUnitCreated, BillCycleOpened
 
 
 async def test_the_handler_applied_twice_still_makes_one_bill_unit(db: BillingDb) -> None:
@@ -220,8 +126,8 @@ async def test_the_handler_applied_twice_still_makes_one_bill_unit(db: BillingDb
     await deliver(db, account_created(account_id))
     await deliver(db, account_created(account_id), account_created(account_id))
     assert await count_units(db, account_id) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
-    assert await db.scalar(select(func.count()).select_from(inbox)) == 4
+    assert await db.count(outbox) == 2  # BillUnitCreated, BillCycleOpened
+    assert await db.count(inbox) == 4
 
 
 async def test_concurrent_handlers_for_one_account_make_one_bill_unit(db: BillingDb) -> None:
@@ -235,7 +141,7 @@ async def test_concurrent_handlers_for_one_account_make_one_bill_unit(db: Billin
 
     await asyncio.gather(*(apply() for _ in range(8)))
     assert await count_units(db, account_id) == 1
-    assert await db.scalar(select(func.count()).select_from(outbox)) == 2  # BillUnitCreated, BillCycleOpened
+    assert await db.count(outbox) == 2  # BillUnitCreated, BillCycleOpened
 
 
 async def test_a_broken_event_is_retried_and_does_not_block_the_batch(db: BillingDb) -> None:
@@ -244,7 +150,7 @@ async def test_a_broken_event_is_retried_and_does_not_block_the_batch(db: Billin
     assert good.acked and not broken.acked and broken.naked
     assert await count_units(db) == 1
     # Its savepoint was rolled back with its inbox row, so a redelivery applies it afresh.
-    assert await db.scalar(select(func.count()).select_from(inbox)) == 1
+    assert await db.count(inbox) == 1
 
 
 # Reading.
@@ -374,27 +280,8 @@ async def test_a_token_is_refused_with_another_filter(db: BillingDb) -> None:
 
 @pytest.fixture
 async def stub(db: BillingDb) -> AsyncIterator[pb_grpc.BillingServiceAsyncStub]:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("billing.evolutivo.io")])
-    pb_grpc.add_BillingServiceServicer_to_server(BillingServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield pb_grpc.BillingServiceStub(channel)
-    finally:
-        await server.stop(None)
-
-
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
+    async with billing_stub(db.uow) as stub:
+        yield stub
 
 
 async def test_grpc_status_codes(stub: pb_grpc.BillingServiceAsyncStub) -> None:

@@ -12,12 +12,10 @@ import asyncio
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -26,7 +24,6 @@ import pytest
 from alembic import command
 from evolutivo.billing.v1 import bill_pb2, events_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as pb
-from evolutivo.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_billing.adapters import bills_proto, events
@@ -43,20 +40,17 @@ from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.errors import InvalidArgument, NotFound
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.money import from_money, to_money
-from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
-from nats.aio.msg import Msg
 from sqlalchemy import func, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.billing import billing_stub
+from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 DELAY = timedelta(hours=1)
@@ -87,13 +81,7 @@ NOW = madrid(2031, 5, 10, 12)
 FIRST_DUE = madrid(2031, 5, 15) + DELAY
 
 
-@dataclass
-class BillingDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
@@ -112,42 +100,23 @@ class BillingDb:
         return [b for b in found if b is not None]
 
     async def all_bills(self) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(select(bills).order_by(bills.c.number_sequence))).all())
+        return await self.rows(select(bills).order_by(bills.c.number_sequence))
 
     async def items(self) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(select(bill_items))).all())
+        return await self.rows(select(bill_items))
 
     async def events(self, *subjects: str) -> list[tuple[str, Any]]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(outbox).order_by(outbox.c.seq))).all()
         return [
             (row.subject, _EVENT_TYPES[row.event_type].FromString(row.payload))
-            for row in rows
+            for row in await self.rows(select(outbox).order_by(outbox.c.seq))
             if not subjects or row.subject in subjects
         ]
 
 
-async def _drop(pg_server_url: str, url: str) -> None:
-    conn = await asyncpg.connect(plain_url(pg_server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
-    url = await new_database("billing")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=12)
-    try:
-        yield BillingDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        await _drop(pg_server_url, url)
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BillingDb]:
+    async with BillingDb.open(await migrated_database("billing", MIGRATIONS), NOW, pool_size=12) as database:
+        yield database
 
 
 async def open_unit(
@@ -162,34 +131,6 @@ async def open_unit(
 
 
 # ChargesCreated, as charging publishes it, delivered through the consumer.
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-    def again(self) -> FakeMsg:
-        """The same message delivered once more."""
-        return FakeMsg(self.data, dict(self.headers), self.subject, attempt=self.attempt + 1)
 
 
 def rated(
@@ -226,33 +167,12 @@ def rated(
 
 def charges_created(*charges: usage_pb2.RatedCharge, currency: str = "EUR") -> FakeMsg:
     event = charging_events.ChargesCreated(charges=charges, currency_code=currency)
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        },
-        subject=CHARGES_CREATED,
-    )
+    return message(CHARGES_CREATED, event, NOW)
 
 
 async def deliver(db: BillingDb, *msgs: FakeMsg, must_apply: bool = True) -> None:
     """One fetched batch of charging's stream, applied as the service's consumer applies it."""
-    subscription = subscriptions()[1]
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    await consumer.process(cast(list[Msg], list(msgs)))
+    await process(consumer_for(subscriptions(), stream_name("charging"), db.uow, inbox), *msgs)
     if must_apply:
         assert all(m.acked for m in msgs), "every event applies"
 
@@ -751,25 +671,17 @@ async def test_bill_rpcs_name_the_bad_field(db: BillingDb, method: str, request_
 
 
 async def test_unknown_bills_and_accounts_are_not_found_over_grpc(db: BillingDb) -> None:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("billing.evolutivo.io")])
-    pb_grpc.add_BillingServiceServicer_to_server(BillingServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.BillingServiceStub(channel)
-            for call in (
-                stub.GetBill(pb.GetBillRequest(bill_id=str(uuid.uuid4()))),
-                stub.ListBills(pb.ListBillsRequest(account_id=str(uuid.uuid4()))),
-                stub.ListUnbilledItems(pb.ListUnbilledItemsRequest(account_id=str(uuid.uuid4()))),
-            ):
-                with pytest.raises(grpc.aio.AioRpcError) as missing:
-                    await call
-                assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-            account_id = await open_unit(db)
-            assert list((await stub.ListBills(pb.ListBillsRequest(account_id=str(account_id)))).bills) == []
-    finally:
-        await server.stop(None)
+    async with billing_stub(db.uow) as stub:
+        for call in (
+            stub.GetBill(pb.GetBillRequest(bill_id=str(uuid.uuid4()))),
+            stub.ListBills(pb.ListBillsRequest(account_id=str(uuid.uuid4()))),
+            stub.ListUnbilledItems(pb.ListUnbilledItemsRequest(account_id=str(uuid.uuid4()))),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as missing:
+                await call
+            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        account_id = await open_unit(db)
+        assert list((await stub.ListBills(pb.ListBillsRequest(account_id=str(account_id)))).bills) == []
     with pytest.raises(NotFound) as missing_bill:
         await BillingServicer(db.uow).GetBill(pb.GetBillRequest(bill_id=str(uuid.uuid4())), NO_CONTEXT)
     assert missing_bill.value.reason == "BILL_NOT_FOUND"
@@ -810,28 +722,21 @@ async def test_the_database_refuses_a_second_bill_for_a_cycle_and_totals_that_do
     assert len(await db.bills(account_id)) == 1
 
 
-async def test_migration_0004_goes_back_and_forth(
-    new_database: Callable[[str], Awaitable[str]], pg_server_url: str
-) -> None:
-    url = await new_database("billing")
+async def test_migration_0004_goes_back_and_forth(empty_database: EmptyDatabase) -> None:
+    url = await empty_database("billing")
     config = alembic_config(MIGRATIONS, url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, "0003")
+    conn = await asyncpg.connect(plain_url(url))
     try:
+        for table in ("bills", "bill_lines", "bill_taxes", "bill_items", "bill_number_series"):
+            assert await conn.fetchval(f"select to_regclass('{table}')") is None
         await asyncio.to_thread(command.upgrade, config, "head")
-        await asyncio.to_thread(command.downgrade, config, "0003")
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            for table in ("bills", "bill_lines", "bill_taxes", "bill_items", "bill_number_series"):
-                assert await conn.fetchval(f"select to_regclass('{table}')") is None
-            await asyncio.to_thread(command.upgrade, config, "head")
-            indexes = dict(
-                await conn.fetch("select indexname, indexdef from pg_indexes where tablename = 'bill_items'")
-            )
-            assert "WHERE (bill_id IS NULL)" in indexes["bill_items_unbilled"]
-            assert await conn.fetchval("select count(*) from bill_number_series") == 0
-        finally:
-            await conn.close()
+        indexes = dict(await conn.fetch("select indexname, indexdef from pg_indexes where tablename = 'bill_items'"))
+        assert "WHERE (bill_id IS NULL)" in indexes["bill_items_unbilled"]
+        assert await conn.fetchval("select count(*) from bill_number_series") == 0
     finally:
-        await _drop(pg_server_url, url)
+        await conn.close()
 
 
 async def test_a_fresh_database_has_every_table(db: BillingDb) -> None:

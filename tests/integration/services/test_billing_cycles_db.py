@@ -8,11 +8,9 @@ import asyncio
 import dataclasses
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -21,9 +19,7 @@ import pytest
 from alembic import command
 from evolutivo.billing.v1 import bill_cycle_pb2, events_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as pb
-from evolutivo.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from evolutivo.customer.v1 import account_pb2
-from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_billing.adapters import events, proto
 from evolutivo_billing.adapters.orm import bill_cycles, bill_units, inbox, outbox
 from evolutivo_billing.adapters.repository import CycleAlreadyClosed
@@ -36,21 +32,19 @@ from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.cycles import close_due_cycles
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.errors import InvalidArgument, NotFound
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
-from evolutivo_runtime.server.interceptors import ServiceInterceptor
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
-from nats.aio.msg import Msg
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.billing import billing_stub
+from support.customer_messages import created_message, status_changed_message
+from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 DELAY = timedelta(hours=1)
@@ -75,13 +69,7 @@ def madrid(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> d
 NOW = madrid(2031, 5, 10, 12)
 
 
-@dataclass
-class BillingDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
@@ -94,11 +82,9 @@ class BillingDb:
         query = select(t).order_by(t.c.account_id, t.c.sequence)
         if account_id is not None:
             query = query.where(t.c.account_id == account_id)
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).all()
         return [
             BillCycle(**{k: v for k, v in row._mapping.items() if k != "status"}, status=BillCycleStatus(row.status))
-            for row in rows
+            for row in await self.rows(query)
         ]
 
     async def unit(self, account_id: uuid.UUID) -> BillUnit:
@@ -109,34 +95,17 @@ class BillingDb:
 
     async def events(self, *subjects: str) -> list[tuple[str, Any]]:
         """The outbox's events in publication order, decoded (only those on `subjects` if given)."""
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(outbox).order_by(outbox.c.seq))).all()
         return [
             (row.subject, _EVENT_TYPES[row.event_type].FromString(row.payload))
-            for row in rows
+            for row in await self.rows(select(outbox).order_by(outbox.c.seq))
             if not subjects or row.subject in subjects
         ]
 
 
-async def _drop(pg_server_url: str, url: str) -> None:
-    conn = await asyncpg.connect(plain_url(pg_server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
-    url = await new_database("billing")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=12)
-    try:
-        yield BillingDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        await _drop(pg_server_url, url)
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BillingDb]:
+    async with BillingDb.open(await migrated_database("billing", MIGRATIONS), NOW, pool_size=12) as database:
+        yield database
 
 
 async def open_unit(
@@ -151,44 +120,6 @@ async def open_unit(
 
 
 # The first cycle, opened with the bill unit by customer's events.
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-
-def message(subject: str, event: Message, occurred_at: datetime) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: occurred_at.isoformat(),
-        },
-        subject=subject,
-    )
 
 
 def customer_account(account_id: uuid.UUID, create_time: datetime | None) -> account_pb2.Account:
@@ -208,27 +139,12 @@ def customer_account(account_id: uuid.UUID, create_time: datetime | None) -> acc
 
 
 def account_created(account_id: uuid.UUID, create_time: datetime | None, occurred_at: datetime = NOW) -> FakeMsg:
-    return message(
-        "evolutivo.customer.v1.account.created",
-        customer_events.AccountCreated(account=customer_account(account_id, create_time)),
-        occurred_at,
-    )
+    return created_message(customer_account(account_id, create_time), occurred_at)
 
 
 async def deliver(db: BillingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    subscription = subscriptions()[0]  # customer's stream
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    await consumer.process(cast(list[Msg], list(msgs)))
+    await process(consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 
@@ -255,7 +171,7 @@ async def test_account_created_opens_the_first_cycle_from_the_accounts_creation(
     assert published[1][1].bill_cycle == proto.cycle_to_pb(cycle)
 
     # A redelivery, or the same account announced again, opens nothing more.
-    await deliver(db, FakeMsg(msg.data, dict(msg.headers), msg.subject, attempt=2))
+    await deliver(db, msg.again())
     await deliver(db, account_created(account_id, datetime(2031, 5, 31, 22, 30, tzinfo=UTC)))
     assert len(await db.cycles(account_id)) == 1
     assert len(await db.events()) == 2
@@ -277,13 +193,7 @@ async def test_an_event_that_overtook_account_created_opens_the_first_cycle_too(
     )
     await deliver(
         db,
-        message(
-            "evolutivo.customer.v1.account.status_changed",
-            customer_events.AccountStatusChanged(
-                account=account, previous_status=account_pb2.ACCOUNT_STATUS_ACTIVE, change=change
-            ),
-            madrid(2031, 5, 3),
-        ),
+        status_changed_message(account, change, madrid(2031, 5, 3)),
     )
     await deliver(db, account_created(account_id, madrid(2031, 5, 2, 8)))
     (cycle,) = await db.cycles(account_id)
@@ -538,23 +448,15 @@ async def test_list_bill_cycles_names_the_bad_field(db: BillingDb, request_: Any
 
 async def test_list_bill_cycles_over_grpc(db: BillingDb) -> None:
     account_id = await open_unit(db, NOW)
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("billing.evolutivo.io")])
-    pb_grpc.add_BillingServiceServicer_to_server(BillingServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.BillingServiceStub(channel)
-            listed = await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id=str(account_id)))
-            assert [(c.sequence, c.status) for c in listed.bill_cycles] == [(1, bill_cycle_pb2.BILL_CYCLE_STATUS_OPEN)]
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id=str(uuid.uuid4())))
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-            with pytest.raises(grpc.aio.AioRpcError) as invalid:
-                await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id="x"))
-            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    finally:
-        await server.stop(None)
+    async with billing_stub(db.uow) as stub:
+        listed = await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id=str(account_id)))
+        assert [(c.sequence, c.status) for c in listed.bill_cycles] == [(1, bill_cycle_pb2.BILL_CYCLE_STATUS_OPEN)]
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id=str(uuid.uuid4())))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.ListBillCycles(pb.ListBillCyclesRequest(account_id="x"))
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 async def test_an_unknown_account_has_no_cycles_to_list(db: BillingDb) -> None:
@@ -567,41 +469,38 @@ async def test_an_unknown_account_has_no_cycles_to_list(db: BillingDb) -> None:
 
 
 async def test_migration_0003_opens_a_first_cycle_for_existing_units_and_goes_back(
-    new_database: Callable[[str], Awaitable[str]], pg_server_url: str
+    empty_database: EmptyDatabase,
 ) -> None:
-    url = await new_database("billing")
+    url = await empty_database("billing")
     config = alembic_config(MIGRATIONS, url)
+    await asyncio.to_thread(command.upgrade, config, "0002")
+    conn = await asyncpg.connect(plain_url(url))
     try:
-        await asyncio.to_thread(command.upgrade, config, "0002")
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            unit_id, account_id = uuid.uuid4(), uuid.uuid4()
-            await conn.execute(
-                "insert into bill_units (bill_unit_id, account_id, currency_code, time_zone, bill_cycle_day,"
-                " billing_frequency, payment_terms_days, create_time)"
-                " values ($1, $2, 'EUR', 'Europe/Madrid', 31, 'quarterly', 30, $3)",
-                unit_id,
-                account_id,
-                datetime(2031, 1, 31, 23, 30, tzinfo=UTC),  # 1 February 00:30 in Madrid
-            )
-            await asyncio.to_thread(command.upgrade, config, "head")
-            (row,) = await conn.fetch("select * from bill_cycles")
-            assert (row["bill_unit_id"], row["account_id"], row["sequence"], row["status"]) == (
-                unit_id,
-                account_id,
-                1,
-                "open",
-            )
-            assert (row["start_date"], row["end_date"]) == (date(2031, 2, 1), date(2031, 2, 28))
-            assert row["close_time"] is None
-            await asyncio.to_thread(command.downgrade, config, "0002")
-            assert await conn.fetchval("select to_regclass('bill_cycles')") is None
-            assert await conn.fetchval("select count(*) from bill_units") == 1
-            await asyncio.to_thread(command.upgrade, config, "head")
-        finally:
-            await conn.close()
+        unit_id, account_id = uuid.uuid4(), uuid.uuid4()
+        await conn.execute(
+            "insert into bill_units (bill_unit_id, account_id, currency_code, time_zone, bill_cycle_day,"
+            " billing_frequency, payment_terms_days, create_time)"
+            " values ($1, $2, 'EUR', 'Europe/Madrid', 31, 'quarterly', 30, $3)",
+            unit_id,
+            account_id,
+            datetime(2031, 1, 31, 23, 30, tzinfo=UTC),  # 1 February 00:30 in Madrid
+        )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        (row,) = await conn.fetch("select * from bill_cycles")
+        assert (row["bill_unit_id"], row["account_id"], row["sequence"], row["status"]) == (
+            unit_id,
+            account_id,
+            1,
+            "open",
+        )
+        assert (row["start_date"], row["end_date"]) == (date(2031, 2, 1), date(2031, 2, 28))
+        assert row["close_time"] is None
+        await asyncio.to_thread(command.downgrade, config, "0002")
+        assert await conn.fetchval("select to_regclass('bill_cycles')") is None
+        assert await conn.fetchval("select count(*) from bill_units") == 1
+        await asyncio.to_thread(command.upgrade, config, "head")
     finally:
-        await _drop(pg_server_url, url)
+        await conn.close()
 
 
 async def test_the_indexes_are_partial_where_they_must_be(db: BillingDb) -> None:

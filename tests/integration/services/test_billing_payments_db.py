@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
@@ -37,18 +35,15 @@ from evolutivo_billing.entrypoints.grpc_api import BillingServicer
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
+from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
-from nats.aio.msg import Msg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 DELAY = timedelta(hours=1)
@@ -77,13 +72,7 @@ FIRST_CLOSE = madrid(2031, 5, 15) + DELAY
 SECOND_CLOSE = madrid(2031, 6, 15) + DELAY
 
 
-@dataclass
-class BillingDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
@@ -96,100 +85,28 @@ class BillingDb:
             return list(reversed(await uow.bills.list_for_account(account_id, None, 1000)))
 
     async def events(self, *subjects: str) -> list[tuple[str, Any]]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(outbox).order_by(outbox.c.seq))).all()
         return [
             (row.subject, _EVENT_TYPES[row.event_type].FromString(row.payload))
-            for row in rows
+            for row in await self.rows(select(outbox).order_by(outbox.c.seq))
             if row.subject in subjects
         ]
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
     async def credit(self, account_id: uuid.UUID) -> Decimal:
-        async with self.engine.connect() as conn:
-            total = await conn.scalar(
-                select(func.coalesce(func.sum(payments.c.unallocated), 0)).where(payments.c.account_id == account_id)
-            )
+        total = await self.scalar(
+            select(func.coalesce(func.sum(payments.c.unallocated), 0)).where(payments.c.account_id == account_id)
+        )
         return Decimal(total).normalize() if total else Decimal(0)
 
 
-async def _drop(pg_server_url: str, url: str) -> None:
-    conn = await asyncpg.connect(plain_url(pg_server_url))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[BillingDb]:
-    url = await new_database("billing")
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=8)
-    try:
-        yield BillingDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        await _drop(pg_server_url, url)
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[BillingDb]:
+    async with BillingDb.open(await migrated_database("billing", MIGRATIONS), NOW, pool_size=8) as database:
+        yield database
 
 
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-    def again(self) -> FakeMsg:
-        return FakeMsg(self.data, dict(self.headers), self.subject, attempt=self.attempt + 1)
-
-
-def _msg(event: Message, subject: str) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        },
-        subject=subject,
-    )
-
-
-async def deliver(db: BillingDb, stream: int, *msgs: FakeMsg) -> None:
-    """One fetched batch of a stream (1 charging, 2 balance), applied as the service's consumer does."""
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscriptions()[stream],
-        uow_factory=db.uow,
-        inbox=inbox_table,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    await consumer.process(cast(list[Msg], list(msgs)))
+async def deliver(db: BillingDb, service: str, *msgs: FakeMsg) -> None:
+    """One fetched batch of a service's stream (charging or balance), applied as billing's consumer does."""
+    await process(consumer_for(subscriptions(), stream_name(service), db.uow, inbox_table), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 
@@ -226,7 +143,7 @@ async def charge(db: BillingDb, account_id: uuid.UUID, amount: str, at: datetime
         bill_cycle_id=str(cycle.bill_cycle_id),
     )
     event = charging_events.ChargesCreated(charges=[rated], currency_code="EUR")
-    await deliver(db, 1, _msg(event, "evolutivo.charging.v1.charges.created"))
+    await deliver(db, "charging", message("evolutivo.charging.v1.charges.created", event, NOW))
 
 
 async def close(db: BillingDb, at: datetime) -> None:
@@ -248,14 +165,14 @@ def payment(account_id: uuid.UUID, amount: str, payment_id: uuid.UUID | None = N
 
 
 def recorded(p: payment_pb2.Payment) -> FakeMsg:
-    return _msg(balance_events.PaymentRecorded(payment=p), "evolutivo.balance.v1.payment.recorded")
+    return message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=p), NOW)
 
 
 def reversed_(p: payment_pb2.Payment) -> FakeMsg:
     r = payment_pb2.Payment()
     r.CopyFrom(p)
     r.state = payment_pb2.PAYMENT_STATE_REVERSED
-    return _msg(balance_events.PaymentReversed(payment=r), "evolutivo.balance.v1.payment.reversed")
+    return message("evolutivo.balance.v1.payment.reversed", balance_events.PaymentReversed(payment=r), NOW)
 
 
 def states(found: list[Bill]) -> list[tuple[BillStatus, Decimal, Decimal]]:
@@ -277,7 +194,7 @@ async def test_a_full_payment_pays_the_bill(db: BillingDb) -> None:
     account_id = await open_unit(db)
     await charge(db, account_id, "10.00", madrid(2031, 5, 11))
     await close(db, FIRST_CLOSE)
-    await deliver(db, 2, recorded(payment(account_id, "12.10")))
+    await deliver(db, "balance", recorded(payment(account_id, "12.10")))
 
     (bill,) = await db.bills(account_id)
     assert (bill.status, bill.paid_amount, bill.open_amount) == (BillStatus.PAID, Decimal("12.10"), Decimal(0))
@@ -293,7 +210,7 @@ async def test_a_full_payment_pays_the_bill(db: BillingDb) -> None:
 
 async def test_payments_go_oldest_due_first_part_payments_leave_bills_partly_paid(db: BillingDb) -> None:
     account_id = await two_bills(db)
-    await deliver(db, 2, recorded(payment(account_id, "20.00")))  # 12.10 on bill 1, 7.90 on bill 2
+    await deliver(db, "balance", recorded(payment(account_id, "20.00")))  # 12.10 on bill 1, 7.90 on bill 2
 
     assert states(await db.bills(account_id)) == [
         (BillStatus.PAID, Decimal("12.10"), Decimal(0)),
@@ -312,7 +229,7 @@ async def test_an_overpayment_is_credit_applied_to_the_next_bill_when_issued(db:
     await charge(db, account_id, "10.00", madrid(2031, 5, 11))
     await close(db, FIRST_CLOSE)
     db.clock.instant = madrid(2031, 5, 16)
-    await deliver(db, 2, recorded(payment(account_id, "20.00")))
+    await deliver(db, "balance", recorded(payment(account_id, "20.00")))
     assert states(await db.bills(account_id)) == [(BillStatus.PAID, Decimal("12.10"), Decimal(0))]
     assert await db.credit(account_id) == Decimal("7.9")
 
@@ -322,7 +239,7 @@ async def test_an_overpayment_is_credit_applied_to_the_next_bill_when_issued(db:
     assert await db.credit(account_id) == 0
     assert await db.count(payment_allocations) == 2
 
-    await deliver(db, 2, recorded(payment(account_id, "30.00")))  # 16.30 pays bill 2, 13.70 is credit
+    await deliver(db, "balance", recorded(payment(account_id, "30.00")))  # 16.30 pays bill 2, 13.70 is credit
     await close(db, madrid(2031, 7, 15) + DELAY)  # bill 3 is zero: it owes nothing, the credit stays
     await charge(db, account_id, "5.00", madrid(2031, 7, 20))
     await close(db, madrid(2031, 8, 15) + DELAY)  # bill 4, 6.05, is paid from the credit
@@ -336,9 +253,9 @@ async def test_a_redelivered_payment_allocates_nothing_twice(db: BillingDb) -> N
     account_id = await two_bills(db)
     p = payment(account_id, "5.00")
     first = recorded(p)
-    await deliver(db, 2, first)
-    await deliver(db, 2, first.again())  # the same message: the inbox skips it
-    await deliver(db, 2, recorded(p))  # the same payment in another event: billing has it
+    await deliver(db, "balance", first)
+    await deliver(db, "balance", first.again())  # the same message: the inbox skips it
+    await deliver(db, "balance", recorded(p))  # the same payment in another event: billing has it
     assert states(await db.bills(account_id))[0] == (BillStatus.PARTIALLY_PAID, Decimal("5.00"), Decimal("7.10"))
     assert await db.count(payment_allocations) == 1
     assert len(await db.events(PAID, PARTIALLY_PAID)) == 1
@@ -349,7 +266,7 @@ async def test_a_reversal_reopens_what_the_payment_paid_and_drops_its_credit(db:
     db.clock.instant = madrid(2031, 6, 16)  # bill 1 is past due, bill 2 is not
     kept = payment(account_id, "6.00")
     undone = payment(account_id, "50.00")
-    await deliver(db, 2, recorded(kept), recorded(undone))
+    await deliver(db, "balance", recorded(kept), recorded(undone))
     assert states(await db.bills(account_id)) == [
         (BillStatus.PAID, Decimal("12.10"), Decimal(0)),
         (BillStatus.PAID, Decimal("24.20"), Decimal(0)),
@@ -357,8 +274,8 @@ async def test_a_reversal_reopens_what_the_payment_paid_and_drops_its_credit(db:
     assert await db.credit(account_id) == Decimal("19.7")
 
     reversal = reversed_(undone)
-    await deliver(db, 2, reversal)
-    await deliver(db, 2, reversal.again(), reversed_(undone))  # once only
+    await deliver(db, "balance", reversal)
+    await deliver(db, "balance", reversal.again(), reversed_(undone))  # once only
     assert states(await db.bills(account_id)) == [
         (BillStatus.OVERDUE, Decimal("6.00"), Decimal("6.10")),  # its due date has passed
         (BillStatus.ISSUED, Decimal(0), Decimal("24.20")),
@@ -370,8 +287,8 @@ async def test_a_reversal_reopens_what_the_payment_paid_and_drops_its_credit(db:
 
     # A reversal that overtakes its payment: the payment then allocates nothing.
     early = payment(account_id, "100.00")
-    await deliver(db, 2, reversed_(early))
-    await deliver(db, 2, recorded(early))
+    await deliver(db, "balance", reversed_(early))
+    await deliver(db, "balance", recorded(early))
     assert states(await db.bills(account_id))[1] == (BillStatus.ISSUED, Decimal(0), Decimal("24.20"))
     assert await db.credit(account_id) == 0
 
@@ -381,7 +298,7 @@ async def test_bills_past_due_are_marked_overdue_once(db: BillingDb) -> None:
     db.clock.instant = madrid(2031, 5, 20, 23, 59)  # bill 1's due date, in Madrid: not yet
     assert await db.closer().mark_overdue() == 0
     db.clock.instant = madrid(2031, 5, 21)
-    await deliver(db, 2, recorded(payment(account_id, "2.10")))
+    await deliver(db, "balance", recorded(payment(account_id, "2.10")))
     assert await db.closer().mark_overdue() == 1
     assert await db.closer().mark_overdue() == 0
     db.clock.instant = madrid(2031, 6, 21)  # bill 2 is past due too
@@ -395,7 +312,7 @@ async def test_bills_past_due_are_marked_overdue_once(db: BillingDb) -> None:
     assert [b.overdue for b in summary.open_bills] == [True, True]
     assert from_money(summary.overdue_total) == Decimal("34.20")  # 10.00 + 24.20
 
-    await deliver(db, 2, recorded(payment(account_id, "10.00")))  # a paid overdue bill is PAID
+    await deliver(db, "balance", recorded(payment(account_id, "10.00")))  # a paid overdue bill is PAID
     assert [b.status for b in await db.bills(account_id)] == [BillStatus.PAID, BillStatus.OVERDUE]
     assert await db.closer().mark_overdue() == 0
     assert len(await db.events(OVERDUE)) == 2
@@ -403,46 +320,31 @@ async def test_bills_past_due_are_marked_overdue_once(db: BillingDb) -> None:
 
 async def test_a_payment_for_an_unknown_account_is_retried(db: BillingDb) -> None:
     msg = recorded(payment(uuid.uuid4(), "1.00"))
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]
-        subscription=subscriptions()[2],
-        uow_factory=db.uow,
-        inbox=inbox_table,
-        dead_letters=None,  # type: ignore[arg-type]
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    await consumer.process(cast(list[Msg], [msg]))
+    await process(consumer_for(subscriptions(), stream_name("balance"), db.uow, inbox_table), msg)
     assert msg.naked and not msg.acked
     assert await db.count(payments) == 0
 
 
-async def test_migration_0005_goes_back_and_forth(
-    new_database: Callable[[str], Awaitable[str]], pg_server_url: str
-) -> None:
-    url = await new_database("billing")
+async def test_migration_0005_goes_back_and_forth(empty_database: EmptyDatabase) -> None:
+    url = await empty_database("billing")
     config = alembic_config(MIGRATIONS, url)
+    await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.downgrade, config, "0004")
+    conn = await asyncpg.connect(plain_url(url))
     try:
-        await asyncio.to_thread(command.upgrade, config, "head")
-        await asyncio.to_thread(command.downgrade, config, "0004")
-        conn = await asyncpg.connect(plain_url(url))
-        try:
-            for table in ("payments", "payment_allocations"):
-                assert await conn.fetchval(f"select to_regclass('{table}')") is None
-            assert (
-                await conn.fetchval(
-                    "select count(*) from information_schema.columns"
-                    " where table_name = 'bills' and column_name = 'paid_amount'"
-                )
-                == 0
+        for table in ("payments", "payment_allocations"):
+            assert await conn.fetchval(f"select to_regclass('{table}')") is None
+        assert (
+            await conn.fetchval(
+                "select count(*) from information_schema.columns"
+                " where table_name = 'bills' and column_name = 'paid_amount'"
             )
-            await asyncio.to_thread(command.upgrade, config, "head")
-            assert await conn.fetchval("select count(*) from payment_allocations") == 0
-        finally:
-            await conn.close()
+            == 0
+        )
+        await asyncio.to_thread(command.upgrade, config, "head")
+        assert await conn.fetchval("select count(*) from payment_allocations") == 0
     finally:
-        await _drop(pg_server_url, url)
+        await conn.close()
 
 
 async def test_a_fresh_database_has_the_payment_tables(db: BillingDb) -> None:

@@ -6,14 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
 
-import asyncpg
 import pytest
 from alembic import command
 from evolutivo.customer.v1 import account_pb2
@@ -28,35 +24,21 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.consumers import subscriptions
 from evolutivo_charging.service_layer import handlers
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
-from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import EventConsumer
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
 from evolutivo_runtime.timestamps import to_timestamp
-from google.protobuf.message import Message
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer_messages import created_message, status_changed_message
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 CREATED_AT = NOW - timedelta(days=1)
 
 
-@dataclass
-class ChargingDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class ChargingDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
     async def account(self, account_id: uuid.UUID) -> ChargingAccount:
         async with self.uow() as uow:
@@ -66,62 +48,9 @@ class ChargingDb:
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[ChargingDb]:
-    url = await new_database("charging")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=10)
-    try:
-        yield ChargingDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-
-def message(subject: str, event: Message, occurred_at: datetime) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: occurred_at.isoformat(),
-        },
-        subject=subject,
-    )
-
-
-def redelivered(msg: FakeMsg) -> FakeMsg:
-    return FakeMsg(msg.data, dict(msg.headers), msg.subject, attempt=msg.attempt + 1)
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[ChargingDb]:
+    async with ChargingDb.open(await migrated_database("charging", MIGRATIONS), NOW, pool_size=10) as database:
+        yield database
 
 
 def customer_account(
@@ -145,11 +74,7 @@ def customer_account(
 
 
 def created(account_id: uuid.UUID) -> FakeMsg:
-    return message(
-        "evolutivo.customer.v1.account.created",
-        customer_events.AccountCreated(account=customer_account(account_id, CREATED_AT)),
-        CREATED_AT,
-    )
+    return created_message(customer_account(account_id, CREATED_AT), CREATED_AT)
 
 
 def updated(
@@ -177,32 +102,16 @@ def status_changed(account_id: uuid.UUID, at: datetime, currency: str, zone: str
         change_time=to_timestamp(at),
     )
     account.last_status_change.CopyFrom(change)
-    return message(
-        "evolutivo.customer.v1.account.status_changed",
-        customer_events.AccountStatusChanged(
-            account=account, previous_status=account_pb2.ACCOUNT_STATUS_ACTIVE, change=change
-        ),
-        at,
-    )
+    return status_changed_message(account, change, at)
 
 
 def consumer(db: ChargingDb) -> EventConsumer[ChargingUnitOfWork]:
-    subscription, _ = subscriptions()  # customer's stream
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    return consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox)
 
 
 async def deliver(db: ChargingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    await consumer(db).process(cast(list[Msg], list(msgs)))
+    await process(consumer(db), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 
@@ -253,7 +162,7 @@ async def test_a_redelivered_update_is_a_no_op(db: ChargingDb) -> None:
     await deliver(db, created(account_id), to_usd, to_gbp)
     db.clock.advance(timedelta(minutes=5))
     # The inbox skips a redelivery, even of the older update...
-    await deliver(db, redelivered(to_usd), redelivered(to_gbp))
+    await deliver(db, to_usd.again(), to_gbp.again())
     account = await db.account(account_id)
     assert details(account) == ("GBP", "Europe/London", NOW + timedelta(minutes=2))
     assert account.update_time == NOW, "untouched"
@@ -339,7 +248,7 @@ async def test_a_broken_update_is_retried(db: ChargingDb) -> None:
     account_id = uuid.uuid4()
     await deliver(db, created(account_id))
     broken = updated(account_id, NOW, "usd", "UTC")
-    await consumer(db).process(cast(list[Msg], [broken]))
+    await process(consumer(db), broken)
     assert broken.naked and not broken.acked
     assert details(await db.account(account_id)) == ("EUR", "Europe/Madrid", CREATED_AT)
     assert await db.count(inbox) == 1

@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import pytest
 from evolutivo.charging.v1 import charging_account_pb2
 from evolutivo.charging.v1 import charging_service_pb2 as pb
 from evolutivo.customer.v1 import account_pb2
-from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.orm import charging_accounts, inbox, outbox
 from evolutivo_charging.domain.model import ChargingAccount, ChargingAccountStatus
@@ -24,34 +20,20 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.consumers import subscriptions
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
-from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import upgrade_to_head
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import to_timestamp
-from google.protobuf.message import Message
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer_messages import created_message, status_changed_message
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, process
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 NO_CONTEXT: Any = None
 
 
-@dataclass
-class ChargingDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class ChargingDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
     async def account(self, account_id: uuid.UUID) -> ChargingAccount:
         async with self.uow() as uow:
@@ -61,58 +43,9 @@ class ChargingDb:
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[ChargingDb]:
-    url = await new_database("charging")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=10)
-    try:
-        yield ChargingDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
-
-
-def message(subject: str, event: Message, occurred_at: datetime = NOW) -> FakeMsg:
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: occurred_at.isoformat(),
-        },
-        subject=subject,
-    )
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[ChargingDb]:
+    async with ChargingDb.open(await migrated_database("charging", MIGRATIONS), NOW, pool_size=10) as database:
+        yield database
 
 
 def customer_account(account_id: uuid.UUID, status: int = account_pb2.ACCOUNT_STATUS_ACTIVE) -> account_pb2.Account:
@@ -129,10 +62,7 @@ def customer_account(account_id: uuid.UUID, status: int = account_pb2.ACCOUNT_ST
 
 
 def created(account_id: uuid.UUID) -> FakeMsg:
-    return message(
-        "evolutivo.customer.v1.account.created",
-        customer_events.AccountCreated(account=customer_account(account_id)),
-    )
+    return created_message(customer_account(account_id), NOW)
 
 
 def status_changed(account_id: uuid.UUID, status: int, change_time: datetime | None) -> FakeMsg:
@@ -144,32 +74,16 @@ def status_changed(account_id: uuid.UUID, status: int, change_time: datetime | N
         change_time=to_timestamp(change_time),
     )
     account.last_status_change.CopyFrom(change)
-    return message(
-        "evolutivo.customer.v1.account.status_changed",
-        customer_events.AccountStatusChanged(
-            account=account, previous_status=account_pb2.ACCOUNT_STATUS_ACTIVE, change=change
-        ),
-        occurred_at=(change_time or NOW) + timedelta(milliseconds=5),
-    )
+    return status_changed_message(account, change, (change_time or NOW) + timedelta(milliseconds=5))
 
 
 def consumer(db: ChargingDb) -> EventConsumer[ChargingUnitOfWork]:
-    subscription, _ = subscriptions()  # customer's stream
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    return consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox)
 
 
 async def deliver(db: ChargingDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    await consumer(db).process(cast(list[Msg], list(msgs)))
+    await process(consumer(db), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 
@@ -200,7 +114,7 @@ async def test_an_older_status_event_applied_later_changes_nothing(db: ChargingD
     account = await db.account(account_id)
     assert (account.status, account.status_change_time) == (ChargingAccountStatus.ACTIVE, NOW + timedelta(minutes=2))
     # A redelivery is skipped by the inbox; a newer change still applies.
-    await deliver(db, FakeMsg(suspended.data, dict(suspended.headers), suspended.subject, attempt=2))
+    await deliver(db, suspended.again())
     await deliver(db, status_changed(account_id, account_pb2.ACCOUNT_STATUS_CLOSED, NOW + timedelta(minutes=3)))
     assert (await db.account(account_id)).status is ChargingAccountStatus.CLOSED
     assert await db.count(inbox) == 4
@@ -211,7 +125,7 @@ async def test_concurrent_status_events_keep_the_newest(db: ChargingDb) -> None:
     statuses = [account_pb2.ACCOUNT_STATUS_SUSPENDED, account_pb2.ACCOUNT_STATUS_ACTIVE] * 4
     msgs = [status_changed(account_id, s, NOW + timedelta(seconds=i + 1)) for i, s in enumerate(statuses)]
     # Replicas applying an account's events at once, before its AccountCreated: each in its own transaction.
-    await asyncio.gather(*(consumer(db).process(cast(list[Msg], [m])) for m in reversed(msgs)))
+    await asyncio.gather(*(process(consumer(db), m) for m in reversed(msgs)))
     assert all(m.acked for m in msgs)
     await deliver(db, created(account_id))
     assert await db.count(charging_accounts) == 1
@@ -244,7 +158,7 @@ async def test_a_status_event_without_a_change_time_is_ordered_by_when_it_occurr
 
 async def test_a_broken_status_event_is_retried(db: ChargingDb) -> None:
     broken = status_changed(uuid.uuid4(), account_pb2.ACCOUNT_STATUS_UNSPECIFIED, NOW)
-    await consumer(db).process(cast(list[Msg], [broken]))
+    await process(consumer(db), broken)
     assert broken.naked and not broken.acked
     assert await db.count(charging_accounts) == 0
     assert await db.count(inbox) == 0

@@ -8,12 +8,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from alembic import command
@@ -26,62 +24,36 @@ from evolutivo_charging.adapters.orm import charge_offers, outbox, request_log
 from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from support.databases import MigratedDatabase, ServiceDb
+from support.rpc import bad_request_fields, serving
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 T2 = NOW + timedelta(days=30)
 NO_CONTEXT: Any = None
 
 
-@dataclass
-class CatalogDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class CatalogDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
     def servicer(self) -> ChargingServicer:
         return ChargingServicer(self.uow)
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
     async def published(self) -> list[tuple[str, bytes]]:
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(select(outbox.c.subject, outbox.c.payload).order_by(outbox.c.seq))).all()
+        rows = await self.rows(select(outbox.c.subject, outbox.c.payload).order_by(outbox.c.seq))
         return [(r.subject, r.payload) for r in rows]
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[CatalogDb]:
-    url = await new_database("charging_catalog")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=10)
-    try:
-        yield CatalogDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[CatalogDb]:
+    async with CatalogDb.open(await migrated_database("charging_catalog", MIGRATIONS), NOW, pool_size=10) as database:
+        yield database
 
 
 API_CALLS = c.Charge(
@@ -508,48 +480,31 @@ async def test_versions_created_after_a_page_appear_on_a_later_page(db: CatalogD
 # Over real gRPC, through the runtime's interceptor.
 
 
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
 async def test_grpc_status_codes(db: CatalogDb) -> None:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("charging.evolutivo.io")])
-    pb_grpc.add_ChargingServiceServicer_to_server(db.servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.ChargingServiceStub(channel)
-            bad = new_offer(charges=[c.Charge(code="x", event_type="e", per_unit=c.PerUnitPrice(unit_price="NaN"))])
-            with pytest.raises(grpc.aio.AioRpcError) as invalid:
-                await stub.CreateChargeOffer(pb.CreateChargeOfferRequest(charge_offer=bad))
-            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert bad_request_fields(invalid.value) == ["charge_offer.charges[0].per_unit.unit_price"]
+    async with serving(
+        pb_grpc.add_ChargingServiceServicer_to_server, db.servicer(), ServiceInterceptor("charging.evolutivo.io")
+    ) as channel:
+        stub = pb_grpc.ChargingServiceStub(channel)
+        bad = new_offer(charges=[c.Charge(code="x", event_type="e", per_unit=c.PerUnitPrice(unit_price="NaN"))])
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.CreateChargeOffer(pb.CreateChargeOfferRequest(charge_offer=bad))
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(invalid.value) == ["charge_offer.charges[0].per_unit.unit_price"]
 
-            created = (await stub.CreateChargeOffer(pb.CreateChargeOfferRequest(charge_offer=new_offer()))).charge_offer
-            await stub.ActivateChargeOffer(pb.ActivateChargeOfferRequest(charge_offer_id=created.charge_offer_id))
-            with pytest.raises(grpc.aio.AioRpcError) as immutable:
-                await stub.UpdateChargeOffer(
-                    pb.UpdateChargeOfferRequest(
-                        charge_offer=c.ChargeOffer(charge_offer_id=created.charge_offer_id, name="x"),
-                        update_mask=FieldMask(paths=["name"]),
-                    )
+        created = (await stub.CreateChargeOffer(pb.CreateChargeOfferRequest(charge_offer=new_offer()))).charge_offer
+        await stub.ActivateChargeOffer(pb.ActivateChargeOfferRequest(charge_offer_id=created.charge_offer_id))
+        with pytest.raises(grpc.aio.AioRpcError) as immutable:
+            await stub.UpdateChargeOffer(
+                pb.UpdateChargeOfferRequest(
+                    charge_offer=c.ChargeOffer(charge_offer_id=created.charge_offer_id, name="x"),
+                    update_mask=FieldMask(paths=["name"]),
                 )
-            assert immutable.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "only a draft changes" in (immutable.value.details() or "")
+            )
+        assert immutable.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "only a draft changes" in (immutable.value.details() or "")
 
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.GetChargeOffer(
-                    pb.GetChargeOfferRequest(code="api_pro", at_time=to_timestamp(NOW - timedelta(days=1)))
-                )
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await server.stop(None)
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetChargeOffer(
+                pb.GetChargeOfferRequest(code="api_pro", at_time=to_timestamp(NOW - timedelta(days=1)))
+            )
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

@@ -9,14 +9,11 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
-import asyncpg
 import pytest
 from evolutivo.billing.v1 import bill_cycle_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
@@ -32,19 +29,14 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.fee_loop import FeeLoop
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
 from evolutivo_runtime.messaging.envelope import EventMeta
-from evolutivo_runtime.migrations import upgrade_to_head
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 from google.protobuf.message import Message
-from nats.aio.msg import Msg
 from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import consumer_for, handle, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
@@ -71,13 +63,7 @@ SETUP = c.Charge(code="setup", name="Set-up", one_time=c.OneTimeFee(amount="50")
 CALLS = c.Charge(code="calls", name="Calls", event_type="api.call", flat=c.FlatPrice(amount="0.10"))
 
 
-@dataclass
-class FeesDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class FeesDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
@@ -87,45 +73,25 @@ class FeesDb:
     def fee_loop(self, batch_size: int = 100) -> FeeLoop:
         return FeeLoop(self.uow, check_seconds=0.1, batch_size=batch_size)
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
     async def published(self) -> list[events_pb2.ChargesCreated]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(outbox.c.payload)
-                    .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
-                    .order_by(outbox.c.seq)
-                )
-            ).all()
+        rows = await self.rows(
+            select(outbox.c.payload)
+            .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
+            .order_by(outbox.c.seq)
+        )
         return [events_pb2.ChargesCreated.FromString(row.payload) for row in rows]
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[FeesDb]:
-    url = await new_database("charging_fees")
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=12)
-    try:
-        yield FeesDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[FeesDb]:
+    async with FeesDb.open(await migrated_database("charging_fees", MIGRATIONS), NOW, pool_size=12) as database:
+        yield database
 
 
 async def apply(
     db: FeesDb, handler: Callable[[ChargingUnitOfWork, Any, EventMeta], Awaitable[None]], event: Message
 ) -> None:
-    meta = EventMeta(uuid.uuid4(), event.DESCRIPTOR.full_name, "test", db.clock.now(), 1)
-    async with db.uow() as uow:
-        await handler(uow, event, meta)
-        await uow.commit()
+    await handle(db.uow, handler, event, db.clock.now())
 
 
 async def new_offer(db: FeesDb, charges_: Sequence[c.Charge], code: str = "hosting") -> None:
@@ -300,19 +266,10 @@ async def test_a_redelivered_cycle_event_charges_nothing_twice(db: FeesDb) -> No
     await cycle_opened(db, june)
     await cycle_opened(db, may)
     # And the same event twice through the consumer: the inbox skips the second.
-    _, billing = consumers.subscriptions()
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=billing,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    msg = fake_msg(consumers.BILL_CYCLE_CLOSED, closed(may, june))
-    await consumer.process(cast(list[Msg], [msg, msg]))
+    consumer = consumer_for(consumers.subscriptions(), stream_name("billing"), db.uow, inbox)
+    msg = message(consumers.BILL_CYCLE_CLOSED, closed(may, june), NOW)
+    await process(consumer, msg, msg)
+    assert not msg.naked, "the event applies"
     assert msg.acked
     assert await all_charges(db, account_id) == charged
     assert len(await db.published()) == messages
@@ -472,27 +429,3 @@ async def test_the_fee_loop_runs_until_stopped(db: FeesDb) -> None:
     finally:
         stop.set()
         await asyncio.wait_for(task, 5)
-
-
-def fake_msg(subject: str, event: Message) -> Any:
-    event_id = str(uuid.uuid4())
-
-    class FakeMsg:
-        data = event.SerializeToString()
-        headers = {
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        }
-        metadata = SimpleNamespace(num_delivered=1, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1))
-        acked = False
-
-        async def ack(self) -> None:
-            self.acked = True
-
-        async def nak(self, delay: float | None = None) -> None:
-            raise AssertionError("the event applies")
-
-    FakeMsg.subject = subject  # type: ignore[attr-defined]
-    return FakeMsg()

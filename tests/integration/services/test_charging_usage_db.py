@@ -11,10 +11,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from alembic import command
@@ -45,25 +43,21 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer import usage as usage_service
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
 from evolutivo_runtime.messaging.envelope import EventMeta
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import consumer_for, handle, message, process
+from support.rpc import bad_request_fields, serving, violated_fields
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 APRIL_START = datetime(2031, 4, 1, tzinfo=UTC)
@@ -92,51 +86,27 @@ API_CALLS = c.Charge(code="api_calls", name="API calls", event_type="api.call", 
 SMS = c.Charge(code="sms", name="SMS", event_type="sms.sent", flat=c.FlatPrice(amount="0.07"))
 
 
-@dataclass
-class UsageDb:
-    url: str
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class UsageDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
     def servicer(self) -> ChargingServicer:
         return ChargingServicer(self.uow)
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
     async def published(self) -> list[events_pb2.ChargesCreated]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(outbox.c.event_type, outbox.c.payload)
-                    .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
-                    .order_by(outbox.c.seq)
-                )
-            ).all()
+        rows = await self.rows(
+            select(outbox.c.event_type, outbox.c.payload)
+            .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
+            .order_by(outbox.c.seq)
+        )
         assert all(row.event_type == "evolutivo.charging.v1.ChargesCreated" for row in rows)
         return [events_pb2.ChargesCreated.FromString(row.payload) for row in rows]
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[UsageDb]:
-    url = await new_database("charging_usage")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=12)
-    try:
-        yield UsageDb(url, engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[UsageDb]:
+    async with UsageDb.open(await migrated_database("charging_usage", MIGRATIONS), NOW, pool_size=12) as database:
+        yield database
 
 
 # Other services' events, applied by calling charging's consumer handlers with a unit of work.
@@ -148,10 +118,7 @@ async def apply(
     event: Message,
     occurred_at: datetime = NOW,
 ) -> None:
-    meta = EventMeta(uuid.uuid4(), event.DESCRIPTOR.full_name, "test", occurred_at, 1)
-    async with db.uow() as uow:
-        await handler(uow, event, meta)
-        await uow.commit()
+    await handle(db.uow, handler, event, occurred_at)
 
 
 def customer_account(
@@ -350,16 +317,6 @@ def total(charges_: Sequence[usage_pb2.RatedCharge]) -> Decimal:
 
 def price_of(model: Any, units: Decimal) -> Decimal:
     return round_money(cumulative_cost(model, units)[0], 2)
-
-
-def error_fields(status: status_pb2.Status) -> list[str]:
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
 
 
 def error_reason(status: status_pb2.Status) -> str:
@@ -754,11 +711,11 @@ async def test_a_bad_event_in_a_batch_is_refused_alone(db: UsageDb) -> None:
         usage_pb2.USAGE_STATUS_UNSPECIFIED,
         usage_pb2.USAGE_STATUS_RATED,
     ]
-    assert (results[3].error.code, error_fields(results[3].error)) == (
+    assert (results[3].error.code, violated_fields(results[3].error)) == (
         code_pb2.INVALID_ARGUMENT,
         ["events[3].quantity"],
     )
-    assert error_fields(results[1].error) == ["events[1].event_type"]
+    assert violated_fields(results[1].error) == ["events[1].event_type"]
     assert await db.count(usage_events) == 3
 
 
@@ -791,7 +748,7 @@ async def test_a_stream_rates_each_slice_and_answers_at_the_end(db: UsageDb) -> 
     response = await db.servicer().StreamUsage(requests(), NO_CONTEXT)
     assert [r.event_id for r in response.results] == ["s-0", "s-1", "s-2", "s-3"]
     # Named by its index in the whole stream.
-    assert error_fields(response.results[2].error) == ["events[2].quantity"]
+    assert violated_fields(response.results[2].error) == ["events[2].quantity"]
     assert total(await all_charges(db, customer.account_id)) == price_of(GRADUATED, Decimal(1800))
     assert len(await db.published()) == 2  # one per slice that made charges
 
@@ -839,41 +796,12 @@ async def test_a_closed_cycle_stays_closed(db: UsageDb) -> None:
 
 
 async def test_the_billing_subscription_applies_cycles_through_the_consumer(db: UsageDb) -> None:
-    _, subscription = consumers.subscriptions()
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    consumer = consumer_for(consumers.subscriptions(), stream_name("billing"), db.uow, inbox)
     account_id = uuid.uuid4()
     opened = billing_events.BillCycleOpened(bill_cycle=a_cycle(account_id, MAY_START, JUNE_START))
-    event_id = str(uuid.uuid4())
-
-    class FakeMsg:
-        subject = consumers.BILL_CYCLE_OPENED
-        data = opened.SerializeToString()
-        headers = {
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: opened.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        }
-        metadata = SimpleNamespace(num_delivered=1, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1))
-        acked = False
-
-        async def ack(self) -> None:
-            self.acked = True
-
-        async def nak(self, delay: float | None = None) -> None:
-            raise AssertionError("the event applies")
-
-    msg = FakeMsg()
-    await consumer.process(cast(list[Msg], [msg, msg]))
+    msg = message(consumers.BILL_CYCLE_OPENED, opened, NOW)
+    await process(consumer, msg, msg)
+    assert not msg.naked, "the event applies"
     assert msg.acked
     assert await db.count(bill_cycles) == 1
 
@@ -884,41 +812,35 @@ async def test_the_billing_subscription_applies_cycles_through_the_consumer(db: 
 async def test_grpc_status_codes_and_the_stream(db: UsageDb) -> None:
     await new_offer(db)
     customer = await new_customer(db)
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("charging.evolutivo.io")])
-    pb_grpc.add_ChargingServiceServicer_to_server(db.servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.ChargingServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as invalid:
-                await stub.RecordUsage(pb.RecordUsageRequest(event=usage(customer.account_id, "-1")))
-            assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            status = rpc_status.from_call(invalid.value)  # type: ignore[arg-type]
-            assert status is not None and error_fields(status) == ["event.quantity"]
+    async with serving(
+        pb_grpc.add_ChargingServiceServicer_to_server, db.servicer(), ServiceInterceptor("charging.evolutivo.io")
+    ) as channel:
+        stub = pb_grpc.ChargingServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as invalid:
+            await stub.RecordUsage(pb.RecordUsageRequest(event=usage(customer.account_id, "-1")))
+        assert invalid.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert bad_request_fields(invalid.value) == ["event.quantity"]
 
-            event = usage(customer.account_id, "5", event_id="g-1")
+        event = usage(customer.account_id, "5", event_id="g-1")
+        await stub.RecordUsage(pb.RecordUsageRequest(event=event))
+        event.quantity = "6"
+        with pytest.raises(grpc.aio.AioRpcError) as conflict:
             await stub.RecordUsage(pb.RecordUsageRequest(event=event))
-            event.quantity = "6"
-            with pytest.raises(grpc.aio.AioRpcError) as conflict:
-                await stub.RecordUsage(pb.RecordUsageRequest(event=event))
-            assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert conflict.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
-            async def requests() -> AsyncIterator[pb.StreamUsageRequest]:
-                for i in range(3):
-                    yield pb.StreamUsageRequest(events=[usage(customer.account_id, "400") for _ in range(2)])
-                    await asyncio.sleep(0)
-                    assert i < 3
+        async def requests() -> AsyncIterator[pb.StreamUsageRequest]:
+            for i in range(3):
+                yield pb.StreamUsageRequest(events=[usage(customer.account_id, "400") for _ in range(2)])
+                await asyncio.sleep(0)
+                assert i < 3
 
-            streamed = await stub.StreamUsage(requests())
-            assert [r.status for r in streamed.results] == [usage_pb2.USAGE_STATUS_RATED] * 6
+        streamed = await stub.StreamUsage(requests())
+        assert [r.status for r in streamed.results] == [usage_pb2.USAGE_STATUS_RATED] * 6
 
-            await status_changed(db, customer.account_id, account_pb2.ACCOUNT_STATUS_SUSPENDED, NOW)
-            with pytest.raises(grpc.aio.AioRpcError) as suspended:
-                await stub.RecordUsage(pb.RecordUsageRequest(event=usage(customer.account_id)))
-            assert suspended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    finally:
-        await server.stop(None)
+        await status_changed(db, customer.account_id, account_pb2.ACCOUNT_STATUS_SUSPENDED, NOW)
+        with pytest.raises(grpc.aio.AioRpcError) as suspended:
+            await stub.RecordUsage(pb.RecordUsageRequest(event=usage(customer.account_id)))
+        assert suspended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert total(await all_charges(db, customer.account_id)) == price_of(GRADUATED, Decimal(2405))
 
 

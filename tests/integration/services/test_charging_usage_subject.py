@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-import asyncpg
 import nats
 import pytest
 from evolutivo.billing.v1 import bill_cycle_pb2
@@ -30,20 +29,17 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.entrypoints.usage_subject import UsageSubscriber
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import declare_dlq_stream
-from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import handle
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 MAY_START = datetime(2031, 5, 1, tzinfo=UTC)
@@ -52,32 +48,24 @@ AT = NOW - timedelta(hours=1)
 NO_CONTEXT: Any = None
 
 
-@dataclass
-class Setup:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-    js: JetStreamContext
-    subscriber: UsageSubscriber
-    dead_letters: DeadLetterQueue
-
+class ChargingDb(ServiceDb):
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
     async def published(self) -> list[events_pb2.ChargesCreated]:
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(outbox.c.payload)
-                    .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
-                    .order_by(outbox.c.seq)
-                )
-            ).all()
+        rows = await self.rows(
+            select(outbox.c.payload)
+            .where(outbox.c.subject == "evolutivo.charging.v1.charges.created")
+            .order_by(outbox.c.seq)
+        )
         return [events_pb2.ChargesCreated.FromString(row.payload) for row in rows]
+
+
+@dataclass
+class Setup(ChargingDb):
+    js: JetStreamContext
+    subscriber: UsageSubscriber
+    dead_letters: DeadLetterQueue
 
     async def publish(self, event: usage_pb2.UsageEvent | bytes, msg_id: str | None = None) -> None:
         """As a platform publishes: the protobuf payload, Nats-Msg-Id = the event id."""
@@ -101,45 +89,34 @@ async def nc(nats_url: str) -> AsyncIterator[NatsClient]:
 
 
 @pytest.fixture
-async def setup(
-    new_database: Callable[[str], Awaitable[str]], pg_server_url: str, nc: NatsClient
-) -> AsyncIterator[Setup]:
-    url = await new_database("charging_usage_subject")
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    js = nc.jetstream(timeout=5)
-    await declare_dlq_stream(js, replicas=1, duplicate_window=120.0)
-    clock = FixedClock(NOW)
-    dead_letters = DeadLetterQueue(js, "charging", clock)
-    sessions = session_factory(engine)
-
-    def uow() -> ChargingUnitOfWork:
-        return ChargingUnitOfWork(sessions, outbox, clock, events.encode, request_log)
-
-    # A stream and durable of this test's own (the service uses EVOLUTIVO_USAGE, charging-usage).
-    source = f"usaget{uuid.uuid4().hex[:10]}"
-    subscriber = UsageSubscriber(
-        js, uow, dead_letters, batch_size=50, max_deliver=3, ack_wait=30, source=source, durable=f"charging-{source}"
-    )
-    await subscriber.setup()
-    try:
-        yield Setup(engine, sessions, clock, js, subscriber, dead_letters)
-    finally:
-        await js.delete_stream(subscriber.stream)
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
+async def setup(migrated_database: MigratedDatabase, nc: NatsClient) -> AsyncIterator[Setup]:
+    async with ChargingDb.open(await migrated_database("charging_usage_subject", MIGRATIONS), NOW) as db:
+        js = nc.jetstream(timeout=5)
+        await declare_dlq_stream(js, replicas=1, duplicate_window=120.0)
+        dead_letters = DeadLetterQueue(js, "charging", db.clock)
+        # A stream and durable of this test's own (the service uses EVOLUTIVO_USAGE, charging-usage).
+        source = f"usaget{uuid.uuid4().hex[:10]}"
+        subscriber = UsageSubscriber(
+            js,
+            db.uow,
+            dead_letters,
+            batch_size=50,
+            max_deliver=3,
+            ack_wait=30,
+            source=source,
+            durable=f"charging-{source}",
+        )
+        await subscriber.setup()
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
+            yield Setup(db.url, db.engine, db.sessions, db.clock, js, subscriber, dead_letters)
         finally:
-            await conn.close()
+            await js.delete_stream(subscriber.stream)
 
 
 async def apply(
     s: Setup, handler: Callable[[ChargingUnitOfWork, Any, EventMeta], Awaitable[None]], event: Message
 ) -> None:
-    async with s.uow() as uow:
-        await handler(uow, event, EventMeta(uuid.uuid4(), event.DESCRIPTOR.full_name, "test", NOW, 1))
-        await uow.commit()
+    await handle(s.uow, handler, event, NOW)
 
 
 async def customer(s: Setup, status: int = account_pb2.ACCOUNT_STATUS_ACTIVE) -> uuid.UUID:

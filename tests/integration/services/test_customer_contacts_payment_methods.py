@@ -7,41 +7,33 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import evolutivo_customer
 import grpc
 import pytest
 from evolutivo.customer.v1 import account_pb2, contact_pb2, events_pb2, payment_method_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from evolutivo_customer.adapters import contact_events, events, payment_method_events
+from evolutivo_customer.adapters import contact_events, payment_method_events
 from evolutivo_customer.adapters.orm import contacts, outbox, payment_methods, request_log
 from evolutivo_customer.domain.contacts import ContactRole
 from evolutivo_customer.entrypoints.grpc_accounts import AccountsApi
 from evolutivo_customer.entrypoints.grpc_contacts import ContactsApi
 from evolutivo_customer.entrypoints.grpc_payment_methods import PaymentMethodsApi
 from evolutivo_customer.service_layer.contacts import contacts_for
-from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
 from google.protobuf import field_mask_pb2
-from google.rpc import error_details_pb2
 from google.type import date_pb2, postal_address_pb2
-from grpc_status import rpc_status
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from support.customer import CustomerServiceDb, MixinState
+from support.databases import MigratedDatabase
+from support.rpc import bad_request_fields, serving
 
 MIGRATIONS = Path(evolutivo_customer.__file__).resolve().parent / "migrations"
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
@@ -54,41 +46,18 @@ RACING_REQUEST_ID = "7d0e8a51-0000-4000-8000-000000000001"
 assert contact_events and payment_method_events  # their encoders, as the service's app imports them
 
 
-class NothingOwed:
-    async def amount_owed(self, account_id: uuid.UUID) -> Decimal:
-        return Decimal(0)
-
-
-class Servicer(AccountsApi, ContactsApi, PaymentMethodsApi):
-    def __init__(self, uow: Callable[[], CustomerUnitOfWork]) -> None:
-        self._uow = uow
-        self._balance = NothingOwed()
+class Servicer(AccountsApi, ContactsApi, PaymentMethodsApi, MixinState):
+    """The mixins under test."""
 
 
 class GrpcServicer(Servicer, pb_grpc.CustomerServiceServicer):
     """The mixins under test on a real server; the RPCs of others answer UNIMPLEMENTED."""
 
 
-@dataclass
-class CustomerDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
-    def uow(self) -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
-
+class CustomerDb(CustomerServiceDb):
     @property
     def api(self) -> Servicer:
         return Servicer(self.uow)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
-    async def rows(self, query: Any) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
 
     async def published(self, subject_suffix: str = "") -> list[Any]:
         rows = await self.rows(select(outbox).order_by(outbox.c.seq))
@@ -99,20 +68,9 @@ class CustomerDb:
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[CustomerDb]:
-    url = await new_database("customer")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=10)
-    try:
-        yield CustomerDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[CustomerDb]:
+    async with CustomerDb.open(await migrated_database("customer", MIGRATIONS), NOW, pool_size=10) as database:
+        yield database
 
 
 async def new_account(db: CustomerDb, country_code: str = "ES") -> str:
@@ -573,27 +531,13 @@ async def test_a_closed_accounts_payment_methods_cannot_change(db: CustomerDb) -
 @pytest.fixture
 async def stub(db: CustomerDb) -> AsyncIterator[pb_grpc.CustomerServiceAsyncStub]:
     domain = "customer.evolutivo.io"
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(domain), SensitiveDataInterceptor(domain)])
-    pb_grpc.add_CustomerServiceServicer_to_server(GrpcServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            yield pb_grpc.CustomerServiceStub(channel)
-    finally:
-        await server.stop(None)
-
-
-def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    assert status is not None
-    fields = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            fields += [v.field for v in bad.field_violations]
-    return fields
+    async with serving(
+        pb_grpc.add_CustomerServiceServicer_to_server,
+        GrpcServicer(db.uow),
+        ServiceInterceptor(domain),
+        SensitiveDataInterceptor(domain),
+    ) as channel:
+        yield pb_grpc.CustomerServiceStub(channel)
 
 
 async def test_card_data_never_reaches_the_service(db: CustomerDb, stub: pb_grpc.CustomerServiceAsyncStub) -> None:

@@ -7,125 +7,58 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import evolutivo_customer
 import pytest
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
-from evolutivo_customer.adapters import events
-from evolutivo_customer.adapters.orm import accounts, inbox, outbox, request_log
+from evolutivo_customer.adapters.orm import accounts, inbox, outbox
 from evolutivo_customer.entrypoints.consumers import subscriptions
 from evolutivo_customer.entrypoints.grpc_accounts import AccountsApi
 from evolutivo_customer.service_layer import accounts as accounts_service
-from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import FailedPrecondition
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import upgrade_to_head
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from google.protobuf import field_mask_pb2
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import select
+from support.customer import CustomerServiceDb, MixinState
+from support.databases import MigratedDatabase
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 MIGRATIONS = Path(evolutivo_customer.__file__).resolve().parent / "migrations"
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 NO_CONTEXT: Any = None
 
 
-class NothingOwed:
-    async def amount_owed(self, account_id: uuid.UUID) -> Decimal:
-        return Decimal(0)
+class Servicer(AccountsApi, MixinState):
+    """The mixins under test."""
 
 
-class Servicer(AccountsApi):
-    def __init__(self, uow: Callable[[], CustomerUnitOfWork]) -> None:
-        self._uow = uow
-        self._balance = NothingOwed()
-
-
-@dataclass
-class CustomerDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
-    def uow(self) -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
-
+class CustomerDb(CustomerServiceDb):
     @property
     def api(self) -> Servicer:
         return Servicer(self.uow)
 
     async def has_charges(self, account_id: str) -> bool:
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(
-                select(accounts.c.has_charges).where(accounts.c.account_id == uuid.UUID(account_id))
-            )
+        found = await self.scalar(select(accounts.c.has_charges).where(accounts.c.account_id == uuid.UUID(account_id)))
         return bool(found)
 
     async def version(self, account_id: str) -> int:
-        async with self.engine.connect() as conn:
-            found = await conn.scalar(select(accounts.c.version).where(accounts.c.account_id == uuid.UUID(account_id)))
+        found = await self.scalar(select(accounts.c.version).where(accounts.c.account_id == uuid.UUID(account_id)))
         return int(found or 0)
-
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[CustomerDb]:
-    url = await new_database("customer")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    try:
-        yield CustomerDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-@dataclass
-class FakeMsg:
-    """What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg."""
-
-    data: bytes
-    headers: dict[str, str]
-    subject: str
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[CustomerDb]:
+    async with CustomerDb.open(await migrated_database("customer", MIGRATIONS), NOW) as database:
+        yield database
 
 
 def charges_created(*account_ids: str) -> FakeMsg:
@@ -136,33 +69,13 @@ def charges_created(*account_ids: str) -> FakeMsg:
         ],
         currency_code="EUR",
     )
-    event_id = str(uuid.uuid4())
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: event_id,
-            envelope.EVENT_ID: event_id,
-            envelope.EVENT_TYPE: event.DESCRIPTOR.full_name,
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        },
-        subject="evolutivo.charging.v1.charges.created",
-    )
+    return message("evolutivo.charging.v1.charges.created", event, NOW)
 
 
 async def deliver(db: CustomerDb, *msgs: FakeMsg) -> None:
     (subscription,) = subscriptions()
     assert (subscription.durable, subscription.stream) == ("customer", "EVOLUTIVO_CHARGING")
-    consumer = EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
-    await consumer.process(cast(list[Msg], list(msgs)))
+    await process(consumer_for([subscription], stream_name("charging"), db.uow, inbox), *msgs)
     assert all(m.acked for m in msgs), "every event applies"
 
 

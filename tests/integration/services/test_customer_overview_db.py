@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-import asyncpg
 import grpc
 import pytest
 from evolutivo.balance.v1 import balance_pb2, balance_service_pb2, balance_service_pb2_grpc
@@ -20,24 +19,19 @@ from evolutivo.billing.v1 import bill_unit_pb2, billing_service_pb2, billing_ser
 from evolutivo.customer.v1 import account_pb2, provisioned_service_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as pb_grpc
-from evolutivo_customer.adapters import events
 from evolutivo_customer.adapters.balance_client import GrpcBalanceReader
 from evolutivo_customer.adapters.billing_client import GrpcBillingReader
-from evolutivo_customer.adapters.orm import outbox, request_log
 from evolutivo_customer.domain.contacts import Contact, ContactDetails, ContactRole
 from evolutivo_customer.domain.payment_methods import AccountPaymentMethods, SepaDirectDebitDetails
 from evolutivo_customer.entrypoints.app import MIGRATIONS
 from evolutivo_customer.entrypoints.grpc_api import CustomerServicer
 from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
 from evolutivo_runtime.clients import service_channel
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
-from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.testing import eventually
 from google.type import money_pb2
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer import CustomerServiceDb
+from support.databases import MigratedDatabase
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 DEADLINE = 0.5
@@ -107,37 +101,22 @@ async def serve(register: Callable[[grpc.aio.Server], None], port: int = 0) -> t
 
 @dataclass
 class Setting:
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
+    uow: Callable[[], CustomerUnitOfWork]
     customer: pb_grpc.CustomerServiceAsyncStub
     balance: FakeBalance
     billing: FakeBilling
     servers: dict[str, grpc.aio.Server]
     billing_port: int
 
-    def uow(self) -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
+
+@pytest.fixture
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[CustomerServiceDb]:
+    async with CustomerServiceDb.open(await migrated_database("customer", MIGRATIONS), NOW) as database:
+        yield database
 
 
 @pytest.fixture
-async def engine(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[AsyncEngine]:
-    url = await new_database("customer")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-@pytest.fixture
-async def setting(engine: AsyncEngine) -> AsyncIterator[Setting]:
+async def setting(db: CustomerServiceDb) -> AsyncIterator[Setting]:
     # The stand-in billing serves only what the overview reads.
     balance, billing = FakeBalance(), FakeBilling()  # type: ignore[abstract]
     balance_server, balance_port = await serve(
@@ -148,14 +127,8 @@ async def setting(engine: AsyncEngine) -> AsyncIterator[Setting]:
     )
     balance_channel = service_channel(f"127.0.0.1:{balance_port}")
     billing_channel = service_channel(f"127.0.0.1:{billing_port}")
-    sessions = session_factory(engine)
-    clock = FixedClock(NOW)
-
-    def uow() -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(sessions, outbox, clock, events.encode, request_log)
-
     servicer = CustomerServicer(
-        uow,
+        db.uow,
         GrpcBalanceReader(balance_channel, DEADLINE),
         GrpcBillingReader(billing_channel, DEADLINE),
         DEADLINE,
@@ -164,7 +137,7 @@ async def setting(engine: AsyncEngine) -> AsyncIterator[Setting]:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{customer_port}")
     servers = {"customer": customer_server, "balance": balance_server, "billing": billing_server}
     try:
-        yield Setting(sessions, clock, pb_grpc.CustomerServiceStub(channel), balance, billing, servers, billing_port)
+        yield Setting(db.uow, pb_grpc.CustomerServiceStub(channel), balance, billing, servers, billing_port)
     finally:
         await channel.close(None)
         for ch in (balance_channel, billing_channel):

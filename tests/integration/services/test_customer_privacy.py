@@ -4,36 +4,28 @@ listed, events without personal data, and a second call that answers the same an
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import evolutivo_customer
 import pytest
 from evolutivo.customer.v1 import account_pb2, contact_pb2, events_pb2, payment_method_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
-from evolutivo_customer.adapters import contact_events, events, payment_method_events
+from evolutivo_customer.adapters import contact_events, payment_method_events
 from evolutivo_customer.adapters.orm import accounts, contacts, outbox, payment_methods, request_log
 from evolutivo_customer.domain.model import ERASED
 from evolutivo_customer.entrypoints.grpc_accounts import AccountsApi
 from evolutivo_customer.entrypoints.grpc_contacts import ContactsApi
 from evolutivo_customer.entrypoints.grpc_payment_methods import PaymentMethodsApi
 from evolutivo_customer.entrypoints.grpc_privacy import PrivacyApi
-from evolutivo_customer.service_layer.unit_of_work import CustomerUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
-from evolutivo_runtime.migrations import upgrade_to_head
 from google.type import date_pb2, postal_address_pb2
 from sqlalchemy import select
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer import CustomerServiceDb, MixinState
+from support.databases import MigratedDatabase
 
 MIGRATIONS = Path(evolutivo_customer.__file__).resolve().parent / "migrations"
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
@@ -45,53 +37,23 @@ PERSONAL = ("Ana López García", "ana.lopez@example.com", "+34612345678", "Call
 assert contact_events and payment_method_events  # their encoders, as the service's app imports them
 
 
-class NothingOwed:
-    async def amount_owed(self, account_id: uuid.UUID) -> Decimal:
-        return Decimal(0)
+class Servicer(AccountsApi, ContactsApi, PaymentMethodsApi, PrivacyApi, MixinState):
+    """The mixins under test."""
 
 
-class Servicer(AccountsApi, ContactsApi, PaymentMethodsApi, PrivacyApi):
-    def __init__(self, uow: Callable[[], CustomerUnitOfWork]) -> None:
-        self._uow = uow
-        self._balance = NothingOwed()
-
-
-@dataclass
-class CustomerDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
-    def uow(self) -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
-
+class CustomerDb(CustomerServiceDb):
     @property
     def api(self) -> Servicer:
         return Servicer(self.uow)
-
-    async def rows(self, query: Any) -> list[Any]:
-        async with self.engine.connect() as conn:
-            return list((await conn.execute(query)).all())
 
     async def outbox_rows(self) -> list[Any]:
         return await self.rows(select(outbox).order_by(outbox.c.seq))
 
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[CustomerDb]:
-    url = await new_database("customer")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    try:
-        yield CustomerDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[CustomerDb]:
+    async with CustomerDb.open(await migrated_database("customer", MIGRATIONS), NOW) as database:
+        yield database
 
 
 async def customer_with_everything(db: CustomerDb) -> str:

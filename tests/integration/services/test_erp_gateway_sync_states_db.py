@@ -5,19 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
-import asyncpg
 import grpc
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from evolutivo.customer.v1 import account_pb2
-from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2_grpc as pb_grpc
 from evolutivo.erp_gateway.v1 import sync_state_pb2
@@ -29,17 +23,13 @@ from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
 from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
-from evolutivo_runtime.clock import FixedClock
-from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.errors import InvalidArgument, NotFound
-from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.migrations import upgrade_to_head
+from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
-from nats.aio.msg import Msg
-from sqlalchemy import func, select
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.customer_messages import business_account, created_message
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, process
+from support.rpc import serving
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
 # The servicers never read their gRPC context.
@@ -47,103 +37,25 @@ NO_CONTEXT: Any = None
 CUSTOMER = sync_state_pb2.ENTITY_TYPE_CUSTOMER
 
 
-@dataclass
-class ErpDb:
-    engine: AsyncEngine
-    sessions: async_sessionmaker[AsyncSession]
-    clock: FixedClock
-
+class ErpDb(ServiceDb):
     def uow(self) -> ErpGatewayUnitOfWork:
         return ErpGatewayUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
-    async def count(self, table: Any) -> int:
-        async with self.engine.connect() as conn:
-            return int(await conn.scalar(select(func.count()).select_from(table)) or 0)
-
 
 @pytest.fixture
-async def db(new_database: Callable[[str], Awaitable[str]], pg_server_url: str) -> AsyncIterator[ErpDb]:
-    url = await new_database("erp_gateway")
-    # alembic's env.py runs its own event loop: migrate from a thread.
-    await asyncio.to_thread(upgrade_to_head, MIGRATIONS, url)
-    engine = create_engine(url, pool_size=5)
-    try:
-        yield ErpDb(engine, session_factory(engine), FixedClock(NOW))
-    finally:
-        await engine.dispose()
-        conn = await asyncpg.connect(plain_url(pg_server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-
-# What the consumer receives from JetStream: a stand-in for nats.aio.msg.Msg.
-@dataclass
-class FakeMsg:
-    data: bytes
-    headers: dict[str, str]
-    subject: str = "evolutivo.customer.v1.account.created"
-    attempt: int = 1
-    acked: bool = False
-    naked: bool = False
-    metadata: Any = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.metadata = SimpleNamespace(
-            num_delivered=self.attempt, num_pending=0, sequence=SimpleNamespace(stream=1, consumer=1)
-        )
-
-    async def ack(self) -> None:
-        self.acked = True
-
-    async def nak(self, delay: float | None = None) -> None:
-        self.naked = True
+async def db(migrated_database: MigratedDatabase) -> AsyncIterator[ErpDb]:
+    async with ErpDb.open(await migrated_database("erp_gateway", MIGRATIONS), NOW) as database:
+        yield database
 
 
 def account_created(account_id: uuid.UUID | str | None = None) -> FakeMsg:
-    event = customer_events.AccountCreated(
-        account=account_pb2.Account(
-            account_id=str(account_id or uuid.uuid4()),
-            account_number="A-00000001",
-            type=account_pb2.ACCOUNT_TYPE_BUSINESS,
-            display_name="Acme Distribuciones SL",
-            currency_code="EUR",
-            time_zone="Europe/Madrid",
-            locale="es-ES",
-            status=account_pb2.ACCOUNT_STATUS_ACTIVE,
-            billing_profile=account_pb2.BillingProfile(bill_cycle_day=1, payment_terms_days=30),
-        )
-    )
-    event_id = uuid.uuid4()
-    return FakeMsg(
-        data=event.SerializeToString(),
-        headers={
-            envelope.MSG_ID: str(event_id),
-            envelope.EVENT_ID: str(event_id),
-            envelope.EVENT_TYPE: "evolutivo.customer.v1.AccountCreated",
-            envelope.OCCURRED_AT: NOW.isoformat(),
-        },
-    )
-
-
-def consumer(db: ErpDb) -> EventConsumer[ErpGatewayUnitOfWork]:
-    (subscription,) = subscriptions()
-    return EventConsumer(
-        js=None,  # type: ignore[arg-type]  # process() never touches JetStream
-        subscription=subscription,
-        uow_factory=db.uow,
-        inbox=inbox,
-        dead_letters=None,  # type: ignore[arg-type]  # nothing reaches max_deliver here
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30,
-    )
+    account = business_account(account_id, account_pb2.BillingProfile(bill_cycle_day=1, payment_terms_days=30))
+    return created_message(account, NOW)
 
 
 async def deliver(db: ErpDb, *msgs: FakeMsg) -> None:
     """One fetched batch, applied as the service's consumer applies it."""
-    await consumer(db).process(cast(list[Msg], list(msgs)))
+    await process(consumer_for(subscriptions(), stream_name("customer"), db.uow, inbox), *msgs)
 
 
 async def get(db: ErpDb, entity_type: int, entity_id: str) -> pb.GetSyncStateResponse:
@@ -154,11 +66,7 @@ async def get(db: ErpDb, entity_type: int, entity_id: str) -> pb.GetSyncStateRes
 
 
 async def test_migrations_create_exactly_the_tables_the_code_uses(db: ErpDb) -> None:
-    def diff(connection: Connection) -> list[Any]:
-        return list(compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
+    assert await db.schema_diff(metadata) == []
 
 
 async def test_a_new_customer_waits_pending_for_an_erp(db: ErpDb) -> None:
@@ -180,7 +88,7 @@ async def test_the_handler_applied_twice_keeps_one_state(db: ErpDb) -> None:
     first = account_created(account_id)
     await deliver(db, first)
     db.clock.advance(timedelta(hours=1))
-    redelivered = FakeMsg(first.data, dict(first.headers), attempt=2)
+    redelivered = first.again()
     await deliver(db, redelivered, account_created(account_id))
     assert await db.count(sync_states) == 1
     async with db.uow() as uow:
@@ -250,23 +158,20 @@ async def test_bad_input_names_the_field(db: ErpDb, entity_type: int, entity_id:
 
 
 async def test_grpc_status_codes(db: ErpDb) -> None:
-    server = grpc.aio.server(interceptors=[ServiceInterceptor("erp_gateway.evolutivo.io")])
-    pb_grpc.add_ErpGatewayServiceServicer_to_server(ErpGatewayServicer(db.uow), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = pb_grpc.ErpGatewayServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as unspecified:
-                await stub.GetSyncState(pb.GetSyncStateRequest(entity_id=str(uuid.uuid4())))
-            assert unspecified.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert (unspecified.value.details() or "").startswith("entity_type:")
-            with pytest.raises(grpc.aio.AioRpcError) as bad_id:
-                await stub.GetSyncState(pb.GetSyncStateRequest(entity_type=CUSTOMER, entity_id="x"))
-            assert bad_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert (bad_id.value.details() or "").startswith("entity_id:")
-            with pytest.raises(grpc.aio.AioRpcError) as missing:
-                await stub.GetSyncState(pb.GetSyncStateRequest(entity_type=CUSTOMER, entity_id=str(uuid.uuid4())))
-            assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    finally:
-        await server.stop(None)
+    async with serving(
+        pb_grpc.add_ErpGatewayServiceServicer_to_server,
+        ErpGatewayServicer(db.uow),
+        ServiceInterceptor("erp_gateway.evolutivo.io"),
+    ) as channel:
+        stub = pb_grpc.ErpGatewayServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as unspecified:
+            await stub.GetSyncState(pb.GetSyncStateRequest(entity_id=str(uuid.uuid4())))
+        assert unspecified.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (unspecified.value.details() or "").startswith("entity_type:")
+        with pytest.raises(grpc.aio.AioRpcError) as bad_id:
+            await stub.GetSyncState(pb.GetSyncStateRequest(entity_type=CUSTOMER, entity_id="x"))
+        assert bad_id.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (bad_id.value.details() or "").startswith("entity_id:")
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetSyncState(pb.GetSyncStateRequest(entity_type=CUSTOMER, entity_id=str(uuid.uuid4())))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
