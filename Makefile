@@ -46,8 +46,8 @@ protos: setup
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	MYPYPATH=$(subst $(space),:,$(SERVICE_DIRS)) $(PY) -m mypy \
-		libs/runtime/evolutivo_runtime deploy/local/evolutivo_stack $(SERVICE_PKGS)
+	MYPYPATH=$(subst $(space),:,$(SERVICE_DIRS)):cli $(PY) -m mypy \
+		libs/runtime/evolutivo_runtime deploy/local/evolutivo_stack $(SERVICE_PKGS) cli/evolutivo_cli
 	$(PY) -m mypy --strict deploy/k8s/check.py tests/unit/deploy
 	$(BUF) lint
 

@@ -1,0 +1,3 @@
+from evolutivo_cli.app import main
+
+main()

@@ -1,0 +1,1 @@
+"""One module per resource; each defines a Typer sub-application named `app`."""
