@@ -64,10 +64,12 @@ def test_the_gateway_publishes_no_events_yet() -> None:
         events.encode(object())
 
 
-def test_consumes_account_created_from_customer_with_its_own_durable() -> None:
-    (sub,) = subscriptions()
-    assert (sub.durable, sub.stream) == ("erp_gateway", "EVOLUTIVO_CUSTOMER")
-    assert sub.subjects == ["evolutivo.customer.v1.account.created"]
+def test_consumes_customers_bills_and_payments_with_its_own_durable() -> None:
+    subs = {s.stream: s for s in subscriptions()}
+    assert set(subs) == {"EVOLUTIVO_CUSTOMER", "EVOLUTIVO_BILLING", "EVOLUTIVO_BALANCE"}
+    assert {s.durable for s in subs.values()} == {"erp_gateway"}
+    sub = subs["EVOLUTIVO_CUSTOMER"]
+    assert sub.subjects == ["evolutivo.customer.v1.account.created", "evolutivo.customer.v1.account.updated"]
     assert sub.handlers["evolutivo.customer.v1.AccountCreated"].message_type is customer_events.AccountCreated
 
 

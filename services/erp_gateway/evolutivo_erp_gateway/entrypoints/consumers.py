@@ -2,23 +2,63 @@
 
 from __future__ import annotations
 
-import uuid
+from datetime import UTC
 
+from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.money import from_money
 
-from evolutivo_erp_gateway.domain.model import EntityType
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
+ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
+BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
+CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
+PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
+PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
+WRITE_OFF_MADE = "evolutivo.balance.v1.write_off.made"
 
 
 async def on_account_created(uow: ErpGatewayUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
     # The customer waits, PENDING, until a connection to an ERP exists to send it to.
-    await handlers.await_sync(uow, EntityType.CUSTOMER, uuid.UUID(event.account.account_id), uow.clock.now())
+    await handlers.customer_changed(uow, event.account)
+
+
+async def on_account_updated(uow: ErpGatewayUnitOfWork, event: customer_events.AccountUpdated, meta: EventMeta) -> None:
+    await handlers.customer_changed(uow, event.account)
+
+
+async def on_bill_issued(uow: ErpGatewayUnitOfWork, event: billing_events.BillIssued, meta: EventMeta) -> None:
+    await handlers.bill_issued(uow, event.bill)
+
+
+async def on_credit_note_issued(
+    uow: ErpGatewayUnitOfWork, event: billing_events.CreditNoteIssued, meta: EventMeta
+) -> None:
+    await handlers.credit_note_issued(uow, event.credit_note)
+
+
+async def on_payment_recorded(
+    uow: ErpGatewayUnitOfWork, event: balance_events.PaymentRecorded, meta: EventMeta
+) -> None:
+    await handlers.payment_recorded(uow, event.payment)
+
+
+async def on_payment_reversed(
+    uow: ErpGatewayUnitOfWork, event: balance_events.PaymentReversed, meta: EventMeta
+) -> None:
+    await handlers.payment_reversed(uow, event.payment)
+
+
+async def on_write_off_made(uow: ErpGatewayUnitOfWork, event: balance_events.WriteOffMade, meta: EventMeta) -> None:
+    entry = event.entry
+    effective = entry.effective_time.ToDatetime(tzinfo=UTC) if entry.HasField("effective_time") else meta.occurred_at
+    await handlers.write_off_made(uow, entry.entry_id, from_money(entry.amount), entry.amount.currency_code, effective)
 
 
 def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
@@ -26,11 +66,41 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
         Subscription(
             durable="erp_gateway",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
                 ),
+                customer_events.AccountUpdated.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.AccountUpdated, on_account_updated
+                ),
             },
-        )
+        ),
+        Subscription(
+            durable="erp_gateway",
+            stream=stream_name("billing"),
+            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED],
+            handlers={
+                billing_events.BillIssued.DESCRIPTOR.full_name: EventHandler(billing_events.BillIssued, on_bill_issued),
+                billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.CreditNoteIssued, on_credit_note_issued
+                ),
+            },
+        ),
+        Subscription(
+            durable="erp_gateway",
+            stream=stream_name("balance"),
+            subjects=[PAYMENT_RECORDED, PAYMENT_REVERSED, WRITE_OFF_MADE],
+            handlers={
+                balance_events.PaymentRecorded.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.PaymentRecorded, on_payment_recorded
+                ),
+                balance_events.PaymentReversed.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.PaymentReversed, on_payment_reversed
+                ),
+                balance_events.WriteOffMade.DESCRIPTOR.full_name: EventHandler(
+                    balance_events.WriteOffMade, on_write_off_made
+                ),
+            },
+        ),
     ]

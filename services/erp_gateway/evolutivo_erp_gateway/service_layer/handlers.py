@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
-from datetime import datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Protocol
 
-from evolutivo_runtime.errors import NotFound
+from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2
+from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from evolutivo_runtime.money import from_money
+from google.protobuf.timestamp_pb2 import Timestamp
 
-from evolutivo_erp_gateway.domain.model import EntityType, SyncState
+from evolutivo_erp_gateway.adapters.erp import (
+    AuthFailed,
+    ErpAdapter,
+    ErpError,
+    MappingMissing,
+    Problem,
+    ProblemKind,
+    Unreachable,
+)
+from evolutivo_erp_gateway.adapters.factory import Adapters
+from evolutivo_erp_gateway.domain import journal as gl
+from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType
+from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy, SyncJob
+from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
+
+log = logging.getLogger(__name__)
+
+# How long a job waiting for its prerequisite (its customer, the invoices before a payment) waits
+# before it looks again; waiting costs no attempt.
+PREREQUISITE_WAIT = timedelta(seconds=2)
 
 
 async def await_sync(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID, now: datetime) -> bool:
@@ -18,9 +47,495 @@ async def await_sync(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_
     return await uow.sync_states.add(SyncState.pending(entity_type, entity_id, now))
 
 
-async def get_sync_state(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID) -> SyncState:
+async def get_sync_state(
+    uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID
+) -> tuple[SyncState, list[SyncJob]]:
     async with uow:
         state = await uow.sync_states.get(entity_type, entity_id)
         if state is None:
             raise NotFound("sync_state", f"{entity_type.value}/{entity_id}")
-        return state
+        return state, await uow.jobs.of_entity(entity_type, entity_id)
+
+
+# --- records received (consumers; the caller commits) ----------------------------------------------
+async def receive(
+    uow: ErpGatewayUnitOfWork,
+    entity_type: EntityType,
+    entity_id: uuid.UUID,
+    account_id: uuid.UUID,
+    payload: bytes,
+    version: datetime,
+    skip_connections: Sequence[uuid.UUID] = (),
+) -> None:
+    """Keeps the record's latest payload and queues a job for every connection that takes it. An
+    older version (an event overtaken by a later one) changes nothing."""
+    now = uow.clock.now()
+    if not await uow.sync_states.store_payload(entity_type, entity_id, account_id, payload, version, now):
+        return
+    for connection in await uow.connections.all():
+        if connection.takes(entity_type) and connection.connection_id not in skip_connections:
+            await uow.jobs.upsert(connection.connection_id, entity_type, entity_id, account_id, version, now)
+
+
+async def customer_changed(uow: ErpGatewayUnitOfWork, account: account_pb2.Account) -> None:
+    account_id = uuid.UUID(account.account_id)
+    # The account's update time orders its versions (AccountCreated has none: its create time).
+    stamp = account.update_time if account.HasField("update_time") else account.create_time
+    version = stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else datetime(1970, 1, 1, tzinfo=UTC)
+    await receive(uow, EntityType.CUSTOMER, account_id, account_id, account.SerializeToString(), version)
+
+
+def _money_lines(
+    lines: Sequence[bill_pb2.BillLine] | Sequence[credit_note_pb2.CreditNoteLine],
+) -> list[tuple[str, Decimal]]:
+    return [(line.charge_offer_code, from_money(line.amount)) for line in lines]
+
+
+def _time(ts: Timestamp, fallback: datetime) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC) if ts.seconds or ts.nanos else fallback
+
+
+async def bill_issued(uow: ErpGatewayUnitOfWork, bill: bill_pb2.Bill) -> None:
+    issued = _time(bill.issue_time, uow.clock.now())
+    await receive(
+        uow, EntityType.INVOICE, uuid.UUID(bill.bill_id), uuid.UUID(bill.account_id), bill.SerializeToString(), issued
+    )
+    postings = gl.bill_postings(_money_lines(bill.lines), from_money(bill.tax_total), from_money(bill.total))
+    await uow.postings.add("bill", bill.bill_id, bill.currency_code, issued, postings)
+
+
+async def credit_note_issued(uow: ErpGatewayUnitOfWork, note: credit_note_pb2.CreditNote) -> None:
+    issued = _time(note.issue_time, uow.clock.now())
+    await receive(
+        uow,
+        EntityType.CREDIT_NOTE,
+        uuid.UUID(note.credit_note_id),
+        uuid.UUID(note.account_id),
+        note.SerializeToString(),
+        issued,
+    )
+    postings = gl.credit_note_postings(_money_lines(note.lines), from_money(note.tax_total), from_money(note.total))
+    await uow.postings.add("credit_note", note.credit_note_id, note.currency_code, issued, postings)
+
+
+async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
+    received = _time(payment.received_time, uow.clock.now())
+    # A payment the gateway imported from an ERP is in that ERP already: not sent back to it.
+    came_from = await uow.inbound.connections_of_reference(payment.reference)
+    await receive(
+        uow,
+        EntityType.PAYMENT,
+        uuid.UUID(payment.payment_id),
+        uuid.UUID(payment.account_id),
+        payment.SerializeToString(),
+        received,
+        skip_connections=came_from,
+    )
+    amount = from_money(payment.amount)
+    await uow.postings.add(
+        "payment", payment.payment_id, payment.amount.currency_code, received, gl.payment_postings(amount)
+    )
+
+
+async def payment_reversed(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
+    reversed_at = _time(payment.reverse_time, uow.clock.now())
+    amount = from_money(payment.amount)
+    await uow.postings.add(
+        "payment_reversal",
+        payment.payment_id,
+        payment.amount.currency_code,
+        reversed_at,
+        gl.payment_reversal_postings(amount),
+    )
+
+
+async def write_off_made(
+    uow: ErpGatewayUnitOfWork, entry_id: str, amount: Decimal, currency_code: str, effective_time: datetime
+) -> None:
+    # The entry is a credit (negative): the amount given up is its opposite.
+    await uow.postings.add("write_off", entry_id, currency_code, effective_time, gl.write_off_postings(-amount))
+
+
+# --- connections -------------------------------------------------------------------------------------
+def _encrypt(adapters: Adapters, secret: str) -> bytes | None:
+    if not secret:
+        return None
+    if adapters.cipher is None:
+        raise FailedPrecondition(
+            "CREDENTIAL_KEY_MISSING", "secret: the gateway has no credential key configured to store it encrypted"
+        )
+    return adapters.cipher.encrypt(secret)
+
+
+async def create_connection(
+    uow: ErpGatewayUnitOfWork,
+    adapters: Adapters,
+    connection: Connection,
+    secret: str,
+    request_id: uuid.UUID | None,
+) -> Connection:
+    """Stores the connection and queues every record the gateway knows for it; a retry with the same
+    request id returns the first connection."""
+    connection.validate()
+    token = _encrypt(adapters, secret)
+    connection = replace(connection, has_credentials=token is not None)
+    async with uow:
+        if request_id is not None:
+            prior = await uow.connections.by_request_id(request_id)
+            if prior is not None:
+                return prior
+        if not await uow.connections.add(connection, token, request_id):
+            prior = await uow.connections.by_request_id(request_id) if request_id else None
+            if prior is None:
+                raise ServiceError("CONNECTION_CONFLICT", "the connection could not be stored; retry")
+            return prior
+        now = uow.clock.now()
+        for entity_type, entity_id, account_id, version in await uow.sync_states.with_payload():
+            if connection.takes(entity_type):
+                await uow.jobs.upsert(connection.connection_id, entity_type, entity_id, account_id, version, now)
+        await uow.commit()
+        return connection
+
+
+async def get_connection(uow: ErpGatewayUnitOfWork, connection_id: uuid.UUID) -> Connection:
+    async with uow:
+        connection = await uow.connections.get(connection_id)
+        if connection is None:
+            raise NotFound("connection", str(connection_id))
+        return connection
+
+
+async def list_connections(
+    uow: ErpGatewayUnitOfWork, after: tuple[datetime, uuid.UUID] | None, limit: int
+) -> list[Connection]:
+    async with uow:
+        return await uow.connections.list(after, limit)
+
+
+UPDATABLE = ("display_name", "endpoint_url", "database", "username", "mapping", "enabled", "import_payments", "secret")
+
+
+async def update_connection(
+    uow: ErpGatewayUnitOfWork,
+    adapters: Adapters,
+    connection_id: uuid.UUID,
+    changes: dict[str, object],
+    secret: str | None,
+    etag: str,
+) -> Connection:
+    """Applies `changes` (field -> value; `secret` not None replaces the secret) after checking them."""
+    async with uow:
+        current = await uow.connections.get(connection_id, lock=True)
+        if current is None:
+            raise NotFound("connection", str(connection_id))
+        if etag and etag != current.etag:
+            raise FailedPrecondition("ETAG_MISMATCH", "connection.etag: the connection changed since it was read")
+        token = _encrypt(adapters, secret) if secret else None
+        has_credentials = (token is not None) if secret is not None else current.has_credentials
+        updated = current.updated(uow.clock.now(), has_credentials=has_credentials, **changes)
+        updated.validate()
+        await uow.connections.save(updated, token, replace_secret=secret is not None)
+        await uow.commit()
+        return updated
+
+
+async def test_connection(uow: ErpGatewayUnitOfWork, adapters: Adapters, connection_id: uuid.UUID) -> list[Problem]:
+    async with uow:
+        connection = await uow.connections.get(connection_id)
+        if connection is None:
+            raise NotFound("connection", str(connection_id))
+        token = await uow.connections.secret(connection_id)
+    if connection.type in (ConnectionType.TRYTON, ConnectionType.ODOO) and token is None:
+        return [Problem(ProblemKind.CONFIG_INVALID, "no secret stored: set one with UpdateConnection")]
+    adapter = adapters.open(connection, token)
+    try:
+        return await adapter.test()
+    finally:
+        await adapter.aclose()
+
+
+# --- sync jobs ---------------------------------------------------------------------------------------
+async def list_jobs(
+    uow: ErpGatewayUnitOfWork,
+    connection_id: uuid.UUID | None,
+    state: JobState | None,
+    entity_type: EntityType | None,
+    entity_id: uuid.UUID | None,
+    after: int,
+    limit: int,
+) -> list[tuple[int, SyncJob]]:
+    async with uow:
+        return await uow.jobs.list(connection_id, state, entity_type, entity_id, after, limit)
+
+
+async def retry_job(uow: ErpGatewayUnitOfWork, job_id: uuid.UUID) -> SyncJob:
+    """A dead or retrying job is due now with a fresh set of attempts; a succeeded one is refused."""
+    async with uow:
+        job = await uow.jobs.get(job_id, lock=True)
+        if job is None:
+            raise NotFound("sync_job", str(job_id))
+        if job.state is JobState.SUCCEEDED:
+            raise FailedPrecondition("JOB_SUCCEEDED", "the job has succeeded: there is nothing to retry")
+        now = uow.clock.now()
+        job = replace(job, state=JobState.PENDING, attempts=0, next_attempt_time=now, update_time=now)
+        await uow.jobs.save(job)
+        await uow.commit()
+        return job
+
+
+class AdapterOpener(Protocol):
+    def open(self, connection: Connection, token: bytes | None) -> ErpAdapter: ...
+
+
+class _Waiting(Exception):
+    """The job's prerequisite is not in the ERP yet."""
+
+
+async def _party(uow: ErpGatewayUnitOfWork, connection: Connection, account_id: uuid.UUID) -> str:
+    customer = await uow.jobs.find(connection.connection_id, EntityType.CUSTOMER, account_id)
+    if customer is not None and customer.state is JobState.SUCCEEDED and customer.erp_id:
+        return customer.erp_id
+    preset = connection.mapping.customers.get(str(account_id), "")
+    if preset and customer is None:
+        return preset
+    raise _Waiting(f"waiting for customer {account_id}")
+
+
+async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: Connection, job: SyncJob) -> str:
+    payload = await uow.sync_states.payload(job.entity_type, job.entity_id)
+    if payload is None:
+        raise ErpError(f"the gateway has no copy of {job.entity_type.value} {job.entity_id}")
+    if job.entity_type is EntityType.CUSTOMER:
+        known = job.erp_id or connection.mapping.customers.get(str(job.entity_id), "")
+        return await adapter.upsert_customer(account_pb2.Account.FromString(payload), known)
+    party = await _party(uow, connection, job.account_id)
+    if job.entity_type is EntityType.INVOICE:
+        return await adapter.post_invoice(bill_pb2.Bill.FromString(payload), party)
+    if job.entity_type is EntityType.CREDIT_NOTE:
+        note = credit_note_pb2.CreditNote.FromString(payload)
+        bill_id = uuid.UUID(note.bill_id)
+        invoice = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, bill_id)
+        if invoice is not None and invoice.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for invoice of bill {bill_id}")
+        bill_payload = await uow.sync_states.payload(EntityType.INVOICE, bill_id)
+        bill = bill_pb2.Bill.FromString(bill_payload) if bill_payload else None
+        return await adapter.post_credit_note(note, party, bill)
+    # A payment goes after the customer's invoices and credit notes queued before it.
+    earlier = await uow.jobs.unfinished_before(
+        connection.connection_id,
+        job.account_id,
+        [EntityType.INVOICE, EntityType.CREDIT_NOTE],
+        await uow.jobs.sequence(job.job_id),
+    )
+    if earlier is not None:
+        raise _Waiting(f"waiting for {earlier.entity_type.value} {earlier.entity_id}")
+    return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party)
+
+
+# Called (by tests) between the ERP's answer and the gateway's commit, to simulate a crash there.
+AfterErp = Callable[[SyncJob, str], None]
+
+
+async def run_next_job(
+    uow: ErpGatewayUnitOfWork,
+    adapters: AdapterOpener,
+    policy: RetryPolicy,
+    after_erp: AfterErp | None = None,
+    breaker: CircuitBreaker = CircuitBreaker(),  # noqa: B008 -- frozen, never mutated
+) -> SyncJob | None:
+    """Claims the next due job (FOR UPDATE SKIP LOCKED), sends it and records the outcome in the
+    same transaction; None when no job is due. The row stays locked while the ERP is called, so a
+    job runs in one replica at a time; a crash before the commit leaves it due again, and the
+    adapter finds in the ERP what the first attempt created."""
+    async with uow:
+        now = uow.clock.now()
+        job = await uow.jobs.claim_due(now)
+        if job is None:
+            return None
+        connection = await uow.connections.get(job.connection_id)
+        assert connection is not None  # the claim joined it
+        token = await uow.connections.secret(job.connection_id)
+        adapter: ErpAdapter | None = None
+        try:
+            adapter = adapters.open(connection, token)
+            erp_id = await _perform(uow, adapter, connection, job)
+        except _Waiting as waiting:
+            job = replace(job, last_error=str(waiting), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
+        except Exception as exc:
+            # Any failure is an attempt (a bug too, so that one bad record cannot block the loop).
+            if not isinstance(exc, ErpError):
+                log.exception("sync job raised", extra={"job_id": str(job.job_id)})
+            job = _failed(job, f"{type(exc).__name__}: {exc}"[:1000], policy, now)
+            if isinstance(exc, (Unreachable, AuthFailed)):
+                # The connection failed, not the record: count it towards the breaker.
+                await uow.connections.connection_failed(job.connection_id, breaker.threshold, now + breaker.pause)
+            if job.state is JobState.DEAD:
+                await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
+        else:
+            if after_erp is not None:
+                after_erp(job, erp_id)
+            job = replace(job, state=JobState.SUCCEEDED, erp_id=erp_id, last_error="", update_time=now)
+            await uow.connections.connection_answered(job.connection_id)
+            state = await uow.sync_states.get(job.entity_type, job.entity_id)
+            await uow.sync_states.set_status(
+                job.entity_type, job.entity_id, SyncStatus.SYNCED, "" if state and state.erp_id else erp_id, now
+            )
+        finally:
+            if adapter is not None:
+                await adapter.aclose()
+        await uow.jobs.save(job)
+        await uow.commit()
+        return job
+
+
+def _failed(job: SyncJob, error: str, policy: RetryPolicy, now: datetime) -> SyncJob:
+    attempts = job.attempts + 1
+    if policy.exhausted(attempts):
+        log.error("sync job dead", extra={"job_id": str(job.job_id), "error": error})
+        return replace(job, state=JobState.DEAD, attempts=attempts, last_error=error, update_time=now)
+    log.warning("sync job failed", extra={"job_id": str(job.job_id), "error": error})
+    return replace(
+        job,
+        state=JobState.RETRYING,
+        attempts=attempts,
+        last_error=error,
+        next_attempt_time=now + policy.delay(attempts),
+        update_time=now,
+    )
+
+
+# --- inbound payments ---------------------------------------------------------------------------------
+class PaymentRecorder(Protocol):
+    async def record_payment(self, account_id: uuid.UUID, amount: Decimal, currency_code: str, reference: str) -> str:
+        """Records the payment in balance (idempotent on the reference); returns balance's payment id.
+        Raises InvalidArgument / FailedPrecondition when balance refuses it, ServiceError else."""
+        ...
+
+
+IMPORT_BATCH = 500
+
+
+async def import_payments(
+    uow_factory: Callable[[], ErpGatewayUnitOfWork], adapters: AdapterOpener, balance: PaymentRecorder
+) -> int:
+    """One poll of every connection that imports payments; returns how many were recorded."""
+    async with uow_factory() as uow:
+        importing = [
+            c
+            for c in await uow.connections.all()
+            if c.enabled and c.import_payments and c.type is ConnectionType.TRYTON
+        ]
+    recorded = 0
+    for connection in importing:
+        recorded += await _import_from(uow_factory, adapters, balance, connection)
+    return recorded
+
+
+async def _import_from(
+    uow_factory: Callable[[], ErpGatewayUnitOfWork],
+    adapters: AdapterOpener,
+    balance: PaymentRecorder,
+    connection: Connection,
+) -> int:
+    async with uow_factory() as uow:
+        cursor = await uow.connections.cursor(connection.connection_id)
+        token = await uow.connections.secret(connection.connection_id)
+    adapter = adapters.open(connection, token)
+    recorded = 0
+    try:
+        payments, after = await adapter.payments_since(cursor, IMPORT_BATCH)
+        for payment in payments:
+            reference = f"tryton:{payment.erp_id}"
+            amount = Decimal(payment.amount_text)
+            async with uow_factory() as uow:
+                status = await uow.inbound.status(connection.connection_id, payment.erp_id)
+                if status in ("recorded", "ignored"):
+                    continue
+                account_id = await uow.jobs.account_for_erp_id(connection.connection_id, payment.party)
+                if account_id is None:
+                    inverse = {v: k for k, v in connection.mapping.customers.items()}
+                    account_id = uuid.UUID(inverse[payment.party]) if payment.party in inverse else None
+                if status is None:
+                    # Committed before balance is called: the PaymentRecorded that follows finds it
+                    # and does not send the payment back to this ERP. A crash after this commit
+                    # leaves it pending, and the next poll records it (balance is idempotent on the
+                    # reference).
+                    await uow.inbound.add(
+                        connection_id=connection.connection_id,
+                        erp_id=payment.erp_id,
+                        reference=reference,
+                        account_id=account_id,
+                        amount=amount,
+                        currency_code=payment.currency_code,
+                        status="pending",
+                        payment_id="",
+                        reason="",
+                        create_time=uow.clock.now(),
+                    )
+                    await uow.commit()
+            outcome: tuple[str, str, str]
+            if account_id is None:
+                outcome = ("ignored", "", f"party {payment.party} is no suite customer")
+            else:
+                try:
+                    payment_id = await balance.record_payment(account_id, amount, payment.currency_code, reference)
+                except (InvalidArgument, FailedPrecondition) as refused:
+                    outcome = ("ignored", "", f"balance refused: {refused}")
+                else:
+                    outcome = ("recorded", payment_id, "")
+                    recorded += 1
+            async with uow_factory() as uow:
+                await uow.inbound.resolve(connection.connection_id, payment.erp_id, *outcome)
+                await uow.commit()
+        if after is not None and after != cursor:
+            async with uow_factory() as uow:
+                await uow.connections.set_cursor(connection.connection_id, after)
+                await uow.commit()
+    finally:
+        await adapter.aclose()
+    return recorded
+
+
+# --- general ledger -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExportedJournal:
+    journal: gl.Journal
+    erp_move_id: str
+
+
+async def export_journal(
+    uow: ErpGatewayUnitOfWork,
+    adapters: AdapterOpener,
+    connection_id: uuid.UUID,
+    start: datetime,
+    end: datetime,
+    currency_code: str,
+    post: bool,
+    reference: str,
+) -> ExportedJournal:
+    if end <= start:
+        raise InvalidArgument("end_time", "must be after start_time")
+    async with uow:
+        connection = await uow.connections.get(connection_id)
+        if connection is None:
+            raise NotFound("connection", str(connection_id))
+        token = await uow.connections.secret(connection_id)
+        postings = await uow.postings.in_period(currency_code, start, end)
+    journal = gl.journal(currency_code, postings, connection.mapping.accounts)
+    if not post:
+        return ExportedJournal(journal, "")
+    if connection.type is not ConnectionType.TRYTON:
+        raise FailedPrecondition("CONNECTION_TAKES_NO_JOURNAL", "post: only a Tryton connection takes journal entries")
+    if not journal.lines:
+        raise FailedPrecondition("JOURNAL_EMPTY", "post: the period has no movements to post")
+    adapter = adapters.open(connection, token)
+    try:
+        on = (end - timedelta(microseconds=1)).date()
+        erp_move_id = await adapter.post_journal(journal, on, reference)
+    except MappingMissing as exc:
+        raise FailedPrecondition("MAPPING_MISSING", str(exc)) from None
+    except ErpError as exc:
+        raise FailedPrecondition("ERP_FAILED", f"the ERP refused the journal entry: {exc}") from None
+    finally:
+        await adapter.aclose()
+    return ExportedJournal(journal, erp_move_id)

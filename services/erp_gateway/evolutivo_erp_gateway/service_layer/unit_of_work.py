@@ -2,15 +2,43 @@ from __future__ import annotations
 
 from typing import Self
 
-from evolutivo_runtime.uow import UnitOfWork
+from evolutivo_runtime.clock import Clock
+from evolutivo_runtime.uow import EventEncoder, UnitOfWork
+from sqlalchemy import Table
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from evolutivo_erp_gateway.adapters.repository import SyncStateRepository
+from evolutivo_erp_gateway.adapters.orm import request_log
+from evolutivo_erp_gateway.adapters.repository import (
+    ConnectionRepository,
+    InboundPaymentRepository,
+    PostingRepository,
+    SyncJobRepository,
+    SyncStateRepository,
+)
 
 
 class ErpGatewayUnitOfWork(UnitOfWork):
     sync_states: SyncStateRepository
+    connections: ConnectionRepository
+    jobs: SyncJobRepository
+    postings: PostingRepository
+    inbound: InboundPaymentRepository
+
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        outbox: Table,
+        clock: Clock,
+        encode: EventEncoder,
+        request_log_table: Table | None = request_log,
+    ) -> None:
+        super().__init__(sessions, outbox, clock, encode, request_log_table)
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self.sync_states = SyncStateRepository(self.session)
+        self.connections = ConnectionRepository(self.session)
+        self.jobs = SyncJobRepository(self.session)
+        self.postings = PostingRepository(self.session)
+        self.inbound = InboundPaymentRepository(self.session)
         return self

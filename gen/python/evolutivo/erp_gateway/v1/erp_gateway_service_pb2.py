@@ -22,20 +22,62 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from evolutivo.erp_gateway.v1 import connection_pb2 as evolutivo_dot_erp__gateway_dot_v1_dot_connection__pb2
+from evolutivo.erp_gateway.v1 import journal_pb2 as evolutivo_dot_erp__gateway_dot_v1_dot_journal__pb2
+from evolutivo.erp_gateway.v1 import sync_job_pb2 as evolutivo_dot_erp__gateway_dot_v1_dot_sync__job__pb2
 from evolutivo.erp_gateway.v1 import sync_state_pb2 as evolutivo_dot_erp__gateway_dot_v1_dot_sync__state__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2evolutivo/erp_gateway/v1/erp_gateway_service.proto\x12\x18\x65volutivo.erp_gateway.v1\x1a)evolutivo/erp_gateway/v1/sync_state.proto\"c\n\x13GetSyncStateRequest\x12\x39\n\x0b\x65ntity_type\x18\x01 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.EntityType\x12\x11\n\tentity_id\x18\x02 \x01(\t\"O\n\x14GetSyncStateResponse\x12\x37\n\nsync_state\x18\x01 \x01(\x0b\x32#.evolutivo.erp_gateway.v1.SyncState2\x82\x01\n\x11\x45rpGatewayService\x12m\n\x0cGetSyncState\x12-.evolutivo.erp_gateway.v1.GetSyncStateRequest\x1a..evolutivo.erp_gateway.v1.GetSyncStateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n2evolutivo/erp_gateway/v1/erp_gateway_service.proto\x12\x18\x65volutivo.erp_gateway.v1\x1a)evolutivo/erp_gateway/v1/connection.proto\x1a&evolutivo/erp_gateway/v1/journal.proto\x1a\'evolutivo/erp_gateway/v1/sync_job.proto\x1a)evolutivo/erp_gateway/v1/sync_state.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/type/money.proto\"c\n\x13GetSyncStateRequest\x12\x39\n\x0b\x65ntity_type\x18\x01 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.EntityType\x12\x11\n\tentity_id\x18\x02 \x01(\t\"\x80\x01\n\x14GetSyncStateResponse\x12\x37\n\nsync_state\x18\x01 \x01(\x0b\x32#.evolutivo.erp_gateway.v1.SyncState\x12/\n\x04jobs\x18\x02 \x03(\x0b\x32!.evolutivo.erp_gateway.v1.SyncJob\"w\n\x17\x43reateConnectionRequest\x12\x38\n\nconnection\x18\x01 \x01(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"T\n\x18\x43reateConnectionResponse\x12\x38\n\nconnection\x18\x01 \x01(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\"-\n\x14GetConnectionRequest\x12\x15\n\rconnection_id\x18\x01 \x01(\t\"Q\n\x15GetConnectionResponse\x12\x38\n\nconnection\x18\x01 \x01(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\"?\n\x16ListConnectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"m\n\x17ListConnectionsResponse\x12\x39\n\x0b\x63onnections\x18\x01 \x03(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x94\x01\n\x17UpdateConnectionRequest\x12\x38\n\nconnection\x18\x01 \x01(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x0e\n\x06secret\x18\x03 \x01(\t\"T\n\x18UpdateConnectionResponse\x12\x38\n\nconnection\x18\x01 \x01(\x0b\x32$.evolutivo.erp_gateway.v1.Connection\"c\n\x11\x43onnectionProblem\x12=\n\x04kind\x18\x01 \x01(\x0e\x32/.evolutivo.erp_gateway.v1.ConnectionProblemKind\x12\x0f\n\x07message\x18\x02 \x01(\t\".\n\x15TestConnectionRequest\x12\x15\n\rconnection_id\x18\x01 \x01(\t\"c\n\x16TestConnectionResponse\x12\n\n\x02ok\x18\x01 \x01(\x08\x12=\n\x08problems\x18\x02 \x03(\x0b\x32+.evolutivo.erp_gateway.v1.ConnectionProblem\"\xd8\x01\n\x13ListSyncJobsRequest\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12\x35\n\x05state\x18\x02 \x01(\x0e\x32&.evolutivo.erp_gateway.v1.SyncJobState\x12\x39\n\x0b\x65ntity_type\x18\x03 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.EntityType\x12\x11\n\tentity_id\x18\x04 \x01(\t\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"`\n\x14ListSyncJobsResponse\x12/\n\x04jobs\x18\x01 \x03(\x0b\x32!.evolutivo.erp_gateway.v1.SyncJob\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RetrySyncJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"F\n\x14RetrySyncJobResponse\x12.\n\x03job\x18\x01 \x01(\x0b\x32!.evolutivo.erp_gateway.v1.SyncJob\"\xc4\x01\n\x14\x45xportJournalRequest\x12\x15\n\rconnection_id\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rcurrency_code\x18\x04 \x01(\t\x12\x0c\n\x04post\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xd0\x01\n\x15\x45xportJournalResponse\x12\x34\n\x05lines\x18\x01 \x03(\x0b\x32%.evolutivo.erp_gateway.v1.JournalLine\x12\'\n\x0b\x64\x65\x62it_total\x18\x02 \x01(\x0b\x32\x12.google.type.Money\x12(\n\x0c\x63redit_total\x18\x03 \x01(\x0b\x32\x12.google.type.Money\x12\x0b\n\x03\x63sv\x18\x04 \x01(\t\x12\x0c\n\x04json\x18\x05 \x01(\t\x12\x13\n\x0b\x65rp_move_id\x18\x06 \x01(\t*\x92\x02\n\x15\x43onnectionProblemKind\x12\'\n#CONNECTION_PROBLEM_KIND_UNSPECIFIED\x10\x00\x12\'\n#CONNECTION_PROBLEM_KIND_UNREACHABLE\x10\x01\x12\'\n#CONNECTION_PROBLEM_KIND_AUTH_FAILED\x10\x02\x12+\n\'CONNECTION_PROBLEM_KIND_MAPPING_MISSING\x10\x03\x12*\n&CONNECTION_PROBLEM_KIND_CONFIG_INVALID\x10\x04\x12%\n!CONNECTION_PROBLEM_KIND_ERP_ERROR\x10\x05\x32\xa7\x08\n\x11\x45rpGatewayService\x12m\n\x0cGetSyncState\x12-.evolutivo.erp_gateway.v1.GetSyncStateRequest\x1a..evolutivo.erp_gateway.v1.GetSyncStateResponse\x12y\n\x10\x43reateConnection\x12\x31.evolutivo.erp_gateway.v1.CreateConnectionRequest\x1a\x32.evolutivo.erp_gateway.v1.CreateConnectionResponse\x12p\n\rGetConnection\x12..evolutivo.erp_gateway.v1.GetConnectionRequest\x1a/.evolutivo.erp_gateway.v1.GetConnectionResponse\x12v\n\x0fListConnections\x12\x30.evolutivo.erp_gateway.v1.ListConnectionsRequest\x1a\x31.evolutivo.erp_gateway.v1.ListConnectionsResponse\x12y\n\x10UpdateConnection\x12\x31.evolutivo.erp_gateway.v1.UpdateConnectionRequest\x1a\x32.evolutivo.erp_gateway.v1.UpdateConnectionResponse\x12s\n\x0eTestConnection\x12/.evolutivo.erp_gateway.v1.TestConnectionRequest\x1a\x30.evolutivo.erp_gateway.v1.TestConnectionResponse\x12m\n\x0cListSyncJobs\x12-.evolutivo.erp_gateway.v1.ListSyncJobsRequest\x1a..evolutivo.erp_gateway.v1.ListSyncJobsResponse\x12m\n\x0cRetrySyncJob\x12-.evolutivo.erp_gateway.v1.RetrySyncJobRequest\x1a..evolutivo.erp_gateway.v1.RetrySyncJobResponse\x12p\n\rExportJournal\x12..evolutivo.erp_gateway.v1.ExportJournalRequest\x1a/.evolutivo.erp_gateway.v1.ExportJournalResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.erp_gateway.v1.erp_gateway_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSYNCSTATEREQUEST']._serialized_start=123
-  _globals['_GETSYNCSTATEREQUEST']._serialized_end=222
-  _globals['_GETSYNCSTATERESPONSE']._serialized_start=224
-  _globals['_GETSYNCSTATERESPONSE']._serialized_end=303
-  _globals['_ERPGATEWAYSERVICE']._serialized_start=306
-  _globals['_ERPGATEWAYSERVICE']._serialized_end=436
+  _globals['_CONNECTIONPROBLEMKIND']._serialized_start=2410
+  _globals['_CONNECTIONPROBLEMKIND']._serialized_end=2684
+  _globals['_GETSYNCSTATEREQUEST']._serialized_start=339
+  _globals['_GETSYNCSTATEREQUEST']._serialized_end=438
+  _globals['_GETSYNCSTATERESPONSE']._serialized_start=441
+  _globals['_GETSYNCSTATERESPONSE']._serialized_end=569
+  _globals['_CREATECONNECTIONREQUEST']._serialized_start=571
+  _globals['_CREATECONNECTIONREQUEST']._serialized_end=690
+  _globals['_CREATECONNECTIONRESPONSE']._serialized_start=692
+  _globals['_CREATECONNECTIONRESPONSE']._serialized_end=776
+  _globals['_GETCONNECTIONREQUEST']._serialized_start=778
+  _globals['_GETCONNECTIONREQUEST']._serialized_end=823
+  _globals['_GETCONNECTIONRESPONSE']._serialized_start=825
+  _globals['_GETCONNECTIONRESPONSE']._serialized_end=906
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_start=908
+  _globals['_LISTCONNECTIONSREQUEST']._serialized_end=971
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_start=973
+  _globals['_LISTCONNECTIONSRESPONSE']._serialized_end=1082
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_start=1085
+  _globals['_UPDATECONNECTIONREQUEST']._serialized_end=1233
+  _globals['_UPDATECONNECTIONRESPONSE']._serialized_start=1235
+  _globals['_UPDATECONNECTIONRESPONSE']._serialized_end=1319
+  _globals['_CONNECTIONPROBLEM']._serialized_start=1321
+  _globals['_CONNECTIONPROBLEM']._serialized_end=1420
+  _globals['_TESTCONNECTIONREQUEST']._serialized_start=1422
+  _globals['_TESTCONNECTIONREQUEST']._serialized_end=1468
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_start=1470
+  _globals['_TESTCONNECTIONRESPONSE']._serialized_end=1569
+  _globals['_LISTSYNCJOBSREQUEST']._serialized_start=1572
+  _globals['_LISTSYNCJOBSREQUEST']._serialized_end=1788
+  _globals['_LISTSYNCJOBSRESPONSE']._serialized_start=1790
+  _globals['_LISTSYNCJOBSRESPONSE']._serialized_end=1886
+  _globals['_RETRYSYNCJOBREQUEST']._serialized_start=1888
+  _globals['_RETRYSYNCJOBREQUEST']._serialized_end=1925
+  _globals['_RETRYSYNCJOBRESPONSE']._serialized_start=1927
+  _globals['_RETRYSYNCJOBRESPONSE']._serialized_end=1997
+  _globals['_EXPORTJOURNALREQUEST']._serialized_start=2000
+  _globals['_EXPORTJOURNALREQUEST']._serialized_end=2196
+  _globals['_EXPORTJOURNALRESPONSE']._serialized_start=2199
+  _globals['_EXPORTJOURNALRESPONSE']._serialized_end=2407
+  _globals['_ERPGATEWAYSERVICE']._serialized_start=2687
+  _globals['_ERPGATEWAYSERVICE']._serialized_end=3750
 # @@protoc_insertion_point(module_scope)

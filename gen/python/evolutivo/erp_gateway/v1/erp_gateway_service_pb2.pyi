@@ -3,9 +3,18 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
+from evolutivo.erp_gateway.v1 import connection_pb2 as _connection_pb2
+from evolutivo.erp_gateway.v1 import journal_pb2 as _journal_pb2
+from evolutivo.erp_gateway.v1 import sync_job_pb2 as _sync_job_pb2
 from evolutivo.erp_gateway.v1 import sync_state_pb2 as _sync_state_pb2
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -16,6 +25,40 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ConnectionProblemKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConnectionProblemKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConnectionProblemKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONNECTION_PROBLEM_KIND_UNSPECIFIED: _ConnectionProblemKind.ValueType  # 0
+    CONNECTION_PROBLEM_KIND_UNREACHABLE: _ConnectionProblemKind.ValueType  # 1
+    """The server did not answer (refused, timed out, not HTTP)."""
+    CONNECTION_PROBLEM_KIND_AUTH_FAILED: _ConnectionProblemKind.ValueType  # 2
+    """The server refused the username or secret."""
+    CONNECTION_PROBLEM_KIND_MAPPING_MISSING: _ConnectionProblemKind.ValueType  # 3
+    """A mapping entry the gateway needs is missing, or names nothing in the ERP."""
+    CONNECTION_PROBLEM_KIND_CONFIG_INVALID: _ConnectionProblemKind.ValueType  # 4
+    """The configuration itself is incomplete (no URL, no secret...)."""
+    CONNECTION_PROBLEM_KIND_ERP_ERROR: _ConnectionProblemKind.ValueType  # 5
+    """The server answered with an error of its own."""
+
+class ConnectionProblemKind(_ConnectionProblemKind, metaclass=_ConnectionProblemKindEnumTypeWrapper):
+    """What TestConnection found wrong."""
+
+CONNECTION_PROBLEM_KIND_UNSPECIFIED: ConnectionProblemKind.ValueType  # 0
+CONNECTION_PROBLEM_KIND_UNREACHABLE: ConnectionProblemKind.ValueType  # 1
+"""The server did not answer (refused, timed out, not HTTP)."""
+CONNECTION_PROBLEM_KIND_AUTH_FAILED: ConnectionProblemKind.ValueType  # 2
+"""The server refused the username or secret."""
+CONNECTION_PROBLEM_KIND_MAPPING_MISSING: ConnectionProblemKind.ValueType  # 3
+"""A mapping entry the gateway needs is missing, or names nothing in the ERP."""
+CONNECTION_PROBLEM_KIND_CONFIG_INVALID: ConnectionProblemKind.ValueType  # 4
+"""The configuration itself is incomplete (no URL, no secret...)."""
+CONNECTION_PROBLEM_KIND_ERP_ERROR: ConnectionProblemKind.ValueType  # 5
+"""The server answered with an error of its own."""
+Global___ConnectionProblemKind: _TypeAlias = ConnectionProblemKind  # noqa: Y015
 
 @_typing.final
 class GetSyncStateRequest(_message.Message):
@@ -44,17 +87,457 @@ class GetSyncStateResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SYNC_STATE_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sync_state(self) -> _sync_state_pb2.SyncState: ...
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_sync_job_pb2.SyncJob]:
+        """Its job on each connection that takes it."""
+
     def __init__(
         self,
         *,
         sync_state: _sync_state_pb2.SyncState | None = ...,
+        jobs: _abc.Iterable[_sync_job_pb2.SyncJob] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sync_state", b"sync_state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sync_state", b"sync_state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "sync_state", b"sync_state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetSyncStateResponse: _TypeAlias = GetSyncStateResponse  # noqa: Y015
+
+@_typing.final
+class CreateConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """Password (Tryton, Odoo) or signing secret (webhook); stored encrypted, never returned."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def connection(self) -> _connection_pb2.Connection:
+        """connection_id, has_credentials and the times are ignored."""
+
+    def __init__(
+        self,
+        *,
+        connection: _connection_pb2.Connection | None = ...,
+        secret: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "request_id", b"request_id", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConnectionRequest: _TypeAlias = CreateConnectionRequest  # noqa: Y015
+
+@_typing.final
+class CreateConnectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connection(self) -> _connection_pb2.Connection: ...
+    def __init__(
+        self,
+        *,
+        connection: _connection_pb2.Connection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateConnectionResponse: _TypeAlias = CreateConnectionResponse  # noqa: Y015
+
+@_typing.final
+class GetConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConnectionRequest: _TypeAlias = GetConnectionRequest  # noqa: Y015
+
+@_typing.final
+class GetConnectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connection(self) -> _connection_pb2.Connection: ...
+    def __init__(
+        self,
+        *,
+        connection: _connection_pb2.Connection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConnectionResponse: _TypeAlias = GetConnectionResponse  # noqa: Y015
+
+@_typing.final
+class ListConnectionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most 1000; 100 when 0."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectionsRequest: _TypeAlias = ListConnectionsRequest  # noqa: Y015
+
+@_typing.final
+class ListConnectionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def connections(self) -> _containers.RepeatedCompositeFieldContainer[_connection_pb2.Connection]: ...
+    def __init__(
+        self,
+        *,
+        connections: _abc.Iterable[_connection_pb2.Connection] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connections", b"connections", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListConnectionsResponse: _TypeAlias = ListConnectionsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    @_builtins.property
+    def connection(self) -> _connection_pb2.Connection:
+        """connection_id names it; etag, when set, must be the current one."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: display_name, endpoint_url, database, username, mapping, enabled, import_payments,
+        secret (replaces the stored secret with `secret`; an empty one removes it).
+        """
+
+    def __init__(
+        self,
+        *,
+        connection: _connection_pb2.Connection | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection", "secret", b"secret", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConnectionRequest: _TypeAlias = UpdateConnectionRequest  # noqa: Y015
+
+@_typing.final
+class UpdateConnectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def connection(self) -> _connection_pb2.Connection: ...
+    def __init__(
+        self,
+        *,
+        connection: _connection_pb2.Connection | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection", b"connection"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConnectionResponse: _TypeAlias = UpdateConnectionResponse  # noqa: Y015
+
+@_typing.final
+class ConnectionProblem(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    kind: Global___ConnectionProblemKind.ValueType
+    message: _builtins.str
+    """What exactly, e.g. "mapping.accounts[receivable]: no account 999 in Tryton"."""
+    def __init__(
+        self,
+        *,
+        kind: Global___ConnectionProblemKind.ValueType = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConnectionProblem: _TypeAlias = ConnectionProblem  # noqa: Y015
+
+@_typing.final
+class TestConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestConnectionRequest: _TypeAlias = TestConnectionRequest  # noqa: Y015
+
+@_typing.final
+class TestConnectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OK_FIELD_NUMBER: _builtins.int
+    PROBLEMS_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    """No problem found."""
+    @_builtins.property
+    def problems(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConnectionProblem]: ...
+    def __init__(
+        self,
+        *,
+        ok: _builtins.bool = ...,
+        problems: _abc.Iterable[Global___ConnectionProblem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ok", b"ok", "problems", b"problems"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TestConnectionResponse: _TypeAlias = TestConnectionResponse  # noqa: Y015
+
+@_typing.final
+class ListSyncJobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ENTITY_TYPE_FIELD_NUMBER: _builtins.int
+    ENTITY_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    """Optional filters; all set filters must match."""
+    state: _sync_job_pb2.SyncJobState.ValueType
+    entity_type: _sync_state_pb2.EntityType.ValueType
+    entity_id: _builtins.str
+    page_size: _builtins.int
+    """At most 1000; 100 when 0."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        state: _sync_job_pb2.SyncJobState.ValueType = ...,
+        entity_type: _sync_state_pb2.EntityType.ValueType = ...,
+        entity_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "entity_id", b"entity_id", "entity_type", b"entity_type", "page_size", b"page_size", "page_token", b"page_token", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncJobsRequest: _TypeAlias = ListSyncJobsRequest  # noqa: Y015
+
+@_typing.final
+class ListSyncJobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOBS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def jobs(self) -> _containers.RepeatedCompositeFieldContainer[_sync_job_pb2.SyncJob]: ...
+    def __init__(
+        self,
+        *,
+        jobs: _abc.Iterable[_sync_job_pb2.SyncJob] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSyncJobsResponse: _TypeAlias = ListSyncJobsResponse  # noqa: Y015
+
+@_typing.final
+class RetrySyncJobRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_ID_FIELD_NUMBER: _builtins.int
+    job_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        job_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrySyncJobRequest: _TypeAlias = RetrySyncJobRequest  # noqa: Y015
+
+@_typing.final
+class RetrySyncJobResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    JOB_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def job(self) -> _sync_job_pb2.SyncJob: ...
+    def __init__(
+        self,
+        *,
+        job: _sync_job_pb2.SyncJob | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job", b"job"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetrySyncJobResponse: _TypeAlias = RetrySyncJobResponse  # noqa: Y015
+
+@_typing.final
+class ExportJournalRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CURRENCY_CODE_FIELD_NUMBER: _builtins.int
+    POST_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    """Its mapping names the accounts; with post, it receives the journal entry (Tryton only)."""
+    currency_code: _builtins.str
+    """ISO 4217: one journal per currency."""
+    post: _builtins.bool
+    """Also post the journal to the connection as one journal entry."""
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response (and posts once)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The period, [start_time, end_time): events by the time they took effect."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        currency_code: _builtins.str = ...,
+        post: _builtins.bool = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "currency_code", b"currency_code", "end_time", b"end_time", "post", b"post", "request_id", b"request_id", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportJournalRequest: _TypeAlias = ExportJournalRequest  # noqa: Y015
+
+@_typing.final
+class ExportJournalResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINES_FIELD_NUMBER: _builtins.int
+    DEBIT_TOTAL_FIELD_NUMBER: _builtins.int
+    CREDIT_TOTAL_FIELD_NUMBER: _builtins.int
+    CSV_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    ERP_MOVE_ID_FIELD_NUMBER: _builtins.int
+    csv: _builtins.str
+    """The lines as CSV (header: role,charge_offer_code,account,debit,credit,currency_code)."""
+    json: _builtins.str
+    """The lines as a JSON document."""
+    erp_move_id: _builtins.str
+    """With post: the ERP's id of the journal entry."""
+    @_builtins.property
+    def lines(self) -> _containers.RepeatedCompositeFieldContainer[_journal_pb2.JournalLine]: ...
+    @_builtins.property
+    def debit_total(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def credit_total(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        lines: _abc.Iterable[_journal_pb2.JournalLine] | None = ...,
+        debit_total: _money_pb2.Money | None = ...,
+        credit_total: _money_pb2.Money | None = ...,
+        csv: _builtins.str = ...,
+        json: _builtins.str = ...,
+        erp_move_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_total", b"credit_total", "debit_total", b"debit_total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["credit_total", b"credit_total", "csv", b"csv", "debit_total", b"debit_total", "erp_move_id", b"erp_move_id", "json", b"json", "lines", b"lines"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportJournalResponse: _TypeAlias = ExportJournalResponse  # noqa: Y015

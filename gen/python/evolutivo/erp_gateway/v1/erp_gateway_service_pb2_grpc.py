@@ -40,6 +40,46 @@ class ErpGatewayServiceStub:
                 request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateResponse.FromString,
                 _registered_method=True)
+        self.CreateConnection = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/CreateConnection',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionResponse.FromString,
+                _registered_method=True)
+        self.GetConnection = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/GetConnection',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionResponse.FromString,
+                _registered_method=True)
+        self.ListConnections = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/ListConnections',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsResponse.FromString,
+                _registered_method=True)
+        self.UpdateConnection = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/UpdateConnection',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.FromString,
+                _registered_method=True)
+        self.TestConnection = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/TestConnection',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionResponse.FromString,
+                _registered_method=True)
+        self.ListSyncJobs = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/ListSyncJobs',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsResponse.FromString,
+                _registered_method=True)
+        self.RetrySyncJob = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/RetrySyncJob',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobResponse.FromString,
+                _registered_method=True)
+        self.ExportJournal = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/ExportJournal',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalResponse.FromString,
+                _registered_method=True)
 
 
 class ErpGatewayServiceServicer:
@@ -47,7 +87,64 @@ class ErpGatewayServiceServicer:
     """
 
     def GetSyncState(self, request, context):
-        """Returns the sync state of one suite entity.
+        """Returns the sync state of one suite entity, with its job on every connection.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateConnection(self, request, context):
+        """Configures a connection; the records the gateway knows already are queued for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConnection(self, request, context):
+        """Returns one connection (never its secret: has_credentials says whether it has one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConnections(self, request, context):
+        """Lists connections in creation order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateConnection(self, request, context):
+        """Changes the fields named in update_mask.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TestConnection(self, request, context):
+        """Checks that the connection's server answers, accepts its credentials and knows its mapping.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSyncJobs(self, request, context):
+        """Lists sync jobs, oldest first, filtered by connection, state and entity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetrySyncJob(self, request, context):
+        """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportJournal(self, request, context):
+        """The balanced journal of a period from the events the gateway received; optionally posted to
+        the connection as journal entries (Tryton).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -60,6 +157,46 @@ def add_ErpGatewayServiceServicer_to_server(servicer, server):
                     servicer.GetSyncState,
                     request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateRequest.FromString,
                     response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateResponse.SerializeToString,
+            ),
+            'CreateConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConnection,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionResponse.SerializeToString,
+            ),
+            'GetConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConnection,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionResponse.SerializeToString,
+            ),
+            'ListConnections': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConnections,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsResponse.SerializeToString,
+            ),
+            'UpdateConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConnection,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.SerializeToString,
+            ),
+            'TestConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.TestConnection,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionResponse.SerializeToString,
+            ),
+            'ListSyncJobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSyncJobs,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsResponse.SerializeToString,
+            ),
+            'RetrySyncJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetrySyncJob,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobResponse.SerializeToString,
+            ),
+            'ExportJournal': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportJournal,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +227,222 @@ class ErpGatewayService:
             '/evolutivo.erp_gateway.v1.ErpGatewayService/GetSyncState',
             evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateRequest.SerializeToString,
             evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetSyncStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/CreateConnection',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.CreateConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/GetConnection',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.GetConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConnections(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/ListConnections',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListConnectionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/UpdateConnection',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TestConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/TestConnection',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSyncJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/ListSyncJobs',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ListSyncJobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetrySyncJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/RetrySyncJob',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RetrySyncJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportJournal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/ExportJournal',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.ExportJournalResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,7 +34,25 @@ class ErpGatewayServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ErpGatewayServiceAsyncStub: ...
     GetSyncState: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.GetSyncStateRequest, _erp_gateway_service_pb2.GetSyncStateResponse]
-    """Returns the sync state of one suite entity."""
+    """Returns the sync state of one suite entity, with its job on every connection."""
+    CreateConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.CreateConnectionRequest, _erp_gateway_service_pb2.CreateConnectionResponse]
+    """Configures a connection; the records the gateway knows already are queued for it."""
+    GetConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.GetConnectionRequest, _erp_gateway_service_pb2.GetConnectionResponse]
+    """Returns one connection (never its secret: has_credentials says whether it has one)."""
+    ListConnections: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListConnectionsRequest, _erp_gateway_service_pb2.ListConnectionsResponse]
+    """Lists connections in creation order."""
+    UpdateConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.UpdateConnectionRequest, _erp_gateway_service_pb2.UpdateConnectionResponse]
+    """Changes the fields named in update_mask."""
+    TestConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.TestConnectionRequest, _erp_gateway_service_pb2.TestConnectionResponse]
+    """Checks that the connection's server answers, accepts its credentials and knows its mapping."""
+    ListSyncJobs: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListSyncJobsRequest, _erp_gateway_service_pb2.ListSyncJobsResponse]
+    """Lists sync jobs, oldest first, filtered by connection, state and entity."""
+    RetrySyncJob: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.RetrySyncJobRequest, _erp_gateway_service_pb2.RetrySyncJobResponse]
+    """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts."""
+    ExportJournal: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ExportJournalRequest, _erp_gateway_service_pb2.ExportJournalResponse]
+    """The balanced journal of a period from the events the gateway received; optionally posted to
+    the connection as journal entries (Tryton).
+    """
 
 @_typing.type_check_only
 class ErpGatewayServiceAsyncStub(ErpGatewayServiceStub):
@@ -42,7 +60,25 @@ class ErpGatewayServiceAsyncStub(ErpGatewayServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetSyncState: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.GetSyncStateRequest, _erp_gateway_service_pb2.GetSyncStateResponse]  # type: ignore[assignment]
-    """Returns the sync state of one suite entity."""
+    """Returns the sync state of one suite entity, with its job on every connection."""
+    CreateConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.CreateConnectionRequest, _erp_gateway_service_pb2.CreateConnectionResponse]  # type: ignore[assignment]
+    """Configures a connection; the records the gateway knows already are queued for it."""
+    GetConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.GetConnectionRequest, _erp_gateway_service_pb2.GetConnectionResponse]  # type: ignore[assignment]
+    """Returns one connection (never its secret: has_credentials says whether it has one)."""
+    ListConnections: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListConnectionsRequest, _erp_gateway_service_pb2.ListConnectionsResponse]  # type: ignore[assignment]
+    """Lists connections in creation order."""
+    UpdateConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.UpdateConnectionRequest, _erp_gateway_service_pb2.UpdateConnectionResponse]  # type: ignore[assignment]
+    """Changes the fields named in update_mask."""
+    TestConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.TestConnectionRequest, _erp_gateway_service_pb2.TestConnectionResponse]  # type: ignore[assignment]
+    """Checks that the connection's server answers, accepts its credentials and knows its mapping."""
+    ListSyncJobs: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListSyncJobsRequest, _erp_gateway_service_pb2.ListSyncJobsResponse]  # type: ignore[assignment]
+    """Lists sync jobs, oldest first, filtered by connection, state and entity."""
+    RetrySyncJob: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.RetrySyncJobRequest, _erp_gateway_service_pb2.RetrySyncJobResponse]  # type: ignore[assignment]
+    """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts."""
+    ExportJournal: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ExportJournalRequest, _erp_gateway_service_pb2.ExportJournalResponse]  # type: ignore[assignment]
+    """The balanced journal of a period from the events the gateway received; optionally posted to
+    the connection as journal entries (Tryton).
+    """
 
 class ErpGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """Keeps external ERPs in step with the suite, both ways."""
@@ -53,6 +89,72 @@ class ErpGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _erp_gateway_service_pb2.GetSyncStateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_erp_gateway_service_pb2.GetSyncStateResponse, _abc.Awaitable[_erp_gateway_service_pb2.GetSyncStateResponse]]:
-        """Returns the sync state of one suite entity."""
+        """Returns the sync state of one suite entity, with its job on every connection."""
+
+    @_abc_1.abstractmethod
+    def CreateConnection(
+        self,
+        request: _erp_gateway_service_pb2.CreateConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.CreateConnectionResponse, _abc.Awaitable[_erp_gateway_service_pb2.CreateConnectionResponse]]:
+        """Configures a connection; the records the gateway knows already are queued for it."""
+
+    @_abc_1.abstractmethod
+    def GetConnection(
+        self,
+        request: _erp_gateway_service_pb2.GetConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.GetConnectionResponse, _abc.Awaitable[_erp_gateway_service_pb2.GetConnectionResponse]]:
+        """Returns one connection (never its secret: has_credentials says whether it has one)."""
+
+    @_abc_1.abstractmethod
+    def ListConnections(
+        self,
+        request: _erp_gateway_service_pb2.ListConnectionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.ListConnectionsResponse, _abc.Awaitable[_erp_gateway_service_pb2.ListConnectionsResponse]]:
+        """Lists connections in creation order."""
+
+    @_abc_1.abstractmethod
+    def UpdateConnection(
+        self,
+        request: _erp_gateway_service_pb2.UpdateConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.UpdateConnectionResponse, _abc.Awaitable[_erp_gateway_service_pb2.UpdateConnectionResponse]]:
+        """Changes the fields named in update_mask."""
+
+    @_abc_1.abstractmethod
+    def TestConnection(
+        self,
+        request: _erp_gateway_service_pb2.TestConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.TestConnectionResponse, _abc.Awaitable[_erp_gateway_service_pb2.TestConnectionResponse]]:
+        """Checks that the connection's server answers, accepts its credentials and knows its mapping."""
+
+    @_abc_1.abstractmethod
+    def ListSyncJobs(
+        self,
+        request: _erp_gateway_service_pb2.ListSyncJobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.ListSyncJobsResponse, _abc.Awaitable[_erp_gateway_service_pb2.ListSyncJobsResponse]]:
+        """Lists sync jobs, oldest first, filtered by connection, state and entity."""
+
+    @_abc_1.abstractmethod
+    def RetrySyncJob(
+        self,
+        request: _erp_gateway_service_pb2.RetrySyncJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.RetrySyncJobResponse, _abc.Awaitable[_erp_gateway_service_pb2.RetrySyncJobResponse]]:
+        """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts."""
+
+    @_abc_1.abstractmethod
+    def ExportJournal(
+        self,
+        request: _erp_gateway_service_pb2.ExportJournalRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.ExportJournalResponse, _abc.Awaitable[_erp_gateway_service_pb2.ExportJournalResponse]]:
+        """The balanced journal of a period from the events the gateway received; optionally posted to
+        the connection as journal entries (Tryton).
+        """
 
 def add_ErpGatewayServiceServicer_to_server(servicer: ErpGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,109 @@
+"""What the gateway asks of an ERP, whatever the ERP: the adapters implement it."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import date
+from typing import Protocol
+
+from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2
+
+from evolutivo_erp_gateway.domain.journal import Journal
+
+
+class ErpError(Exception):
+    """An ERP call failed; the job is retried with backoff."""
+
+
+class Unreachable(ErpError):
+    """The server did not answer (refused, timed out, not the protocol expected)."""
+
+
+class AuthFailed(ErpError):
+    """The server refused the connection's username or secret."""
+
+
+class Rejected(ErpError):
+    """The server answered with an error of its own (a validation, a missing record...)."""
+
+
+class MappingMissing(ErpError):
+    """The connection's mapping lacks what this record needs."""
+
+
+class ProblemKind(enum.Enum):
+    UNREACHABLE = "unreachable"
+    AUTH_FAILED = "auth_failed"
+    MAPPING_MISSING = "mapping_missing"
+    CONFIG_INVALID = "config_invalid"
+    ERP_ERROR = "erp_error"
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: ProblemKind
+    message: str
+
+
+def problem_of(error: Exception) -> Problem:
+    kinds = {
+        Unreachable: ProblemKind.UNREACHABLE,
+        AuthFailed: ProblemKind.AUTH_FAILED,
+        MappingMissing: ProblemKind.MAPPING_MISSING,
+    }
+    for cls, kind in kinds.items():
+        if isinstance(error, cls):
+            return Problem(kind, str(error))
+    return Problem(ProblemKind.ERP_ERROR, str(error))
+
+
+@dataclass(frozen=True)
+class ErpPayment:
+    """A payment recorded in the ERP, as the inbound poll reads it."""
+
+    erp_id: str
+    party: str
+    amount_text: str  # decimal string, in the company's currency
+    currency_code: str
+    # The ERP's own change cursor: (write or create time as ISO text, id).
+    cursor: tuple[str, int]
+
+
+class ErpAdapter(Protocol):
+    async def test(self) -> list[Problem]:
+        """What is wrong with the connection; empty when nothing is."""
+        ...
+
+    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
+        """Creates or updates the customer's party; `erp_id` is the known one ("" if none). Returns its id."""
+        ...
+
+    async def post_invoice(self, bill: bill_pb2.Bill, party: str) -> str:
+        """A posted customer invoice for the bill, created at most once. Returns its id."""
+        ...
+
+    async def post_credit_note(
+        self, note: credit_note_pb2.CreditNote, party: str, bill: bill_pb2.Bill | None = None
+    ) -> str:
+        """A posted credit note, created at most once. Returns its id."""
+        ...
+
+    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
+        """The payment booked and reconciled against the party's open invoices, at most once."""
+        ...
+
+    async def post_journal(self, journal: Journal, on: date, reference: str) -> str:
+        """The journal as one posted journal entry, at most once per reference."""
+        ...
+
+    async def payments_since(
+        self, cursor: tuple[str, int] | None, limit: int
+    ) -> tuple[list[ErpPayment], tuple[str, int] | None]:
+        """Payments recorded in the ERP after `cursor`, oldest first (not the gateway's own), and the
+        cursor after them (past what was read, also what was not a payment)."""
+        ...
+
+    async def aclose(self) -> None: ...

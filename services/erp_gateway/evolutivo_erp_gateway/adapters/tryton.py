@@ -1,0 +1,708 @@
+"""Tryton over its JSON-RPC interface (what the Tryton clients speak), with httpx.
+
+Every write is made findable by a reference of ours before it is made, so that a retry after a
+crash finds the record instead of creating a second one:
+  parties   code = the account number;
+  invoices  reference = the bill number (credit notes: the credit note number), type out;
+  payments  account.move description = "evolutivo:payment:<payment id>";
+  journals  account.move description = "evolutivo:journal:<reference>".
+Tryton runs each RPC call in its own transaction, so a record is created whole or not at all; a
+crash between "create" and "post" leaves a draft that the retry finds and posts.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import itertools
+import json
+from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import httpx
+from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2
+from evolutivo_runtime.money import from_money
+from google.type import date_pb2
+
+from evolutivo_erp_gateway.adapters.erp import (
+    AuthFailed,
+    ErpError,
+    ErpPayment,
+    MappingMissing,
+    Problem,
+    ProblemKind,
+    Rejected,
+    Unreachable,
+)
+from evolutivo_erp_gateway.domain.connections import Connection, Mapping
+from evolutivo_erp_gateway.domain.journal import Journal
+
+PAYMENT_MARK = "evolutivo:payment:"
+JOURNAL_MARK = "evolutivo:journal:"
+# Tryton stamps write_date with its transaction's start: a transaction that began before the last
+# seen stamp may commit after the poll. The poll looks back this far and skips what it imported.
+IMPORT_LOOKBACK = dt.timedelta(minutes=2)
+
+
+# --- Tryton's JSON: Decimal, date and datetime travel as {"__class__": ...} objects -------------
+def _encode(value: object) -> object:
+    if isinstance(value, Decimal):
+        return {"__class__": "Decimal", "decimal": str(value)}
+    if isinstance(value, dt.datetime):
+        return {
+            "__class__": "datetime",
+            "year": value.year,
+            "month": value.month,
+            "day": value.day,
+            "hour": value.hour,
+            "minute": value.minute,
+            "second": value.second,
+            "microsecond": value.microsecond,
+        }
+    if isinstance(value, dt.date):
+        return {"__class__": "date", "year": value.year, "month": value.month, "day": value.day}
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON for Tryton")
+
+
+def _decode(obj: dict[str, Any]) -> object:
+    kind = obj.get("__class__")
+    if kind == "Decimal":
+        return Decimal(obj["decimal"])
+    if kind == "datetime":
+        return dt.datetime(
+            obj["year"], obj["month"], obj["day"], obj["hour"], obj["minute"], obj["second"], obj["microsecond"]
+        )
+    if kind == "date":
+        return dt.date(obj["year"], obj["month"], obj["day"])
+    if kind == "bytes":
+        return base64.decodebytes(obj["base64"].encode())
+    return obj
+
+
+class _Unauthorized(Exception):
+    pass
+
+
+class _Warning(Exception):
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(message)
+        self.name = name
+
+
+class TrytonClient:
+    """JSON-RPC calls on one Tryton database, logged in as the connection's user."""
+
+    def __init__(
+        self, url: str, username: str, password: str, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        # The connection's URL is the database's (http://host:8000/<db>/); Tryton 8 serves its
+        # JSON-RPC under <db>/rpc/.
+        self.url = (url if url.endswith("/") else url + "/") + "rpc/"
+        self._username = username
+        self._password = password
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._ids = itertools.count(1)
+        self._user_id: int | None = None
+        self._session = ""
+        self.context: dict[str, Any] = {}
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, method: str, params: Sequence[object], auth: bool = True) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if auth:
+            token = base64.b64encode(f"{self._username}:{self._user_id}:{self._session}".encode()).decode()
+            headers["Authorization"] = f"Session {token}"
+        body = json.dumps({"id": next(self._ids), "method": method, "params": list(params)}, default=_encode)
+        try:
+            response = await self._http.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise Unreachable(f"Tryton at {self.url} did not answer: {type(exc).__name__}") from None
+        if response.status_code in (401, 403):
+            raise _Unauthorized(response.status_code)
+        if response.status_code == 404:
+            raise Unreachable(f"Tryton at {self.url}: no such database (HTTP 404)")
+        if response.status_code == 429:
+            raise Unreachable("Tryton refused the login: too many attempts (HTTP 429)")
+        if response.status_code >= 400:
+            raise Unreachable(f"Tryton at {self.url} answered HTTP {response.status_code}")
+        try:
+            data = json.loads(response.text, object_hook=_decode)
+        except ValueError:
+            raise Unreachable(f"{self.url} does not answer Tryton's JSON-RPC") from None
+        error = data.get("error") if isinstance(data, dict) else None
+        if error:
+            raise _error(error)
+        if not isinstance(data, dict) or "result" not in data:
+            raise Unreachable(f"{self.url} does not answer Tryton's JSON-RPC")
+        return data["result"]
+
+    async def login(self) -> None:
+        try:
+            result = await self._post("common.db.login", [self._username, {"password": self._password}, "en"], False)
+        except _Unauthorized:
+            raise AuthFailed(f"Tryton refused the login of {self._username!r}") from None
+        if not result:
+            raise AuthFailed(f"Tryton refused the login of {self._username!r}")
+        self._user_id, self._session = int(result[0]), str(result[1])
+        # The user's preferences are the context Tryton's own clients send (company, language...).
+        self.context = await self._post("model.res.user.get_preferences", [True, {}])
+
+    async def call(self, method: str, *params: object, context: dict[str, Any] | None = None) -> Any:
+        if self._user_id is None:
+            await self.login()
+        for _ in range(4):
+            try:
+                return await self._post(method, [*params, {**self.context, **(context or {})}])
+            except _Unauthorized:
+                # The session expired, or the call wants a fresh one (Tryton's posting does).
+                await self.login()
+            except _Warning as warning:
+                # A warning is a question to a person (e.g. "invoice dated in the future"); the
+                # gateway's records are the suite's facts, so it answers yes, once, as a client would.
+                await self._post(
+                    "model.res.user.warning.create",
+                    [[{"user": self._user_id, "name": warning.name, "always": False}], self.context],
+                )
+        raise Rejected(f"Tryton kept refusing {method}")
+
+    # Conveniences over the ORM methods every model serves.
+    async def search(
+        self, model: str, domain: list[object], limit: int | None = None, order: object = None
+    ) -> list[int]:
+        return list(await self.call(f"model.{model}.search", domain, 0, limit, order))
+
+    async def read(self, model: str, ids: Sequence[int], fields: Sequence[str]) -> list[dict[str, Any]]:
+        rows = await self.call(f"model.{model}.read", list(ids), list(fields))
+        by_id = {row["id"]: row for row in rows}
+        return [by_id[i] for i in ids if i in by_id]
+
+    async def create(self, model: str, values: dict[str, object]) -> int:
+        (record_id,) = await self.call(f"model.{model}.create", [values])
+        return int(record_id)
+
+    async def write(self, model: str, ids: Sequence[int], values: dict[str, object]) -> None:
+        await self.call(f"model.{model}.write", list(ids), values)
+
+
+def _error(error: Any) -> Exception:
+    kind = error[0] if isinstance(error, list) and error else ""
+    args = error[1] if isinstance(error, list) and len(error) > 1 else []
+    if kind == "UserWarning" and isinstance(args, list) and args:
+        return _Warning(str(args[0]), str(args[1] if len(args) > 1 else args[0]))
+    if kind in ("UserError", "AccessError", "RequiredValidationError", "DomainValidationError") or kind.endswith(
+        "Error"
+    ):
+        message = args[0] if isinstance(args, list) and args else args
+        return Rejected(f"Tryton: {message}")
+    if kind == "LoginException":
+        return AuthFailed("Tryton asks for more than a password to log in")
+    return Rejected(f"Tryton: {str(error)[:300]}")
+
+
+def _date(value: date_pb2.Date) -> dt.date:
+    return dt.date(value.year, value.month, value.day)
+
+
+def _tryton_id(field: str, value: str) -> int:
+    if not value.isdigit():
+        raise MappingMissing(f"{field}: {value!r} is not a Tryton id")
+    return int(value)
+
+
+class TrytonAdapter:
+    def __init__(
+        self, connection: Connection, password: str, timeout: float, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self.connection = connection
+        self.mapping: Mapping = connection.mapping
+        self.client = TrytonClient(connection.endpoint_url, connection.username, password, timeout, transport)
+        self._tax_accounts: dict[int, tuple[int, int]] = {}
+        self._currencies: dict[str, int] = {}
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    # --- mapping -------------------------------------------------------------------------------
+    def _account(self, role: str) -> int:
+        value = self.mapping.accounts.get(role, "")
+        if not value:
+            raise MappingMissing(f"mapping.accounts[{role}] is required")
+        return _tryton_id(f"mapping.accounts[{role}]", value)
+
+    def _revenue_account(self, offer: str) -> int:
+        value = self.mapping.revenue_account(offer)
+        if not value:
+            raise MappingMissing("mapping.accounts[revenue] is required")
+        return _tryton_id(f"mapping.accounts[revenue:{offer}]", value)
+
+    def _journal(self, role: str) -> int:
+        value = self.mapping.journals.get(role, "")
+        if not value:
+            raise MappingMissing(f"mapping.journals[{role}] is required")
+        return _tryton_id(f"mapping.journals[{role}]", value)
+
+    def _tax(self, tax_code: str) -> int:
+        value = self.mapping.taxes.get(tax_code, "")
+        if not value:
+            raise MappingMissing(f"mapping.taxes[{tax_code}] is required")
+        return _tryton_id(f"mapping.taxes[{tax_code}]", value)
+
+    async def _tax_account(self, tax: int, credit_note: bool) -> int:
+        if tax not in self._tax_accounts:
+            rows = await self.client.read("account.tax", [tax], ["invoice_account", "credit_note_account"])
+            if not rows:
+                raise MappingMissing(f"mapping.taxes: no tax {tax} in Tryton")
+            self._tax_accounts[tax] = (rows[0]["invoice_account"], rows[0]["credit_note_account"])
+        invoice_account, credit_note_account = self._tax_accounts[tax]
+        return credit_note_account if credit_note else invoice_account
+
+    async def _currency(self, code: str) -> int:
+        if code not in self._currencies:
+            ids = await self.client.search("currency.currency", [("code", "=", code)], 1)
+            if not ids:
+                raise MappingMissing(f"Tryton has no currency {code}")
+            self._currencies[code] = ids[0]
+        return self._currencies[code]
+
+    # --- TestConnection --------------------------------------------------------------------------
+    async def test(self) -> list[Problem]:
+        try:
+            await self.client.login()
+        except Unreachable as exc:
+            return [Problem(ProblemKind.UNREACHABLE, str(exc))]
+        except AuthFailed as exc:
+            return [Problem(ProblemKind.AUTH_FAILED, str(exc))]
+        except ErpError as exc:
+            return [Problem(ProblemKind.ERP_ERROR, str(exc))]
+        problems = [
+            Problem(ProblemKind.MAPPING_MISSING, f"mapping.{kind}[{role}] is required")
+            for kind, roles, given in (
+                ("accounts", ("receivable", "revenue", "cash"), self.mapping.accounts),
+                ("journals", ("revenue", "cash"), self.mapping.journals),
+            )
+            for role in roles
+            if not given.get(role)
+        ]
+        checks = (
+            ("accounts", "account.account", self.mapping.accounts),
+            ("journals", "account.journal", self.mapping.journals),
+            ("taxes", "account.tax", self.mapping.taxes),
+            ("products", "product.product", self.mapping.products),
+            ("customers", "party.party", self.mapping.customers),
+        )
+        for kind, model, entries in checks:
+            ids: dict[str, int] = {}
+            for key, value in entries.items():
+                if value.isdigit():
+                    ids[key] = int(value)
+                else:
+                    problems.append(
+                        Problem(ProblemKind.MAPPING_MISSING, f"mapping.{kind}[{key}]: {value!r} is not a Tryton id")
+                    )
+            if not ids:
+                continue
+            try:
+                found = set(await self.client.search(model, [("id", "in", sorted(set(ids.values())))]))
+            except ErpError as exc:
+                problems.append(Problem(ProblemKind.ERP_ERROR, f"reading {model}: {exc}"))
+                continue
+            problems += [
+                Problem(ProblemKind.MAPPING_MISSING, f"mapping.{kind}[{key}]: no {model} {value} in Tryton")
+                for key, value in ids.items()
+                if value not in found
+            ]
+        return problems
+
+    # --- outbound --------------------------------------------------------------------------------
+    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
+        name = account.display_name or account.account_number
+        party = int(erp_id) if erp_id.isdigit() else 0
+        if not party:
+            found = await self.client.search("party.party", [("code", "=", account.account_number)], 1)
+            party = found[0] if found else 0
+        if party:
+            await self.client.write("party.party", [party], {"name": name})
+            return str(party)
+        party = await self.client.create(
+            "party.party", {"name": name, "code": account.account_number, "addresses": [("create", [{}])]}
+        )
+        return str(party)
+
+    async def _find_invoice(self, reference: str, party: int) -> int:
+        found = await self.client.search(
+            "account.invoice", [("type", "=", "out"), ("reference", "=", reference), ("party", "=", party)], 1
+        )
+        return found[0] if found else 0
+
+    async def _post_invoice(self, invoice: int) -> None:
+        (row,) = await self.client.read("account.invoice", [invoice], ["state"])
+        if row["state"] in ("draft", "validated"):
+            await self.client.call("model.account.invoice.post", [invoice])
+
+    async def _invoice_values(
+        self,
+        party: int,
+        reference: str,
+        description: str,
+        currency_code: str,
+        invoice_date: dt.date,
+        lines: list[dict[str, object]],
+        taxes: list[dict[str, object]],
+    ) -> dict[str, object]:
+        addresses = (await self.client.read("party.party", [party], ["addresses"]))[0]["addresses"]
+        values: dict[str, object] = {
+            "type": "out",
+            "party": party,
+            "reference": reference,
+            "description": description,
+            "currency": await self._currency(currency_code),
+            "invoice_date": invoice_date,
+            "account": self._account("receivable"),
+            "journal": self._journal("revenue"),
+            "lines": [("create", lines)],
+            "taxes": [("create", taxes)],
+        }
+        if addresses:
+            values["invoice_address"] = addresses[0]
+        return values
+
+    async def _line(self, offer: str, description: str, quantity: int, amount: Decimal) -> dict[str, object]:
+        line: dict[str, object] = {
+            "type": "line",
+            "account": self._revenue_account(offer),
+            "description": description,
+            # One unit at the line's amount: the amount is exact, a unit price from it might not be.
+            "quantity": float(quantity),
+            "unit_price": amount,
+        }
+        product = self.mapping.products.get(offer, "")
+        if product:
+            product_id = _tryton_id(f"mapping.products[{offer}]", product)
+            rows = await self.client.read("product.product", [product_id], ["default_uom"])
+            if not rows:
+                raise MappingMissing(f"mapping.products[{offer}]: no product {product_id} in Tryton")
+            line["product"] = product_id
+            line["unit"] = rows[0]["default_uom"]
+        return line
+
+    async def post_invoice(self, bill: bill_pb2.Bill, party: str) -> str:
+        party_id = int(party)
+        reference = bill.bill_number or bill.bill_id
+        invoice = await self._find_invoice(reference, party_id)
+        if not invoice:
+            lines = [
+                await self._line(
+                    line.charge_offer_code,
+                    f"{line.charge_offer_code} / {line.charge_code} ({line.tax_code}), quantity {line.quantity}",
+                    1,
+                    from_money(line.amount),
+                )
+                for line in bill.lines
+            ]
+            # The bill's taxes are authoritative (per tax code, rounded half up): they go as manual
+            # taxes, so Tryton's own computation (half even) cannot make the totals differ.
+            taxes = []
+            for tax in bill.taxes:
+                tax_id = self._tax(tax.tax_code)
+                taxes.append(
+                    {
+                        "manual": True,
+                        "tax": tax_id,
+                        "description": f"{tax.tax_code} {tax.rate}",
+                        "base": from_money(tax.taxable_amount),
+                        "amount": from_money(tax.tax_amount),
+                        "account": await self._tax_account(tax_id, credit_note=False),
+                    }
+                )
+            values = await self._invoice_values(
+                party_id,
+                reference,
+                f"Bill {reference}",
+                bill.currency_code,
+                _date(bill.issue_date),
+                lines,
+                taxes,
+            )
+            invoice = await self.client.create("account.invoice", values)
+        await self._post_invoice(invoice)
+        return str(invoice)
+
+    async def post_credit_note(
+        self, note: credit_note_pb2.CreditNote, party: str, bill: bill_pb2.Bill | None = None
+    ) -> str:
+        party_id = int(party)
+        reference = note.credit_note_number or note.credit_note_id
+        invoice = await self._find_invoice(reference, party_id)
+        if not invoice:
+            # Tryton's credit note is a customer invoice with negative quantities.
+            lines = [
+                await self._line(
+                    line.charge_offer_code,
+                    f"Credit of bill line {line.bill_line_number}: {line.charge_offer_code} / {line.charge_code}",
+                    -1,
+                    from_money(line.amount),
+                )
+                for line in note.lines
+            ]
+            taxes = []
+            for tax_code, base, amount in _credit_note_taxes(note, bill):
+                tax_id = self._tax(tax_code)
+                taxes.append(
+                    {
+                        "manual": True,
+                        "tax": tax_id,
+                        "description": f"{tax_code} (credit note)",
+                        "base": -base,
+                        "amount": -amount,
+                        "account": await self._tax_account(tax_id, credit_note=True),
+                    }
+                )
+            values = await self._invoice_values(
+                party_id,
+                reference,
+                f"Credit note {reference} ({note.reason})"[:200],
+                note.currency_code,
+                _date(note.issue_date),
+                lines,
+                taxes,
+            )
+            invoice = await self.client.create("account.invoice", values)
+        await self._post_invoice(invoice)
+        return str(invoice)
+
+    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
+        party_id = int(party)
+        marker = f"{PAYMENT_MARK}{payment.payment_id}"
+        amount = from_money(payment.amount)
+        found = await self.client.search("account.move", [("description", "=", marker)], 1)
+        if found:
+            move = found[0]
+        else:
+            receivable = self._account("receivable")
+            # The payment is split over the party's open invoices, oldest first (as billing
+            # allocates it); each part names its invoice so a retry reconciles the same ones.
+            lines: list[dict[str, object]] = [{"account": self._account("cash"), "debit": amount, "credit": Decimal(0)}]
+            left = amount
+            for invoice, to_pay in await self._open_invoices(party_id):
+                if left <= 0:
+                    break
+                part = min(left, to_pay)
+                lines.append(
+                    {
+                        "account": receivable,
+                        "party": party_id,
+                        "debit": Decimal(0),
+                        "credit": part,
+                        "description": f"{marker}:invoice:{invoice}",
+                    }
+                )
+                left -= part
+            if left > 0:
+                lines.append(
+                    {
+                        "account": receivable,
+                        "party": party_id,
+                        "debit": Decimal(0),
+                        "credit": left,
+                        "description": marker,
+                    }
+                )
+            received = payment.received_time.ToDatetime(tzinfo=dt.UTC).date()
+            move = await self.client.create(
+                "account.move",
+                {
+                    "journal": self._journal("cash"),
+                    "date": received,
+                    "period": await self._period(received),
+                    "description": marker,
+                    "lines": [("create", lines)],
+                },
+            )
+        (row,) = await self.client.read("account.move", [move], ["state", "lines"])
+        if row["state"] != "posted":
+            await self.client.call("model.account.move.post", [move])
+        await self._reconcile(row["lines"], marker)
+        return str(move)
+
+    async def _open_invoices(self, party: int) -> list[tuple[int, Decimal]]:
+        ids = await self.client.search(
+            "account.invoice",
+            [("type", "=", "out"), ("party", "=", party), ("state", "=", "posted")],
+            None,
+            [("invoice_date", "ASC"), ("id", "ASC")],
+        )
+        rows = await self.client.read("account.invoice", ids, ["amount_to_pay"]) if ids else []
+        return [(row["id"], row["amount_to_pay"]) for row in rows if row["amount_to_pay"] > 0]
+
+    async def _reconcile(self, line_ids: list[int], marker: str) -> None:
+        lines = await self.client.read("account.move.line", line_ids, ["description", "reconciliation"])
+        prefix = f"{marker}:invoice:"
+        for line in lines:
+            description = line["description"] or ""
+            if not description.startswith(prefix) or line["reconciliation"]:
+                continue
+            invoice = int(description[len(prefix) :])
+            (row,) = await self.client.read("account.invoice", [invoice], ["payment_lines", "state"])
+            if row["state"] != "posted":
+                continue
+            if line["id"] not in row["payment_lines"]:
+                await self.client.write("account.invoice", [invoice], {"payment_lines": [("add", [line["id"]])]})
+            (row,) = await self.client.read(
+                "account.invoice", [invoice], ["amount_to_pay", "lines_to_pay", "payment_lines", "state"]
+            )
+            if row["amount_to_pay"] == 0 and row["state"] == "posted":
+                # Paid in full: its receivable and its payments reconciled together mark it paid.
+                candidates = await self.client.read(
+                    "account.move.line", [*row["lines_to_pay"], *row["payment_lines"]], ["reconciliation", "date"]
+                )
+                open_lines = [c for c in candidates if not c["reconciliation"]]
+                if open_lines:
+                    await self._reconcile_lines([c["id"] for c in open_lines])
+
+    async def _reconcile_lines(self, ids: list[int]) -> None:
+        """Tryton's own "Reconcile Lines" wizard (reconciliations cannot be written directly); the
+        invoice whose lines it reconciles turns paid."""
+        wizard = "wizard.account.move.reconcile_lines"
+        context = {"active_model": "account.move.line", "active_id": ids[0], "active_ids": ids}
+        session, _, _ = await self.client.call(f"{wizard}.create")
+        try:
+            await self.client.call(f"{wizard}.execute", session, {}, "start", context=context)
+        finally:
+            await self.client.call(f"{wizard}.delete", session)
+
+    async def post_journal(self, journal: Journal, on: dt.date, reference: str) -> str:
+        marker = f"{JOURNAL_MARK}{reference}"
+        found = await self.client.search("account.move", [("description", "=", marker)], 1)
+        if found:
+            move = found[0]
+        else:
+            lines: list[dict[str, object]] = []
+            for line in journal.lines:
+                if not line.account:
+                    raise MappingMissing(f"mapping.accounts[{line.role}] is required to post the journal")
+                lines.append(
+                    {
+                        "account": _tryton_id(f"mapping.accounts[{line.role}]", line.account),
+                        "debit": line.debit,
+                        "credit": line.credit,
+                        "description": f"{line.role} {line.charge_offer_code}".strip(),
+                    }
+                )
+            # A summary has no customer: accounts that want a party (receivables) get the company's own.
+            accounts = sorted({int(str(values["account"])) for values in lines})
+            rows = await self.client.read("account.account", accounts, ["party_required"])
+            needs_party = {row["id"] for row in rows if row["party_required"]}
+            if needs_party:
+                party = await self._company_party()
+                for values in lines:
+                    if values["account"] in needs_party:
+                        values["party"] = party
+            move = await self.client.create(
+                "account.move",
+                {
+                    "journal": self._journal("general"),
+                    "date": on,
+                    "period": await self._period(on),
+                    "description": marker,
+                    "lines": [("create", lines)],
+                },
+            )
+        (row,) = await self.client.read("account.move", [move], ["state"])
+        if row["state"] != "posted":
+            await self.client.call("model.account.move.post", [move])
+        return str(move)
+
+    # --- inbound ---------------------------------------------------------------------------------
+    async def payments_since(
+        self, cursor: tuple[str, int] | None, limit: int
+    ) -> tuple[list[ErpPayment], tuple[str, int] | None]:
+        """Receivable credits with a party in posted cash-journal moves, by the move's write date
+        (set when the move is posted) and id; the gateway's own payment moves are left out."""
+        domain: list[object] = [("state", "=", "posted"), ("journal.type", "=", "cash")]
+        if cursor is not None:
+            since = dt.datetime.fromisoformat(cursor[0]) - IMPORT_LOOKBACK
+            domain.append(("write_date", ">=", since))
+        moves = await self.client.search("account.move", domain, limit, [("write_date", "ASC"), ("id", "ASC")])
+        if not moves:
+            return [], cursor
+        move_rows = await self.client.read("account.move", moves, ["description", "write_date", "create_date", "lines"])
+        currency = await self._company_currency()
+        receivable = set(await self.client.search("account.account", [("type.receivable", "=", True)]))
+        payments = []
+        last = cursor
+        for move in move_rows:
+            stamp = (move["write_date"] or move["create_date"]).isoformat()
+            if last is None or (stamp, int(move["id"])) > last:
+                last = (stamp, int(move["id"]))
+            if (move["description"] or "").startswith("evolutivo:"):
+                continue
+            lines = await self.client.read("account.move.line", move["lines"], ["party", "credit", "debit", "account"])
+            for line in lines:
+                if not line["party"] or line["credit"] <= 0 or line["account"] not in receivable:
+                    continue
+                payments.append(
+                    ErpPayment(
+                        erp_id=str(line["id"]),
+                        party=str(line["party"]),
+                        amount_text=str(line["credit"] - line["debit"]),
+                        currency_code=currency,
+                        cursor=(stamp, int(move["id"])),
+                    )
+                )
+        return payments, last
+
+    async def _period(self, on: dt.date) -> int:
+        """The open period of the date (a move's period defaults to Tryton's today's otherwise)."""
+        found = await self.client.search(
+            "account.period",
+            [("start_date", "<=", on), ("end_date", ">=", on), ("type", "=", "standard"), ("state", "=", "open")],
+            1,
+        )
+        if not found:
+            raise Rejected(f"Tryton has no open accounting period for {on.isoformat()}")
+        return found[0]
+
+    async def _company_party(self) -> int:
+        company = self.client.context.get("company")
+        if not company:
+            raise MappingMissing("the Tryton user has no company")
+        (row,) = await self.client.read("company.company", [int(company)], ["party"])
+        return int(row["party"])
+
+    async def _company_currency(self) -> str:
+        company = self.client.context.get("company")
+        if not company:
+            raise MappingMissing("the Tryton user has no company")
+        (row,) = await self.client.read("company.company", [int(company)], ["currency.code"])
+        return str((row.get("currency.") or {}).get("code", ""))
+
+
+def _credit_note_taxes(
+    note: credit_note_pb2.CreditNote, bill: bill_pb2.Bill | None
+) -> list[tuple[str, Decimal, Decimal]]:
+    """(tax code, base, tax) of a credit note: its lines per tax code at the bill's rates, rounded
+    half up as bills are; any cent the per-code rounding leaves goes to the last code, so the sum
+    is the note's tax_total exactly."""
+    bases: dict[str, Decimal] = {}
+    for line in note.lines:
+        bases[line.tax_code] = bases.get(line.tax_code, Decimal(0)) + from_money(line.amount)
+    if not bases:
+        return []
+    tax_total = from_money(note.tax_total)
+    rates = {tax.tax_code: Decimal(tax.rate) for tax in bill.taxes} if bill is not None else {}
+    places = tax_total.as_tuple().exponent
+    exponent = Decimal(1).scaleb(min(places if isinstance(places, int) else -2, -2))
+    result = []
+    for code, base in sorted(bases.items()):
+        result.append((code, base, (base * rates.get(code, Decimal(0))).quantize(exponent, ROUND_HALF_UP)))
+    drift = tax_total - sum((amount for _, _, amount in result), Decimal(0))
+    code, base, amount = result[-1]
+    result[-1] = (code, base, amount + drift)
+    return result

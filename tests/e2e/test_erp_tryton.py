@@ -1,0 +1,296 @@
+"""The ERP gateway over the running stack, against a real Tryton: a bill issued in billing ends up
+as a posted invoice in Tryton with the same total, and a payment booked in Tryton comes back into
+balance once (and pays the bill in billing) without being sent back to Tryton."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+
+import grpc
+import pytest
+from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
+from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
+from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
+from evolutivo.billing.v1 import bill_pb2
+from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
+from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
+from evolutivo.charging.v1 import catalog_pb2, usage_pb2
+from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
+from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
+from evolutivo.customer.v1 import account_pb2, purchase_pb2
+from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
+from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
+from evolutivo.erp_gateway.v1 import connection_pb2, sync_job_pb2, sync_state_pb2
+from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as erp_pb
+from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2_grpc as erp_grpc
+from evolutivo_erp_gateway.adapters.crypto import generate_key
+from evolutivo_erp_gateway.adapters.tryton import TrytonClient
+from evolutivo_runtime.money import from_money
+from evolutivo_runtime.testing import eventually
+from evolutivo_runtime.timestamps import to_timestamp
+from evolutivo_stack.embedded import scratch_dir
+from evolutivo_stack.stack import Stack
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from support.tryton import ADMIN, ADMIN_PASSWORD, Tryton, tryton  # noqa: F401  (the session's Tryton)
+
+pytestmark = pytest.mark.e2e
+
+SUCCEEDED = sync_job_pb2.SYNC_JOB_STATE_SUCCEEDED
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with scratch_dir("stack") as data_dir:
+        with Stack(
+            data_dir,
+            base_port=None,
+            clock_mode="controllable",
+            env={
+                "BILLING_CYCLE_CHECK_SECONDS": "0.5",
+                "BILLING_LATE_USAGE_DELAY_SECONDS": "0",
+                "BILLING_TAX_RATES": '{"standard": "0.21", "reduced": "0.10", "exempt": "0"}',
+                "ERP_GATEWAY_CREDENTIAL_KEYS": generate_key(),
+                "ERP_GATEWAY_SYNC_POLL_SECONDS": "0.5",
+                "ERP_GATEWAY_IMPORT_POLL_SECONDS": "1",
+            },
+        ) as running:
+            yield running
+
+
+def at(ts: Timestamp) -> datetime:
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:
+    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
+    return at((await admin.GetClock(clock_pb.GetClockRequest())).now)
+
+
+async def advance_to(channels: dict[str, grpc.aio.Channel], target: datetime) -> None:
+    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
+    seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
+    moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
+    for service in ("billing", "charging", "erp_gateway"):
+        stub = clock_grpc.ClockAdminServiceStub(channels[service])
+
+        async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
+            seen = await stub.GetClock(clock_pb.GetClockRequest())
+            return True if seen.revision >= moved.revision else None
+
+        await eventually(followed, timeout=30, what=f"{service} to follow the clock")
+
+
+async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
+    """An account with one metered purchase, 150 calls at 0.01 and its cycle closed: its bill."""
+    charging = charging_grpc.ChargingServiceStub(channels["charging"])
+    customer = customer_grpc.CustomerServiceStub(channels["customer"])
+    billing = billing_grpc.BillingServiceStub(channels["billing"])
+    code = f"api_{uuid.uuid4().hex[:8]}"
+    draft = await charging.CreateChargeOffer(
+        charging_pb.CreateChargeOfferRequest(
+            charge_offer=catalog_pb2.ChargeOffer(
+                code=code,
+                name="API Metered",
+                currency_code="EUR",
+                charges=[
+                    catalog_pb2.Charge(
+                        code="api_calls",
+                        name="API calls",
+                        event_type="api.call",
+                        per_unit=catalog_pb2.PerUnitPrice(unit_price="0.01"),
+                        tax_code="standard",
+                    )
+                ],
+            )
+        )
+    )
+    await charging.ActivateChargeOffer(
+        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
+    )
+    account = (
+        await customer.CreateAccount(
+            customer_pb.CreateAccountRequest(
+                request_id=str(uuid.uuid4()),
+                account=account_pb2.Account(
+                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
+                    display_name="Tryton Clientes SL",
+                    currency_code="EUR",
+                    time_zone="Europe/Madrid",
+                    billing_profile=account_pb2.BillingProfile(
+                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
+                    ),
+                ),
+            )
+        )
+    ).account
+    await customer.CreatePurchase(
+        customer_pb.CreatePurchaseRequest(
+            account_id=account.account_id, purchase=purchase_pb2.Purchase(charge_offer_code=code)
+        )
+    )
+    event = usage_pb2.UsageEvent(
+        event_id=f"e2e-{uuid.uuid4().hex}",
+        account_id=account.account_id,
+        event_type="api.call",
+        event_time=to_timestamp(await clock_now(channels)),
+        quantity="150",
+    )
+    await charging.RecordUsage(charging_pb.RecordUsageRequest(event=event))
+
+    async def rated() -> usage_pb2.UsageResult | None:
+        (result,) = (await charging.ResubmitUsage(charging_pb.ResubmitUsageRequest(event_ids=[event.event_id]))).results
+        return result if result.status == usage_pb2.USAGE_STATUS_RATED else None
+
+    await eventually(rated, what="the usage to be rated")
+
+    async def billed_cycle() -> bool | None:
+        items = (
+            await billing.ListUnbilledItems(billing_pb.ListUnbilledItemsRequest(account_id=account.account_id))
+        ).items
+        return True if items else None
+
+    await eventually(billed_cycle, what="billing to receive the charge")
+    (cycle,) = (
+        await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account.account_id))
+    ).bill_cycles
+    await advance_to(channels, at(cycle.end_time) + timedelta(seconds=5))
+
+    async def issued() -> bill_pb2.Bill | None:
+        found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account.account_id))).bills
+        return found[0] if found else None
+
+    return await eventually(issued, what="the bill to be issued")
+
+
+async def test_an_issued_bill_becomes_a_posted_tryton_invoice_and_a_tryton_payment_comes_back(
+    stack: Stack,
+    channels: dict[str, grpc.aio.Channel],
+    tryton: Tryton,  # noqa: F811
+) -> None:
+    erp = erp_grpc.ErpGatewayServiceStub(channels["erp_gateway"])
+    connection = (
+        await erp.CreateConnection(
+            erp_pb.CreateConnectionRequest(
+                request_id=str(uuid.uuid4()),
+                secret=ADMIN_PASSWORD,
+                connection=connection_pb2.Connection(
+                    display_name="Tryton",
+                    type=connection_pb2.CONNECTION_TYPE_TRYTON,
+                    endpoint_url=tryton.url,
+                    username=ADMIN,
+                    enabled=True,
+                    import_payments=True,
+                    mapping=connection_pb2.ConnectionMapping(
+                        taxes={code: str(tax) for code, tax in tryton.taxes.items()},
+                        journals={role: str(journal) for role, journal in tryton.journals.items()},
+                        accounts={
+                            "receivable": str(tryton.accounts["receivable"]),
+                            "revenue": str(tryton.accounts["revenue"]),
+                            "cash": str(tryton.accounts["cash"]),
+                            "tax": str(tryton.accounts["tax"]),
+                        },
+                    ),
+                ),
+            )
+        )
+    ).connection
+    assert connection.has_credentials
+    assert (await erp.TestConnection(erp_pb.TestConnectionRequest(connection_id=connection.connection_id))).ok
+
+    bill = await issued_bill(channels)
+
+    async def synced(entity_type: int, entity_id: str) -> sync_job_pb2.SyncJob | None:
+        state = await erp.GetSyncState(erp_pb.GetSyncStateRequest(entity_type=entity_type, entity_id=entity_id))  # type: ignore[arg-type]
+        jobs = [j for j in state.jobs if j.connection_id == connection.connection_id]
+        return jobs[0] if jobs and jobs[0].state == SUCCEEDED else None
+
+    customer_job = await eventually(
+        lambda: synced(sync_state_pb2.ENTITY_TYPE_CUSTOMER, bill.account_id), timeout=120, what="the party in Tryton"
+    )
+    invoice_job = await eventually(
+        lambda: synced(sync_state_pb2.ENTITY_TYPE_INVOICE, bill.bill_id), timeout=120, what="the invoice in Tryton"
+    )
+    client = TrytonClient(tryton.url, ADMIN, ADMIN_PASSWORD, 60.0)
+    try:
+        invoices = await client.search("account.invoice", [("reference", "=", bill.bill_number)])
+        assert [str(i) for i in invoices] == [invoice_job.erp_id]
+        (row,) = await client.read("account.invoice", invoices, ["state", "total_amount", "party", "invoice_date"])
+        assert row["state"] == "posted"
+        assert row["total_amount"] == from_money(bill.total) == Decimal("1.82")
+        assert str(row["party"]) == customer_job.erp_id
+        assert row["invoice_date"] == date(bill.issue_date.year, bill.issue_date.month, bill.issue_date.day)
+
+        # The customer pays at the bank; the accountant books it in Tryton.
+        accounts = tryton.accounts
+        move = await client.create(
+            "account.move",
+            {
+                "journal": tryton.journals["cash"],
+                "date": row["invoice_date"],
+                "period": (
+                    await client.search(
+                        "account.period",
+                        [("start_date", "<=", row["invoice_date"]), ("end_date", ">=", row["invoice_date"])],
+                        1,
+                    )
+                )[0],
+                "description": "bank statement",
+                "lines": [
+                    (
+                        "create",
+                        [
+                            {"account": accounts["cash"], "debit": Decimal("1.82"), "credit": Decimal(0)},
+                            {
+                                "account": accounts["receivable"],
+                                "party": row["party"],
+                                "debit": Decimal(0),
+                                "credit": Decimal("1.82"),
+                            },
+                        ],
+                    )
+                ],
+            },
+        )
+        await client.call("model.account.move.post", [move])
+        (line,) = await client.search("account.move.line", [("move", "=", move), ("credit", ">", 0)])
+    finally:
+        await client.aclose()
+
+    balance = balance_grpc.BalanceServiceStub(channels["balance"])
+    reference = f"tryton:{line}"
+
+    async def imported() -> balance_pb.GetPaymentResponse | None:
+        try:
+            return await balance.GetPayment(balance_pb.GetPaymentRequest(reference=reference))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+    payment = (await eventually(imported, timeout=120, what="the Tryton payment in balance")).payment
+    assert (payment.account_id, from_money(payment.amount)) == (bill.account_id, Decimal("1.82"))
+
+    billing = billing_grpc.BillingServiceStub(channels["billing"])
+
+    async def paid() -> bool | None:
+        found = (await billing.GetBill(billing_pb.GetBillRequest(bill_id=bill.bill_id))).bill
+        return True if found.status == bill_pb2.BILL_STATUS_PAID else None
+
+    await eventually(paid, timeout=60, what="the bill to be paid in billing")
+
+    # The gateway learnt of the payment (balance's PaymentRecorded) but sends it to no ERP: it came from one.
+    async def known() -> erp_pb.GetSyncStateResponse | None:
+        try:
+            return await erp.GetSyncState(
+                erp_pb.GetSyncStateRequest(entity_type=sync_state_pb2.ENTITY_TYPE_PAYMENT, entity_id=payment.payment_id)
+            )
+        except grpc.aio.AioRpcError:
+            return None
+
+    state = await eventually(known, timeout=60, what="the gateway to receive PaymentRecorded")
+    assert list(state.jobs) == []

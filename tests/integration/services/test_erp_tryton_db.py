@@ -1,0 +1,621 @@
+"""The ERP gateway against a real PostgreSQL and a real Tryton (trytond from PyPI, started once per
+session by support.tryton): events in through the service's consumers, sync jobs run by the same
+function the background loop calls, and everything read back through Tryton's own JSON-RPC API."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.billing.v1 import events_pb2 as billing_events
+from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import events_pb2 as customer_events
+from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
+from evolutivo_erp_gateway.adapters import events, proto
+from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
+from evolutivo_erp_gateway.adapters.erp import ErpAdapter
+from evolutivo_erp_gateway.adapters.factory import Adapters
+from evolutivo_erp_gateway.adapters.orm import connections, inbox, metadata, outbox
+from evolutivo_erp_gateway.adapters.tryton import TrytonClient
+from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
+from evolutivo_erp_gateway.domain.jobs import JobState, RetryPolicy, SyncJob
+from evolutivo_erp_gateway.domain.model import EntityType
+from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
+from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
+from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
+from evolutivo_erp_gateway.service_layer import handlers
+from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
+from evolutivo_runtime.errors import FailedPrecondition
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.money import to_money
+from evolutivo_runtime.timestamps import to_timestamp
+from google.protobuf.field_mask_pb2 import FieldMask
+from google.type import date_pb2
+from sqlalchemy import select
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import FakeMsg, consumer_for, message, process
+from support.tryton import ADMIN, ADMIN_PASSWORD, Tryton, tryton  # noqa: F401  (the session's Tryton)
+
+# Tryton's fiscal years are around the real today (support/tryton_bootstrap.py).
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+TODAY = NOW.date()
+NO_CONTEXT: Any = None
+FAST = RetryPolicy(base=dt.timedelta(seconds=1), cap=dt.timedelta(seconds=4), max_attempts=3)
+
+
+class ErpDb(ServiceDb):
+    def uow(self) -> ErpGatewayUnitOfWork:
+        return ErpGatewayUnitOfWork(self.sessions, outbox, self.clock, events.encode)
+
+
+@dataclass
+class Gateway:
+    db: ErpDb
+    adapters: Adapters
+    tryton: Tryton
+    connection: Connection
+
+    async def deliver(self, service: str, *msgs: FakeMsg) -> None:
+        await process(consumer_for(subscriptions(), stream_name(service), self.db.uow, inbox), *msgs)
+        assert all(m.acked for m in msgs), "every event applied"
+
+    async def run_jobs(self, after_erp: handlers.AfterErp | None = None, adapters: Any = None) -> list[SyncJob]:
+        """Runs due jobs until none is due (what the background loop does)."""
+        ran = []
+        for _ in range(50):
+            job = await handlers.run_next_job(self.db.uow(), adapters or self.adapters, FAST, after_erp)
+            if job is None:
+                return ran
+            ran.append(job)
+        raise AssertionError("jobs kept running")
+
+    async def job(self, entity_type: EntityType, entity_id: str) -> SyncJob:
+        async with self.db.uow() as uow:
+            job = await uow.jobs.find(self.connection.connection_id, entity_type, uuid.UUID(entity_id))
+        assert job is not None
+        return job
+
+
+def mapping(server: Tryton) -> Mapping:
+    return Mapping(
+        taxes={code: str(tax) for code, tax in server.taxes.items()},
+        journals={role: str(journal) for role, journal in server.journals.items()},
+        accounts={
+            "receivable": str(server.accounts["receivable"]),
+            "revenue": str(server.accounts["revenue"]),
+            "cash": str(server.accounts["cash"]),
+            "tax": str(server.accounts["tax"]),
+            "write_off": str(server.accounts["expense"]),
+        },
+    )
+
+
+def new_connection(server: Tryton, **changes: Any) -> Connection:
+    values: dict[str, Any] = {
+        "connection_id": uuid.uuid4(),
+        "display_name": "Tryton",
+        "type": ConnectionType.TRYTON,
+        "endpoint_url": server.url,
+        "database": "",
+        "username": ADMIN,
+        "mapping": mapping(server),
+        "enabled": True,
+        "import_payments": True,
+        "has_credentials": False,
+        "create_time": NOW,
+        "update_time": NOW,
+    }
+    values.update(changes)
+    return Connection(**values)
+
+
+@pytest.fixture
+async def gateway(migrated_database: MigratedDatabase, tryton: Tryton) -> AsyncIterator[Gateway]:  # noqa: F811
+    async with ErpDb.open(await migrated_database("erp_gateway", MIGRATIONS), NOW) as db:
+        adapters = Adapters(SecretCipher([generate_key()]), 60.0, db.clock.now)
+        connection = await handlers.create_connection(
+            db.uow(), adapters, new_connection(tryton), ADMIN_PASSWORD, uuid.uuid4()
+        )
+        yield Gateway(db, adapters, tryton, connection)
+
+
+async def tryton_client(server: Tryton) -> TrytonClient:
+    client = TrytonClient(server.url, ADMIN, ADMIN_PASSWORD, 60.0)
+    await client.login()
+    return client
+
+
+def money(text: str) -> Any:
+    return to_money(Decimal(text), "EUR")
+
+
+def today() -> date_pb2.Date:
+    return date_pb2.Date(year=TODAY.year, month=TODAY.month, day=TODAY.day)
+
+
+def account_created(account_id: str, number: str, name: str = "Acme Distribuciones SL") -> FakeMsg:
+    account = account_pb2.Account(
+        account_id=account_id,
+        account_number=number,
+        display_name=name,
+        currency_code="EUR",
+        create_time=to_timestamp(NOW),
+        update_time=to_timestamp(NOW),
+    )
+    return message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account), NOW)
+
+
+def account_updated(account_id: str, number: str, name: str, at: dt.datetime) -> FakeMsg:
+    account = account_pb2.Account(
+        account_id=account_id,
+        account_number=number,
+        display_name=name,
+        currency_code="EUR",
+        update_time=to_timestamp(at),
+    )
+    event = customer_events.AccountUpdated(account=account, changed_fields=["display_name"])
+    return message("evolutivo.customer.v1.account.updated", event, at)
+
+
+def bill(account_id: str, number: str, lines: list[tuple[str, str, str]]) -> bill_pb2.Bill:
+    """lines: (charge offer, tax code, amount); taxed at 21% standard, 10% reduced, half up per code."""
+    rates = {"standard": Decimal("0.21"), "reduced": Decimal("0.10")}
+    bases: dict[str, Decimal] = {}
+    for _, code, amount in lines:
+        bases[code] = bases.get(code, Decimal(0)) + Decimal(amount)
+    taxes = [
+        bill_pb2.BillTax(
+            tax_code=code,
+            rate=str(rates[code]),
+            taxable_amount=money(str(base)),
+            tax_amount=money(str((base * rates[code]).quantize(Decimal("0.01"), "ROUND_HALF_UP"))),
+        )
+        for code, base in sorted(bases.items())
+    ]
+    subtotal = sum(bases.values(), Decimal(0))
+    tax_total = sum((Decimal(t.tax_amount.units) + Decimal(t.tax_amount.nanos) / 10**9 for t in taxes), Decimal(0))
+    return bill_pb2.Bill(
+        bill_id=str(uuid.uuid4()),
+        account_id=account_id,
+        status=bill_pb2.BILL_STATUS_ISSUED,
+        bill_number=number,
+        currency_code="EUR",
+        issue_date=today(),
+        due_date=today(),
+        lines=[
+            bill_pb2.BillLine(
+                line_number=i + 1,
+                charge_offer_code=offer,
+                charge_code="monthly",
+                tax_code=code,
+                quantity="1",
+                amount=money(amount),
+            )
+            for i, (offer, code, amount) in enumerate(lines)
+        ],
+        taxes=taxes,
+        subtotal=money(str(subtotal)),
+        tax_total=money(str(tax_total)),
+        total=money(str(subtotal + tax_total)),
+        issue_time=to_timestamp(NOW),
+    )
+
+
+def bill_issued(b: bill_pb2.Bill) -> FakeMsg:
+    return message("evolutivo.billing.v1.bill.issued", billing_events.BillIssued(bill=b), NOW)
+
+
+def credit_note_issued(
+    b: bill_pb2.Bill, number: str, amount: str, tax: str
+) -> tuple[credit_note_pb2.CreditNote, FakeMsg]:
+    line = b.lines[0]
+    note = credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()),
+        bill_id=b.bill_id,
+        account_id=b.account_id,
+        credit_note_number=number,
+        currency_code="EUR",
+        reason="goodwill",
+        lines=[
+            credit_note_pb2.CreditNoteLine(
+                line_number=1,
+                bill_line_number=line.line_number,
+                charge_offer_code=line.charge_offer_code,
+                charge_code=line.charge_code,
+                tax_code=line.tax_code,
+                amount=money(amount),
+            )
+        ],
+        subtotal=money(amount),
+        tax_total=money(tax),
+        total=money(str(Decimal(amount) + Decimal(tax))),
+        issue_date=today(),
+        issue_time=to_timestamp(NOW),
+    )
+    return note, message(
+        "evolutivo.billing.v1.credit_note.issued", billing_events.CreditNoteIssued(credit_note=note), NOW
+    )
+
+
+def payment_recorded(account_id: str, amount: str, reference: str | None = None) -> tuple[payment_pb2.Payment, FakeMsg]:
+    payment = payment_pb2.Payment(
+        payment_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money(amount),
+        method=payment_pb2.PAYMENT_METHOD_TYPE_BANK_TRANSFER,
+        reference=reference or f"bank-{uuid.uuid4().hex[:8]}",
+        received_time=to_timestamp(NOW),
+        state=payment_pb2.PAYMENT_STATE_RECORDED,
+    )
+    return payment, message(
+        "evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW
+    )
+
+
+def number() -> str:
+    return uuid.uuid4().hex[:8].upper()
+
+
+# --- connections ----------------------------------------------------------------------------------
+async def test_migrations_create_exactly_the_tables_the_code_uses(gateway: Gateway) -> None:
+    assert await gateway.db.schema_diff(metadata) == []
+
+
+async def test_the_secret_is_stored_encrypted_and_never_read_back(gateway: Gateway) -> None:
+    stored = await gateway.db.scalar(
+        select(connections.c.secret).where(connections.c.connection_id == gateway.connection.connection_id)
+    )
+    assert stored and ADMIN_PASSWORD.encode() not in stored
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+    read = (
+        await servicer.GetConnection(
+            pb.GetConnectionRequest(connection_id=str(gateway.connection.connection_id)), NO_CONTEXT
+        )
+    ).connection
+    assert read.has_credentials
+    assert ADMIN_PASSWORD not in str(read)
+    listed = await servicer.ListConnections(pb.ListConnectionsRequest(), NO_CONTEXT)
+    assert [c.connection_id for c in listed.connections] == [str(gateway.connection.connection_id)]
+
+
+async def test_test_connection_says_what_is_wrong(gateway: Gateway) -> None:
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+
+    async def test(connection_id: uuid.UUID) -> list[tuple[int, str]]:
+        response = await servicer.TestConnection(pb.TestConnectionRequest(connection_id=str(connection_id)), NO_CONTEXT)
+        assert response.ok == (not response.problems)
+        return [(p.kind, p.message) for p in response.problems]
+
+    assert await test(gateway.connection.connection_id) == []
+
+    async def other(secret: str, **changes: Any) -> uuid.UUID:
+        made = await handlers.create_connection(
+            gateway.db.uow(), gateway.adapters, new_connection(gateway.tryton, **changes), secret, None
+        )
+        return made.connection_id
+
+    ((kind, text),) = await test(await other("wrong-password"))
+    assert kind == pb.CONNECTION_PROBLEM_KIND_AUTH_FAILED and "admin" in text
+    closed = f"http://127.0.0.1:9/{gateway.tryton.database}/"
+    ((kind, _),) = await test(await other(ADMIN_PASSWORD, endpoint_url=closed))
+    assert kind == pb.CONNECTION_PROBLEM_KIND_UNREACHABLE
+    broken = mapping(gateway.tryton)
+    broken = Mapping(
+        taxes={"standard": "999999"}, journals=broken.journals, accounts={**broken.accounts, "cash": "888888"}
+    )
+    problems = await test(await other(ADMIN_PASSWORD, mapping=broken))
+    assert {kind for kind, _ in problems} == {pb.CONNECTION_PROBLEM_KIND_MAPPING_MISSING}
+    assert {text for _, text in problems} == {
+        "mapping.accounts[cash]: no account.account 888888 in Tryton",
+        "mapping.taxes[standard]: no account.tax 999999 in Tryton",
+    }
+
+
+async def test_update_connection_replaces_the_secret_and_checks_the_etag(gateway: Gateway) -> None:
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+    c = proto.connection_to_pb(gateway.connection)
+    c.display_name = "Tryton (prod)"
+
+    updated = (
+        await servicer.UpdateConnection(
+            pb.UpdateConnectionRequest(
+                connection=c, update_mask=FieldMask(paths=["display_name", "secret"]), secret="nope"
+            ),
+            NO_CONTEXT,
+        )
+    ).connection
+    assert (updated.display_name, updated.has_credentials, updated.etag) == ("Tryton (prod)", True, "v2")
+    problems = (
+        await servicer.TestConnection(pb.TestConnectionRequest(connection_id=c.connection_id), NO_CONTEXT)
+    ).problems
+    assert [p.kind for p in problems] == [pb.CONNECTION_PROBLEM_KIND_AUTH_FAILED]
+    with pytest.raises(FailedPrecondition):  # c still carries the old etag
+        await servicer.UpdateConnection(
+            pb.UpdateConnectionRequest(connection=c, update_mask=FieldMask(paths=["enabled"])), NO_CONTEXT
+        )
+
+
+# --- outbound -------------------------------------------------------------------------------------
+async def test_customer_bills_credit_note_and_partial_payment_reach_tryton_once(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    first = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.50"), ("TV", "reduced", "4.99")])
+    second = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "20.00")])
+    note, note_msg = credit_note_issued(first, f"CN-{number()}", "2.00", "0.42")
+    payment, payment_msg = payment_recorded(account_id, "10.00")
+    msgs_customer = [account_created(account_id, acct_number)]
+    msgs_billing = [bill_issued(first), bill_issued(second), note_msg]
+    await gateway.deliver("customer", *msgs_customer)
+    await gateway.deliver("billing", *msgs_billing)
+    await gateway.deliver("balance", payment_msg)
+    ran = await gateway.run_jobs()
+    assert {j.state for j in ran} == {JobState.SUCCEEDED}
+    # Redelivered events and a second pass create nothing more.
+    await gateway.deliver("customer", *(m.again() for m in msgs_customer))
+    await gateway.deliver("billing", *(m.again() for m in msgs_billing))
+    assert await gateway.run_jobs() == []
+
+    client = await tryton_client(gateway.tryton)
+    try:
+        parties = await client.search("party.party", [("code", "=", acct_number)])
+        assert len(parties) == 1
+        party = parties[0]
+        assert (await gateway.job(EntityType.CUSTOMER, account_id)).erp_id == str(party)
+        fields = ["state", "total_amount", "tax_amount", "untaxed_amount", "amount_to_pay", "party", "reference"]
+        for b in (first, second):
+            (invoice,) = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+            (row,) = await client.read("account.invoice", [invoice], fields)
+            assert row["party"] == party
+            assert row["state"] in ("posted", "paid")
+            assert row["total_amount"] == Decimal(b.total.units) + Decimal(b.total.nanos) / 10**9
+            assert (await gateway.job(EntityType.INVOICE, b.bill_id)).erp_id == str(invoice)
+        (cn,) = await client.search("account.invoice", [("reference", "=", note.credit_note_number)])
+        (row,) = await client.read("account.invoice", [cn], fields)
+        assert (row["state"], row["total_amount"], row["tax_amount"]) == ("posted", Decimal("-2.42"), Decimal("-0.42"))
+        # The payment: one posted move, its 10.00 set against the first invoice (the oldest).
+        moves = await client.search("account.move", [("description", "=", f"evolutivo:payment:{payment.payment_id}")])
+        assert len(moves) == 1
+        (invoice,) = await client.search("account.invoice", [("reference", "=", first.bill_number)])
+        (row,) = await client.read("account.invoice", [invoice], ["amount_to_pay", "state"])
+        assert row["state"] == "posted"
+        assert row["amount_to_pay"] == Decimal("18.20") - Decimal("10.00")  # 15.49 + 2.21 + 0.50 tax
+    finally:
+        await client.aclose()
+
+
+async def test_an_invoice_waits_for_its_customer_and_a_customer_update_reaches_the_party(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "5.00")])
+    await gateway.deliver("billing", bill_issued(b))
+    await gateway.run_jobs()
+    waiting = await gateway.job(EntityType.INVOICE, b.bill_id)
+    assert (waiting.state, waiting.attempts) == (JobState.PENDING, 0)
+    assert waiting.last_error == f"waiting for customer {account_id}"
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    gateway.db.clock.advance(dt.timedelta(seconds=5))
+    await gateway.run_jobs()
+    assert (await gateway.job(EntityType.INVOICE, b.bill_id)).state is JobState.SUCCEEDED
+    # A later update renames the party; an older one arriving after it changes nothing.
+    await gateway.deliver(
+        "customer", account_updated(account_id, acct_number, "Acme Iberia SL", NOW + dt.timedelta(hours=1))
+    )
+    await gateway.deliver(
+        "customer", account_updated(account_id, acct_number, "Stale Name", NOW + dt.timedelta(minutes=1))
+    )
+    await gateway.run_jobs()
+    client = await tryton_client(gateway.tryton)
+    try:
+        (party,) = await client.search("party.party", [("code", "=", acct_number)])
+        assert (await client.read("party.party", [party], ["name"]))[0]["name"] == "Acme Iberia SL"
+    finally:
+        await client.aclose()
+
+
+class Crash(Exception):
+    pass
+
+
+async def test_retry_after_a_crash_finds_the_invoice_tryton_has(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.run_jobs()
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "33.33")])
+    await gateway.deliver("billing", bill_issued(b))
+
+    created: list[str] = []
+
+    def crash(job: SyncJob, erp_id: str) -> None:
+        # Tryton has the posted invoice; the gateway dies before its commit records it.
+        created.append(erp_id)
+        raise Crash()
+
+    with pytest.raises(Crash):
+        await handlers.run_next_job(gateway.db.uow(), gateway.adapters, FAST, crash)
+    job = await gateway.job(EntityType.INVOICE, b.bill_id)
+    assert (job.state, job.erp_id, job.attempts) == (JobState.PENDING, "", 0)  # rolled back: due again
+    (rerun,) = await gateway.run_jobs()
+    assert (rerun.state, rerun.erp_id) == (JobState.SUCCEEDED, created[0])
+    client = await tryton_client(gateway.tryton)
+    try:
+        invoices = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+        assert [str(i) for i in invoices] == created
+        (row,) = await client.read("account.invoice", invoices, ["state", "total_amount"])
+        assert (row["state"], row["total_amount"]) == ("posted", Decimal("40.33"))
+    finally:
+        await client.aclose()
+
+
+async def test_tryton_down_then_back_an_hour_later_loses_and_duplicates_nothing(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    b = bill(account_id, f"F-{number()}", [("FIBER", "standard", "49.90")])
+    gateway.tryton.stop()
+    try:
+        await gateway.deliver("customer", account_created(account_id, acct_number))
+        await gateway.deliver("billing", bill_issued(b))
+        await gateway.run_jobs()
+        failed = await gateway.job(EntityType.CUSTOMER, account_id)
+        assert (failed.state, failed.attempts) == (JobState.RETRYING, 1)
+        waiting = await gateway.job(EntityType.INVOICE, b.bill_id)
+        assert (waiting.state, waiting.attempts, waiting.last_error) == (
+            JobState.PENDING,
+            0,
+            f"waiting for customer {account_id}",
+        )
+        assert "Unreachable" in failed.last_error
+        assert failed.next_attempt_time > NOW
+    finally:
+        gateway.tryton.start()
+    gateway.db.clock.advance(dt.timedelta(hours=1))
+    await gateway.run_jobs()
+    assert (await gateway.job(EntityType.CUSTOMER, account_id)).state is JobState.SUCCEEDED
+    assert (await gateway.job(EntityType.INVOICE, b.bill_id)).state is JobState.SUCCEEDED
+    client = await tryton_client(gateway.tryton)
+    try:
+        assert len(await client.search("party.party", [("code", "=", acct_number)])) == 1
+        assert len(await client.search("account.invoice", [("reference", "=", b.bill_number)])) == 1
+    finally:
+        await client.aclose()
+
+
+async def test_exhausted_jobs_wait_dead_and_replay(gateway: Gateway) -> None:
+    unmapped = Mapping(accounts=gateway.connection.mapping.accounts, journals=gateway.connection.mapping.journals)
+    async with gateway.db.uow() as uow:
+        await uow.connections.save(gateway.connection.updated(NOW, mapping=unmapped), None, replace_secret=False)
+        await uow.commit()
+    account_id = str(uuid.uuid4())
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "1.00")])
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    await gateway.deliver("billing", bill_issued(b))
+    for _ in range(FAST.max_attempts):
+        await gateway.run_jobs()
+        gateway.db.clock.advance(FAST.cap)
+    dead = await gateway.job(EntityType.INVOICE, b.bill_id)
+    assert (dead.state, dead.attempts) == (JobState.DEAD, FAST.max_attempts)
+    assert "mapping.taxes[standard] is required" in dead.last_error
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+    listed = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(state=4), NO_CONTEXT)  # DEAD
+    assert [j.job_id for j in listed.jobs] == [str(dead.job_id)]
+    async with gateway.db.uow() as uow:
+        await uow.connections.save(gateway.connection, None, replace_secret=False)
+        await uow.commit()
+    replayed = (await servicer.RetrySyncJob(pb.RetrySyncJobRequest(job_id=str(dead.job_id)), NO_CONTEXT)).job
+    assert (replayed.state, replayed.attempts) == (1, 0)
+    await gateway.run_jobs()
+    assert (await gateway.job(EntityType.INVOICE, b.bill_id)).state is JobState.SUCCEEDED
+
+
+# --- inbound --------------------------------------------------------------------------------------
+class Balance:
+    """Stands in for balance's RecordPayment (idempotent on the reference, as balance is); the
+    e2e suite drives the real one."""
+
+    def __init__(self) -> None:
+        self.payments: dict[str, tuple[uuid.UUID, Decimal, str]] = {}
+
+    async def record_payment(self, account_id: uuid.UUID, amount: Decimal, currency_code: str, reference: str) -> str:
+        self.payments.setdefault(reference, (account_id, amount, currency_code))
+        return f"payment-of-{reference}"
+
+
+async def test_a_payment_recorded_in_tryton_is_imported_once(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.run_jobs()
+    party = int((await gateway.job(EntityType.CUSTOMER, account_id)).erp_id)
+    balance = Balance()
+    await handlers.import_payments(gateway.db.uow, gateway.adapters, balance)  # sets the cursor
+    client = await tryton_client(gateway.tryton)
+    try:
+        # A payment booked in Tryton (a bank statement line): cash debited, the party's receivable credited.
+        accounts = gateway.tryton.accounts
+        move = await client.create(
+            "account.move",
+            {
+                "journal": gateway.tryton.journals["cash"],
+                "date": TODAY,
+                "description": "bank statement 2031-05",
+                "lines": [
+                    (
+                        "create",
+                        [
+                            {"account": accounts["cash"], "debit": Decimal("25.00"), "credit": Decimal(0)},
+                            {
+                                "account": accounts["receivable"],
+                                "party": party,
+                                "debit": Decimal(0),
+                                "credit": Decimal("25.00"),
+                            },
+                        ],
+                    )
+                ],
+            },
+        )
+        await client.call("model.account.move.post", [move])
+        lines = await client.search("account.move.line", [("move", "=", move), ("credit", ">", 0)])
+    finally:
+        await client.aclose()
+    reference = f"tryton:{lines[0]}"
+    assert await handlers.import_payments(gateway.db.uow, gateway.adapters, balance) == 1
+    assert balance.payments == {reference: (uuid.UUID(account_id), Decimal("25.00"), "EUR")}
+    # Polled again (and again after the gateway forgot its cursor): nothing new.
+    assert await handlers.import_payments(gateway.db.uow, gateway.adapters, balance) == 0
+    async with gateway.db.uow() as uow:
+        await uow.session.execute(connections.update().values(import_cursor_time=None, import_cursor_id=None))
+        await uow.commit()
+    assert await handlers.import_payments(gateway.db.uow, gateway.adapters, balance) == 0
+    # Balance announces the imported payment: it is not sent back to Tryton.
+    payment, msg = payment_recorded(account_id, "25.00", reference)
+    await gateway.deliver("balance", msg)
+    async with gateway.db.uow() as uow:
+        assert (
+            await uow.jobs.find(gateway.connection.connection_id, EntityType.PAYMENT, uuid.UUID(payment.payment_id))
+            is None
+        )
+
+
+# --- general ledger --------------------------------------------------------------------------------
+async def test_the_journal_of_a_period_balances_and_posts_to_tryton_once(gateway: Gateway) -> None:
+    account_id = str(uuid.uuid4())
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00"), ("TV", "reduced", "5.00")])
+    _, note_msg = credit_note_issued(b, f"CN-{number()}", "1.00", "0.21")
+    _, pay_msg = payment_recorded(account_id, "7.00")
+    await gateway.deliver("billing", bill_issued(b), note_msg)
+    await gateway.deliver("balance", pay_msg)
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+    request = pb.ExportJournalRequest(
+        connection_id=str(gateway.connection.connection_id),
+        start_time=to_timestamp(NOW - dt.timedelta(hours=1)),
+        end_time=to_timestamp(NOW + dt.timedelta(hours=1)),
+        currency_code="EUR",
+    )
+    exported = await servicer.ExportJournal(request, NO_CONTEXT)
+    assert exported.debit_total == exported.credit_total
+    lines = {(x.role, x.charge_offer_code): (x.debit, x.credit) for x in exported.lines}
+    # Receivable: the bill's 17.60, less the credit note's 1.21 and the payment's 7.00.
+    assert lines[("receivable", "")] == (money("9.39"), money("0"))
+    assert lines[("revenue", "TV")] == (money("0"), money("5.00"))
+    assert exported.csv.splitlines()[0] == "role,charge_offer_code,account,debit,credit,currency_code"
+    request.post = True
+    request.request_id = str(uuid.uuid4())
+    posted = await servicer.ExportJournal(request, NO_CONTEXT)
+    again = await servicer.ExportJournal(request, NO_CONTEXT)
+    assert posted.erp_move_id == again.erp_move_id != ""
+    client = await tryton_client(gateway.tryton)
+    try:
+        (row,) = await client.read("account.move", [int(posted.erp_move_id)], ["state", "lines"])
+        assert row["state"] == "posted"
+        move_lines = await client.read("account.move.line", row["lines"], ["debit", "credit"])
+        assert sum(x["debit"] for x in move_lines) == sum(x["credit"] for x in move_lines) > 0
+    finally:
+        await client.aclose()
+
+
+# Keeps the type checker honest about the adapter protocol the fixtures hand around.
+_: Callable[[Connection, bytes | None], ErpAdapter] = Adapters(None, 1.0, lambda: NOW).open

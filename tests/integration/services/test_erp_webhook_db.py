@@ -1,0 +1,233 @@
+"""Webhook connections against a real local HTTP receiver: each record POSTed once it succeeds,
+signed with HMAC-SHA256 over a timestamp and the body, retried with backoff while the receiver
+fails, with the same delivery id on every retry."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import threading
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import events_pb2 as customer_events
+from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
+from evolutivo_erp_gateway.adapters import events
+from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
+from evolutivo_erp_gateway.adapters.factory import Adapters
+from evolutivo_erp_gateway.adapters.orm import inbox, outbox
+from evolutivo_erp_gateway.adapters.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
+from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
+from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy
+from evolutivo_erp_gateway.domain.model import EntityType
+from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
+from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
+from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
+from evolutivo_erp_gateway.service_layer import handlers
+from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
+from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.timestamps import to_timestamp
+from support.databases import MigratedDatabase, ServiceDb
+from support.jetstream import consumer_for, message, process
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+SECRET = "whsec-test-0123456789"
+POLICY = RetryPolicy(base=dt.timedelta(seconds=1), cap=dt.timedelta(seconds=4), max_attempts=5)
+NO_CONTEXT: Any = None
+
+
+class ErpDb(ServiceDb):
+    def uow(self) -> ErpGatewayUnitOfWork:
+        return ErpGatewayUnitOfWork(self.sessions, outbox, self.clock, events.encode)
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on a free local port that fails the first `failures` requests."""
+
+    failures: int = 0
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    url: str = ""
+
+    def answer(self, headers: dict[str, str], body: bytes) -> int:
+        self.received.append((headers, body))
+        if self.failures > 0:
+            self.failures -= 1
+            return 503
+        return 204
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(state.answer(dict(self.headers.items()), body))
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/erp-hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+@dataclass
+class Setup:
+    db: ErpDb
+    adapters: Adapters
+    connection: Connection
+
+
+@pytest.fixture
+async def setup(migrated_database: MigratedDatabase, receiver: Receiver) -> AsyncIterator[Setup]:
+    async with ErpDb.open(await migrated_database("erp_gateway", MIGRATIONS), NOW) as db:
+        adapters = Adapters(SecretCipher([generate_key()]), 10.0, db.clock.now)
+        connection = Connection(
+            connection_id=uuid.uuid4(),
+            display_name="Data warehouse hook",
+            type=ConnectionType.WEBHOOK,
+            endpoint_url=receiver.url,
+            database="",
+            username="",
+            mapping=Mapping(),
+            enabled=True,
+            import_payments=False,
+            has_credentials=False,
+            create_time=NOW,
+            update_time=NOW,
+        )
+        connection = await handlers.create_connection(db.uow(), adapters, connection, SECRET, None)
+        yield Setup(db, adapters, connection)
+
+
+async def run_jobs(setup: Setup) -> None:
+    while await handlers.run_next_job(setup.db.uow(), setup.adapters, POLICY) is not None:
+        pass
+
+
+async def test_a_customer_is_posted_signed_and_retried_until_the_receiver_takes_it(
+    setup: Setup, receiver: Receiver
+) -> None:
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(
+        account_id=account_id, account_number="A-00000042", display_name="Acme", update_time=to_timestamp(NOW)
+    )
+    msg = message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account), NOW)
+    await process(consumer_for(subscriptions(), stream_name("customer"), setup.db.uow, inbox), msg)
+    receiver.failures = 2
+    await run_jobs(setup)
+    async with setup.db.uow() as uow:
+        job = await uow.jobs.find(setup.connection.connection_id, EntityType.CUSTOMER, uuid.UUID(account_id))
+    assert job is not None and (job.state, job.attempts) == (JobState.RETRYING, 1)
+    assert "HTTP 503" in job.last_error
+    for _ in range(3):
+        setup.db.clock.advance(POLICY.cap)
+        await run_jobs(setup)
+    async with setup.db.uow() as uow:
+        job = await uow.jobs.find(setup.connection.connection_id, EntityType.CUSTOMER, uuid.UUID(account_id))
+    assert job is not None and job.state is JobState.SUCCEEDED
+    # Three deliveries (two refused), then nothing more: the job is done.
+    assert len(receiver.received) == 3
+    delivery_ids = {headers[DELIVERY_HEADER] for headers, _ in receiver.received}
+    assert len(delivery_ids) == 1
+    for headers, body in receiver.received:
+        assert headers[EVENT_HEADER] == "customer.upserted"
+        assert verify(SECRET, headers[SIGNATURE_HEADER], body, setup.db.clock.now(), dt.timedelta(minutes=1))
+        assert not verify("another-secret", headers[SIGNATURE_HEADER], body, setup.db.clock.now())
+        document = json.loads(body)
+        assert (document["event"], document["entity_id"]) == ("customer.upserted", account_id)
+        assert document["data"]["account_number"] == "A-00000042"
+
+
+async def test_test_connection_posts_a_signed_probe(setup: Setup, receiver: Receiver) -> None:
+    servicer = ErpGatewayServicer(setup.db.uow, setup.adapters)
+    request = pb.TestConnectionRequest(connection_id=str(setup.connection.connection_id))
+    assert (await servicer.TestConnection(request, NO_CONTEXT)).ok
+    ((headers, body),) = receiver.received
+    assert verify(SECRET, headers[SIGNATURE_HEADER], body, setup.db.clock.now(), dt.timedelta(minutes=1))
+    receiver.failures = 1
+    response = await servicer.TestConnection(request, NO_CONTEXT)
+    assert [(p.kind, p.message) for p in response.problems] == [
+        (pb.CONNECTION_PROBLEM_KIND_ERP_ERROR, "webhook answered HTTP 503")
+    ]
+
+
+async def test_replicas_running_jobs_at_once_send_each_record_once(setup: Setup, receiver: Receiver) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(8)]
+    msgs = [
+        message(
+            "evolutivo.customer.v1.account.created",
+            customer_events.AccountCreated(
+                account=account_pb2.Account(account_id=i, account_number=f"A-{n:08d}", update_time=to_timestamp(NOW))
+            ),
+            NOW,
+        )
+        for n, i in enumerate(ids)
+    ]
+    await process(consumer_for(subscriptions(), stream_name("customer"), setup.db.uow, inbox), *msgs)
+
+    async def replica() -> int:
+        ran = 0
+        while await handlers.run_next_job(setup.db.uow(), setup.adapters, POLICY) is not None:
+            ran += 1
+        return ran
+
+    # Three loops claim with FOR UPDATE SKIP LOCKED: together they run each job exactly once.
+    assert sum(await asyncio.gather(replica(), replica(), replica())) == len(ids)
+    sent = sorted(json.loads(body)["entity_id"] for _, body in receiver.received)
+    assert sent == sorted(ids)
+
+
+async def test_a_connection_that_keeps_failing_is_paused_then_probed_and_resumed(
+    setup: Setup, receiver: Receiver
+) -> None:
+    breaker = CircuitBreaker(threshold=2, pause=dt.timedelta(minutes=1))
+    down = setup.connection.updated(NOW, endpoint_url="http://127.0.0.1:9/erp-hook")  # nothing listens on 9
+    async with setup.db.uow() as uow:
+        await uow.connections.save(down, None, replace_secret=False)
+        await uow.commit()
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    for n, account_id in enumerate(ids):
+        account = account_pb2.Account(account_id=account_id, account_number=f"A-{n:08d}", update_time=to_timestamp(NOW))
+        msg = message("evolutivo.customer.v1.account.created", customer_events.AccountCreated(account=account), NOW)
+        await process(consumer_for(subscriptions(), stream_name("customer"), setup.db.uow, inbox), msg)
+
+    async def run() -> list[JobState]:
+        ran = []
+        while (job := await handlers.run_next_job(setup.db.uow(), setup.adapters, POLICY, breaker=breaker)) is not None:
+            ran.append(job.state)
+        return ran
+
+    # Two failures in a row open the breaker: the third job is not even tried.
+    assert await run() == [JobState.RETRYING, JobState.RETRYING]
+    servicer = ErpGatewayServicer(setup.db.uow, setup.adapters)
+    read = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=str(down.connection_id)), NO_CONTEXT)
+    assert read.connection.paused_until.ToDatetime(tzinfo=dt.UTC) == NOW + breaker.pause
+    setup.db.clock.advance(POLICY.cap)
+    assert await run() == []  # still paused, although the retries are due
+    # After the pause one attempt probes it; it fails, so it pauses again.
+    setup.db.clock.advance(breaker.pause)
+    assert await run() == [JobState.RETRYING]
+    # The receiver is back (the URL fixed): the next probe succeeds and the breaker closes.
+    async with setup.db.uow() as uow:
+        await uow.connections.save(setup.connection.updated(NOW), None, replace_secret=False)
+        await uow.commit()
+    setup.db.clock.advance(breaker.pause + POLICY.cap)
+    assert await run() == [JobState.SUCCEEDED] * 3
+    read = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=str(down.connection_id)), NO_CONTEXT)
+    assert not read.connection.HasField("paused_until")
+    assert sorted(json.loads(body)["entity_id"] for _, body in receiver.received) == sorted(ids)
