@@ -19,7 +19,7 @@ SERVICE_PKGS := $(foreach dir,$(SERVICE_DIRS),$(dir)/evolutivo_$(notdir $(dir)))
 empty :=
 space := $(empty) $(empty)
 
-.PHONY: help setup up test protos lint check-generated breaking check-k8s
+.PHONY: help setup up test protos lint check-generated breaking check-k8s bench
 
 help:
 	@echo "make setup            create .venv, install every package, the dev tools and buf"
@@ -30,6 +30,7 @@ help:
 	@echo "make check-generated  fail if gen/ differs from what protos/ generates"
 	@echo "make check-k8s        render deploy/k8s overlays, validate against the Kubernetes schemas, policy"
 	@echo "make breaking         buf breaking against the main branch"
+	@echo "make bench            the benchmark harness, quick run (ARGS=--full for the targets' run; docs/performance.md)"
 
 setup:
 	@scripts/setup.sh
@@ -64,3 +65,7 @@ check-k8s: setup
 
 breaking: setup
 	$(BUF) breaking --against '.git#branch=main'
+
+# The benchmark harness (docs/performance.md): quick by default, ARGS=--full for the targets' run.
+bench: setup
+	$(PY) -m bench $(ARGS)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up of a development machine that has Python 3.11+ (and node/npm for buf):
 #   * creates .venv if it is missing (and stops if an existing one has no Python 3.11+),
-#   * installs the generated contracts, the shared runtime, the local stack launcher and every
-#     service under services/ in editable mode, plus the pinned dev tools (requirements-dev.txt),
+#   * installs the generated contracts, the shared runtime, the local stack launcher, the `evolutivo`
+#     command (cli/) and every service under services/ in editable mode, plus the pinned dev tools
+#     (requirements-dev.txt),
 #   * installs buf from npm (package.json / package-lock.json) into node_modules/.
 # Re-running it is cheap: when none of the package definitions changed since the last successful
 # run (stamp in .venv), it does nothing.  FORCE=1 reinstalls anyway.  PYTHON3=/path/to/python picks
@@ -56,7 +57,9 @@ LOG="$VENV/setup.log"
 : >"$LOG"
 
 # --- what to install -----------------------------------------------------------------------------
-packages=(gen/python libs/runtime deploy/local)
+# cli: the `evolutivo` operator command (.venv/bin/evolutivo, docs/cli.md).
+# tools/reconcile: `evolutivo-reconcile`, the books checked across the databases (docs/reconciliation.md).
+packages=(gen/python libs/runtime deploy/local cli tools/reconcile)
 for pyproject in services/*/pyproject.toml; do
   [ -e "$pyproject" ] || continue  # no services yet
   packages+=("$(dirname "$pyproject")")

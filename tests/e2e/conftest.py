@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
+from evolutivo_runtime.security.redaction import redact
 from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
 
@@ -19,6 +20,20 @@ def stack() -> Iterator[Stack]:
     with scratch_dir("stack") as data_dir:
         with Stack(data_dir, base_port=None, clock_mode="controllable") as running:
             yield running
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _logs_hold_no_secret(stack: Stack) -> Iterator[None]:
+    """After each module, its stack's logs (every service, every replica) must hold no token, key,
+    password, full IBAN or card number (docs/security.md): every line must be what the redaction
+    filter would leave of it. Set up after the module's stack, so it checks before it is removed."""
+    yield
+    leaks = []
+    for path in sorted(stack.log_dir.glob("*.log")):
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if redact(line) != line or stack.dev_token() in line:
+                leaks.append(f"{path.name}:{number}")  # where, never what
+    assert leaks == [], f"secrets in the service logs at {leaks[:20]}"
 
 
 @pytest.fixture

@@ -32,6 +32,7 @@ from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from reconciliation import reconciled
 
 pytestmark = pytest.mark.e2e
 
@@ -251,3 +252,6 @@ async def test_usage_is_billed_when_its_cycle_closes(stack: Stack, channels: dic
         await nc.close()
     assert sorted(e.bill.bill_number for e in announced) == sorted([bill.bill_number, newest.bill_number])
     assert all(list(e.bill.lines[0].charge_ids) == [] for e in announced)
+
+    # The five books agree once the scenario's events have landed (docs/reconciliation.md).
+    await reconciled(stack)

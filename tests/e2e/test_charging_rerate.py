@@ -27,6 +27,7 @@ from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
+from reconciliation import reconciled
 
 pytestmark = pytest.mark.e2e
 
@@ -172,3 +173,6 @@ async def test_rerating_after_a_backdated_fix_corrects_the_charges_and_the_balan
         )
     ).rerate_run
     assert (again.events_rerated, again.events_changed, again.charges_created) == (3, 0, 0)
+
+    # The five books agree once the scenario's events have landed (docs/reconciliation.md).
+    await reconciled(stack)

@@ -38,6 +38,7 @@ from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
+from reconciliation import reconciled
 
 pytestmark = pytest.mark.e2e
 
@@ -307,3 +308,6 @@ async def test_dunning_from_overdue_bill_to_reinstatement(stack: Stack, channels
     listed = await collections.ListCollectionsCases(collections_pb.ListCollectionsCasesRequest(account_id=account_id))
     assert len(listed.collections_cases) == 1, "one case, opened once by two replicas"
     assert await balance_total() == 0
+
+    # The five books agree once the scenario's events have landed (docs/reconciliation.md).
+    await reconciled(stack)

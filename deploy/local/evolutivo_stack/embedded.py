@@ -187,8 +187,8 @@ class _ServerProcess:
     def _exited_because_port_taken(self) -> bool:
         return "address already in use" in self._log_tail().lower()
 
-    def _shutdown(self) -> None:
-        """Stop the process: each signal of ``stop_signals`` in turn, with a wait.
+    def _shutdown(self, signals: tuple[signal.Signals, ...] | None = None) -> None:
+        """Stop the process: each signal of ``stop_signals`` (or ``signals``) in turn, with a wait.
 
         The first signal gets ``stop_timeout`` seconds, later (harsher) ones
         5 seconds each.  Safe to call when nothing is running.
@@ -196,7 +196,7 @@ class _ServerProcess:
         atexit.unregister(self._shutdown)
         proc, self._proc = self._proc, None
         if proc is not None:
-            for i, sig in enumerate(self._stop_signals):
+            for i, sig in enumerate(signals or self._stop_signals):
                 if proc.poll() is not None:
                     break
                 proc.send_signal(sig)
@@ -307,10 +307,11 @@ class EmbeddedPostgres:
             raise EmbeddedServerError("embedded PostgreSQL is not running")
         return f"postgresql://{POSTGRES_USER}@{HOST}:{self._port}/postgres"
 
-    def start(self, data_dir: Path) -> str:
+    def start(self, data_dir: Path, port: int | None = None) -> str:
         """Start PostgreSQL with its data in ``data_dir``; return the server URL.
 
-        The URL looks like ``postgresql://postgres@127.0.0.1:PORT/postgres``.
+        The URL looks like ``postgresql://postgres@127.0.0.1:PORT/postgres``.  ``port``: listen
+        there instead of on a free port (a restart that clients must find again at the same URL).
         """
         if self.is_running:
             raise EmbeddedServerError("embedded PostgreSQL is already running")
@@ -333,7 +334,7 @@ class EmbeddedPostgres:
 
             if not (pgdata / "PG_VERSION").exists():
                 self._initdb(bin_dir, pgdata, data_dir, log, run_as)
-            return self._launch(bin_dir, pgdata, data_dir, run_as)
+            return self._launch(bin_dir, pgdata, data_dir, run_as, port)
         except BaseException:
             self._server._shutdown()  # also closes the log
             raise
@@ -371,9 +372,11 @@ class EmbeddedPostgres:
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise self._server._error(f"initdb failed ({exc})") from exc
 
-    def _launch(self, bin_dir: Path, pgdata: Path, cwd: Path, run_as: pwd.struct_passwd | None) -> str:
+    def _launch(
+        self, bin_dir: Path, pgdata: Path, cwd: Path, run_as: pwd.struct_passwd | None, fixed_port: int | None = None
+    ) -> str:
         for _ in range(_PORT_ATTEMPTS):
-            port = free_port()
+            port = fixed_port or free_port()
             argv = [
                 str(bin_dir / "postgres"),
                 "-D", str(pgdata),
@@ -392,14 +395,20 @@ class EmbeddedPostgres:
                 break
         raise self._server._error("server process exited during start-up")
 
-    def stop(self) -> None:
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    def stop(self, *, immediate: bool = False) -> None:
         """Stop the server cleanly ("fast" shutdown: SIGINT, checkpoint, exit).
 
         Escalates to SIGQUIT (immediate shutdown; crash recovery on the next
         start, still no committed data lost) and finally SIGKILL if the
         server does not exit in time.  Does nothing if it is not running.
+        ``immediate`` starts with SIGQUIT: every connection is cut at once, as
+        in a crash (fault tests).
         """
-        self._server._shutdown()
+        self._server._shutdown((signal.SIGQUIT, signal.SIGKILL) if immediate else None)
         self._port = None
 
 
@@ -521,8 +530,9 @@ class EmbeddedNats:
             raise EmbeddedServerError("embedded NATS is not running")
         return f"nats://{HOST}:{self._port}"
 
-    def start(self, store_dir: Path) -> str:
-        """Start nats-server with JetStream stored in ``store_dir``; return its URL."""
+    def start(self, store_dir: Path, port: int | None = None) -> str:
+        """Start nats-server with JetStream stored in ``store_dir``; return its URL.  ``port``:
+        listen there instead of on a free port (a restart clients reconnect to)."""
         if self.is_running:
             raise EmbeddedServerError("embedded NATS is already running")
         binary = _nats_server_binary()
@@ -530,8 +540,9 @@ class EmbeddedNats:
         store_dir.mkdir(parents=True, exist_ok=True)
         self._server._open_log(store_dir / "nats-server.log")
         try:
+            fixed_port = port
             for _ in range(_PORT_ATTEMPTS):
-                port = free_port()
+                port = fixed_port or free_port()
                 argv = [
                     str(binary),
                     "--addr", HOST,
@@ -551,9 +562,13 @@ class EmbeddedNats:
             self._server._shutdown()
             raise
 
-    def stop(self) -> None:
-        """Stop gracefully: SIGTERM, wait, then SIGKILL.  No-op if not running."""
-        self._server._shutdown()
+    @property
+    def port(self) -> int | None:
+        return self._port
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop gracefully: SIGTERM, wait, then SIGKILL (at once with ``kill``).  No-op if not running."""
+        self._server._shutdown((signal.SIGKILL,) if kill else None)
         self._port = None
 
 

@@ -13,7 +13,14 @@
    settings in the environment (``<SVC>_DATABASE_URL``, ``<SVC>_NATS_URL``, ``<SVC>_GRPC_PORT``...)
    and its output appended to ``<log_dir>/<svc>.log`` (``<svc>-<n>.log`` for replica n > 0);
 5. waits, with a bounded timeout, until the standard gRPC health check of every replica answers
-   SERVING for the service ``""``.  A service that exits or never becomes SERVING makes ``start()``
+   SERVING for the service ``""``.
+
+Security (docs/security.md): before anything starts, the development CA, the services' and a
+client's certificates, the token signing key and its JWKS are made under ``data_dir/security`` if
+missing (:mod:`evolutivo_stack.devsecurity`). Every service serves mutual TLS and requires a token
+(``transport="plaintext"`` turns TLS off, for debugging with plaintext tools; tokens stay required).
+:meth:`Stack.channel` is the one place clients get a channel: TLS with the client certificate and
+a token with every scope, or the token a test asks for.  A service that exits or never becomes SERVING makes ``start()``
    stop everything again and raise :class:`StackError` with the tail of that service's log.
 
 ``stop()`` sends SIGTERM to every service process (the runtime finishes in-flight calls and drains
@@ -48,8 +55,11 @@ from typing import IO, Final, Literal, TypeVar
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import grpc
+from evolutivo_runtime.security.scopes import ALL_SCOPES
+from evolutivo_runtime.security.transport import TlsFiles, open_channel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from evolutivo_stack.devsecurity import DevSecurity
 from evolutivo_stack.embedded import HOST, EmbeddedNats, EmbeddedPostgres, create_database, free_port
 
 __all__ = [
@@ -70,6 +80,10 @@ SERVICES: Final[tuple[str, ...]] = ("customer", "charging", "balance", "billing"
 METRICS_PORT_OFFSET: Final = 100
 
 ClockMode = Literal["system", "controllable"]
+Transport = Literal["tls", "plaintext"]
+
+# The development token's subject, as the audit log shows it.
+DEV_SUBJECT: Final = "dev:admin"
 
 _LOG_TAIL_LINES: Final = 60
 _POLL_INTERVAL: Final = 0.2
@@ -151,16 +165,25 @@ def _log_tail(path: Path, offset: int, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(tail) if tail else "(log is empty)"
 
 
-def _health_status(address: str, timeout: float = 1.0) -> int | None:
-    """Status of the health check for service ``""`` at ``address``; None if it does not answer."""
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        try:
-            response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return None
-        status: int = response.status
-        return status
+def _health_status(
+    address: str, credentials: grpc.ChannelCredentials | None = None, timeout: float = 1.0
+) -> int | None:
+    """Status of the health check for service ``""`` at ``address``; None if it does not answer.
+
+    With ``credentials`` it speaks TLS first and falls back to plaintext, so a service run (or
+    replaced) with transport=plaintext is still watched."""
+    attempts = [credentials, None] if credentials is not None else [None]
+    for creds in attempts:
+        channel = grpc.secure_channel(address, creds) if creds is not None else grpc.insecure_channel(address)
+        with channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            try:
+                response = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+            except grpc.RpcError:
+                continue
+            status: int = response.status
+            return status
+    return None
 
 
 @dataclass
@@ -226,6 +249,7 @@ class Stack:
         migrate_timeout: float = 120.0,
         stop_timeout: float = 20.0,
         progress: Callable[[str], None] | None = None,
+        transport: Transport = "tls",
     ) -> None:
         """Describe a stack; nothing starts before :meth:`start`.
 
@@ -246,6 +270,7 @@ class Stack:
         * ``startup_timeout`` / ``migrate_timeout`` / ``stop_timeout``: seconds to reach SERVING, for
           all migrations, and between SIGTERM and SIGKILL.
         * ``progress``: called with a short message at each step of start/stop (the CLI prints them).
+        * ``transport``: ``"tls"`` (mutual TLS everywhere, the default) or ``"plaintext"`` (development).
         """
         self.data_dir = Path(data_dir).resolve()
         self.log_dir = Path(log_dir).resolve() if log_dir is not None else self.data_dir / "logs"
@@ -259,6 +284,9 @@ class Stack:
         self.stop_timeout = stop_timeout
         self._env = dict(env or {})
         self.database_suffix = database_suffix
+        if transport not in ("tls", "plaintext"):
+            raise StackError(f"transport must be 'tls' or 'plaintext', not {transport!r}")
+        self.transport: Transport = transport
         self._progress = progress or (lambda _message: None)
         self._external_database_url = database_url
         self._external_nats_url = nats_url
@@ -299,6 +327,8 @@ class Stack:
                     Replica(service, index, grpc_port, metrics_port, self.log_dir / f"{name}.log")
                 )
 
+        self.security = DevSecurity(self.data_dir / "security", self.services)
+        self._dev_token: str | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._nats: EmbeddedNats | None = None
         self._server_url: str | None = None
@@ -343,11 +373,58 @@ class Stack:
         """Every replica of ``service``, replica 0 first."""
         return list(self._replicas_of(service, None))
 
-    def channel(self, service: str, replica: int = 0) -> grpc.aio.Channel:
+    def channel(
+        self,
+        service: str,
+        replica: int = 0,
+        *,
+        token: str | None = None,
+        client_certificate: bool = True,
+    ) -> grpc.aio.Channel:
         """An asyncio gRPC channel to one replica of ``service``, with the credentials the stack's
         clients need. Every client of the stack (tests, tools) opens its channels here, so how they
-        authenticate is decided in one place."""
-        return grpc.aio.insecure_channel(self.replica_addresses(service)[replica])
+        authenticate is decided in one place: TLS with the development client certificate, and on
+        every call the development token (every scope, subject ``dev:admin``).
+
+        ``token`` replaces that token (``""``: no token at all); ``client_certificate=False``
+        leaves the certificate out (the server then refuses the TLS handshake)."""
+        address = self.replica_addresses(service)[replica]
+        bearer = self.dev_token() if token is None else token
+        return open_channel(
+            address,
+            tls=self._client_tls(client_certificate),
+            token=(lambda: bearer) if bearer else None,
+            options=[("grpc.max_receive_message_length", 8 * 1024 * 1024)],
+        )
+
+    def dev_token(self) -> str:
+        """A token with every scope (subject ``dev:admin``), signed when first asked for."""
+        if self._dev_token is None:
+            self._dev_token = self.token(DEV_SUBJECT, ALL_SCOPES)
+        return self._dev_token
+
+    def token(self, subject: str, scopes: Iterable[str], ttl_seconds: float = 86400.0) -> str:
+        """A token signed by the stack's development issuer, for tests that need another caller."""
+        if not self.security.signing_key_file.exists():
+            self.security.ensure()
+        return self.security.token(subject, scopes, ttl_seconds)
+
+    def _client_tls(self, client_certificate: bool = True) -> TlsFiles | None:
+        if self.transport == "plaintext":
+            return None
+        sec = self.security
+        if client_certificate:
+            return TlsFiles(
+                sec.cert_file("client").read_bytes(), sec.key_file("client").read_bytes(), sec.ca_file.read_bytes()
+            )
+        return TlsFiles(None, None, sec.ca_file.read_bytes())
+
+    def _health_credentials(self) -> grpc.ChannelCredentials | None:
+        if self.transport == "plaintext" or not self.security.ca_file.exists():
+            return None
+        tls = self._client_tls()
+        assert tls is not None
+        return grpc.ssl_channel_credentials(tls.ca, tls.key, tls.cert)
 
     def replica_addresses(self, service: str) -> list[str]:
         """``127.0.0.1:port`` of every replica of ``service``, replica 0 first."""
@@ -400,10 +477,20 @@ class Stack:
                 f"{prefix}LOG_LEVEL": self.log_level,
             }
         )
+        env.update(self._security_env(service, prefix))
         # Where each service finds the others it calls (replica 0 of each; SERVICE_ADDRESS).
         for other, replicas in self._replicas.items():
             env[f"{prefix}{other.upper()}_ADDRESS"] = replicas[0].address
         env.update(self._env)
+        return env
+
+    def _security_env(self, service: str, prefix: str) -> dict[str, str]:
+        env = self.security.service_env(service, prefix)
+        if self.transport == "plaintext":
+            env = {k: v for k, v in env.items() if not k.startswith(prefix + "TLS_")}
+            env[prefix + "TRANSPORT"] = "plaintext"
+        if os.environ.get(f"{prefix}CREDENTIAL_KEYS"):
+            env.pop(f"{prefix}CREDENTIAL_KEYS", None)  # an operator's own key wins
         return env
 
     # ------------------------------------------------------------------ whole stack
@@ -420,6 +507,8 @@ class Stack:
         try:
             self._check_ports_free()
             self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._progress(f"development CA, certificates and token keys in {self.security.dir}")
+            self.security.ensure()
             self._start_servers()
             names = ", ".join(database_name(s, self.database_suffix) for s in self.services)
             self._progress(f"creating databases {names}")
@@ -493,6 +582,32 @@ class Stack:
             self.kill(service, replica)
         self.start_service(service, replica)
 
+    def restart_nats(self, *, down_seconds: float = 0.0, kill: bool = False) -> None:
+        """Stop the embedded NATS (SIGTERM, or SIGKILL with ``kill``) and start it again after
+        ``down_seconds`` on the same port with its JetStream data: an outage the services ride out
+        (they reconnect forever). Fault tests use it; an external NATS is the operator's."""
+        self._require_started()
+        if self._nats is None or self._nats.port is None:
+            raise StackError("NATS is external (or stopped): restart it yourself")
+        port = self._nats.port
+        self._progress("restarting NATS")
+        self._nats.stop(kill=kill)
+        time.sleep(down_seconds)
+        self._nats.start(self.data_dir / "nats", port=port)
+
+    def restart_postgres(self, *, down_seconds: float = 0.0, immediate: bool = False) -> None:
+        """Stop the embedded PostgreSQL (fast shutdown, or ``immediate``: every connection cut at
+        once, crash recovery at the next start) and start it again after ``down_seconds`` on the
+        same port and data. Fault tests use it; an external PostgreSQL is the operator's."""
+        self._require_started()
+        if self._postgres is None or self._postgres.port is None:
+            raise StackError("PostgreSQL is external (or stopped): restart it yourself")
+        port = self._postgres.port
+        self._progress("restarting PostgreSQL")
+        self._postgres.stop(immediate=immediate)
+        time.sleep(down_seconds)
+        self._postgres.start(self.data_dir / "postgres", port=port)
+
     def wait_serving(self, service: str, replica: int | None = None, timeout: float | None = None) -> None:
         """Wait until the replica(s) of ``service`` report SERVING; raise StackError if one dies or times out."""
         self._wait_serving(self._replicas_of(service, replica), timeout or self.startup_timeout)
@@ -502,7 +617,7 @@ class Stack:
 
     def health(self, service: str, replica: int = 0) -> str:
         """Current health status name (``SERVING``, ``NOT_SERVING``...), or ``UNREACHABLE``."""
-        status = _health_status(self._replicas_of(service, replica)[0].address)
+        status = _health_status(self._replicas_of(service, replica)[0].address, self._health_credentials())
         if status is None:
             return "UNREACHABLE"
         name: str = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
@@ -629,6 +744,7 @@ class Stack:
 
     def _wait_serving(self, replicas: Iterable[Replica], timeout: float) -> None:
         pending = list(replicas)
+        health = self._health_credentials()
         deadline = time.monotonic() + timeout
         while pending:
             for replica in list(pending):
@@ -641,7 +757,7 @@ class Stack:
                         f"{replica.name} exited with code {code} before it was SERVING\n"
                         f"--- last lines of {replica.log_path} ---\n{replica.log_tail()}"
                     )
-                if _health_status(replica.address) == health_pb2.HealthCheckResponse.SERVING:
+                if _health_status(replica.address, health) == health_pb2.HealthCheckResponse.SERVING:
                     pending.remove(replica)
             if not pending:
                 return

@@ -85,3 +85,37 @@ class Unavailable(ServiceError):
 
     code = grpc.StatusCode.UNAVAILABLE
     rpc_code = code_pb2.UNAVAILABLE
+
+
+class Unauthenticated(ServiceError):
+    """No caller identity, or one that does not verify (docs/security.md)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    rpc_code = code_pb2.UNAUTHENTICATED
+
+
+class PermissionDenied(ServiceError):
+    """The caller is known but its token lacks the scope the method requires."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    rpc_code = code_pb2.PERMISSION_DENIED
+
+
+class ResourceExhausted(ServiceError):
+    """The caller went over its rate limit; carries a google.rpc.RetryInfo with the wait."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    rpc_code = code_pb2.RESOURCE_EXHAUSTED
+
+    def __init__(self, reason: str, message: str, retry_after_seconds: float, metadata: dict[str, str] | None = None):
+        super().__init__(reason, message, metadata)
+        self.retry_after_seconds = retry_after_seconds
+
+    def details(self) -> list[any_pb2.Any]:
+        from google.protobuf.duration_pb2 import Duration
+
+        delay = Duration()
+        delay.FromNanoseconds(max(1, int(self.retry_after_seconds * 1e9)))
+        packed = any_pb2.Any()
+        packed.Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+        return [packed]

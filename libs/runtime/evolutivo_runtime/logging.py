@@ -1,4 +1,8 @@
-"""Structured JSON logging to stdout, with the current request id attached to every record."""
+"""Structured JSON logging to stdout, with the current request id attached to every record.
+
+Every line passes through security.redaction.redact: no token, key, password, full IBAN or card
+number reaches the log, whoever logged it.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import logging
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+from evolutivo_runtime.security.redaction import redact
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
@@ -36,7 +42,8 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        # Redacted after serialisation, so extra fields and tracebacks are covered too.
+        return redact(json.dumps(entry, default=str))
 
 
 def configure_logging(service: str, level: str = "INFO") -> None:

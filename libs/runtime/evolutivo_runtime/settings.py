@@ -37,3 +37,48 @@ class ServiceSettings(BaseSettings):
     # Time allowed to finish in-flight calls on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)
+    # RPCs one replica runs at once; gRPC answers the ones beyond RESOURCE_EXHAUSTED at once
+    # instead of queueing them, so a flood cannot pile requests (and memory) up. 0: no limit.
+    max_concurrent_rpcs: int = Field(default=100, ge=0)
+
+    # --- Security (docs/security.md). Secure by default: a service without keys or certificates
+    # refuses to start instead of serving in the clear.
+    # "tls" (the default): serve and call over TLS with the files below. "plaintext": development only.
+    transport: Literal["tls", "plaintext"] = "tls"
+    # PEM files: this service's certificate (chain) and key, presented as server and as client,
+    # and the CA that signs the peers' certificates.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_ca_file: str = ""
+    # Mutual TLS: callers must present a certificate signed by tls_ca_file.
+    tls_require_client_cert: bool = True
+    # Name expected in the other services' certificates when their address is not in them.
+    tls_server_name: str = ""
+    # >0: grpc.health.v1 alone, in plaintext, on this port too (Kubernetes' gRPC probes cannot
+    # speak TLS). It reveals only SERVING/NOT_SERVING.
+    health_port: int = Field(default=0, ge=0, le=65535)
+    # Token verification: public keys as a JWKS file or inline JSON, the accepted issuers
+    # (comma-separated), our audience and the clock-skew leeway.
+    auth_jwks_file: str = ""
+    auth_jwks: str = ""
+    auth_issuers: str = "evolutivo"
+    auth_audience: str = "evolutivo"
+    auth_leeway_seconds: float = Field(default=30.0, ge=0, le=300)
+    # This service's own identity for the calls it makes: a PEM private key (its public half in
+    # the others' JWKS under auth_signing_key_id), the issuer it signs as and the token lifetime.
+    auth_signing_key_file: str = ""
+    auth_signing_key_id: str = ""
+    auth_service_issuer: str = ""
+    auth_service_token_ttl_seconds: float = Field(default=300.0, ge=30, le=3600)
+    # Limits on every server: the largest request (bytes) and the most items in any repeated field.
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    max_repeated_items: int = Field(default=1000, ge=1)
+    # Per-caller token buckets, per replica: calls per second and burst, for the usage ingest and for
+    # the expensive reads (scopes.py names which RPCs draw on which).
+    rate_limit_ingest_per_second: float = Field(default=1000.0, gt=0)
+    rate_limit_ingest_burst: int = Field(default=2000, ge=1)
+    rate_limit_read_per_second: float = Field(default=50.0, gt=0)
+    rate_limit_read_burst: int = Field(default=100, ge=1)
+
+    def accepted_issuers(self) -> list[str]:
+        return [i.strip() for i in self.auth_issuers.split(",") if i.strip()]

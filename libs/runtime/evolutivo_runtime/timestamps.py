@@ -9,13 +9,20 @@ from google.type import date_pb2
 
 from evolutivo_runtime.errors import InvalidArgument
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
 
 def to_timestamp(instant: datetime | None) -> Timestamp | None:
     if instant is None:
         return None
-    ts = Timestamp()
-    ts.FromDatetime(instant.astimezone(UTC))
-    return ts
+    if instant.tzinfo is None:
+        ts = Timestamp()
+        ts.FromDatetime(instant.astimezone(UTC))  # naive: local time, as astimezone reads it
+        return ts
+    # Exact integer arithmetic, about 7x cheaper than Timestamp.FromDatetime (on the hot path:
+    # two per charge in every ingest answer and ChargesCreated; docs/performance.md).
+    delta = instant - _EPOCH
+    return Timestamp(seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000)
 
 
 def from_timestamp(ts: Timestamp) -> datetime:

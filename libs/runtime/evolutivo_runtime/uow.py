@@ -15,6 +15,7 @@ from evolutivo_runtime.clock import Clock
 from evolutivo_runtime.idempotency import RequestLog
 from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
+from evolutivo_runtime.security.audit import record_in_transaction
 
 
 class Aggregate(Protocol):
@@ -123,6 +124,8 @@ class UnitOfWork:
             )
             # Delivered to the relay's LISTEN only when the transaction commits.
             await self.session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+        # Inside a state-changing RPC: its audit record joins this transaction (security/audit.py).
+        await record_in_transaction(self.session, [(e.event_type, e.message) for e in self.events], self.clock.now())
         await self.session.commit()
         self.events = []
 

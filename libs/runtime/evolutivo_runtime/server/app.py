@@ -21,7 +21,8 @@ from typing import Any
 
 import grpc
 import nats
-from evolutivo.admin.v1 import clock_admin_service_pb2, dead_letter_admin_service_pb2
+from evolutivo.admin.v1 import audit_admin_service_pb2, clock_admin_service_pb2, dead_letter_admin_service_pb2
+from evolutivo.admin.v1 import audit_admin_service_pb2_grpc as audit_grpc
 from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
 from evolutivo.admin.v1 import dead_letter_admin_service_pb2_grpc as dlq_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,6 +33,7 @@ from prometheus_client import start_http_server
 from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from evolutivo_runtime import clients
 from evolutivo_runtime.clock import Clock, SharedClock, SystemClock
 from evolutivo_runtime.db import create_engine, session_factory
 from evolutivo_runtime.logging import configure_logging
@@ -40,6 +42,12 @@ from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
 from evolutivo_runtime.messaging.relay import OutboxRelay
 from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_service_stream
 from evolutivo_runtime.migrations import is_migrated
+from evolutivo_runtime.security import scopes
+from evolutivo_runtime.security.audit import AuditAdminServicer
+from evolutivo_runtime.security.interceptor import AuthInterceptor
+from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
+from evolutivo_runtime.security.tokens import ServiceToken, TokenIssuer, TokenVerifier, load_jwks
+from evolutivo_runtime.security.transport import server_credentials, tls_files
 from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
@@ -48,7 +56,8 @@ from evolutivo_runtime.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
 
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# The largest response a server sends (bill PDFs); the largest request is a setting.
+MAX_MESSAGE_BYTES = clients.MAX_MESSAGE_BYTES
 
 
 @dataclass
@@ -117,6 +126,37 @@ async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
             delay = min(delay * 2, 5.0)
 
 
+def _verifier(settings: ServiceSettings) -> TokenVerifier:
+    if settings.auth_jwks_file:
+        text = Path(settings.auth_jwks_file).read_text()
+    elif settings.auth_jwks:
+        text = settings.auth_jwks
+    else:
+        raise ValueError("no token verification keys: set AUTH_JWKS_FILE or AUTH_JWKS (docs/security.md)")
+    return TokenVerifier(
+        load_jwks(text), settings.accepted_issuers(), settings.auth_audience, settings.auth_leeway_seconds
+    )
+
+
+def configure_clients(name: str, settings: ServiceSettings) -> None:
+    """This service's outgoing channels: TLS with its certificate, and its own signed token."""
+    token = None
+    if settings.auth_signing_key_file:
+        issuer = TokenIssuer.from_file(
+            settings.auth_signing_key_file,
+            settings.auth_signing_key_id or name,
+            settings.auth_service_issuer or settings.accepted_issuers()[0],
+            settings.auth_audience,
+        )
+        source = ServiceToken(
+            issuer, name, scopes.SERVICE_SCOPES.get(name, ()), settings.auth_service_token_ttl_seconds
+        )
+        token = source.get
+    elif scopes.SERVICE_SCOPES.get(name):
+        log.warning("no AUTH_SIGNING_KEY_FILE: calls to other services will be refused (UNAUTHENTICATED)")
+    clients.configure(clients.ClientSecurity(tls_files(settings), token, settings.tls_server_name))
+
+
 async def _supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
     """Keeps a background loop alive: a crash is logged and the loop restarts after a pause."""
     while not stop.is_set():
@@ -142,14 +182,20 @@ async def serve(definition: ServiceDefinition) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(f"{name}.evolutivo.io"), SensitiveDataInterceptor(f"{name}.evolutivo.io")],
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
+    # Security first: a service whose keys or certificates are missing stops here, before it
+    # serves anything (docs/security.md).
+    verifier = _verifier(settings)
+    credentials = server_credentials(settings)
+    configure_clients(name, settings)
+    limiter = RateLimiter(
+        {
+            "ingest": Limit(settings.rate_limit_ingest_per_second, settings.rate_limit_ingest_burst),
+            "expensive_read": Limit(settings.rate_limit_read_per_second, settings.rate_limit_read_burst),
+        }
     )
+
     engine = create_engine(settings.database_url, settings.db_pool_size)
+    sessions = session_factory(engine)
     nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
     js = nc.jetstream(publish_async_max_pending=settings.publish_max_in_flight)
     clock: Clock
@@ -160,9 +206,23 @@ async def serve(definition: ServiceDefinition) -> None:
     else:
         clock = SystemClock()
 
+    domain = f"{name}.evolutivo.io"
+    server = grpc.aio.server(
+        interceptors=[
+            ServiceInterceptor(domain),
+            AuthInterceptor(domain, verifier, limiter, settings.max_repeated_items, clock, sessions),
+            SensitiveDataInterceptor(domain),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs or None,
+    )
+
     # Every handler is registered before the server starts (grpc.aio requires it); the health
     # service answers NOT_SERVING until the database is migrated and the consumers are bound.
-    runtime = Runtime(name, settings, engine, session_factory(engine), nc, js, clock)
+    runtime = Runtime(name, settings, engine, sessions, nc, js, clock)
     wiring = definition.wire(runtime)
     for svc in wiring.servicers:
         svc.add_to_server(svc.servicer, server)
@@ -170,6 +230,8 @@ async def serve(definition: ServiceDefinition) -> None:
     dlq_grpc.add_DeadLetterAdminServiceServicer_to_server(DeadLetterAdminServicer(dead_letters), server)
     names = [svc.full_name for svc in wiring.servicers]
     names.append(dead_letter_admin_service_pb2.DESCRIPTOR.services_by_name["DeadLetterAdminService"].full_name)
+    audit_grpc.add_AuditAdminServiceServicer_to_server(AuditAdminServicer(sessions), server)
+    names.append(audit_admin_service_pb2.DESCRIPTOR.services_by_name["AuditAdminService"].full_name)
     if isinstance(clock, SharedClock):
         clock_grpc.add_ClockAdminServiceServicer_to_server(ClockAdminServicer(clock), server)
         names.append(clock_admin_service_pb2.DESCRIPTOR.services_by_name["ClockAdminService"].full_name)
@@ -178,9 +240,27 @@ async def serve(definition: ServiceDefinition) -> None:
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     for service_name in ["", *names]:
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if credentials is None:
+        log.warning("serving in PLAINTEXT (transport=plaintext): for development only")
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    health_server: grpc.aio.Server | None = None
+    if settings.health_port:
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_server)
+        health_server.add_insecure_port(f"{settings.grpc_host}:{settings.health_port}")
+        await health_server.start()
     await server.start()
-    log.info("grpc listening", extra={"address": f"{settings.grpc_host}:{port}"})
+    log.info(
+        "grpc listening",
+        extra={
+            "address": f"{settings.grpc_host}:{port}",
+            "transport": settings.transport,
+            "mutual_tls": credentials is not None and settings.tls_require_client_cert,
+        },
+    )
 
     # Readiness: the database must stand at the head of this service's migrations.
     while not await _migrated(engine, definition.migrations_dir):
@@ -189,6 +269,8 @@ async def serve(definition: ServiceDefinition) -> None:
             await asyncio.wait_for(stop.wait(), timeout=1.0)
         if stop.is_set():
             await server.stop(0)
+            if health_server is not None:
+                await health_server.stop(0)
             await nc.close()
             await engine.dispose()
             return
@@ -247,6 +329,8 @@ async def serve(definition: ServiceDefinition) -> None:
     consumer_stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     await server.stop(settings.shutdown_grace_seconds)
+    if health_server is not None:
+        await health_server.stop(0)
     # RPCs are done, so the outbox holds everything they wrote: publish it, then stop.
     relay_stop.set()
     await asyncio.gather(relay_task, return_exceptions=True)

@@ -1,0 +1,5 @@
+import sys
+
+from evolutivo_reconcile.cli import main
+
+sys.exit(main())
