@@ -50,6 +50,7 @@ lint: setup
 	MYPYPATH=$(subst $(space),:,$(SERVICE_DIRS)):cli $(PY) -m mypy \
 		libs/runtime/evolutivo_runtime deploy/local/evolutivo_stack $(SERVICE_PKGS) cli/evolutivo_cli
 	$(PY) -m mypy --strict deploy/k8s/check.py tests/unit/deploy
+	MYPYPATH=tools/reconcile $(PY) -m mypy --strict tools/reconcile/evolutivo_reconcile
 	$(BUF) lint
 
 check-generated: protos
