@@ -1,0 +1,1 @@
+"""The benchmark harness of the suite: `python -m bench` (docs/performance.md)."""

@@ -1,0 +1,69 @@
+"""Resident memory (RSS) of every service process, at rest and the peak under load."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import psutil  # type: ignore[import-untyped]  # no stubs pinned; the harness only
+from evolutivo_stack.stack import Stack
+
+
+def rss_mib(stack: Stack) -> dict[str, float]:
+    """RSS of each replica now, MiB, by replica name (`charging`, `charging-1`, ...)."""
+    found: dict[str, float] = {}
+    for service in stack.services:
+        for replica in stack.replicas(service):
+            if replica.pid is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                found[replica.name] = psutil.Process(replica.pid).memory_info().rss / 2**20
+    return found
+
+
+class PeakSampler:
+    """Samples every replica's RSS twice a second while the load runs; keeps each one's peak."""
+
+    def __init__(self, stack: Stack) -> None:
+        self._stack = stack
+        self.peak: dict[str, float] = {}
+
+    def sample(self) -> None:
+        for name, value in rss_mib(self._stack).items():
+            self.peak[name] = max(self.peak.get(name, 0.0), value)
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[PeakSampler]:
+        stop = asyncio.Event()
+
+        async def loop() -> None:
+            while not stop.is_set():
+                self.sample()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+
+        task = asyncio.create_task(loop())
+        try:
+            yield self
+        finally:
+            stop.set()
+            await task
+            self.sample()
+
+
+def cpu_seconds(stack: Stack, services: tuple[str, ...] = ("charging", "balance", "billing")) -> dict[str, float]:
+    """CPU time (user + system) each service's replicas used so far, summed per service: the cost
+    of a measure is the difference, which the machine's other load does not inflate the way it
+    inflates wall-clock rates."""
+    found: dict[str, float] = {}
+    for service in services:
+        if service not in stack.services:
+            continue
+        for replica in stack.replicas(service):
+            if replica.pid is None:
+                continue
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(replica.pid).cpu_times()
+                found[service] = found.get(service, 0.0) + times.user + times.system
+    return found
