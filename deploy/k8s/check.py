@@ -9,6 +9,10 @@
    without privilege escalation or capabilities; every service container has gRPC liveness and
    readiness probes; every service has its ServiceAccount, Service (ports grpc, metrics), PDB, HPA and
    NetworkPolicy, and the NetworkPolicies allow exactly the calls in CALLS.
+   Security (docs/security.md): the probes call the plaintext <PREFIX>HEALTH_PORT, never the gRPC
+   port (mutual TLS, which the kubelet cannot speak); every <PREFIX>*_FILE setting lies under a
+   read-only mount; ingress opens only the gRPC and metrics ports (the kubelet reaches the health
+   port as traffic from the pod's node, which NetworkPolicies always allow); prod serves TLS.
 
     .venv/bin/python deploy/k8s/check.py      # exit 1 and a list of problems when something is wrong
 """
@@ -60,6 +64,7 @@ CUSTOM_RESOURCES = {
     ("postgresql.cnpg.io/v1", "Cluster"),
     ("postgresql.cnpg.io/v1", "ScheduledBackup"),
     ("barmancloud.cnpg.io/v1", "ObjectStore"),
+    ("cert-manager.io/v1", "Certificate"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 
@@ -225,8 +230,31 @@ def _peers(peers: list[Obj]) -> set[str]:
     return found
 
 
-def service_violations(objs: list[Obj], *, min_replicas: int = 1, spread: bool = False) -> list[str]:
-    """Each service's companions, probes on its gRPC port, graceful termination and network graph."""
+def _file_settings_violations(where: str, prefix: str, config: Obj, spec: Obj, main: Obj) -> list[str]:
+    """Every mount has its volume; every <PREFIX>*_FILE setting in use lies under a read-only mount."""
+    problems = []
+    volumes = {v.get("name") for v in spec.get("volumes") or []}
+    for _, c in _containers(spec):
+        for m in c.get("volumeMounts") or []:
+            if m.get("name") not in volumes:
+                problems.append(f"{where}: container {c.get('name')} mounts {m.get('name')!r}, which is no volume")
+    mounts = [m for m in main.get("volumeMounts") or [] if m.get("readOnly") is True]
+    plaintext = config.get(f"{prefix}TRANSPORT") == "plaintext"
+    for key, path in sorted(config.items()):
+        if not (key.startswith(prefix) and key.endswith("_FILE") and path):
+            continue
+        if plaintext and key.startswith(f"{prefix}TLS_"):
+            continue  # not read without TLS
+        if not any(str(path).startswith(str(m.get("mountPath", "")).rstrip("/") + "/") for m in mounts):
+            problems.append(f"{where}: {key}={path} is not under a read-only volumeMount")
+    return problems
+
+
+def service_violations(
+    objs: list[Obj], *, min_replicas: int = 1, spread: bool = False, require_tls: bool = False
+) -> list[str]:
+    """Each service's companions, probes on its health port, secrets mounted read-only, graceful
+    termination and network graph."""
     problems = []
     by_kind: dict[str, list[Obj]] = {}
     for obj in objs:
@@ -259,12 +287,24 @@ def service_violations(objs: list[Obj], *, min_replicas: int = 1, spread: bool =
         ports = {p.get("name"): p.get("containerPort") for p in main.get("ports") or []}
         if ports.get("grpc") != port or ports.get("metrics") != METRICS_PORT:
             problems.append(f"{where}: container ports must be grpc={port} and metrics={METRICS_PORT}")
+        config = _config(objs, f"{name}-config")
+        health = int(config.get(f"{prefix}HEALTH_PORT") or 0)
+        if health in (0, port, METRICS_PORT):
+            problems.append(f"{where}: {prefix}HEALTH_PORT must be set apart from {port} and {METRICS_PORT}")
+        if require_tls and config.get(f"{prefix}TRANSPORT", "tls") != "tls":
+            problems.append(f"{where}: {prefix}TRANSPORT must be tls")
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            if ((main.get(probe) or {}).get("grpc") or {}).get("port") != port:
-                problems.append(f"{where}: {probe} must be a gRPC health probe on port {port}")
+            probe_port = ((main.get(probe) or {}).get("grpc") or {}).get("port")
+            if probe_port == port:
+                problems.append(
+                    f"{where}: {probe} is on the gRPC port {port}, which serves mutual TLS the kubelet cannot "
+                    f"speak: probe {prefix}HEALTH_PORT"
+                )
+            elif probe_port != health or not health:
+                problems.append(f"{where}: {probe} must be a gRPC health probe on {prefix}HEALTH_PORT ({health})")
+        problems += _file_settings_violations(where, prefix, config, spec, main)
         if not any(c.get("args") == ["migrate"] for c in spec.get("initContainers") or []):
             problems.append(f"{where}: no initContainer running `migrate`")
-        config = _config(objs, f"{name}-config")
         grace = float(config.get(f"{prefix}SHUTDOWN_GRACE_SECONDS", DEFAULT_SHUTDOWN_GRACE_SECONDS))
         pre_stop = int((((main.get("lifecycle") or {}).get("preStop") or {}).get("sleep") or {}).get("seconds", 0))
         needed = grace + pre_stop + DRAIN_OVERHEAD_SECONDS
@@ -317,6 +357,12 @@ def service_violations(objs: list[Obj], *, min_replicas: int = 1, spread: bool =
         expected_to = CALLS[name] | {"dns", "nats", f"pg-{name}"} | EXTERNAL_EGRESS.get(name, set())
         if to != expected_to:
             problems.append(f"NetworkPolicy/{name}: egress to {sorted(to)}, expected {sorted(expected_to)}")
+        opened = {p.get("port") for r in ingress for p in r.get("ports") or [{"port": "all"}]}
+        if not opened <= {port, METRICS_PORT}:
+            problems.append(
+                f"NetworkPolicy/{name}: ingress opens ports {sorted(map(str, opened))}, expected only {port} and "
+                f"{METRICS_PORT} (the kubelet reaches the health port from the pod's node without a rule)"
+            )
         from_ = set().union(*(_peers(r.get("from") or []) for r in ingress))
         expected_from = {caller for caller, called in CALLS.items() if name in called} | {"platforms", "monitoring"}
         if from_ != expected_from:
@@ -324,11 +370,13 @@ def service_violations(objs: list[Obj], *, min_replicas: int = 1, spread: bool =
     return problems
 
 
-def policy_violations(objs: list[Obj], *, min_replicas: int = 1, spread: bool = False) -> list[str]:
+def policy_violations(
+    objs: list[Obj], *, min_replicas: int = 1, spread: bool = False, require_tls: bool = False
+) -> list[str]:
     problems = []
     for obj in objs:
         problems += container_violations(obj)
-    return problems + service_violations(objs, min_replicas=min_replicas, spread=spread)
+    return problems + service_violations(objs, min_replicas=min_replicas, spread=spread, require_tls=require_tls)
 
 
 # --- engines --------------------------------------------------------------------------------------
@@ -378,7 +426,10 @@ def check_all() -> list[str]:
         objs = render(directory)
         prod = overlay == "prod"
         problems += [f"[{overlay}] {p}" for p in schema_errors(objs)]
-        problems += [f"[{overlay}] {p}" for p in policy_violations(objs, min_replicas=2 if prod else 1, spread=prod)]
+        problems += [
+            f"[{overlay}] {p}"
+            for p in policy_violations(objs, min_replicas=2 if prod else 1, spread=prod, require_tls=prod)
+        ]
         replicas = {v for k, v in _all_config(objs).items() if k.endswith("_STREAM_REPLICAS")}
         if replicas != ({"3"} if prod else {"1"}):
             problems.append(f"[{overlay}] STREAM_REPLICAS {sorted(replicas)} does not match its NATS cluster")

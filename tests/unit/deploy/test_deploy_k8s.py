@@ -163,6 +163,20 @@ def _no_migration(d: dict[str, Any]) -> None:
     d["spec"]["template"]["spec"]["initContainers"][0]["args"] = ["serve"]
 
 
+def _probe_on_tls_port(d: dict[str, Any]) -> None:
+    _main(d)["livenessProbe"]["grpc"]["port"] = 50051
+
+
+def _writable_secret_mount(d: dict[str, Any]) -> None:
+    auth = next(m for m in _main(d)["volumeMounts"] if m["name"] == "auth")
+    auth["readOnly"] = False
+
+
+def _mount_without_volume(d: dict[str, Any]) -> None:
+    spec = d["spec"]["template"]["spec"]
+    spec["volumes"] = [v for v in spec["volumes"] if v["name"] != "auth"]
+
+
 BROKEN: dict[str, tuple[Mutation, str]] = {
     "no limits": (_drop_limits, "customer: no cpu in resources.limits"),
     "no liveness probe": (_drop_liveness, "customer: no livenessProbe"),
@@ -174,8 +188,14 @@ BROKEN: dict[str, tuple[Mutation, str]] = {
     "init container without limits": (_init_without_limits, "migrate: no memory in resources.limits"),
     "moving image tag": (_latest_image, "needs a fixed tag or digest"),
     "grace shorter than the drain": (_short_grace, "terminationGracePeriodSeconds must be at least"),
-    "probe not on gRPC health": (_http_probe, "readinessProbe must be a gRPC health probe on port 50051"),
+    "probe not on gRPC health": (_http_probe, "readinessProbe must be a gRPC health probe on CUSTOMER_HEALTH_PORT"),
     "no migration": (_no_migration, "no initContainer running `migrate`"),
+    "probe on the TLS port": (_probe_on_tls_port, "livenessProbe is on the gRPC port 50051"),
+    "secret mounted writable": (
+        _writable_secret_mount,
+        "CUSTOMER_AUTH_JWKS_FILE=/etc/evolutivo/auth/jwks.json is not under a read-only volumeMount",
+    ),
+    "mount without its volume": (_mount_without_volume, "mounts 'auth', which is no volume"),
 }
 
 
@@ -270,3 +290,95 @@ def test_schema_validation_rejects_unknown_fields_and_wrong_types(rendered: dict
     assert len(errors) == 2, errors
     assert "livenessProbes" in errors[0]
     assert "HorizontalPodAutoscaler/customer" in errors[1] and "minReplicas" in errors[1]
+
+
+# --- security (docs/security.md): mutual TLS, tokens, the plaintext health port --------------------
+
+
+def test_probes_use_the_plaintext_health_port_and_no_policy_opens_it(rendered: dict[str, Any]) -> None:
+    for overlay, objs in rendered.items():
+        for name, (prefix, port) in check.SERVICES.items():
+            health = int(check._config(objs, f"{name}-config")[f"{prefix}HEALTH_PORT"])
+            assert health not in (0, port), overlay
+            main = _main(_find(objs, "Deployment", name))
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                assert main[probe]["grpc"]["port"] == health, (overlay, name, probe)
+            service = _find(objs, "Service", name)
+            assert health not in {p["port"] for p in service["spec"]["ports"]}, "the health port is not published"
+
+
+def test_policy_catches_a_missing_health_port(rendered: dict[str, Any]) -> None:
+    objs = copy.deepcopy(rendered["dev"])
+    next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("customer-config"))[
+        "data"
+    ].pop("CUSTOMER_HEALTH_PORT")
+    problems = check.policy_violations(objs)
+    assert "Deployment/customer: CUSTOMER_HEALTH_PORT must be set apart from 50051 and 9464" in problems
+    assert all("customer" in p for p in problems), problems
+
+
+def test_policy_catches_a_network_policy_that_opens_the_health_port(rendered: dict[str, Any]) -> None:
+    objs = copy.deepcopy(rendered["dev"])
+    policy = _find(objs, "NetworkPolicy", "balance")
+    policy["spec"]["ingress"][0]["ports"].append({"port": 8081, "protocol": "TCP"})
+    assert check.policy_violations(objs) == [
+        "NetworkPolicy/balance: ingress opens ports ['50053', '8081', '9464'], expected only 50053 and 9464 "
+        "(the kubelet reaches the health port from the pod's node without a rule)"
+    ]
+
+
+def test_prod_serves_mutual_tls_and_dev_is_refused_as_prod(rendered: dict[str, Any]) -> None:
+    for name, (prefix, _) in check.SERVICES.items():
+        prod = check._config(rendered["prod"], f"{name}-config")
+        assert prod[f"{prefix}TRANSPORT"] == "tls"
+        assert prod[f"{prefix}TLS_REQUIRE_CLIENT_CERT"] == "true"
+        assert "evolutivo" in prod[f"{prefix}AUTH_ISSUERS"].split(","), "the services' own tokens"
+        assert check._config(rendered["dev"], f"{name}-config")[f"{prefix}TRANSPORT"] == "plaintext"
+    problems = check.policy_violations(rendered["dev"], require_tls=True)
+    assert sorted(problems) == sorted(
+        f"Deployment/{name}: {prefix}TRANSPORT must be tls" for name, (prefix, _) in check.SERVICES.items()
+    )
+    # Without its certificate volume prod breaks the file policy (dev drops it because it runs plaintext).
+    objs = copy.deepcopy(rendered["prod"])
+    main = _main(_find(objs, "Deployment", "billing"))
+    main["volumeMounts"] = [m for m in main["volumeMounts"] if m["name"] != "tls"]
+    problems = check.policy_violations(objs, min_replicas=2, spread=True, require_tls=True)
+    assert problems == [
+        f"Deployment/billing: BILLING_TLS_{f}_FILE=/etc/evolutivo/tls/{path} is not under a read-only volumeMount"
+        for f, path in (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key"))
+    ]
+
+
+def test_prod_certificates_match_the_mounted_secrets(rendered: dict[str, Any]) -> None:
+    certificates = {o["spec"]["secretName"]: o["spec"] for o in rendered["prod"] if o["kind"] == "Certificate"}
+    for name in check.SERVICES:
+        spec = _find(rendered["prod"], "Deployment", name)["spec"]["template"]["spec"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        secret = volumes["tls"]["secret"]["secretName"]
+        certificate = certificates[secret]
+        assert name in certificate["dnsNames"], "callers dial <service>:<port>"
+        assert set(certificate["usages"]) == {"server auth", "client auth"}, "server and client of mutual TLS"
+        assert certificate["issuerRef"] == {"name": "evolutivo-ca", "kind": "Issuer"}
+        sources = [s["secret"]["name"] for s in volumes["auth"]["projected"]["sources"]]
+        assert sources == ["evolutivo-jwks", f"{name}-signing-key"]
+
+
+def test_secrets_are_references(rendered: dict[str, Any]) -> None:
+    for overlay, objs in rendered.items():
+        main = _main(_find(objs, "Deployment", "erp-gateway"))
+        env = {e["name"]: e for e in main["env"]}
+        assert env["ERP_GATEWAY_CREDENTIAL_KEYS"]["valueFrom"]["secretKeyRef"] == {
+            "name": "erp-gateway-credential-keys",
+            "key": "keys",
+        }, overlay
+        spec = _find(objs, "Deployment", "customer")["spec"]["template"]["spec"]
+        for container in spec["containers"] + spec["initContainers"]:  # migration 0004 encrypts too
+            env = {e["name"]: e for e in container["env"]}
+            assert env["CUSTOMER_PAYMENT_DETAILS_KEYS"]["valueFrom"]["secretKeyRef"] == {
+                "name": "customer-payment-details-keys",
+                "key": "keys",
+            }, overlay
+        for name in check.SERVICES:
+            config = check._config(objs, f"{name}-config")
+            # Only paths in the ConfigMap, never key material.
+            assert not [v for v in config.values() if "BEGIN" in v or '"keys"' in v], (overlay, name)
