@@ -10,7 +10,8 @@
 - ``dev-token``: a token with every scope for subject ``dev:admin``, re-signed on every start so
   that it always carries the scopes of the current RPC table (`grpcurl -H "authorization: Bearer
   $(cat .data/security/dev-token)" ...`);
-- ``erp-credential-key``: the Fernet key the ERP gateway encrypts connection secrets with.
+- ``erp-credential-key``: the Fernet key the ERP gateway encrypts connection secrets with;
+- ``customer-payment-details-key``: the Fernet key customer encrypts payment-method details with.
 
 Existing files are kept, so certificates and keys survive restarts (delete the folder to renew).
 Private keys are written with mode 0600. None of this is for production, where the same settings
@@ -101,6 +102,10 @@ class DevSecurity:
     def erp_key_file(self) -> Path:
         return self.dir / "erp-credential-key"
 
+    @property
+    def customer_key_file(self) -> Path:
+        return self.dir / "customer-payment-details-key"
+
     # ------------------------------------------------------------------ creation
 
     def ensure(self) -> None:
@@ -124,6 +129,8 @@ class DevSecurity:
         self.jwks_file.write_text(json.dumps(jwks, indent=2) + "\n")
         if not self.erp_key_file.exists():
             _write_private(self.erp_key_file, Fernet.generate_key())
+        if not self.customer_key_file.exists():
+            _write_private(self.customer_key_file, Fernet.generate_key())
         _write_private(self.token_file, self.token(DEV_SUBJECT, ALL_SCOPES, ttl_seconds=30 * 86400).encode())
 
     def _make_ca(self, key_file: Path) -> None:
@@ -220,4 +227,6 @@ class DevSecurity:
         }
         if service == "erp_gateway":
             env["CREDENTIAL_KEYS"] = self.erp_key_file.read_text().strip()
+        if service == "customer":
+            env["PAYMENT_DETAILS_KEYS"] = self.customer_key_file.read_text().strip()
         return {prefix + key: value for key, value in env.items()}

@@ -491,6 +491,8 @@ class Stack:
             env[prefix + "TRANSPORT"] = "plaintext"
         if os.environ.get(f"{prefix}CREDENTIAL_KEYS"):
             env.pop(f"{prefix}CREDENTIAL_KEYS", None)  # an operator's own key wins
+        if os.environ.get(f"{prefix}PAYMENT_DETAILS_KEYS"):
+            env.pop(f"{prefix}PAYMENT_DETAILS_KEYS", None)
         return env
 
     # ------------------------------------------------------------------ whole stack

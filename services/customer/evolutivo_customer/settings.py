@@ -1,5 +1,5 @@
 from evolutivo_runtime.settings import ServiceSettings
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 
@@ -12,3 +12,7 @@ class CustomerSettings(ServiceSettings):
     charging_address: str = "127.0.0.1:50052"
     # Deadline of each downstream read; the overview answers without a section that misses it.
     downstream_timeout_seconds: float = Field(default=0.5, gt=0)
+    # Fernet keys for payment-method details at rest, comma-separated, newest first: the first
+    # encrypts, every one decrypts (rotation, docs/customer.md). Required: `serve` refuses to start
+    # without one.
+    payment_details_keys: SecretStr = SecretStr("")

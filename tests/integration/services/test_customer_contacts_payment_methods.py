@@ -31,7 +31,7 @@ from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
 from google.protobuf import field_mask_pb2
 from google.type import date_pb2, postal_address_pb2
 from sqlalchemy import select
-from support.customer import CustomerServiceDb, MixinState
+from support.customer import CustomerServiceDb, MixinState, stored_details
 from support.databases import MigratedDatabase
 from support.rpc import bad_request_fields, serving
 
@@ -381,7 +381,10 @@ async def test_the_first_method_is_the_default_and_reads_are_masked(db: Customer
         transfer.payment_method_id,
     ]
     # Stored in full (the provider needs them), compact and upper-case.
-    stored = {r.type: r.details for r in await db.rows(select(payment_methods.c.type, payment_methods.c.details))}
+    stored = {
+        r.type: stored_details(r.details)
+        for r in await db.rows(select(payment_methods.c.type, payment_methods.c.details))
+    }
     assert stored["sepa_direct_debit"]["iban"] == IBAN
     assert stored["card"]["provider_token"] == "pm_1NfakeTokenAbCd"
     # Nothing unmasked leaves in an event.

@@ -24,7 +24,7 @@ from evolutivo_customer.entrypoints.grpc_privacy import PrivacyApi
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from google.type import date_pb2, postal_address_pb2
 from sqlalchemy import select
-from support.customer import CustomerServiceDb, MixinState
+from support.customer import CustomerServiceDb, MixinState, stored_details
 from support.databases import MigratedDatabase
 
 MIGRATIONS = Path(evolutivo_customer.__file__).resolve().parent / "migrations"
@@ -191,7 +191,9 @@ async def test_erasure_anonymises_the_account_its_contacts_and_payment_methods(d
     assert {c.name for c in listed.contacts} == {ERASED}
 
     # Payment methods, the removed one too: what finance needs stays, the rest goes.
-    methods = {(r.type, r.remove_time is None): r.details for r in await db.rows(select(payment_methods))}
+    methods = {
+        (r.type, r.remove_time is None): stored_details(r.details) for r in await db.rows(select(payment_methods))
+    }
     sepa = methods[("sepa_direct_debit", True)]
     assert sepa == {
         "iban": "ES91****************1332",

@@ -10,6 +10,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Sequence,
@@ -108,8 +109,9 @@ payment_methods = Table(
     # "card", "sepa_direct_debit", "bank_transfer" or "pay_on_invoice".
     Column("type", Text, nullable=False),
     Column("is_default", Boolean, nullable=False),
-    # Type-specific details (provider token, IBAN, mandate...). Encrypted at rest by issue 11.
-    Column("details", JSONB, nullable=False),
+    # Type-specific details (provider token, IBAN, mandate...): a JSON document as a Fernet token
+    # (payment_methods_repository.py, migration 0004).
+    Column("details", LargeBinary, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
     # Removed methods are kept (payments reference them) but no longer listed.
     Column("remove_time", DateTime(timezone=True)),

@@ -1,11 +1,15 @@
-"""Loads and stores payment methods. Their type-specific details are one JSON document per row."""
+"""Loads and stores payment methods. Their type-specific details are one JSON document per row,
+stored encrypted (Fernet, `FieldCipher` under CUSTOMER_PAYMENT_DETAILS_KEYS): IBANs, mandates and
+provider tokens are never in the database, its backups or replicas in clear."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import date
 from typing import Any
 
+from evolutivo_runtime.security.crypto import FieldCipher
 from sqlalchemy import case, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,8 +28,9 @@ from evolutivo_customer.domain.payment_methods import (
 
 
 class PaymentMethodRepository:
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, cipher: FieldCipher) -> None:
         self._session = session
+        self._cipher = cipher
 
     async def for_account(
         self, account_id: uuid.UUID, include_removed: bool = False, for_update: bool = False
@@ -43,7 +48,7 @@ class PaymentMethodRepository:
             query = query.where(t.c.remove_time.is_(None))
         if for_update:
             query = query.with_for_update()
-        return [_method(row._mapping) for row in await self._session.execute(query)]
+        return [self._method(row._mapping) for row in await self._session.execute(query)]
 
     async def load(self, account: Account) -> AccountPaymentMethods:
         """The account's active methods, locked, as the aggregate that changes them."""
@@ -57,7 +62,7 @@ class PaymentMethodRepository:
             if not method.is_default:
                 await self._update(method)
         for method in methods.added:
-            await self._session.execute(insert(t).values(**_row(method)))
+            await self._session.execute(insert(t).values(**self._row(method)))
         for method in methods.changed:
             if method.is_default:
                 await self._update(method)
@@ -71,7 +76,44 @@ class PaymentMethodRepository:
     async def _update(self, method: PaymentMethod) -> None:
         t = payment_methods
         await self._session.execute(
-            update(t).where(t.c.payment_method_id == method.payment_method_id).values(**_row(method))
+            update(t).where(t.c.payment_method_id == method.payment_method_id).values(**self._row(method))
+        )
+
+    async def rotate_batch(self, after: uuid.UUID | None, limit: int) -> tuple[uuid.UUID | None, int]:
+        """Re-encrypts up to `limit` rows after `after` (id order) under the newest key: the last
+        id done (None if none) and how many. Rows are locked so a concurrent write is not lost."""
+        t = payment_methods
+        query = select(t.c.payment_method_id, t.c.details).order_by(t.c.payment_method_id).limit(limit)
+        if after is not None:
+            query = query.where(t.c.payment_method_id > after)
+        rows = (await self._session.execute(query.with_for_update())).all()
+        for method_id, token in rows:
+            await self._session.execute(
+                update(t).where(t.c.payment_method_id == method_id).values(details=self._cipher.rotate(token))
+            )
+        return (rows[-1][0] if rows else None), len(rows)
+
+    def _row(self, method: PaymentMethod) -> dict[str, Any]:
+        return {
+            "payment_method_id": method.payment_method_id,
+            "account_id": method.account_id,
+            "type": method.type.value,
+            "is_default": method.is_default,
+            "details": self._cipher.encrypt(json.dumps(_details_json(method)).encode()),
+            "create_time": method.create_time,
+            "remove_time": method.remove_time,
+        }
+
+    def _method(self, row: Any) -> PaymentMethod:
+        data = json.loads(self._cipher.decrypt(row["details"]))
+        return PaymentMethod(
+            payment_method_id=row["payment_method_id"],
+            account_id=row["account_id"],
+            details=_details(PaymentMethodType(row["type"]), data),
+            is_default=row["is_default"],
+            create_time=row["create_time"],
+            remove_time=row["remove_time"],
+            erased=bool(data.get("erased", False)),
         )
 
 
@@ -128,28 +170,3 @@ def _details(kind: PaymentMethodType, data: dict[str, Any]) -> PaymentDetails:
             return BankTransferDetails(payment_reference=data["payment_reference"])
         case PaymentMethodType.PAY_ON_INVOICE:
             return PayOnInvoiceDetails()
-
-
-def _row(method: PaymentMethod) -> dict[str, Any]:
-    return {
-        "payment_method_id": method.payment_method_id,
-        "account_id": method.account_id,
-        "type": method.type.value,
-        "is_default": method.is_default,
-        "details": _details_json(method),
-        "create_time": method.create_time,
-        "remove_time": method.remove_time,
-    }
-
-
-def _method(row: Any) -> PaymentMethod:
-    data = dict(row["details"])
-    return PaymentMethod(
-        payment_method_id=row["payment_method_id"],
-        account_id=row["account_id"],
-        details=_details(PaymentMethodType(row["type"]), data),
-        is_default=row["is_default"],
-        create_time=row["create_time"],
-        remove_time=row["remove_time"],
-        erased=bool(data.get("erased", False)),
-    )

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from evolutivo.customer.v1 import customer_service_pb2, customer_service_pb2_grpc
 from evolutivo_runtime.clients import service_channel
+from evolutivo_runtime.security.crypto import EncryptionKeyError, FieldCipher
 from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, Wiring
 
 from evolutivo_customer.adapters import contact_events, events, payment_method_events, purchase_events  # noqa: F401
@@ -25,8 +26,10 @@ def wire(rt: Runtime) -> Wiring:
     settings = rt.settings
     assert isinstance(settings, CustomerSettings)
 
+    cipher = details_cipher(settings)
+
     def uow() -> CustomerUnitOfWork:
-        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log)
+        return CustomerUnitOfWork(rt.sessions, outbox, rt.clock, events.encode, request_log, details_cipher=cipher)
 
     balance = GrpcBalanceReader(service_channel(settings.balance_address), settings.downstream_timeout_seconds)
     billing = GrpcBillingReader(service_channel(settings.billing_address), settings.downstream_timeout_seconds)
@@ -44,6 +47,20 @@ def wire(rt: Runtime) -> Wiring:
         # Charging's ChargesCreated fixes an account's currency (accounts.has_charges).
         upstream_services=["charging"],
     )
+
+
+def details_cipher(settings: CustomerSettings) -> FieldCipher:
+    """The payment-details cipher; no usable key stops the service (details are never stored in clear)."""
+    keys = settings.payment_details_keys.get_secret_value()
+    if not keys.strip():
+        raise EncryptionKeyError(
+            "CUSTOMER_PAYMENT_DETAILS_KEYS is not set: the customer service needs at least one Fernet key "
+            "to encrypt payment-method details (docs/customer.md, 'Payment methods at rest')"
+        )
+    try:
+        return FieldCipher.from_setting(keys)
+    except EncryptionKeyError as exc:
+        raise EncryptionKeyError(f"CUSTOMER_PAYMENT_DETAILS_KEYS: {exc}") from None
 
 
 def definition() -> ServiceDefinition:

@@ -5,6 +5,7 @@ concurrent changes to one account's methods (and its one default) are serialised
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 from evolutivo_customer.domain.payment_methods import PaymentDetails, PaymentMethod
 from evolutivo_customer.service_layer.accounts import load
@@ -46,3 +47,20 @@ async def list_payment_methods(uow: CustomerUnitOfWork, account_id: uuid.UUID) -
     async with uow:
         await load(uow, account_id, for_update=False)
         return await uow.payment_methods.for_account(account_id)
+
+
+async def rotate_payment_details(uow_factory: Callable[[], CustomerUnitOfWork], batch_size: int = 500) -> int:
+    """Re-encrypts every stored payment-method detail under the newest key (the first of
+    CUSTOMER_PAYMENT_DETAILS_KEYS), one short transaction per batch so writes are never blocked
+    long. Safe to repeat and to run while serving; once it has finished the old keys can be
+    dropped. Returns how many rows it re-encrypted."""
+    done = 0
+    after: uuid.UUID | None = None
+    while True:
+        async with uow_factory() as uow:
+            last, count = await uow.payment_methods.rotate_batch(after, batch_size)
+            await uow.commit()
+        done += count
+        if last is None or count < batch_size:
+            return done
+        after = last
