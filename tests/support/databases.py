@@ -15,6 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from evolutivo_runtime.clock import FixedClock
 from evolutivo_runtime.db import create_engine, plain_url, session_factory
+from evolutivo_runtime.security.audit import audit_log
 from sqlalchemy import MetaData, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -57,14 +58,22 @@ class ServiceDb:
             return list((await conn.execute(query)).all())
 
     async def schema_diff(self, metadata: MetaData) -> list[Any]:
-        """What the migrated schema lacks or has beyond `metadata` (the tables the code uses)."""
+        return await schema_diff(self.engine, metadata)
 
-        def diff(connection: Connection) -> list[Any]:
-            context = MigrationContext.configure(connection, opts={"compare_type": True})
-            return list(compare_metadata(context, metadata))
 
-        async with self.engine.connect() as conn:
-            return await conn.run_sync(diff)
+async def schema_diff(engine: AsyncEngine, metadata: MetaData) -> list[Any]:
+    """What the migrated schema lacks or has beyond `metadata` (the tables the code uses) and the
+    runtime's audit log, which every service's migrations create but no service's model holds."""
+    expected = MetaData()
+    for table in (*metadata.tables.values(), audit_log):
+        table.to_metadata(expected)
+
+    def diff(connection: Connection) -> list[Any]:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        return list(compare_metadata(context, expected))
+
+    async with engine.connect() as conn:
+        return await conn.run_sync(diff)
 
 
 async def drop_databases(server_url: str, names: Iterable[str]) -> None:

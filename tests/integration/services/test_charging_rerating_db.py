@@ -17,8 +17,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from alembic.autogenerate import compare_metadata
-from alembic.runtime.migration import MigrationContext
 from evolutivo.balance.v1 import balance_pb2
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.billing.v1 import bill_cycle_pb2
@@ -49,8 +47,8 @@ from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
 from sqlalchemy import select
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from support.databases import schema_diff
 from support.jetstream import consumer_for, message, process
 
 NOW = datetime(2031, 5, 20, 9, 30, tzinfo=UTC)
@@ -237,12 +235,7 @@ def total(charges: Sequence[usage_pb2.RatedCharge]) -> Decimal:
 
 
 async def test_the_migrations_give_the_tables_the_code_declares(db: Db) -> None:
-    def diff(connection: Connection) -> list[Any]:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        return list(compare_metadata(context, metadata))
-
-    async with db.engine.connect() as conn:
-        assert await conn.run_sync(diff) == []
+    assert await schema_diff(db.engine, metadata) == []
 
 
 # Rerating.

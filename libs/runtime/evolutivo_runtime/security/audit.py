@@ -22,6 +22,7 @@ audited call or event upstream, and the outbox/inbox tie them together.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -31,13 +32,15 @@ from typing import Any
 from evolutivo.admin.v1 import audit_admin_service_pb2 as audit_pb
 from evolutivo.admin.v1 import audit_admin_service_pb2_grpc as audit_grpc
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.empty_pb2 import Empty
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import BigInteger, Column, DateTime, Identity, MetaData, Table, Text, func, insert, select
+from sqlalchemy import BigInteger, Column, DateTime, Identity, Index, MetaData, Table, Text, func, insert, select
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evolutivo_runtime.clock import Clock
+from evolutivo_runtime.ids import parse_uuid
 from evolutivo_runtime.pagination import page_size as checked_page_size
 from evolutivo_runtime.pagination import parse_int_token
 from evolutivo_runtime.server import Context
@@ -61,6 +64,9 @@ audit_log = Table(
     # By the service's clock (business time); record_time is the database's own.
     Column("occur_time", DateTime(timezone=True), nullable=False),
     Column("record_time", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # As create_audit_log_table makes them: the two ways the log is queried.
+    Index("audit_log_account", "account_id", "seq"),
+    Index("audit_log_actor", "actor", "seq"),
 )
 
 _MAX_IDS = 32
@@ -158,6 +164,9 @@ class AuditContext:
     sessions: async_sessionmaker[AsyncSession] | None
     clock: Clock
     recorded: int = field(default=0)
+    # SHA-256 of the request as received (evolutivo_runtime.idempotency.request_digest): a request
+    # id reused with another request is refused.
+    request_digest: str = field(default="")
 
     def row(self, events: Iterable[tuple[str, Message]], source: str, now: datetime) -> dict[str, Any]:
         ids = dict(self.request_ids)
@@ -181,11 +190,33 @@ class AuditContext:
         }
 
 
+_NO_IDS = Empty()
+
+
+def request_digest(request: Message) -> str:
+    """SHA-256 of a request's deterministic serialization: the same request gives the same digest."""
+    return hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+
+
 current_audit: contextvars.ContextVar[AuditContext | None] = contextvars.ContextVar("audit", default=None)
+
+
+# Calls whose changes one transaction commits together (a service coalescing concurrent calls,
+# e.g. charging's grouped RecordUsage): each still gets its own record, in that transaction.
+grouped_audits: contextvars.ContextVar[tuple[AuditContext, ...]] = contextvars.ContextVar("grouped_audits", default=())
 
 
 async def record_in_transaction(session: AsyncSession, events: Iterable[tuple[str, Message]], now: datetime) -> None:
     """Called by UnitOfWork.commit before it commits: the record joins the change's transaction."""
+    group = grouped_audits.get()
+    if group:
+        # The events are shared by the calls: each record names their types, and only its own
+        # call's identifiers (the shared events' identifiers belong to the other calls too).
+        types = [(event_type, _NO_IDS) for event_type, _ in events]
+        await session.execute(insert(audit_log), [c.row(types, "unit_of_work", now) for c in group])
+        for c in group:
+            c.recorded += 1
+        return
     context = current_audit.get()
     if context is None:
         return
@@ -230,6 +261,8 @@ class AuditAdminServicer(audit_grpc.AuditAdminServiceServicer):
         after = parse_int_token(request.page_token)
         query = select(audit_log).where(audit_log.c.seq > after).order_by(audit_log.c.seq).limit(size + 1)
         if request.account_id:
+            # Account ids are UUIDs everywhere: a malformed one is a caller's mistake, not "no records".
+            parse_uuid("account_id", request.account_id)
             query = query.where(audit_log.c.account_id == request.account_id)
         if request.actor:
             query = query.where(audit_log.c.actor == request.actor)

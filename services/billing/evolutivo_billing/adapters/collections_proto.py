@@ -14,7 +14,7 @@ from evolutivo.customer.v1 import account_pb2
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.pagination import decode_keyset, encode_keyset
-from evolutivo_runtime.timestamps import from_date, to_date, to_timestamp
+from evolutivo_runtime.timestamps import from_date, from_timestamp, to_date, to_timestamp
 from google.protobuf.message import Message
 from google.type import money_pb2
 
@@ -34,6 +34,10 @@ from evolutivo_billing.domain.collections import (
     CaseResumed,
     CaseWrittenOff,
     CloseReason,
+    ContactAttempt,
+    ContactAttemptRecorded,
+    ContactChannel,
+    ContactOutcome,
     EntryCriteria,
     Instalment,
     LateFeeRule,
@@ -50,6 +54,8 @@ from evolutivo_billing.domain.collections import (
     Task,
     parse_decimal,
 )
+from evolutivo_billing.domain.delivery import DeliveryState, NoticeOnlyState
+from evolutivo_billing.domain.notices import Notice, NoticeDocument
 
 _ACTIONS = {
     ActionType.REMINDER_EMAIL: pb.COLLECTIONS_ACTION_TYPE_REMINDER_EMAIL,
@@ -225,6 +231,7 @@ def action_to_pb(a: Action, currency_code: str) -> pb.CollectionsAction:
         outcome=a.outcome,
         amount=money(a.amount, currency_code) if a.amount is not None else None,
         request_id=str(a.request_id),
+        notice_id=str(a.details.get("notice_id", "")),
     )
 
 
@@ -402,6 +409,112 @@ def aging_page_token(after: tuple[uuid.UUID, str]) -> str:
     return encode_keyset(str(after[0]), after[1])
 
 
+# -- notices ----------------------------------------------------------------------------------------------------
+
+_NOTICE_STATES = {
+    DeliveryState.PENDING: pb.COLLECTIONS_NOTICE_DELIVERY_STATE_PENDING,
+    DeliveryState.SENT: pb.COLLECTIONS_NOTICE_DELIVERY_STATE_SENT,
+    DeliveryState.FAILED: pb.COLLECTIONS_NOTICE_DELIVERY_STATE_FAILED,
+    DeliveryState.NO_RECIPIENT: pb.COLLECTIONS_NOTICE_DELIVERY_STATE_NO_RECIPIENT,
+    NoticeOnlyState.CANCELLED: pb.COLLECTIONS_NOTICE_DELIVERY_STATE_CANCELLED,
+}
+
+
+def notice_to_pb(n: Notice) -> pb.CollectionsNotice:
+    c = n.currency_code
+    d = n.delivery
+    return pb.CollectionsNotice(
+        notice_id=str(n.notice_id),
+        case_id=str(n.case_id),
+        action_sequence=n.action_sequence,
+        account_id=str(n.account_id),
+        type=_ACTIONS[n.kind],
+        template=n.template,
+        overdue_amount=money(n.overdue_amount, c),
+        days_past_due=n.days_past_due,
+        bills=[
+            pb.CollectionsNoticeBill(
+                bill_id=str(b.bill_id),
+                bill_number=b.bill_number,
+                issue_date=to_date(b.issue_date),
+                due_date=to_date(b.due_date),
+                total=money(b.total, c),
+                open_amount=money(b.open_amount, c),
+            )
+            for b in n.bills
+        ],
+        late_fees=money(n.late_fees, c) if n.late_fees > 0 else None,
+        create_time=to_timestamp(n.create_time),
+        delivery_state=_NOTICE_STATES.get(d.state, pb.COLLECTIONS_NOTICE_DELIVERY_STATE_UNSPECIFIED),
+        attempts=d.attempts,
+        last_error=d.last_error,
+        last_attempt_time=to_timestamp(d.last_attempt_time),
+        next_attempt_time=to_timestamp(d.next_attempt_time),
+        sent_time=to_timestamp(d.sent_time),
+        recipients=list(d.recipients),
+        message_id=d.message_id,
+    )
+
+
+def notice_document_to_pb(d: NoticeDocument) -> pb.CollectionsNoticeDocument:
+    return pb.CollectionsNoticeDocument(
+        notice_id=str(d.notice_id),
+        content_type=d.content_type,
+        file_name=d.file_name,
+        content=d.content,
+        sha256=d.sha256,
+        render_time=to_timestamp(d.render_time),
+    )
+
+
+# -- contact attempts -------------------------------------------------------------------------------------------
+
+_CHANNELS = {
+    ContactChannel.PHONE: pb.COLLECTIONS_CONTACT_CHANNEL_PHONE,
+    ContactChannel.EMAIL: pb.COLLECTIONS_CONTACT_CHANNEL_EMAIL,
+    ContactChannel.SMS: pb.COLLECTIONS_CONTACT_CHANNEL_SMS,
+    ContactChannel.LETTER: pb.COLLECTIONS_CONTACT_CHANNEL_LETTER,
+    ContactChannel.VISIT: pb.COLLECTIONS_CONTACT_CHANNEL_VISIT,
+    ContactChannel.OTHER: pb.COLLECTIONS_CONTACT_CHANNEL_OTHER,
+}
+_CHANNELS_BACK = {v: k for k, v in _CHANNELS.items()}
+_OUTCOMES = {
+    ContactOutcome.PROMISED: pb.COLLECTIONS_CONTACT_OUTCOME_PROMISED,
+    ContactOutcome.NO_ANSWER: pb.COLLECTIONS_CONTACT_OUTCOME_NO_ANSWER,
+    ContactOutcome.LEFT_MESSAGE: pb.COLLECTIONS_CONTACT_OUTCOME_LEFT_MESSAGE,
+    ContactOutcome.DISPUTED: pb.COLLECTIONS_CONTACT_OUTCOME_DISPUTED,
+    ContactOutcome.REFUSED: pb.COLLECTIONS_CONTACT_OUTCOME_REFUSED,
+    ContactOutcome.WRONG_CONTACT: pb.COLLECTIONS_CONTACT_OUTCOME_WRONG_CONTACT,
+    ContactOutcome.CLAIMS_PAID: pb.COLLECTIONS_CONTACT_OUTCOME_CLAIMS_PAID,
+    ContactOutcome.OTHER: pb.COLLECTIONS_CONTACT_OUTCOME_OTHER,
+}
+_OUTCOMES_BACK = {v: k for k, v in _OUTCOMES.items()}
+
+
+def contact_from_pb(attempt: pb.CollectionsContactAttempt) -> tuple[ContactChannel, ContactOutcome, datetime | None]:
+    """The channel, outcome and contact time of a RecordCollectionsContactAttempt request."""
+    if attempt.channel not in _CHANNELS_BACK:
+        raise InvalidArgument("attempt.channel", "is required: one of the CollectionsContactChannel values")
+    if attempt.outcome not in _OUTCOMES_BACK:
+        raise InvalidArgument("attempt.outcome", "is required: one of the CollectionsContactOutcome values")
+    when = from_timestamp(attempt.contact_time) if attempt.HasField("contact_time") else None
+    return _CHANNELS_BACK[attempt.channel], _OUTCOMES_BACK[attempt.outcome], when
+
+
+def contact_to_pb(a: ContactAttempt) -> pb.CollectionsContactAttempt:
+    return pb.CollectionsContactAttempt(
+        attempt_id=str(a.attempt_id),
+        case_id=str(a.case_id),
+        account_id=str(a.account_id),
+        channel=_CHANNELS[a.channel],
+        outcome=_OUTCOMES[a.outcome],
+        note=a.note,
+        actor=a.actor,
+        contact_time=to_timestamp(a.contact_time),
+        record_time=to_timestamp(a.record_time),
+    )
+
+
 # -- events -----------------------------------------------------------------------------------------------------
 
 CASE_OPENED = "evolutivo.billing.v1.collections_case.opened"
@@ -417,6 +530,7 @@ CASE_CLOSED = "evolutivo.billing.v1.collections_case.closed"
 PROMISE_MADE = "evolutivo.billing.v1.promise_to_pay.made"
 PROMISE_KEPT = "evolutivo.billing.v1.promise_to_pay.kept"
 PROMISE_BROKEN = "evolutivo.billing.v1.promise_to_pay.broken"
+CONTACT_ATTEMPT_RECORDED = "evolutivo.billing.v1.collections_contact_attempt.recorded"
 
 
 def encode(event: object) -> tuple[str, Message] | None:
@@ -486,6 +600,8 @@ def encode(event: object) -> tuple[str, Message] | None:
             return PROMISE_BROKEN, ev.PromiseToPayBroken(
                 promise=promise_to_pb(promise, case.currency_code), account_id=str(case.account_id)
             )
+        case ContactAttemptRecorded(attempt=attempt):
+            return CONTACT_ATTEMPT_RECORDED, ev.CollectionsContactAttemptRecorded(attempt=contact_to_pb(attempt))
     return None
 
 

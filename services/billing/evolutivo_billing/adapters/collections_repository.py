@@ -19,12 +19,13 @@ from evolutivo_billing.adapters.collections_tables import (
     collections_accounts,
     collections_actions,
     collections_cases,
+    collections_contact_attempts,
     collections_entry_checks,
     collections_promises,
     collections_scenarios,
     collections_tasks,
 )
-from evolutivo_billing.adapters.orm import bill_units, bills, payment_allocations, payments
+from evolutivo_billing.adapters.orm import bill_units, bills, credit_note_allocations, payment_allocations, payments
 from evolutivo_billing.domain.calendar import start_of_day
 from evolutivo_billing.domain.collections import (
     AccountFacts,
@@ -34,6 +35,9 @@ from evolutivo_billing.domain.collections import (
     Case,
     CaseStatus,
     CloseReason,
+    ContactAttempt,
+    ContactChannel,
+    ContactOutcome,
     EntryCriteria,
     Instalment,
     LateFeeRule,
@@ -382,7 +386,7 @@ class CollectionsRepository:
             .join(u, u.c.bill_unit_id == b.c.bill_unit_id)
             .where(
                 b.c.status.in_(["issued", "partially_paid", "overdue"]),
-                b.c.total > b.c.paid_amount,
+                b.c.total > b.c.paid_amount + b.c.credited_amount,
                 b.c.due_date < today,
                 ~exists().where(c.c.bill_unit_id == b.c.bill_unit_id, c.c.status == "open"),
                 ~exists().where(e.c.bill_unit_id == b.c.bill_unit_id, e.c.next_check_time > now),
@@ -540,7 +544,7 @@ class CollectionsRepository:
         return await self._complete(rows)
 
     async def claim_settled(self, now: datetime, limit: int, after: uuid.UUID | None) -> list[Case]:
-        """Open cases whose unit has no bill past due owing something (paid, credited...), locked
+        """Open cases whose unit has no bill past due owing something (paid, credited, voided), locked
         FOR UPDATE SKIP LOCKED, by id after `after`."""
         t, b, u = collections_cases, bills, bill_units
         today = func.timezone(u.c.time_zone, bindparam("now", now, type_=DateTime(timezone=True))).cast(Date)
@@ -550,7 +554,7 @@ class CollectionsRepository:
             .where(
                 b.c.bill_unit_id == t.c.bill_unit_id,
                 b.c.status.in_(["issued", "partially_paid", "overdue"]),
-                b.c.total > b.c.paid_amount,
+                b.c.total > b.c.paid_amount + b.c.credited_amount,
                 b.c.due_date < today,
             )
         )
@@ -659,12 +663,59 @@ class CollectionsRepository:
             query = query.where(tuple_(t.c.due_date, t.c.task_id) > tuple_(*after))
         return [_task(row) for row in await self._session.execute(query)]
 
+    # -- contact attempts ----------------------------------------------------------------------------
+
+    async def add_contact_attempt(self, attempt: ContactAttempt) -> None:
+        await self._session.execute(
+            insert(collections_contact_attempts).values(
+                attempt_id=attempt.attempt_id,
+                case_id=attempt.case_id,
+                account_id=attempt.account_id,
+                channel=attempt.channel.value,
+                outcome=attempt.outcome.value,
+                note=attempt.note,
+                actor=attempt.actor,
+                contact_time=attempt.contact_time,
+                record_time=attempt.record_time,
+            )
+        )
+
+    async def list_contact_attempts(
+        self, case_id: uuid.UUID, before: tuple[datetime, uuid.UUID] | None, limit: int
+    ) -> list[ContactAttempt]:
+        """The case's attempts, newest contact first (then by id)."""
+        t = collections_contact_attempts
+        query = (
+            select(t)
+            .where(t.c.case_id == case_id)
+            .order_by(t.c.contact_time.desc(), t.c.attempt_id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            query = query.where(tuple_(t.c.contact_time, t.c.attempt_id) < tuple_(*before))
+        return [
+            ContactAttempt(
+                attempt_id=r.attempt_id,
+                case_id=r.case_id,
+                account_id=r.account_id,
+                channel=ContactChannel(r.channel),
+                outcome=ContactOutcome(r.outcome),
+                note=r.note,
+                actor=r.actor,
+                contact_time=r.contact_time,
+                record_time=r.record_time,
+            )
+            for r in await self._session.execute(query)
+        ]
+
     # -- aging -------------------------------------------------------------------------------------------
 
     def _aging_rows(self, as_of: date, currency_code: str | None, account_id: uuid.UUID | None) -> Any:
         """Each bill issued by `as_of` with something open at the end of that day (in its unit's
-        time zone): total less what payments allocated to it by then; with its days past due."""
-        b, u, pa = bills, bill_units, payment_allocations
+        time zone): total less what payments and credit notes allocated to it by then; with its
+        days past due. A VOID bill counts until the credit note that voided it (which credited
+        all it owed), so it owes nothing from then on."""
+        b, u, pa, ca = bills, bill_units, payment_allocations, credit_note_allocations
         end = func.timezone(
             u.c.time_zone, cast(bindparam("as_of_next", as_of + timedelta(days=1), type_=Date), DateTime)
         )
@@ -673,13 +724,18 @@ class CollectionsRepository:
             .where(pa.c.bill_id == b.c.bill_id, pa.c.create_time < end)
             .scalar_subquery()
         )
-        open_amount = (b.c.total - paid).label("open_amount")
+        credited = (
+            select(func.coalesce(func.sum(ca.c.amount), 0))
+            .where(ca.c.bill_id == b.c.bill_id, ca.c.create_time < end)
+            .scalar_subquery()
+        )
+        open_amount = (b.c.total - paid - credited).label("open_amount")
         days = (bindparam("as_of", as_of, type_=Date) - b.c.due_date).label("days_past_due")
         query = (
             select(b.c.account_id, b.c.currency_code, open_amount, days)
             .join(u, u.c.bill_unit_id == b.c.bill_unit_id)
             .where(
-                b.c.status.in_(["issued", "partially_paid", "overdue", "paid"]),
+                b.c.status.in_(["issued", "partially_paid", "overdue", "paid", "void"]),
                 b.c.issue_date <= as_of,
                 or_(b.c.issue_time.is_(None), b.c.issue_time < end),
             )

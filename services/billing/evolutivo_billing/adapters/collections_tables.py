@@ -1,4 +1,4 @@
-"""The collections tables (migration 0008), on billing's metadata (docs/collections.md)."""
+"""The collections tables (migrations 0008 and 0010), on billing's metadata (docs/collections.md)."""
 
 from sqlalchemy import (
     Boolean,
@@ -14,11 +14,12 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     Table,
     Text,
+    UniqueConstraint,
     Uuid,
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 from evolutivo_billing.adapters.orm import metadata
 
@@ -170,4 +171,81 @@ collections_request_log = Table(
     Column("method", Text, nullable=False),
     Column("response", LargeBinary),
     Column("create_time", _TZ, nullable=False, server_default=func.now()),
+)
+
+# Since 0010: the notices (payment reminders, dunning letters) cases' actions made, each with its
+# email delivery (docs/collections.md, "Notices"); the id is the action's request id.
+collections_notices = Table(
+    "collections_notices",
+    metadata,
+    Column("notice_id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("collections_cases.case_id"), nullable=False),
+    Column("action_sequence", Integer, nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("template", Text, nullable=False),
+    Column("currency_code", Text, nullable=False),
+    Column("time_zone", Text, nullable=False),
+    Column("overdue_amount", _MONEY, nullable=False),
+    Column("days_past_due", Integer, nullable=False),
+    # The overdue bills as they stood when it was made: what it says, whenever it is rendered.
+    Column("bills", JSONB, nullable=False),
+    Column("late_fees", _MONEY, nullable=False),
+    Column("create_time", _TZ, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_time", _TZ),
+    Column("last_attempt_time", _TZ),
+    Column("last_error", Text, nullable=False),
+    Column("sent_time", _TZ),
+    Column("recipients", ARRAY(Text), nullable=False),
+    Column("message_id", Text, nullable=False),
+    # One notice per action, whatever reruns the action's transaction.
+    UniqueConstraint("case_id", "action_sequence", name="collections_notices_action"),
+    CheckConstraint("kind in ('reminder_email', 'dunning_letter')", name="collections_notices_kind"),
+    CheckConstraint(
+        "state in ('pending', 'sent', 'failed', 'no_recipient', 'cancelled')", name="collections_notices_state"
+    ),
+    CheckConstraint("attempts >= 0", name="collections_notices_attempts"),
+    CheckConstraint("(state = 'pending') = (next_attempt_time is not null)", name="collections_notices_due"),
+    CheckConstraint("(state = 'sent') = (sent_time is not null)", name="collections_notices_sent_time"),
+    # The delivery loop's claim: pending notices by due time.
+    Index("collections_notices_pending", "next_attempt_time", postgresql_where=text("state = 'pending'")),
+)
+
+# Since 0010: each dunning letter's PDF, kept as first rendered.
+collections_notice_documents = Table(
+    "collections_notice_documents",
+    metadata,
+    Column("notice_id", Uuid, ForeignKey("collections_notices.notice_id"), primary_key=True),
+    Column("content_type", Text, nullable=False),
+    Column("file_name", Text, nullable=False),
+    Column("content", LargeBinary, nullable=False),
+    Column("sha256", Text, nullable=False),
+    Column("render_time", _TZ, nullable=False),
+)
+
+# Since 0010: collectors' calls (and other contacts) with a case's customer and their outcomes.
+collections_contact_attempts = Table(
+    "collections_contact_attempts",
+    metadata,
+    Column("attempt_id", Uuid, primary_key=True),
+    Column("case_id", Uuid, ForeignKey("collections_cases.case_id"), nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    Column("channel", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("note", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("contact_time", _TZ, nullable=False),
+    Column("record_time", _TZ, nullable=False),
+    CheckConstraint(
+        "channel in ('phone', 'email', 'sms', 'letter', 'visit', 'other')", name="collections_contact_attempts_channel"
+    ),
+    CheckConstraint(
+        "outcome in ('promised', 'no_answer', 'left_message', 'disputed', 'refused', 'wrong_contact',"
+        " 'claims_paid', 'other')",
+        name="collections_contact_attempts_outcome",
+    ),
+    # A case's attempts, newest first.
+    Index("collections_contact_attempts_case", "case_id", "contact_time", "attempt_id"),
 )

@@ -1,6 +1,6 @@
-"""Renders a bill's document view to PDF with fpdf2.
+"""Renders a bill's document view, and a dunning letter's, to PDF with fpdf2.
 
-Deterministic: the PDF's creation date is the bill's issue time and its file id is derived from
+Deterministic: the PDF's creation date is the bill's issue time (the notice's time) and its file id is derived from
 the content, so the same view renders to the same bytes. Text uses the PDF core fonts (Helvetica)
 in the Windows-1252 encoding, which covers the Latin alphabets and the euro sign; a character
 outside it is printed as its closest unaccented form, else as "?" (docs/billing.md, "Documents")."""
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Sequence
+from datetime import datetime
 
 from fpdf import FPDF, FontFace
 from fpdf.enums import Align, TableBordersLayout, XPos, YPos
 
-from evolutivo_billing.domain.documents import BillDocumentView
+from evolutivo_billing.domain.documents import BillDocumentView, Seller
+from evolutivo_billing.domain.notices import LetterView, letter_paragraphs
 
 _ENCODING = "windows-1252"
 _FONT = "Helvetica"
@@ -44,16 +46,16 @@ def printable(text: str) -> str:
 
 
 class _Document(FPDF):
-    def __init__(self, view: BillDocumentView) -> None:
+    def __init__(self, title: str, subject: str, author: str, created: datetime) -> None:
         super().__init__(orientation="portrait", unit="mm", format="A4")
-        self.view = view
+        self.title_text = title
         self.core_fonts_encoding = _ENCODING
         self.set_margins(15, 15, 15)
         self.set_auto_page_break(auto=True, margin=18)
-        self.set_creation_date(view.created)
-        self.set_title(printable(f"Invoice {view.bill_number}"))
-        self.set_author(printable(view.seller.name))
-        self.set_subject(printable(f"Invoice {view.bill_number} for {view.customer_name}"))
+        self.set_creation_date(created)
+        self.set_title(printable(title))
+        self.set_author(printable(author))
+        self.set_subject(printable(subject))
         self.set_creator("Evolutivo billing")
         self.alias_nb_pages()
 
@@ -61,7 +63,7 @@ class _Document(FPDF):
         self.set_y(-12)
         self.set_font(_FONT, size=8)
         self.set_text_color(*_GREY)
-        self.cell(0, 5, printable(f"Invoice {self.view.bill_number}  -  page {self.page_no()}/{{nb}}"), align=Align.C)
+        self.cell(0, 5, printable(f"{self.title_text}  -  page {self.page_no()}/{{nb}}"), align=Align.C)
         self.set_text_color(0, 0, 0)
 
     def text_line(self, text: str, size: float = 10, style: str = "", height: float = 5) -> None:
@@ -93,13 +95,8 @@ class _Document(FPDF):
                     row.cell(printable(text))
 
 
-def render(view: BillDocumentView) -> bytes:
-    """The bill's PDF."""
-    pdf = _Document(view)
-    pdf.add_page()
-    seller = view.seller
-
-    # Seller on the left, the bill's identity on the right.
+def _heading(pdf: _Document, seller: Seller, title: str, facts: Sequence[tuple[str, str]]) -> None:
+    """Seller on the left, the document's title and identity on the right."""
     top = pdf.get_y()
     pdf.set_font(_FONT, style="B", size=14)
     pdf.multi_cell(100, 7, printable(seller.name or " "), new_x=XPos.LMARGIN, new_y=YPos.NEXT)
@@ -110,26 +107,46 @@ def render(view: BillDocumentView) -> bytes:
     seller_bottom = pdf.get_y()
     pdf.set_xy(120, top)
     pdf.set_font(_FONT, style="B", size=18)
-    pdf.cell(75, 9, "INVOICE", align=Align.R, new_x=XPos.LEFT, new_y=YPos.NEXT)
+    pdf.cell(75, 9, printable(title), align=Align.R, new_x=XPos.LEFT, new_y=YPos.NEXT)
     pdf.set_font(_FONT, size=9)
-    for label, value in (
-        ("Number", view.bill_number),
-        ("Issue date", view.issue_date),
-        ("Due date", view.due_date),
-        ("Period", view.period),
-    ):
+    for label, value in facts:
         pdf.set_x(120)
         pdf.cell(75, 5, printable(f"{label}: {value}"), align=Align.R, new_x=XPos.LEFT, new_y=YPos.NEXT)
     pdf.set_y(max(seller_bottom, pdf.get_y()) + 8)
 
-    # The customer.
+
+def _addressee(pdf: _Document, label: str, name: str, lines: Sequence[str]) -> None:
     pdf.set_text_color(*_GREY)
-    pdf.text_line("BILL TO", size=8)
+    pdf.text_line(label, size=8)
     pdf.set_text_color(0, 0, 0)
-    pdf.text_line(view.customer_name, size=11, style="B")
-    for line in view.customer_lines:
+    pdf.text_line(name, size=11, style="B")
+    for line in lines:
         pdf.text_line(line, size=9, height=4.5)
     pdf.ln(6)
+
+
+def render(view: BillDocumentView) -> bytes:
+    """The bill's PDF."""
+    pdf = _Document(
+        f"Invoice {view.bill_number}",
+        f"Invoice {view.bill_number} for {view.customer_name}",
+        view.seller.name,
+        view.created,
+    )
+    pdf.add_page()
+    seller = view.seller
+    _heading(
+        pdf,
+        seller,
+        "INVOICE",
+        (
+            ("Number", view.bill_number),
+            ("Issue date", view.issue_date),
+            ("Due date", view.due_date),
+            ("Period", view.period),
+        ),
+    )
+    _addressee(pdf, "BILL TO", view.customer_name, view.customer_lines)
 
     # The lines.
     pdf.table_of(
@@ -176,4 +193,50 @@ def render(view: BillDocumentView) -> bytes:
     pdf.text_line(f"Payment reference: {view.payment_reference}", size=9, height=4.5)
     for line in seller.payment_instructions:
         pdf.text_line(line, size=9, height=4.5)
+    return bytes(pdf.output())
+
+
+def render_letter(view: LetterView) -> bytes:
+    """A dunning letter's PDF: laid out like a bill, with the overdue bills in place of the lines."""
+    pdf = _Document(view.title, f"{view.title} for {view.customer_name}", view.seller.name, view.created)
+    pdf.add_page()
+    seller = view.seller
+    _heading(
+        pdf,
+        seller,
+        view.title.upper(),
+        (("Date", view.letter_date), ("Reference", view.payment_reference), ("Days past due", str(view.days_past_due))),
+    )
+    _addressee(pdf, "TO", view.customer_name, view.customer_lines)
+    pdf.text_line(f"Dear {view.customer_name},", size=10)
+    pdf.ln(2)
+    pdf.text_line(view.opening, size=10)
+    pdf.ln(4)
+
+    pdf.table_of(
+        ("Invoice", "Issue date", "Due date", "Days overdue", "Total", "Unpaid"),
+        list(view.bills) or [("", "", "", "", "", "")],
+        (36, 26, 26, 24, 34, 34),
+        ("LEFT", "LEFT", "LEFT", "RIGHT", "RIGHT", "RIGHT"),
+    )
+    pdf.ln(5)
+    for label, value in view.totals:
+        pdf.set_font(_FONT, style="B" if label == "Overdue amount" else "", size=10)
+        pdf.set_x(95)
+        pdf.cell(55, 6, printable(label), align=Align.R)
+        pdf.cell(45, 6, printable(value), align=Align.R, new_x=XPos.LMARGIN, new_y=YPos.NEXT)
+    pdf.ln(6)
+
+    for paragraph in letter_paragraphs(view):
+        pdf.text_line(paragraph, size=10)
+        pdf.ln(2)
+    pdf.ln(2)
+    if seller.payment_instructions:
+        pdf.text_line("How to pay", size=10, style="B")
+        for line in seller.payment_instructions:
+            pdf.text_line(line, size=9, height=4.5)
+        pdf.text_line(f"Reference: {view.payment_reference}", size=9, height=4.5)
+        pdf.ln(4)
+    pdf.text_line("Yours sincerely,", size=10)
+    pdf.text_line(seller.name or " ", size=10, style="B")
     return bytes(pdf.output())

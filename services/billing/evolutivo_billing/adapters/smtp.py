@@ -1,5 +1,6 @@
-"""Sends bills' emails: over SMTP (aiosmtplib), or, with no SMTP server configured, as .eml files
-in a folder (the local stack's outbox). Both take the same `Email` and build the same message.
+"""Sends bills' and collections notices' emails: over SMTP (aiosmtplib), or, with no SMTP server
+configured, as .eml files in a folder (the local stack's outbox). Both take the same `Email` and
+build the same message.
 
 `send` returns the recipients the server refused (the others accepted it) and raises when nobody
 accepted it, so the delivery retries (service_layer.delivery.Mailer)."""
@@ -19,8 +20,8 @@ from evolutivo_billing.domain.delivery import Email
 
 
 def to_message(email: Email) -> EmailMessage:
-    """The MIME message: text body, the PDF attached, and a Message-ID that is the same for every
-    copy of the bill's email (receivers can drop a duplicate)."""
+    """The MIME message: text body, the PDF attached (when there is one), and a Message-ID that is
+    the same for every copy of the bill's or notice's email (receivers can drop a duplicate)."""
     message = EmailMessage()
     message["From"] = email.sender
     message["To"] = ", ".join(email.recipients)
@@ -29,8 +30,9 @@ def to_message(email: Email) -> EmailMessage:
     if email.date is not None:
         message["Date"] = format_datetime(email.date)
     message.set_content(email.text)
-    maintype, _, subtype = email.attachment_type.partition("/")
-    message.add_attachment(email.attachment, maintype=maintype, subtype=subtype, filename=email.attachment_name)
+    if email.attachment_name:
+        maintype, _, subtype = email.attachment_type.partition("/")
+        message.add_attachment(email.attachment, maintype=maintype, subtype=subtype, filename=email.attachment_name)
     return message
 
 

@@ -350,6 +350,42 @@ class Promise:
         return next((d for d, _ in self.deadlines(time_zone) if d > now), None)
 
 
+class ContactChannel(enum.Enum):
+    PHONE = "phone"
+    EMAIL = "email"
+    SMS = "sms"
+    LETTER = "letter"
+    VISIT = "visit"
+    OTHER = "other"
+
+
+class ContactOutcome(enum.Enum):
+    PROMISED = "promised"
+    NO_ANSWER = "no_answer"
+    LEFT_MESSAGE = "left_message"
+    DISPUTED = "disputed"
+    REFUSED = "refused"
+    WRONG_CONTACT = "wrong_contact"
+    CLAIMS_PAID = "claims_paid"
+    OTHER = "other"
+
+
+@dataclass(frozen=True)
+class ContactAttempt:
+    """A collector's call (or other contact) with the case's customer and what came of it. A
+    record only: what follows from it (a promise, a pause) is the collector's next call."""
+
+    attempt_id: uuid.UUID
+    case_id: uuid.UUID
+    account_id: uuid.UUID
+    channel: ContactChannel
+    outcome: ContactOutcome
+    note: str
+    actor: str
+    contact_time: datetime
+    record_time: datetime
+
+
 @dataclass(frozen=True)
 class CaseOpened:
     case: Case
@@ -430,6 +466,12 @@ class PromiseBroken:
     promise: Promise
 
 
+@dataclass(frozen=True)
+class ContactAttemptRecorded:
+    case: Case
+    attempt: ContactAttempt
+
+
 COLLECTIONS_EVENTS = (
     CaseOpened,
     ActionExecuted,
@@ -444,6 +486,7 @@ COLLECTIONS_EVENTS = (
     PromiseMade,
     PromiseKept,
     PromiseBroken,
+    ContactAttemptRecorded,
 )
 
 
@@ -698,6 +741,41 @@ class Case:
 
     def assign(self, collector_id: str) -> None:
         self.collector_id = _text(collector_id, "collector_id", False)
+
+    def record_contact(
+        self,
+        channel: ContactChannel,
+        outcome: ContactOutcome,
+        note: str,
+        actor: str,
+        contact_time: datetime | None,
+        now: datetime,
+        attempt_id: uuid.UUID,
+    ) -> ContactAttempt:
+        """A contact attempt on the case, open or closed (calls go on about a referred or
+        written-off debt too); it happened at `contact_time` (now when None), not in the future
+        nor before the case opened. Records ContactAttemptRecorded."""
+        _text(note, "attempt.note", False, 2000)
+        _text(actor, "attempt.actor", True)
+        when = (contact_time or now).astimezone(UTC)
+        if when > now:
+            raise InvalidArgument("attempt.contact_time", "must not be in the future")
+        if when < self.open_time:
+            raise InvalidArgument("attempt.contact_time", "must not be before the case opened")
+        attempt = ContactAttempt(
+            attempt_id, self.case_id, self.account_id, channel, outcome, note, actor, when, now.astimezone(UTC)
+        )
+        self.events.append(ContactAttemptRecorded(self, attempt))
+        return attempt
+
+    def record_notice_outcome(self, sequence: int, outcome: str, details: Mapping[str, object]) -> None:
+        """The delivery of the notice a REMINDER_EMAIL / DUNNING_LETTER action made ended: its
+        outcome on the action (still DONE: the action was to make the notice, and it did)."""
+        action = self.actions[sequence]
+        if action.action_type not in (ActionType.REMINDER_EMAIL, ActionType.DUNNING_LETTER):
+            raise ValueError(f"action {sequence} of case {self.case_id} makes no notice")
+        action.outcome = outcome
+        action.details.update(details)
 
     # -- promises to pay ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The email delivery of issued bills. Plain Python.
+"""The email delivery of issued bills and of collections notices (payment reminders, dunning
+letters: docs/collections.md, "Notices"). Plain Python.
 
 Rules (docs/billing.md, "Delivery"):
 - Each issued bill has one delivery, PENDING from its issue: due at once, then after each failed
@@ -19,6 +20,7 @@ import enum
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any, Self, cast
 
 # Longest error text kept on a delivery.
 MAX_ERROR_LENGTH = 1000
@@ -30,6 +32,13 @@ class DeliveryState(enum.Enum):
     FAILED = "failed"
     NO_RECIPIENT = "no_recipient"
     NOT_BY_EMAIL = "not_by_email"
+
+
+class NoticeOnlyState(enum.Enum):
+    """The end of a notice's delivery that bills' never have (the bill contract's states stay
+    DeliveryState's): not sent because its case closed (e.g. paid) before it went out."""
+
+    CANCELLED = "cancelled"
 
 
 class DeliveryAlreadySent(ValueError):
@@ -62,15 +71,16 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class Email:
-    """One bill's email, as the mail adapter sends it."""
+    """One email (a bill's, a notice's), as the mail adapter sends it; without an attachment when
+    `attachment_name` is empty (a payment reminder)."""
 
     sender: str
     recipients: tuple[str, ...]
     subject: str
     text: str
     message_id: str
-    attachment: bytes
-    attachment_name: str
+    attachment: bytes = b""
+    attachment_name: str = ""
     attachment_type: str = "application/pdf"
     # The Date header: when it is sent, on the service clock.
     date: datetime | None = None
@@ -82,12 +92,75 @@ def message_id(bill_id: uuid.UUID, sender: str) -> str:
     return f"<bill-{bill_id}@{domain}>"
 
 
+def notice_message_id(notice_id: uuid.UUID, sender: str) -> str:
+    """ "<notice-<id>@<sender's domain>>": the same for every copy of a notice's email."""
+    domain = sender.rpartition("@")[2] or "localhost"
+    return f"<notice-{notice_id}@{domain}>"
+
+
 def _error(text: str) -> str:
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
 
 
+class _Attempts:
+    """The state machine of one email's delivery, shared by bills' and notices' deliveries (frozen
+    dataclasses with these fields): each step returns a changed copy."""
+
+    state: DeliveryState | NoticeOnlyState
+    attempts: int
+    next_attempt_time: datetime | None
+    recipients: tuple[str, ...]
+    message_id: str
+
+    def _copy(self, **changes: Any) -> Self:
+        copied: Self = replace(cast(Any, self), **changes)
+        return copied
+
+    def is_due(self, now: datetime) -> bool:
+        due = self.next_attempt_time
+        return self.state is DeliveryState.PENDING and due is not None and due <= now
+
+    def sent(self, now: datetime, recipients: tuple[str, ...], message_id: str, refused: str = "") -> Self:
+        """Accepted by the SMTP server (for at least one recipient; `refused` names the others)."""
+        return self._copy(
+            state=DeliveryState.SENT,
+            attempts=self.attempts + 1,
+            next_attempt_time=None,
+            last_attempt_time=now,
+            last_error=_error(refused),
+            sent_time=now,
+            recipients=recipients,
+            message_id=message_id,
+        )
+
+    def failed_attempt(
+        self, now: datetime, error: str, policy: RetryPolicy, recipients: tuple[str, ...] = (), message_id: str = ""
+    ) -> Self:
+        """An attempt that failed: PENDING again after the backoff, FAILED after the last one."""
+        attempts = self.attempts + 1
+        final = attempts >= policy.max_attempts
+        return self._copy(
+            state=DeliveryState.FAILED if final else DeliveryState.PENDING,
+            attempts=attempts,
+            next_attempt_time=None if final else now + policy.delay(attempts),
+            last_attempt_time=now,
+            last_error=_error(error),
+            recipients=recipients or self.recipients,
+            message_id=message_id or self.message_id,
+        )
+
+    def no_recipient(self, now: datetime, error: str = "") -> Self:
+        return self._copy(
+            state=DeliveryState.NO_RECIPIENT,
+            next_attempt_time=None,
+            last_attempt_time=now,
+            last_error=error or "the account has no billing or primary contact with an email address",
+            recipients=(),
+        )
+
+
 @dataclass(frozen=True)
-class BillDelivery:
+class BillDelivery(_Attempts):
     bill_id: uuid.UUID
     account_id: uuid.UUID
     state: DeliveryState
@@ -105,52 +178,6 @@ class BillDelivery:
         """The delivery of a bill issued before billing kept deliveries (see retry)."""
         return cls(bill_id, account_id, DeliveryState.PENDING, now, next_attempt_time=now)
 
-    def is_due(self, now: datetime) -> bool:
-        return (
-            self.state is DeliveryState.PENDING and self.next_attempt_time is not None and self.next_attempt_time <= now
-        )
-
-    def sent(self, now: datetime, recipients: tuple[str, ...], message_id: str, refused: str = "") -> BillDelivery:
-        """Accepted by the SMTP server (for at least one recipient; `refused` names the others)."""
-        return replace(
-            self,
-            state=DeliveryState.SENT,
-            attempts=self.attempts + 1,
-            next_attempt_time=None,
-            last_attempt_time=now,
-            last_error=_error(refused),
-            sent_time=now,
-            recipients=recipients,
-            message_id=message_id,
-        )
-
-    def failed_attempt(
-        self, now: datetime, error: str, policy: RetryPolicy, recipients: tuple[str, ...] = (), message_id: str = ""
-    ) -> BillDelivery:
-        """An attempt that failed: PENDING again after the backoff, FAILED after the last one."""
-        attempts = self.attempts + 1
-        final = attempts >= policy.max_attempts
-        return replace(
-            self,
-            state=DeliveryState.FAILED if final else DeliveryState.PENDING,
-            attempts=attempts,
-            next_attempt_time=None if final else now + policy.delay(attempts),
-            last_attempt_time=now,
-            last_error=_error(error),
-            recipients=recipients or self.recipients,
-            message_id=message_id or self.message_id,
-        )
-
-    def no_recipient(self, now: datetime) -> BillDelivery:
-        return replace(
-            self,
-            state=DeliveryState.NO_RECIPIENT,
-            next_attempt_time=None,
-            last_attempt_time=now,
-            last_error="the account has no billing or primary contact with an email address",
-            recipients=(),
-        )
-
     def not_by_email(self, now: datetime, method: str) -> BillDelivery:
         return replace(
             self,
@@ -166,3 +193,32 @@ class BillDelivery:
         if self.state is DeliveryState.SENT:
             raise DeliveryAlreadySent(f"the bill {self.bill_id} was sent at {self.sent_time}")
         return replace(self, state=DeliveryState.PENDING, attempts=0, next_attempt_time=now)
+
+
+@dataclass(frozen=True)
+class NoticeDelivery(_Attempts):
+    """The email of one collections notice: PENDING from its making, then as a bill's (retries
+    with backoff, FAILED after the last attempt, NO_RECIPIENT without an address), or CANCELLED
+    when its case closed before it went out. Whatever the account's bill delivery method: a
+    reminder is an email by definition, and a letter's PDF is there for posting as well."""
+
+    notice_id: uuid.UUID
+    account_id: uuid.UUID
+    state: DeliveryState | NoticeOnlyState
+    create_time: datetime
+    attempts: int = 0
+    next_attempt_time: datetime | None = None
+    last_attempt_time: datetime | None = None
+    last_error: str = ""
+    sent_time: datetime | None = None
+    recipients: tuple[str, ...] = field(default=())
+    message_id: str = ""
+
+    @classmethod
+    def scheduled(cls, notice_id: uuid.UUID, account_id: uuid.UUID, now: datetime) -> NoticeDelivery:
+        return cls(notice_id, account_id, DeliveryState.PENDING, now, next_attempt_time=now)
+
+    def cancelled(self, now: datetime, reason: str) -> NoticeDelivery:
+        return replace(
+            self, state=NoticeOnlyState.CANCELLED, next_attempt_time=None, last_attempt_time=now, last_error=reason
+        )

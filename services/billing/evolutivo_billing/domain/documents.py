@@ -101,6 +101,10 @@ def is_email(value: str | None) -> bool:
     return bool(value) and _EMAIL.match(value or "") is not None
 
 
+# Who collections notices go to: the COLLECTIONS contacts, else the BILLING ones, else the PRIMARY ones.
+COLLECTIONS_ROLES = (ContactRole.COLLECTIONS, ContactRole.BILLING, ContactRole.PRIMARY)
+
+
 @dataclass(frozen=True)
 class Customer:
     """What billing knows of a bill's customer: the account (None before customer's events
@@ -121,22 +125,26 @@ class Customer:
             key=lambda c: (c.update_time, str(c.contact_id)),
         )
 
-    def recipients(self) -> list[str]:
+    def recipients(self, roles: tuple[ContactRole, ...] = (ContactRole.BILLING, ContactRole.PRIMARY)) -> list[str]:
         """The email addresses bills go to: the BILLING contacts', else the PRIMARY ones' (each
-        role is used when it has an address), sorted and without duplicates; none once erased."""
+        role is used when it has an address; `roles` gives another order, e.g. COLLECTIONS_ROLES),
+        sorted and without duplicates; none once erased."""
         if self.erased:
             return []
-        for role in (ContactRole.BILLING, ContactRole.PRIMARY):
+        for role in roles:
             found = sorted({c.email.strip().lower() for c in self._live(role) if c.email and is_email(c.email)})
             if found:
                 return found
         return []
 
-    def billing_address(self) -> PostalAddress | None:
-        """The postal address of the oldest BILLING contact that has one, else of a PRIMARY one."""
+    def billing_address(
+        self, roles: tuple[ContactRole, ...] = (ContactRole.BILLING, ContactRole.PRIMARY)
+    ) -> PostalAddress | None:
+        """The postal address of the oldest BILLING contact that has one, else of a PRIMARY one
+        (or by `roles`)."""
         if self.erased:
             return None
-        for role in (ContactRole.BILLING, ContactRole.PRIMARY):
+        for role in roles:
             for contact in self._live(role):
                 if contact.postal_address is not None:
                     return contact.postal_address

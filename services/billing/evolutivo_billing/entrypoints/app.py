@@ -53,7 +53,7 @@ def wire(rt: Runtime) -> Wiring:
                 BillingServicer(uow, documents(settings), policy(settings)),
                 billing_service_pb2.DESCRIPTOR.services_by_name["BillingService"].full_name,
             ),
-            grpc_collections.servicer(rt),
+            grpc_collections.servicer(rt, documents(settings)),
         ],
         uow_factory=uow,
         subscriptions=subscriptions(),
@@ -78,7 +78,8 @@ def policy(settings: BillingSettings) -> BillPolicy:
 
 
 def documents(settings: BillingSettings) -> Documents:
-    """The seller printed on bills (BILLING_SELLER_*, BILLING_PAYMENT_INSTRUCTIONS) and the renderer."""
+    """The seller printed on bills and dunning letters (BILLING_SELLER_*, BILLING_PAYMENT_INSTRUCTIONS)
+    and the renderers."""
     seller = Seller(
         name=settings.seller_name,
         address_lines=tuple(settings.seller_address),
@@ -86,7 +87,7 @@ def documents(settings: BillingSettings) -> Documents:
         email=settings.seller_email,
         payment_instructions=tuple(settings.payment_instructions),
     )
-    return Documents(seller, pdf.render)
+    return Documents(seller, pdf.render, pdf.render_letter)
 
 
 def mailer(settings: BillingSettings) -> tuple[Mailer, str] | None:
@@ -113,7 +114,9 @@ def delivery_loops(
     """The delivery loop, when a way to send is configured (docs/billing.md, "Delivery")."""
     configured = mailer(settings)
     if configured is None:
-        log.warning("bill delivery is off: set BILLING_SMTP_HOST (or BILLING_DELIVERY_OUTBOX_DIR)")
+        log.warning(
+            "delivery of bills and collections notices is off: set BILLING_SMTP_HOST (or BILLING_DELIVERY_OUTBOX_DIR)"
+        )
         return []
     sender_mailer, sender = configured
     retry = RetryPolicy(

@@ -1,9 +1,9 @@
 """The delivery loop: a background loop every billing replica runs (Wiring.background) that emails
-issued bills (docs/billing.md, "Delivery").
+issued bills and collections notices (docs/billing.md, "Delivery"; docs/collections.md, "Notices").
 
 Every `BILLING_DELIVERY_CHECK_SECONDS` it takes due deliveries one at a time, each in its own
-transaction (`deliver_next`), until none is due: a crash then repeats at most the one email being
-sent. Replicas share the work through row locks (`SKIP LOCKED`)."""
+transaction (`deliver_next`, `deliver_next_notice`, taking turns), until none is due: a crash then
+repeats at most the one email being sent. Replicas share the work through row locks (`SKIP LOCKED`)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from evolutivo_billing.service_layer.delivery import DeliveryPolicy, Documents, Mailer, deliver_next
+from evolutivo_billing.service_layer.notices import deliver_next_notice
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,11 @@ class DeliveryLoop:
         returns how many attempts were made."""
         attempts = 0
         while stop is None or not stop.is_set():
-            if await deliver_next(self._uow(), self.documents, self.mailer, self.policy) is None:
+            bill = await deliver_next(self._uow(), self.documents, self.mailer, self.policy)
+            notice = await deliver_next_notice(self._uow(), self.documents, self.mailer, self.policy)
+            if bill is None and notice is None:
                 break
-            attempts += 1
+            attempts += (bill is not None) + (notice is not None)
         return attempts
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -49,6 +52,6 @@ class DeliveryLoop:
                 await self.deliver_due(stop)
             except Exception:
                 # E.g. the database is unreachable: the claimed delivery rolled back, still due.
-                log.exception("bill delivery pass failed; retrying at the next check")
+                log.exception("delivery pass failed; retrying at the next check")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.check_seconds)

@@ -17,13 +17,15 @@ from evolutivo_runtime.server.app import Runtime, Servicer
 from evolutivo_runtime.timestamps import from_date, to_date
 
 from evolutivo_billing.adapters import collections_proto as proto
-from evolutivo_billing.adapters import events
+from evolutivo_billing.adapters import events, pdf
 from evolutivo_billing.adapters.collections_tables import collections_request_log
 from evolutivo_billing.adapters.orm import outbox
 from evolutivo_billing.domain.bills import currency_exponent
 from evolutivo_billing.domain.collections import MAX_TEXT
-from evolutivo_billing.service_layer import collections
+from evolutivo_billing.domain.documents import Seller
+from evolutivo_billing.service_layer import collections, notices
 from evolutivo_billing.service_layer.collections import CollectionsUnitOfWork
+from evolutivo_billing.service_layer.delivery import Documents
 
 
 def _optional_uuid(field: str, value: str) -> uuid.UUID | None:
@@ -36,9 +38,14 @@ def _short(field: str, value: str) -> str:
     return value
 
 
+# Without the service's settings (tests): no seller printed, the standard renderers.
+DEFAULT_DOCUMENTS = Documents(Seller(), pdf.render, pdf.render_letter)
+
+
 class CollectionsServicer(grpc_pb.CollectionsServiceServicer):
-    def __init__(self, uow: Callable[[], CollectionsUnitOfWork]) -> None:
+    def __init__(self, uow: Callable[[], CollectionsUnitOfWork], documents: Documents = DEFAULT_DOCUMENTS) -> None:
         self._uow = uow
+        self._documents = documents
 
     # -- scenarios ---------------------------------------------------------------------------------------
 
@@ -228,6 +235,58 @@ class CollectionsServicer(grpc_pb.CollectionsServiceServicer):
             next_page_token=proto.aging_page_token(report.next_after) if report.next_after else "",
         )
 
+    # -- notices ---------------------------------------------------------------------------------------------------
+
+    async def GetCollectionsNotice(
+        self, request: pb.GetCollectionsNoticeRequest, context: Context
+    ) -> pb.GetCollectionsNoticeResponse:
+        notice = await notices.get_notice(self._uow(), parse_uuid("notice_id", request.notice_id))
+        return pb.GetCollectionsNoticeResponse(notice=proto.notice_to_pb(notice))
+
+    async def GetCollectionsNoticeDocument(
+        self, request: pb.GetCollectionsNoticeDocumentRequest, context: Context
+    ) -> pb.GetCollectionsNoticeDocumentResponse:
+        document = await notices.get_notice_document(
+            self._uow(), parse_uuid("notice_id", request.notice_id), self._documents
+        )
+        return pb.GetCollectionsNoticeDocumentResponse(document=proto.notice_document_to_pb(document))
+
+    # -- contact attempts --------------------------------------------------------------------------------------------
+
+    async def RecordCollectionsContactAttempt(
+        self, request: pb.RecordCollectionsContactAttemptRequest, context: Context
+    ) -> pb.RecordCollectionsContactAttemptResponse:
+        case_id = parse_uuid("case_id", request.case_id)
+        channel, outcome, contact_time = proto.contact_from_pb(request.attempt)
+        request_id = parse_request_id(request.request_id)
+
+        async def perform(uow: CollectionsUnitOfWork) -> pb.RecordCollectionsContactAttemptResponse:
+            attempt = await collections.record_contact_attempt(
+                uow, case_id, channel, outcome, request.attempt.note, request.attempt.actor, contact_time
+            )
+            return pb.RecordCollectionsContactAttemptResponse(attempt=proto.contact_to_pb(attempt))
+
+        return await run_idempotent(
+            self._uow(),
+            request_id,
+            "RecordCollectionsContactAttempt",
+            pb.RecordCollectionsContactAttemptResponse,
+            perform,
+        )
+
+    async def ListCollectionsContactAttempts(
+        self, request: pb.ListCollectionsContactAttemptsRequest, context: Context
+    ) -> pb.ListCollectionsContactAttemptsResponse:
+        case_id = parse_uuid("case_id", request.case_id)
+        size = page_size(request.page_size)
+        found, before = await collections.list_contact_attempts(
+            self._uow(), case_id, proto.cases_before_from_token(request.page_token), size
+        )
+        return pb.ListCollectionsContactAttemptsResponse(
+            attempts=[proto.contact_to_pb(a) for a in found],
+            next_page_token=proto.cases_page_token(before) if before else "",
+        )
+
 
 def collections_uow_factory(rt: Runtime) -> Callable[[], CollectionsUnitOfWork]:
     """Billing's unit of work with the collections repository and request log."""
@@ -238,10 +297,10 @@ def collections_uow_factory(rt: Runtime) -> Callable[[], CollectionsUnitOfWork]:
     return uow
 
 
-def servicer(rt: Runtime) -> Servicer:
-    """CollectionsService, for app.wire."""
+def servicer(rt: Runtime, documents: Documents = DEFAULT_DOCUMENTS) -> Servicer:
+    """CollectionsService, for app.wire (with the seller and renderers of the service's settings)."""
     return Servicer(
         grpc_pb.add_CollectionsServiceServicer_to_server,
-        CollectionsServicer(collections_uow_factory(rt)),
+        CollectionsServicer(collections_uow_factory(rt), documents),
         collections_service_pb2.DESCRIPTOR.services_by_name["CollectionsService"].full_name,
     )

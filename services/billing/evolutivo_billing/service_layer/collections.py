@@ -18,6 +18,7 @@ from evolutivo_runtime.errors import AlreadyExists, NotFound, Unavailable
 from evolutivo_runtime.errors import FailedPrecondition as FailedPreconditionError
 
 from evolutivo_billing.adapters.collections_repository import CollectionsRepository, next_local_midnight
+from evolutivo_billing.adapters.notices_repository import NoticeRepository
 from evolutivo_billing.domain.bills import Charge
 from evolutivo_billing.domain.collections import (
     AccountFacts,
@@ -29,6 +30,9 @@ from evolutivo_billing.domain.collections import (
     CaseReferred,
     CaseWrittenOff,
     CloseReason,
+    ContactAttempt,
+    ContactChannel,
+    ContactOutcome,
     Instalment,
     NoticeRequested,
     OverdueDebt,
@@ -41,6 +45,7 @@ from evolutivo_billing.domain.collections import (
     task_for,
 )
 from evolutivo_billing.domain.model import CollectionsState
+from evolutivo_billing.domain.notices import notice_for
 from evolutivo_billing.service_layer import bills
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
@@ -386,7 +391,7 @@ async def _advance(
                 action.attempts,
             )
         assert debt is not None, "internal actions run only in open cases"
-        await _run_internal(repo, case, action, debt, now)
+        await _run_internal(uow, repo, case, action, debt, now)
     return None
 
 
@@ -415,14 +420,25 @@ def _prepare_call(case: Case, action: Action, debt: OverdueDebt | None) -> str |
 
 
 async def _run_internal(
-    repo: CollectionsRepository, case: Case, action: Action, debt: OverdueDebt, now: datetime
+    uow: BillingUnitOfWork,
+    repo: CollectionsRepository,
+    case: Case,
+    action: Action,
+    debt: OverdueDebt,
+    now: datetime,
 ) -> None:
     assert action.step is not None
     kind = action.action_type
     if kind in (ActionType.REMINDER_EMAIL, ActionType.DUNNING_LETTER):
+        # The notice and its delivery, in this transaction: the delivery loop emails it (the
+        # action's outcome then says how that went).
+        notices = NoticeRepository(uow.session)
+        notice = notice_for(case, action, debt, await notices.overdue_bills(debt.bill_ids), now)
+        await notices.add(notice)
         case.events.append(NoticeRequested(case, action, debt, case.days_past_due(now)))
-        outcome = "reminder email requested" if kind is ActionType.REMINDER_EMAIL else "dunning letter requested"
-        case.finish(action, ActionState.DONE, outcome, now, amount=debt.amount)
+        outcome = "reminder email queued" if kind is ActionType.REMINDER_EMAIL else "dunning letter queued"
+        details = {"notice_id": str(notice.notice_id)}
+        case.finish(action, ActionState.DONE, outcome, now, amount=debt.amount, details=details)
     elif kind is ActionType.REFER_TO_AGENCY:
         case.events.append(CaseReferred(case, action, debt))
         case.finish(action, ActionState.DONE, f"referred to {action.step.agency}", now, amount=debt.amount)
@@ -664,6 +680,37 @@ async def complete_task(uow: CollectionsUnitOfWork, task_id: uuid.UUID, outcome:
         await uow.collections.save_task(done)
         await uow.commit()
         return done
+
+
+async def record_contact_attempt(
+    uow: CollectionsUnitOfWork,
+    case_id: uuid.UUID,
+    channel: ContactChannel,
+    outcome: ContactOutcome,
+    note: str,
+    actor: str,
+    contact_time: datetime | None,
+) -> ContactAttempt:
+    """Inside the caller's unit of work (run_idempotent commits it). The case is locked so the
+    attempt's event carries the case as it is."""
+    case = await _case_for_update(uow, case_id)
+    attempt = case.record_contact(channel, outcome, note, actor, contact_time, uow.clock.now(), uuid.uuid4())
+    await uow.collections.add_contact_attempt(attempt)
+    uow.track(case)
+    return attempt
+
+
+async def list_contact_attempts(
+    uow: CollectionsUnitOfWork, case_id: uuid.UUID, before: tuple[datetime, uuid.UUID] | None, page_size: int
+) -> tuple[list[ContactAttempt], tuple[datetime, uuid.UUID] | None]:
+    async with uow:
+        if await uow.collections.get_case(case_id) is None:
+            raise NotFound("collections_case", str(case_id))
+        found = await uow.collections.list_contact_attempts(case_id, before, page_size + 1)
+    if len(found) > page_size:
+        last = found[page_size - 1]
+        return found[:page_size], (last.contact_time, last.attempt_id)
+    return found, None
 
 
 # -- aging --------------------------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from evolutivo_billing.domain.documents import (
     email_subject,
     email_text,
 )
+from evolutivo_billing.domain.notices import LetterView
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -54,10 +55,12 @@ class Mailer(Protocol):
 
 @dataclass(frozen=True)
 class Documents:
-    """How bills' documents are made: the seller (BILLING_SELLER_*) and the PDF renderer."""
+    """How bills' documents are made: the seller (BILLING_SELLER_*) and the PDF renderer; and
+    dunning letters' (None: letters cannot be rendered, their deliveries fail and are retried)."""
 
     seller: Seller
     render: Callable[[BillDocumentView], bytes]
+    render_letter: Callable[[LetterView], bytes] | None = None
 
 
 @dataclass(frozen=True)

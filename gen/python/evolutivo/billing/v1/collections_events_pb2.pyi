@@ -96,7 +96,7 @@ Global___CollectionsActionExecuted: _TypeAlias = CollectionsActionExecuted  # no
 @_typing.final
 class CollectionsNoticeRequested(_message.Message):
     """"evolutivo.billing.v1.collections_notice.requested": a payment reminder (email) or a dunning
-    letter to send, for the document delivery to render and send.
+    letter was made; billing's delivery loop emails it (GetCollectionsNotice has its delivery).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -413,3 +413,27 @@ class PromiseToPayBroken(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PromiseToPayBroken: _TypeAlias = PromiseToPayBroken  # noqa: Y015
+
+@_typing.final
+class CollectionsContactAttemptRecorded(_message.Message):
+    """"evolutivo.billing.v1.collections_contact_attempt.recorded": a collector's call (or other
+    contact) and its outcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attempt(self) -> _collections_pb2.CollectionsContactAttempt: ...
+    def __init__(
+        self,
+        *,
+        attempt: _collections_pb2.CollectionsContactAttempt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionsContactAttemptRecorded: _TypeAlias = CollectionsContactAttemptRecorded  # noqa: Y015

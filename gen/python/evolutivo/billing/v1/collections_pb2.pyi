@@ -30,9 +30,9 @@ class _CollectionsActionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[
     DESCRIPTOR: _descriptor.EnumDescriptor
     COLLECTIONS_ACTION_TYPE_UNSPECIFIED: _CollectionsActionType.ValueType  # 0
     COLLECTIONS_ACTION_TYPE_REMINDER_EMAIL: _CollectionsActionType.ValueType  # 1
-    """A payment reminder by email (published as a CollectionsNoticeRequested)."""
+    """A payment reminder by email to the account's collections contacts (a CollectionsNotice)."""
     COLLECTIONS_ACTION_TYPE_DUNNING_LETTER: _CollectionsActionType.ValueType  # 2
-    """A dunning letter (published as a CollectionsNoticeRequested)."""
+    """A dunning letter: a PDF emailed as an attachment (a CollectionsNotice)."""
     COLLECTIONS_ACTION_TYPE_LATE_FEE: _CollectionsActionType.ValueType  # 3
     """A late fee: a LATE_FEE debit adjustment in balance and a charge on the next bill."""
     COLLECTIONS_ACTION_TYPE_SUSPEND: _CollectionsActionType.ValueType  # 4
@@ -51,9 +51,9 @@ class CollectionsActionType(_CollectionsActionType, metaclass=_CollectionsAction
 
 COLLECTIONS_ACTION_TYPE_UNSPECIFIED: CollectionsActionType.ValueType  # 0
 COLLECTIONS_ACTION_TYPE_REMINDER_EMAIL: CollectionsActionType.ValueType  # 1
-"""A payment reminder by email (published as a CollectionsNoticeRequested)."""
+"""A payment reminder by email to the account's collections contacts (a CollectionsNotice)."""
 COLLECTIONS_ACTION_TYPE_DUNNING_LETTER: CollectionsActionType.ValueType  # 2
-"""A dunning letter (published as a CollectionsNoticeRequested)."""
+"""A dunning letter: a PDF emailed as an attachment (a CollectionsNotice)."""
 COLLECTIONS_ACTION_TYPE_LATE_FEE: CollectionsActionType.ValueType  # 3
 """A late fee: a LATE_FEE debit adjustment in balance and a charge on the next bill."""
 COLLECTIONS_ACTION_TYPE_SUSPEND: CollectionsActionType.ValueType  # 4
@@ -209,6 +209,106 @@ COLLECTIONS_TASK_STATE_UNSPECIFIED: CollectionsTaskState.ValueType  # 0
 COLLECTIONS_TASK_STATE_OPEN: CollectionsTaskState.ValueType  # 1
 COLLECTIONS_TASK_STATE_DONE: CollectionsTaskState.ValueType  # 2
 Global___CollectionsTaskState: _TypeAlias = CollectionsTaskState  # noqa: Y015
+
+class _CollectionsNoticeDeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollectionsNoticeDeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollectionsNoticeDeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLECTIONS_NOTICE_DELIVERY_STATE_UNSPECIFIED: _CollectionsNoticeDeliveryState.ValueType  # 0
+    COLLECTIONS_NOTICE_DELIVERY_STATE_PENDING: _CollectionsNoticeDeliveryState.ValueType  # 1
+    """To send: at next_attempt_time (again after a failed attempt, with backoff)."""
+    COLLECTIONS_NOTICE_DELIVERY_STATE_SENT: _CollectionsNoticeDeliveryState.ValueType  # 2
+    """Accepted by the SMTP server for at least one recipient."""
+    COLLECTIONS_NOTICE_DELIVERY_STATE_FAILED: _CollectionsNoticeDeliveryState.ValueType  # 3
+    """Every attempt failed (BILLING_DELIVERY_MAX_ATTEMPTS)."""
+    COLLECTIONS_NOTICE_DELIVERY_STATE_NO_RECIPIENT: _CollectionsNoticeDeliveryState.ValueType  # 4
+    """The account has no collections, billing or primary contact with an email address."""
+    COLLECTIONS_NOTICE_DELIVERY_STATE_CANCELLED: _CollectionsNoticeDeliveryState.ValueType  # 5
+    """Not sent: its case closed (e.g. the debt was paid) before it went out."""
+
+class CollectionsNoticeDeliveryState(_CollectionsNoticeDeliveryState, metaclass=_CollectionsNoticeDeliveryStateEnumTypeWrapper):
+    """Where the email of a collections notice stands."""
+
+COLLECTIONS_NOTICE_DELIVERY_STATE_UNSPECIFIED: CollectionsNoticeDeliveryState.ValueType  # 0
+COLLECTIONS_NOTICE_DELIVERY_STATE_PENDING: CollectionsNoticeDeliveryState.ValueType  # 1
+"""To send: at next_attempt_time (again after a failed attempt, with backoff)."""
+COLLECTIONS_NOTICE_DELIVERY_STATE_SENT: CollectionsNoticeDeliveryState.ValueType  # 2
+"""Accepted by the SMTP server for at least one recipient."""
+COLLECTIONS_NOTICE_DELIVERY_STATE_FAILED: CollectionsNoticeDeliveryState.ValueType  # 3
+"""Every attempt failed (BILLING_DELIVERY_MAX_ATTEMPTS)."""
+COLLECTIONS_NOTICE_DELIVERY_STATE_NO_RECIPIENT: CollectionsNoticeDeliveryState.ValueType  # 4
+"""The account has no collections, billing or primary contact with an email address."""
+COLLECTIONS_NOTICE_DELIVERY_STATE_CANCELLED: CollectionsNoticeDeliveryState.ValueType  # 5
+"""Not sent: its case closed (e.g. the debt was paid) before it went out."""
+Global___CollectionsNoticeDeliveryState: _TypeAlias = CollectionsNoticeDeliveryState  # noqa: Y015
+
+class _CollectionsContactChannel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollectionsContactChannelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollectionsContactChannel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLECTIONS_CONTACT_CHANNEL_UNSPECIFIED: _CollectionsContactChannel.ValueType  # 0
+    COLLECTIONS_CONTACT_CHANNEL_PHONE: _CollectionsContactChannel.ValueType  # 1
+    COLLECTIONS_CONTACT_CHANNEL_EMAIL: _CollectionsContactChannel.ValueType  # 2
+    COLLECTIONS_CONTACT_CHANNEL_SMS: _CollectionsContactChannel.ValueType  # 3
+    COLLECTIONS_CONTACT_CHANNEL_LETTER: _CollectionsContactChannel.ValueType  # 4
+    COLLECTIONS_CONTACT_CHANNEL_VISIT: _CollectionsContactChannel.ValueType  # 5
+    COLLECTIONS_CONTACT_CHANNEL_OTHER: _CollectionsContactChannel.ValueType  # 6
+
+class CollectionsContactChannel(_CollectionsContactChannel, metaclass=_CollectionsContactChannelEnumTypeWrapper):
+    """How a collector reached (or tried to reach) the customer."""
+
+COLLECTIONS_CONTACT_CHANNEL_UNSPECIFIED: CollectionsContactChannel.ValueType  # 0
+COLLECTIONS_CONTACT_CHANNEL_PHONE: CollectionsContactChannel.ValueType  # 1
+COLLECTIONS_CONTACT_CHANNEL_EMAIL: CollectionsContactChannel.ValueType  # 2
+COLLECTIONS_CONTACT_CHANNEL_SMS: CollectionsContactChannel.ValueType  # 3
+COLLECTIONS_CONTACT_CHANNEL_LETTER: CollectionsContactChannel.ValueType  # 4
+COLLECTIONS_CONTACT_CHANNEL_VISIT: CollectionsContactChannel.ValueType  # 5
+COLLECTIONS_CONTACT_CHANNEL_OTHER: CollectionsContactChannel.ValueType  # 6
+Global___CollectionsContactChannel: _TypeAlias = CollectionsContactChannel  # noqa: Y015
+
+class _CollectionsContactOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CollectionsContactOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CollectionsContactOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COLLECTIONS_CONTACT_OUTCOME_UNSPECIFIED: _CollectionsContactOutcome.ValueType  # 0
+    COLLECTIONS_CONTACT_OUTCOME_PROMISED: _CollectionsContactOutcome.ValueType  # 1
+    """The customer promised to pay (record the promise with CreatePromiseToPay)."""
+    COLLECTIONS_CONTACT_OUTCOME_NO_ANSWER: _CollectionsContactOutcome.ValueType  # 2
+    COLLECTIONS_CONTACT_OUTCOME_LEFT_MESSAGE: _CollectionsContactOutcome.ValueType  # 3
+    COLLECTIONS_CONTACT_OUTCOME_DISPUTED: _CollectionsContactOutcome.ValueType  # 4
+    """The customer disputes the debt (pause the case while it is looked into)."""
+    COLLECTIONS_CONTACT_OUTCOME_REFUSED: _CollectionsContactOutcome.ValueType  # 5
+    """The customer refused to pay."""
+    COLLECTIONS_CONTACT_OUTCOME_WRONG_CONTACT: _CollectionsContactOutcome.ValueType  # 6
+    """The number or address reached someone else."""
+    COLLECTIONS_CONTACT_OUTCOME_CLAIMS_PAID: _CollectionsContactOutcome.ValueType  # 7
+    """The customer says it has paid already."""
+    COLLECTIONS_CONTACT_OUTCOME_OTHER: _CollectionsContactOutcome.ValueType  # 8
+
+class CollectionsContactOutcome(_CollectionsContactOutcome, metaclass=_CollectionsContactOutcomeEnumTypeWrapper):
+    """What came of a contact attempt."""
+
+COLLECTIONS_CONTACT_OUTCOME_UNSPECIFIED: CollectionsContactOutcome.ValueType  # 0
+COLLECTIONS_CONTACT_OUTCOME_PROMISED: CollectionsContactOutcome.ValueType  # 1
+"""The customer promised to pay (record the promise with CreatePromiseToPay)."""
+COLLECTIONS_CONTACT_OUTCOME_NO_ANSWER: CollectionsContactOutcome.ValueType  # 2
+COLLECTIONS_CONTACT_OUTCOME_LEFT_MESSAGE: CollectionsContactOutcome.ValueType  # 3
+COLLECTIONS_CONTACT_OUTCOME_DISPUTED: CollectionsContactOutcome.ValueType  # 4
+"""The customer disputes the debt (pause the case while it is looked into)."""
+COLLECTIONS_CONTACT_OUTCOME_REFUSED: CollectionsContactOutcome.ValueType  # 5
+"""The customer refused to pay."""
+COLLECTIONS_CONTACT_OUTCOME_WRONG_CONTACT: CollectionsContactOutcome.ValueType  # 6
+"""The number or address reached someone else."""
+COLLECTIONS_CONTACT_OUTCOME_CLAIMS_PAID: CollectionsContactOutcome.ValueType  # 7
+"""The customer says it has paid already."""
+COLLECTIONS_CONTACT_OUTCOME_OTHER: CollectionsContactOutcome.ValueType  # 8
+Global___CollectionsContactOutcome: _TypeAlias = CollectionsContactOutcome  # noqa: Y015
 
 @_typing.final
 class LateFeeRule(_message.Message):
@@ -470,6 +570,7 @@ class CollectionsAction(_message.Message):
     OUTCOME_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Its place in the case, from 0; steps first, in order."""
     type: Global___CollectionsActionType.ValueType
@@ -482,6 +583,10 @@ class CollectionsAction(_message.Message):
     """What happened, e.g. "suspended", "account not active", "fee 5.00 posted"."""
     request_id: _builtins.str
     """The request id it calls other services with (derived from the case and the action)."""
+    notice_id: _builtins.str
+    """REMINDER_EMAIL and DUNNING_LETTER: the notice it made (GetCollectionsNotice); its delivery's
+    outcome is written to `outcome` when the delivery ends.
+    """
     @_builtins.property
     def due_time(self) -> _timestamp_pb2.Timestamp:
         """When it is due."""
@@ -507,10 +612,11 @@ class CollectionsAction(_message.Message):
         outcome: _builtins.str = ...,
         amount: _money_pb2.Money | None = ...,
         request_id: _builtins.str = ...,
+        notice_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "due_time", b"due_time", "finish_time", b"finish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "due_time", b"due_time", "finish_time", b"finish_time", "outcome", b"outcome", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "step_index", b"step_index", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "attempts", b"attempts", "due_time", b"due_time", "finish_time", b"finish_time", "notice_id", b"notice_id", "outcome", b"outcome", "request_id", b"request_id", "sequence", b"sequence", "state", b"state", "step_index", b"step_index", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -833,3 +939,242 @@ class AccountAging(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountAging: _TypeAlias = AccountAging  # noqa: Y015
+
+@_typing.final
+class CollectionsNoticeBill(_message.Message):
+    """One overdue bill as a notice lists it (as it stood when the notice was made)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_ID_FIELD_NUMBER: _builtins.int
+    BILL_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUE_DATE_FIELD_NUMBER: _builtins.int
+    DUE_DATE_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    OPEN_AMOUNT_FIELD_NUMBER: _builtins.int
+    bill_id: _builtins.str
+    bill_number: _builtins.str
+    @_builtins.property
+    def issue_date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def due_date(self) -> _date_pb2.Date: ...
+    @_builtins.property
+    def total(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def open_amount(self) -> _money_pb2.Money:
+        """What was still to pay of it."""
+
+    def __init__(
+        self,
+        *,
+        bill_id: _builtins.str = ...,
+        bill_number: _builtins.str = ...,
+        issue_date: _date_pb2.Date | None = ...,
+        due_date: _date_pb2.Date | None = ...,
+        total: _money_pb2.Money | None = ...,
+        open_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_date", b"due_date", "issue_date", b"issue_date", "open_amount", b"open_amount", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bill_id", b"bill_id", "bill_number", b"bill_number", "due_date", b"due_date", "issue_date", b"issue_date", "open_amount", b"open_amount", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionsNoticeBill: _TypeAlias = CollectionsNoticeBill  # noqa: Y015
+
+@_typing.final
+class CollectionsNotice(_message.Message):
+    """A payment reminder (email) or a dunning letter (a PDF, emailed as an attachment) a case's
+    REMINDER_EMAIL or DUNNING_LETTER action made, and its delivery.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ACTION_SEQUENCE_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    TEMPLATE_FIELD_NUMBER: _builtins.int
+    OVERDUE_AMOUNT_FIELD_NUMBER: _builtins.int
+    DAYS_PAST_DUE_FIELD_NUMBER: _builtins.int
+    BILLS_FIELD_NUMBER: _builtins.int
+    LATE_FEES_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERY_STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LAST_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    SENT_TIME_FIELD_NUMBER: _builtins.int
+    RECIPIENTS_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    """The same as the CollectionsNoticeRequested event's notice_id."""
+    case_id: _builtins.str
+    action_sequence: _builtins.int
+    """The case's action that made it."""
+    account_id: _builtins.str
+    type: Global___CollectionsActionType.ValueType
+    """REMINDER_EMAIL or DUNNING_LETTER."""
+    template: _builtins.str
+    """The step's template code ("" for the default wording)."""
+    days_past_due: _builtins.int
+    delivery_state: Global___CollectionsNoticeDeliveryState.ValueType
+    attempts: _builtins.int
+    """Attempts made so far."""
+    last_error: _builtins.str
+    """Why the last attempt failed, or why nothing was sent."""
+    message_id: _builtins.str
+    """The email's Message-ID, the same at every attempt (receivers can drop a duplicate)."""
+    @_builtins.property
+    def overdue_amount(self) -> _money_pb2.Money: ...
+    @_builtins.property
+    def bills(self) -> _containers.RepeatedCompositeFieldContainer[Global___CollectionsNoticeBill]: ...
+    @_builtins.property
+    def late_fees(self) -> _money_pb2.Money:
+        """Late fees the case had posted when the notice was made (absent when none)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp:
+        """When the next attempt is due (PENDING only)."""
+
+    @_builtins.property
+    def sent_time(self) -> _timestamp_pb2.Timestamp:
+        """When the SMTP server accepted it (SENT only)."""
+
+    @_builtins.property
+    def recipients(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Who it was sent to (SENT), or was to be sent to at the last attempt."""
+
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        action_sequence: _builtins.int = ...,
+        account_id: _builtins.str = ...,
+        type: Global___CollectionsActionType.ValueType = ...,
+        template: _builtins.str = ...,
+        overdue_amount: _money_pb2.Money | None = ...,
+        days_past_due: _builtins.int = ...,
+        bills: _abc.Iterable[Global___CollectionsNoticeBill] | None = ...,
+        late_fees: _money_pb2.Money | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        delivery_state: Global___CollectionsNoticeDeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        last_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        sent_time: _timestamp_pb2.Timestamp | None = ...,
+        recipients: _abc.Iterable[_builtins.str] | None = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_attempt_time", b"last_attempt_time", "late_fees", b"late_fees", "next_attempt_time", b"next_attempt_time", "overdue_amount", b"overdue_amount", "sent_time", b"sent_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "action_sequence", b"action_sequence", "attempts", b"attempts", "bills", b"bills", "case_id", b"case_id", "create_time", b"create_time", "days_past_due", b"days_past_due", "delivery_state", b"delivery_state", "last_attempt_time", b"last_attempt_time", "last_error", b"last_error", "late_fees", b"late_fees", "message_id", b"message_id", "next_attempt_time", b"next_attempt_time", "notice_id", b"notice_id", "overdue_amount", b"overdue_amount", "recipients", b"recipients", "sent_time", b"sent_time", "template", b"template", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionsNotice: _TypeAlias = CollectionsNotice  # noqa: Y015
+
+@_typing.final
+class CollectionsNoticeDocument(_message.Message):
+    """A dunning letter's PDF, rendered once and kept as rendered."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_TYPE_FIELD_NUMBER: _builtins.int
+    FILE_NAME_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    RENDER_TIME_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    content_type: _builtins.str
+    """"application/pdf"."""
+    file_name: _builtins.str
+    content: _builtins.bytes
+    sha256: _builtins.str
+    """Lowercase hex SHA-256 of content."""
+    @_builtins.property
+    def render_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+        content_type: _builtins.str = ...,
+        file_name: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+        sha256: _builtins.str = ...,
+        render_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["render_time", b"render_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "content_type", b"content_type", "file_name", b"file_name", "notice_id", b"notice_id", "render_time", b"render_time", "sha256", b"sha256"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionsNoticeDocument: _TypeAlias = CollectionsNoticeDocument  # noqa: Y015
+
+@_typing.final
+class CollectionsContactAttempt(_message.Message):
+    """A collector's call (or other contact) with the customer of a case, and its outcome."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_ID_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CHANNEL_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    CONTACT_TIME_FIELD_NUMBER: _builtins.int
+    RECORD_TIME_FIELD_NUMBER: _builtins.int
+    attempt_id: _builtins.str
+    """Output only."""
+    case_id: _builtins.str
+    """Output only."""
+    account_id: _builtins.str
+    """Output only."""
+    channel: Global___CollectionsContactChannel.ValueType
+    """Required."""
+    outcome: Global___CollectionsContactOutcome.ValueType
+    """Required."""
+    note: _builtins.str
+    """Optional, at most 2000 characters."""
+    actor: _builtins.str
+    """Required: the collector, at most 200 characters."""
+    @_builtins.property
+    def contact_time(self) -> _timestamp_pb2.Timestamp:
+        """When the contact happened; now when unset. Not in the future."""
+
+    @_builtins.property
+    def record_time(self) -> _timestamp_pb2.Timestamp:
+        """Output only: when it was recorded."""
+
+    def __init__(
+        self,
+        *,
+        attempt_id: _builtins.str = ...,
+        case_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        channel: Global___CollectionsContactChannel.ValueType = ...,
+        outcome: Global___CollectionsContactOutcome.ValueType = ...,
+        note: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        contact_time: _timestamp_pb2.Timestamp | None = ...,
+        record_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact_time", b"contact_time", "record_time", b"record_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "actor", b"actor", "attempt_id", b"attempt_id", "case_id", b"case_id", "channel", b"channel", "contact_time", b"contact_time", "note", b"note", "outcome", b"outcome", "record_time", b"record_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectionsContactAttempt: _TypeAlias = CollectionsContactAttempt  # noqa: Y015

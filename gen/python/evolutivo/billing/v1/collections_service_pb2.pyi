@@ -733,3 +733,182 @@ class GetAgingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAgingResponse: _TypeAlias = GetAgingResponse  # noqa: Y015
+
+@_typing.final
+class GetCollectionsNoticeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice_id", b"notice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollectionsNoticeRequest: _TypeAlias = GetCollectionsNoticeRequest  # noqa: Y015
+
+@_typing.final
+class GetCollectionsNoticeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def notice(self) -> _collections_pb2.CollectionsNotice: ...
+    def __init__(
+        self,
+        *,
+        notice: _collections_pb2.CollectionsNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollectionsNoticeResponse: _TypeAlias = GetCollectionsNoticeResponse  # noqa: Y015
+
+@_typing.final
+class GetCollectionsNoticeDocumentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NOTICE_ID_FIELD_NUMBER: _builtins.int
+    notice_id: _builtins.str
+    """A DUNNING_LETTER notice (a payment reminder is an email without a document)."""
+    def __init__(
+        self,
+        *,
+        notice_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["notice_id", b"notice_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollectionsNoticeDocumentRequest: _TypeAlias = GetCollectionsNoticeDocumentRequest  # noqa: Y015
+
+@_typing.final
+class GetCollectionsNoticeDocumentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOCUMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def document(self) -> _collections_pb2.CollectionsNoticeDocument: ...
+    def __init__(
+        self,
+        *,
+        document: _collections_pb2.CollectionsNoticeDocument | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document", b"document"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCollectionsNoticeDocumentResponse: _TypeAlias = GetCollectionsNoticeDocumentResponse  # noqa: Y015
+
+@_typing.final
+class RecordCollectionsContactAttemptRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    request_id: _builtins.str
+    """AIP-155: a retry with the same id returns the first response."""
+    @_builtins.property
+    def attempt(self) -> _collections_pb2.CollectionsContactAttempt:
+        """Channel, outcome, note, actor and contact_time are read; the rest is output only."""
+
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        attempt: _collections_pb2.CollectionsContactAttempt | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "case_id", b"case_id", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCollectionsContactAttemptRequest: _TypeAlias = RecordCollectionsContactAttemptRequest  # noqa: Y015
+
+@_typing.final
+class RecordCollectionsContactAttemptResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attempt(self) -> _collections_pb2.CollectionsContactAttempt: ...
+    def __init__(
+        self,
+        *,
+        attempt: _collections_pb2.CollectionsContactAttempt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordCollectionsContactAttemptResponse: _TypeAlias = RecordCollectionsContactAttemptResponse  # noqa: Y015
+
+@_typing.final
+class ListCollectionsContactAttemptsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    case_id: _builtins.str
+    """Required."""
+    page_size: _builtins.int
+    """At most 1000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        case_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectionsContactAttemptsRequest: _TypeAlias = ListCollectionsContactAttemptsRequest  # noqa: Y015
+
+@_typing.final
+class ListCollectionsContactAttemptsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more pages."""
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedCompositeFieldContainer[_collections_pb2.CollectionsContactAttempt]: ...
+    def __init__(
+        self,
+        *,
+        attempts: _abc.Iterable[_collections_pb2.CollectionsContactAttempt] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCollectionsContactAttemptsResponse: _TypeAlias = ListCollectionsContactAttemptsResponse  # noqa: Y015

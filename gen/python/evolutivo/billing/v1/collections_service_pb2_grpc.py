@@ -106,6 +106,26 @@ class CollectionsServiceStub:
                 request_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingResponse.FromString,
                 _registered_method=True)
+        self.GetCollectionsNotice = channel.unary_unary(
+                '/evolutivo.billing.v1.CollectionsService/GetCollectionsNotice',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeResponse.FromString,
+                _registered_method=True)
+        self.GetCollectionsNoticeDocument = channel.unary_unary(
+                '/evolutivo.billing.v1.CollectionsService/GetCollectionsNoticeDocument',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentResponse.FromString,
+                _registered_method=True)
+        self.RecordCollectionsContactAttempt = channel.unary_unary(
+                '/evolutivo.billing.v1.CollectionsService/RecordCollectionsContactAttempt',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptResponse.FromString,
+                _registered_method=True)
+        self.ListCollectionsContactAttempts = channel.unary_unary(
+                '/evolutivo.billing.v1.CollectionsService/ListCollectionsContactAttempts',
+                request_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsResponse.FromString,
+                _registered_method=True)
 
 
 class CollectionsServiceServicer:
@@ -211,6 +231,35 @@ class CollectionsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCollectionsNotice(self, request, context):
+        """Returns a payment reminder or dunning letter a case made, with its delivery.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCollectionsNoticeDocument(self, request, context):
+        """Returns a dunning letter's PDF (rendered once, then kept).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCollectionsContactAttempt(self, request, context):
+        """Records a collector's call (or other contact) with a case's customer and its outcome.
+        Idempotent on request_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCollectionsContactAttempts(self, request, context):
+        """Lists a case's contact attempts, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CollectionsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -283,6 +332,26 @@ def add_CollectionsServiceServicer_to_server(servicer, server):
                     servicer.GetAging,
                     request_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingRequest.FromString,
                     response_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingResponse.SerializeToString,
+            ),
+            'GetCollectionsNotice': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollectionsNotice,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeResponse.SerializeToString,
+            ),
+            'GetCollectionsNoticeDocument': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCollectionsNoticeDocument,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentResponse.SerializeToString,
+            ),
+            'RecordCollectionsContactAttempt': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCollectionsContactAttempt,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptResponse.SerializeToString,
+            ),
+            'ListCollectionsContactAttempts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCollectionsContactAttempts,
+                    request_deserializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsRequest.FromString,
+                    response_serializer=evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -665,6 +734,114 @@ class CollectionsService:
             '/evolutivo.billing.v1.CollectionsService/GetAging',
             evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingRequest.SerializeToString,
             evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetAgingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollectionsNotice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.CollectionsService/GetCollectionsNotice',
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCollectionsNoticeDocument(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.CollectionsService/GetCollectionsNoticeDocument',
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.GetCollectionsNoticeDocumentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCollectionsContactAttempt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.CollectionsService/RecordCollectionsContactAttempt',
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.RecordCollectionsContactAttemptResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCollectionsContactAttempts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.billing.v1.CollectionsService/ListCollectionsContactAttempts',
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsRequest.SerializeToString,
+            evolutivo_dot_billing_dot_v1_dot_collections__service__pb2.ListCollectionsContactAttemptsResponse.FromString,
             options,
             channel_credentials,
             insecure,

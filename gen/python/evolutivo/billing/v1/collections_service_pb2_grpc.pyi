@@ -63,6 +63,16 @@ class CollectionsServiceStub:
     """Completes a task with its outcome."""
     GetAging: _grpc.UnaryUnaryMultiCallable[_collections_service_pb2.GetAgingRequest, _collections_service_pb2.GetAgingResponse]
     """Receivables by days past due as of a date: totals per currency, and per account (paginated)."""
+    GetCollectionsNotice: _grpc.UnaryUnaryMultiCallable[_collections_service_pb2.GetCollectionsNoticeRequest, _collections_service_pb2.GetCollectionsNoticeResponse]
+    """Returns a payment reminder or dunning letter a case made, with its delivery."""
+    GetCollectionsNoticeDocument: _grpc.UnaryUnaryMultiCallable[_collections_service_pb2.GetCollectionsNoticeDocumentRequest, _collections_service_pb2.GetCollectionsNoticeDocumentResponse]
+    """Returns a dunning letter's PDF (rendered once, then kept)."""
+    RecordCollectionsContactAttempt: _grpc.UnaryUnaryMultiCallable[_collections_service_pb2.RecordCollectionsContactAttemptRequest, _collections_service_pb2.RecordCollectionsContactAttemptResponse]
+    """Records a collector's call (or other contact) with a case's customer and its outcome.
+    Idempotent on request_id.
+    """
+    ListCollectionsContactAttempts: _grpc.UnaryUnaryMultiCallable[_collections_service_pb2.ListCollectionsContactAttemptsRequest, _collections_service_pb2.ListCollectionsContactAttemptsResponse]
+    """Lists a case's contact attempts, newest first."""
 
 @_typing.type_check_only
 class CollectionsServiceAsyncStub(CollectionsServiceStub):
@@ -99,6 +109,16 @@ class CollectionsServiceAsyncStub(CollectionsServiceStub):
     """Completes a task with its outcome."""
     GetAging: _aio.UnaryUnaryMultiCallable[_collections_service_pb2.GetAgingRequest, _collections_service_pb2.GetAgingResponse]  # type: ignore[assignment]
     """Receivables by days past due as of a date: totals per currency, and per account (paginated)."""
+    GetCollectionsNotice: _aio.UnaryUnaryMultiCallable[_collections_service_pb2.GetCollectionsNoticeRequest, _collections_service_pb2.GetCollectionsNoticeResponse]  # type: ignore[assignment]
+    """Returns a payment reminder or dunning letter a case made, with its delivery."""
+    GetCollectionsNoticeDocument: _aio.UnaryUnaryMultiCallable[_collections_service_pb2.GetCollectionsNoticeDocumentRequest, _collections_service_pb2.GetCollectionsNoticeDocumentResponse]  # type: ignore[assignment]
+    """Returns a dunning letter's PDF (rendered once, then kept)."""
+    RecordCollectionsContactAttempt: _aio.UnaryUnaryMultiCallable[_collections_service_pb2.RecordCollectionsContactAttemptRequest, _collections_service_pb2.RecordCollectionsContactAttemptResponse]  # type: ignore[assignment]
+    """Records a collector's call (or other contact) with a case's customer and its outcome.
+    Idempotent on request_id.
+    """
+    ListCollectionsContactAttempts: _aio.UnaryUnaryMultiCallable[_collections_service_pb2.ListCollectionsContactAttemptsRequest, _collections_service_pb2.ListCollectionsContactAttemptsResponse]  # type: ignore[assignment]
+    """Lists a case's contact attempts, newest first."""
 
 class CollectionsServiceServicer(metaclass=_abc_1.ABCMeta):
     """Credit collection: dunning scenarios, collections cases, promises to pay, collectors' tasks and
@@ -216,5 +236,39 @@ class CollectionsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_collections_service_pb2.GetAgingResponse, _abc.Awaitable[_collections_service_pb2.GetAgingResponse]]:
         """Receivables by days past due as of a date: totals per currency, and per account (paginated)."""
+
+    @_abc_1.abstractmethod
+    def GetCollectionsNotice(
+        self,
+        request: _collections_service_pb2.GetCollectionsNoticeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_service_pb2.GetCollectionsNoticeResponse, _abc.Awaitable[_collections_service_pb2.GetCollectionsNoticeResponse]]:
+        """Returns a payment reminder or dunning letter a case made, with its delivery."""
+
+    @_abc_1.abstractmethod
+    def GetCollectionsNoticeDocument(
+        self,
+        request: _collections_service_pb2.GetCollectionsNoticeDocumentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_service_pb2.GetCollectionsNoticeDocumentResponse, _abc.Awaitable[_collections_service_pb2.GetCollectionsNoticeDocumentResponse]]:
+        """Returns a dunning letter's PDF (rendered once, then kept)."""
+
+    @_abc_1.abstractmethod
+    def RecordCollectionsContactAttempt(
+        self,
+        request: _collections_service_pb2.RecordCollectionsContactAttemptRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_service_pb2.RecordCollectionsContactAttemptResponse, _abc.Awaitable[_collections_service_pb2.RecordCollectionsContactAttemptResponse]]:
+        """Records a collector's call (or other contact) with a case's customer and its outcome.
+        Idempotent on request_id.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCollectionsContactAttempts(
+        self,
+        request: _collections_service_pb2.ListCollectionsContactAttemptsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_collections_service_pb2.ListCollectionsContactAttemptsResponse, _abc.Awaitable[_collections_service_pb2.ListCollectionsContactAttemptsResponse]]:
+        """Lists a case's contact attempts, newest first."""
 
 def add_CollectionsServiceServicer_to_server(servicer: CollectionsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
