@@ -3,6 +3,13 @@
 Each service keeps a `request_log` table in its own database (created by its own migration with
 `create_request_log_table`). A call claims its request id inside the transaction of its change; a
 concurrent retry blocks on the claim until the first commits, then reads the stored response.
+
+A request id names one request: reused for another method, or with another request (a different
+payload: its SHA-256, which the server's AuthInterceptor takes of every mutating call's request),
+it is refused with INVALID_ARGUMENT on `request_id`, changing nothing. The digest is kept in the
+`method` column after the method's name ("CreateAccount sha256=<hex>"), so no service's frozen
+request_log table had to change; rows without one (claimed before, or by a consumer, which has no
+request) are matched on the method only.
 """
 
 from __future__ import annotations
@@ -17,11 +24,15 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_runtime.errors import InvalidArgument
+from evolutivo_runtime.security.audit import current_audit
 
 if TYPE_CHECKING:
     from evolutivo_runtime.uow import UnitOfWork
 
 M = TypeVar("M", bound=Message)
+
+# Separates the method from the request's digest in request_log.method.
+_DIGEST_MARK = " sha256="
 U = TypeVar("U", bound="UnitOfWork")
 
 
@@ -60,14 +71,22 @@ class RequestLog:
         """Claims the id for this call. Returns None when the call is new (go ahead, then `record`),
         or the first call's response when it is a retry."""
         t = self._table
+        audit = current_audit.get()
+        digest = audit.request_digest if audit is not None else ""
+        key = f"{method}{_DIGEST_MARK}{digest}" if digest else method
         claimed = await self._session.execute(
-            insert(t).values(request_id=request_id, method=method).on_conflict_do_nothing().returning(t.c.request_id)
+            insert(t).values(request_id=request_id, method=key).on_conflict_do_nothing().returning(t.c.request_id)
         )
         if claimed.first() is not None:
             return None
         row = (await self._session.execute(select(t.c.method, t.c.response).where(t.c.request_id == request_id))).one()
-        if row.method != method:
-            raise InvalidArgument("request_id", f"was already used for {row.method}; use a new id for each call")
+        first_method, _, first_digest = str(row.method).partition(_DIGEST_MARK)
+        if first_method != method:
+            raise InvalidArgument("request_id", f"was already used for {first_method}; use a new id for each call")
+        if digest and first_digest and digest != first_digest:
+            raise InvalidArgument(
+                "request_id", "was already used with another request; use a new id for each call", "REQUEST_ID_REUSED"
+            )
         return response_type.FromString(row.response or b"")
 
     async def record(self, request_id: uuid.UUID, response: Message) -> None:

@@ -41,7 +41,13 @@ from evolutivo_runtime.errors import (
 )
 from evolutivo_runtime.logging import request_id_var
 from evolutivo_runtime.security import scopes
-from evolutivo_runtime.security.audit import AuditContext, current_audit, record_after_call, resource_ids
+from evolutivo_runtime.security.audit import (
+    AuditContext,
+    current_audit,
+    record_after_call,
+    request_digest,
+    resource_ids,
+)
 from evolutivo_runtime.security.ratelimit import RateLimiter
 from evolutivo_runtime.security.tokens import AuthenticationError, Principal, TokenVerifier
 from evolutivo_runtime.security.transport import AUTHORIZATION_METADATA
@@ -208,6 +214,7 @@ class _Call:
             request_ids=resource_ids(request) if isinstance(request, Message) else {},
             sessions=self._owner._audit_sessions,
             clock=self._owner._clock,
+            request_digest=request_digest(request) if isinstance(request, Message) else "",
         )
         return principal_token, current_audit.set(audit), audit
 

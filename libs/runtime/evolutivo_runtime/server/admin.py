@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 
 from evolutivo.admin.v1 import (
     clock_admin_service_pb2 as clock_pb,
@@ -25,6 +25,21 @@ from evolutivo_runtime.pagination import page_size as checked_page_size
 from evolutivo_runtime.pagination import parse_int_token
 from evolutivo_runtime.server import Context
 
+# The shared clock never goes past this: every service adds cycles, terms and horizons to "now", and
+# an instant near datetime's year-9999 limit would overflow all of them (for good: the clock only
+# moves forward).
+LATEST_CLOCK = datetime(3000, 1, 1, tzinfo=UTC)
+
+
+def _checked_move(clock: SharedClock, delta: timedelta, field: str) -> timedelta:
+    try:
+        target = clock.now() + delta
+    except OverflowError:
+        target = LATEST_CLOCK
+    if target >= LATEST_CLOCK:
+        raise InvalidArgument(field, f"would move the clock past {LATEST_CLOCK.date()}")
+    return delta
+
 
 def _timestamp(clock: SharedClock) -> Timestamp:
     ts = Timestamp()
@@ -42,19 +57,27 @@ class ClockAdminServicer(clock_grpc.ClockAdminServiceServicer):
     async def SetClock(self, request: clock_pb.SetClockRequest, context: Context) -> clock_pb.SetClockResponse:
         if not request.HasField("time"):
             raise InvalidArgument("time", "is required")
-        delta = request.time.ToDatetime(tzinfo=UTC) - self._clock.now()
+        try:
+            delta = request.time.ToDatetime(tzinfo=UTC) - self._clock.now()
+        except (ValueError, OverflowError):
+            raise InvalidArgument("time", "must be a valid timestamp") from None
         if delta.total_seconds() < 0:
             raise InvalidArgument("time", "must not be before the current time: the clock only moves forward")
-        revision = await self._clock.advance(delta)
+        revision = await self._clock.advance(_checked_move(self._clock, delta, "time"))
         return clock_pb.SetClockResponse(now=_timestamp(self._clock), revision=revision)
 
     async def AdvanceClock(
         self, request: clock_pb.AdvanceClockRequest, context: Context
     ) -> clock_pb.AdvanceClockResponse:
-        delta = request.duration.ToTimedelta()
+        if not request.HasField("duration"):
+            raise InvalidArgument("duration", "is required")
+        try:
+            delta = request.duration.ToTimedelta()
+        except (ValueError, OverflowError):
+            raise InvalidArgument("duration", "must be a valid duration") from None
         if delta.total_seconds() < 0:
             raise InvalidArgument("duration", "must not be negative: the clock only moves forward")
-        revision = await self._clock.advance(delta)
+        revision = await self._clock.advance(_checked_move(self._clock, delta, "duration"))
         return clock_pb.AdvanceClockResponse(now=_timestamp(self._clock), revision=revision)
 
 

@@ -1,4 +1,5 @@
-"""Refuses any request carrying payment-card data, for every RPC of every service.
+"""Refuses any request carrying payment-card data or control characters, for every RPC of every
+service.
 
 No service may receive a card number or a card security code: cards are held as the payment
 provider's token. The interceptor walks every string field of each request message, recursively
@@ -10,6 +11,12 @@ is known), and refuses the call with INVALID_ARGUMENT naming the field path, e.g
   dashes, that pass the Luhn check; or
 - a field or map key is named like a card security code (cvv, cvc, cvv2, cvc2, csc,
   security_code, in any case or separator style) and has a non-empty value.
+
+It also refuses, naming the field, a string (value or map key) holding a control character other
+than tab, line feed and carriage return (NUL, escape, bell, DEL, the C1 controls...): no field of
+any contract is meant to hold one, PostgreSQL text cannot store NUL at all (the insert would fail
+as an internal error after validation passed), and escapes in names reach logs, terminals and
+documents.
 
 The error names the field and the rule, never the value, and nothing here logs the value. A map
 key that itself contains a card number is reported as the map field, without the key.
@@ -50,6 +57,11 @@ log = logging.getLogger("evolutivo.rpc")
 CARD_NUMBER_RULE = "must not contain a payment card number: send the payment provider's token instead"
 SECURITY_CODE_RULE = "must not carry a card security code (CVV/CVC): it is never sent to or stored by this platform"
 CARD_NUMBER_IN_KEY_RULE = "a map key must not contain a payment card number"
+CONTROL_CHARACTER_RULE = "must not contain control characters (NUL, escape...): only text, tabs and line breaks"
+CONTROL_CHARACTER_IN_KEY_RULE = "a map key must not contain control characters"
+
+# C0 controls but tab, line feed and carriage return; DEL; the C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 
 MIN_CARD_DIGITS = 13
 MAX_CARD_DIGITS = 19
@@ -142,6 +154,8 @@ def _check_field(field: FieldDescriptor, value: Any, path: str) -> InvalidArgume
         for key in value:
             if isinstance(key, str) and contains_card_number(key):
                 return InvalidArgument(path, CARD_NUMBER_IN_KEY_RULE, reason="CARD_DATA_REFUSED")
+            if isinstance(key, str) and _CONTROL.search(key):
+                return InvalidArgument(path, CONTROL_CHARACTER_IN_KEY_RULE, reason="CONTROL_CHARACTER")
             entry_path = path + _key_path(key)
             entry = value[key]
             if isinstance(key, str) and is_security_code_name(key) and _has_value(entry):
@@ -163,6 +177,8 @@ def _check_single(field: FieldDescriptor, value: Any, path: str) -> InvalidArgum
     if field.type == FieldDescriptor.TYPE_STRING:
         if contains_card_number(value):
             return InvalidArgument(path, CARD_NUMBER_RULE, reason="CARD_DATA_REFUSED")
+        if _CONTROL.search(value):
+            return InvalidArgument(path, CONTROL_CHARACTER_RULE, reason="CONTROL_CHARACTER")
         return None
     if field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
         return find_card_data(value, path)

@@ -93,6 +93,14 @@ class BillingProfile:
             validation.validate_amount(self.threshold_amount, currency_code, f"{prefix}.threshold_amount.units")
         if len(self.collections_scenario_id) > 100:
             raise InvalidArgument(f"{prefix}.collections_scenario_id", "must be at most 100 characters")
+        if self.collections_scenario_id:
+            # Billing matches it against its scenarios' UUIDs: anything else would silently never match.
+            try:
+                uuid.UUID(self.collections_scenario_id)
+            except ValueError:
+                raise InvalidArgument(
+                    f"{prefix}.collections_scenario_id", "must be a collections scenario id (a UUID) or empty"
+                ) from None
 
 
 @dataclass(frozen=True)
@@ -120,7 +128,8 @@ class AccountDetails:
     def checked(self, account_type: AccountType, today: date) -> AccountDetails:
         """Validates every field; returns the details normalised (trimmed, upper-cased codes)."""
         name = self.display_name.strip()
-        if not name:
+        # Zero-width and other invisible characters alone are no name either.
+        if not any(c.isprintable() and not c.isspace() for c in name):
             raise InvalidArgument("account.display_name", "is required")
         if len(name) > MAX_NAME_LENGTH:
             raise InvalidArgument("account.display_name", f"must be at most {MAX_NAME_LENGTH} characters")

@@ -14,6 +14,8 @@ from evolutivo_customer.domain.model import Account, AccountStatus, ProvisionedS
 from evolutivo_customer.domain.validation import currency_exponent
 
 MAX_QUANTITY_DECIMALS = 9
+# The stored quantity is NUMERIC(38, 9): at most 29 digits before the point.
+MAX_QUANTITY = Decimal(10) ** 29
 
 
 class PurchaseState(enum.Enum):
@@ -79,6 +81,8 @@ class Purchase:
             raise FailedPrecondition("SERVICE_CLOSED", "a closed service cannot get new purchases")
         if not quantity.is_finite() or quantity <= 0:
             raise InvalidArgument("purchase.quantity", "must be a number greater than zero")
+        if quantity >= MAX_QUANTITY:
+            raise InvalidArgument("purchase.quantity", "must be less than 10^29")
         if quantity != quantity.quantize(Decimal(1).scaleb(-MAX_QUANTITY_DECIMALS)):
             raise InvalidArgument("purchase.quantity", f"must have at most {MAX_QUANTITY_DECIMALS} decimals")
         if start < account.create_time:

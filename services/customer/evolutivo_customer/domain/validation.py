@@ -28,10 +28,16 @@ def currency_exponent(code: str) -> int:
     return int(exponent) if exponent is not None else 0
 
 
+# Like balance's bound on every amount: beyond it an amount is a typo, not money.
+MAX_AMOUNT = Decimal(10) ** 18
+
+
 def validate_amount(amount: Decimal, currency_code: str, field: str) -> None:
     """A positive amount expressible in the currency's minor unit."""
     if amount <= 0:
         raise InvalidArgument(field, "must be greater than zero")
+    if amount >= MAX_AMOUNT:
+        raise InvalidArgument(field, "must be below 10^18")
     exponent = currency_exponent(currency_code)
     if amount != amount.quantize(Decimal(1).scaleb(-exponent)):
         raise InvalidArgument(field, f"must have at most {exponent} decimals in {currency_code}")

@@ -95,6 +95,8 @@ class AccountsApi:
 
     async def ListAccounts(self, request: pb.ListAccountsRequest, context: Context) -> pb.ListAccountsResponse:
         size = page_size(request.page_size)
+        if request.status and request.status not in proto.STATUSES:
+            raise InvalidArgument("status", "is not a known account status")
         where = AccountFilter(
             status=proto.STATUSES[request.status] if request.status else None,
             type=proto.account_type_from_pb(request.type, "type") if request.type else None,
