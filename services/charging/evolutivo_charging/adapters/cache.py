@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 Loader = Callable[[int], Awaitable[None]]
 
 CHANNEL = "evolutivo_charging_cache"
+# The LISTEN sessions' application_name.
+APPLICATION_NAME = "evolutivo-charging-cache"
 CATALOG = "catalog"
 EVERYTHING = "*"
 # NOTIFY payloads must stay under 8000 bytes: more accounts than this invalidate everything.
@@ -183,29 +185,49 @@ class CacheListener:
         generation, *what = payload.split(" ")
         self.cache.changed(int(generation), what)
 
+    async def _connect(self) -> asyncpg.Connection:
+        # Named, so an operator (or a test) can find the replicas' LISTEN sessions in pg_stat_activity.
+        return await asyncpg.connect(self._url, server_settings={"application_name": APPLICATION_NAME})
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            conn: asyncpg.Connection | None = None
-            lost = asyncio.Event()
-            try:
-                conn = await asyncpg.connect(self._url)
-                conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
-                await conn.add_listener(CHANNEL, self._notified)
-                generation = int(await conn.fetchval("SELECT generation FROM cache_generation WHERE id = 1") or 0)
-                self.cache.reset(generation)
-                if self._load_catalog is not None:
-                    await self._load_catalog(generation)
-                log.info("rating cache listening", extra={"generation": generation})
-                while not stop.is_set() and not lost.is_set() and not conn.is_closed():
+        stopping = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set():
+                await self._listen_once(stop, stopping)
+                if not stop.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=1.0)
-            except Exception:
-                log.warning("rating cache LISTEN lost; reading from the database", exc_info=True)
+                        await asyncio.wait_for(asyncio.shield(stopping), timeout=self._retry)
+        finally:
+            stopping.cancel()
+
+    async def _listen_once(self, stop: asyncio.Event, stopping: asyncio.Task[bool]) -> None:
+        """One LISTEN connection's life; the cache is usable only while it lasts."""
+        conn: asyncpg.Connection | None = None
+        lost = asyncio.Event()
+        try:
+            conn = await self._connect()
+            conn.add_termination_listener(lambda _conn, lost=lost: lost.set())
+            # LISTEN first, then read the generation: a change committed after the read is notified.
+            await conn.add_listener(CHANNEL, self._notified)
+            generation = int(await conn.fetchval("SELECT generation FROM cache_generation WHERE id = 1") or 0)
+            self.cache.reset(generation)
+            if self._load_catalog is not None:
+                await self._load_catalog(generation)
+            log.info("rating cache listening", extra={"generation": generation})
+            losing = asyncio.create_task(lost.wait())
+            try:
+                # Woken by the termination callback at once (the cache goes off without delay);
+                # the periodic check covers a transport closed without it.
+                while not stop.is_set() and not lost.is_set() and not conn.is_closed():
+                    await asyncio.wait({stopping, losing}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                self.cache.reset(None)
-                if conn is not None and not conn.is_closed():
-                    with contextlib.suppress(Exception):
-                        await conn.close()
+                losing.cancel()
             if not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self._retry)
+                log.warning("rating cache LISTEN connection lost; reading from the database until it is back")
+        except Exception:
+            log.warning("rating cache LISTEN lost; reading from the database", exc_info=True)
+        finally:
+            self.cache.reset(None)
+            if conn is not None and not conn.is_closed():
+                with contextlib.suppress(Exception):
+                    await conn.close()
