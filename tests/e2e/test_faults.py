@@ -406,15 +406,21 @@ async def test_nothing_is_lost_or_doubled_through_kills_and_restarts(stack: Stac
             for r in unmatched
         )
         assert {r["reference"]: r["amount"] for r in rows} == load.payments
-        # No event was given up on: nothing dead-lettered anywhere.
+        # No event was given up on: nothing dead-lettered anywhere. wait_for_ready: a channel to a
+        # replica that was killed may still be in its reconnect backoff although the replica is back.
         for service in SERVICES:
             stub = dlq_grpc.DeadLetterAdminServiceStub(clients.channels[service][0])
-            listed = await stub.ListDeadLetters(dlq_pb.ListDeadLettersRequest(page_size=10))
+            listed = await stub.ListDeadLetters(
+                dlq_pb.ListDeadLettersRequest(page_size=10), wait_for_ready=True, timeout=60
+            )
             assert list(listed.dead_letters) == [], f"{service}: {listed.dead_letters}"
         # The bills were issued by the replicas' closers, each cycle once.
         billing = billing_grpc.BillingServiceStub(clients.channels["billing"][0])
         for account_id in accounts:
-            bills = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account_id))).bills
+            listed_bills = await billing.ListBills(
+                billing_pb.ListBillsRequest(account_id=account_id), wait_for_ready=True, timeout=60
+            )
+            bills = listed_bills.bills
             cycles = [b.bill_cycle_id for b in bills if b.bill_cycle_id]
             assert len(cycles) == len(set(cycles)), f"{account_id}: a cycle billed twice"
     finally:

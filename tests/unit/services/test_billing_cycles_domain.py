@@ -271,7 +271,8 @@ def test_cycle_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-def test_cycle_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_cycle_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Async: wiring opens the gRPC channels to customer and balance, which need a running loop (as in serve()).
     monkeypatch.setenv("BILLING_CYCLE_CHECK_SECONDS", "0.5")
     monkeypatch.setenv("BILLING_LATE_USAGE_DELAY_SECONDS", "60")
     monkeypatch.setenv("BILLING_CYCLE_CLOSE_BATCH_SIZE", "7")
