@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from runtime_helpers import MessagingDb, ServiceStream, event_headers, eventually  # type: ignore[import-not-found,unused-ignore]
 from sqlalchemy import insert, select
+from support.jetstream import FakeMsg, process
 
 EVENT_TYPE = StringValue.DESCRIPTOR.full_name
 FOLLOW_UP_SUBJECT = "evolutivo.consumertest.v1.followed.up"
@@ -474,3 +475,23 @@ async def test_failed_message_events_of_tracked_aggregates_are_not_published(
     assert len(batch) == 2
     await consumer.process(batch)
     assert await setup.follow_ups() == ["bumped-by-good"]
+
+
+async def test_two_replicas_holding_the_same_events_in_opposite_orders_apply_each_once(setup: Setup) -> None:
+    """Under load an ack wait runs out and another replica gets the events the first still holds,
+    in another order. Both batches must go through (no deadlock, nothing failed or dead-lettered)
+    and each event apply once: the inbox rows are claimed in one order, so one replica waits for
+    the other and then skips what it applied."""
+    setup.handler.delay = 0.3  # both transactions are open at once
+    first, second = uuid.uuid4(), uuid.uuid4()
+
+    def batch(*ids: uuid.UUID) -> list[FakeMsg]:
+        return [
+            FakeMsg(StringValue(value=str(i)).SerializeToString(), event_headers(i, EVENT_TYPE), "subject") for i in ids
+        ]
+
+    one, other = batch(first, second), batch(second, first)
+    await asyncio.gather(process(setup.consumer(), *one), process(setup.consumer(), *other))
+    assert sorted(setup.handler.applied) == sorted([str(first), str(second)])
+    assert all(m.acked and not m.naked for m in one + other)
+    assert await setup.items() == sorted([str(first), str(second)])

@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table
+from sqlalchemy import Table, delete
 from sqlalchemy.dialects.postgresql import insert
 
 from evolutivo_runtime.messaging import envelope
@@ -39,6 +39,34 @@ M = TypeVar("M", bound=Message)
 CONSUMER_PENDING = Gauge("evolutivo_consumer_pending", "Messages waiting for this durable consumer", ["consumer"])
 APPLIED = Counter("evolutivo_consumer_applied_total", "Events applied", ["consumer", "event_type"])
 SKIPPED = Counter("evolutivo_consumer_duplicates_total", "Redelivered events skipped by the inbox", ["consumer"])
+CONFLICTS = Counter(
+    "evolutivo_consumer_conflicts_total", "Deadlocks and serialization failures retried in place", ["consumer"]
+)
+# How often one message is tried in its savepoint when PostgreSQL reports a conflict.
+_CONFLICT_ATTEMPTS = 5
+# SQLSTATEs of conflicts that succeed when tried again: serialization_failure, deadlock_detected.
+_CONFLICT_STATES = frozenset({"40001", "40P01"})
+
+
+def _event_id(msg: Msg) -> uuid.UUID | None:
+    try:
+        return uuid.UUID((msg.headers or {})[envelope.EVENT_ID])
+    except (KeyError, ValueError):
+        return None
+
+
+def _is_conflict(exc: BaseException) -> bool:
+    """Whether a deadlock or serialization failure is somewhere in the exception's chain (SQLAlchemy
+    wraps the asyncpg error, which carries the SQLSTATE)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
+        if state in _CONFLICT_STATES:
+            return True
+        seen = seen.__cause__ or getattr(seen, "orig", None)
+    return False
+
+
 FAILED = Counter("evolutivo_consumer_failures_total", "Event applications that raised", ["consumer"])
 
 
@@ -120,14 +148,29 @@ class EventConsumer(Generic[U]):
         durable = self.subscription.durable
         failed: list[tuple[Msg, BaseException]] = []
         async with self._uow_factory() as uow:
+            # The batch's inbox rows first, in one insert sorted by event id: two replicas holding the
+            # same redelivered events (an ack wait ran out under load) then wait on each other in
+            # one order and never deadlock; the second finds the rows and skips those events.
+            claimed = await self._claim(uow, messages)
             for msg in messages:
+                event_id = _event_id(msg)
+                if event_id is None or event_id not in claimed:
+                    if event_id is None:
+                        failed.append((msg, ValueError(f"no valid {envelope.EVENT_ID} header")))
+                    else:
+                        SKIPPED.labels(durable).inc()  # applied before, or earlier in this batch
+                    continue
+                claimed.discard(event_id)
                 mark = uow.checkpoint()
                 try:
-                    async with uow.session.begin_nested():
-                        await self._apply(uow, msg)
+                    await self._apply_retrying_conflicts(uow, msg, event_id)
                 except Exception as exc:
-                    # The savepoint rolled back this message's writes; forget its events too.
+                    # The savepoint rolled back this message's writes; forget its events and give
+                    # back its inbox row so the retry applies it.
                     uow.discard_since(mark)
+                    await uow.session.execute(
+                        delete(self._inbox).where(self._inbox.c.consumer == durable, self._inbox.c.event_id == event_id)
+                    )
                     failed.append((msg, exc))
                     FAILED.labels(durable).inc()
                     log.warning(
@@ -151,20 +194,50 @@ class EventConsumer(Generic[U]):
         if messages:
             CONSUMER_PENDING.labels(durable).set(messages[-1].metadata.num_pending or 0)
 
-    async def _apply(self, uow: U, msg: Msg) -> None:
-        headers = msg.headers or {}
-        event_type = headers.get(envelope.EVENT_TYPE, "")
-        handler = self.subscription.handlers.get(event_type)
-        event_id = uuid.UUID(headers[envelope.EVENT_ID])
+    async def _claim(self, uow: U, messages: list[Msg]) -> set[uuid.UUID]:
+        """Inserts the inbox rows of the batch's events this consumer has not applied; returns
+        their ids."""
+        rows = {}
+        for msg in messages:
+            event_id = _event_id(msg)
+            if event_id is not None and event_id not in rows:
+                rows[event_id] = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
+        if not rows:
+            return set()
         inserted = await uow.session.execute(
             insert(self._inbox)
-            .values(consumer=self.subscription.durable, event_id=event_id, event_type=event_type)
+            .values(
+                [
+                    {"consumer": self.subscription.durable, "event_id": event_id, "event_type": rows[event_id]}
+                    for event_id in sorted(rows)
+                ]
+            )
             .on_conflict_do_nothing()
             .returning(self._inbox.c.event_id)
         )
-        if inserted.first() is None:
-            SKIPPED.labels(self.subscription.durable).inc()
-            return
+        return set(inserted.scalars().all())
+
+    async def _apply_retrying_conflicts(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
+        """Applies one message in its savepoint. A deadlock or serialization failure in a handler is
+        retried here, a few times, instead of failing the message: the other transaction usually
+        only had to go first."""
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            mark = uow.checkpoint()
+            try:
+                async with uow.session.begin_nested():
+                    await self._apply(uow, msg, event_id)
+                return
+            except Exception as exc:
+                if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
+                    raise
+                uow.discard_since(mark)
+                CONFLICTS.labels(self.subscription.durable).inc()
+                await asyncio.sleep(0.05 * attempt)
+
+    async def _apply(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
+        headers = msg.headers or {}
+        event_type = headers.get(envelope.EVENT_TYPE, "")
+        handler = self.subscription.handlers.get(event_type)
         if handler is None:
             # An event type this consumer does not apply (a newer publisher): recorded, not an error.
             return
