@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 from evolutivo.balance.v1 import events_pb2 as balance_events
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, collections_pb2, credit_note_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
 from evolutivo_erp_gateway.adapters import events, proto
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.erp import ErpAdapter
 from evolutivo_erp_gateway.adapters.factory import Adapters
-from evolutivo_erp_gateway.adapters.orm import connections, inbox, metadata, outbox
+from evolutivo_erp_gateway.adapters.orm import connections, inbound_payments, inbox, metadata, outbox
 from evolutivo_erp_gateway.adapters.tryton import TrytonClient
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import JobState, RetryPolicy, SyncJob
@@ -33,12 +33,12 @@ from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
 from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
-from evolutivo_runtime.errors import FailedPrecondition
+from evolutivo_runtime.errors import FailedPrecondition, NotFound
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.field_mask_pb2 import FieldMask
-from google.type import date_pb2
+from google.type import date_pb2, postal_address_pb2
 from sqlalchemy import select
 from support.databases import MigratedDatabase, ServiceDb
 from support.jetstream import FakeMsg, consumer_for, message, process
@@ -266,7 +266,8 @@ def number() -> str:
 
 # --- connections ----------------------------------------------------------------------------------
 async def test_migrations_create_exactly_the_tables_the_code_uses(gateway: Gateway) -> None:
-    assert await gateway.db.schema_diff(metadata) == []
+    # The runtime's audit log (migration 0003) is the runtime's table, not in the service's metadata.
+    assert [d for d in await gateway.db.schema_diff(metadata) if "audit_log" not in repr(d)] == []
 
 
 async def test_the_secret_is_stored_encrypted_and_never_read_back(gateway: Gateway) -> None:
@@ -619,3 +620,351 @@ async def test_the_journal_of_a_period_balances_and_posts_to_tryton_once(gateway
 
 # Keeps the type checker honest about the adapter protocol the fixtures hand around.
 _: Callable[[Connection, bytes | None], ErpAdapter] = Adapters(None, 1.0, lambda: NOW).open
+
+
+# --- reversals, write-offs, customer fields, referrals, deleting and re-keying connections --------
+def payment_reversed(payment: payment_pb2.Payment, at: dt.datetime) -> FakeMsg:
+    reversed_payment = payment_pb2.Payment()
+    reversed_payment.CopyFrom(payment)
+    reversed_payment.state = payment_pb2.PAYMENT_STATE_REVERSED
+    reversed_payment.reversal_reason = "bounced"
+    reversed_payment.reverse_time.CopyFrom(to_timestamp(at))
+    return message(
+        "evolutivo.balance.v1.payment.reversed", balance_events.PaymentReversed(payment=reversed_payment), at
+    )
+
+
+def write_off_made(account_id: str, amount: str, source_type: str, source_id: str) -> tuple[str, FakeMsg]:
+    entry = ledger_pb2.LedgerEntry(
+        entry_id=str(uuid.uuid4()),
+        account_id=account_id,
+        type=ledger_pb2.LEDGER_ENTRY_TYPE_WRITE_OFF,
+        amount=money(f"-{amount}"),
+        source_type=source_type,
+        source_id=source_id,
+        reason_code="UNCOLLECTIBLE",
+        effective_time=to_timestamp(NOW),
+    )
+    return entry.entry_id, message("evolutivo.balance.v1.write_off.made", balance_events.WriteOffMade(entry=entry), NOW)
+
+
+def contact_changed(
+    account_id: str, contact_id: str, kind: int, at: dt.datetime, role: int = 0, **channel: Any
+) -> FakeMsg:
+    contact = contact_pb2.Contact(
+        contact_id=contact_id, account_id=account_id, role=role or contact_pb2.CONTACT_ROLE_BILLING, **channel
+    )
+    return message(
+        "evolutivo.customer.v1.contact.changed",
+        customer_events.ContactChanged(kind=kind, contact=contact),  # type: ignore[arg-type]
+        at,
+    )
+
+
+def case_referred(account_id: str, agency: str, bills: list[bill_pb2.Bill], overdue: str) -> tuple[str, FakeMsg]:
+    event_id = str(uuid.uuid4())
+    event = collections_events_pb2.CollectionsCaseReferred(
+        collections_case=collections_pb2.CollectionsCase(
+            case_id=str(uuid.uuid4()), account_id=account_id, days_past_due=45
+        ),
+        agency=agency,
+        overdue_amount=money(overdue),
+        bill_ids=[b.bill_id for b in bills],
+    )
+    return event_id, message("evolutivo.billing.v1.collections_case.referred", event, NOW, event_id=event_id)
+
+
+def total(b: bill_pb2.Bill) -> Decimal:
+    return Decimal(b.total.units) + Decimal(b.total.nanos) / 10**9
+
+
+async def test_a_reversed_payment_reopens_its_invoice_in_tryton_once(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00")])  # 12.10
+    payment, pay_msg = payment_recorded(account_id, "12.10")
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("billing", bill_issued(b))
+    await gateway.deliver("balance", pay_msg)
+    await gateway.run_jobs()
+    client = await tryton_client(gateway.tryton)
+    try:
+        (invoice,) = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+        assert (await client.read("account.invoice", [invoice], ["state"]))[0]["state"] == "paid"
+        reversal = payment_reversed(payment, NOW + dt.timedelta(minutes=5))
+        await gateway.deliver("balance", reversal)
+
+        def crash(job: SyncJob, erp_id: str) -> None:
+            raise Crash()  # Tryton has the reversal; the gateway dies before recording it
+
+        with pytest.raises(Crash):
+            await handlers.run_next_job(gateway.db.uow(), gateway.adapters, FAST, crash)
+        (rerun,) = await gateway.run_jobs()
+        assert (rerun.entity_type, rerun.state) == (EntityType.PAYMENT_REVERSAL, JobState.SUCCEEDED)
+        await gateway.deliver("balance", reversal.again())
+        assert await gateway.run_jobs() == []
+
+        moves = await client.search(
+            "account.move", [("description", "=", f"evolutivo:payment_reversal:{payment.payment_id}")]
+        )
+        assert [str(m) for m in moves] == [rerun.erp_id]
+        (move,) = await client.read("account.move", moves, ["state", "lines"])
+        assert move["state"] == "posted"
+        lines = await client.read("account.move.line", move["lines"], ["account", "debit", "credit", "reconciliation"])
+        accounts = gateway.tryton.accounts
+        assert sorted((x["account"], x["debit"], x["credit"]) for x in lines) == sorted(
+            [(accounts["receivable"], Decimal("12.10"), Decimal(0)), (accounts["cash"], Decimal(0), Decimal("12.10"))]
+        )
+        # The invoice owes its total again; the payment's receivable and its reversal cancel out.
+        (row,) = await client.read("account.invoice", [invoice], ["state", "amount_to_pay", "payment_lines"])
+        assert (row["state"], row["amount_to_pay"], row["payment_lines"]) == ("posted", Decimal("12.10"), [])
+        assert all(x["reconciliation"] for x in lines if x["account"] == accounts["receivable"])
+    finally:
+        await client.aclose()
+    state = await handlers.get_sync_state(gateway.db.uow(), EntityType.PAYMENT_REVERSAL, uuid.UUID(payment.payment_id))
+    assert state[0].erp_id == rerun.erp_id
+
+
+async def test_a_write_off_settles_the_written_off_bill_first_in_tryton(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    older = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "20.00")])  # 24.20
+    written_off = bill(account_id, f"F-{number()}", [("TV", "reduced", "5.00")])  # 5.50
+    entry_id, msg = write_off_made(account_id, "5.50", "bill", written_off.bill_id)
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("billing", bill_issued(older), bill_issued(written_off))
+    await gateway.deliver("balance", msg)
+    await gateway.run_jobs()
+    await gateway.deliver("balance", msg.again())
+    assert await gateway.run_jobs() == []
+    job = await gateway.job(EntityType.WRITE_OFF, entry_id)
+    assert job.state is JobState.SUCCEEDED
+    client = await tryton_client(gateway.tryton)
+    try:
+        moves = await client.search("account.move", [("description", "=", f"evolutivo:write_off:{entry_id}")])
+        assert [str(m) for m in moves] == [job.erp_id]
+        (move,) = await client.read("account.move", moves, ["state", "journal", "lines"])
+        assert (move["state"], move["journal"]) == ("posted", gateway.tryton.journals["general"])
+        lines = await client.read("account.move.line", move["lines"], ["account", "debit", "credit"])
+        assert sorted((x["account"], x["debit"], x["credit"]) for x in lines) == sorted(
+            [
+                (gateway.tryton.accounts["expense"], Decimal("5.50"), Decimal(0)),
+                (gateway.tryton.accounts["receivable"], Decimal(0), Decimal("5.50")),
+            ]
+        )
+        states = {}
+        for b in (older, written_off):
+            (invoice,) = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+            (row,) = await client.read("account.invoice", [invoice], ["state", "amount_to_pay"])
+            states[b.bill_number] = (row["state"], row["amount_to_pay"])
+        # The written-off bill is settled although the older one is open.
+        assert states == {older.bill_number: ("posted", total(older)), written_off.bill_number: ("paid", Decimal(0))}
+    finally:
+        await client.aclose()
+
+
+async def test_tax_id_emails_phones_and_addresses_reach_the_party_and_follow_changes(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    email_id, phone_id, postal_id = (str(uuid.uuid4()) for _ in range(3))
+    address = postal_address_pb2.PostalAddress(
+        region_code="ES", postal_code="28013", locality="Madrid", address_lines=["Calle Mayor 1", "2º B"]
+    )
+    added = customer_events.CHANGE_KIND_ADDED
+    # Contacts may arrive before their account: they are sent with it.
+    await gateway.deliver(
+        "customer",
+        contact_changed(account_id, email_id, added, NOW, email="ap@acme.example", name="Accounts payable"),
+        contact_changed(account_id, phone_id, added, NOW, role=contact_pb2.CONTACT_ROLE_PRIMARY, phone="+34911111111"),
+        contact_changed(account_id, postal_id, added, NOW, postal_address=address, name="Facturación"),
+    )
+    created = account_created(account_id, acct_number)
+    await gateway.deliver("customer", created)
+    await gateway.run_jobs()
+
+    async def party_fields() -> tuple[list[str], list[tuple[str, str, str]], list[dict[str, Any]]]:
+        client = await tryton_client(gateway.tryton)
+        try:
+            (party,) = await client.search("party.party", [("code", "=", acct_number)])
+            (row,) = await client.read("party.party", [party], ["identifiers", "contact_mechanisms", "addresses"])
+            identifiers = [x["code"] for x in await client.read("party.identifier", row["identifiers"], ["code"])]
+            mechanisms = await client.read(
+                "party.contact_mechanism", row["contact_mechanisms"], ["type", "value", "comment"]
+            )
+            addresses = await client.read(
+                "party.address", row["addresses"], ["street", "postal_code", "city", "attn", "invoice"]
+            )
+            return identifiers, sorted((m["type"], m["value"], m["comment"]) for m in mechanisms), addresses
+        finally:
+            await client.aclose()
+
+    identifiers, mechanisms, addresses = await party_fields()
+    assert identifiers == []
+    assert mechanisms == sorted(
+        [
+            ("email", "ap@acme.example", f"evolutivo:contact:{email_id}"),
+            ("phone", "+34911111111", f"evolutivo:contact:{phone_id}"),
+        ]
+    )
+    ((street, postal_code, city, attn, invoice),) = [
+        (a["street"], a["postal_code"], a["city"], a["attn"], a["invoice"]) for a in addresses
+    ]
+    assert (street, postal_code, city, attn, invoice) == ("Calle Mayor 1\n2º B", "28013", "Madrid", "Facturación", True)
+
+    # The tax id is set, the email changes, the phone goes: the party follows, nothing doubles.
+    later = NOW + dt.timedelta(hours=1)
+    updated = account_pb2.Account(
+        account_id=account_id,
+        account_number=acct_number,
+        display_name="Acme Distribuciones SL",
+        tax_id="ESB12345678",
+        update_time=to_timestamp(later),
+    )
+    await gateway.deliver(
+        "customer",
+        message(
+            "evolutivo.customer.v1.account.updated",
+            customer_events.AccountUpdated(account=updated, changed_fields=["tax_id"]),
+            later,
+        ),
+        contact_changed(account_id, email_id, customer_events.CHANGE_KIND_UPDATED, later, email="pay@acme.example"),
+        contact_changed(account_id, phone_id, customer_events.CHANGE_KIND_REMOVED, later, phone="+34911111111"),
+        # An older change arriving late changes nothing.
+        contact_changed(account_id, email_id, customer_events.CHANGE_KIND_UPDATED, NOW, email="stale@acme.example"),
+    )
+    await gateway.run_jobs()
+    identifiers, mechanisms, addresses = await party_fields()
+    assert identifiers == ["ESB12345678"]
+    assert mechanisms == [("email", "pay@acme.example", f"evolutivo:contact:{email_id}")]
+    assert len(addresses) == 1
+    assert (await gateway.job(EntityType.CUSTOMER, account_id)).state is JobState.SUCCEEDED
+
+    # Personal data erased: the party keeps its records (invoices point at them) without the data.
+    erased_at = later + dt.timedelta(hours=1)
+    erased = account_pb2.Account(
+        account_id=account_id,
+        account_number=acct_number,
+        display_name="[erased]",
+        personal_data_erased=True,
+        update_time=to_timestamp(erased_at),
+    )
+    await gateway.deliver(
+        "customer",
+        message(
+            "evolutivo.customer.v1.account.personal_data_erased",
+            customer_events.PersonalDataErased(account=erased, erase_time=to_timestamp(erased_at)),
+            erased_at,
+        ),
+    )
+    await gateway.run_jobs()
+    identifiers, mechanisms, addresses = await party_fields()
+    assert (identifiers, mechanisms) == ([], [])
+    assert [(a["street"], a["postal_code"], a["city"], a["attn"]) for a in addresses] == [("", "", "", "")]
+
+
+async def test_a_referred_case_becomes_a_note_and_a_category_on_the_party(gateway: Gateway) -> None:
+    servicer = ErpGatewayServicer(gateway.db.uow, gateway.adapters)
+    c = proto.connection_to_pb(gateway.connection)
+    c.collections_referrals = True
+    await servicer.UpdateConnection(
+        pb.UpdateConnectionRequest(connection=c, update_mask=FieldMask(paths=["collections_referrals"])), NO_CONTEXT
+    )
+    # Another Tryton connection, not marked for referrals, receives none.
+    unmarked = await handlers.create_connection(
+        gateway.db.uow(), gateway.adapters, new_connection(gateway.tryton, import_payments=False), ADMIN_PASSWORD, None
+    )
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "50.00")])
+    referral_id, msg = case_referred(account_id, "RECOBROS-NORTE", [b], "60.50")
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("billing", bill_issued(b), msg)
+    await gateway.run_jobs()
+    await gateway.deliver("billing", msg.again())
+    await gateway.run_jobs()
+    job = await gateway.job(EntityType.REFERRAL, referral_id)
+    assert job.state is JobState.SUCCEEDED
+    async with gateway.db.uow() as uow:
+        assert await uow.jobs.find(unmarked.connection_id, EntityType.REFERRAL, uuid.UUID(referral_id)) is None
+    client = await tryton_client(gateway.tryton)
+    try:
+        (party,) = await client.search("party.party", [("code", "=", acct_number)])
+        (row,) = await client.read("party.party", [party], ["categories"])
+        names = [x["name"] for x in await client.read("party.category", row["categories"], ["name"])]
+        assert names == ["Collections agency: RECOBROS-NORTE"]
+        notes = await client.search("ir.note", [("resource", "=", f"party.party,{party}")])
+        assert [str(n) for n in notes] == [job.erp_id]
+        (note,) = await client.read("ir.note", notes, ["message"])
+        (invoice,) = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+        (number_row,) = await client.read("account.invoice", [invoice], ["number"])
+        assert note["message"].startswith(f"evolutivo:referral:{referral_id}\n")
+        assert "RECOBROS-NORTE" in note["message"] and "60.50 EUR" in note["message"]
+        assert f"Invoices: {number_row['number']} (bill {b.bill_number})." in note["message"]
+    finally:
+        await client.aclose()
+
+
+async def test_rotating_the_key_rewrites_every_secret_and_deleting_a_connection_removes_its_jobs(
+    gateway: Gateway,
+) -> None:
+    old_key, new_key = generate_key(), generate_key()
+    # The fixture's connection was stored under another key: rewrite it under old_key first.
+    async with gateway.db.uow() as uow:
+        await uow.connections.set_secret(
+            gateway.connection.connection_id, SecretCipher([old_key]).encrypt(ADMIN_PASSWORD)
+        )
+        await uow.commit()
+    lost = await handlers.create_connection(
+        gateway.db.uow(),
+        Adapters(SecretCipher([generate_key()]), 60.0, gateway.db.clock.now),  # a key nobody keeps
+        new_connection(gateway.tryton, import_payments=False, display_name="Lost key"),
+        ADMIN_PASSWORD,
+        None,
+    )
+    rotating = Adapters(SecretCipher([new_key, old_key]), 60.0, gateway.db.clock.now)
+    servicer = ErpGatewayServicer(gateway.db.uow, rotating)
+    rotated = await servicer.RotateConnectionSecrets(pb.RotateConnectionSecretsRequest(), NO_CONTEXT)
+    assert (rotated.rotated_count, list(rotated.unreadable_connection_ids)) == (1, [str(lost.connection_id)])
+    # The old key can go: the new one alone opens the secret, and Tryton still accepts it.
+    only_new = ErpGatewayServicer(gateway.db.uow, Adapters(SecretCipher([new_key]), 60.0, gateway.db.clock.now))
+    request = pb.TestConnectionRequest(connection_id=str(gateway.connection.connection_id))
+    assert (await only_new.TestConnection(request, NO_CONTEXT)).ok
+    stored = await gateway.db.scalar(
+        select(connections.c.secret).where(connections.c.connection_id == gateway.connection.connection_id)
+    )
+    assert SecretCipher([new_key]).decrypt(stored) == ADMIN_PASSWORD
+
+    # Deleting: the etag guards it; the connection, its jobs and its imported payments go.
+    account_id = str(uuid.uuid4())
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    connection_id = str(gateway.connection.connection_id)
+    await gateway.run_jobs(adapters=rotating)
+    await handlers.import_payments(gateway.db.uow, rotating, Balance())
+    async with gateway.db.uow() as uow:  # an imported payment the connection's delete takes along
+        await uow.inbound.add(
+            connection_id=gateway.connection.connection_id,
+            erp_id="424242",
+            reference="tryton:424242",
+            account_id=uuid.UUID(account_id),
+            amount=Decimal("1.00"),
+            currency_code="EUR",
+            status="recorded",
+            payment_id="p",
+            reason="",
+            create_time=NOW,
+        )
+        await uow.commit()
+    with pytest.raises(FailedPrecondition):
+        await servicer.DeleteConnection(pb.DeleteConnectionRequest(connection_id=connection_id, etag="v0"), NO_CONTEXT)
+    current = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=connection_id), NO_CONTEXT)
+    await servicer.DeleteConnection(
+        pb.DeleteConnectionRequest(connection_id=connection_id, etag=current.connection.etag), NO_CONTEXT
+    )
+    with pytest.raises(NotFound):
+        await servicer.GetConnection(pb.GetConnectionRequest(connection_id=connection_id), NO_CONTEXT)
+    listed = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(connection_id=connection_id), NO_CONTEXT)
+    assert list(listed.jobs) == []
+    assert await gateway.db.count(inbound_payments) == 0
+    with pytest.raises(NotFound):
+        await servicer.DeleteConnection(pb.DeleteConnectionRequest(connection_id=connection_id), NO_CONTEXT)
+    # New records are queued for the remaining connection only.
+    b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "1.00")])
+    await gateway.deliver("billing", bill_issued(b))
+    jobs = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(entity_id=b.bill_id), NO_CONTEXT)
+    assert [j.connection_id for j in jobs.jobs] == [str(lost.connection_id)]

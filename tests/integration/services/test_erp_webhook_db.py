@@ -11,14 +11,19 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, collections_pb2
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
-from evolutivo_erp_gateway.adapters import events
+from evolutivo_erp_gateway.adapters import events, proto
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.adapters.orm import inbox, outbox
@@ -27,14 +32,16 @@ from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType,
 from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy
 from evolutivo_erp_gateway.domain.model import EntityType
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
-from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
+from evolutivo_erp_gateway.entrypoints.consumers import ACCOUNT_CREATED, BILL_ISSUED, subscriptions
 from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 from evolutivo_runtime.messaging.streams import stream_name
+from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
+from google.protobuf.field_mask_pb2 import FieldMask
 from support.databases import MigratedDatabase, ServiceDb
-from support.jetstream import consumer_for, message, process
+from support.jetstream import FakeMsg, consumer_for, message, process
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
 SECRET = "whsec-test-0123456789"
@@ -231,3 +238,102 @@ async def test_a_connection_that_keeps_failing_is_paused_then_probed_and_resumed
     read = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=str(down.connection_id)), NO_CONTEXT)
     assert not read.connection.HasField("paused_until")
     assert sorted(json.loads(body)["entity_id"] for _, body in receiver.received) == sorted(ids)
+
+
+async def deliver(setup: Setup, service: str, *msgs: FakeMsg) -> None:
+    await process(consumer_for(subscriptions(), stream_name(service), setup.db.uow, inbox), *msgs)
+    assert all(m.acked for m in msgs)
+
+
+def money(text: str) -> Any:
+    return to_money(Decimal(text), "EUR")
+
+
+async def test_a_referred_case_is_handed_to_the_connections_marked_for_referrals(
+    setup: Setup, receiver: Receiver
+) -> None:
+    servicer = ErpGatewayServicer(setup.db.uow, setup.adapters)
+    c = proto.connection_to_pb(setup.connection)
+    c.collections_referrals = True
+    await servicer.UpdateConnection(
+        pb.UpdateConnectionRequest(connection=c, update_mask=FieldMask(paths=["collections_referrals"])), NO_CONTEXT
+    )
+    account_id, bill_id, event_id = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000077", update_time=to_timestamp(NOW))
+    bill = bill_pb2.Bill(
+        bill_id=bill_id,
+        account_id=account_id,
+        bill_number="F-77",
+        currency_code="EUR",
+        lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="FIBER", amount=money("60.50"))],
+        tax_total=money("0"),
+        total=money("60.50"),
+    )
+    referral = collections_events_pb2.CollectionsCaseReferred(
+        collections_case=collections_pb2.CollectionsCase(case_id=str(uuid.uuid4()), account_id=account_id),
+        agency="RECOBROS-NORTE",
+        overdue_amount=money("60.50"),
+        bill_ids=[bill_id],
+    )
+    referred = message("evolutivo.billing.v1.collections_case.referred", referral, NOW, event_id=event_id)
+    # The referral arrives first: it waits for its customer and the invoice of its bill.
+    await deliver(setup, "billing", referred)
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(setup, "billing", message(BILL_ISSUED, billing_events.BillIssued(bill=bill), NOW))
+    for _ in range(3):
+        await run_jobs(setup)
+        setup.db.clock.advance(dt.timedelta(seconds=5))
+    await deliver(setup, "billing", referred.again())
+    await run_jobs(setup)
+    events_sent = [headers[EVENT_HEADER] for headers, _ in receiver.received]
+    assert events_sent == ["customer.upserted", "invoice.posted", "collections_case.referred"]
+    headers, body = receiver.received[-1]
+    assert verify(SECRET, headers[SIGNATURE_HEADER], body, setup.db.clock.now(), dt.timedelta(minutes=1))
+    document = json.loads(body)
+    assert (document["event"], document["entity_id"]) == ("collections_case.referred", event_id)
+    assert (document["data"]["agency"], document["data"]["bill_ids"]) == ("RECOBROS-NORTE", [bill_id])
+    # A connection not marked for referrals gets none.
+    servicer_jobs = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(entity_id=event_id), NO_CONTEXT)
+    assert [j.connection_id for j in servicer_jobs.jobs] == [str(setup.connection.connection_id)]
+
+
+async def test_reversals_and_write_offs_are_posted_as_their_own_deliveries(setup: Setup, receiver: Receiver) -> None:
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000078", update_time=to_timestamp(NOW))
+    payment = payment_pb2.Payment(
+        payment_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money("10.00"),
+        reference="bank-78",
+        received_time=to_timestamp(NOW),
+    )
+    reversed_payment = payment_pb2.Payment()
+    reversed_payment.CopyFrom(payment)
+    reversed_payment.state = payment_pb2.PAYMENT_STATE_REVERSED
+    reversed_payment.reverse_time.CopyFrom(to_timestamp(NOW))
+    entry = ledger_pb2.LedgerEntry(
+        entry_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money("-3.00"),
+        source_type="collections_case",
+        source_id=str(uuid.uuid4()),
+        effective_time=to_timestamp(NOW),
+    )
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(
+        setup,
+        "balance",
+        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+        message("evolutivo.balance.v1.payment.reversed", balance_events.PaymentReversed(payment=reversed_payment), NOW),
+        message("evolutivo.balance.v1.write_off.made", balance_events.WriteOffMade(entry=entry), NOW),
+    )
+    await run_jobs(setup)
+    sent = [(headers[EVENT_HEADER], json.loads(body)["entity_id"]) for headers, body in receiver.received]
+    assert sent == [
+        ("customer.upserted", account_id),
+        ("payment.recorded", payment.payment_id),
+        ("payment.reversed", payment.payment_id),
+        ("write_off.made", entry.entry_id),
+    ]
+    # The payment and its reversal share the payment's id, not their delivery id.
+    assert len({headers[DELIVERY_HEADER] for headers, _ in receiver.received}) == 4

@@ -69,7 +69,13 @@ def test_consumes_customers_bills_and_payments_with_its_own_durable() -> None:
     assert set(subs) == {"EVOLUTIVO_CUSTOMER", "EVOLUTIVO_BILLING", "EVOLUTIVO_BALANCE"}
     assert {s.durable for s in subs.values()} == {"erp_gateway"}
     sub = subs["EVOLUTIVO_CUSTOMER"]
-    assert sub.subjects == ["evolutivo.customer.v1.account.created", "evolutivo.customer.v1.account.updated"]
+    assert sub.subjects == [
+        "evolutivo.customer.v1.account.created",
+        "evolutivo.customer.v1.account.updated",
+        "evolutivo.customer.v1.account.personal_data_erased",
+        "evolutivo.customer.v1.contact.changed",
+    ]
+    assert "evolutivo.billing.v1.collections_case.referred" in subs["EVOLUTIVO_BILLING"].subjects
     assert sub.handlers["evolutivo.customer.v1.AccountCreated"].message_type is customer_events.AccountCreated
 
 

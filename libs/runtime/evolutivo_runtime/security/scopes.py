@@ -138,6 +138,10 @@ RULES: Final[dict[str, Rule]] = {
     _COLLECTIONS + "CreatePromiseToPay": _write("collections:write"),
     _COLLECTIONS + "ListCollectionsTasks": _read("collections:read"),
     _COLLECTIONS + "CompleteCollectionsTask": _write("collections:write"),
+    _COLLECTIONS + "GetCollectionsNotice": _read("collections:read"),
+    _COLLECTIONS + "GetCollectionsNoticeDocument": _read("collections:read"),
+    _COLLECTIONS + "RecordCollectionsContactAttempt": _write("collections:write"),
+    _COLLECTIONS + "ListCollectionsContactAttempts": _read("collections:read"),
     # Ages every open bill.
     _COLLECTIONS + "GetAging": _read("collections:read", "expensive_read"),
     # --- erp_gateway
@@ -146,6 +150,9 @@ RULES: Final[dict[str, Rule]] = {
     _ERP + "GetConnection": _read("erp:read"),
     _ERP + "ListConnections": _read("erp:read"),
     _ERP + "UpdateConnection": _write("erp:admin"),
+    _ERP + "DeleteConnection": _write("erp:admin"),
+    # Rewrites every stored secret under the newest credential key.
+    _ERP + "RotateConnectionSecrets": _write("erp:admin"),
     # Reaches out to the ERP with the stored credentials.
     _ERP + "TestConnection": _read("erp:admin", "expensive_read"),
     _ERP + "ListSyncJobs": _read("erp:read"),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Protocol
 
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 
 from evolutivo_erp_gateway.domain.journal import Journal
 
@@ -77,8 +78,11 @@ class ErpAdapter(Protocol):
         """What is wrong with the connection; empty when nothing is."""
         ...
 
-    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
-        """Creates or updates the customer's party; `erp_id` is the known one ("" if none). Returns its id."""
+    async def upsert_customer(
+        self, account: account_pb2.Account, erp_id: str, contacts: Sequence[contact_pb2.Contact] = ()
+    ) -> str:
+        """Creates or updates the customer's party with its tax id and contacts (emails, phones,
+        postal addresses); `erp_id` is the known one ("" if none). Returns its id."""
         ...
 
     async def post_invoice(self, bill: bill_pb2.Bill, party: str) -> str:
@@ -93,6 +97,24 @@ class ErpAdapter(Protocol):
 
     async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
         """The payment booked and reconciled against the party's open invoices, at most once."""
+        ...
+
+    async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
+        """Undoes the payment sent before (`payment_erp_id`): its invoices are open again. At most once."""
+        ...
+
+    async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:
+        """The debt given up, settled against the party's open invoices (`invoices` first), at most once."""
+        ...
+
+    async def refer_case(
+        self,
+        referral: collections_events_pb2.CollectionsCaseReferred,
+        referral_id: str,
+        party: str,
+        invoices: Sequence[str],
+    ) -> str:
+        """Hands the collections case to its agency through the ERP, at most once per referral."""
         ...
 
     async def post_journal(self, journal: Journal, on: date, reference: str) -> str:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import httpx
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher
 from evolutivo_erp_gateway.adapters.erp import ErpAdapter, ErpPayment, Problem, ProblemKind, Rejected
@@ -35,7 +35,9 @@ class FileExportAdapter:
     async def _refuse(self) -> str:
         raise Rejected("a file export connection receives no records")
 
-    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
+    async def upsert_customer(
+        self, account: account_pb2.Account, erp_id: str, contacts: Sequence[contact_pb2.Contact] = ()
+    ) -> str:
         return await self._refuse()
 
     async def post_invoice(self, bill: bill_pb2.Bill, party: str) -> str:
@@ -47,6 +49,21 @@ class FileExportAdapter:
         return await self._refuse()
 
     async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
+        return await self._refuse()
+
+    async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
+        return await self._refuse()
+
+    async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:
+        return await self._refuse()
+
+    async def refer_case(
+        self,
+        referral: collections_events_pb2.CollectionsCaseReferred,
+        referral_id: str,
+        party: str,
+        invoices: Sequence[str],
+    ) -> str:
         return await self._refuse()
 
     async def post_journal(self, journal: Journal, on: dt.date, reference: str) -> str:

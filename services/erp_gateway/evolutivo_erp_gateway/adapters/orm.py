@@ -66,6 +66,8 @@ connections = Table(
     # past the threshold no job of it is claimed until paused_until, then one attempt probes it.
     Column("consecutive_failures", Integer, nullable=False, server_default="0"),
     Column("paused_until", DateTime(timezone=True)),
+    # Collections referrals are handed to it.
+    Column("collections_referrals", Boolean, nullable=False, server_default="false"),
 )
 
 sync_jobs = Table(
@@ -90,6 +92,19 @@ sync_jobs = Table(
     UniqueConstraint("connection_id", "entity_type", "entity_id"),
     Index("sync_jobs_due", "state", "next_attempt_time"),
     Index("sync_jobs_account", "connection_id", "account_id"),
+)
+
+# The customer's contacts (customer's ContactChanged), sent with the customer to the ERP: email,
+# phone and postal address. The newest event per contact wins; a removed or erased contact keeps
+# its row (so an older event cannot bring it back) without its data.
+customer_contacts = Table(
+    "customer_contacts",
+    metadata,
+    Column("contact_id", Uuid, primary_key=True),
+    Column("account_id", Uuid, nullable=False, index=True),
+    # The serialized evolutivo.customer.v1.Contact; NULL once removed or erased.
+    Column("payload", LargeBinary),
+    Column("version", DateTime(timezone=True), nullable=False),
 )
 
 # General-ledger postings of each financial event received (domain/journal.py): the source of

@@ -27,6 +27,9 @@ _ENTITY_TYPES = {
     sync_state_pb2.ENTITY_TYPE_INVOICE: EntityType.INVOICE,
     sync_state_pb2.ENTITY_TYPE_CREDIT_NOTE: EntityType.CREDIT_NOTE,
     sync_state_pb2.ENTITY_TYPE_PAYMENT: EntityType.PAYMENT,
+    sync_state_pb2.ENTITY_TYPE_PAYMENT_REVERSAL: EntityType.PAYMENT_REVERSAL,
+    sync_state_pb2.ENTITY_TYPE_WRITE_OFF: EntityType.WRITE_OFF,
+    sync_state_pb2.ENTITY_TYPE_COLLECTIONS_REFERRAL: EntityType.REFERRAL,
 }
 _STATUSES = {
     SyncStatus.PENDING: sync_state_pb2.SYNC_STATUS_PENDING,
@@ -123,6 +126,7 @@ def new_connection_from_pb(c: connection_pb2.Connection, now: datetime) -> Conne
         mapping=mapping_from_pb(c.mapping),
         enabled=c.enabled,
         import_payments=c.import_payments,
+        collections_referrals=c.collections_referrals,
         has_credentials=False,
         create_time=now,
         update_time=now,
@@ -165,6 +169,7 @@ def connection_to_pb(c: Connection) -> connection_pb2.Connection:
         update_time=_ts(c.update_time),
         etag=c.etag,
         paused_until=_ts(c.paused_until) if c.paused_until else None,
+        collections_referrals=c.collections_referrals,
     )
 
 

@@ -9,11 +9,18 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from evolutivo_erp_gateway.adapters.orm import connections, gl_postings, inbound_payments, sync_jobs, sync_states
+from evolutivo_erp_gateway.adapters.orm import (
+    connections,
+    customer_contacts,
+    gl_postings,
+    inbound_payments,
+    sync_jobs,
+    sync_states,
+)
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import JobState, SyncJob
 from evolutivo_erp_gateway.domain.journal import Posting
@@ -78,6 +85,15 @@ class SyncStateRepository:
         t = sync_states
         return await self._session.scalar(
             select(t.c.payload).where(t.c.entity_type == entity_type.value, t.c.entity_id == entity_id)
+        )
+
+    async def payload_version(self, entity_type: EntityType, entity_id: uuid.UUID) -> datetime | None:
+        """The version of the record's payload; None when the gateway has no copy of it."""
+        t = sync_states
+        return await self._session.scalar(
+            select(t.c.payload_version).where(
+                t.c.entity_type == entity_type.value, t.c.entity_id == entity_id, t.c.payload.is_not(None)
+            )
         )
 
     async def with_payload(self) -> list[tuple[EntityType, uuid.UUID, uuid.UUID, datetime | None]]:
@@ -195,6 +211,28 @@ class ConnectionRepository:
             .values(import_cursor_time=cursor[0], import_cursor_id=cursor[1])
         )
 
+    async def delete(self, connection_id: uuid.UUID) -> None:
+        """The connection, its jobs and its record of imported payments. A job a replica is running
+        holds its row: the delete waits for that run to commit."""
+        await self._session.execute(delete(sync_jobs).where(sync_jobs.c.connection_id == connection_id))
+        await self._session.execute(delete(inbound_payments).where(inbound_payments.c.connection_id == connection_id))
+        await self._session.execute(delete(connections).where(connections.c.connection_id == connection_id))
+
+    async def stored_secrets(self) -> builtins.list[tuple[uuid.UUID, bytes]]:
+        """Every stored secret, locked so that an update of one cannot interleave with its rewrite."""
+        rows = await self._session.execute(
+            select(connections.c.connection_id, connections.c.secret)
+            .where(connections.c.secret.is_not(None))
+            .order_by(connections.c.create_time)
+            .with_for_update()
+        )
+        return [(row.connection_id, row.secret) for row in rows]
+
+    async def set_secret(self, connection_id: uuid.UUID, token: bytes) -> None:
+        await self._session.execute(
+            update(connections).where(connections.c.connection_id == connection_id).values(secret=token)
+        )
+
     async def connection_failed(self, connection_id: uuid.UUID, threshold: int, pause_until: datetime) -> None:
         """One more failure of the connection itself; at the threshold (and at every failed probe
         after it) the connection is paused until `pause_until`."""
@@ -229,6 +267,7 @@ def _connection_values(c: Connection) -> dict[str, Any]:
         "mapping": c.mapping.to_json(),
         "enabled": c.enabled,
         "import_payments": c.import_payments,
+        "collections_referrals": c.collections_referrals,
         "update_time": c.update_time,
         "version": c.version,
     }
@@ -250,6 +289,7 @@ def _connection(row: Any) -> Connection:
         update_time=row["update_time"],
         version=row["version"],
         paused_until=row["paused_until"],
+        collections_referrals=row["collections_referrals"],
     )
 
 
@@ -265,9 +305,11 @@ class SyncJobRepository:
         account_id: uuid.UUID,
         version: datetime | None,
         now: datetime,
+        rearm: bool = False,
     ) -> None:
-        """A job to send the record; an existing one is re-armed only for a newer version (a
-        customer's update), never for a redelivered event."""
+        """A job to send the record; an existing one is re-armed for a newer version (a customer's
+        update), or always with `rearm` (the caller knows the record changed: a contact), never for
+        a redelivered event."""
         t = sync_jobs
         stmt = insert(t).values(
             job_id=uuid.uuid4(),
@@ -294,7 +336,9 @@ class SyncJobRepository:
                 "payload_version": stmt.excluded.payload_version,
                 "update_time": now,
             },
-            where=and_(t.c.payload_version.is_not(None), t.c.payload_version < stmt.excluded.payload_version),
+            where=None
+            if rearm
+            else and_(t.c.payload_version.is_not(None), t.c.payload_version < stmt.excluded.payload_version),
         )
         await self._session.execute(stmt)
 
@@ -430,6 +474,37 @@ def _job(row: Any) -> SyncJob:
         create_time=row["create_time"],
         update_time=row["update_time"],
     )
+
+
+class ContactRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def store(
+        self, account_id: uuid.UUID, contact_id: uuid.UUID, payload: bytes | None, version: datetime
+    ) -> bool:
+        """Keeps the contact as of `version` (payload None: removed); False when a newer or equal
+        version is there already."""
+        t = customer_contacts
+        stmt = insert(t).values(contact_id=contact_id, account_id=account_id, payload=payload, version=version)
+        upsert = stmt.on_conflict_do_update(
+            index_elements=[t.c.contact_id],
+            set_={"payload": stmt.excluded.payload, "version": stmt.excluded.version},
+            where=t.c.version < stmt.excluded.version,
+        ).returning(t.c.contact_id)
+        return (await self._session.execute(upsert)).first() is not None
+
+    async def erase(self, account_id: uuid.UUID) -> None:
+        """Forgets the data of every contact of the account (personal data erased)."""
+        t = customer_contacts
+        await self._session.execute(update(t).where(t.c.account_id == account_id).values(payload=None))
+
+    async def of_account(self, account_id: uuid.UUID) -> builtins.list[bytes]:
+        t = customer_contacts
+        rows = await self._session.scalars(
+            select(t.c.payload).where(t.c.account_id == account_id, t.c.payload.is_not(None)).order_by(t.c.contact_id)
+        )
+        return [bytes(p) for p in rows]
 
 
 class PostingRepository:

@@ -5,6 +5,10 @@ crash finds the record instead of creating a second one:
   parties   code = the account number;
   invoices  reference = the bill number (credit notes: the credit note number), type out;
   payments  account.move description = "evolutivo:payment:<payment id>";
+  reversals account.move description = "evolutivo:payment_reversal:<payment id>";
+  write-offs account.move description = "evolutivo:write_off:<ledger entry id>";
+  referrals ir.note on the party whose message starts "evolutivo:referral:<referral id>";
+  contacts  party.contact_mechanism comment = "evolutivo:contact:<contact id>";
   journals  account.move description = "evolutivo:journal:<reference>".
 Tryton runs each RPC call in its own transaction, so a record is created whole or not at all; a
 crash between "create" and "post" leaves a draft that the retry finds and posts.
@@ -16,14 +20,14 @@ import base64
 import datetime as dt
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 from evolutivo_runtime.money import from_money
 from google.type import date_pb2
 
@@ -38,10 +42,18 @@ from evolutivo_erp_gateway.adapters.erp import (
     Unreachable,
 )
 from evolutivo_erp_gateway.domain.connections import Connection, Mapping
-from evolutivo_erp_gateway.domain.journal import Journal
+from evolutivo_erp_gateway.domain.journal import Journal, trim
 
 PAYMENT_MARK = "evolutivo:payment:"
+REVERSAL_MARK = "evolutivo:payment_reversal:"
+WRITE_OFF_MARK = "evolutivo:write_off:"
+REFERRAL_MARK = "evolutivo:referral:"
+CONTACT_MARK = "evolutivo:contact:"
 JOURNAL_MARK = "evolutivo:journal:"
+# The category a referred party gets, per agency.
+REFERRAL_CATEGORY = "Collections agency: {agency}"
+# Postal addresses in this order: the first is the invoice address.
+_ADDRESS_ROLES = {contact_pb2.CONTACT_ROLE_BILLING: 0, contact_pb2.CONTACT_ROLE_PRIMARY: 1}
 # Tryton stamps write_date with its transaction's start: a transaction that began before the last
 # seen stamp may commit after the poll. The poll looks back this far and skips what it imported.
 IMPORT_LOOKBACK = dt.timedelta(minutes=2)
@@ -190,6 +202,9 @@ class TrytonClient:
     async def write(self, model: str, ids: Sequence[int], values: dict[str, object]) -> None:
         await self.call(f"model.{model}.write", list(ids), values)
 
+    async def delete(self, model: str, ids: Sequence[int]) -> None:
+        await self.call(f"model.{model}.delete", list(ids))
+
 
 def _error(error: Any) -> Exception:
     kind = error[0] if isinstance(error, list) and error else ""
@@ -321,7 +336,12 @@ class TrytonAdapter:
         return problems
 
     # --- outbound --------------------------------------------------------------------------------
-    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
+    async def upsert_customer(
+        self, account: account_pb2.Account, erp_id: str, contacts: Sequence[contact_pb2.Contact] = ()
+    ) -> str:
+        """The party: name, code (the account number, its lookup), the tax id as an identifier,
+        emails and phones as contact mechanisms, postal contacts as addresses (the billing one
+        first, marked for invoices)."""
         name = account.display_name or account.account_number
         party = int(erp_id) if erp_id.isdigit() else 0
         if not party:
@@ -329,11 +349,111 @@ class TrytonAdapter:
             party = found[0] if found else 0
         if party:
             await self.client.write("party.party", [party], {"name": name})
-            return str(party)
-        party = await self.client.create(
-            "party.party", {"name": name, "code": account.account_number, "addresses": [("create", [{}])]}
-        )
+        else:
+            party = await self.client.create(
+                "party.party", {"name": name, "code": account.account_number, "addresses": [("create", [{}])]}
+            )
+        await self._sync_tax_identifier(party, account.tax_id)
+        await self._sync_contact_mechanisms(party, contacts)
+        if account.personal_data_erased:
+            await self._erase_addresses(party)
+        else:
+            await self._sync_addresses(party, [c for c in contacts if c.HasField("postal_address")])
         return str(party)
+
+    async def _erase_addresses(self, party: int) -> None:
+        """Erased personal data: the party's addresses keep their records (posted invoices point at
+        them) without their content."""
+        (row,) = await self.client.read("party.party", [party], ["addresses"])
+        if row["addresses"]:
+            blank: dict[str, object] = {
+                "street": "",
+                "postal_code": "",
+                "city": "",
+                "attn": "",
+                "party_name": "",
+                "country": None,
+            }
+            await self.client.write("party.address", row["addresses"], blank)
+
+    async def _sync_tax_identifier(self, party: int, tax_id: str) -> None:
+        """The account's tax id is the party's one untyped identifier (the customer service has
+        validated it; typed identifiers an ERP user added are left alone)."""
+        ids = await self.client.search("party.identifier", [("party", "=", party), ("type", "=", None)])
+        rows = await self.client.read("party.identifier", ids, ["code"]) if ids else []
+        keep = next((row["id"] for row in rows if row["code"] == tax_id), 0) if tax_id else 0
+        if tax_id and not keep:
+            if rows:
+                keep = rows[0]["id"]
+                await self.client.write("party.identifier", [keep], {"code": tax_id})
+            else:
+                await self.client.create("party.identifier", {"party": party, "code": tax_id})
+        surplus = [row["id"] for row in rows if row["id"] != keep]
+        if surplus:
+            await self.client.delete("party.identifier", surplus)
+
+    async def _sync_contact_mechanisms(self, party: int, contacts: Sequence[contact_pb2.Contact]) -> None:
+        """Emails and phones, each marked with its contact's id so that an update or a removal finds
+        it; the party's other contact mechanisms are the ERP's own and are left alone."""
+        wanted: dict[str, dict[str, object]] = {}
+        for contact in contacts:
+            channel = contact.WhichOneof("channel")
+            if channel in ("email", "phone"):
+                wanted[f"{CONTACT_MARK}{contact.contact_id}"] = {
+                    "type": channel,
+                    "value": getattr(contact, channel),
+                    "name": contact.name,
+                }
+        ids = await self.client.search(
+            "party.contact_mechanism", [("party", "=", party), ("comment", "like", f"{CONTACT_MARK}%")]
+        )
+        existing = await self.client.read("party.contact_mechanism", ids, ["type", "value", "name", "comment"])
+        by_mark = {row["comment"]: row for row in existing}
+        for mark, values in wanted.items():
+            row = by_mark.get(mark)
+            if row is None:
+                await self.client.create("party.contact_mechanism", {**values, "party": party, "comment": mark})
+            elif any(row[key] != value for key, value in values.items()):
+                await self.client.write("party.contact_mechanism", [row["id"]], values)
+        gone = [row["id"] for row in existing if row["comment"] not in wanted]
+        if gone:
+            await self.client.delete("party.contact_mechanism", gone)
+
+    async def _sync_addresses(self, party: int, postal: Sequence[contact_pb2.Contact]) -> None:
+        """The postal contacts become the party's addresses in order (billing, primary, others), the
+        first marked as the invoice address; addresses beyond them are deactivated (posted invoices
+        may point at them). Without postal contacts the addresses are left as they are."""
+        if not postal:
+            return
+        ordered = sorted(postal, key=lambda c: (_ADDRESS_ROLES.get(c.role, 2), c.contact_id))
+        (row,) = await self.client.read("party.party", [party], ["addresses"])
+        current: list[int] = list(row["addresses"])
+        for index, contact in enumerate(ordered):
+            values = await self._address_values(contact, invoice=index == 0)
+            if index < len(current):
+                await self.client.write("party.address", [current[index]], values)
+            else:
+                await self.client.create("party.address", {**values, "party": party})
+        surplus = current[len(ordered) :]
+        if surplus:
+            await self.client.write("party.address", surplus, {"active": False})
+
+    async def _address_values(self, contact: contact_pb2.Contact, invoice: bool) -> dict[str, object]:
+        address = contact.postal_address
+        values: dict[str, object] = {
+            "street": "\n".join(address.address_lines),
+            "postal_code": address.postal_code,
+            "city": address.locality,
+            "attn": contact.name or ", ".join(address.recipients),
+            "invoice": invoice,
+        }
+        if address.organization:
+            values["party_name"] = address.organization
+        # Tryton's countries are data its administrator loads; without the country the rest goes.
+        if address.region_code:
+            found = await self.client.search("country.country", [("code", "=", address.region_code.upper())], 1)
+            values["country"] = found[0] if found else None
+        return values
 
     async def _find_invoice(self, reference: str, party: int) -> int:
         found = await self.client.search(
@@ -478,26 +598,63 @@ class TrytonAdapter:
         return str(invoice)
 
     async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
-        party_id = int(party)
-        marker = f"{PAYMENT_MARK}{payment.payment_id}"
-        amount = from_money(payment.amount)
+        received = payment.received_time.ToDatetime(tzinfo=dt.UTC).date()
+        return await self._settle(
+            f"{PAYMENT_MARK}{payment.payment_id}",
+            self._journal("cash"),
+            self._account("cash"),
+            from_money(payment.amount),
+            int(party),
+            received,
+            (),
+        )
+
+    async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:
+        """The debt given up: the write-off (expense) account debited, the party's receivable
+        credited against its open invoices (the written-off bill's first), in the write-off journal
+        (the general one when unmapped)."""
+        journal = self._journal("write_off" if self.mapping.journals.get("write_off") else "general")
+        effective = entry.effective_time.ToDatetime(tzinfo=dt.UTC).date()
+        return await self._settle(
+            f"{WRITE_OFF_MARK}{entry.entry_id}",
+            journal,
+            self._account("write_off"),
+            -from_money(entry.amount),  # the entry is a credit: the amount given up is its opposite
+            int(party),
+            effective,
+            [int(i) for i in invoices if i.isdigit()],
+        )
+
+    async def _settle(
+        self,
+        marker: str,
+        journal: int,
+        counter_account: int,
+        amount: Decimal,
+        party: int,
+        on: dt.date,
+        preferred: Sequence[int],
+    ) -> str:
+        """A posted move debiting `counter_account` and crediting the party's receivable, split over
+        its open invoices (`preferred` first, then oldest first, as billing allocates); each part
+        names its invoice so that a retry reconciles the same ones. Found again by `marker`."""
         found = await self.client.search("account.move", [("description", "=", marker)], 1)
         if found:
             move = found[0]
         else:
             receivable = self._account("receivable")
-            # The payment is split over the party's open invoices, oldest first (as billing
-            # allocates it); each part names its invoice so a retry reconciles the same ones.
-            lines: list[dict[str, object]] = [{"account": self._account("cash"), "debit": amount, "credit": Decimal(0)}]
+            lines: list[dict[str, object]] = [{"account": counter_account, "debit": amount, "credit": Decimal(0)}]
             left = amount
-            for invoice, to_pay in await self._open_invoices(party_id):
+            open_invoices = await self._open_invoices(party)
+            open_invoices.sort(key=lambda item: 0 if item[0] in preferred else 1)  # stable: oldest first after
+            for invoice, to_pay in open_invoices:
                 if left <= 0:
                     break
                 part = min(left, to_pay)
                 lines.append(
                     {
                         "account": receivable,
-                        "party": party_id,
+                        "party": party,
                         "debit": Decimal(0),
                         "credit": part,
                         "description": f"{marker}:invoice:{invoice}",
@@ -506,21 +663,14 @@ class TrytonAdapter:
                 left -= part
             if left > 0:
                 lines.append(
-                    {
-                        "account": receivable,
-                        "party": party_id,
-                        "debit": Decimal(0),
-                        "credit": left,
-                        "description": marker,
-                    }
+                    {"account": receivable, "party": party, "debit": Decimal(0), "credit": left, "description": marker}
                 )
-            received = payment.received_time.ToDatetime(tzinfo=dt.UTC).date()
             move = await self.client.create(
                 "account.move",
                 {
-                    "journal": self._journal("cash"),
-                    "date": received,
-                    "period": await self._period(received),
+                    "journal": journal,
+                    "date": on,
+                    "period": await self._period(on),
                     "description": marker,
                     "lines": [("create", lines)],
                 },
@@ -530,6 +680,150 @@ class TrytonAdapter:
             await self.client.call("model.account.move.post", [move])
         await self._reconcile(row["lines"], marker)
         return str(move)
+
+    async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
+        """What a bookkeeper does for a bounced payment: the payment's receivable lines are taken
+        off their invoices (unreconciled, removed from the invoices' payments, which are open again),
+        and a posted reversing move (receivable debited, cash credited, line for line) is reconciled
+        with them. Found again by its description."""
+        marker = f"{REVERSAL_MARK}{payment.payment_id}"
+        paid_marker = f"{PAYMENT_MARK}{payment.payment_id}"
+        move = int(payment_erp_id) if payment_erp_id.isdigit() else 0
+        if not move:
+            found = await self.client.search("account.move", [("description", "=", paid_marker)], 1)
+            if not found:
+                raise Rejected(f"Tryton has no payment {payment.payment_id} to reverse")
+            move = found[0]
+        (paid,) = await self.client.read("account.move", [move], ["lines"])
+        fields = ["account", "party", "debit", "credit", "description", "reconciliation"]
+        paid_lines = await self.client.read("account.move.line", paid["lines"], fields)
+        receivable = self._account("receivable")
+        to_undo = [line for line in paid_lines if line["account"] == receivable and line["credit"] > 0]
+        found = await self.client.search("account.move", [("description", "=", marker)], 1)
+        reversal = found[0] if found else 0
+        pairs: dict[int, int] = {}  # payment line -> its reversing line
+        if reversal:
+            (row,) = await self.client.read("account.move", [reversal], ["lines"])
+            for line in await self.client.read("account.move.line", row["lines"], ["description", "reconciliation"]):
+                prefix = f"{marker}:line:"
+                if (line["description"] or "").startswith(prefix):
+                    pairs[int(line["description"][len(prefix) :])] = line["id"]
+        reversal_reconciliations = {
+            line["reconciliation"]
+            for line in await self.client.read("account.move.line", list(pairs.values()), ["reconciliation"])
+            if line["reconciliation"]
+        }
+        for line in to_undo:
+            if line["reconciliation"] and line["reconciliation"] not in reversal_reconciliations:
+                await self._unreconcile_lines([line["id"]])
+            await self._detach_payment_line(line, paid_marker)
+        if not reversal:
+            reversed_on = payment.reverse_time.ToDatetime(tzinfo=dt.UTC).date()
+            total = sum((line["credit"] for line in to_undo), Decimal(0))
+            lines: list[dict[str, object]] = [
+                {
+                    "account": receivable,
+                    "party": line["party"],
+                    "debit": line["credit"],
+                    "credit": Decimal(0),
+                    "description": f"{marker}:line:{line['id']}",
+                }
+                for line in to_undo
+            ]
+            lines.append({"account": self._account("cash"), "debit": Decimal(0), "credit": total})
+            reversal = await self.client.create(
+                "account.move",
+                {
+                    "journal": self._journal("cash"),
+                    "date": reversed_on,
+                    "period": await self._period(reversed_on),
+                    "description": marker,
+                    "lines": [("create", lines)],
+                },
+            )
+            (row,) = await self.client.read("account.move", [reversal], ["lines"])
+            for line in await self.client.read("account.move.line", row["lines"], ["description"]):
+                prefix = f"{marker}:line:"
+                if (line["description"] or "").startswith(prefix):
+                    pairs[int(line["description"][len(prefix) :])] = line["id"]
+        (row,) = await self.client.read("account.move", [reversal], ["state"])
+        if row["state"] != "posted":
+            await self.client.call("model.account.move.post", [reversal])
+        # Each payment line and its reversal cancel out: reconciled together, both are closed.
+        current = {
+            line["id"]: line["reconciliation"]
+            for line in await self.client.read(
+                "account.move.line", [*pairs.keys(), *pairs.values()], ["reconciliation"]
+            )
+        }
+        for paid_line, reversing_line in pairs.items():
+            if not current.get(paid_line) or current.get(paid_line) != current.get(reversing_line):
+                await self._reconcile_lines([paid_line, reversing_line])
+        return str(reversal)
+
+    async def _detach_payment_line(self, line: dict[str, Any], marker: str) -> None:
+        prefix = f"{marker}:invoice:"
+        description = line["description"] or ""
+        if not description.startswith(prefix):
+            return
+        invoice = int(description[len(prefix) :])
+        rows = await self.client.read("account.invoice", [invoice], ["payment_lines"])
+        if rows and line["id"] in rows[0]["payment_lines"]:
+            await self.client.write("account.invoice", [invoice], {"payment_lines": [("remove", [line["id"]])]})
+
+    async def _unreconcile_lines(self, ids: list[int]) -> None:
+        """Tryton's "Unreconcile Lines" wizard: the reconciliations of these lines are deleted (an
+        invoice they had paid is open again)."""
+        wizard = "wizard.account.move.unreconcile_lines"
+        context = {"active_model": "account.move.line", "active_id": ids[0], "active_ids": ids}
+        session, _, _ = await self.client.call(f"{wizard}.create")
+        try:
+            await self.client.call(f"{wizard}.execute", session, {}, "unreconcile", context=context)
+        finally:
+            await self.client.call(f"{wizard}.delete", session)
+
+    async def refer_case(
+        self,
+        referral: collections_events_pb2.CollectionsCaseReferred,
+        referral_id: str,
+        party: str,
+        invoices: Sequence[str],
+    ) -> str:
+        """The party gets the agency's category (so Tryton's lists filter the referred parties) and a
+        note with the referral: agency, overdue amount, the referred invoices. Returns the note's id."""
+        party_id = int(party)
+        agency = referral.agency or "unnamed"
+        category = await self._category(REFERRAL_CATEGORY.format(agency=agency))
+        (row,) = await self.client.read("party.party", [party_id], ["categories"])
+        if category not in row["categories"]:
+            await self.client.write("party.party", [party_id], {"categories": [("add", [category])]})
+        marker = f"{REFERRAL_MARK}{referral_id}"
+        resource = f"party.party,{party_id}"
+        found = await self.client.search("ir.note", [("resource", "=", resource), ("message", "like", f"{marker}%")], 1)
+        if found:
+            return str(found[0])
+        case = referral.collections_case
+        references = await self._invoice_references([int(i) for i in invoices if i.isdigit()])
+        overdue = trim(from_money(referral.overdue_amount))
+        message = "\n".join(
+            [
+                marker,
+                f"Referred to collections agency {agency}.",
+                f"Collections case {case.case_id}, {case.days_past_due} days past due.",
+                f"Overdue: {overdue} {referral.overdue_amount.currency_code}.",
+                f"Invoices: {', '.join(references) if references else 'none sent to this ERP'}.",
+            ]
+        )
+        return str(await self.client.create("ir.note", {"resource": resource, "message": message}))
+
+    async def _category(self, name: str) -> int:
+        found = await self.client.search("party.category", [("name", "=", name), ("parent", "=", None)], 1)
+        return found[0] if found else await self.client.create("party.category", {"name": name})
+
+    async def _invoice_references(self, invoices: Iterable[int]) -> list[str]:
+        ids = list(invoices)
+        rows = await self.client.read("account.invoice", ids, ["number", "reference"]) if ids else []
+        return [f"{row['number']} (bill {row['reference']})" for row in rows]
 
     async def _open_invoices(self, party: int) -> list[tuple[int, Decimal]]:
         ids = await self.client.search(

@@ -3,8 +3,10 @@ the body (Stripe's scheme), so the receiver can check who sent it and refuse rep
 
 Headers:
   Evolutivo-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
-  Evolutivo-Delivery-Id: <job id or reference>: the same on every retry, for the receiver to dedupe.
-  Evolutivo-Event: customer.upserted | invoice.posted | credit_note.posted | payment.recorded | journal.posted
+  Evolutivo-Delivery-Id: <event>:<entity id>:<hash of the body>: the same on every retry of one
+    version of a record (a customer's update is a new delivery), for the receiver to dedupe.
+  Evolutivo-Event: customer.upserted | invoice.posted | credit_note.posted | payment.recorded |
+    payment.reversed | write_off.made | collections_case.referred | connection.tested
 A 2xx answer is success; anything else (or no answer) fails the job, which retries with backoff.
 """
 
@@ -14,13 +16,13 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
@@ -65,8 +67,6 @@ class WebhookAdapter:
         self._secret = secret
         self._now = now
         self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
-        # The job (or reference) the next delivery belongs to; set by the job runner.
-        self.delivery_id = ""
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -78,7 +78,9 @@ class WebhookAdapter:
         headers = {
             "Content-Type": "application/json",
             SIGNATURE_HEADER: sign(self._secret, int(self._now().timestamp()), body),
-            DELIVERY_HEADER: self.delivery_id or entity_id,
+            # Stable across retries of the same body, new for a changed record or another event
+            # about the same entity (a payment and its reversal share the payment's id).
+            DELIVERY_HEADER: f"{event}:{entity_id}:{hashlib.sha256(body).hexdigest()[:16]}",
             EVENT_HEADER: event,
         }
         try:
@@ -104,8 +106,12 @@ class WebhookAdapter:
             return [Problem(ProblemKind.ERP_ERROR, str(exc))]
         return []
 
-    async def upsert_customer(self, account: account_pb2.Account, erp_id: str) -> str:
-        return await self._send("customer.upserted", account.account_id, self._dict(account))
+    async def upsert_customer(
+        self, account: account_pb2.Account, erp_id: str, contacts: Sequence[contact_pb2.Contact] = ()
+    ) -> str:
+        # The account's fields, with its contacts (emails, phones, postal addresses) under "contacts".
+        data = {**self._dict(account), "contacts": [self._dict(c) for c in contacts]}
+        return await self._send("customer.upserted", account.account_id, data)
 
     async def post_invoice(self, bill: bill_pb2.Bill, party: str) -> str:
         return await self._send("invoice.posted", bill.bill_id, self._dict(bill))
@@ -118,8 +124,23 @@ class WebhookAdapter:
     async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
         return await self._send("payment.recorded", payment.payment_id, self._dict(payment))
 
+    async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
+        return await self._send("payment.reversed", payment.payment_id, self._dict(payment))
+
+    async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:
+        return await self._send("write_off.made", entry.entry_id, self._dict(entry))
+
+    async def refer_case(
+        self,
+        referral: collections_events_pb2.CollectionsCaseReferred,
+        referral_id: str,
+        party: str,
+        invoices: Sequence[str],
+    ) -> str:
+        # The event as billing published it: the case (with its actions), agency, overdue amount, bills.
+        return await self._send("collections_case.referred", referral_id, self._dict(referral))
+
     async def post_journal(self, journal: Journal, on: dt.date, reference: str) -> str:
-        self.delivery_id = reference
         await self._send("journal.posted", reference, json.loads(journal.to_json()))
         return reference
 

@@ -23,8 +23,10 @@ class ConnectionType(enum.Enum):
 # The general-ledger roles a mapping names accounts for; revenue may also be kept per charge offer
 # as "revenue:<charge_offer_code>".
 GL_ROLES = ("receivable", "revenue", "tax", "cash", "write_off")
-JOURNAL_ROLES = ("revenue", "cash", "general")
+JOURNAL_ROLES = ("revenue", "cash", "general", "write_off")
 MAX_NAME = 200
+# Where a referral can go: Tryton keeps it on the party, a webhook hands it to whoever listens.
+REFERRAL_TYPES = (ConnectionType.TRYTON, ConnectionType.WEBHOOK)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Connection:
     version: int = 1
     # Set while the circuit breaker holds the connection's jobs (output only).
     paused_until: datetime | None = None
+    # Collections cases referred to an agency are handed to it.
+    collections_referrals: bool = False
 
     @property
     def etag(self) -> str:
@@ -114,12 +118,18 @@ class Connection:
             raise InvalidArgument("connection.username", "is required for an ERP login")
         if self.import_payments and self.type is not ConnectionType.TRYTON:
             raise InvalidArgument("connection.import_payments", "only a Tryton connection imports payments")
+        if self.collections_referrals and self.type not in REFERRAL_TYPES:
+            raise InvalidArgument(
+                "connection.collections_referrals", "only Tryton and webhook connections take referrals"
+            )
         self.mapping.validate()
 
     def takes(self, entity_type: EntityType) -> bool:
-        """Whether records of this kind are sent to it (Odoo is configuration only here; a file
-        export receives nothing: it is read by ExportJournal)."""
-        return self.type in (ConnectionType.TRYTON, ConnectionType.WEBHOOK)
+        """Whether records of this kind are sent to it (a file export receives nothing: it is read
+        by ExportJournal; referrals go only to the connections marked for them)."""
+        if entity_type is EntityType.REFERRAL:
+            return self.collections_referrals and self.type in REFERRAL_TYPES
+        return self.type in (ConnectionType.TRYTON, ConnectionType.ODOO, ConnectionType.WEBHOOK)
 
     def updated(self, now: datetime, **changes: object) -> Connection:
         return replace(self, update_time=now, version=self.version + 1, **changes)  # type: ignore[arg-type]

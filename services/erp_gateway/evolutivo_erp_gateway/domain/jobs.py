@@ -19,7 +19,24 @@ class JobState(enum.Enum):
 
 
 # The order records of one customer reach an ERP in: a job waits for the ones before it.
-ORDER = {EntityType.CUSTOMER: 0, EntityType.INVOICE: 1, EntityType.CREDIT_NOTE: 2, EntityType.PAYMENT: 3}
+ORDER = {
+    EntityType.CUSTOMER: 0,
+    EntityType.INVOICE: 1,
+    EntityType.CREDIT_NOTE: 2,
+    EntityType.PAYMENT: 3,
+    EntityType.PAYMENT_REVERSAL: 4,
+    EntityType.WRITE_OFF: 5,
+    EntityType.REFERRAL: 6,
+}
+# What settles invoices: a payment or a write-off is split over the invoices open when it is sent,
+# so it waits for the records of its customer queued before it that open or settle them.
+SETTLEMENT_PREDECESSORS = (
+    EntityType.INVOICE,
+    EntityType.CREDIT_NOTE,
+    EntityType.PAYMENT,
+    EntityType.PAYMENT_REVERSAL,
+    EntityType.WRITE_OFF,
+)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ class EntityType(enum.Enum):
     INVOICE = "invoice"
     CREDIT_NOTE = "credit_note"
     PAYMENT = "payment"
+    # A payment's reversal; its id is the payment's.
+    PAYMENT_REVERSAL = "payment_reversal"
+    # Debt written off; its id is balance's write-off ledger entry.
+    WRITE_OFF = "write_off"
+    # A collections case referred to an agency; its id is billing's event id.
+    REFERRAL = "collections_referral"
 
 
 class SyncStatus(enum.Enum):

@@ -5,20 +5,23 @@ from __future__ import annotations
 from datetime import UTC
 
 from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.billing.v1 import collections_events_pb2 as collections_events
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
-from evolutivo_runtime.money import from_money
 
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
+PERSONAL_DATA_ERASED = "evolutivo.customer.v1.account.personal_data_erased"
+CONTACT_CHANGED = "evolutivo.customer.v1.contact.changed"
 BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
+CASE_REFERRED = "evolutivo.billing.v1.collections_case.referred"
 PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
 PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
 WRITE_OFF_MADE = "evolutivo.balance.v1.write_off.made"
@@ -31,6 +34,23 @@ async def on_account_created(uow: ErpGatewayUnitOfWork, event: customer_events.A
 
 async def on_account_updated(uow: ErpGatewayUnitOfWork, event: customer_events.AccountUpdated, meta: EventMeta) -> None:
     await handlers.customer_changed(uow, event.account)
+
+
+async def on_personal_data_erased(
+    uow: ErpGatewayUnitOfWork, event: customer_events.PersonalDataErased, meta: EventMeta
+) -> None:
+    await handlers.personal_data_erased(uow, event.account)
+
+
+async def on_contact_changed(uow: ErpGatewayUnitOfWork, event: customer_events.ContactChanged, meta: EventMeta) -> None:
+    removed = event.kind == customer_events.CHANGE_KIND_REMOVED
+    await handlers.contact_changed(uow, event.contact, removed, meta.occurred_at)
+
+
+async def on_case_referred(
+    uow: ErpGatewayUnitOfWork, event: collections_events.CollectionsCaseReferred, meta: EventMeta
+) -> None:
+    await handlers.case_referred(uow, event, meta.event_id, meta.occurred_at)
 
 
 async def on_bill_issued(uow: ErpGatewayUnitOfWork, event: billing_events.BillIssued, meta: EventMeta) -> None:
@@ -58,7 +78,7 @@ async def on_payment_reversed(
 async def on_write_off_made(uow: ErpGatewayUnitOfWork, event: balance_events.WriteOffMade, meta: EventMeta) -> None:
     entry = event.entry
     effective = entry.effective_time.ToDatetime(tzinfo=UTC) if entry.HasField("effective_time") else meta.occurred_at
-    await handlers.write_off_made(uow, entry.entry_id, from_money(entry.amount), entry.amount.currency_code, effective)
+    await handlers.write_off_made(uow, entry, effective)
 
 
 def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
@@ -66,7 +86,7 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
         Subscription(
             durable="erp_gateway",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED, PERSONAL_DATA_ERASED, CONTACT_CHANGED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
@@ -74,16 +94,25 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                 customer_events.AccountUpdated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountUpdated, on_account_updated
                 ),
+                customer_events.PersonalDataErased.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.PersonalDataErased, on_personal_data_erased
+                ),
+                customer_events.ContactChanged.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.ContactChanged, on_contact_changed
+                ),
             },
         ),
         Subscription(
             durable="erp_gateway",
             stream=stream_name("billing"),
-            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED],
+            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED, CASE_REFERRED],
             handlers={
                 billing_events.BillIssued.DESCRIPTOR.full_name: EventHandler(billing_events.BillIssued, on_bill_issued),
                 billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
                     billing_events.CreditNoteIssued, on_credit_note_issued
+                ),
+                collections_events.CollectionsCaseReferred.DESCRIPTOR.full_name: EventHandler(
+                    collections_events.CollectionsCaseReferred, on_case_referred
                 ),
             },
         ),

@@ -80,6 +80,21 @@ class ErpGatewayServicer(pb_grpc.ErpGatewayServiceServicer):
         )
         return pb.UpdateConnectionResponse(connection=proto.connection_to_pb(updated))
 
+    async def DeleteConnection(
+        self, request: pb.DeleteConnectionRequest, context: Context
+    ) -> pb.DeleteConnectionResponse:
+        connection_id = parse_uuid("connection_id", request.connection_id)
+        await handlers.delete_connection(self._uow(), connection_id, request.etag)
+        return pb.DeleteConnectionResponse()
+
+    async def RotateConnectionSecrets(
+        self, request: pb.RotateConnectionSecretsRequest, context: Context
+    ) -> pb.RotateConnectionSecretsResponse:
+        rotated, unreadable = await handlers.rotate_secrets(self._uow(), self._adapters)
+        return pb.RotateConnectionSecretsResponse(
+            rotated_count=rotated, unreadable_connection_ids=[str(c) for c in unreadable]
+        )
+
     async def TestConnection(self, request: pb.TestConnectionRequest, context: Context) -> pb.TestConnectionResponse:
         connection_id = parse_uuid("connection_id", request.connection_id)
         problems = await handlers.test_connection(self._uow(), self._adapters, connection_id)

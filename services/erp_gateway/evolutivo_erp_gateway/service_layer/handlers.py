@@ -10,13 +10,14 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from evolutivo.balance.v1 import payment_pb2
-from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
-from evolutivo.customer.v1 import account_pb2
+from evolutivo.balance.v1 import ledger_pb2, payment_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.customer.v1 import account_pb2, contact_pb2
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from evolutivo_runtime.money import from_money
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from evolutivo_erp_gateway.adapters.crypto import UndecryptableSecret
 from evolutivo_erp_gateway.adapters.erp import (
     AuthFailed,
     ErpAdapter,
@@ -29,7 +30,7 @@ from evolutivo_erp_gateway.adapters.erp import (
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.domain import journal as gl
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType
-from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy, SyncJob
+from evolutivo_erp_gateway.domain.jobs import SETTLEMENT_PREDECESSORS, CircuitBreaker, JobState, RetryPolicy, SyncJob
 from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
@@ -67,14 +68,17 @@ async def receive(
     version: datetime,
     skip_connections: Sequence[uuid.UUID] = (),
 ) -> None:
-    """Keeps the record's latest payload and queues a job for every connection that takes it. An
-    older version (an event overtaken by a later one) changes nothing."""
+    """Keeps the record's latest payload and queues a job for every connection that takes it (a
+    job sent already is sent again: the record changed). An older version (an event overtaken by a
+    later one) or a redelivered one changes nothing."""
     now = uow.clock.now()
     if not await uow.sync_states.store_payload(entity_type, entity_id, account_id, payload, version, now):
         return
     for connection in await uow.connections.all():
         if connection.takes(entity_type) and connection.connection_id not in skip_connections:
-            await uow.jobs.upsert(connection.connection_id, entity_type, entity_id, account_id, version, now)
+            await uow.jobs.upsert(
+                connection.connection_id, entity_type, entity_id, account_id, version, now, rearm=True
+            )
 
 
 async def customer_changed(uow: ErpGatewayUnitOfWork, account: account_pb2.Account) -> None:
@@ -83,6 +87,37 @@ async def customer_changed(uow: ErpGatewayUnitOfWork, account: account_pb2.Accou
     stamp = account.update_time if account.HasField("update_time") else account.create_time
     version = stamp.ToDatetime(tzinfo=UTC) if stamp.seconds or stamp.nanos else datetime(1970, 1, 1, tzinfo=UTC)
     await receive(uow, EntityType.CUSTOMER, account_id, account_id, account.SerializeToString(), version)
+
+
+async def contact_changed(
+    uow: ErpGatewayUnitOfWork, contact: contact_pb2.Contact, removed: bool, occurred_at: datetime
+) -> None:
+    """A contact is part of its customer: the customer is sent again (once the gateway has it)."""
+    account_id = uuid.UUID(contact.account_id)
+    payload = None if removed else contact.SerializeToString()
+    if not await uow.contacts.store(account_id, uuid.UUID(contact.contact_id), payload, occurred_at):
+        return
+    await _customer_again(uow, account_id)
+
+
+async def personal_data_erased(uow: ErpGatewayUnitOfWork, account: account_pb2.Account) -> None:
+    """The erased account replaces the customer (its name is gone) and its contacts are forgotten."""
+    account_id = uuid.UUID(account.account_id)
+    await uow.contacts.erase(account_id)
+    await customer_changed(uow, account)
+    await _customer_again(uow, account_id)
+
+
+async def _customer_again(uow: ErpGatewayUnitOfWork, account_id: uuid.UUID) -> None:
+    version = await uow.sync_states.payload_version(EntityType.CUSTOMER, account_id)
+    if version is None:
+        return  # the account itself has not arrived: its job, when it does, sends the contacts too
+    now = uow.clock.now()
+    for connection in await uow.connections.all():
+        if connection.takes(EntityType.CUSTOMER):
+            await uow.jobs.upsert(
+                connection.connection_id, EntityType.CUSTOMER, account_id, account_id, version, now, rearm=True
+            )
 
 
 def _money_lines(
@@ -139,6 +174,18 @@ async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payme
 
 async def payment_reversed(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
     reversed_at = _time(payment.reverse_time, uow.clock.now())
+    # A payment imported from an ERP was not sent to it: neither is its reversal (the ERP's user
+    # reverses the ERP's own payment there).
+    came_from = await uow.inbound.connections_of_reference(payment.reference)
+    await receive(
+        uow,
+        EntityType.PAYMENT_REVERSAL,
+        uuid.UUID(payment.payment_id),
+        uuid.UUID(payment.account_id),
+        payment.SerializeToString(),
+        reversed_at,
+        skip_connections=came_from,
+    )
     amount = from_money(payment.amount)
     await uow.postings.add(
         "payment_reversal",
@@ -149,11 +196,32 @@ async def payment_reversed(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payme
     )
 
 
-async def write_off_made(
-    uow: ErpGatewayUnitOfWork, entry_id: str, amount: Decimal, currency_code: str, effective_time: datetime
-) -> None:
+async def write_off_made(uow: ErpGatewayUnitOfWork, entry: ledger_pb2.LedgerEntry, effective_time: datetime) -> None:
+    await receive(
+        uow,
+        EntityType.WRITE_OFF,
+        uuid.UUID(entry.entry_id),
+        uuid.UUID(entry.account_id),
+        entry.SerializeToString(),
+        effective_time,
+    )
     # The entry is a credit (negative): the amount given up is its opposite.
-    await uow.postings.add("write_off", entry_id, currency_code, effective_time, gl.write_off_postings(-amount))
+    amount = from_money(entry.amount)
+    await uow.postings.add(
+        "write_off", entry.entry_id, entry.amount.currency_code, effective_time, gl.write_off_postings(-amount)
+    )
+
+
+async def case_referred(
+    uow: ErpGatewayUnitOfWork,
+    event: collections_events_pb2.CollectionsCaseReferred,
+    event_id: uuid.UUID,
+    occurred_at: datetime,
+) -> None:
+    """Queued for the connections marked for referrals; billing's event id names the referral (a
+    case may be referred more than once, to different agencies)."""
+    account_id = uuid.UUID(event.collections_case.account_id)
+    await receive(uow, EntityType.REFERRAL, event_id, account_id, event.SerializeToString(), occurred_at)
 
 
 # --- connections -------------------------------------------------------------------------------------
@@ -212,7 +280,17 @@ async def list_connections(
         return await uow.connections.list(after, limit)
 
 
-UPDATABLE = ("display_name", "endpoint_url", "database", "username", "mapping", "enabled", "import_payments", "secret")
+UPDATABLE = (
+    "display_name",
+    "endpoint_url",
+    "database",
+    "username",
+    "mapping",
+    "enabled",
+    "import_payments",
+    "collections_referrals",
+    "secret",
+)
 
 
 async def update_connection(
@@ -237,6 +315,39 @@ async def update_connection(
         await uow.connections.save(updated, token, replace_secret=secret is not None)
         await uow.commit()
         return updated
+
+
+async def delete_connection(uow: ErpGatewayUnitOfWork, connection_id: uuid.UUID, etag: str) -> None:
+    """Removes the connection with its jobs and imported-payment records; what the ERP has stays."""
+    async with uow:
+        current = await uow.connections.get(connection_id, lock=True)
+        if current is None:
+            raise NotFound("connection", str(connection_id))
+        if etag and etag != current.etag:
+            raise FailedPrecondition("ETAG_MISMATCH", "etag: the connection changed since it was read")
+        await uow.connections.delete(connection_id)
+        await uow.commit()
+
+
+async def rotate_secrets(uow: ErpGatewayUnitOfWork, adapters: Adapters) -> tuple[int, list[uuid.UUID]]:
+    """Every stored secret re-encrypted under the newest key (the first of the settings); the
+    connections whose secret no key opens are returned, unchanged (without any key configured:
+    every one). One transaction: all or none."""
+    rotated, unreadable = 0, []
+    async with uow:
+        for connection_id, token in await uow.connections.stored_secrets():
+            try:
+                if adapters.cipher is None:
+                    raise UndecryptableSecret("no credential key configured")
+                fresh = adapters.cipher.rotate(token)
+            except UndecryptableSecret:
+                unreadable.append(connection_id)
+                continue
+            await uow.connections.set_secret(connection_id, fresh)
+            rotated += 1
+        await uow.commit()
+    log.info("connection secrets rotated", extra={"rotated": rotated, "unreadable": len(unreadable)})
+    return rotated, unreadable
 
 
 async def test_connection(uow: ErpGatewayUnitOfWork, adapters: Adapters, connection_id: uuid.UUID) -> list[Problem]:
@@ -293,7 +404,8 @@ class _Waiting(Exception):
 
 async def _party(uow: ErpGatewayUnitOfWork, connection: Connection, account_id: uuid.UUID) -> str:
     customer = await uow.jobs.find(connection.connection_id, EntityType.CUSTOMER, account_id)
-    if customer is not None and customer.state is JobState.SUCCEEDED and customer.erp_id:
+    # Once the party exists its id is kept, also while a newer version of the customer is queued.
+    if customer is not None and customer.erp_id:
         return customer.erp_id
     preset = connection.mapping.customers.get(str(account_id), "")
     if preset and customer is None:
@@ -307,7 +419,8 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         raise ErpError(f"the gateway has no copy of {job.entity_type.value} {job.entity_id}")
     if job.entity_type is EntityType.CUSTOMER:
         known = job.erp_id or connection.mapping.customers.get(str(job.entity_id), "")
-        return await adapter.upsert_customer(account_pb2.Account.FromString(payload), known)
+        contacts = [contact_pb2.Contact.FromString(c) for c in await uow.contacts.of_account(job.entity_id)]
+        return await adapter.upsert_customer(account_pb2.Account.FromString(payload), known, contacts)
     party = await _party(uow, connection, job.account_id)
     if job.entity_type is EntityType.INVOICE:
         return await adapter.post_invoice(bill_pb2.Bill.FromString(payload), party)
@@ -320,16 +433,47 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         bill_payload = await uow.sync_states.payload(EntityType.INVOICE, bill_id)
         bill = bill_pb2.Bill.FromString(bill_payload) if bill_payload else None
         return await adapter.post_credit_note(note, party, bill)
-    # A payment goes after the customer's invoices and credit notes queued before it.
+    if job.entity_type is EntityType.PAYMENT_REVERSAL:
+        paid = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT, job.entity_id)
+        if paid is None:
+            raise ErpError(f"payment {job.entity_id} was never queued for this connection: nothing to reverse")
+        if paid.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for payment {job.entity_id}")
+        return await adapter.reverse_payment(payment_pb2.Payment.FromString(payload), party, paid.erp_id)
+    if job.entity_type is EntityType.REFERRAL:
+        referral = collections_events_pb2.CollectionsCaseReferred.FromString(payload)
+        invoices = await _invoices_of(uow, connection, referral.bill_ids)
+        return await adapter.refer_case(referral, str(job.entity_id), party, invoices)
+    # A payment or a write-off is split over the invoices open when it is sent: it goes after the
+    # customer's records queued before it that open or settle invoices.
     earlier = await uow.jobs.unfinished_before(
-        connection.connection_id,
-        job.account_id,
-        [EntityType.INVOICE, EntityType.CREDIT_NOTE],
-        await uow.jobs.sequence(job.job_id),
+        connection.connection_id, job.account_id, SETTLEMENT_PREDECESSORS, await uow.jobs.sequence(job.job_id)
     )
     if earlier is not None:
         raise _Waiting(f"waiting for {earlier.entity_type.value} {earlier.entity_id}")
+    if job.entity_type is EntityType.WRITE_OFF:
+        entry = ledger_pb2.LedgerEntry.FromString(payload)
+        # A bill's own write-off settles that bill's invoice first.
+        preferred = await _invoices_of(uow, connection, [entry.source_id] if entry.source_type == "bill" else [])
+        return await adapter.write_off(entry, party, preferred)
     return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party)
+
+
+async def _invoices_of(uow: ErpGatewayUnitOfWork, connection: Connection, bill_ids: Sequence[str]) -> list[str]:
+    """The ERP's invoices of these bills; waits for those queued and not sent yet (a bill the
+    gateway never received is left out)."""
+    invoices = []
+    for bill_id in bill_ids:
+        try:
+            job = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, uuid.UUID(bill_id))
+        except ValueError:
+            continue
+        if job is None:
+            continue
+        if job.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for invoice of bill {bill_id}")
+        invoices.append(job.erp_id)
+    return invoices
 
 
 # Called (by tests) between the ERP's answer and the gateway's commit, to simulate a crash there.
@@ -524,8 +668,10 @@ async def export_journal(
     journal = gl.journal(currency_code, postings, connection.mapping.accounts)
     if not post:
         return ExportedJournal(journal, "")
-    if connection.type is not ConnectionType.TRYTON:
-        raise FailedPrecondition("CONNECTION_TAKES_NO_JOURNAL", "post: only a Tryton connection takes journal entries")
+    if connection.type not in (ConnectionType.TRYTON, ConnectionType.ODOO):
+        raise FailedPrecondition(
+            "CONNECTION_TAKES_NO_JOURNAL", "post: only Tryton and Odoo connections take journal entries"
+        )
     if not journal.lines:
         raise FailedPrecondition("JOURNAL_EMPTY", "post: the period has no movements to post")
     adapter = adapters.open(connection, token)

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from evolutivo_erp_gateway.adapters.orm import request_log
 from evolutivo_erp_gateway.adapters.repository import (
     ConnectionRepository,
+    ContactRepository,
     InboundPaymentRepository,
     PostingRepository,
     SyncJobRepository,
@@ -23,6 +24,7 @@ class ErpGatewayUnitOfWork(UnitOfWork):
     jobs: SyncJobRepository
     postings: PostingRepository
     inbound: InboundPaymentRepository
+    contacts: ContactRepository
 
     def __init__(
         self,
@@ -41,4 +43,5 @@ class ErpGatewayUnitOfWork(UnitOfWork):
         self.jobs = SyncJobRepository(self.session)
         self.postings = PostingRepository(self.session)
         self.inbound = InboundPaymentRepository(self.session)
+        self.contacts = ContactRepository(self.session)
         return self

@@ -30,7 +30,9 @@ class _ConnectionTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Connec
     CONNECTION_TYPE_TRYTON: _ConnectionType.ValueType  # 1
     """A Tryton server over its JSON-RPC interface: parties, invoices, payments, journal entries."""
     CONNECTION_TYPE_ODOO: _ConnectionType.ValueType  # 2
-    """An Odoo server over its external JSON-RPC API (configuration and test only here)."""
+    """An Odoo server over its external JSON-RPC API: partners, posted invoices and credit notes,
+    reconciled payments, reversals, write-offs, journal entries.
+    """
     CONNECTION_TYPE_WEBHOOK: _ConnectionType.ValueType  # 3
     """Any HTTP receiver: each record is POSTed as signed JSON."""
     CONNECTION_TYPE_GL_FILE_EXPORT: _ConnectionType.ValueType  # 4
@@ -43,7 +45,9 @@ CONNECTION_TYPE_UNSPECIFIED: ConnectionType.ValueType  # 0
 CONNECTION_TYPE_TRYTON: ConnectionType.ValueType  # 1
 """A Tryton server over its JSON-RPC interface: parties, invoices, payments, journal entries."""
 CONNECTION_TYPE_ODOO: ConnectionType.ValueType  # 2
-"""An Odoo server over its external JSON-RPC API (configuration and test only here)."""
+"""An Odoo server over its external JSON-RPC API: partners, posted invoices and credit notes,
+reconciled payments, reversals, write-offs, journal entries.
+"""
 CONNECTION_TYPE_WEBHOOK: ConnectionType.ValueType  # 3
 """Any HTTP receiver: each record is POSTed as signed JSON."""
 CONNECTION_TYPE_GL_FILE_EXPORT: ConnectionType.ValueType  # 4
@@ -180,7 +184,7 @@ class ConnectionMapping(_message.Message):
     @_builtins.property
     def journals(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """role -> the ERP's journal. Roles: "revenue" (invoices), "cash" (payments), "general"
-        (journal entries of ExportJournal).
+        (journal entries of ExportJournal), "write_off" (write-offs; "general" when unmapped).
         """
 
     @_builtins.property
@@ -226,6 +230,7 @@ class Connection(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     PAUSED_UNTIL_FIELD_NUMBER: _builtins.int
+    COLLECTIONS_REFERRALS_FIELD_NUMBER: _builtins.int
     connection_id: _builtins.str
     """Server-assigned UUID."""
     display_name: _builtins.str
@@ -248,6 +253,10 @@ class Connection(_message.Message):
     """Tryton: payments recorded in the ERP are imported into balance."""
     etag: _builtins.str
     """Output only: send it back on update to refuse lost updates (AIP-154)."""
+    collections_referrals: _builtins.bool
+    """Collections cases referred to an agency are handed to this connection (Tryton: a note and a
+    category on the party; webhook: a "collections_case.referred" POST).
+    """
     @_builtins.property
     def mapping(self) -> Global___ConnectionMapping: ...
     @_builtins.property
@@ -281,10 +290,11 @@ class Connection(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         etag: _builtins.str = ...,
         paused_until: _timestamp_pb2.Timestamp | None = ...,
+        collections_referrals: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "mapping", b"mapping", "paused_until", b"paused_until", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "create_time", b"create_time", "database", b"database", "display_name", b"display_name", "enabled", b"enabled", "endpoint_url", b"endpoint_url", "etag", b"etag", "has_credentials", b"has_credentials", "import_payments", b"import_payments", "mapping", b"mapping", "paused_until", b"paused_until", "type", b"type", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["collections_referrals", b"collections_referrals", "connection_id", b"connection_id", "create_time", b"create_time", "database", b"database", "display_name", b"display_name", "enabled", b"enabled", "endpoint_url", b"endpoint_url", "etag", b"etag", "has_credentials", b"has_credentials", "import_payments", b"import_payments", "mapping", b"mapping", "paused_until", b"paused_until", "type", b"type", "update_time", b"update_time", "username", b"username"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -258,7 +258,8 @@ class UpdateConnectionRequest(_message.Message):
     @_builtins.property
     def update_mask(self) -> _field_mask_pb2.FieldMask:
         """Paths: display_name, endpoint_url, database, username, mapping, enabled, import_payments,
-        secret (replaces the stored secret with `secret`; an empty one removes it).
+        collections_referrals, secret (replaces the stored secret with `secret`; an empty one removes
+        it).
         """
 
     def __init__(
@@ -295,6 +296,85 @@ class UpdateConnectionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateConnectionResponse: _TypeAlias = UpdateConnectionResponse  # noqa: Y015
+
+@_typing.final
+class DeleteConnectionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONNECTION_ID_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    connection_id: _builtins.str
+    etag: _builtins.str
+    """When set, must be the connection's current etag (AIP-154)."""
+    def __init__(
+        self,
+        *,
+        connection_id: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["connection_id", b"connection_id", "etag", b"etag"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConnectionRequest: _TypeAlias = DeleteConnectionRequest  # noqa: Y015
+
+@_typing.final
+class DeleteConnectionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteConnectionResponse: _TypeAlias = DeleteConnectionResponse  # noqa: Y015
+
+@_typing.final
+class RotateConnectionSecretsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateConnectionSecretsRequest: _TypeAlias = RotateConnectionSecretsRequest  # noqa: Y015
+
+@_typing.final
+class RotateConnectionSecretsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROTATED_COUNT_FIELD_NUMBER: _builtins.int
+    UNREADABLE_CONNECTION_IDS_FIELD_NUMBER: _builtins.int
+    rotated_count: _builtins.int
+    """Secrets now encrypted under the newest key."""
+    @_builtins.property
+    def unreadable_connection_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Connections whose secret no configured key opens (left as they are: set a new secret)."""
+
+    def __init__(
+        self,
+        *,
+        rotated_count: _builtins.int = ...,
+        unreadable_connection_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rotated_count", b"rotated_count", "unreadable_connection_ids", b"unreadable_connection_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateConnectionSecretsResponse: _TypeAlias = RotateConnectionSecretsResponse  # noqa: Y015
 
 @_typing.final
 class ConnectionProblem(_message.Message):
@@ -471,7 +551,7 @@ class ExportJournalRequest(_message.Message):
     POST_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     connection_id: _builtins.str
-    """Its mapping names the accounts; with post, it receives the journal entry (Tryton only)."""
+    """Its mapping names the accounts; with post, it receives the journal entry (Tryton, Odoo)."""
     currency_code: _builtins.str
     """ISO 4217: one journal per currency."""
     post: _builtins.bool

@@ -60,6 +60,16 @@ class ErpGatewayServiceStub:
                 request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.SerializeToString,
                 response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.FromString,
                 _registered_method=True)
+        self.DeleteConnection = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/DeleteConnection',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionResponse.FromString,
+                _registered_method=True)
+        self.RotateConnectionSecrets = channel.unary_unary(
+                '/evolutivo.erp_gateway.v1.ErpGatewayService/RotateConnectionSecrets',
+                request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsRequest.SerializeToString,
+                response_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsResponse.FromString,
+                _registered_method=True)
         self.TestConnection = channel.unary_unary(
                 '/evolutivo.erp_gateway.v1.ErpGatewayService/TestConnection',
                 request_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.TestConnectionRequest.SerializeToString,
@@ -121,6 +131,22 @@ class ErpGatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteConnection(self, request, context):
+        """Removes a connection with its sync jobs and its record of imported payments. What it sent
+        stays in the ERP.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateConnectionSecrets(self, request, context):
+        """Re-encrypts every stored secret under the newest credential key (after a key rotation, before
+        the old keys are dropped).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def TestConnection(self, request, context):
         """Checks that the connection's server answers, accepts its credentials and knows its mapping.
         """
@@ -144,7 +170,7 @@ class ErpGatewayServiceServicer:
 
     def ExportJournal(self, request, context):
         """The balanced journal of a period from the events the gateway received; optionally posted to
-        the connection as journal entries (Tryton).
+        the connection as journal entries (Tryton, Odoo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,6 +203,16 @@ def add_ErpGatewayServiceServicer_to_server(servicer, server):
                     servicer.UpdateConnection,
                     request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.FromString,
                     response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.SerializeToString,
+            ),
+            'DeleteConnection': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteConnection,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionResponse.SerializeToString,
+            ),
+            'RotateConnectionSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateConnectionSecrets,
+                    request_deserializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsRequest.FromString,
+                    response_serializer=evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsResponse.SerializeToString,
             ),
             'TestConnection': grpc.unary_unary_rpc_method_handler(
                     servicer.TestConnection,
@@ -335,6 +371,60 @@ class ErpGatewayService:
             '/evolutivo.erp_gateway.v1.ErpGatewayService/UpdateConnection',
             evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionRequest.SerializeToString,
             evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.UpdateConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteConnection(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/DeleteConnection',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.DeleteConnectionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateConnectionSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/evolutivo.erp_gateway.v1.ErpGatewayService/RotateConnectionSecrets',
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsRequest.SerializeToString,
+            evolutivo_dot_erp__gateway_dot_v1_dot_erp__gateway__service__pb2.RotateConnectionSecretsResponse.FromString,
             options,
             channel_credentials,
             insecure,

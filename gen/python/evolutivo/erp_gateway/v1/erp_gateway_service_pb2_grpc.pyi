@@ -43,6 +43,14 @@ class ErpGatewayServiceStub:
     """Lists connections in creation order."""
     UpdateConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.UpdateConnectionRequest, _erp_gateway_service_pb2.UpdateConnectionResponse]
     """Changes the fields named in update_mask."""
+    DeleteConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.DeleteConnectionRequest, _erp_gateway_service_pb2.DeleteConnectionResponse]
+    """Removes a connection with its sync jobs and its record of imported payments. What it sent
+    stays in the ERP.
+    """
+    RotateConnectionSecrets: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.RotateConnectionSecretsRequest, _erp_gateway_service_pb2.RotateConnectionSecretsResponse]
+    """Re-encrypts every stored secret under the newest credential key (after a key rotation, before
+    the old keys are dropped).
+    """
     TestConnection: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.TestConnectionRequest, _erp_gateway_service_pb2.TestConnectionResponse]
     """Checks that the connection's server answers, accepts its credentials and knows its mapping."""
     ListSyncJobs: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListSyncJobsRequest, _erp_gateway_service_pb2.ListSyncJobsResponse]
@@ -51,7 +59,7 @@ class ErpGatewayServiceStub:
     """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts."""
     ExportJournal: _grpc.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ExportJournalRequest, _erp_gateway_service_pb2.ExportJournalResponse]
     """The balanced journal of a period from the events the gateway received; optionally posted to
-    the connection as journal entries (Tryton).
+    the connection as journal entries (Tryton, Odoo).
     """
 
 @_typing.type_check_only
@@ -69,6 +77,14 @@ class ErpGatewayServiceAsyncStub(ErpGatewayServiceStub):
     """Lists connections in creation order."""
     UpdateConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.UpdateConnectionRequest, _erp_gateway_service_pb2.UpdateConnectionResponse]  # type: ignore[assignment]
     """Changes the fields named in update_mask."""
+    DeleteConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.DeleteConnectionRequest, _erp_gateway_service_pb2.DeleteConnectionResponse]  # type: ignore[assignment]
+    """Removes a connection with its sync jobs and its record of imported payments. What it sent
+    stays in the ERP.
+    """
+    RotateConnectionSecrets: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.RotateConnectionSecretsRequest, _erp_gateway_service_pb2.RotateConnectionSecretsResponse]  # type: ignore[assignment]
+    """Re-encrypts every stored secret under the newest credential key (after a key rotation, before
+    the old keys are dropped).
+    """
     TestConnection: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.TestConnectionRequest, _erp_gateway_service_pb2.TestConnectionResponse]  # type: ignore[assignment]
     """Checks that the connection's server answers, accepts its credentials and knows its mapping."""
     ListSyncJobs: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ListSyncJobsRequest, _erp_gateway_service_pb2.ListSyncJobsResponse]  # type: ignore[assignment]
@@ -77,7 +93,7 @@ class ErpGatewayServiceAsyncStub(ErpGatewayServiceStub):
     """Runs a job again now: a dead (or retrying) job gets a fresh set of attempts."""
     ExportJournal: _aio.UnaryUnaryMultiCallable[_erp_gateway_service_pb2.ExportJournalRequest, _erp_gateway_service_pb2.ExportJournalResponse]  # type: ignore[assignment]
     """The balanced journal of a period from the events the gateway received; optionally posted to
-    the connection as journal entries (Tryton).
+    the connection as journal entries (Tryton, Odoo).
     """
 
 class ErpGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -124,6 +140,26 @@ class ErpGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         """Changes the fields named in update_mask."""
 
     @_abc_1.abstractmethod
+    def DeleteConnection(
+        self,
+        request: _erp_gateway_service_pb2.DeleteConnectionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.DeleteConnectionResponse, _abc.Awaitable[_erp_gateway_service_pb2.DeleteConnectionResponse]]:
+        """Removes a connection with its sync jobs and its record of imported payments. What it sent
+        stays in the ERP.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateConnectionSecrets(
+        self,
+        request: _erp_gateway_service_pb2.RotateConnectionSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_erp_gateway_service_pb2.RotateConnectionSecretsResponse, _abc.Awaitable[_erp_gateway_service_pb2.RotateConnectionSecretsResponse]]:
+        """Re-encrypts every stored secret under the newest credential key (after a key rotation, before
+        the old keys are dropped).
+        """
+
+    @_abc_1.abstractmethod
     def TestConnection(
         self,
         request: _erp_gateway_service_pb2.TestConnectionRequest,
@@ -154,7 +190,7 @@ class ErpGatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_erp_gateway_service_pb2.ExportJournalResponse, _abc.Awaitable[_erp_gateway_service_pb2.ExportJournalResponse]]:
         """The balanced journal of a period from the events the gateway received; optionally posted to
-        the connection as journal entries (Tryton).
+        the connection as journal entries (Tryton, Odoo).
         """
 
 def add_ErpGatewayServiceServicer_to_server(servicer: ErpGatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -29,6 +29,14 @@ class _EntityTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntityType
     ENTITY_TYPE_INVOICE: _EntityType.ValueType  # 2
     ENTITY_TYPE_CREDIT_NOTE: _EntityType.ValueType  # 3
     ENTITY_TYPE_PAYMENT: _EntityType.ValueType  # 4
+    ENTITY_TYPE_PAYMENT_REVERSAL: _EntityType.ValueType  # 5
+    """A payment's reversal (entity_id: the payment's id)."""
+    ENTITY_TYPE_WRITE_OFF: _EntityType.ValueType  # 6
+    """A write-off of debt (entity_id: balance's write-off ledger entry)."""
+    ENTITY_TYPE_COLLECTIONS_REFERRAL: _EntityType.ValueType  # 7
+    """A collections case referred to an agency (entity_id: the id of billing's
+    CollectionsCaseReferred event); sent only to connections with collections_referrals.
+    """
 
 class EntityType(_EntityType, metaclass=_EntityTypeEnumTypeWrapper):
     """Kinds of suite records the gateway keeps in step with an ERP."""
@@ -38,6 +46,14 @@ ENTITY_TYPE_CUSTOMER: EntityType.ValueType  # 1
 ENTITY_TYPE_INVOICE: EntityType.ValueType  # 2
 ENTITY_TYPE_CREDIT_NOTE: EntityType.ValueType  # 3
 ENTITY_TYPE_PAYMENT: EntityType.ValueType  # 4
+ENTITY_TYPE_PAYMENT_REVERSAL: EntityType.ValueType  # 5
+"""A payment's reversal (entity_id: the payment's id)."""
+ENTITY_TYPE_WRITE_OFF: EntityType.ValueType  # 6
+"""A write-off of debt (entity_id: balance's write-off ledger entry)."""
+ENTITY_TYPE_COLLECTIONS_REFERRAL: EntityType.ValueType  # 7
+"""A collections case referred to an agency (entity_id: the id of billing's
+CollectionsCaseReferred event); sent only to connections with collections_referrals.
+"""
 Global___EntityType: _TypeAlias = EntityType  # noqa: Y015
 
 class _SyncStatus:
