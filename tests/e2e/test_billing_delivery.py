@@ -6,23 +6,16 @@ and totals are those of GetBill, the same PDF GetBillDocument returns; the deliv
 
 from __future__ import annotations
 
-import email
-import email.policy
-import io
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 from email.message import EmailMessage
-from typing import Any, cast
+from typing import cast
 
 import grpc
-import pypdf
 import pytest
-from aiosmtpd.controller import Controller
-from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
-from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from e2e_support import MailServer, advance_to, at, clock_now, mail_server, money_text, pdf_text
 from evolutivo.billing.v1 import bill_pb2, document_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
 from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
@@ -35,38 +28,18 @@ from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
-from evolutivo_stack.embedded import free_port, scratch_dir
+from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 pytestmark = pytest.mark.e2e
 
 SENDER = "billing@evolutivo.test"
 
 
-@dataclass
-class MailServer:
-    """aiosmtpd handler that keeps every message it accepts."""
-
-    port: int
-    received: list[tuple[list[str], EmailMessage]] = field(default_factory=list)
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
-        self.received.append((list(envelope.rcpt_tos), parsed))
-        return "250 2.0.0 accepted"
-
-
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[MailServer]:
-    server = MailServer(free_port())
-    controller = Controller(server, hostname="127.0.0.1", port=server.port)
-    controller.start()
-    try:
+    with mail_server() as server:
         yield server
-    finally:
-        controller.stop()
 
 
 @pytest.fixture(scope="module")
@@ -96,30 +69,6 @@ def stack(smtp: MailServer) -> Iterator[Stack]:
             yield running
 
 
-def at(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:
-    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
-    return at((await admin.GetClock(clock_pb.GetClockRequest())).now)
-
-
-async def advance_to(channels: dict[str, grpc.aio.Channel], target: datetime) -> None:
-    """Moves the shared clock to at least `target` and waits until billing and charging follow."""
-    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
-    seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
-    moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
-    for service in ("billing", "charging"):
-        stub = clock_grpc.ClockAdminServiceStub(channels[service])
-
-        async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
-            seen = await stub.GetClock(clock_pb.GetClockRequest())
-            return True if seen.revision >= moved.revision else None
-
-        await eventually(followed, timeout=10, what=f"{service} to follow the clock")
-
-
 async def rate(charging: charging_grpc.ChargingServiceAsyncStub, event: usage_pb2.UsageEvent) -> usage_pb2.RatedCharge:
     """Records the event and re-submits it until charging knows the account, purchase and cycle."""
     await charging.RecordUsage(charging_pb.RecordUsageRequest(event=event))
@@ -130,14 +79,6 @@ async def rate(charging: charging_grpc.ChargingServiceAsyncStub, event: usage_pb
 
     (charge,) = (await eventually(attempt, what=f"{event.event_id} to be rated")).charges
     return charge
-
-
-def pdf_text(content: bytes) -> str:
-    return "\n".join(page.extract_text() for page in pypdf.PdfReader(io.BytesIO(content)).pages)
-
-
-def money_text(amount: Decimal) -> str:
-    return f"{amount:,.2f} EUR"
 
 
 async def test_an_issued_bill_is_emailed_with_its_pdf(
@@ -200,7 +141,7 @@ async def test_an_issued_bill_is_emailed_with_its_pdf(
     )
 
     # 123456 calls at 0.01: 1,234.56, plus 21% tax.
-    now = await clock_now(channels)
+    now = await clock_now(channels, "charging")
     charge = await rate(
         charging,
         usage_pb2.UsageEvent(
@@ -218,7 +159,9 @@ async def test_an_issued_bill_is_emailed_with_its_pdf(
 
     await eventually(received, what="billing to receive the charge")
     cycles = (await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account_id))).bill_cycles
-    await advance_to(channels, at(cycles[0].end_time) + timedelta(seconds=5))
+    await advance_to(
+        channels, at(cycles[0].end_time) + timedelta(seconds=5), services=("billing", "charging"), via="charging"
+    )
 
     async def issued() -> bill_pb2.Bill | None:
         found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account_id))).bills

@@ -14,8 +14,7 @@ from zoneinfo import ZoneInfo
 
 import grpc
 import pytest
-from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
-from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from e2e_support import advance_to, at, case_when, clock_now
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
 from evolutivo.balance.v1 import payment_pb2
@@ -36,8 +35,6 @@ from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from reconciliation import reconciled
 
 pytestmark = pytest.mark.e2e
@@ -66,53 +63,8 @@ def stack() -> Iterator[Stack]:
             yield running
 
 
-def at(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
 def madrid(day: date, hour: int = 9) -> datetime:
     return datetime(day.year, day.month, day.day, hour, tzinfo=MADRID).astimezone(UTC)
-
-
-async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:
-    admin = clock_grpc.ClockAdminServiceStub(channels["billing"])
-    return at((await admin.GetClock(clock_pb.GetClockRequest())).now)
-
-
-async def advance_to(channels: dict[str, grpc.aio.Channel], target: datetime) -> None:
-    """Moves the shared clock to at least `target` and waits until every service follows."""
-    admin = clock_grpc.ClockAdminServiceStub(channels["billing"])
-    seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
-    moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
-    for service in ("billing", "charging", "customer", "balance"):
-        stub = clock_grpc.ClockAdminServiceStub(channels[service])
-
-        async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
-            seen = await stub.GetClock(clock_pb.GetClockRequest())
-            return True if seen.revision >= moved.revision else None
-
-        await eventually(followed, timeout=10, what=f"{service} to follow the clock")
-
-
-async def case_when(
-    collections: collections_grpc.CollectionsServiceAsyncStub, account_id: str, what: str, done: int
-) -> cpb.CollectionsCase:
-    """The account's (latest) case once its first `done` actions are DONE."""
-
-    async def probe() -> cpb.CollectionsCase | None:
-        listed = await collections.ListCollectionsCases(
-            collections_pb.ListCollectionsCasesRequest(account_id=account_id)
-        )
-        if not listed.collections_cases:
-            return None
-        case = (
-            await collections.GetCollectionsCase(
-                collections_pb.GetCollectionsCaseRequest(case_id=listed.collections_cases[0].case_id)
-            )
-        ).collections_case
-        return case if sum(a.state == DONE for a in case.actions) >= done else None
-
-    return await eventually(probe, timeout=30, what=what)
 
 
 async def test_dunning_from_overdue_bill_to_reinstatement(stack: Stack, channels: dict[str, grpc.aio.Channel]) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from decimal import Decimal
 
 import grpc
 import pytest
-from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
-from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
+from e2e_support import advance_to, at, clock_now, tryton_connection
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
 from evolutivo.billing.v1 import bill_pb2
@@ -24,9 +23,9 @@ from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
 from evolutivo.customer.v1 import account_pb2, purchase_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
-from evolutivo.erp_gateway.v1 import connection_pb2, sync_job_pb2, sync_state_pb2
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as erp_pb
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2_grpc as erp_grpc
+from evolutivo.erp_gateway.v1 import sync_job_pb2, sync_state_pb2
 from evolutivo_erp_gateway.adapters.crypto import generate_key
 from evolutivo_erp_gateway.adapters.tryton import TrytonClient
 from evolutivo_runtime.money import from_money
@@ -34,8 +33,6 @@ from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
 from evolutivo_stack.embedded import scratch_dir
 from evolutivo_stack.stack import Stack
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 from support.tryton import ADMIN, ADMIN_PASSWORD, Tryton, tryton  # noqa: F401  (the session's Tryton)
 
 pytestmark = pytest.mark.e2e
@@ -60,29 +57,6 @@ def stack() -> Iterator[Stack]:
             },
         ) as running:
             yield running
-
-
-def at(ts: Timestamp) -> datetime:
-    return ts.ToDatetime(tzinfo=UTC)
-
-
-async def clock_now(channels: dict[str, grpc.aio.Channel]) -> datetime:
-    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
-    return at((await admin.GetClock(clock_pb.GetClockRequest())).now)
-
-
-async def advance_to(channels: dict[str, grpc.aio.Channel], target: datetime) -> None:
-    admin = clock_grpc.ClockAdminServiceStub(channels["charging"])
-    seconds = max(int((target - await clock_now(channels)).total_seconds()) + 1, 0)
-    moved = await admin.AdvanceClock(clock_pb.AdvanceClockRequest(duration=Duration(seconds=seconds)))
-    for service in ("billing", "charging", "erp_gateway"):
-        stub = clock_grpc.ClockAdminServiceStub(channels[service])
-
-        async def followed(stub: clock_grpc.ClockAdminServiceAsyncStub = stub) -> bool | None:
-            seen = await stub.GetClock(clock_pb.GetClockRequest())
-            return True if seen.revision >= moved.revision else None
-
-        await eventually(followed, timeout=30, what=f"{service} to follow the clock")
 
 
 async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
@@ -137,7 +111,7 @@ async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
         event_id=f"e2e-{uuid.uuid4().hex}",
         account_id=account.account_id,
         event_type="api.call",
-        event_time=to_timestamp(await clock_now(channels)),
+        event_time=to_timestamp(await clock_now(channels, "charging")),
         quantity="150",
     )
     await charging.RecordUsage(charging_pb.RecordUsageRequest(event=event))
@@ -158,7 +132,13 @@ async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
     (cycle,) = (
         await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account.account_id))
     ).bill_cycles
-    await advance_to(channels, at(cycle.end_time) + timedelta(seconds=5))
+    await advance_to(
+        channels,
+        at(cycle.end_time) + timedelta(seconds=5),
+        services=("billing", "charging", "erp_gateway"),
+        timeout=30,
+        via="charging",
+    )
 
     async def issued() -> bill_pb2.Bill | None:
         found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account.account_id))).bills
@@ -173,34 +153,7 @@ async def test_an_issued_bill_becomes_a_posted_tryton_invoice_and_a_tryton_payme
     tryton: Tryton,  # noqa: F811
 ) -> None:
     erp = erp_grpc.ErpGatewayServiceStub(channels["erp_gateway"])
-    connection = (
-        await erp.CreateConnection(
-            erp_pb.CreateConnectionRequest(
-                request_id=str(uuid.uuid4()),
-                secret=ADMIN_PASSWORD,
-                connection=connection_pb2.Connection(
-                    display_name="Tryton",
-                    type=connection_pb2.CONNECTION_TYPE_TRYTON,
-                    endpoint_url=tryton.url,
-                    username=ADMIN,
-                    enabled=True,
-                    import_payments=True,
-                    mapping=connection_pb2.ConnectionMapping(
-                        taxes={code: str(tax) for code, tax in tryton.taxes.items()},
-                        journals={role: str(journal) for role, journal in tryton.journals.items()},
-                        accounts={
-                            "receivable": str(tryton.accounts["receivable"]),
-                            "revenue": str(tryton.accounts["revenue"]),
-                            "cash": str(tryton.accounts["cash"]),
-                            "tax": str(tryton.accounts["tax"]),
-                        },
-                    ),
-                ),
-            )
-        )
-    ).connection
-    assert connection.has_credentials
-    assert (await erp.TestConnection(erp_pb.TestConnectionRequest(connection_id=connection.connection_id))).ok
+    connection = await tryton_connection(erp, tryton)
 
     bill = await issued_bill(channels)
 

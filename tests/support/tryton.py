@@ -6,6 +6,10 @@ trytond-admin creates a database on the tests' PostgreSQL with account_invoice a
 activated, tryton_bootstrap.py adds a company, fiscal years, a chart of accounts, taxes and invoice
 sequences, and `trytond` serves JSON-RPC on a free local port. The tests talk to it as the gateway
 does (JSON-RPC over HTTP) and read back through the same API what the gateway created.
+
+Modules share that Tryton, and the stacks of two modules number accounts and bills alike (A-00000001,
+F-<year>-000001), which the gateway uses to find its records again. A module that checks all the
+ERP holds takes `fresh_tryton` instead: a copy of the database as set up, served on its own.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class Tryton:
     process: subprocess.Popen[bytes]
     log: Path
     env: dict[str, str] = field(repr=False)
+    # The database as tryton_bootstrap.py left it, never served: `fresh_tryton` copies it.
+    template: str = ""
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -122,6 +128,19 @@ def _create_database(pg_server_url: str, database: str) -> None:
     asyncio.run(create())
 
 
+def _copy_database(pg_server_url: str, template: str, database: str) -> None:
+    """A copy of a database nobody is connected to (PostgreSQL's CREATE DATABASE ... TEMPLATE)."""
+
+    async def copy() -> None:
+        conn = await asyncpg.connect(plain_url(pg_server_url))
+        try:
+            await conn.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(copy())
+
+
 def start_tryton(pg_server_url: str) -> Tryton:
     if not (TRYTON_VENV / "bin" / "trytond").exists():
         raise RuntimeError(f"{TRYTON_VENV} has no trytond: run `make setup`")
@@ -161,6 +180,8 @@ def start_tryton(pg_server_url: str) -> Tryton:
     if bootstrap.returncode != 0:
         raise RuntimeError(f"tryton_bootstrap.py failed:\n{bootstrap.stderr.decode()[-3000:]}")
     setup: dict[str, Any] = json.loads(bootstrap.stdout)
+    template = f"{database}_template"
+    _copy_database(pg_server_url, database, template)
     url = f"http://127.0.0.1:{port}/{database}/"
     process = _serve(env, database, log)
     server = Tryton(
@@ -173,6 +194,7 @@ def start_tryton(pg_server_url: str) -> Tryton:
         process=process,
         log=log,
         env=env,
+        template=template,
     )
     atexit.register(server.close)
     _wait_until_serving(url, process, log)
@@ -191,6 +213,35 @@ def shared_tryton(pg_server_url: str) -> Tryton:
         else:
             _shared = start_tryton(pg_server_url)
     return _shared
+
+
+def fresh_tryton(pg_server_url: str) -> Tryton:
+    """A Tryton of its own, for a module that checks everything the ERP holds: a copy of the
+    session's database as tryton_bootstrap.py set it up (the same company, accounts, taxes and
+    journals, with the same ids), served by its own trytond on a free port — seconds instead of
+    the set-up's minute. Close it when done."""
+    shared = shared_tryton(pg_server_url)
+    database = f"tryton_{uuid.uuid4().hex[:12]}"
+    _copy_database(pg_server_url, shared.template, database)
+    work = Path(tempfile.mkdtemp(prefix="evolutivo-tryton-"))
+    port = _free_port()
+    env = {**shared.env, "TRYTOND_DATABASE__PATH": str(work / "data"), "TRYTOND_WEB__LISTEN": f"127.0.0.1:{port}"}
+    log = work / "trytond.log"
+    url = f"http://127.0.0.1:{port}/{database}/"
+    server = Tryton(
+        url=url,
+        database=database,
+        company=shared.company,
+        accounts=shared.accounts,
+        taxes=shared.taxes,
+        journals=shared.journals,
+        process=_serve(env, database, log),
+        log=log,
+        env=env,
+    )
+    atexit.register(server.close)
+    _wait_until_serving(url, server.process, log)
+    return server
 
 
 @pytest.fixture(scope="session")
