@@ -11,3 +11,6 @@ class BalanceSettings(ServiceSettings):
     credit_expiry_check_seconds: float = Field(default=5.0, gt=0)
     # BALANCE_CREDIT_EXPIRY_BATCH_SIZE: groups one pass claims and does in one transaction.
     credit_expiry_batch_size: int = Field(default=100, ge=1)
+    # BALANCE_READ_POOL_SIZE: connections of each replica's pool for GetBalance's current-balance
+    # read (adapters/repository.py CurrentBalances), besides the units of work's pool.
+    read_pool_size: int = Field(default=4, ge=1)

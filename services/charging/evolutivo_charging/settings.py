@@ -25,3 +25,8 @@ class ChargingSettings(ServiceSettings):
     # CHARGING_CACHE_ACCOUNTS: accounts each replica keeps in its rating cache (least recently
     # rated dropped first); 0 turns the cache off.
     cache_accounts: int = Field(default=100_000, ge=0)
+    # CHARGING_USAGE_GROUP_MAX_EVENTS: concurrent RecordUsage calls of a replica are rated together
+    # in one transaction, up to this many events per group (service_layer/usage_groups.py);
+    # 0 or 1: every call in its own transaction. CHARGING_USAGE_GROUPS_AT_ONCE: groups rated at once.
+    usage_group_max_events: int = Field(default=500, ge=0, le=1000)
+    usage_groups_at_once: int = Field(default=1, ge=1)

@@ -15,7 +15,9 @@ Row locks on balance groups, and why they cannot deadlock:
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import json
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
+from evolutivo_runtime.db import plain_url
 from sqlalchemy import Select, bindparam, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -457,3 +461,61 @@ def _payment(row: Any) -> Payment:
         reversal_reason=row["reversal_reason"],
         reverse_time=row["reverse_time"],
     )
+
+
+# GetBalance's one statement (any column order: rows are read by name).
+_CURRENT_GROUPS = (
+    f"SELECT {', '.join(c.name for c in balance_groups.c)} FROM balance_groups WHERE account_id = $1 "
+    "ORDER BY is_default DESC, create_time, balance_group_id"
+)
+# A pooled connection found broken (PostgreSQL restarted, the network cut it): the read is tried
+# once more, on a fresh connection.
+_BROKEN = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
+
+
+async def _decode_json(connection: asyncpg.Connection) -> None:
+    # As SQLAlchemy does on its connections: JSONB columns (the credit thresholds) as values.
+    await connection.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _nothing_to_reset(connection: asyncpg.Connection) -> None:
+    # The reads leave no session state (no SET, LISTEN, advisory lock or transaction): asyncpg's
+    # default reset on every release would cost a round trip per read for nothing.
+    return None
+
+
+class CurrentBalances:
+    """The current balances of an account, read outside any unit of work (docs/performance.md):
+    one prepared statement on a small asyncpg pool of the replica's own, in autocommit (a single
+    statement reads one snapshot, as the read-only transaction did), so a read is one round trip
+    and no ORM work. The units of work's pool pings every connection it hands out (BEGIN, a
+    ping, ROLLBACK) and wraps the read in BEGIN ... ROLLBACK: six round trips for this one read."""
+
+    def __init__(self, database_url: str, pool_size: int) -> None:
+        self._url = plain_url(database_url)
+        self._size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _connections(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self._url, min_size=1, max_size=self._size, init=_decode_json, reset=_nothing_to_reset
+                    )
+        return self._pool
+
+    async def groups_of(self, account_id: uuid.UUID) -> list[BalanceGroup]:
+        """Every group of the account, open or closed: the default first, then by creation."""
+        pool = await self._connections()
+        try:
+            rows = await pool.fetch(_CURRENT_GROUPS, account_id)
+        except _BROKEN:
+            rows = await pool.fetch(_CURRENT_GROUPS, account_id)
+        return [_group(row) for row in rows]
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None

@@ -9,6 +9,7 @@ from evolutivo_runtime.server.app import Runtime, ServiceDefinition, Servicer, W
 
 from evolutivo_balance.adapters import events
 from evolutivo_balance.adapters.orm import inbox, outbox, request_log
+from evolutivo_balance.adapters.repository import CurrentBalances
 from evolutivo_balance.entrypoints.consumers import subscriptions
 from evolutivo_balance.entrypoints.credit_expiry import TemporaryLimitExpiry
 from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
@@ -30,7 +31,7 @@ def wire(rt: Runtime) -> Wiring:
         servicers=[
             Servicer(
                 balance_service_pb2_grpc.add_BalanceServiceServicer_to_server,
-                BalanceServicer(uow),
+                BalanceServicer(uow, CurrentBalances(settings.database_url, settings.read_pool_size)),
                 balance_service_pb2.DESCRIPTOR.services_by_name["BalanceService"].full_name,
             )
         ],

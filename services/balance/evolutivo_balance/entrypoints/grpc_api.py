@@ -18,7 +18,7 @@ from evolutivo_runtime.server import Context
 from evolutivo_runtime.timestamps import from_timestamp, to_timestamp
 
 from evolutivo_balance.adapters import proto
-from evolutivo_balance.adapters.repository import EntryFilter
+from evolutivo_balance.adapters.repository import CurrentBalances, EntryFilter
 from evolutivo_balance.domain.model import total
 from evolutivo_balance.service_layer import adjustments, credit, handlers, payments, refunds
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
@@ -67,15 +67,21 @@ def _after(token: str, filters: str) -> tuple[datetime, int] | None:
 
 
 class BalanceServicer(pb_grpc.BalanceServiceServicer):
-    def __init__(self, uow: Callable[[], BalanceUnitOfWork]) -> None:
+    def __init__(self, uow: Callable[[], BalanceUnitOfWork], current: CurrentBalances | None = None) -> None:
         self._uow = uow
+        # The current balances' read path outside the units of work; None: through them.
+        self._current = current
 
     # Reads.
 
     async def GetBalance(self, request: pb.GetBalanceRequest, context: Context) -> pb.GetBalanceResponse:
         account_id = parse_uuid("account_id", request.account_id)
         as_of = from_timestamp(request.as_of_time) if request.HasField("as_of_time") else None
-        groups, at = await handlers.get_balance(self._uow(), account_id, as_of, request.show_closed)
+        if as_of is None and self._current is not None:
+            at = self._uow().clock.now()
+            groups = await handlers.current_balance(self._current, account_id, request.show_closed)
+        else:
+            groups, at = await handlers.get_balance(self._uow(), account_id, as_of, request.show_closed)
         return pb.GetBalanceResponse(
             account_id=str(account_id),
             balance_groups=[proto.group_to_pb(g, at) for g in groups],

@@ -17,7 +17,7 @@ from decimal import Decimal
 
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
-from evolutivo_balance.adapters.repository import EntryFilter, Lock
+from evolutivo_balance.adapters.repository import CurrentBalances, EntryFilter, Lock
 from evolutivo_balance.domain.credit import CreditPolicy, CreditState
 from evolutivo_balance.domain.model import (
     BalanceGroup,
@@ -169,6 +169,15 @@ async def book_billing_entry(uow: BalanceUnitOfWork, item: BillingEntry, now: da
 
 
 # Reads.
+
+
+async def current_balance(reads: CurrentBalances, account_id: uuid.UUID, show_closed: bool) -> list[BalanceGroup]:
+    """GetBalance without as_of (the hot read): the account's groups as they are now, the
+    default first, in one statement outside a unit of work (adapters/repository.py)."""
+    groups = await reads.groups_of(account_id)
+    if not groups:
+        raise NotFound("account", str(account_id))
+    return [g for g in groups if show_closed or g.is_open or g.is_default]
 
 
 async def get_balance(

@@ -9,7 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, DateTime, Table, Uuid, any_, bindparam, func, select, text, tuple_, update
+from sqlalchemy import Date, DateTime, Integer, Table, Uuid, any_, bindparam, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -119,16 +119,27 @@ class BillItemRepository:
             query = query.where(tuple_(t.c.event_time, t.c.charge_id) > tuple_(after.event_time, after.charge_id))
         return [_item(row._mapping) for row in await self._session.execute(query)]
 
-    async def mark_billed(self, bill_id: uuid.UUID, line: BillLine) -> None:
-        """Puts the line's charges on the bill; ItemAlreadyBilled when one is on a bill already."""
-        t = bill_items
+    async def mark_billed(self, bill_id: uuid.UUID, lines: Sequence[BillLine]) -> None:
+        """Puts the lines' charges on the bill, each on its line, in one statement (the bill run
+        issues many bills a pass); ItemAlreadyBilled when one is on a bill already."""
+        charge_ids = [c for line in lines for c in line.charge_ids]
+        if not charge_ids:
+            return
+        line_numbers = [line.line_number for line in lines for _ in line.charge_ids]
         result = await self._session.execute(
-            update(t)
-            .where(t.c.charge_id == _any_of(line.charge_ids), t.c.bill_id.is_(None))
-            .values(bill_id=bill_id, bill_line_number=line.line_number)
+            text(
+                "UPDATE bill_items SET bill_id = :bill_id, bill_line_number = v.line_number "
+                "FROM unnest(CAST(:charge_ids AS uuid[]), CAST(:line_numbers AS integer[])) "
+                "AS v(charge_id, line_number) "
+                "WHERE bill_items.charge_id = v.charge_id AND bill_items.bill_id IS NULL"
+            ).bindparams(
+                bindparam("bill_id", bill_id, type_=Uuid),
+                bindparam("charge_ids", charge_ids, type_=ARRAY(Uuid)),
+                bindparam("line_numbers", line_numbers, type_=ARRAY(Integer)),
+            )
         )
-        if result.rowcount != len(line.charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            raise ItemAlreadyBilled(f"line {line.line_number} of bill {bill_id}: a charge is billed already")
+        if result.rowcount != len(charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            raise ItemAlreadyBilled(f"bill {bill_id}: a charge of its lines is billed already")
 
 
 def _item_row(item: BillItem) -> dict[str, Any]:
@@ -267,8 +278,7 @@ class BillRepository:
                     for tax in bill.taxes
                 ],
             )
-        for line in bill.lines:
-            await items.mark_billed(bill.bill_id, line)
+        await items.mark_billed(bill.bill_id, bill.lines)
 
     async def get(self, bill_id: uuid.UUID, with_charge_ids: bool = True) -> Bill | None:
         row = (await self._session.execute(select(bills).where(bills.c.bill_id == bill_id))).first()
@@ -293,30 +303,31 @@ class BillRepository:
         payments (by when billing recorded them, not reversed) and credit notes billing received
         since its last bill was issued (ever, before its first)."""
         t = bills
-        owed = await self._session.scalar(
-            select(func.coalesce(func.sum(t.c.total - t.c.paid_amount - t.c.credited_amount), 0)).where(
-                t.c.bill_unit_id == bill_unit_id,
-                t.c.status.in_([s.value for s in OPEN_STATUSES]),
-                t.c.total > t.c.paid_amount + t.c.credited_amount,
-            )
+        owed = select(func.coalesce(func.sum(t.c.total - t.c.paid_amount - t.c.credited_amount), 0)).where(
+            t.c.bill_unit_id == bill_unit_id,
+            t.c.status.in_([s.value for s in OPEN_STATUSES]),
+            t.c.total > t.c.paid_amount + t.c.credited_amount,
         )
-        since = await self._session.scalar(
-            select(func.max(t.c.issue_time)).where(t.c.bill_unit_id == bill_unit_id, t.c.issue_time.is_not(None))
+        since = (
+            select(func.max(t.c.issue_time))
+            .where(t.c.bill_unit_id == bill_unit_id, t.c.issue_time.is_not(None))
+            .scalar_subquery()
         )
         p = payments
-        paid_query = select(func.coalesce(func.sum(p.c.amount), 0)).where(
-            p.c.account_id == account_id, p.c.reversed.is_(False)
+        paid = select(func.coalesce(func.sum(p.c.amount), 0)).where(
+            p.c.account_id == account_id, p.c.reversed.is_(False), or_(since.is_(None), p.c.record_time > since)
         )
         c = credit_notes
-        credit_query = select(func.coalesce(func.sum(c.c.total), 0)).where(c.c.bill_unit_id == bill_unit_id)
-        if since is not None:
-            paid_query = paid_query.where(p.c.record_time > since)
-            credit_query = credit_query.where(c.c.issue_time > since)
-        return Statement(
-            _plain(Decimal(owed or 0)),
-            _plain(Decimal(await self._session.scalar(paid_query) or 0)),
-            _plain(Decimal(await self._session.scalar(credit_query) or 0)),
+        credited = select(func.coalesce(func.sum(c.c.total), 0)).where(
+            c.c.bill_unit_id == bill_unit_id, or_(since.is_(None), c.c.issue_time > since)
         )
+        # One statement, not four: it runs for every bill of a bill run.
+        row = (
+            await self._session.execute(
+                select(owed.scalar_subquery(), paid.scalar_subquery(), credited.scalar_subquery())
+            )
+        ).one()
+        return Statement(_plain(Decimal(row[0] or 0)), _plain(Decimal(row[1] or 0)), _plain(Decimal(row[2] or 0)))
 
     async def list_for_account(self, account_id: uuid.UUID, before: BillListPosition | None, limit: int) -> list[Bill]:
         """Up to `limit` of the account's bills, newest issue date first (then newest created),

@@ -50,11 +50,13 @@ def wire(rt: Runtime) -> Wiring:
     background = [fee_loop.run, usage_subscriber.run, expiry_loop.run]
     if cache is not None:
         background.append(CacheListener(cache, settings.database_url, lambda g: load_catalog(uow(), g)).run)
+    servicer = ChargingServicer(uow, horizon)
+    servicer.group_single_calls(settings.usage_group_max_events, settings.usage_groups_at_once)
     return Wiring(
         servicers=[
             Servicer(
                 charging_service_pb2_grpc.add_ChargingServiceServicer_to_server,
-                ChargingServicer(uow, horizon),
+                servicer,
                 charging_service_pb2.DESCRIPTOR.services_by_name["ChargingService"].full_name,
             )
         ],

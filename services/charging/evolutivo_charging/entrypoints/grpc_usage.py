@@ -20,6 +20,7 @@ from evolutivo_charging.adapters.catalog_proto import instant_from_pb
 from evolutivo_charging.domain.usage import MAX_BATCH, Received
 from evolutivo_charging.service_layer import rerating, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
+from evolutivo_charging.service_layer.usage_groups import UsageGroups
 
 OFFER_CODE = re.compile(r"^[a-z][a-z0-9_.-]{0,62}$")
 
@@ -50,6 +51,11 @@ class UsageApi:
     _uow: Callable[[], ChargingUnitOfWork]
     # How long rated usage is kept (rerating reaches no further); None: forever.
     _usage_horizon: timedelta | None
+    # Concurrent RecordUsage calls rated together (service_layer/usage_groups.py); None: each alone.
+    _usage_groups: UsageGroups | None = None
+
+    def group_single_calls(self, max_events: int, max_groups: int) -> None:
+        self._usage_groups = UsageGroups(self._uow, max_events, max_groups) if max_events > 1 else None
 
     async def RecordUsage(self, request: pb.RecordUsageRequest, context: Context) -> pb.RecordUsageResponse:
         if not request.HasField("event"):
@@ -57,7 +63,10 @@ class UsageApi:
         received = usage_proto.received_from_pb(request.event, "event")
         if received.error is not None:
             raise received.error
-        (result,) = await usage.record_usage(self._uow(), [received])
+        if self._usage_groups is not None:
+            result = await self._usage_groups.record(received)
+        else:
+            (result,) = await usage.record_usage(self._uow(), [received])
         return pb.RecordUsageResponse(result=usage_proto.single_result(result))
 
     async def RecordUsageBatch(

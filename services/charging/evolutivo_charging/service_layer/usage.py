@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 from evolutivo.charging.v1 import events_pb2, usage_pb2
 from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from evolutivo_runtime.security.audit import AuditContext, current_audit, grouped_audits
 
 from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.usage_proto import charge_to_pb
@@ -88,11 +89,29 @@ def _stored_result(stored: StoredUsage, charges: dict[uuid.UUID, RatedCharge]) -
     )
 
 
-async def record_usage(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list[UsageResult]:
-    """Rates the events of one call in one transaction; a result per event, in order."""
+async def record_usage(
+    uow: ChargingUnitOfWork, received: Sequence[Received], audits: Sequence[AuditContext | None] | None = None
+) -> list[UsageResult]:
+    """Rates the events of one call in one transaction; a result per event, in order.
+
+    `audits`: for events of several calls rated together, each event's caller (usage_groups);
+    without it the events are the current call's. A call whose events were all refused kept
+    nothing, so it leaves no audit record (docs/security.md: failed calls leave none)."""
     async with uow:
         results = await _record(uow, received)
-        await uow.commit()
+        if audits is not None:
+            kept = tuple(a for a, r in zip(audits, results, strict=True) if a is not None and r.status is not None)
+            tokens = (grouped_audits.set(kept), current_audit.set(None))
+        elif all(r.status is None for r in results):
+            tokens = (grouped_audits.set(()), current_audit.set(None))
+        else:
+            tokens = None
+        try:
+            await uow.commit()
+        finally:
+            if tokens is not None:
+                grouped_audits.reset(tokens[0])
+                current_audit.reset(tokens[1])
         return results
 
 
