@@ -41,6 +41,7 @@ import atexit
 import concurrent.futures
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -163,6 +164,28 @@ def _log_tail(path: Path, offset: int, lines: int = _LOG_TAIL_LINES) -> str:
         text = fh.read().decode("utf-8", errors="replace")
     tail = text.splitlines()[-lines:]
     return "\n".join(tail) if tail else "(log is empty)"
+
+
+def _stable_port_range() -> tuple[int, int]:
+    """[low, high) of ports below the ephemeral range (/proc/sys/net/ipv4/ip_local_port_range),
+    or (0, 0) when that range cannot be read or leaves no room."""
+    try:
+        start = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return (0, 0)
+    return (20000, start) if start > 21000 else (0, 0)
+
+
+_STABLE_PORTS = _stable_port_range()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
 
 
 def _health_status(
@@ -313,6 +336,7 @@ class Stack:
 
         self._replicas: dict[str, list[Replica]] = {}
         self._picked_ports: set[int] = set()
+        self._rng = random.Random()
         for service, count in counts.items():
             position = SERVICES.index(service)
             self._replicas[service] = []
@@ -336,12 +360,18 @@ class Stack:
         self._started = False
 
     def _free_port(self) -> int:
-        """A free port not handed to another replica of this stack already."""
-        while True:
-            port = free_port()
-            if port not in self._picked_ports:
+        """A free port not handed to another replica of this stack already, below the kernel's
+        ephemeral range when there is room: the ports are picked before PostgreSQL and NATS start,
+        and a port from that range can meanwhile become the source port of any outgoing
+        connection (a service's own to PostgreSQL), which made a replica fail with "address
+        already in use"."""
+        low, high = _STABLE_PORTS
+        for _ in range(200):
+            port = self._rng.randrange(low, high) if high > low else free_port()
+            if port not in self._picked_ports and _bindable(port):
                 self._picked_ports.add(port)
                 return port
+        raise StackError("no free port for a service replica")
 
     # ------------------------------------------------------------------ context manager
 

@@ -469,8 +469,14 @@ _CURRENT_GROUPS = (
     "ORDER BY is_default DESC, create_time, balance_group_id"
 )
 # A pooled connection found broken (PostgreSQL restarted, the network cut it): the read is tried
-# once more, on a fresh connection.
-_BROKEN = (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, ConnectionError)
+# again, on another connection, until every connection the pool held has had its chance. asyncpg
+# reports a connection the server ended in the middle of a read as an InternalClientError too.
+_BROKEN = (
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.InternalClientError,
+    ConnectionError,
+)
 
 
 async def _decode_json(connection: asyncpg.Connection) -> None:
@@ -509,10 +515,13 @@ class CurrentBalances:
     async def groups_of(self, account_id: uuid.UUID) -> list[BalanceGroup]:
         """Every group of the account, open or closed: the default first, then by creation."""
         pool = await self._connections()
-        try:
-            rows = await pool.fetch(_CURRENT_GROUPS, account_id)
-        except _BROKEN:
-            rows = await pool.fetch(_CURRENT_GROUPS, account_id)
+        for attempt in range(self._size + 1):
+            try:
+                rows = await pool.fetch(_CURRENT_GROUPS, account_id)
+                break
+            except _BROKEN:
+                if attempt == self._size:
+                    raise
         return [_group(row) for row in rows]
 
     async def close(self) -> None:
