@@ -24,6 +24,12 @@ from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
 from evolutivo.billing.v1 import collections_pb2 as cpb
 from evolutivo.billing.v1 import collections_service_pb2 as collections_pb
 from evolutivo.billing.v1 import collections_service_pb2_grpc as collections_grpc
+from evolutivo.charging.v1 import catalog_pb2
+from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
+from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
+from evolutivo.customer.v1 import account_pb2
+from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
+from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from evolutivo.erp_gateway.v1 import connection_pb2
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as erp_pb
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2_grpc as erp_grpc
@@ -161,3 +167,52 @@ async def tryton_connection(
     assert connection.has_credentials
     assert (await erp.TestConnection(erp_pb.TestConnectionRequest(connection_id=connection.connection_id))).ok
     return connection
+
+
+async def metered_account(
+    channels: dict[str, grpc.aio.Channel], display_name: str, unit_price: str = "0.01"
+) -> tuple[str, str]:
+    """An active charge offer pricing `api.call` per unit (tax code "standard") and a business
+    account in Europe/Madrid, billed monthly on day 1 with 14 days' terms, that bought it:
+    (offer code, account id)."""
+    charging = charging_grpc.ChargingServiceStub(channels["charging"])
+    customer = customer_grpc.CustomerServiceStub(channels["customer"])
+    code = f"api_{uuid.uuid4().hex[:8]}"
+    draft = await charging.CreateChargeOffer(
+        charging_pb.CreateChargeOfferRequest(
+            charge_offer=catalog_pb2.ChargeOffer(
+                code=code,
+                name="API Metered",
+                currency_code="EUR",
+                charges=[
+                    catalog_pb2.Charge(
+                        code="api_calls",
+                        name="API calls",
+                        event_type="api.call",
+                        per_unit=catalog_pb2.PerUnitPrice(unit_price=unit_price),
+                        tax_code="standard",
+                    )
+                ],
+            )
+        )
+    )
+    await charging.ActivateChargeOffer(
+        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
+    )
+    account = (
+        await customer.CreateAccount(
+            customer_pb.CreateAccountRequest(
+                request_id=str(uuid.uuid4()),
+                account=account_pb2.Account(
+                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
+                    display_name=display_name,
+                    currency_code="EUR",
+                    time_zone="Europe/Madrid",
+                    billing_profile=account_pb2.BillingProfile(
+                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
+                    ),
+                ),
+            )
+        )
+    ).account
+    return code, account.account_id

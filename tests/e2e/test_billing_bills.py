@@ -14,17 +14,18 @@ from decimal import Decimal
 import grpc
 import nats
 import pytest
+from e2e_support import metered_account
 from evolutivo.admin.v1 import clock_admin_service_pb2 as clock_pb
 from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
 from evolutivo.billing.v1 import bill_cycle_pb2, bill_pb2, events_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
 from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
-from evolutivo.charging.v1 import catalog_pb2, usage_pb2
 from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
 from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
-from evolutivo.customer.v1 import account_pb2, purchase_pb2
+from evolutivo.charging.v1 import usage_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
+from evolutivo.customer.v1 import purchase_pb2
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.testing import eventually
 from evolutivo_runtime.timestamps import to_timestamp
@@ -131,45 +132,7 @@ async def test_usage_is_billed_when_its_cycle_closes(stack: Stack, channels: dic
     customer = customer_grpc.CustomerServiceStub(channels["customer"])
     billing = billing_grpc.BillingServiceStub(channels["billing"])
 
-    code = f"api_{uuid.uuid4().hex[:8]}"
-    draft = await charging.CreateChargeOffer(
-        charging_pb.CreateChargeOfferRequest(
-            charge_offer=catalog_pb2.ChargeOffer(
-                code=code,
-                name="API Metered",
-                currency_code="EUR",
-                charges=[
-                    catalog_pb2.Charge(
-                        code="api_calls",
-                        name="API calls",
-                        event_type="api.call",
-                        per_unit=catalog_pb2.PerUnitPrice(unit_price="0.01"),
-                        tax_code="standard",
-                    )
-                ],
-            )
-        )
-    )
-    await charging.ActivateChargeOffer(
-        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
-    )
-    account = (
-        await customer.CreateAccount(
-            customer_pb.CreateAccountRequest(
-                request_id=str(uuid.uuid4()),
-                account=account_pb2.Account(
-                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
-                    display_name="Facturas SL",
-                    currency_code="EUR",
-                    time_zone="Europe/Madrid",
-                    billing_profile=account_pb2.BillingProfile(
-                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
-                    ),
-                ),
-            )
-        )
-    ).account
-    account_id = account.account_id
+    code, account_id = await metered_account(channels, "Facturas SL")
     await customer.CreatePurchase(
         customer_pb.CreatePurchaseRequest(account_id=account_id, purchase=purchase_pb2.Purchase(charge_offer_code=code))
     )

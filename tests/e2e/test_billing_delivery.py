@@ -15,14 +15,14 @@ from typing import cast
 
 import grpc
 import pytest
-from e2e_support import MailServer, advance_to, at, clock_now, mail_server, money_text, pdf_text
+from e2e_support import MailServer, advance_to, at, clock_now, mail_server, metered_account, money_text, pdf_text
 from evolutivo.billing.v1 import bill_pb2, document_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
 from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
-from evolutivo.charging.v1 import catalog_pb2, usage_pb2
 from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
 from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
-from evolutivo.customer.v1 import account_pb2, contact_pb2, purchase_pb2
+from evolutivo.charging.v1 import usage_pb2
+from evolutivo.customer.v1 import contact_pb2, purchase_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from evolutivo_runtime.money import from_money
@@ -88,45 +88,7 @@ async def test_an_issued_bill_is_emailed_with_its_pdf(
     customer = customer_grpc.CustomerServiceStub(channels["customer"])
     billing = billing_grpc.BillingServiceStub(channels["billing"])
 
-    code = f"api_{uuid.uuid4().hex[:8]}"
-    draft = await charging.CreateChargeOffer(
-        charging_pb.CreateChargeOfferRequest(
-            charge_offer=catalog_pb2.ChargeOffer(
-                code=code,
-                name="API Metered",
-                currency_code="EUR",
-                charges=[
-                    catalog_pb2.Charge(
-                        code="api_calls",
-                        name="API calls",
-                        event_type="api.call",
-                        per_unit=catalog_pb2.PerUnitPrice(unit_price="0.01"),
-                        tax_code="standard",
-                    )
-                ],
-            )
-        )
-    )
-    await charging.ActivateChargeOffer(
-        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
-    )
-    account = (
-        await customer.CreateAccount(
-            customer_pb.CreateAccountRequest(
-                request_id=str(uuid.uuid4()),
-                account=account_pb2.Account(
-                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
-                    display_name="Facturas Ibéricas SL",
-                    currency_code="EUR",
-                    time_zone="Europe/Madrid",
-                    billing_profile=account_pb2.BillingProfile(
-                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
-                    ),
-                ),
-            )
-        )
-    ).account
-    account_id = account.account_id
+    code, account_id = await metered_account(channels, "Facturas Ibéricas SL")
     await customer.AddContact(
         customer_pb.AddContactRequest(
             account_id=account_id,

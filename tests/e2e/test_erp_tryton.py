@@ -11,18 +11,18 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from e2e_support import advance_to, at, clock_now, tryton_connection
+from e2e_support import advance_to, at, clock_now, metered_account, tryton_connection
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
 from evolutivo.billing.v1 import bill_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as billing_pb
 from evolutivo.billing.v1 import billing_service_pb2_grpc as billing_grpc
-from evolutivo.charging.v1 import catalog_pb2, usage_pb2
 from evolutivo.charging.v1 import charging_service_pb2 as charging_pb
 from evolutivo.charging.v1 import charging_service_pb2_grpc as charging_grpc
-from evolutivo.customer.v1 import account_pb2, purchase_pb2
+from evolutivo.charging.v1 import usage_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
+from evolutivo.customer.v1 import purchase_pb2
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as erp_pb
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2_grpc as erp_grpc
 from evolutivo.erp_gateway.v1 import sync_job_pb2, sync_state_pb2
@@ -64,52 +64,13 @@ async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
     charging = charging_grpc.ChargingServiceStub(channels["charging"])
     customer = customer_grpc.CustomerServiceStub(channels["customer"])
     billing = billing_grpc.BillingServiceStub(channels["billing"])
-    code = f"api_{uuid.uuid4().hex[:8]}"
-    draft = await charging.CreateChargeOffer(
-        charging_pb.CreateChargeOfferRequest(
-            charge_offer=catalog_pb2.ChargeOffer(
-                code=code,
-                name="API Metered",
-                currency_code="EUR",
-                charges=[
-                    catalog_pb2.Charge(
-                        code="api_calls",
-                        name="API calls",
-                        event_type="api.call",
-                        per_unit=catalog_pb2.PerUnitPrice(unit_price="0.01"),
-                        tax_code="standard",
-                    )
-                ],
-            )
-        )
-    )
-    await charging.ActivateChargeOffer(
-        charging_pb.ActivateChargeOfferRequest(charge_offer_id=draft.charge_offer.charge_offer_id)
-    )
-    account = (
-        await customer.CreateAccount(
-            customer_pb.CreateAccountRequest(
-                request_id=str(uuid.uuid4()),
-                account=account_pb2.Account(
-                    type=account_pb2.ACCOUNT_TYPE_BUSINESS,
-                    display_name="Tryton Clientes SL",
-                    currency_code="EUR",
-                    time_zone="Europe/Madrid",
-                    billing_profile=account_pb2.BillingProfile(
-                        bill_cycle_day=1, frequency=account_pb2.BILLING_FREQUENCY_MONTHLY, payment_terms_days=14
-                    ),
-                ),
-            )
-        )
-    ).account
+    code, account_id = await metered_account(channels, "Tryton Clientes SL")
     await customer.CreatePurchase(
-        customer_pb.CreatePurchaseRequest(
-            account_id=account.account_id, purchase=purchase_pb2.Purchase(charge_offer_code=code)
-        )
+        customer_pb.CreatePurchaseRequest(account_id=account_id, purchase=purchase_pb2.Purchase(charge_offer_code=code))
     )
     event = usage_pb2.UsageEvent(
         event_id=f"e2e-{uuid.uuid4().hex}",
-        account_id=account.account_id,
+        account_id=account_id,
         event_type="api.call",
         event_time=to_timestamp(await clock_now(channels, "charging")),
         quantity="150",
@@ -123,15 +84,11 @@ async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
     await eventually(rated, what="the usage to be rated")
 
     async def billed_cycle() -> bool | None:
-        items = (
-            await billing.ListUnbilledItems(billing_pb.ListUnbilledItemsRequest(account_id=account.account_id))
-        ).items
+        items = (await billing.ListUnbilledItems(billing_pb.ListUnbilledItemsRequest(account_id=account_id))).items
         return True if items else None
 
     await eventually(billed_cycle, what="billing to receive the charge")
-    (cycle,) = (
-        await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account.account_id))
-    ).bill_cycles
+    (cycle,) = (await billing.ListBillCycles(billing_pb.ListBillCyclesRequest(account_id=account_id))).bill_cycles
     await advance_to(
         channels,
         at(cycle.end_time) + timedelta(seconds=5),
@@ -141,7 +98,7 @@ async def issued_bill(channels: dict[str, grpc.aio.Channel]) -> bill_pb2.Bill:
     )
 
     async def issued() -> bill_pb2.Bill | None:
-        found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account.account_id))).bills
+        found = (await billing.ListBills(billing_pb.ListBillsRequest(account_id=account_id))).bills
         return found[0] if found else None
 
     return await eventually(issued, what="the bill to be issued")
