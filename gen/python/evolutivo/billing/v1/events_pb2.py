@@ -26,31 +26,36 @@ from evolutivo.billing.v1 import bill_pb2 as evolutivo_dot_billing_dot_v1_dot_bi
 from evolutivo.billing.v1 import bill_cycle_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__cycle__pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as evolutivo_dot_billing_dot_v1_dot_bill__unit__pb2
 from evolutivo.billing.v1 import credit_note_pb2 as evolutivo_dot_billing_dot_v1_dot_credit__note__pb2
+from google.type import money_pb2 as google_dot_type_dot_money__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\x1a&evolutivo/billing/v1/credit_note.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"4\n\x08\x42illPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"=\n\x11\x42illPartiallyPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"7\n\x0b\x42illOverdue\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"I\n\x10\x43reditNoteIssued\x12\x35\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32 .evolutivo.billing.v1.CreditNote\"N\n\nBillVoided\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\x12\x16\n\x0e\x63redit_note_id\x18\x02 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!evolutivo/billing/v1/events.proto\x12\x14\x65volutivo.billing.v1\x1a\x1f\x65volutivo/billing/v1/bill.proto\x1a%evolutivo/billing/v1/bill_cycle.proto\x1a$evolutivo/billing/v1/bill_unit.proto\x1a&evolutivo/billing/v1/credit_note.proto\x1a\x17google/type/money.proto\"D\n\x0f\x42illUnitCreated\x12\x31\n\tbill_unit\x18\x01 \x01(\x0b\x32\x1e.evolutivo.billing.v1.BillUnit\"F\n\x0f\x42illCycleOpened\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"\x80\x01\n\x0f\x42illCycleClosed\x12\x33\n\nbill_cycle\x18\x01 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\x12\x38\n\x0fnext_bill_cycle\x18\x02 \x01(\x0b\x32\x1f.evolutivo.billing.v1.BillCycle\"6\n\nBillIssued\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"4\n\x08\x42illPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"=\n\x11\x42illPartiallyPaid\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"7\n\x0b\x42illOverdue\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\"I\n\x10\x43reditNoteIssued\x12\x35\n\x0b\x63redit_note\x18\x01 \x01(\x0b\x32 .evolutivo.billing.v1.CreditNote\"N\n\nBillVoided\x12(\n\x04\x62ill\x18\x01 \x01(\x0b\x32\x1a.evolutivo.billing.v1.Bill\x12\x16\n\x0e\x63redit_note_id\x18\x02 \x01(\t\"\xe3\x01\n\x10PaymentAllocated\x12\x12\n\npayment_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x03\x12\x39\n\x0b\x61llocations\x18\x04 \x03(\x0b\x32$.evolutivo.billing.v1.BillAllocation\x12*\n\x0epayment_amount\x18\x05 \x01(\x0b\x32\x12.google.type.Money\x12.\n\x12unallocated_amount\x18\x06 \x01(\x0b\x32\x12.google.type.Money\"E\n\x0e\x42illAllocation\x12\x0f\n\x07\x62ill_id\x18\x01 \x01(\t\x12\"\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x12.google.type.Moneyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.billing.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_BILLUNITCREATED']._serialized_start=209
-  _globals['_BILLUNITCREATED']._serialized_end=277
-  _globals['_BILLCYCLEOPENED']._serialized_start=279
-  _globals['_BILLCYCLEOPENED']._serialized_end=349
-  _globals['_BILLCYCLECLOSED']._serialized_start=352
-  _globals['_BILLCYCLECLOSED']._serialized_end=480
-  _globals['_BILLISSUED']._serialized_start=482
-  _globals['_BILLISSUED']._serialized_end=536
-  _globals['_BILLPAID']._serialized_start=538
-  _globals['_BILLPAID']._serialized_end=590
-  _globals['_BILLPARTIALLYPAID']._serialized_start=592
-  _globals['_BILLPARTIALLYPAID']._serialized_end=653
-  _globals['_BILLOVERDUE']._serialized_start=655
-  _globals['_BILLOVERDUE']._serialized_end=710
-  _globals['_CREDITNOTEISSUED']._serialized_start=712
-  _globals['_CREDITNOTEISSUED']._serialized_end=785
-  _globals['_BILLVOIDED']._serialized_start=787
-  _globals['_BILLVOIDED']._serialized_end=865
+  _globals['_BILLUNITCREATED']._serialized_start=234
+  _globals['_BILLUNITCREATED']._serialized_end=302
+  _globals['_BILLCYCLEOPENED']._serialized_start=304
+  _globals['_BILLCYCLEOPENED']._serialized_end=374
+  _globals['_BILLCYCLECLOSED']._serialized_start=377
+  _globals['_BILLCYCLECLOSED']._serialized_end=505
+  _globals['_BILLISSUED']._serialized_start=507
+  _globals['_BILLISSUED']._serialized_end=561
+  _globals['_BILLPAID']._serialized_start=563
+  _globals['_BILLPAID']._serialized_end=615
+  _globals['_BILLPARTIALLYPAID']._serialized_start=617
+  _globals['_BILLPARTIALLYPAID']._serialized_end=678
+  _globals['_BILLOVERDUE']._serialized_start=680
+  _globals['_BILLOVERDUE']._serialized_end=735
+  _globals['_CREDITNOTEISSUED']._serialized_start=737
+  _globals['_CREDITNOTEISSUED']._serialized_end=810
+  _globals['_BILLVOIDED']._serialized_start=812
+  _globals['_BILLVOIDED']._serialized_end=890
+  _globals['_PAYMENTALLOCATED']._serialized_start=893
+  _globals['_PAYMENTALLOCATED']._serialized_end=1120
+  _globals['_BILLALLOCATION']._serialized_start=1122
+  _globals['_BILLALLOCATION']._serialized_end=1191
 # @@protoc_insertion_point(module_scope)

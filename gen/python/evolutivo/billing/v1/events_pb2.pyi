@@ -3,12 +3,15 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from evolutivo.billing.v1 import bill_cycle_pb2 as _bill_cycle_pb2
 from evolutivo.billing.v1 import bill_pb2 as _bill_pb2
 from evolutivo.billing.v1 import bill_unit_pb2 as _bill_unit_pb2
 from evolutivo.billing.v1 import credit_note_pb2 as _credit_note_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.type import money_pb2 as _money_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -244,3 +247,82 @@ class BillVoided(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillVoided: _TypeAlias = BillVoided  # noqa: Y015
+
+@_typing.final
+class PaymentAllocated(_message.Message):
+    """Published on "evolutivo.billing.v1.payment.allocated" each time billing allocates money of a
+    balance payment to bills: once when the payment is recorded (to the account's open bills, oldest
+    due first; allocations may be empty when nothing was open) and again whenever a bill issued later
+    takes part of the payment's unallocated remainder as account credit. Downstream (the ERP gateway)
+    applies the payment exactly as billing did, whatever order the payment and the bills reach it in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYMENT_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    PAYMENT_AMOUNT_FIELD_NUMBER: _builtins.int
+    UNALLOCATED_AMOUNT_FIELD_NUMBER: _builtins.int
+    payment_id: _builtins.str
+    """Balance's payment id."""
+    account_id: _builtins.str
+    sequence: _builtins.int
+    """1 for the allocation made when the payment was recorded, then 2, 3, ... for each later
+    application of its credit to a newly issued bill. Unique per payment.
+    """
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___BillAllocation]:
+        """What this allocation gave each bill (none of zero)."""
+
+    @_builtins.property
+    def payment_amount(self) -> _money_pb2.Money:
+        """The payment's whole amount."""
+
+    @_builtins.property
+    def unallocated_amount(self) -> _money_pb2.Money:
+        """What of the payment is still unallocated after this allocation (the account's credit)."""
+
+    def __init__(
+        self,
+        *,
+        payment_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        allocations: _abc.Iterable[Global___BillAllocation] | None = ...,
+        payment_amount: _money_pb2.Money | None = ...,
+        unallocated_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["payment_amount", b"payment_amount", "unallocated_amount", b"unallocated_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allocations", b"allocations", "payment_amount", b"payment_amount", "payment_id", b"payment_id", "sequence", b"sequence", "unallocated_amount", b"unallocated_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PaymentAllocated: _TypeAlias = PaymentAllocated  # noqa: Y015
+
+@_typing.final
+class BillAllocation(_message.Message):
+    """Money of one payment given to one bill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BILL_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    bill_id: _builtins.str
+    @_builtins.property
+    def amount(self) -> _money_pb2.Money: ...
+    def __init__(
+        self,
+        *,
+        bill_id: _builtins.str = ...,
+        amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "bill_id", b"bill_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BillAllocation: _TypeAlias = BillAllocation  # noqa: Y015

@@ -37,6 +37,10 @@ class _EntityTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntityType
     """A collections case referred to an agency (entity_id: the id of billing's
     CollectionsCaseReferred event); sent only to connections with collections_referrals.
     """
+    ENTITY_TYPE_PAYMENT_ALLOCATION: _EntityType.ValueType  # 8
+    """A later allocation of a payment's unallocated credit to bills, as billing made it
+    (entity_id: derived from the payment's id and the allocation's sequence).
+    """
 
 class EntityType(_EntityType, metaclass=_EntityTypeEnumTypeWrapper):
     """Kinds of suite records the gateway keeps in step with an ERP."""
@@ -53,6 +57,10 @@ ENTITY_TYPE_WRITE_OFF: EntityType.ValueType  # 6
 ENTITY_TYPE_COLLECTIONS_REFERRAL: EntityType.ValueType  # 7
 """A collections case referred to an agency (entity_id: the id of billing's
 CollectionsCaseReferred event); sent only to connections with collections_referrals.
+"""
+ENTITY_TYPE_PAYMENT_ALLOCATION: EntityType.ValueType  # 8
+"""A later allocation of a payment's unallocated credit to bills, as billing made it
+(entity_id: derived from the payment's id and the allocation's sequence).
 """
 Global___EntityType: _TypeAlias = EntityType  # noqa: Y015
 
