@@ -43,7 +43,7 @@ from evolutivo_runtime.timestamps import to_timestamp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from tests.support.jetstream import consumer_for, message, process
+from support.jetstream import consumer_for, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 DELAY = timedelta(hours=1)

@@ -82,6 +82,10 @@ def tier_to_pb(tier: Tier) -> bill_pb2.BillTier:
     )
 
 
+# Looked up per charge on the ingest path: a dict, not ChargeKind.values() (a new list each call).
+_KIND_NAMES = {number: name for name, number in usage_pb2.ChargeKind.items()}
+
+
 def charge_from_pb(pb: usage_pb2.RatedCharge, currency_code: str) -> Charge:
     """A charge from ChargesCreated (whose currency_code is every amount's). A malformed one is a
     broken event: ValueError."""
@@ -95,7 +99,7 @@ def charge_from_pb(pb: usage_pb2.RatedCharge, currency_code: str) -> Charge:
         raise ValueError(f"charge {pb.charge_id!r}: quantity {pb.quantity!r} is not a decimal") from None
     if not quantity.is_finite():
         raise ValueError(f"charge {pb.charge_id!r}: quantity {pb.quantity!r} is not finite")
-    kind = usage_pb2.ChargeKind.Name(pb.kind) if pb.kind in usage_pb2.ChargeKind.values() else "CHARGE_KIND_UNSPECIFIED"
+    kind = _KIND_NAMES.get(pb.kind, "CHARGE_KIND_UNSPECIFIED")
     return Charge(
         charge_id=uuid.UUID(pb.charge_id),
         account_id=uuid.UUID(pb.account_id),

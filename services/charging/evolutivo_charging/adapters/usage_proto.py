@@ -7,6 +7,7 @@ Decimals travel as strings in plain notation; amounts as google.type.Money.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
 
@@ -129,12 +130,16 @@ def run_to_pb(run: RerateRunRow) -> usage_pb2.RerateRun:
     )
 
 
-def result_to_pb(result: UsageResult) -> usage_pb2.UsageResult:
+def result_to_pb(
+    result: UsageResult, translated: Mapping[uuid.UUID, usage_pb2.RatedCharge] | None = None
+) -> usage_pb2.UsageResult:
+    """`translated`: charges already in protobuf (those the call published), reused as they are."""
     error = to_rpc_status(result.error, ERROR_DOMAIN) if result.error is not None else None
+    known = translated or {}
     return usage_pb2.UsageResult(
         event_id=result.event_id,
         status=STATUSES[result.status] if result.status is not None else usage_pb2.USAGE_STATUS_UNSPECIFIED,
-        charges=[charge_to_pb(c) for c in result.charges],
+        charges=[known.get(c.charge_id) or charge_to_pb(c) for c in result.charges],
         reason=result.reason,
         error=error,
     )

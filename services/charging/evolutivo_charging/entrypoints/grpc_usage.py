@@ -74,8 +74,10 @@ class UsageApi:
     ) -> pb.RecordUsageBatchResponse:
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument("events", f"at most {MAX_BATCH} events per batch, not {len(request.events)}")
-        results = await usage.record_usage(self._uow(), _received(request.events)) if request.events else []
-        return pb.RecordUsageBatchResponse(results=[usage_proto.result_to_pb(r) for r in results])
+        uow = self._uow()
+        results = await usage.record_usage(uow, _received(request.events)) if request.events else []
+        translated = uow.published_charges
+        return pb.RecordUsageBatchResponse(results=[usage_proto.result_to_pb(r, translated) for r in results])
 
     async def StreamUsage(
         self, request_iterator: AsyncIterator[pb.StreamUsageRequest], context: Context
@@ -92,8 +94,9 @@ class UsageApi:
             if seen + len(piece.events) > MAX_STREAM_EVENTS:
                 raise InvalidArgument("events", f"at most {MAX_STREAM_EVENTS} events per stream; open another")
             if piece.events:
-                results = await usage.record_usage(self._uow(), _received(piece.events, seen))
-                answer.results.extend(usage_proto.result_to_pb(r) for r in results)
+                uow = self._uow()
+                results = await usage.record_usage(uow, _received(piece.events, seen))
+                answer.results.extend(usage_proto.result_to_pb(r, uow.published_charges) for r in results)
             seen += len(piece.events)
         return answer
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Self
 
+from evolutivo.charging.v1 import usage_pb2
 from evolutivo_runtime.uow import UnitOfWork
 
 from evolutivo_charging.adapters import cache as cache_adapter
@@ -40,10 +41,14 @@ class ChargingUnitOfWork(UnitOfWork):
         # The replica's rating cache (adapters/cache.py); None reads everything from the database.
         self.cache = cache
         self._cache_changes: set[str] = set()
+        # The charges published in this unit of work, as protobuf: a call's answer reuses them
+        # instead of translating each charge a second time (hot path: docs/performance.md).
+        self.published_charges: dict[uuid.UUID, usage_pb2.RatedCharge] = {}
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self._cache_changes = set()
+        self.published_charges = {}
         self.charging_accounts = ChargingAccountRepository(self.session)
         self.catalog = ChargeOfferRepository(self.session)
         self.purchases = PurchaseRepository(self.session)

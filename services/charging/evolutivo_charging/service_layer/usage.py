@@ -240,7 +240,9 @@ def publish_charges(uow: ChargingUnitOfWork, created: Sequence[RatedCharge]) -> 
     in several messages. Each charge is translated once (this is on the hot path)."""
     by_currency: dict[str, list[usage_pb2.RatedCharge]] = defaultdict(list)
     for charge in created:
-        by_currency[charge.currency_code].append(charge_to_pb(charge))
+        charge_pb = charge_to_pb(charge)
+        uow.published_charges[charge.charge_id] = charge_pb
+        by_currency[charge.currency_code].append(charge_pb)
     for currency_code, charges_in in sorted(by_currency.items()):
         part: list[usage_pb2.RatedCharge] = []
         size = 0
