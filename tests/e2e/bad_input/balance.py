@@ -178,9 +178,16 @@ CASES: list[Case] = [
         lambda w: pb.CreateBalanceGroupRequest(account_id=UNKNOWN, name="g"),
         NOT_FOUND,
     ),
-    # Balance does not learn account status: payments and adjustments on a closed account are how its
-    # last debt is settled, so they are no refusal case. (A new group on a closed account is accepted:
-    # reported, not a case.)
+    # Balance keeps the account's status from customer's events: a closed account takes no new group.
+    # Payments, adjustments, write-offs and refunds on a closed account are how its last debt or
+    # credit is settled, so they are no refusal case (docs/balance.md).
+    case(
+        S + "CreateBalanceGroup",
+        "closed account",
+        lambda w: pb.CreateBalanceGroupRequest(account_id=w.closed_account_id, name="after-closing"),
+        FAILED,
+        reason="ACCOUNT_CLOSED",
+    ),
     case(
         S + "CloseBalanceGroup",
         "the default group",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from evolutivo.billing.v1 import collections_pb2 as c
 from evolutivo.billing.v1 import collections_service_pb2 as pb
 
-from bad_input import EXISTS, FAILED, INVALID, NOT_FOUND, Case, case
+from bad_input import ABORTED, EXISTS, INVALID, NOT_FOUND, Case, case
 from bad_input.values import NOT_A_TOKEN, NOT_UUID, NUL, SQL, UNKNOWN, date, eur, long, money
 from bad_input.world import World
 
@@ -248,8 +248,14 @@ CASES: list[Case] = [
         INVALID,
         "scenario.display_name",
     ),
-    # FAILED_PRECONDITION here, ABORTED in customer: reported (one code for a stale etag suite-wide).
-    case(S + "UpdateCollectionsScenario", "stale etag", lambda w: update(w, etag="stale"), FAILED),
+    # ABORTED, as a stale etag is in every service (AIP-154).
+    case(
+        S + "UpdateCollectionsScenario",
+        "stale etag",
+        lambda w: update(w, etag="stale"),
+        ABORTED,
+        reason="ETAG_MISMATCH",
+    ),
     case(
         S + "UpdateCollectionsScenario",
         "id not a UUID",
@@ -319,6 +325,22 @@ CASES: list[Case] = [
         lambda w: pb.PauseCollectionsCaseRequest(case_id=UNKNOWN, reason="r", actor="a"),
         NOT_FOUND,
     ),
+    # The request's fields are checked before the case or task is looked up: an unknown id shows
+    # which field is wrong.
+    case(
+        S + "PauseCollectionsCase",
+        "reason missing",
+        lambda w: pb.PauseCollectionsCaseRequest(case_id=UNKNOWN, actor="a"),
+        INVALID,
+        "reason",
+    ),
+    case(
+        S + "PauseCollectionsCase",
+        "actor over-long",
+        lambda w: pb.PauseCollectionsCaseRequest(case_id=UNKNOWN, reason="r", actor=long(201)),
+        INVALID,
+        "actor",
+    ),
     case(
         S + "ResumeCollectionsCase",
         "case id SQL-looking",
@@ -331,6 +353,20 @@ CASES: list[Case] = [
         "unknown case",
         lambda w: pb.ResumeCollectionsCaseRequest(case_id=UNKNOWN, reason="r", actor="a"),
         NOT_FOUND,
+    ),
+    case(
+        S + "ResumeCollectionsCase",
+        "reason over-long",
+        lambda w: pb.ResumeCollectionsCaseRequest(case_id=UNKNOWN, reason=long(501), actor="a"),
+        INVALID,
+        "reason",
+    ),
+    case(
+        S + "ResumeCollectionsCase",
+        "actor missing",
+        lambda w: pb.ResumeCollectionsCaseRequest(case_id=UNKNOWN, reason="r"),
+        INVALID,
+        "actor",
     ),
     case(
         S + "AssignCollectionsCase",
@@ -353,8 +389,62 @@ CASES: list[Case] = [
         NOT_FOUND,
     ),
     # --- Promises to pay
-    # Billing looks a case or task up before it checks the request's fields, so an unknown id answers
-    # NOT_FOUND whatever the fields say (reported); the field cases need a real case (not seeded).
+    # The fields come first (on an unknown case); what depends on the case (its currency, the
+    # account's today) after it is found.
+    case(S + "CreatePromiseToPay", "no instalments", lambda w: promise(), INVALID, "promise.instalments"),
+    case(
+        S + "CreatePromiseToPay",
+        "25 instalments",
+        lambda w: promise(*[instalment(eur("1.00"), date(w.now.year + 1, 1, d + 1)) for d in range(25)]),
+        INVALID,
+        "promise.instalments",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "amount zero",
+        lambda w: promise(instalment(eur("0.00"), date(w.now.year + 1, 1, 15))),
+        INVALID,
+        "promise.instalments[0].amount",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "amount negative",
+        lambda w: promise(instalment(eur("-3.00"), date(w.now.year + 1, 1, 15))),
+        INVALID,
+        "promise.instalments[0].amount",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "amount without a currency",
+        lambda w: promise(instalment(money(3, 0, ""), date(w.now.year + 1, 1, 15))),
+        INVALID,
+        "promise.instalments[0].amount.currency_code",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "due date 30 February",
+        lambda w: promise(instalment(eur("3.00"), date(w.now.year + 1, 2, 30))),
+        INVALID,
+        "promise.instalments[0].due_date",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "due dates out of order",
+        lambda w: promise(
+            instalment(eur("3.00"), date(w.now.year + 1, 2, 15)), instalment(eur("3.00"), date(w.now.year + 1, 1, 15))
+        ),
+        INVALID,
+        "promise.instalments[1].due_date",
+    ),
+    case(
+        S + "CreatePromiseToPay",
+        "actor missing",
+        lambda w: pb.CreatePromiseToPayRequest(
+            case_id=UNKNOWN, promise=c.PromiseToPay(instalments=[instalment(eur("3.00"), date(w.now.year + 1, 1, 15))])
+        ),
+        INVALID,
+        "promise.actor",
+    ),
     case(
         S + "CreatePromiseToPay",
         "case id not a UUID",
@@ -401,6 +491,20 @@ CASES: list[Case] = [
         "unknown task",
         lambda w: pb.CompleteCollectionsTaskRequest(task_id=UNKNOWN, outcome="called", actor="a"),
         NOT_FOUND,
+    ),
+    case(
+        S + "CompleteCollectionsTask",
+        "outcome missing",
+        lambda w: pb.CompleteCollectionsTaskRequest(task_id=UNKNOWN, actor="a"),
+        INVALID,
+        "outcome",
+    ),
+    case(
+        S + "CompleteCollectionsTask",
+        "actor SQL-looking and over-long",
+        lambda w: pb.CompleteCollectionsTaskRequest(task_id=UNKNOWN, outcome="called", actor=SQL + long(200)),
+        INVALID,
+        "actor",
     ),
     case(
         S + "GetAging",

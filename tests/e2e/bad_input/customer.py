@@ -409,6 +409,7 @@ CASES: list[Case] = [
             update_mask=FieldMask(paths=["display_name"]),
         ),
         ABORTED,
+        reason="ETAG_MISMATCH",
     ),
     case(
         S + "UpdateAccount",

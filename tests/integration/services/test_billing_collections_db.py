@@ -47,7 +47,7 @@ from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.collections import CallRefused, CollectionsUnitOfWork, ProcessorPolicy
 from evolutivo_runtime.db import plain_url
-from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from evolutivo_runtime.errors import Aborted, AlreadyExists, InvalidArgument
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.money import from_money, to_money
@@ -515,8 +515,10 @@ async def test_scenarios_over_the_rpcs(db: CollectionsDb) -> None:
     changed.steps.extend(STEPS[1:])
     updated = await api.UpdateCollectionsScenario(pb.UpdateCollectionsScenarioRequest(scenario=changed), NO_CONTEXT)
     assert len(updated.scenario.steps) == 4 and updated.scenario.etag != first.scenario.etag
-    with pytest.raises(FailedPrecondition):
+    # A stale etag is ABORTED (AIP-154), as in every service: read again and retry.
+    with pytest.raises(Aborted) as stale:
         await api.UpdateCollectionsScenario(pb.UpdateCollectionsScenarioRequest(scenario=changed), NO_CONTEXT)
+    assert stale.value.reason == "ETAG_MISMATCH"
     await api.DeleteCollectionsScenario(
         pb.DeleteCollectionsScenarioRequest(scenario_id=first.scenario.scenario_id), NO_CONTEXT
     )
@@ -580,6 +582,72 @@ async def test_pause_resume_and_a_collectors_tasks(db: CollectionsDb) -> None:
     with pytest.raises(InvalidArgument) as caught:
         await api.PauseCollectionsCase(pb.PauseCollectionsCaseRequest(case_id=case.case_id, actor="ops"), NO_CONTEXT)
     assert caught.value.field == "reason"
+
+
+UNKNOWN = str(uuid.uuid4())
+TOMORROW = to_date(NOW.date() + timedelta(days=1))
+
+
+def _promise(*instalments: cpb.PromiseInstalment, actor: str = "collector:1", note: str = "") -> Any:
+    return pb.CreatePromiseToPayRequest(
+        case_id=UNKNOWN, promise=cpb.PromiseToPay(instalments=instalments, actor=actor, note=note)
+    )
+
+
+def _instalment(amount: str, due: Any = TOMORROW, currency_code: str = "EUR") -> cpb.PromiseInstalment:
+    return cpb.PromiseInstalment(amount=to_money(Decimal(amount), currency_code), due_date=due)
+
+
+# An id nobody has, with one field wrong: the field is named (INVALID_ARGUMENT), not NOT_FOUND.
+FIELDS_BEFORE_LOOKUP = [
+    ("PauseCollectionsCase", pb.PauseCollectionsCaseRequest(case_id=UNKNOWN, actor="ops"), "reason"),
+    ("PauseCollectionsCase", pb.PauseCollectionsCaseRequest(case_id=UNKNOWN, reason="disputed"), "actor"),
+    ("ResumeCollectionsCase", pb.ResumeCollectionsCaseRequest(case_id=UNKNOWN, reason="x" * 501, actor="a"), "reason"),
+    ("ResumeCollectionsCase", pb.ResumeCollectionsCaseRequest(case_id=UNKNOWN, reason="settled"), "actor"),
+    ("CreatePromiseToPay", _promise(), "promise.instalments"),
+    ("CreatePromiseToPay", _promise(_instalment("5.00"), actor=""), "promise.actor"),
+    ("CreatePromiseToPay", _promise(_instalment("5.00"), note="n" * 2001), "promise.note"),
+    ("CreatePromiseToPay", _promise(_instalment("0.00")), "promise.instalments[0].amount"),
+    ("CreatePromiseToPay", _promise(_instalment("-3.00")), "promise.instalments[0].amount"),
+    (
+        "CreatePromiseToPay",
+        _promise(_instalment("5.00"), _instalment("5.00")),
+        "promise.instalments[1].due_date",
+    ),
+    (
+        "CreatePromiseToPay",
+        _promise(_instalment("5.00", currency_code="ZZZ")),
+        "promise.instalments[0].amount.currency_code",
+    ),
+    ("CompleteCollectionsTask", pb.CompleteCollectionsTaskRequest(task_id=UNKNOWN, actor="a"), "outcome"),
+    ("CompleteCollectionsTask", pb.CompleteCollectionsTaskRequest(task_id=UNKNOWN, outcome="paid"), "actor"),
+    (
+        "RecordCollectionsContactAttempt",
+        pb.RecordCollectionsContactAttemptRequest(
+            case_id=UNKNOWN,
+            attempt=cpb.CollectionsContactAttempt(
+                channel=cpb.COLLECTIONS_CONTACT_CHANNEL_PHONE,
+                outcome=cpb.COLLECTIONS_CONTACT_OUTCOME_NO_ANSWER,
+            ),
+        ),
+        "attempt.actor",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "request_", "field_name"), FIELDS_BEFORE_LOOKUP, ids=[f"{m}:{f}" for m, _, f in FIELDS_BEFORE_LOOKUP]
+)
+async def test_a_bad_field_is_named_before_the_case_or_task_is_looked_up(
+    db: CollectionsDb, method: str, request_: Message, field_name: str
+) -> None:
+    api = CollectionsServicer(db.uow)
+    tables = (collections_cases, collections_actions, collections_request_log, outbox)
+    before = [await db.count(t) for t in tables]
+    with pytest.raises(InvalidArgument) as caught:
+        await getattr(api, method)(request_, NO_CONTEXT)
+    assert caught.value.field == field_name
+    assert [await db.count(t) for t in tables] == before
 
 
 async def test_aging_buckets_match_the_bills(db: CollectionsDb) -> None:

@@ -129,6 +129,20 @@ payments = Table(
     Column("create_time", DateTime(timezone=True), nullable=False),
 )
 
+ACCOUNT_STATUSES = ("active", "suspended", "closed")
+
+# Since 0005: each account's status as customer's events tell it (domain.model.AccountStatus
+# values), as of `status_time`, the account's time of that status (an older event changes nothing;
+# closed is final). CreateBalanceGroup refuses a closed account.
+account_statuses = Table(
+    "account_statuses",
+    metadata,
+    Column("account_id", Uuid, primary_key=True),
+    Column("status", Text, nullable=False),
+    Column("status_time", DateTime(timezone=True), nullable=False),
+    CheckConstraint(f"status IN {ACCOUNT_STATUSES!r}", name="account_statuses_status"),
+)
+
 outbox, inbox = messaging_tables(metadata)
 # Since 0002: AIP-155 request ids.
 request_log = request_log_table(metadata)

@@ -83,6 +83,28 @@ class PaymentState(enum.StrEnum):
     REVERSED = "reversed"
 
 
+class AccountStatus(enum.StrEnum):
+    """The account's status as customer publishes it (AccountCreated, AccountUpdated,
+    AccountStatusChanged). Customer never reopens a closed account: CLOSED is final."""
+
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+    CLOSED = "closed"
+
+
+def check_account_takes_groups(account_id: uuid.UUID, status: AccountStatus | None) -> None:
+    """A closed account takes no new balance group: it can have no new charges to put in one. What
+    settles its last debt or credit (payments, reversals, adjustments, transfers, write-offs,
+    refunds, closing its groups) is not refused (docs/balance.md). An account whose status balance
+    has not learnt yet (None) is taken as open."""
+    if status is AccountStatus.CLOSED:
+        raise FailedPrecondition(
+            "ACCOUNT_CLOSED",
+            f"account {account_id} is closed: it takes no new balance group",
+            {"account_id": str(account_id)},
+        )
+
+
 # Validation of what callers send. Each names the request field it checks.
 
 

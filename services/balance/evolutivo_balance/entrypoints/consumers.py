@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
+from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
@@ -14,26 +16,63 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import from_money
 from evolutivo_runtime.timestamps import from_timestamp
 
-from evolutivo_balance.domain.model import BillingEntry, Charge, EntryType, SourceType
+from evolutivo_balance.domain.model import AccountStatus, BillingEntry, Charge, EntryType, SourceType
 from evolutivo_balance.service_layer import handlers
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 
 ACCOUNT_CREATED = "evolutivo.customer.v1.account.created"
 ACCOUNT_UPDATED = "evolutivo.customer.v1.account.updated"
+ACCOUNT_STATUS_CHANGED = "evolutivo.customer.v1.account.status_changed"
 CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
 BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 
 
+_STATUSES = {
+    account_pb2.ACCOUNT_STATUS_ACTIVE: AccountStatus.ACTIVE,
+    account_pb2.ACCOUNT_STATUS_SUSPENDED: AccountStatus.SUSPENDED,
+    account_pb2.ACCOUNT_STATUS_CLOSED: AccountStatus.CLOSED,
+}
+
+
+async def _learn_status(
+    uow: BalanceUnitOfWork,
+    account: account_pb2.Account,
+    status: account_pb2.AccountStatus.ValueType,
+    status_time: datetime,
+) -> None:
+    """The status the event carries (none: nothing to learn)."""
+    if status in _STATUSES:
+        await handlers.learn_account_status(uow, uuid.UUID(account.account_id), _STATUSES[status], status_time)
+
+
+def _account_time(account: account_pb2.Account, meta: EventMeta) -> datetime:
+    """When the account was as the event shows it: its update time, the event's time without one."""
+    return from_timestamp(account.update_time) if account.HasField("update_time") else meta.occurred_at
+
+
 async def on_account_created(uow: BalanceUnitOfWork, event: customer_events.AccountCreated, meta: EventMeta) -> None:
     account = event.account
     await handlers.open_default_group(uow, uuid.UUID(account.account_id), account.currency_code, uow.clock.now())
+    await _learn_status(uow, account, account.status, _account_time(account, meta))
 
 
 async def on_account_updated(uow: BalanceUnitOfWork, event: customer_events.AccountUpdated, meta: EventMeta) -> None:
+    account = event.account
     if "currency_code" in event.changed_fields:
-        account = event.account
         await handlers.change_currency(uow, uuid.UUID(account.account_id), account.currency_code, uow.clock.now())
+    await _learn_status(uow, account, account.status, _account_time(account, meta))
+
+
+async def on_account_status_changed(
+    uow: BalanceUnitOfWork, event: customer_events.AccountStatusChanged, meta: EventMeta
+) -> None:
+    """The account's new status, ordered by the change's own time (CreateBalanceGroup refuses a
+    closed account). Balance opens no group here: AccountCreated, or a charge, does."""
+    account = event.account
+    status = event.change.status if event.HasField("change") else account.status
+    when = from_timestamp(event.change.change_time) if event.change.HasField("change_time") else None
+    await _learn_status(uow, account, status, when or _account_time(account, meta))
 
 
 def charge_from_pb(charge: usage_pb2.RatedCharge, currency_code: str) -> Charge:
@@ -101,13 +140,16 @@ def subscriptions() -> list[Subscription[BalanceUnitOfWork]]:
         Subscription(
             durable="balance",
             stream=stream_name("customer"),
-            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED],
+            subjects=[ACCOUNT_CREATED, ACCOUNT_UPDATED, ACCOUNT_STATUS_CHANGED],
             handlers={
                 customer_events.AccountCreated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountCreated, on_account_created
                 ),
                 customer_events.AccountUpdated.DESCRIPTOR.full_name: EventHandler(
                     customer_events.AccountUpdated, on_account_updated
+                ),
+                customer_events.AccountStatusChanged.DESCRIPTOR.full_name: EventHandler(
+                    customer_events.AccountStatusChanged, on_account_status_changed
                 ),
             },
         ),

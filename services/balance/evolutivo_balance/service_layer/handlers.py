@@ -20,6 +20,7 @@ from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidA
 from evolutivo_balance.adapters.repository import CurrentBalances, EntryFilter, Lock
 from evolutivo_balance.domain.credit import CreditPolicy, CreditState
 from evolutivo_balance.domain.model import (
+    AccountStatus,
     BalanceGroup,
     BillingEntry,
     Charge,
@@ -27,6 +28,8 @@ from evolutivo_balance.domain.model import (
     SourceType,
     billing_entry,
     charge_entry,
+    check_account_takes_groups,
+    check_group_name,
     target_group,
 )
 from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
@@ -66,6 +69,16 @@ async def change_currency(uow: BalanceUnitOfWork, account_id: uuid.UUID, currenc
     return True
 
 
+async def learn_account_status(
+    uow: BalanceUnitOfWork, account_id: uuid.UUID, status: AccountStatus, status_time: datetime
+) -> bool:
+    """On AccountCreated, AccountUpdated and AccountStatusChanged: the account's status as of
+    `status_time` (an older event changes nothing; closed is final). False when not taken.
+
+    Runs inside the consumer's transaction (the caller commits)."""
+    return await uow.account_statuses.learn(account_id, status, status_time)
+
+
 # Loading what a call books on.
 
 
@@ -99,7 +112,11 @@ async def group_of(
 
 
 async def create_group(uow: BalanceUnitOfWork, account_id: uuid.UUID, name: str) -> BalanceGroup:
+    """Another group of the account: the name is checked first, then the account must be known to
+    balance (NOT_FOUND) and not closed (FAILED_PRECONDITION, ACCOUNT_CLOSED)."""
+    check_group_name(name)
     default = await default_group(uow, account_id, Lock.NONE)
+    check_account_takes_groups(account_id, await uow.account_statuses.status_of(account_id))
     group = BalanceGroup.open(default, name, uow.clock.now())
     if not await uow.balance_groups.add(group):
         raise AlreadyExists(

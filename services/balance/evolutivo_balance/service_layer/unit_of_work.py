@@ -25,6 +25,7 @@ from typing import Self
 
 from evolutivo_runtime.uow import Checkpoint, UnitOfWork
 
+from evolutivo_balance.adapters.account_statuses import AccountStatusRepository
 from evolutivo_balance.adapters.repository import BalanceGroupRepository, LedgerRepository, PaymentRepository
 from evolutivo_balance.domain.model import BalanceGroup, LedgerEntry
 
@@ -39,6 +40,7 @@ class BalanceUnitOfWork(UnitOfWork):
     balance_groups: BalanceGroupRepository
     ledger: LedgerRepository
     payments: PaymentRepository
+    account_statuses: AccountStatusRepository
     _deltas: dict[uuid.UUID, Decimal]
 
     async def __aenter__(self) -> Self:
@@ -46,6 +48,7 @@ class BalanceUnitOfWork(UnitOfWork):
         self.balance_groups = BalanceGroupRepository(self.session)
         self.ledger = LedgerRepository(self.session)
         self.payments = PaymentRepository(self.session)
+        self.account_statuses = AccountStatusRepository(self.session)
         self._deltas = {}
         return self
 

@@ -18,6 +18,7 @@ from evolutivo_runtime.timestamps import from_date, from_timestamp, to_date, to_
 from google.protobuf.message import Message
 from google.type import money_pb2
 
+from evolutivo_billing.domain.bills import currency_exponent
 from evolutivo_billing.domain.collections import (
     BUCKETS,
     AccountFacts,
@@ -329,6 +330,13 @@ def instalments_from_pb(promise: pb.PromiseToPay) -> list[Instalment]:
             amount = from_money(inst.amount)
         except ValueError as exc:
             raise InvalidArgument(f"{prefix}.amount", str(exc)) from None
+        try:
+            # A known currency before the case is looked up; the case's own after (check_instalment_currency).
+            currency_exponent(inst.amount.currency_code)
+        except ValueError:
+            raise InvalidArgument(
+                f"{prefix}.amount.currency_code", "must be an ISO 4217 currency code such as EUR"
+            ) from None
         out.append(Instalment(amount, from_date(inst.due_date, f"{prefix}.due_date")))
     return out
 

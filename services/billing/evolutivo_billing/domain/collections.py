@@ -100,6 +100,44 @@ def _text(value: str, field_name: str, required: bool, limit: int = MAX_TEXT) ->
     return value
 
 
+# The fields of an operator's or collector's request, checked before the case or task is looked up
+# (a bad field on an unknown id is INVALID_ARGUMENT naming the field, not NOT_FOUND).
+
+
+def check_status_change(reason: str, actor: str) -> None:
+    """PauseCollectionsCase / ResumeCollectionsCase: a reason and an actor."""
+    _text(reason, "reason", True, 500)
+    _text(actor, "actor", True)
+
+
+def check_promise(instalments: Sequence[Instalment], note: str, actor: str) -> None:
+    """CreatePromiseToPay, as far as it does not depend on the case: the note, the actor, 1 to
+    MAX_INSTALMENTS instalments of positive amounts in increasing date order. The currency, the
+    rounding to its minor unit and the dates against the account's today are checked on the case."""
+    _text(note, "promise.note", False, 2000)
+    _text(actor, "promise.actor", True)
+    if not 1 <= len(instalments) <= MAX_INSTALMENTS:
+        raise InvalidArgument("promise.instalments", f"must have 1 to {MAX_INSTALMENTS} instalments")
+    for i, inst in enumerate(instalments):
+        prefix = f"promise.instalments[{i}]"
+        if inst.amount <= 0:
+            raise InvalidArgument(f"{prefix}.amount", "must be greater than 0, rounded to the minor unit")
+        if i and inst.due_date <= instalments[i - 1].due_date:
+            raise InvalidArgument(f"{prefix}.due_date", "must be after the previous instalment's")
+
+
+def check_task_completion(outcome: str, actor: str) -> None:
+    """CompleteCollectionsTask: an outcome and an actor."""
+    _text(outcome, "outcome", True, 2000)
+    _text(actor, "actor", True)
+
+
+def check_contact(note: str, actor: str) -> None:
+    """RecordCollectionsContactAttempt's note and actor (its time is checked on the case)."""
+    _text(note, "attempt.note", False, 2000)
+    _text(actor, "attempt.actor", True)
+
+
 def _money_map(amounts: Mapping[str, Decimal], field_name: str, positive: bool = True) -> dict[str, Decimal]:
     for currency, amount in amounts.items():
         try:
@@ -718,8 +756,7 @@ class Case:
     # -- operators ---------------------------------------------------------------------------------
 
     def pause(self, reason: str, actor: str, now: datetime) -> None:
-        _text(reason, "reason", True, 500)
-        _text(actor, "actor", True)
+        check_status_change(reason, actor)
         if not self.is_open:
             raise FailedPrecondition("CASE_CLOSED", f"case {self.case_id} is closed")
         if self.paused:
@@ -729,8 +766,7 @@ class Case:
         self._rewake(now)
 
     def resume(self, reason: str, actor: str, now: datetime) -> None:
-        _text(reason, "reason", True, 500)
-        _text(actor, "actor", True)
+        check_status_change(reason, actor)
         if not self.is_open:
             raise FailedPrecondition("CASE_CLOSED", f"case {self.case_id} is closed")
         if not self.paused:
@@ -755,8 +791,7 @@ class Case:
         """A contact attempt on the case, open or closed (calls go on about a referred or
         written-off debt too); it happened at `contact_time` (now when None), not in the future
         nor before the case opened. Records ContactAttemptRecorded."""
-        _text(note, "attempt.note", False, 2000)
-        _text(actor, "attempt.actor", True)
+        check_contact(note, actor)
         when = (contact_time or now).astimezone(UTC)
         if when > now:
             raise InvalidArgument("attempt.contact_time", "must not be in the future")
@@ -784,14 +819,11 @@ class Case:
     ) -> Promise:
         """Records a promise: dunning waits while it is kept. The case must be open, without an
         active promise; dates in increasing order, none before today (local); amounts rounded."""
+        check_promise(instalments, note, actor)
         if not self.is_open:
             raise FailedPrecondition("CASE_CLOSED", f"case {self.case_id} is closed")
         if self.active_promise is not None:
             raise FailedPrecondition("PROMISE_ACTIVE", f"case {self.case_id} already has an active promise to pay")
-        _text(note, "promise.note", False, 2000)
-        _text(actor, "promise.actor", True)
-        if not 1 <= len(instalments) <= MAX_INSTALMENTS:
-            raise InvalidArgument("promise.instalments", f"must have 1 to {MAX_INSTALMENTS} instalments")
         exponent = currency_exponent(self.currency_code)
         today = self.today(now)
         for i, inst in enumerate(instalments):
@@ -867,8 +899,7 @@ class Task:
     complete_time: datetime | None = None
 
     def complete(self, outcome: str, actor: str, now: datetime) -> Task:
-        _text(outcome, "outcome", True, 2000)
-        _text(actor, "actor", True)
+        check_task_completion(outcome, actor)
         if self.done:
             raise FailedPrecondition("TASK_DONE", f"task {self.task_id} is already done")
         return replace(self, done=True, outcome=outcome, completed_by=actor, complete_time=now.astimezone(UTC))

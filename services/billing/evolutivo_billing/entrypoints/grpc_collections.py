@@ -21,7 +21,7 @@ from evolutivo_billing.adapters import events, pdf
 from evolutivo_billing.adapters.collections_tables import collections_request_log
 from evolutivo_billing.adapters.orm import outbox
 from evolutivo_billing.domain.bills import currency_exponent
-from evolutivo_billing.domain.collections import MAX_TEXT
+from evolutivo_billing.domain.collections import MAX_TEXT, check_promise
 from evolutivo_billing.domain.documents import Seller
 from evolutivo_billing.service_layer import collections, notices
 from evolutivo_billing.service_layer.collections import CollectionsUnitOfWork
@@ -157,6 +157,9 @@ class CollectionsServicer(grpc_pb.CollectionsServiceServicer):
     ) -> pb.CreatePromiseToPayResponse:
         case_id = parse_uuid("case_id", request.case_id)
         instalments = proto.instalments_from_pb(request.promise)
+        # The request's fields before the case is looked up; what depends on the case (its
+        # currency, the account's today) after.
+        check_promise(instalments, request.promise.note, request.promise.actor)
         request_id = parse_request_id(request.request_id)
 
         async def perform(uow: CollectionsUnitOfWork) -> pb.CreatePromiseToPayResponse:

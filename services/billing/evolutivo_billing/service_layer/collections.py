@@ -14,8 +14,7 @@ from decimal import Decimal
 from typing import Protocol, Self
 from zoneinfo import ZoneInfo
 
-from evolutivo_runtime.errors import AlreadyExists, NotFound, Unavailable
-from evolutivo_runtime.errors import FailedPrecondition as FailedPreconditionError
+from evolutivo_runtime.errors import Aborted, AlreadyExists, NotFound, Unavailable
 
 from evolutivo_billing.adapters.collections_repository import CollectionsRepository, next_local_midnight
 from evolutivo_billing.adapters.notices_repository import NoticeRepository
@@ -39,6 +38,9 @@ from evolutivo_billing.domain.collections import (
     Promise,
     Scenario,
     Task,
+    check_contact,
+    check_status_change,
+    check_task_completion,
     days_sales_outstanding,
     late_fee_charge_id,
     select_scenario,
@@ -178,7 +180,8 @@ async def update_scenario(uow: CollectionsUnitOfWork, draft: Scenario, etag: str
         if current is None:
             raise NotFound("collections_scenario", str(draft.scenario_id))
         if etag and etag != current.etag:
-            raise FailedPreconditionError("ETAG_MISMATCH", "the scenario changed since it was read; read it again")
+            # AIP-154, as everywhere in the suite: a stale etag is ABORTED (read again and retry).
+            raise Aborted("ETAG_MISMATCH", "scenario.etag: the scenario changed since it was read; read it again")
         scenario = replace(
             draft, create_time=current.create_time, update_time=uow.clock.now(), version=current.version + 1
         )
@@ -615,6 +618,7 @@ async def list_cases(
 
 
 async def pause_case(uow: CollectionsUnitOfWork, case_id: uuid.UUID, reason: str, actor: str) -> Case:
+    check_status_change(reason, actor)  # the request's fields before the case is looked up
     async with uow:
         case = await _case_for_update(uow, case_id)
         case.pause(reason, actor, uow.clock.now())
@@ -625,6 +629,7 @@ async def pause_case(uow: CollectionsUnitOfWork, case_id: uuid.UUID, reason: str
 
 
 async def resume_case(uow: CollectionsUnitOfWork, case_id: uuid.UUID, reason: str, actor: str) -> Case:
+    check_status_change(reason, actor)
     async with uow:
         case = await _case_for_update(uow, case_id)
         case.resume(reason, actor, uow.clock.now())
@@ -672,6 +677,7 @@ async def list_tasks(
 
 
 async def complete_task(uow: CollectionsUnitOfWork, task_id: uuid.UUID, outcome: str, actor: str) -> Task:
+    check_task_completion(outcome, actor)  # the request's fields before the task is looked up
     async with uow:
         task = await uow.collections.get_task(task_id, for_update=True)
         if task is None:
@@ -693,6 +699,7 @@ async def record_contact_attempt(
 ) -> ContactAttempt:
     """Inside the caller's unit of work (run_idempotent commits it). The case is locked so the
     attempt's event carries the case as it is."""
+    check_contact(note, actor)  # the request's fields before the case is looked up
     case = await _case_for_update(uow, case_id)
     attempt = case.record_contact(channel, outcome, note, actor, contact_time, uow.clock.now(), uuid.uuid4())
     await uow.collections.add_contact_attempt(attempt)
