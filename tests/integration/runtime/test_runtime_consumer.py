@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from evolutivo_runtime.clock import SystemClock
 from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
+from evolutivo_runtime.messaging.consumer import BatchHandler, EventConsumer, EventHandler, Subscription
 from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
 from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.wrappers_pb2 import StringValue
@@ -495,3 +495,118 @@ async def test_two_replicas_holding_the_same_events_in_opposite_orders_apply_eac
     assert sorted(setup.handler.applied) == sorted([str(first), str(second)])
     assert all(m.acked and not m.naked for m in one + other)
     assert await setup.items() == sorted([str(first), str(second)])
+
+
+# Batch handlers: a batch's events of some types applied by one call in one savepoint, falling
+# back to the events' own handlers (each in its savepoint) when that call raises.
+
+
+@dataclass
+class BatchApplier:
+    """Applies a batch of StringValue events: writes every item and publishes every follow-up, then
+    raises if any value is in `broken` (after writing, so the savepoint must undo it all)."""
+
+    db: MessagingDb
+    broken: set[str] = field(default_factory=set)
+    calls: list[list[str]] = field(default_factory=list)
+    metas: list[envelope.EventMeta] = field(default_factory=list)
+
+    async def handle(self, uow: UnitOfWork, batch: Sequence[tuple[StringValue, envelope.EventMeta]]) -> None:
+        values = [event.value for event, _ in batch]
+        self.calls.append(values)
+        await uow.session.execute(
+            insert(self.db.items), [{"id": f"{e.value}:{meta.event_id}", "value": e.value} for e, meta in batch]
+        )
+        for value in values:
+            uow.publish(FOLLOW_UP_SUBJECT, StringValue(value=f"after-{value}"))
+        if self.broken.intersection(values):
+            raise RuntimeError(f"cannot apply {sorted(self.broken.intersection(values))}")
+        self.metas += [meta for _, meta in batch]
+
+
+def _batched(setup: Setup) -> BatchApplier:
+    """Gives `setup`'s subscription a batch handler for its event type."""
+    applier = BatchApplier(setup.db)
+    setup.subscription = Subscription(
+        durable=setup.subscription.durable,
+        stream=setup.subscription.stream,
+        subjects=setup.subscription.subjects,
+        handlers=setup.subscription.handlers,
+        batch_handlers={EVENT_TYPE: BatchHandler(applier.handle)},
+    )
+    return applier
+
+
+async def _fetch(setup: Setup, n: int) -> list[Msg]:
+    psub = await setup.js.pull_subscribe_bind(setup.subscription.durable, stream=setup.stream.stream)
+    batch = await psub.fetch(n, timeout=5)
+    assert len(batch) == n
+    return batch
+
+
+async def test_a_batch_handler_applies_the_batchs_events_in_one_call(setup: Setup) -> None:
+    applier = _batched(setup)
+    consumer = setup.consumer()
+    await consumer.setup()
+    ids = [await setup.publish(f"v{i}") for i in range(4)]
+    await setup.publish("v0", event_id=ids[0], msg_id="again")  # a duplicate: the inbox skips it
+    await consumer.process(await _fetch(setup, 5))
+    await eventually(lambda: setup.settled(5), within=10, what="the batch acked")
+
+    assert applier.calls == [["v0", "v1", "v2", "v3"]]
+    assert [m.event_id for m in applier.metas] == ids
+    assert [m.stream_sequence for m in applier.metas] == [1, 2, 3, 4]
+    assert {(m.event_type, m.subject) for m in applier.metas} == {(EVENT_TYPE, setup.stream.subject())}
+    assert setup.handler.attempts == Counter(), "the per-message handler is the fallback only"
+    assert await setup.items() == ["v0", "v1", "v2", "v3"]
+    assert await setup.follow_ups() == ["after-v0", "after-v1", "after-v2", "after-v3"]
+    assert await setup.inbox() == sorted((setup.subscription.durable, i, EVENT_TYPE) for i in ids)
+
+    # A lone event goes to its own handler.
+    await setup.publish("alone")
+    await consumer.process(await _fetch(setup, 1))
+    assert applier.calls == [["v0", "v1", "v2", "v3"]]
+    assert setup.handler.attempts == Counter({"alone": 1})
+    assert await setup.items() == ["alone", "v0", "v1", "v2", "v3"]
+
+
+async def test_a_poison_message_in_a_batch_fails_alone_and_is_dead_lettered(setup: Setup) -> None:
+    applier = _batched(setup)
+    applier.broken = {"bad"}
+    setup.handler.broken = {"bad"}
+    consumer = setup.consumer(batch_size=10, max_deliver=2)
+    await consumer.setup()
+    good1 = await setup.publish("good1")
+    bad = await setup.publish("bad")
+    good2 = await setup.publish("good2")
+
+    # The batch handler raises: its writes and events are undone, and the three messages applied
+    # one by one: the good ones once, the poison fails alone and is retried later.
+    await consumer.process(await _fetch(setup, 3))
+    assert applier.calls == [["good1", "bad", "good2"]]
+    assert setup.handler.attempts == Counter({"good1": 1, "bad": 1, "good2": 1})
+    assert sorted(setup.handler.applied) == ["good1", "good2"]
+    assert await setup.items() == ["good1", "good2"]
+    assert await setup.follow_ups() == ["after-good1", "after-good2"]
+    assert {e for _, e, _ in await setup.inbox()} == {good1, good2}
+    info = await setup.js.consumer_info(setup.stream.stream, setup.subscription.durable)
+    assert info.num_ack_pending == 1  # "bad" was nak'ed (with a delay), the others acked
+
+    # Redelivered after the nak delay, it fails again and is dead-lettered at max_deliver.
+    async with running(consumer):
+        await eventually(lambda: _has_letters(setup, 1), within=20, what="the dead letter")
+        await eventually(lambda: _no_ack_pending(setup), within=10, what="the dead letter acked")
+    [letter] = await setup.letters()
+    assert (letter.event_id, letter.attempts) == (str(bad), 2)
+    assert letter.error == "RuntimeError: cannot apply bad"
+    assert await setup.items() == ["good1", "good2"]
+    assert await setup.follow_ups() == ["after-good1", "after-good2"]
+    assert {e for _, e, _ in await setup.inbox()} == {good1, good2}
+
+
+def test_a_batch_handler_needs_an_event_handler_to_fall_back_on() -> None:
+    async def handle(uow: UnitOfWork, batch: Sequence[tuple[StringValue, envelope.EventMeta]]) -> None:
+        raise AssertionError("not called")
+
+    with pytest.raises(ValueError, match="without an event handler"):
+        Subscription(durable="d", stream="s", subjects=["s.>"], batch_handlers={EVENT_TYPE: BatchHandler(handle)})

@@ -42,7 +42,6 @@ from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
 from support.jetstream import consumer_for, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")

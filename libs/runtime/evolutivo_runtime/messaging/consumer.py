@@ -5,6 +5,12 @@ together with its inbox row; the transaction commits, then the messages are acke
 the ack redelivers them and the inbox makes the second delivery a no-op. Replicas of a service
 bind to the same durable consumer and share its messages. A message that fails
 `max_deliver` times goes to the dead-letter subject and is acked.
+
+A subscription may also give *batch handlers* (`Subscription.batch_handlers`): the batch's events of
+those types are applied by one call, in one savepoint, instead of one savepoint and one handler call
+each. When that call raises, its savepoint rolls back and the same events are applied one by one by
+their own handlers, each in its savepoint as above: every event's effects still happen exactly once,
+and a poison message still fails (and is retried, then dead-lettered) alone.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -68,12 +74,30 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 FAILED = Counter("evolutivo_consumer_failures_total", "Event applications that raised", ["consumer"])
+BATCH_FALLBACKS = Counter(
+    "evolutivo_consumer_batch_fallbacks_total",
+    "Batch handler calls that raised: their events were applied one by one instead",
+    ["consumer"],
+)
 
 
 @dataclass(frozen=True)
 class EventHandler(Generic[U, M]):
     message_type: type[M]
     handle: Callable[[U, M, envelope.EventMeta], Awaitable[None]]
+
+
+@dataclass(frozen=True, eq=False)
+class BatchHandler(Generic[U]):
+    """Applies several events of a fetched batch in one call: `handle` gets them as (event, meta),
+    in the order of the batch, each event decoded by its type's `EventHandler.message_type`.
+
+    It runs in one savepoint. It must leave the same effects as the events' own handlers applied
+    one by one in that order (they are its fallback: when it raises, its savepoint rolls back and
+    they apply the same events, each in its savepoint). Compared by identity: the event types
+    mapped to one BatchHandler are applied together in one call."""
+
+    handle: Callable[[U, Sequence[tuple[Any, envelope.EventMeta]]], Awaitable[None]]
 
 
 @dataclass(frozen=True)
@@ -85,6 +109,16 @@ class Subscription(Generic[U]):
     # Subjects of the events this consumer applies; handlers are keyed by event type.
     subjects: list[str]
     handlers: Mapping[str, EventHandler[U, Any]] = field(default_factory=dict)
+    # Optional, by event type: the batch's events of these types are applied by one call (a type
+    # needs its EventHandler too, the fallback). They are applied before the batch's other events
+    # (and a lone event of such a type by its own handler): only for events whose effects do not
+    # depend on their order relative to the subscription's other types.
+    batch_handlers: Mapping[str, BatchHandler[U]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unhandled = sorted(set(self.batch_handlers) - set(self.handlers))
+        if unhandled:
+            raise ValueError(f"{self.durable}: batch handlers without an event handler to fall back on: {unhandled}")
 
 
 class EventConsumer(Generic[U]):
@@ -146,12 +180,15 @@ class EventConsumer(Generic[U]):
 
     async def process(self, messages: list[Msg]) -> None:
         durable = self.subscription.durable
+        batch_handlers = self.subscription.batch_handlers
         failed: list[tuple[Msg, BaseException]] = []
         async with self._uow_factory() as uow:
             # The batch's inbox rows first, in one insert sorted by event id: two replicas holding the
             # same redelivered events (an ack wait ran out under load) then wait on each other in
             # one order and never deadlock; the second finds the rows and skips those events.
             claimed = await self._claim(uow, messages)
+            singles: list[tuple[Msg, uuid.UUID]] = []
+            batches: dict[BatchHandler[U], list[tuple[Msg, uuid.UUID]]] = {}
             for msg in messages:
                 event_id = _event_id(msg)
                 if event_id is None or event_id not in claimed:
@@ -161,23 +198,19 @@ class EventConsumer(Generic[U]):
                         SKIPPED.labels(durable).inc()  # applied before, or earlier in this batch
                     continue
                 claimed.discard(event_id)
-                mark = uow.checkpoint()
-                try:
-                    await self._apply_retrying_conflicts(uow, msg, event_id)
-                except Exception as exc:
-                    # The savepoint rolled back this message's writes; forget its events and give
-                    # back its inbox row so the retry applies it.
-                    uow.discard_since(mark)
-                    await uow.session.execute(
-                        delete(self._inbox).where(self._inbox.c.consumer == durable, self._inbox.c.event_id == event_id)
-                    )
-                    failed.append((msg, exc))
-                    FAILED.labels(durable).inc()
-                    log.warning(
-                        "event failed",
-                        extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
-                        exc_info=exc,
-                    )
+                batch_handler = batch_handlers.get((msg.headers or {}).get(envelope.EVENT_TYPE, ""))
+                if batch_handler is None:
+                    singles.append((msg, event_id))
+                else:
+                    batches.setdefault(batch_handler, []).append((msg, event_id))
+            one_by_one: list[tuple[Msg, uuid.UUID]] = []
+            for batch_handler, batch in batches.items():
+                if len(batch) == 1 or not await self._apply_batch(uow, batch_handler, batch):
+                    one_by_one += batch  # a lone event, or the batch handler raised
+            for msg, event_id in one_by_one + singles:
+                error = await self._apply_one(uow, msg, event_id)
+                if error is not None:
+                    failed.append((msg, error))
             await uow.commit()
         failed_ids = {id(m) for m, _ in failed}
         for msg in messages:
@@ -193,6 +226,55 @@ class EventConsumer(Generic[U]):
                 await msg.nak(delay=min(2.0**attempts, 60.0))
         if messages:
             CONSUMER_PENDING.labels(durable).set(messages[-1].metadata.num_pending or 0)
+
+    async def _apply_one(self, uow: U, msg: Msg, event_id: uuid.UUID) -> BaseException | None:
+        """Applies one message in its savepoint; returns the error when it failed (its writes,
+        events and inbox row undone, so that a retry applies it)."""
+        durable = self.subscription.durable
+        mark = uow.checkpoint()
+        try:
+            await self._retrying_conflicts(uow, lambda: self._apply(uow, msg, event_id))
+        except Exception as exc:
+            # The savepoint rolled back this message's writes; forget its events and give
+            # back its inbox row so the retry applies it.
+            uow.discard_since(mark)
+            await uow.session.execute(
+                delete(self._inbox).where(self._inbox.c.consumer == durable, self._inbox.c.event_id == event_id)
+            )
+            FAILED.labels(durable).inc()
+            log.warning(
+                "event failed",
+                extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
+                exc_info=exc,
+            )
+            return exc
+        return None
+
+    async def _apply_batch(self, uow: U, batch_handler: BatchHandler[U], batch: list[tuple[Msg, uuid.UUID]]) -> bool:
+        """Applies the messages by their batch handler in one savepoint; False when it raised (the
+        savepoint rolled back and the events it recorded are dropped: the caller applies the
+        messages one by one)."""
+        durable = self.subscription.durable
+        mark = uow.checkpoint()
+
+        async def apply() -> None:
+            events = [self._decode(msg, event_id) for msg, event_id in batch]
+            await batch_handler.handle(uow, events)
+
+        try:
+            await self._retrying_conflicts(uow, apply)
+        except Exception as exc:
+            uow.discard_since(mark)
+            BATCH_FALLBACKS.labels(durable).inc()
+            log.warning(
+                "batch handler failed; applying its events one by one",
+                extra={"consumer": durable, "events": len(batch)},
+                exc_info=exc,
+            )
+            return False
+        for msg, _ in batch:
+            APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
+        return True
 
     async def _claim(self, uow: U, messages: list[Msg]) -> set[uuid.UUID]:
         """Inserts the inbox rows of the batch's events this consumer has not applied; returns
@@ -217,15 +299,14 @@ class EventConsumer(Generic[U]):
         )
         return set(inserted.scalars().all())
 
-    async def _apply_retrying_conflicts(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
-        """Applies one message in its savepoint. A deadlock or serialization failure in a handler is
-        retried here, a few times, instead of failing the message: the other transaction usually
-        only had to go first."""
+    async def _retrying_conflicts(self, uow: U, apply: Callable[[], Awaitable[None]]) -> None:
+        """Runs `apply` in a savepoint. A deadlock or serialization failure in it is retried here, a
+        few times, instead of failing: the other transaction usually only had to go first."""
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             mark = uow.checkpoint()
             try:
                 async with uow.session.begin_nested():
-                    await self._apply(uow, msg, event_id)
+                    await apply()
                 return
             except Exception as exc:
                 if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
@@ -234,14 +315,11 @@ class EventConsumer(Generic[U]):
                 CONFLICTS.labels(self.subscription.durable).inc()
                 await asyncio.sleep(0.05 * attempt)
 
-    async def _apply(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
+    def _decode(self, msg: Msg, event_id: uuid.UUID) -> tuple[Any, envelope.EventMeta]:
+        """The message's event, decoded by its type's handler, and its metadata."""
         headers = msg.headers or {}
         event_type = headers.get(envelope.EVENT_TYPE, "")
-        handler = self.subscription.handlers.get(event_type)
-        if handler is None:
-            # An event type this consumer does not apply (a newer publisher): recorded, not an error.
-            return
-        message = handler.message_type.FromString(msg.data)
+        handler = self.subscription.handlers[event_type]
         meta = envelope.EventMeta(
             event_id=event_id,
             event_type=event_type,
@@ -249,5 +327,14 @@ class EventConsumer(Generic[U]):
             occurred_at=datetime.fromisoformat(headers[envelope.OCCURRED_AT]),
             stream_sequence=msg.metadata.sequence.stream,
         )
+        return handler.message_type.FromString(msg.data), meta
+
+    async def _apply(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
+        event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
+        handler = self.subscription.handlers.get(event_type)
+        if handler is None:
+            # An event type this consumer does not apply (a newer publisher): recorded, not an error.
+            return
+        message, meta = self._decode(msg, event_id)
         await handler.handle(uow, message, meta)
         APPLIED.labels(self.subscription.durable, event_type).inc()

@@ -3,15 +3,16 @@ events, usage counters and charges.
 
 Locks, always in this order within a transaction so concurrent calls cannot deadlock: usage
 events by event_id (claimed by inserting them, or locked with FOR UPDATE to rate them again),
-then usage counters by key. Fees: a bill cycle (its upsert), then purchases (their upsert, or
-FOR UPDATE SKIP LOCKED, which never waits), then fee keys (inserted in key order).
+then usage counters by key. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
+in cycle id order), then purchases (their upsert, or FOR UPDATE SKIP LOCKED, which never waits),
+then fee keys (inserted in key order).
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -129,6 +130,18 @@ class PurchaseRepository:
         )
         return {row.purchase_id for row in rows}
 
+    async def start_fees_pending_of(self, account_ids: Iterable[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+        """`start_fees_pending` of several accounts at once: their purchases that have started by
+        `now` and whose start's fees are not charged yet."""
+        ids = sorted(set(account_ids))
+        if not ids:
+            return set()
+        t = purchases
+        rows = await self._session.execute(
+            select(t.c.purchase_id).where(t.c.account_id.in_(ids), t.c.start_fees_time.is_(None), t.c.start_time <= now)
+        )
+        return {row.purchase_id for row in rows}
+
     async def settle_start_fees(self, purchase_ids: Iterable[uuid.UUID], now: datetime) -> None:
         """Records that the fees due at these purchases' starts are charged (or that there are none)."""
         ids = sorted(set(purchase_ids))
@@ -201,6 +214,42 @@ class BillCycleRepository:
         )
         await self._session.execute(statement)
 
+    async def upsert_many(self, cycles: Sequence[BillCycle], now: datetime) -> dict[uuid.UUID, bool]:
+        """Records the cycles as `upsert` would, one after another in this order, in one statement
+        (rows in cycle id order, so two transactions lock them in one order). Returns the cycles it
+        changed: True for those it inserted, False for those it closed (they were open). Those it
+        leaves out were known already and stay as they were (open, or closed already); like every
+        cycle of the statement, they stay locked until the transaction ends."""
+        merged: dict[uuid.UUID, BillCycle] = {}
+        for cycle in cycles:
+            known = merged.get(cycle.bill_cycle_id)
+            if known is None:
+                merged[cycle.bill_cycle_id] = cycle
+            elif cycle.status is BillCycleStatus.CLOSED and known.status is not BillCycleStatus.CLOSED:
+                # What the second upsert does to the row the first one left: it closes. (Exact as
+                # long as an opened cycle carries no close time, as billing's never does.)
+                close_time = known.close_time if known.close_time is not None else cycle.close_time
+                merged[cycle.bill_cycle_id] = replace(known, status=BillCycleStatus.CLOSED, close_time=close_time)
+        if not merged:
+            return {}
+        rows = [merged[key] for key in sorted(merged)]
+        result = await self._session.execute(
+            _UPSERT_CYCLES,
+            {
+                "bill_cycle_id": [c.bill_cycle_id for c in rows],
+                "account_id": [c.account_id for c in rows],
+                "bill_unit_id": [c.bill_unit_id for c in rows],
+                "sequence": [c.sequence for c in rows],
+                "start_time": [c.start_time for c in rows],
+                "end_time": [c.end_time for c in rows],
+                "status": [c.status.value for c in rows],
+                "close_time": [c.close_time for c in rows],
+                "time_zone": [c.time_zone for c in rows],
+                "now": now,
+            },
+        )
+        return {row.bill_cycle_id: bool(row.inserted) for row in result}
+
     async def get(self, bill_cycle_id: uuid.UUID) -> BillCycle | None:
         row = (
             await self._session.execute(select(bill_cycles).where(bill_cycles.c.bill_cycle_id == bill_cycle_id))
@@ -217,6 +266,34 @@ class BillCycleRepository:
             cycle = _cycle(row._mapping)
             found[cycle.account_id].append(cycle)
         return found
+
+
+# `BillCycleRepository.upsert` over arrays, one statement text whatever the number of rows (a
+# multi-row VALUES would be compiled and planned again for every count). `xmax = 0`: the row was
+# inserted, not updated. A known cycle is only ever closed, never reopened.
+_CLOSED = BillCycleStatus.CLOSED.value
+_UPSERT_CYCLES = text(
+    f"""
+    INSERT INTO bill_cycles AS t
+        (bill_cycle_id, account_id, bill_unit_id, sequence, start_time, end_time, status, close_time,
+         time_zone, update_time)
+    SELECT bill_cycle_id, account_id, bill_unit_id, sequence, start_time, end_time, status, close_time,
+           time_zone, CAST(:now AS timestamptz)
+    FROM unnest(
+        CAST(:bill_cycle_id AS uuid[]), CAST(:account_id AS uuid[]), CAST(:bill_unit_id AS uuid[]),
+        CAST(:sequence AS bigint[]), CAST(:start_time AS timestamptz[]), CAST(:end_time AS timestamptz[]),
+        CAST(:status AS text[]), CAST(:close_time AS timestamptz[]), CAST(:time_zone AS text[])
+    ) WITH ORDINALITY AS r(bill_cycle_id, account_id, bill_unit_id, sequence, start_time, end_time, status,
+                           close_time, time_zone, ordinal)
+    ORDER BY ordinal
+    ON CONFLICT (bill_cycle_id) DO UPDATE
+        SET status = '{_CLOSED}',
+            close_time = coalesce(t.close_time, excluded.close_time),
+            update_time = excluded.update_time
+        WHERE t.status <> '{_CLOSED}' AND excluded.status = '{_CLOSED}'
+    RETURNING t.bill_cycle_id, (t.xmax = 0) AS inserted
+    """
+)
 
 
 def _cycle(row: Any) -> BillCycle:

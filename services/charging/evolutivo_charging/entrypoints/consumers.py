@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from evolutivo.balance.v1 import balance_pb2
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
-from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
+from evolutivo_runtime.messaging.consumer import BatchHandler, EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.timestamps import from_timestamp
 
 from evolutivo_charging.adapters import proto, usage_proto
-from evolutivo_charging.domain.usage import CreditState
+from evolutivo_charging.domain.usage import BillCycleStatus, CreditState
 from evolutivo_charging.service_layer import fees, handlers, rerating, usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
@@ -122,6 +125,31 @@ async def on_bill_cycle_closed(uow: ChargingUnitOfWork, event: billing_events.Bi
     await fees.cycles_learnt(uow, cycle.account_id, learnt, now)
 
 
+def _cycle_event(event: Any) -> fees.CycleEvent:
+    """What on_bill_cycle_opened / on_bill_cycle_closed record, in their order."""
+    if isinstance(event, billing_events.BillCycleOpened):
+        cycle = usage_proto.cycle_from_pb(event.bill_cycle)
+        return fees.CycleEvent(cycle.account_id, (replace(cycle, status=BillCycleStatus.OPEN),))
+    if isinstance(event, billing_events.BillCycleClosed):
+        cycle = usage_proto.cycle_from_pb(event.bill_cycle)
+        recorded = [replace(cycle, status=BillCycleStatus.CLOSED)]
+        if event.HasField("next_bill_cycle"):
+            recorded.append(replace(usage_proto.cycle_from_pb(event.next_bill_cycle), status=BillCycleStatus.OPEN))
+        return fees.CycleEvent(cycle.account_id, tuple(recorded))
+    raise TypeError(f"not a cycle event: {type(event).__name__}")
+
+
+async def on_bill_cycle_events(uow: ChargingUnitOfWork, batch: Sequence[tuple[Any, EventMeta]]) -> None:
+    """A fetched batch's BillCycleOpened and BillCycleClosed together (fees.cycle_events_learnt):
+    the effects of on_bill_cycle_opened / on_bill_cycle_closed applied one by one in the batch's
+    order, in a few statements. Should it raise, the consumer applies them one by one."""
+    await fees.cycle_events_learnt(uow, [_cycle_event(event) for event, _ in batch], uow.clock.now())
+
+
+# One instance for both types: a batch's opened and closed cycles are applied in one call, in order.
+_CYCLE_EVENTS: BatchHandler[ChargingUnitOfWork] = BatchHandler(on_bill_cycle_events)
+
+
 def _credit_state(group: balance_pb2.BalanceGroup, exceeded: bool, version: int) -> CreditState:
     if not group.name:
         raise ValueError("credit limit event: balance_group.name is required")
@@ -184,6 +212,10 @@ def subscriptions() -> list[Subscription[ChargingUnitOfWork]]:
                 billing_events.BillCycleClosed.DESCRIPTOR.full_name: EventHandler(
                     billing_events.BillCycleClosed, on_bill_cycle_closed
                 ),
+            },
+            batch_handlers={
+                billing_events.BillCycleOpened.DESCRIPTOR.full_name: _CYCLE_EVENTS,
+                billing_events.BillCycleClosed.DESCRIPTOR.full_name: _CYCLE_EVENTS,
             },
         ),
     ]

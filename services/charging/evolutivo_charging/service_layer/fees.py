@@ -6,6 +6,8 @@ charges table and one ChargesCreated per currency in the outbox.
 
 - `purchase_learnt`: a purchase charging learns, or learns the end of (consumer transaction);
 - `cycles_learnt`: a cycle opened or closed (consumer transaction);
+- `cycle_events_learnt`: a consumer batch of cycles opened and closed, in one go (the same effects as
+  the events' own handlers, `usage.open_cycle` / `usage.close_cycle` then `cycles_learnt`, one by one);
 - `charge_started_purchases`: the fee loop's pass, for purchases whose start the clock passed.
 """
 
@@ -14,12 +16,13 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from evolutivo_charging.domain import fees
+from evolutivo_charging.domain.catalog import ChargeOffer
 from evolutivo_charging.domain.fees import Fee
-from evolutivo_charging.domain.usage import RatedCharge
+from evolutivo_charging.domain.usage import BillCycle, BillCycleStatus, Purchase, RatedCharge
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 from evolutivo_charging.service_layer.usage import publish_charges
 
@@ -74,24 +77,121 @@ async def cycles_learnt(
     cycles due now, for each purchase of the account that has started (in advance once a cycle is
     known, in arrears once it is closed); and every fee of a started purchase whose start's fees
     waited (for a cycle to bill them in). Runs inside the consumer's transaction."""
-    wanted = set(cycle_ids)
     cycles = (await uow.bill_cycles.for_accounts([account_id]))[account_id]
-    periods = sorted((c for c in cycles if c.bill_cycle_id in wanted), key=lambda c: (c.start_time, c.bill_cycle_id))
     bought = [p for p in (await uow.purchases.for_accounts([account_id]))[account_id] if fees.started(p, now)]
     if not bought:
         return []
     pending = await uow.purchases.start_fees_pending(account_id, now)
     versions = await uow.catalog.activated(p.charge_offer_code for p in bought)
     zone = (await _time_zones(uow, [account_id]))[account_id]
-    due = fees.Fees()
+    due = _cycle_fees_due(bought, pending, versions, cycles, set(cycle_ids), zone, now)
+    return await charge_fees(uow, due, now)
+
+
+def _cycle_fees_due(
+    bought: Sequence[Purchase],
+    pending: set[uuid.UUID],
+    versions: dict[str, list[ChargeOffer]],
+    cycles: Sequence[BillCycle],
+    wanted: set[uuid.UUID],
+    zone: str,
+    now: datetime,
+) -> list[Fee]:
+    """`cycles_learnt`'s fees of one account, from what it read: `bought`, the account's started
+    purchases; `cycles`, every cycle charging knows of it; `wanted`, the ids of those learnt."""
+    periods = sorted((c for c in cycles if c.bill_cycle_id in wanted), key=lambda c: (c.start_time, c.bill_cycle_id))
+    due: list[Fee] = []
     for purchase in sorted(bought, key=lambda p: (p.start_time, p.purchase_id)):
         offer_versions = versions[purchase.charge_offer_code]
         if purchase.purchase_id in pending:
-            due += fees.purchase_fees(purchase, offer_versions, cycles, zone, now)
+            due += fees.purchase_fees(purchase, offer_versions, cycles, zone, now).fees
         else:
             for period in periods:
-                due += fees.cycle_fees(purchase, offer_versions, period, cycles, zone, now)
-    return await charge_fees(uow, due.fees, now)
+                due += fees.cycle_fees(purchase, offer_versions, period, cycles, zone, now).fees
+    return due
+
+
+@dataclass(frozen=True)
+class CycleEvent:
+    """What one BillCycleOpened or BillCycleClosed tells charging: cycles of the account, in the
+    order the event's handler records them, each with the status the event gives it (opened: the
+    cycle, open; closed: the cycle, closed, then the next one, open). Fees are due for them."""
+
+    account_id: uuid.UUID
+    cycles: tuple[BillCycle, ...]
+
+
+class NotBatchable(Exception):
+    """The batch holds something `cycle_events_learnt` does not reproduce exactly (a cycle of
+    another account): the consumer applies its events one by one instead."""
+
+
+async def cycle_events_learnt(
+    uow: ChargingUnitOfWork, events: Sequence[CycleEvent], now: datetime
+) -> list[RatedCharge]:
+    """A consumer batch of cycle events, with the effects of their handlers applied one by one in
+    this order (`usage.open_cycle` or `usage.close_cycle`, then `cycles_learnt`), in a handful of
+    statements whatever the number of events: one upsert of every cycle, one read of every
+    account's purchases and (for the accounts with a started purchase) one of their cycles, their
+    pending start fees, the catalog and their time zones; the fees are computed per event as
+    `cycles_learnt` computes them (domain/fees.py), each event seeing its account's cycles as they
+    stand after it; then one claim of every fee key and one insert of every charge, published
+    together (one ChargesCreated per currency). A fee key two events compute is charged by the
+    first, as one by one. Runs inside the consumer's transaction (the caller commits).
+
+    Raises NotBatchable for what it does not reproduce exactly (the caller, the runtime consumer,
+    then rolls back its savepoint and applies the events one by one)."""
+    for event in events:
+        if any(c.account_id != event.account_id for c in event.cycles):
+            raise NotBatchable("a cycle event names cycles of two accounts")
+        uow.account_changed(event.account_id)
+    changed = await uow.bill_cycles.upsert_many([c for e in events for c in e.cycles], now)
+    accounts = {e.account_id for e in events}
+    purchases = await uow.purchases.for_accounts(accounts)
+    bought = {a: [p for p in purchases[a] if fees.started(p, now)] for a in accounts}
+    buying = sorted(a for a in accounts if bought[a])
+    if not buying:
+        return []
+    known = await uow.bill_cycles.for_accounts(buying)
+    pending = await uow.purchases.start_fees_pending_of(buying, now)
+    versions = await uow.catalog.activated(p.charge_offer_code for a in buying for p in bought[a])
+    zones = await _time_zones(uow, buying)
+    # Each account's cycles as they were before the batch (read after the upsert, which locked the
+    # batch's cycles): without those it inserted, those it closed open again.
+    stored = {c.bill_cycle_id: c for a in buying for c in known[a]}
+    standing: dict[uuid.UUID, dict[uuid.UUID, BillCycle]] = {a: {} for a in buying}
+    for cycle in stored.values():
+        was = changed.get(cycle.bill_cycle_id)
+        if was is None:
+            standing[cycle.account_id][cycle.bill_cycle_id] = cycle
+        elif was is False:
+            standing[cycle.account_id][cycle.bill_cycle_id] = replace(cycle, status=BillCycleStatus.OPEN)
+    due: list[Fee] = []
+    for event in events:
+        cycles = standing.get(event.account_id)
+        if cycles is None:
+            continue  # no started purchase: no fee
+        for cycle in event.cycles:
+            # What the event's upsert did: a new cycle is recorded as the event says (with the
+            # fields stored: the first event's), a known one only ever closes.
+            row = stored.get(cycle.bill_cycle_id)
+            if row is None or row.account_id != event.account_id:
+                raise NotBatchable(f"cycle {cycle.bill_cycle_id} is known under another account")
+            current = cycles.get(cycle.bill_cycle_id)
+            if current is None:
+                cycles[cycle.bill_cycle_id] = replace(row, status=cycle.status)
+            elif cycle.status is BillCycleStatus.CLOSED and current.status is not BillCycleStatus.CLOSED:
+                cycles[cycle.bill_cycle_id] = replace(current, status=BillCycleStatus.CLOSED)
+        due += _cycle_fees_due(
+            bought[event.account_id],
+            pending,
+            versions,
+            list(cycles.values()),
+            {c.bill_cycle_id for c in event.cycles},
+            zones[event.account_id],
+            now,
+        )
+    return await charge_fees(uow, due, now)
 
 
 @dataclass
