@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 import psutil  # type: ignore[import-untyped]  # no stubs pinned; the harness only
@@ -67,3 +68,26 @@ def cpu_seconds(stack: Stack, services: tuple[str, ...] = ("charging", "balance"
                 times = psutil.Process(replica.pid).cpu_times()
                 found[service] = found.get(service, 0.0) + times.user + times.system
     return found
+
+
+async def settled_cpu_seconds(
+    stack: Stack,
+    services: tuple[str, ...] = ("charging", "balance", "billing"),
+    quiet_share: float = 0.05,
+    interval: float = 0.5,
+    timeout: float = 120.0,
+) -> dict[str, float]:
+    """`cpu_seconds` once every service has gone quiet (under `quiet_share` of a core for two
+    intervals in a row): a consumer still working through its backlog after the measured call
+    returned is charged to the measure instead of being left out. Gives up after `timeout` and
+    reads what it has (the report then includes the other services' background work)."""
+    deadline = time.monotonic() + timeout
+    last = cpu_seconds(stack, services)
+    calm = 0
+    while time.monotonic() < deadline and calm < 2:
+        await asyncio.sleep(interval)
+        now = cpu_seconds(stack, services)
+        busy = any(now.get(s, 0.0) - last.get(s, 0.0) > quiet_share * interval for s in now)
+        calm = 0 if busy else calm + 1
+        last = now
+    return last

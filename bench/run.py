@@ -44,7 +44,7 @@ from evolutivo_stack.stack import Stack
 
 from bench import billrun, ceilings, ingest
 from bench.common import Figure, median, open_loop
-from bench.memory import PeakSampler, cpu_seconds, rss_mib
+from bench.memory import PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
 from bench.profiling import profiled
 
 # The bill run's late-usage delay (BILLING_LATE_USAGE_DELAY_SECONDS, its default), so the seeded
@@ -175,8 +175,9 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                         figure = await ingest.measure(
                             fixture, db, kind, args.seconds, clients, args.batch, args.slices, r, args.settle_timeout
                         )
-                        # CPU per event, from the start of the calls until balance booked the last.
-                        used = cpu_seconds(stack)
+                        # CPU per event, from the start of the calls until every service went quiet
+                        # (a consumer still catching up after balance booked the last charge counts).
+                        used = await settled_cpu_seconds(stack)
                         for service, seconds in used.items():
                             figure.extra[f"cpu_ms_per_event_{service}"] = (
                                 (seconds - before.get(service, 0.0)) * 1000 / max(figure.items, 1)
@@ -222,7 +223,7 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                     bill = await billrun.bill_run(
                         pools["billing"], args.bill_accounts, LATE_USAGE_DELAY, args.bill_timeout
                     )
-                    used = cpu_seconds(stack)
+                    used = await settled_cpu_seconds(stack)
                     for service, seconds in used.items():
                         bill.extra[f"cpu_ms_per_bill_{service}"] = (
                             (seconds - before.get(service, 0.0)) * 1000 / max(bill.operations, 1)

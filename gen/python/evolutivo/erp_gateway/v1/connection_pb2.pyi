@@ -250,12 +250,13 @@ class Connection(_message.Message):
     enabled: _builtins.bool
     """Records are sent only while enabled; a disabled connection keeps its jobs waiting."""
     import_payments: _builtins.bool
-    """Tryton: payments recorded in the ERP are imported into balance."""
+    """Tryton and Odoo: payments recorded in the ERP are imported into balance (a cursor-based poll)."""
     etag: _builtins.str
     """Output only: send it back on update to refuse lost updates (AIP-154)."""
     collections_referrals: _builtins.bool
     """Collections cases referred to an agency are handed to this connection (Tryton: a note and a
-    category on the party; webhook: a "collections_case.referred" POST).
+    category on the party; Odoo: a chatter note and a tag on the partner; webhook: a
+    "collections_case.referred" POST).
     """
     @_builtins.property
     def mapping(self) -> Global___ConnectionMapping: ...
