@@ -21,6 +21,9 @@ class BillingSettings(ServiceSettings):
     late_usage_delay_seconds: float = Field(default=3600.0, ge=0)
     # BILLING_CYCLE_CLOSE_BATCH_SIZE: cycles one closer pass claims and closes in one transaction.
     cycle_close_batch_size: int = Field(default=100, ge=1)
+    # BILLING_CYCLE_CLOSE_TOGETHER: a pass closes and bills its cycles set-based (falling back to one
+    # by one when that fails); false: always one by one (the reference path; docs/performance.md).
+    cycle_close_together: bool = True
     # BILLING_TAX_RATES: JSON object of tax code -> rate as a decimal string, e.g.
     # {"standard": "0.21", "reduced": "0.10", "exempt": "0"}. "standard" is required: charges
     # without a tax code, or with a code not listed here, are taxed at it.

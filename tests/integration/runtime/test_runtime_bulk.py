@@ -7,14 +7,17 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
-from evolutivo_runtime.bulk import arrays, unnest_insert
+import pytest
+from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.db import create_engine
 from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
     Identity,
+    Integer,
     MetaData,
     Numeric,
     Table,
@@ -22,7 +25,9 @@ from sqlalchemy import (
     UniqueConstraint,
     Uuid,
     select,
+    text,
 )
+from sqlalchemy.dialects.postgresql import JSONB
 from support.databases import EmptyDatabase
 
 metadata = MetaData()
@@ -37,8 +42,10 @@ entries = Table(
     Column("effective_time", DateTime(timezone=True), nullable=False),
     UniqueConstraint("source_id", name="entries_source"),
 )
-COLUMNS = ("entry_id", "amount", "source_id", "note", "effective_time")
-INSERT = unnest_insert(entries, COLUMNS, on_conflict_constraint="entries_source", returning=("entry_id",))
+
+
+def insert(rows: list[dict[str, object]]) -> tuple[Any, dict[str, list[Any]]]:
+    return insert_rows(entries, rows, on_conflict_constraint="entries_source", returning=("entry_id",))
 
 
 def row(source: str, amount: str, note: str | None = "n") -> dict[str, object]:
@@ -58,13 +65,13 @@ async def test_rows_in_order_exact_values_and_conflicts_skipped(empty_database: 
             await conn.run_sync(metadata.create_all)
         first = [row("c", "0.000000001"), row("a", "-12345678901234567890.123456789", None), row("b", "7")]
         async with engine.begin() as conn:
-            inserted = {r.entry_id for r in await conn.execute(INSERT, arrays(first, COLUMNS))}
+            inserted = {r.entry_id for r in await conn.execute(*insert(first))}
         assert inserted == {r["entry_id"] for r in first}
 
         # "a" again (another id) conflicts and is skipped; "d" is new.
         second = [row("a", "1"), row("d", "2.5")]
         async with engine.begin() as conn:
-            inserted = {r.entry_id for r in await conn.execute(INSERT, arrays(second, COLUMNS))}
+            inserted = {r.entry_id for r in await conn.execute(*insert(second))}
         assert inserted == {second[1]["entry_id"]}
 
         async with engine.connect() as conn:
@@ -81,18 +88,46 @@ async def test_rows_in_order_exact_values_and_conflicts_skipped(empty_database: 
         await engine.dispose()
 
 
-async def test_empty_arrays_insert_nothing(empty_database: EmptyDatabase) -> None:
+def test_no_rows_is_a_caller_error() -> None:
+    with pytest.raises(ValueError):
+        insert([])
+
+
+def test_statement_names_each_column_with_its_array_type_in_order() -> None:
+    sql = str(insert([row("a", "1")])[0])
+    assert "CAST(:amount AS NUMERIC(38, 9)[])" in sql
+    assert "CAST(:entry_id AS UUID[])" in sql
+    assert "WITH ORDINALITY" in sql and "ORDER BY v.ordinal" in sql
+    assert "ON CONFLICT ON CONSTRAINT entries_source DO NOTHING RETURNING entry_id" in sql
+
+
+async def test_jsonb_values_and_none_as_sqlalchemy_writes_them(empty_database: EmptyDatabase) -> None:
+    docs = Table(
+        "docs",
+        MetaData(),
+        Column("doc_id", Integer, primary_key=True),
+        Column("body", JSONB, nullable=True),  # None is JSON null
+        Column("extra", JSONB(none_as_null=True), nullable=True),  # None is SQL NULL
+    )
     engine = create_engine(await empty_database("bulk"))
     try:
         async with engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
-            assert (await conn.execute(INSERT, arrays([], COLUMNS))).all() == []
+            await conn.run_sync(docs.metadata.create_all)
+            rows = [
+                {"doc_id": 1, "body": {"tiers": [{"units": "1.5"}]}, "extra": ["x"]},
+                {"doc_id": 2, "body": None, "extra": None},
+            ]
+            await conn.execute(*insert_rows(docs, rows))
+            stored = (
+                await conn.execute(
+                    text(
+                        "SELECT doc_id, body, extra, body IS NULL AS sql_null, jsonb_typeof(body) AS kind"
+                        " FROM docs ORDER BY doc_id"
+                    )
+                )
+            ).all()
+        assert stored[0].body == {"tiers": [{"units": "1.5"}]} and stored[0].extra == ["x"]
+        assert stored[1].sql_null is False and stored[1].kind == "null"  # JSON null, as insert(docs) writes it
+        assert stored[1].extra is None
     finally:
         await engine.dispose()
-
-
-def test_statement_names_each_column_with_its_array_type() -> None:
-    sql = str(INSERT)
-    assert "CAST(:amount AS NUMERIC(38, 9)[])" in sql
-    assert "CAST(:entry_id AS UUID[])" in sql
-    assert "ON CONFLICT ON CONSTRAINT entries_source DO NOTHING RETURNING entry_id" in sql

@@ -520,20 +520,29 @@ async def test_concurrent_closers_issue_each_bill_once_with_gapless_numbers(db: 
 async def test_a_bill_rolled_back_gives_its_number_back(db: BillingDb, monkeypatch: pytest.MonkeyPatch) -> None:
     accounts = [await open_unit(db, NOW + timedelta(minutes=i)) for i in range(5)]
     broken = accounts[2]
-    add = BillRepository.add
+    add, add_many = BillRepository.add, BillRepository.add_many
 
     async def failing_add(self: BillRepository, bill: Bill, items: Any) -> None:
         await add(self, bill, items)  # its number is taken and the bill written...
         if bill.account_id == broken:
             raise RuntimeError("the disk is full")  # ...then the savepoint rolls it back
 
+    async def failing_add_many(self: BillRepository, bills_: Any, items: Any) -> None:
+        # The set-based pass: all five numbers taken and bills written, then rolled back together;
+        # the pass falls back to closing its cycles one by one, where only the broken one fails.
+        await add_many(self, bills_, items)
+        if any(bill.account_id == broken for bill in bills_):
+            raise RuntimeError("the disk is full")
+
     monkeypatch.setattr(BillRepository, "add", failing_add)
+    monkeypatch.setattr(BillRepository, "add_many", failing_add_many)
     db.clock.instant = FIRST_DUE
     assert await db.closer().catch_up() == 4
     assert [c.status for c in await db.cycles(broken)] == [BillCycleStatus.OPEN], "not closed without its bill"
     assert sorted(b.number_sequence for b in await db.all_bills()) == [1, 2, 3, 4]
 
     monkeypatch.setattr(BillRepository, "add", add)
+    monkeypatch.setattr(BillRepository, "add_many", add_many)
     assert await db.closer().catch_up() == 1
     (late_bill,) = await db.bills(broken)
     assert late_bill.number is not None and late_bill.number.number == "F-2031-000005"

@@ -55,7 +55,9 @@ POLICY = BillPolicy(TaxRates({"standard": Decimal("0.21")}))
 PAID = "evolutivo.billing.v1.bill.paid"
 PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
 OVERDUE = "evolutivo.billing.v1.bill.overdue"
+ALLOCATED = "evolutivo.billing.v1.payment.allocated"
 _EVENT_TYPES: dict[str, type[Message]] = {
+    "evolutivo.billing.v1.PaymentAllocated": events_pb2.PaymentAllocated,
     "evolutivo.billing.v1.BillPaid": events_pb2.BillPaid,
     "evolutivo.billing.v1.BillPartiallyPaid": events_pb2.BillPartiallyPaid,
     "evolutivo.billing.v1.BillOverdue": events_pb2.BillOverdue,
@@ -291,6 +293,74 @@ async def test_a_reversal_reopens_what_the_payment_paid_and_drops_its_credit(db:
     await deliver(db, "balance", recorded(early))
     assert states(await db.bills(account_id))[1] == (BillStatus.ISSUED, Decimal(0), Decimal("24.20"))
     assert await db.credit(account_id) == 0
+
+
+def allocated(event: Any) -> tuple[str, int, list[tuple[str, Decimal]], Decimal, Decimal]:
+    """A PaymentAllocated as (payment, sequence, [(bill, amount)], payment amount, unallocated)."""
+    return (
+        event.payment_id,
+        event.sequence,
+        [(a.bill_id, from_money(a.amount)) for a in event.allocations],
+        from_money(event.payment_amount),
+        from_money(event.unallocated_amount),
+    )
+
+
+async def test_each_allocation_of_a_payment_is_announced_in_sequence(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    first, second = await db.bills(account_id)
+    p = payment(account_id, "40.00")  # 12.10 on bill 1, 24.20 on bill 2, 3.70 of credit
+    message_ = recorded(p)
+    await deliver(db, "balance", message_)
+    await deliver(db, "balance", message_.again(), recorded(p))  # redelivered: announced once
+    ((subject, event),) = await db.events(ALLOCATED)
+    assert subject == ALLOCATED
+    assert allocated(event) == (
+        p.payment_id,
+        1,
+        [(str(first.bill_id), Decimal("12.10")), (str(second.bill_id), Decimal("24.20"))],
+        Decimal("40.00"),
+        Decimal("3.70"),
+    )
+    assert event.account_id == str(account_id)
+    assert event.payment_amount.currency_code == event.unallocated_amount.currency_code == "EUR"
+
+    # A payment no bill takes is announced too, with nothing allocated.
+    spare = payment(account_id, "1.00")
+    spare.received_time.CopyFrom(to_timestamp(NOW + timedelta(minutes=1)))  # credit is taken oldest received first
+    await deliver(db, "balance", recorded(spare))
+    assert allocated((await db.events(ALLOCATED))[-1][1]) == (spare.payment_id, 1, [], Decimal("1.00"), Decimal("1.00"))
+
+    # The next bill takes the credit: each payment it takes credit from announces its next allocation.
+    await charge(db, account_id, "3.00", madrid(2031, 7, 1))
+    await close(db, madrid(2031, 7, 15) + DELAY)  # bill 3, 3.63: 3.63 of p's 3.70
+    await charge(db, account_id, "1.00", madrid(2031, 7, 20))
+    await close(db, madrid(2031, 8, 15) + DELAY)  # bill 4, 1.21: p's last 0.07, then 1.00 of spare, 0.14 open
+    third, fourth = (await db.bills(account_id))[2:]
+    assert [allocated(e) for _, e in (await db.events(ALLOCATED))[2:]] == [
+        (p.payment_id, 2, [(str(third.bill_id), Decimal("3.63"))], Decimal("40.00"), Decimal("0.07")),
+        (p.payment_id, 3, [(str(fourth.bill_id), Decimal("0.07"))], Decimal("40.00"), Decimal(0)),
+        (spare.payment_id, 2, [(str(fourth.bill_id), Decimal("1.00"))], Decimal("1.00"), Decimal(0)),
+    ]
+    assert states([third, fourth]) == [
+        (BillStatus.PAID, Decimal("3.63"), Decimal(0)),
+        (BillStatus.PARTIALLY_PAID, Decimal("1.07"), Decimal("0.14")),
+    ]
+    assert (
+        await db.scalar(select(payments.c.allocation_sequence).where(payments.c.payment_id == uuid.UUID(p.payment_id)))
+        == 3
+    )
+
+
+async def test_a_payment_whose_reversal_came_first_announces_an_empty_allocation_once(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    early = payment(account_id, "100.00")
+    await deliver(db, "balance", reversed_(early))
+    assert await db.events(ALLOCATED) == []
+    await deliver(db, "balance", recorded(early))
+    await deliver(db, "balance", recorded(early))  # the same payment in another event: nothing more
+    ((_, event),) = await db.events(ALLOCATED)
+    assert allocated(event) == (early.payment_id, 1, [], Decimal("100.00"), Decimal(0))
 
 
 async def test_bills_past_due_are_marked_overdue_once(db: BillingDb) -> None:

@@ -22,7 +22,14 @@ from evolutivo_billing.domain.bills import (
     InvalidBill,
     Period,
 )
-from evolutivo_billing.domain.payments import InvalidPayment, Owed, allocate
+from evolutivo_billing.domain.payments import (
+    Allocation,
+    InvalidPayment,
+    Owed,
+    PaymentAllocated,
+    PaymentAllocations,
+    allocate,
+)
 from evolutivo_billing.entrypoints.app import definition
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_runtime.money import from_money
@@ -199,3 +206,40 @@ def test_consumes_payments_from_balance_with_its_own_durable() -> None:
     assert sub.handlers["evolutivo.balance.v1.PaymentRecorded"].message_type is balance_events.PaymentRecorded
     assert sub.handlers["evolutivo.balance.v1.PaymentReversed"].message_type is balance_events.PaymentReversed
     assert definition().name == "billing"
+
+
+def test_a_payments_allocations_are_announced_and_encoded_for_its_subject() -> None:
+    payment_id, account_id, bill_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    payment = PaymentAllocations(payment_id, account_id, "EUR", Decimal("40.00"))
+    first = payment.allocated(1, [Allocation(bill_id, Decimal("36.30"))], Decimal("3.70"))
+    none = payment.allocated(2, [], Decimal("3.70"))
+    assert payment.events == [first, none]
+    assert first == PaymentAllocated(
+        payment_id, account_id, "EUR", 1, (Allocation(bill_id, Decimal("36.30")),), Decimal("40.00"), Decimal("3.70")
+    )
+    subject, message = events.encode(first)
+    assert subject == "evolutivo.billing.v1.payment.allocated"
+    assert isinstance(message, events_pb2.PaymentAllocated)
+    assert (message.payment_id, message.account_id, message.sequence) == (str(payment_id), str(account_id), 1)
+    assert [(a.bill_id, from_money(a.amount)) for a in message.allocations] == [(str(bill_id), Decimal("36.30"))]
+    assert (from_money(message.payment_amount), from_money(message.unallocated_amount)) == (
+        Decimal("40.00"),
+        Decimal("3.70"),
+    )
+    assert message.unallocated_amount.currency_code == "EUR"
+
+
+@pytest.mark.parametrize(
+    ("sequence", "amounts", "unallocated"),
+    [
+        (0, ["1.00"], "0"),  # numbered from 1
+        (1, ["0"], "1.00"),  # a bill gets more than zero
+        (1, ["30.00", "20.00"], "0"),  # more than the payment
+        (1, ["1.00"], "-1.00"),  # negative credit
+    ],
+)
+def test_an_impossible_allocation_is_refused(sequence: int, amounts: list[str], unallocated: str) -> None:
+    payment = PaymentAllocations(uuid.uuid4(), uuid.uuid4(), "EUR", Decimal("40.00"))
+    with pytest.raises(InvalidPayment):
+        payment.allocated(sequence, [Allocation(uuid.uuid4(), Decimal(a)) for a in amounts], Decimal(unallocated))
+    assert payment.events == []

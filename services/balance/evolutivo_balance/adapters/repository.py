@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from evolutivo_runtime.bulk import arrays, unnest_insert
+from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.db import plain_url
 from sqlalchemy import Select, bindparam, func, literal, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
@@ -262,28 +262,8 @@ class EntryFilter:
     end_time: datetime | None = None
 
 
-# Entries per INSERT: 13 bind parameters each, well under PostgreSQL's 32767.
+# Entries per INSERT (one array per column): bounds a statement's size, not its parameters.
 _ENTRIES_PER_STATEMENT = 1000
-_ENTRY_COLUMNS = (
-    "entry_id",
-    "balance_group_id",
-    "account_id",
-    "type",
-    "amount",
-    "currency_code",
-    "source_type",
-    "source_id",
-    "reason_code",
-    "reason",
-    "actor",
-    "effective_time",
-    "create_time",
-)
-# One statement over arrays, whatever the number of entries: a multi-row VALUES was compiled anew
-# for every batch and cost balance ~10x the CPU per entry (docs/performance.md).
-_INSERT_ENTRIES = unnest_insert(
-    ledger_entries, _ENTRY_COLUMNS, on_conflict_constraint="ledger_entries_source", returning=("entry_id",)
-)
 
 
 class LedgerRepository:
@@ -299,9 +279,15 @@ class LedgerRepository:
         rows = [_entry_row(e) for e in sorted(entries, key=lambda e: e.source)]
         added: set[uuid.UUID] = set()
         for start in range(0, len(rows), _ENTRIES_PER_STATEMENT):
-            result = await self._session.execute(
-                _INSERT_ENTRIES, arrays(rows[start : start + _ENTRIES_PER_STATEMENT], _ENTRY_COLUMNS)
+            # One statement over arrays: a multi-row VALUES was compiled anew for every batch and
+            # cost balance ~10x the CPU per entry (docs/performance.md).
+            statement, params = insert_rows(
+                ledger_entries,
+                rows[start : start + _ENTRIES_PER_STATEMENT],
+                on_conflict_constraint="ledger_entries_source",
+                returning=("entry_id",),
             )
+            result = await self._session.execute(statement, params)
             added.update(row.entry_id for row in result)
         return added
 

@@ -3,13 +3,31 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Date, DateTime, Integer, Table, Uuid, any_, bindparam, func, or_, select, text, tuple_, update
+from evolutivo_runtime.bulk import insert_rows
+from sqlalchemy import (
+    BigInteger,
+    Date,
+    DateTime,
+    Integer,
+    Table,
+    Text,
+    Uuid,
+    any_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    union,
+    update,
+)
 from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -88,6 +106,35 @@ class BillItemRepository:
         )
         return [_item(row._mapping) for row in await self._session.execute(query)]
 
+    async def unbilled_counts(self, bill_cycle_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """How many items no bill has taken each of these cycles has (a cycle without any is left out)."""
+        if not bill_cycle_ids:
+            return {}
+        t = bill_items
+        query = (
+            select(t.c.bill_cycle_id, func.count())
+            .where(t.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.bill_id.is_(None))
+            .group_by(t.c.bill_cycle_id)
+        )
+        return {row[0]: int(row[1]) for row in await self._session.execute(query)}
+
+    async def unbilled_in_cycles(self, bill_cycle_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, list[BillItem]]:
+        """Each of these cycles' items no bill has taken, oldest event first, in one query (the
+        set-based bill run); a cycle without any is left out."""
+        if not bill_cycle_ids:
+            return {}
+        t = bill_items
+        query = (
+            select(t)
+            .where(t.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.bill_id.is_(None))
+            .order_by(t.c.bill_cycle_id, t.c.event_time, t.c.charge_id)
+        )
+        found: dict[uuid.UUID, list[BillItem]] = {}
+        for row in await self._session.execute(query):
+            item = _item(row._mapping)
+            found.setdefault(item.bill_cycle_id, []).append(item)
+        return found
+
     async def unbilled_for_unit(self, bill_unit_id: uuid.UUID) -> list[BillItem]:
         """The unit's items no bill has taken (all in its open cycle), oldest event first."""
         t = bill_items
@@ -141,6 +188,34 @@ class BillItemRepository:
         if result.rowcount != len(charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
             raise ItemAlreadyBilled(f"bill {bill_id}: a charge of its lines is billed already")
 
+    async def mark_billed_many(self, bills_: Sequence[Bill]) -> None:
+        """Puts every charge of these bills' lines on its bill and line, in one statement (the
+        set-based bill run); ItemAlreadyBilled when one is on a bill already."""
+        charge_ids: list[uuid.UUID] = []
+        bill_ids: list[uuid.UUID] = []
+        line_numbers: list[int] = []
+        for bill in bills_:
+            for line in bill.lines:
+                charge_ids.extend(line.charge_ids)
+                bill_ids.extend([bill.bill_id] * len(line.charge_ids))
+                line_numbers.extend([line.line_number] * len(line.charge_ids))
+        if not charge_ids:
+            return
+        result = await self._session.execute(
+            text(
+                "UPDATE bill_items SET bill_id = v.bill_id, bill_line_number = v.line_number "
+                "FROM unnest(CAST(:charge_ids AS uuid[]), CAST(:bill_ids AS uuid[]), CAST(:line_numbers AS integer[])) "
+                "AS v(charge_id, bill_id, line_number) "
+                "WHERE bill_items.charge_id = v.charge_id AND bill_items.bill_id IS NULL"
+            ).bindparams(
+                bindparam("charge_ids", charge_ids, type_=ARRAY(Uuid)),
+                bindparam("bill_ids", bill_ids, type_=ARRAY(Uuid)),
+                bindparam("line_numbers", line_numbers, type_=ARRAY(Integer)),
+            )
+        )
+        if result.rowcount != len(charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            raise ItemAlreadyBilled(f"a charge of the lines of {len(bills_)} bills is billed already")
+
 
 def _item_row(item: BillItem) -> dict[str, Any]:
     c = item.charge
@@ -186,11 +261,13 @@ def tiers_to_json(tiers: Iterable[Tier]) -> list[dict[str, Any]]:
 
 
 def tiers_from_json(value: Any) -> tuple[Tier, ...]:
+    if not value:  # most charges and lines have none (JSON null, or SQL NULL)
+        return ()
     return tuple(
         Tier(
             int(t["tier"]), Decimal(t["units"]), Decimal(t["unit_price"]), Decimal(t["flat_fee"]), Decimal(t["amount"])
         )
-        for t in value or ()
+        for t in value
     )
 
 
@@ -244,41 +321,55 @@ class BillRepository:
         ItemAlreadyBilled: either way the whole bill rolls back."""
         await self._session.execute(insert(bills).values(**_bill_row(bill)))
         if bill.lines:
-            await self._session.execute(
-                insert(bill_lines),
-                [
-                    {
-                        "bill_id": bill.bill_id,
-                        "line_number": line.line_number,
-                        "period_start_date": line.key.period_start,
-                        "period_end_date": line.key.period_end,
-                        "charge_offer_code": line.key.charge_offer_code,
-                        "charge_code": line.key.charge_code,
-                        "tax_code": line.key.tax_code,
-                        "quantity": line.quantity,
-                        "amount": line.amount,
-                        "charge_count": len(line.charge_ids),
-                        "unit_price": line.unit_price,
-                        "tiers": tiers_to_json(line.tiers) if line.tiers else None,
-                    }
-                    for line in bill.lines
-                ],
-            )
+            await self._session.execute(insert(bill_lines), [_line_row(bill, line) for line in bill.lines])
         if bill.taxes:
-            await self._session.execute(
-                insert(bill_taxes),
-                [
-                    {
-                        "bill_id": bill.bill_id,
-                        "tax_code": tax.tax_code,
-                        "rate": tax.rate,
-                        "taxable_amount": tax.taxable_amount,
-                        "tax_amount": tax.tax_amount,
-                    }
-                    for tax in bill.taxes
-                ],
-            )
+            await self._session.execute(insert(bill_taxes), [_tax_row(bill, tax) for tax in bill.taxes])
         await items.mark_billed(bill.bill_id, bill.lines)
+
+    async def add_many(self, bills_: Sequence[Bill], items: BillItemRepository) -> None:
+        """`add` for many bills at once (the set-based bill run): one statement each for the bills,
+        their lines and their taxes, and one putting their charges on them. The same guards hold
+        (`bills_one_per_cycle`, ItemAlreadyBilled), failing the whole set."""
+        if not bills_:
+            return
+        await self._session.execute(*insert_rows(bills, [_bill_row(bill) for bill in bills_]))
+        lines = [_line_row(bill, line) for bill in bills_ for line in bill.lines]
+        if lines:
+            await self._session.execute(*insert_rows(bill_lines, lines))
+        taxes = [_tax_row(bill, tax) for bill in bills_ for tax in bill.taxes]
+        if taxes:
+            await self._session.execute(*insert_rows(bill_taxes, taxes))
+        await items.mark_billed_many(bills_)
+
+    async def statements(self, units: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, Statement]:
+        """`statement` of many (bill unit, account) pairs in one query (the set-based bill run),
+        by bill unit id."""
+        if not units:
+            return {}
+        rows = await self._session.execute(
+            text(_STATEMENTS).bindparams(
+                bindparam("units", [u for u, _ in units], type_=ARRAY(Uuid)),
+                bindparam("accounts", [a for _, a in units], type_=ARRAY(Uuid)),
+            )
+        )
+        return {
+            row.bill_unit_id: Statement(
+                _plain(Decimal(row.owed or 0)), _plain(Decimal(row.paid or 0)), _plain(Decimal(row.credited or 0))
+            )
+            for row in rows
+        }
+
+    async def accounts_with_credit(self, account_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+        """Of these accounts, those with credit to apply to a new bill: a payment or a credit note
+        with something unallocated (the set-based bill run calls `apply_credit` for those only)."""
+        if not account_ids:
+            return set()
+        p, c = payments, credit_notes
+        query = union(
+            select(p.c.account_id).where(p.c.account_id == _any_of(account_ids), p.c.unallocated > 0),
+            select(c.c.account_id).where(c.c.account_id == _any_of(account_ids), c.c.unallocated > 0),
+        )
+        return {row.account_id for row in await self._session.execute(query)}
 
     async def get(self, bill_id: uuid.UUID, with_charge_ids: bool = True) -> Bill | None:
         row = (await self._session.execute(select(bills).where(bills.c.bill_id == bill_id))).first()
@@ -461,6 +552,54 @@ class BillRepository:
         return [_bill(row, lines[row["bill_id"]], taxes[row["bill_id"]], charges) for row in rows]
 
 
+# `BillRepository.statement` for many units at once: the same three sums per (unit, account). The
+# open statuses are written out (not a parameter) so the planner can use the partial `bills_open`.
+_STATEMENTS = f"""
+SELECT v.bill_unit_id,
+       (SELECT sum(b.total - b.paid_amount - b.credited_amount) FROM bills AS b
+         WHERE b.bill_unit_id = v.bill_unit_id
+           AND b.status IN ({", ".join(f"'{s.value}'" for s in OPEN_STATUSES)})
+           AND b.total > b.paid_amount + b.credited_amount) AS owed,
+       (SELECT sum(p.amount) FROM payments AS p
+         WHERE p.account_id = v.account_id AND p.reversed IS false
+           AND (s.since IS NULL OR p.record_time > s.since)) AS paid,
+       (SELECT sum(c.total) FROM credit_notes AS c
+         WHERE c.bill_unit_id = v.bill_unit_id AND (s.since IS NULL OR c.issue_time > s.since)) AS credited
+FROM unnest(CAST(:units AS uuid[]), CAST(:accounts AS uuid[])) AS v(bill_unit_id, account_id)
+CROSS JOIN LATERAL (
+    SELECT max(b.issue_time) AS since FROM bills AS b
+     WHERE b.bill_unit_id = v.bill_unit_id AND b.issue_time IS NOT NULL
+) AS s
+"""
+
+
+def _line_row(bill: Bill, line: BillLine) -> dict[str, Any]:
+    return {
+        "bill_id": bill.bill_id,
+        "line_number": line.line_number,
+        "period_start_date": line.key.period_start,
+        "period_end_date": line.key.period_end,
+        "charge_offer_code": line.key.charge_offer_code,
+        "charge_code": line.key.charge_code,
+        "tax_code": line.key.tax_code,
+        "quantity": line.quantity,
+        "amount": line.amount,
+        "charge_count": len(line.charge_ids),
+        "unit_price": line.unit_price,
+        "tiers": tiers_to_json(line.tiers) if line.tiers else None,
+    }
+
+
+def _tax_row(bill: Bill, tax: BillTax) -> dict[str, Any]:
+    return {
+        "bill_id": bill.bill_id,
+        "tax_code": tax.tax_code,
+        "rate": tax.rate,
+        "taxable_amount": tax.taxable_amount,
+        "tax_amount": tax.tax_amount,
+    }
+
+
 def _bill_row(bill: Bill) -> dict[str, Any]:
     number = bill.number
     return {
@@ -580,6 +719,28 @@ class BillNumberSeriesRepository:
         )
         return int(result.scalar_one())
 
+    async def take(self, counts: Mapping[str, int]) -> dict[str, int]:
+        """A block of `counts[series]` numbers from each series, in one statement (`next` for
+        many numbers: one UPDATE ... RETURNING per series row, created at 0 if missing); returns
+        the first number of each block (the block runs from it, without a gap)."""
+        wanted = {key: n for key, n in sorted(counts.items()) if n > 0}
+        if not wanted:
+            return {}
+        t = self._table.name
+        result = await self._session.execute(
+            text(
+                f"INSERT INTO {t} (series_key, last_number) "
+                "SELECT v.series_key, v.n FROM unnest(CAST(:keys AS text[]), CAST(:counts AS bigint[])) "
+                "WITH ORDINALITY AS v(series_key, n, ordinal) ORDER BY v.ordinal "
+                f"ON CONFLICT (series_key) DO UPDATE SET last_number = {t}.last_number + excluded.last_number "
+                "RETURNING series_key, last_number"
+            ).bindparams(
+                bindparam("keys", list(wanted), type_=ARRAY(Text)),
+                bindparam("counts", list(wanted.values()), type_=ARRAY(BigInteger)),
+            )
+        )
+        return {row.series_key: int(row.last_number) - wanted[row.series_key] + 1 for row in result}
+
 
 @dataclass(frozen=True)
 class ReceivedPayment:
@@ -644,6 +805,22 @@ class PaymentRepository:
             .where(payments.c.payment_id == payment_id)
             .values(unallocated=unallocated, reversed=reversed_)
         )
+
+    async def next_allocation_sequence(self, payment_id: uuid.UUID, first_only: bool = False) -> int | None:
+        """Counts one more PaymentAllocated of the payment and returns its sequence (1, 2, ...);
+        with `first_only`, only when none was announced yet (None otherwise). The payment's row is
+        updated, so its allocations are numbered one at a time whatever the replicas."""
+        t = payments
+        query = update(t).where(t.c.payment_id == payment_id)
+        if first_only:
+            query = query.where(t.c.allocation_sequence == 0)
+        result = await self._session.execute(
+            query.values(allocation_sequence=t.c.allocation_sequence + 1).returning(t.c.allocation_sequence)
+        )
+        sequence = result.scalar_one_or_none()
+        if sequence is None and not first_only:
+            raise LookupError(f"billing has no payment {payment_id}")
+        return None if sequence is None else int(sequence)
 
     async def credits_for_update(self, account_id: uuid.UUID) -> list[ReceivedPayment]:
         """The account's payments with something unallocated, oldest received first, locked."""

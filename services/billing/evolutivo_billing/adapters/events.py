@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from evolutivo.billing.v1 import events_pb2
+from evolutivo_runtime.money import to_money
 from google.protobuf.message import Message
 
 from evolutivo_billing.adapters import bills_proto, collections_proto, proto
@@ -10,6 +11,7 @@ from evolutivo_billing.domain.bills import BillIssued, BillOverdue, BillPaid, Bi
 from evolutivo_billing.domain.credit_notes import CreditNoteIssued
 from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
+from evolutivo_billing.domain.payments import PaymentAllocated
 
 BILL_UNIT_CREATED = "evolutivo.billing.v1.bill_unit.created"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
@@ -20,6 +22,7 @@ BILL_PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
 BILL_OVERDUE = "evolutivo.billing.v1.bill.overdue"
 BILL_VOIDED = "evolutivo.billing.v1.bill.voided"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
+PAYMENT_ALLOCATED = "evolutivo.billing.v1.payment.allocated"
 
 
 def encode(event: object) -> tuple[str, Message]:
@@ -49,6 +52,19 @@ def encode(event: object) -> tuple[str, Message]:
             )
         case CreditNoteIssued(credit_note=note):
             return CREDIT_NOTE_ISSUED, events_pb2.CreditNoteIssued(credit_note=bills_proto.credit_note_to_pb(note))
+        case PaymentAllocated() as allocated:
+            currency = allocated.currency_code
+            return PAYMENT_ALLOCATED, events_pb2.PaymentAllocated(
+                payment_id=str(allocated.payment_id),
+                account_id=str(allocated.account_id),
+                sequence=allocated.sequence,
+                allocations=[
+                    events_pb2.BillAllocation(bill_id=str(a.bill_id), amount=to_money(a.amount, currency))
+                    for a in allocated.allocations
+                ],
+                payment_amount=to_money(allocated.payment_amount, currency),
+                unallocated_amount=to_money(allocated.unallocated, currency),
+            )
     # Collections' events (docs/collections.md) are encoded by their own module.
     encoded = collections_proto.encode(event)
     if encoded is not None:

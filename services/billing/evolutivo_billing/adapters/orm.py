@@ -162,6 +162,8 @@ bills = Table(
     ),
     # ListBills: an account's bills, newest first.
     Index("bills_listing", "account_id", "issue_date", "create_time", "bill_id"),
+    # Since 0012: a bill's statement, when the unit's last bill was issued.
+    Index("bills_unit_issue", "bill_unit_id", "issue_time"),
 )
 
 bill_lines = Table(
@@ -261,9 +263,14 @@ payments = Table(
     Column("reversed", Boolean, nullable=False),
     Column("received_time", DateTime(timezone=True), nullable=False),
     Column("record_time", DateTime(timezone=True), nullable=False),
+    # Since 0011: the sequence of the last PaymentAllocated published for the payment (0: none yet).
+    Column("allocation_sequence", Integer, nullable=False, server_default="0"),
     CheckConstraint("unallocated >= 0 and unallocated <= amount", name="payments_unallocated"),
+    CheckConstraint("allocation_sequence >= 0", name="payments_allocation_sequence"),
     CheckConstraint("not reversed or unallocated = 0", name="payments_reversed_no_credit"),
     Index("payments_credit", "account_id", "received_time", "payment_id", postgresql_where=text("unallocated > 0")),
+    # Since 0012: a bill's statement, the payments recorded since the unit's last bill.
+    Index("payments_account_record", "account_id", "record_time"),
 )
 
 payment_allocations = Table(

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert
+from evolutivo_runtime.bulk import insert_rows
+from sqlalchemy import DateTime, Uuid, bindparam, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from evolutivo_billing.adapters.bills_repository import _any_of
 from evolutivo_billing.adapters.orm import bill_cycles, bill_units
 from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import AccountStatus, BillingFrequency, BillingProfile, BillUnit, ListPosition
@@ -46,6 +48,13 @@ class BillUnitRepository:
             query = query.with_for_update()
         row = (await self._session.execute(query)).first()
         return _unit(row._mapping) if row else None
+
+    async def many_for_update(self, bill_unit_ids: Collection[uuid.UUID]) -> list[BillUnit]:
+        """These bill units, locked until the transaction ends, in one statement (the set-based bill
+        run; rows locked in `bill_unit_id` order)."""
+        t = bill_units
+        query = select(t).where(t.c.bill_unit_id == _any_of(bill_unit_ids)).order_by(t.c.bill_unit_id).with_for_update()
+        return [_unit(row._mapping) for row in await self._session.execute(query)]
 
     async def save(self, unit: BillUnit) -> None:
         """Writes what can change on a unit (read with `for_update`)."""
@@ -166,6 +175,35 @@ class BillCycleRepository:
         )
         if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
             raise CycleAlreadyClosed(f"bill cycle {cycle.bill_cycle_id} is not open")
+
+    async def add_many(self, cycles: Sequence[BillCycle]) -> None:
+        """Inserts new cycles in one statement (`add`'s guards hold for each)."""
+        if cycles:
+            await self._session.execute(
+                *insert_rows(bill_cycles, [{"bill_cycle_id": c.bill_cycle_id, **_cycle_row(c)} for c in cycles])
+            )
+
+    async def save_closed_many(self, cycles: Sequence[BillCycle]) -> None:
+        """Writes the closing of cycles read open (and locked) in this transaction, in one statement;
+        CycleAlreadyClosed when one of them is no longer open."""
+        if not cycles:
+            return
+        result = await self._session.execute(
+            text(
+                "UPDATE bill_cycles SET status = :closed, close_time = v.close_time "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:close_times AS timestamptz[])) "
+                "AS v(bill_cycle_id, close_time) "
+                "WHERE bill_cycles.bill_cycle_id = v.bill_cycle_id AND bill_cycles.status = :open"
+            ).bindparams(
+                bindparam("closed", BillCycleStatus.CLOSED.value),
+                bindparam("open", BillCycleStatus.OPEN.value),
+                bindparam("ids", [c.bill_cycle_id for c in cycles], type_=ARRAY(Uuid)),
+                bindparam("close_times", [c.close_time for c in cycles], type_=ARRAY(DateTime(timezone=True))),
+            )
+        )
+        closed: int = result.rowcount  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+        if closed != len(cycles):
+            raise CycleAlreadyClosed(f"{len(cycles) - closed} of {len(cycles)} bill cycles are not open")
 
     async def get(self, bill_cycle_id: uuid.UUID, for_share: bool = False) -> BillCycle | None:
         """The cycle; with `for_share`, share-locked until the transaction ends (a closer closing

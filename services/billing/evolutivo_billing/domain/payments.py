@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 
@@ -52,3 +52,52 @@ def allocate(amount: Decimal, bills: Sequence[Owed]) -> tuple[list[Allocation], 
         allocations.append(Allocation(bill.bill_id, take))
         left -= take
     return allocations, left
+
+
+@dataclass(frozen=True)
+class PaymentAllocated:
+    """One allocation of a payment, announced so that others (the ERP gateway) apply the payment
+    as billing did: `sequence` 1 is the allocation made when billing recorded the payment (it may
+    give nothing to any bill), 2, 3, ... each later application of its credit to a newly issued
+    bill. `unallocated` is what of the payment is left as credit after it."""
+
+    payment_id: uuid.UUID
+    account_id: uuid.UUID
+    currency_code: str
+    sequence: int
+    allocations: tuple[Allocation, ...]
+    payment_amount: Decimal
+    unallocated: Decimal
+
+
+@dataclass
+class PaymentAllocations:
+    """A payment as allocation sees it: the aggregate whose allocations are announced, in order."""
+
+    payment_id: uuid.UUID
+    account_id: uuid.UUID
+    currency_code: str
+    amount: Decimal
+    events: list[object] = field(default_factory=list)
+
+    def allocated(self, sequence: int, allocations: Sequence[Allocation], unallocated: Decimal) -> PaymentAllocated:
+        """Records allocation number `sequence` (what it gave each bill, what is left after it)."""
+        if sequence < 1:
+            raise InvalidPayment(f"allocation sequence {sequence}: allocations are numbered from 1")
+        if any(a.amount <= 0 for a in allocations):
+            raise InvalidPayment("an allocation gives a bill more than zero")
+        if len({a.bill_id for a in allocations}) != len(allocations):
+            raise InvalidPayment("an allocation gives each bill one amount")
+        if unallocated < 0 or sum((a.amount for a in allocations), Decimal(0)) + unallocated > self.amount:
+            raise InvalidPayment(f"allocations of {self.payment_id} exceed its amount {self.amount}")
+        event = PaymentAllocated(
+            self.payment_id,
+            self.account_id,
+            self.currency_code,
+            sequence,
+            tuple(allocations),
+            self.amount,
+            unallocated,
+        )
+        self.events.append(event)
+        return event

@@ -45,6 +45,7 @@ def wire(rt: Runtime) -> Wiring:
         settings.cycle_close_batch_size,
         policy(settings),
         settings.database_url,
+        together=settings.cycle_close_together,
     )
     return Wiring(
         servicers=[

@@ -5,7 +5,8 @@ triggers") and marks the bills past their due date OVERDUE (docs/billing.md, "Pa
 woken at once when a threshold is reached (LISTEN), besides every check.
 
 Every `BILLING_CYCLE_CHECK_SECONDS` it runs passes of `close_due_cycles` until one closes nothing,
-so a unit several cycles behind catches up, one cycle per pass, in order. Replicas share the work
+so a unit several cycles behind catches up, one cycle per pass, in order. Each pass closes and bills
+its cycles set-based, falling back to one by one when that fails (docs/performance.md). Replicas share the work
 through row locks (`SKIP LOCKED`); a cycle is never closed, nor billed, twice (docs/billing.md)."""
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ class CycleCloser:
         batch_size: int,
         policy: BillPolicy | None = None,
         listen_url: str | None = None,
+        together: bool = True,
     ) -> None:
         self._uow = uow
+        # Passes close their cycles set-based (False: one by one, the reference path; tests).
+        self.together = together
         # Where to LISTEN for reached thresholds (None: only the periodic check finds them).
         self._listen_url = listen_url
         self._wakeup = asyncio.Event()
@@ -60,7 +64,9 @@ class CycleCloser:
         failed: set[uuid.UUID] = set()
         may_wait = True
         while stop is None or not stop.is_set():
-            done = await close_due_cycles(self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy)
+            done = await close_due_cycles(
+                self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy, together=self.together
+            )
             total += done.closed
             failed |= done.failed
             if done.closed or done.failed:
@@ -68,7 +74,13 @@ class CycleCloser:
             if not may_wait or not await any_due(self._uow(), self.late_usage_delay, failed):
                 break
             done = await close_due_cycles(
-                self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy, wait=True
+                self._uow(),
+                self.late_usage_delay,
+                self.batch_size,
+                failed,
+                self.policy,
+                wait=True,
+                together=self.together,
             )
             total += done.closed
             failed |= done.failed

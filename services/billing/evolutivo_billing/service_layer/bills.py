@@ -9,6 +9,7 @@ number series, then the bill unit (the closer); bill now and threshold bills tak
 
 from __future__ import annotations
 
+import collections
 import logging
 import uuid
 from collections import defaultdict
@@ -24,6 +25,7 @@ from evolutivo_billing.domain.bills import (
     Bill,
     BillItem,
     BillListPosition,
+    BillStatus,
     BillTrigger,
     Charge,
     ItemListPosition,
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 
 # Reads of a unit's open cycle while a closer is replacing it (see BillCycleRepository.open_for_unit).
 OPEN_CYCLE_ATTEMPTS = 5
+# The set-based bill run bills a pass's cycles in groups of at most this many unbilled items (a
+# cycle with more is a group of its own): what it holds in memory at once (bill_closed_cycles).
+BILL_RUN_GROUP_ITEMS = 20_000
 
 BILLS_ON_DEMAND = Counter("evolutivo_billing_bills_on_demand_total", "Bills issued by BillNow")
 BILLS_THRESHOLD = Counter("evolutivo_billing_bills_threshold_total", "Bills issued on reaching the threshold")
@@ -159,6 +164,95 @@ async def bill_cycle(
     return await _issue(uow, unit, bill, now, policy)
 
 
+@dataclass(frozen=True)
+class ClosedCycle:
+    """A cycle the closer has just closed, as the set-based bill run bills it: the unit (locked),
+    the profile the cycle ran under (its bill's payment terms) and the cycle opened in its place."""
+
+    unit: BillUnit
+    profile: BillingProfile
+    cycle: BillCycle
+    following: BillCycle
+
+
+async def bill_closed_cycles(
+    uow: BillingUnitOfWork, closed: Sequence[ClosedCycle], now: datetime, policy: BillPolicy
+) -> list[Bill]:
+    """`bill_cycle` for many cycles closed in one pass, set-based (docs/performance.md): the items of
+    all the cycles in one query, the statements of all their units in one, a block of numbers
+    per series in one, the bills, lines and taxes inserted together and their items marked billed in
+    one statement; then, for the accounts that have credit (found in one query), `apply_credit`
+    bill by bill. Each bill is built by the same domain code as `bill_cycle` and numbered in the
+    order of `closed` (the claim order, as the per-cycle path numbers them), so the bills and
+    numbers are the ones the per-cycle path would make.
+
+    So that a pass of heavy accounts does not hold all their items in memory at once, the cycles
+    are billed in consecutive groups of at most BILL_RUN_GROUP_ITEMS unbilled items (counted in
+    one query first; a cycle with more is a group of its own), one group after the other, in order.
+
+    Tracks, cycle by cycle in order, the closed cycle, the one opened and the bill (the per-cycle
+    path's order, so the events reach the outbox in the same order). Runs in the caller's
+    transaction (a savepoint), which holds the cycles, the series and the units."""
+    counts = await uow.bill_items.unbilled_counts([c.cycle.bill_cycle_id for c in closed])
+    built: list[Bill] = []
+    group: list[ClosedCycle] = []
+    items = 0
+    for c in closed:
+        count = counts.get(c.cycle.bill_cycle_id, 0)
+        if group and items + count > BILL_RUN_GROUP_ITEMS:
+            built += await _bill_group(uow, group, now, policy)
+            group, items = [], 0
+        group.append(c)
+        items += count
+    if group:
+        built += await _bill_group(uow, group, now, policy)
+    return built
+
+
+async def _bill_group(
+    uow: BillingUnitOfWork, closed: Sequence[ClosedCycle], now: datetime, policy: BillPolicy
+) -> list[Bill]:
+    items = await uow.bill_items.unbilled_in_cycles([c.cycle.bill_cycle_id for c in closed])
+    statements = await uow.bills.statements([(c.unit.bill_unit_id, c.unit.account_id) for c in closed])
+    built: list[Bill] = []
+    for c in closed:
+        bill = Bill.for_cycle(c.unit, c.cycle, c.profile, items.pop(c.cycle.bill_cycle_id, ()), policy.tax_rates, now)
+        bill.statement = statements[c.unit.bill_unit_id]
+        built.append(bill)
+    del items
+    numbered = [b for b in built if not (b.is_zero and policy.suppress_zero_bills)]
+    series_of = {b.bill_id: policy.numbering.series(b.issue_date) for b in numbered}
+    next_number = await uow.bill_numbers.take(collections.Counter(series_of.values()))
+    for bill in built:
+        series = series_of.get(bill.bill_id)
+        if series is None:
+            bill.suppress()
+            continue
+        bill.issue(policy.numbering.number(bill.issue_date, next_number[series]), now)
+        next_number[series] += 1
+    await uow.bills.add_many(built, uow.bill_items)
+    owing = {b.account_id for b in built if b.status is BillStatus.ISSUED and b.open_amount > 0}
+    with_credit = await uow.bills.accounts_with_credit(owing)
+    for c, bill in zip(closed, built, strict=True):
+        # A bill without credit to take is stored as apply_credit would leave it: nothing to do.
+        if bill.account_id in with_credit:
+            await apply_credit(uow, c.unit, bill, now)
+        _warn_unknown_tax_codes(bill, policy)
+        uow.track(c.cycle)
+        uow.track(c.following)
+        uow.track(bill)
+    return built
+
+
+def _warn_unknown_tax_codes(bill: Bill, policy: BillPolicy) -> None:
+    unknown = sorted(t.tax_code for t in bill.taxes if not policy.tax_rates.knows(t.tax_code))
+    if unknown:
+        log.warning(
+            "tax codes without a rate taxed at the standard rate",
+            extra={"bill_id": str(bill.bill_id), "tax_codes": unknown},
+        )
+
+
 async def _issue(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: datetime, policy: BillPolicy) -> Bill:
     """A DRAFT bill built from unbilled items, with the account's statement, issued with the next
     number of its series (or suppressed when it totals zero and the policy says so), stored with
@@ -173,12 +267,7 @@ async def _issue(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: dateti
     await uow.bills.add(bill, uow.bill_items)
     # The account's credit (payments no open bill took, credit notes) pays it, in this same transaction.
     await apply_credit(uow, unit, bill, now)
-    unknown = sorted(t.tax_code for t in bill.taxes if not policy.tax_rates.knows(t.tax_code))
-    if unknown:
-        log.warning(
-            "tax codes without a rate taxed at the standard rate",
-            extra={"bill_id": str(bill.bill_id), "tax_codes": unknown},
-        )
+    _warn_unknown_tax_codes(bill, policy)
     return bill
 
 

@@ -13,7 +13,7 @@ from prometheus_client import Counter
 from evolutivo_billing.adapters.bills_repository import ReceivedPayment
 from evolutivo_billing.domain.bills import Bill, BillStatus
 from evolutivo_billing.domain.model import BillUnit
-from evolutivo_billing.domain.payments import Owed, allocate
+from evolutivo_billing.domain.payments import Allocation, Owed, PaymentAllocations, allocate
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -39,17 +39,33 @@ async def _unit(uow: BillingUnitOfWork, payment: ReceivedPayment) -> BillUnit:
     return unit
 
 
+def _announced(payment: ReceivedPayment) -> PaymentAllocations:
+    return PaymentAllocations(payment.payment_id, payment.account_id, payment.currency_code, payment.amount)
+
+
 async def record_payment(uow: BillingUnitOfWork, payment: ReceivedPayment) -> bool:
     """On PaymentRecorded: the payment is allocated to the account's open bills (ISSUED,
     PARTIALLY_PAID, OVERDUE), oldest due date first, each up to what it owes; what is left is the
     account's credit, kept on the payment. Returns False when billing had the payment already
     (a redelivery, or its reversal came first): nothing is allocated twice.
 
+    The allocation is announced as PaymentAllocated sequence 1, also when it gives nothing to any
+    bill, and also for a payment whose reversal came first (nothing allocated, nothing left): the
+    ERP gateway waits for it to book the payment as billing allocated it.
+
     Runs inside the consumer's transaction (the caller commits). The bills are locked in bill_id
     order."""
     unit = await _unit(uow, payment)
     now = uow.clock.now()
     if not await uow.payments.add(payment, now):
+        known = await uow.payments.get(payment.payment_id)
+        if known is not None and known.reversed:
+            # Its reversal came first: the first PaymentRecorded announces the (empty) allocation once.
+            sequence = await uow.payments.next_allocation_sequence(payment.payment_id, first_only=True)
+            if sequence is not None:
+                announced = _announced(known)
+                announced.allocated(sequence, (), known.unallocated)
+                uow.track(announced)
         return False
     open_bills = await uow.bills.open_for_update(unit.bill_unit_id)
     by_id = {b.bill_id: b for b in open_bills}
@@ -66,6 +82,11 @@ async def record_payment(uow: BillingUnitOfWork, payment: ReceivedPayment) -> bo
         await uow.bills.save_payment_state(bill)
         uow.track(bill)
     await uow.payments.set_unallocated(payment.payment_id, left)
+    sequence = await uow.payments.next_allocation_sequence(payment.payment_id)
+    assert sequence is not None
+    announced = _announced(payment)
+    announced.allocated(sequence, allocations, left)
+    uow.track(announced)
     log.info(
         "payment allocated",
         extra={"payment_id": str(payment.payment_id), "bills": len(allocations), "credit": str(left)},
@@ -111,7 +132,11 @@ async def reverse_payment(uow: BillingUnitOfWork, payment: ReceivedPayment) -> b
 async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: datetime) -> None:
     """A bill just issued takes the account's credit, in the issuing transaction (the bill unit is
     locked by the caller): the unallocated remainders of its payments, oldest received first, then
-    of its credit notes, oldest issued first. What it took is its `credit_applied`."""
+    of its credit notes, oldest issued first. What it took is its `credit_applied`.
+
+    Each payment whose credit the bill takes announces it as its next PaymentAllocated (sequence
+    2, 3, ...), so that the ERP moves that much of the payment's credit onto the bill's invoice.
+    Credit notes' credit announces nothing (an ERP has the credit note against its own bill)."""
     if bill.status is not BillStatus.ISSUED or bill.open_amount <= 0:
         return
     for credit in await uow.payments.credits_for_update(bill.account_id):
@@ -125,6 +150,11 @@ async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: 
         bill.pay(take)
         bill.credit_applied += take
         await uow.payments.set_unallocated(credit.payment_id, credit.unallocated - take)
+        sequence = await uow.payments.next_allocation_sequence(credit.payment_id)
+        assert sequence is not None
+        announced = _announced(credit)
+        announced.allocated(sequence, (Allocation(bill.bill_id, take),), credit.unallocated - take)
+        uow.track(announced)
     if bill.open_amount > 0:
         for note in await uow.credit_notes.credits_for_update(bill.account_id):
             if bill.open_amount <= 0:
