@@ -10,7 +10,7 @@ from evolutivo.erp_gateway.v1 import sync_state_pb2
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.field_mask_pb2 import FieldMask
 
-from bad_input import FAILED, INVALID, NOT_FOUND, OK, Case, case
+from bad_input import ABORTED, FAILED, INVALID, NOT_FOUND, OK, Case, case
 from bad_input.values import CONTROL, NOT_A_TOKEN, NOT_UUID, SCRIPT, SQL, UNKNOWN, long
 from bad_input.world import World
 
@@ -229,8 +229,9 @@ CASES: list[Case] = [
         S + "UpdateConnection",
         "stale etag",
         lambda w: update(w, "display_name", display_name="Renamed", etag="v0"),
-        # FAILED_PRECONDITION here, ABORTED in customer: reported.
-        FAILED,
+        # ABORTED, as a stale etag is in every service (AIP-154).
+        ABORTED,
+        reason="ETAG_MISMATCH",
     ),
     case(
         S + "UpdateConnection",
@@ -267,7 +268,8 @@ CASES: list[Case] = [
         S + "DeleteConnection",
         "stale etag",
         lambda w: pb.DeleteConnectionRequest(connection_id=w.connection_id, etag="v0"),
-        FAILED,
+        ABORTED,
+        reason="ETAG_MISMATCH",
     ),
     # Nothing to get wrong; the seeded connection has no secret, so nothing is re-encrypted. A
     # successful admin call is audited (source "interceptor"), nothing else is written.
@@ -317,6 +319,10 @@ CASES: list[Case] = [
         "end_time",
     ),
     case(S + "ExportJournal", "currency missing", lambda w: export(w, currency_code=""), INVALID, "currency_code"),
+    case(S + "ExportJournal", "currency unknown", lambda w: export(w, currency_code="ZZZ"), INVALID, "currency_code"),
+    case(
+        S + "ExportJournal", "currency lower case", lambda w: export(w, currency_code="eur"), INVALID, "currency_code"
+    ),
     case(S + "ExportJournal", "request id not a UUID", lambda w: export(w, request_id=NOT_UUID), INVALID, "request_id"),
     case(
         S + "ExportJournal",

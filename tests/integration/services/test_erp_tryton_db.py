@@ -27,13 +27,13 @@ from evolutivo_erp_gateway.adapters.orm import connections, inbound_payments, in
 from evolutivo_erp_gateway.adapters.tryton import TrytonClient
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import JobState, RetryPolicy, SyncJob
-from evolutivo_erp_gateway.domain.model import EntityType
+from evolutivo_erp_gateway.domain.model import EntityType, allocation_entity_id
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
 from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
 from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
-from evolutivo_runtime.errors import FailedPrecondition, NotFound
+from evolutivo_runtime.errors import Aborted, NotFound
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
@@ -260,6 +260,21 @@ def payment_recorded(account_id: str, amount: str, reference: str | None = None)
     )
 
 
+def payment_allocated(
+    payment: payment_pb2.Payment, sequence: int, parts: list[tuple[bill_pb2.Bill, str]], unallocated: str
+) -> FakeMsg:
+    """Billing's PaymentAllocated: allocation number `sequence` of the payment, (bill, amount) each."""
+    event = billing_events.PaymentAllocated(
+        payment_id=payment.payment_id,
+        account_id=payment.account_id,
+        sequence=sequence,
+        allocations=[billing_events.BillAllocation(bill_id=b.bill_id, amount=money(amount)) for b, amount in parts],
+        payment_amount=payment.amount,
+        unallocated_amount=money(unallocated),
+    )
+    return message("evolutivo.billing.v1.payment.allocated", event, NOW)
+
+
 def number() -> str:
     return uuid.uuid4().hex[:8].upper()
 
@@ -338,7 +353,7 @@ async def test_update_connection_replaces_the_secret_and_checks_the_etag(gateway
         await servicer.TestConnection(pb.TestConnectionRequest(connection_id=c.connection_id), NO_CONTEXT)
     ).problems
     assert [p.kind for p in problems] == [pb.CONNECTION_PROBLEM_KIND_AUTH_FAILED]
-    with pytest.raises(FailedPrecondition):  # c still carries the old etag
+    with pytest.raises(Aborted):  # c still carries the old etag (AIP-154)
         await servicer.UpdateConnection(
             pb.UpdateConnectionRequest(connection=c, update_mask=FieldMask(paths=["enabled"])), NO_CONTEXT
         )
@@ -352,7 +367,12 @@ async def test_customer_bills_credit_note_and_partial_payment_reach_tryton_once(
     note, note_msg = credit_note_issued(first, f"CN-{number()}", "2.00", "0.42")
     payment, payment_msg = payment_recorded(account_id, "10.00")
     msgs_customer = [account_created(account_id, acct_number)]
-    msgs_billing = [bill_issued(first), bill_issued(second), note_msg]
+    msgs_billing = [
+        bill_issued(first),
+        bill_issued(second),
+        note_msg,
+        payment_allocated(payment, 1, [(first, "10.00")], "0"),
+    ]
     await gateway.deliver("customer", *msgs_customer)
     await gateway.deliver("billing", *msgs_billing)
     await gateway.deliver("balance", payment_msg)
@@ -574,11 +594,73 @@ async def test_a_payment_recorded_in_tryton_is_imported_once(gateway: Gateway) -
     # Balance announces the imported payment: it is not sent back to Tryton.
     payment, msg = payment_recorded(account_id, "25.00", reference)
     await gateway.deliver("balance", msg)
+    # Nor are billing's allocations of it: its credit applied to a new bill stays Tryton's user's.
+    later = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00")])
+    await gateway.deliver(
+        "billing",
+        payment_allocated(payment, 1, [], "25.00"),
+        bill_issued(later),
+        payment_allocated(payment, 2, [(later, "12.10")], "12.90"),
+    )
     async with gateway.db.uow() as uow:
         assert (
             await uow.jobs.find(gateway.connection.connection_id, EntityType.PAYMENT, uuid.UUID(payment.payment_id))
             is None
         )
+        assert (
+            await uow.jobs.connections_of(
+                EntityType.PAYMENT_ALLOCATION, allocation_entity_id(uuid.UUID(payment.payment_id), 2)
+            )
+            == []
+        )
+
+
+async def test_more_payments_in_the_lookback_window_than_a_page_are_all_imported(
+    gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each poll re-reads the last minutes behind the cursor: a window holding more moves than a
+    page once returned the same first page for ever, and the payments after it never came."""
+    account_id = str(uuid.uuid4())
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    await gateway.run_jobs()
+    party = int((await gateway.job(EntityType.CUSTOMER, account_id)).erp_id)
+    balance = Balance()
+    await handlers.import_payments(gateway.db.uow, gateway.adapters, balance)  # sets the cursor
+    client = await tryton_client(gateway.tryton)
+    accounts = gateway.tryton.accounts
+    amounts = [Decimal(f"{n}.25") for n in range(1, 6)]
+    try:
+        for n, amount in enumerate(amounts):
+            move = await client.create(
+                "account.move",
+                {
+                    "journal": gateway.tryton.journals["cash"],
+                    "date": TODAY,
+                    "description": f"bank statement line {n}",
+                    "lines": [
+                        (
+                            "create",
+                            [
+                                {"account": accounts["cash"], "debit": amount, "credit": Decimal(0)},
+                                {
+                                    "account": accounts["receivable"],
+                                    "party": party,
+                                    "debit": Decimal(0),
+                                    "credit": amount,
+                                },
+                            ],
+                        )
+                    ],
+                },
+            )
+            await client.call("model.account.move.post", [move])
+    finally:
+        await client.aclose()
+    monkeypatch.setattr(handlers, "IMPORT_BATCH", 2)
+    for _ in range(10):
+        if await handlers.import_payments(gateway.db.uow, gateway.adapters, balance) == 0:
+            break
+    assert sorted(amount for _, amount, _ in balance.payments.values()) == amounts
 
 
 # --- general ledger --------------------------------------------------------------------------------
@@ -683,7 +765,7 @@ async def test_a_reversed_payment_reopens_its_invoice_in_tryton_once(gateway: Ga
     b = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00")])  # 12.10
     payment, pay_msg = payment_recorded(account_id, "12.10")
     await gateway.deliver("customer", account_created(account_id, acct_number))
-    await gateway.deliver("billing", bill_issued(b))
+    await gateway.deliver("billing", bill_issued(b), payment_allocated(payment, 1, [(b, "12.10")], "0"))
     await gateway.deliver("balance", pay_msg)
     await gateway.run_jobs()
     client = await tryton_client(gateway.tryton)
@@ -950,7 +1032,7 @@ async def test_rotating_the_key_rewrites_every_secret_and_deleting_a_connection_
             create_time=NOW,
         )
         await uow.commit()
-    with pytest.raises(FailedPrecondition):
+    with pytest.raises(Aborted):
         await servicer.DeleteConnection(pb.DeleteConnectionRequest(connection_id=connection_id, etag="v0"), NO_CONTEXT)
     current = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=connection_id), NO_CONTEXT)
     await servicer.DeleteConnection(
@@ -968,3 +1050,202 @@ async def test_rotating_the_key_rewrites_every_secret_and_deleting_a_connection_
     await gateway.deliver("billing", bill_issued(b))
     jobs = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(entity_id=b.bill_id), NO_CONTEXT)
     assert [j.connection_id for j in jobs.jobs] == [str(lost.connection_id)]
+
+
+# --- payments as billing allocated them --------------------------------------------------------------
+async def invoice_state(client: TrytonClient, b: bill_pb2.Bill) -> tuple[str, Decimal, int]:
+    """(state, amount to pay, number of payment lines) of the bill's invoice, read from Tryton."""
+    (invoice,) = await client.search("account.invoice", [("reference", "=", b.bill_number)])
+    (row,) = await client.read("account.invoice", [invoice], ["state", "amount_to_pay", "payment_lines"])
+    return row["state"], row["amount_to_pay"], len(row["payment_lines"])
+
+
+async def test_a_payment_follows_billings_allocation_and_its_credit_moves_to_later_invoices(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    older = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00")])  # 12.10
+    paid = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "20.00")])  # 24.20
+    third = bill(account_id, f"F-{number()}", [("TV", "standard", "4.00")])  # 4.84
+    payment, pay_msg = payment_recorded(account_id, "30.00")
+    first_allocation = payment_allocated(payment, 1, [(paid, "24.20")], "5.80")
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("billing", bill_issued(older))
+    await gateway.run_jobs()
+    # The payment reaches the gateway before the bill billing gave it to: it waits for that invoice
+    # (Tryton has another one open, which the payment must not settle).
+    await gateway.deliver("balance", pay_msg)
+    await gateway.run_jobs()
+    waiting = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (waiting.state, waiting.attempts, waiting.last_error) == (
+        JobState.PENDING,
+        0,
+        f"waiting for billing's allocation of payment {payment.payment_id}",
+    )
+    await gateway.deliver("billing", first_allocation)
+    gateway.db.clock.advance(dt.timedelta(seconds=5))
+    await gateway.run_jobs()
+    waiting = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (waiting.state, waiting.last_error) == (JobState.PENDING, f"waiting for invoice of bill {paid.bill_id}")
+    await gateway.deliver("billing", bill_issued(paid))
+    await gateway.run_jobs()  # the invoice; the payment looks again in a moment
+    gateway.db.clock.advance(dt.timedelta(seconds=5))
+
+    made: list[str] = []
+
+    def crash_after_payment(job: SyncJob, erp_id: str) -> None:
+        if job.entity_type is EntityType.PAYMENT and not made:
+            made.append(erp_id)
+            raise Crash()  # Tryton has the payment; the gateway dies before recording it
+
+    with pytest.raises(Crash):
+        await gateway.run_jobs(crash_after_payment)
+    await gateway.run_jobs()
+    booked = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (booked.state, booked.erp_id) == (JobState.SUCCEEDED, made[0])
+
+    client = await tryton_client(gateway.tryton)
+    try:
+        accounts = gateway.tryton.accounts
+        moves = await client.search("account.move", [("description", "=", f"evolutivo:payment:{payment.payment_id}")])
+        assert [str(m) for m in moves] == made
+        lines = await client.read(
+            "account.move.line",
+            await client.search("account.move.line", [("move", "=", moves[0])]),
+            ["account", "debit", "credit", "description"],
+        )
+        (paid_invoice,) = await client.search("account.invoice", [("reference", "=", paid.bill_number)])
+        assert sorted((x["account"], x["debit"], x["credit"], x["description"]) for x in lines) == sorted(
+            [
+                (accounts["cash"], Decimal("30.00"), Decimal(0), None),
+                (
+                    accounts["receivable"],
+                    Decimal(0),
+                    Decimal("24.20"),
+                    f"evolutivo:payment:{payment.payment_id}:invoice:{paid_invoice}",
+                ),
+                (accounts["receivable"], Decimal(0), Decimal("5.80"), f"evolutivo:payment:{payment.payment_id}"),
+            ]
+        )
+        # Exactly billing's bill is paid, by billing's amount; the older invoice is untouched.
+        assert await invoice_state(client, paid) == ("paid", Decimal(0), 1)
+        assert await invoice_state(client, older) == ("posted", Decimal("12.10"), 0)
+
+        # Billing's next bill takes 4.84 of the credit: billing's allocation 2 may arrive before the bill.
+        second_allocation = payment_allocated(payment, 2, [(third, "4.84")], "0.96")
+        await gateway.deliver("billing", second_allocation)
+        await gateway.run_jobs()
+        allocation_id = allocation_entity_id(uuid.UUID(payment.payment_id), 2)
+        waiting = await gateway.job(EntityType.PAYMENT_ALLOCATION, str(allocation_id))
+        assert (waiting.state, waiting.last_error) == (JobState.PENDING, f"waiting for invoice of bill {third.bill_id}")
+        await gateway.deliver("billing", bill_issued(third))
+        await gateway.run_jobs()
+        gateway.db.clock.advance(dt.timedelta(seconds=5))
+        moved: list[str] = []
+
+        def crash_after_allocation(job: SyncJob, erp_id: str) -> None:
+            if job.entity_type is EntityType.PAYMENT_ALLOCATION and not moved:
+                moved.append(erp_id)
+                raise Crash()
+
+        with pytest.raises(Crash):
+            await gateway.run_jobs(crash_after_allocation)
+        await gateway.run_jobs()
+        allocated = await gateway.job(EntityType.PAYMENT_ALLOCATION, str(allocation_id))
+        assert (allocated.state, allocated.erp_id) == (JobState.SUCCEEDED, moved[0])
+        marker = f"evolutivo:payment_allocation:{payment.payment_id}:2"
+        transfers = await client.search("account.move", [("description", "=", marker)])
+        assert [str(m) for m in transfers] == moved
+        (transfer,) = await client.read("account.move", transfers, ["state", "journal", "lines"])
+        assert (transfer["state"], transfer["journal"]) == ("posted", gateway.tryton.journals["cash"])
+        (third_invoice,) = await client.search("account.invoice", [("reference", "=", third.bill_number)])
+        transfer_lines = await client.read(
+            "account.move.line", transfer["lines"], ["account", "debit", "credit", "description"]
+        )
+        assert sorted((x["account"], x["debit"], x["credit"], x["description"]) for x in transfer_lines) == sorted(
+            [
+                (accounts["receivable"], Decimal("4.84"), Decimal(0), f"{marker}:credit"),
+                (accounts["receivable"], Decimal(0), Decimal("4.84"), f"{marker}:invoice:{third_invoice}"),
+            ]
+        )
+        assert await invoice_state(client, third) == ("paid", Decimal(0), 1)
+        assert await invoice_state(client, older) == ("posted", Decimal("12.10"), 0)
+
+        # Redelivered events and another pass create nothing more.
+        await gateway.deliver("billing", first_allocation.again(), second_allocation.again())
+        await gateway.deliver("balance", pay_msg.again())
+        assert await gateway.run_jobs() == []
+
+        # The payment bounces: its invoices, the later one too, owe again; nothing else changes.
+        reversal = payment_reversed(payment, NOW + dt.timedelta(minutes=5))
+        await gateway.deliver("balance", reversal)
+
+        def crash_after_reversal(job: SyncJob, erp_id: str) -> None:
+            raise Crash()
+
+        with pytest.raises(Crash):
+            await handlers.run_next_job(gateway.db.uow(), gateway.adapters, FAST, crash_after_reversal)
+        (rerun,) = await gateway.run_jobs()
+        assert (rerun.entity_type, rerun.state) == (EntityType.PAYMENT_REVERSAL, JobState.SUCCEEDED)
+        await gateway.deliver("balance", reversal.again())
+        assert await gateway.run_jobs() == []
+        assert await invoice_state(client, paid) == ("posted", Decimal("24.20"), 0)
+        assert await invoice_state(client, third) == ("posted", Decimal("4.84"), 0)
+        assert await invoice_state(client, older) == ("posted", Decimal("12.10"), 0)
+        reversals = await client.search(
+            "account.move", [("description", "=", f"evolutivo:payment_reversal:{payment.payment_id}")]
+        )
+        assert [str(m) for m in reversals] == [rerun.erp_id]
+        # Every receivable line the payment and its transfer made is closed again; the party owes its invoices.
+        (party,) = await client.search("party.party", [("code", "=", acct_number)])
+        receivable = await client.read(
+            "account.move.line",
+            await client.search(
+                "account.move.line",
+                [("party", "=", party), ("account", "=", accounts["receivable"]), ("move", "in", [*moves, *transfers])],
+            ),
+            ["reconciliation"],
+        )
+        assert len(receivable) == 4 and all(x["reconciliation"] for x in receivable)
+        everything = await client.read(
+            "account.move.line",
+            await client.search("account.move.line", [("party", "=", party), ("account", "=", accounts["receivable"])]),
+            ["debit", "credit"],
+        )
+        assert sum((x["debit"] - x["credit"] for x in everything), Decimal(0)) == Decimal(
+            "41.14"
+        )  # 12.10 + 24.20 + 4.84
+    finally:
+        await client.aclose()
+
+
+async def test_a_later_allocation_of_a_reversed_payment_sends_nothing(gateway: Gateway) -> None:
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    later = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "5.00")])  # 6.05
+    payment, pay_msg = payment_recorded(account_id, "20.00")
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("balance", pay_msg)
+    await gateway.deliver("billing", payment_allocated(payment, 1, [], "20.00"))
+    await gateway.run_jobs()
+    assert (await gateway.job(EntityType.PAYMENT, payment.payment_id)).state is JobState.SUCCEEDED
+    # Billing applied the credit to a new bill, then the payment bounced; the gateway hears the
+    # reversal before the allocation.
+    await gateway.deliver("balance", payment_reversed(payment, NOW + dt.timedelta(minutes=5)))
+    await gateway.deliver("billing", bill_issued(later), payment_allocated(payment, 2, [(later, "6.05")], "13.95"))
+    await gateway.run_jobs()  # the reversal waits for the allocation, which sees it and sends nothing
+    gateway.db.clock.advance(dt.timedelta(seconds=5))
+    await gateway.run_jobs()
+    allocation = await gateway.job(
+        EntityType.PAYMENT_ALLOCATION, str(allocation_entity_id(uuid.UUID(payment.payment_id), 2))
+    )
+    assert (allocation.state, allocation.erp_id) == (JobState.SUCCEEDED, handlers.NOT_SENT_REVERSED)
+    assert (await gateway.job(EntityType.PAYMENT_REVERSAL, payment.payment_id)).state is JobState.SUCCEEDED
+    client = await tryton_client(gateway.tryton)
+    try:
+        assert (
+            await client.search(
+                "account.move", [("description", "like", f"evolutivo:payment_allocation:{payment.payment_id}:%")]
+            )
+            == []
+        )
+        assert await invoice_state(client, later) == ("posted", Decimal("6.05"), 0)
+    finally:
+        await client.aclose()

@@ -320,6 +320,7 @@ async def test_reversals_and_write_offs_are_posted_as_their_own_deliveries(setup
         effective_time=to_timestamp(NOW),
     )
     await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(setup, "billing", allocated(payment, 1, [], "10.00"))
     await deliver(
         setup,
         "balance",
@@ -337,3 +338,80 @@ async def test_reversals_and_write_offs_are_posted_as_their_own_deliveries(setup
     ]
     # The payment and its reversal share the payment's id, not their delivery id.
     assert len({headers[DELIVERY_HEADER] for headers, _ in receiver.received}) == 4
+
+
+def allocated(payment: payment_pb2.Payment, sequence: int, parts: list[tuple[str, str]], unallocated: str) -> FakeMsg:
+    """Billing's PaymentAllocated: allocation number `sequence` of the payment, (bill id, amount) each."""
+    event = billing_events.PaymentAllocated(
+        payment_id=payment.payment_id,
+        account_id=payment.account_id,
+        sequence=sequence,
+        allocations=[billing_events.BillAllocation(bill_id=b, amount=money(amount)) for b, amount in parts],
+        payment_amount=payment.amount,
+        unallocated_amount=money(unallocated),
+    )
+    return message("evolutivo.billing.v1.payment.allocated", event, NOW)
+
+
+async def test_a_payment_carries_billings_allocation_and_later_allocations_follow(
+    setup: Setup, receiver: Receiver
+) -> None:
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000091", update_time=to_timestamp(NOW))
+    bills = [
+        bill_pb2.Bill(
+            bill_id=str(uuid.uuid4()),
+            account_id=account_id,
+            bill_number=f"F-9{i}",
+            lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
+            tax_total=money("0"),
+            total=money(total),
+        )
+        for i, total in enumerate(("12.10", "4.84"))
+    ]
+    payment = payment_pb2.Payment(
+        payment_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money("20.00"),
+        reference="bank-91",
+        received_time=to_timestamp(NOW),
+    )
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(
+        setup,
+        "balance",
+        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+    )
+    # Billing's later allocation may reach the gateway before the first and before its bill.
+    await deliver(setup, "billing", allocated(payment, 2, [(bills[1].bill_id, "4.84")], "3.06"))
+    await deliver(setup, "billing", allocated(payment, 1, [(bills[0].bill_id, "12.10")], "7.90"))
+    await run_jobs(setup)
+    assert [headers[EVENT_HEADER] for headers, _ in receiver.received] == ["customer.upserted"]
+    await deliver(setup, "billing", *(message(BILL_ISSUED, billing_events.BillIssued(bill=b), NOW) for b in bills))
+    for _ in range(3):
+        await run_jobs(setup)
+        setup.db.clock.advance(dt.timedelta(seconds=5))
+    documents = [json.loads(body) for _, body in receiver.received]
+    assert [d["event"] for d in documents] == [
+        "customer.upserted",
+        "invoice.posted",
+        "invoice.posted",
+        "payment.recorded",
+        "payment.allocated",
+    ]
+    recorded, later = documents[3], documents[4]
+    assert recorded["entity_id"] == payment.payment_id
+    assert recorded["data"]["allocations"] == [
+        {"bill_id": bills[0].bill_id, "amount": {"currency_code": "EUR", "units": "12", "nanos": 100000000}}
+    ]
+    assert recorded["data"]["unallocated_amount"] == {"currency_code": "EUR", "units": "7", "nanos": 900000000}
+    assert (later["entity_id"], later["data"]["payment_id"], later["data"]["sequence"]) == (
+        payment.payment_id,
+        payment.payment_id,
+        2,
+    )
+    assert later["data"]["allocations"] == [
+        {"bill_id": bills[1].bill_id, "amount": {"currency_code": "EUR", "units": "4", "nanos": 840000000}}
+    ]
+    for headers, body in receiver.received:
+        assert verify(SECRET, headers[SIGNATURE_HEADER], body, setup.db.clock.now(), dt.timedelta(minutes=5))

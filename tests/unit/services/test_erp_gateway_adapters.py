@@ -23,7 +23,15 @@ PAIRS = [
     (sync_state_pb2.ENTITY_TYPE_INVOICE, EntityType.INVOICE),
     (sync_state_pb2.ENTITY_TYPE_CREDIT_NOTE, EntityType.CREDIT_NOTE),
     (sync_state_pb2.ENTITY_TYPE_PAYMENT, EntityType.PAYMENT),
+    (sync_state_pb2.ENTITY_TYPE_PAYMENT_REVERSAL, EntityType.PAYMENT_REVERSAL),
+    (sync_state_pb2.ENTITY_TYPE_WRITE_OFF, EntityType.WRITE_OFF),
+    (sync_state_pb2.ENTITY_TYPE_COLLECTIONS_REFERRAL, EntityType.REFERRAL),
+    (sync_state_pb2.ENTITY_TYPE_PAYMENT_ALLOCATION, EntityType.PAYMENT_ALLOCATION),
 ]
+
+
+def test_every_entity_type_has_its_proto_value() -> None:
+    assert {entity_type for _, entity_type in PAIRS} == set(EntityType)
 
 
 @pytest.mark.parametrize(("pb_type", "entity_type"), PAIRS)

@@ -18,7 +18,7 @@ import pytest
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
 from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
 from evolutivo.customer.v1 import account_pb2, contact_pb2
-from evolutivo_erp_gateway.adapters.erp import AuthFailed, Rejected
+from evolutivo_erp_gateway.adapters.erp import AuthFailed, InvoiceAllocation, Rejected
 from evolutivo_erp_gateway.adapters.odoo import OdooAdapter
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_runtime.money import to_money
@@ -299,9 +299,12 @@ def a_payment() -> payment_pb2.Payment:
     )
 
 
-async def test_a_payment_is_posted_and_assigned_to_the_oldest_open_invoice_once() -> None:
+async def test_a_payment_is_posted_and_assigned_as_billing_allocated_it_once() -> None:
     payment = a_payment()
+    payment.amount.CopyFrom(money("30.00"))
     marker = f"evolutivo:payment:{payment.payment_id}"
+    # Billing gave 23.15 to the bill of invoice 8 (not the oldest open one, 7); 6.85 stays credit.
+    allocations = [InvoiceAllocation("8", "bill-8", Decimal("23.15"))]
     odoo = FakeOdoo(
         {
             ("account.payment", "search"): [[], [55]],
@@ -312,18 +315,26 @@ async def test_a_payment_is_posted_and_assigned_to_the_oldest_open_invoice_once(
                 [{"id": 55, "state": "posted", "move_id": [90, "PBNK1/2031/00001"]}],
             ],
             ("account.payment", "action_post"): [False],
-            # The receivable line of the payment's move, open; then (the retry) reconciled already.
-            ("account.move.line", "search"): [[901], []],
-            ("account.move", "search"): [[7, 8]],
+            # The payment entry's receivable line (then, on the retry, once more).
+            ("account.move.line", "search"): [[901], [901]],
             ("account.move.line", "read"): [
-                [{"id": 901, "amount_residual": -10.0}],
-                [{"id": 901, "amount_residual": 0.0}],
+                [{"id": 901, "amount_residual": -30.0, "matched_debit_ids": []}],
+                [{"id": 901, "amount_residual": -6.85}],
+                # The retry: reconciled with invoice 8's receivable line (801) already.
+                [{"id": 901, "amount_residual": -6.85, "matched_debit_ids": [3001]}],
+                [{"id": 801, "move_id": [8, "INV/2031/00008"]}],
             ],
+            ("account.move", "read"): [[{"id": 8, "amount_residual": 23.15, "state": "posted"}]],
             ("account.move", "js_assign_outstanding_line"): [True],
+            ("account.partial.reconcile", "read"): [[{"id": 3001, "debit_move_id": [801, "INV/2031/00008"]}]],
         }
     )
     first, retry = await run(
-        odoo, [lambda a: a.record_payment(payment, "42"), lambda a: a.record_payment(payment, "42")]
+        odoo,
+        [
+            lambda a: a.record_payment(payment, "42", allocations),
+            lambda a: a.record_payment(payment, "42", allocations),
+        ],
     )
     assert (first, retry) == ("55", "55")
     (values,), _ = odoo.call("account.payment", "create")
@@ -331,18 +342,65 @@ async def test_a_payment_is_posted_and_assigned_to_the_oldest_open_invoice_once(
         "payment_type": "inbound",
         "partner_type": "customer",
         "partner_id": 42,
-        "amount": 10.0,
+        "amount": 30.0,
         "currency_id": 1,
         "date": "2031-05-17",
         "journal_id": 7,
         "ref": marker,
     }
     assert odoo.calls[0][2] == [[["ref", "=", marker]]]
-    args, kwargs = odoo.call("account.move", "search")
-    assert kwargs == {"order": "invoice_date asc, id asc"}
+    search = [c for c in odoo.calls if c[:2] == ("account.move.line", "search")]
+    assert search[0][2] == [[["move_id", "=", 90], ["account_type", "=", "asset_receivable"]]]
     args, _ = odoo.call("account.move", "js_assign_outstanding_line")
-    assert args == [[7], 901]  # the oldest; the payment was used up there
+    assert args == [[8], 901]  # billing's invoice, once: the retry finds the reconciliation
+    args, kwargs = odoo.call("account.move", "read")
+    assert (args, kwargs) == ([[8]], {"fields": ["amount_residual", "state"]})
     assert odoo.left() == []
+
+
+async def test_a_later_allocation_assigns_the_payments_credit_to_the_new_invoice() -> None:
+    odoo = FakeOdoo(
+        {
+            ("account.payment", "read"): [[{"id": 55, "state": "posted", "move_id": [90, "PBNK1/2031/00001"]}]],
+            ("account.move.line", "search"): [[901]],
+            ("account.move.line", "read"): [
+                [{"id": 901, "amount_residual": -6.85, "matched_debit_ids": [3001]}],
+                [{"id": 801, "move_id": [8, "INV/2031/00008"]}],
+                [{"id": 901, "amount_residual": -1.85}],
+            ],
+            ("account.partial.reconcile", "read"): [[{"id": 3001, "debit_move_id": [801, "INV/2031/00008"]}]],
+            ("account.move", "read"): [[{"id": 9, "amount_residual": 5.0, "state": "posted"}]],
+            ("account.move", "js_assign_outstanding_line"): [True],
+        }
+    )
+    payment = a_payment()
+    (made,) = await run(
+        odoo, [lambda a: a.allocate_credit(payment, "42", "55", 2, [InvoiceAllocation("9", "bill-9", Decimal("5.00"))])]
+    )
+    assert made == "55"
+    args, _ = odoo.call("account.move", "js_assign_outstanding_line")
+    assert args == [[9], 901]
+    assert odoo.left() == []
+
+
+async def test_an_allocation_odoo_cannot_apply_exactly_is_refused() -> None:
+    # Odoo's invoice owes more than billing's bill (and more of the payment is open): Odoo's "Add"
+    # would apply more than billing allocated, so nothing is applied.
+    odoo = FakeOdoo(
+        {
+            ("account.payment", "read"): [[{"id": 55, "state": "posted", "move_id": [90, "PBNK1/2031/00001"]}]],
+            ("account.move.line", "search"): [[901]],
+            ("account.move.line", "read"): [[{"id": 901, "amount_residual": -6.85, "matched_debit_ids": []}]],
+            ("account.move", "read"): [[{"id": 9, "amount_residual": 23.15, "state": "posted"}]],
+        }
+    )
+    payment = a_payment()
+    with pytest.raises(Rejected, match=re.escape("Odoo would apply 6.85, billing allocated 5.00")):
+        await run(
+            odoo,
+            [lambda a: a.allocate_credit(payment, "42", "55", 2, [InvoiceAllocation("9", "bill-9", Decimal("5.00"))])],
+        )
+    assert ("account.move", "js_assign_outstanding_line") not in odoo.methods()
 
 
 async def test_a_reversed_payment_goes_back_to_draft_and_is_cancelled_once() -> None:

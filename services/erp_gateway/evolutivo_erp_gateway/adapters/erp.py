@@ -6,6 +6,7 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 from typing import Protocol
 
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
@@ -73,6 +74,15 @@ class ErpPayment:
     cursor: tuple[str, int]
 
 
+@dataclass(frozen=True)
+class InvoiceAllocation:
+    """What billing gave one bill of a payment, with the bill's invoice in the ERP."""
+
+    invoice: str  # the ERP's id of the bill's invoice (its INVOICE job's erp_id)
+    bill_id: str
+    amount: Decimal
+
+
 class ErpAdapter(Protocol):
     async def test(self) -> list[Problem]:
         """What is wrong with the connection; empty when nothing is."""
@@ -95,12 +105,30 @@ class ErpAdapter(Protocol):
         """A posted credit note, created at most once. Returns its id."""
         ...
 
-    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
-        """The payment booked and reconciled against the party's open invoices, at most once."""
+    async def record_payment(
+        self, payment: payment_pb2.Payment, party: str, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        """The payment booked, at most once, split over the invoices exactly as billing allocated
+        it (`allocations`, billing's first allocation of the payment) and reconciled with them; the
+        rest is the party's unallocated credit. Returns its id."""
+        ...
+
+    async def allocate_credit(
+        self,
+        payment: payment_pb2.Payment,
+        party: str,
+        payment_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """Billing's allocation number `sequence` (2, 3, ...) of the payment booked before as
+        `payment_erp_id`: that much of its unallocated credit moved onto each invoice, at most once.
+        Returns the ERP's id of the allocation."""
         ...
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
-        """Undoes the payment sent before (`payment_erp_id`): its invoices are open again. At most once."""
+        """Undoes the payment sent before (`payment_erp_id`) with its later allocations: their
+        invoices are open again. At most once."""
         ...
 
     async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:

@@ -11,7 +11,14 @@ from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_p
 from evolutivo.customer.v1 import account_pb2, contact_pb2
 
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher
-from evolutivo_erp_gateway.adapters.erp import ErpAdapter, ErpPayment, Problem, ProblemKind, Rejected
+from evolutivo_erp_gateway.adapters.erp import (
+    ErpAdapter,
+    ErpPayment,
+    InvoiceAllocation,
+    Problem,
+    ProblemKind,
+    Rejected,
+)
 from evolutivo_erp_gateway.adapters.odoo import OdooAdapter
 from evolutivo_erp_gateway.adapters.tryton import TrytonAdapter
 from evolutivo_erp_gateway.adapters.webhook import WebhookAdapter
@@ -48,7 +55,19 @@ class FileExportAdapter:
     ) -> str:
         return await self._refuse()
 
-    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
+    async def record_payment(
+        self, payment: payment_pb2.Payment, party: str, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        return await self._refuse()
+
+    async def allocate_credit(
+        self,
+        payment: payment_pb2.Payment,
+        party: str,
+        payment_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
         return await self._refuse()
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:

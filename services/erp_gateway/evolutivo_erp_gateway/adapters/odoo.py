@@ -12,7 +12,9 @@ after a crash finds what the first attempt created instead of creating it twice:
   credit notes account.move move_type out_refund, ref = the credit note number;
   payments     account.payment ref = "evolutivo:payment:<payment id>";
   write-offs   account.move move_type entry, ref = "evolutivo:write_off:<ledger entry id>";
-  journals     account.move move_type entry, ref = "evolutivo:journal:<reference>".
+  journals     account.move move_type entry, ref = "evolutivo:journal:<reference>";
+  referrals    res.partner category "Collections agency: <agency>" (found by name) and a chatter
+               note (message_post) whose body holds "evolutivo:referral:<referral id>".
 Odoo runs each call in its own transaction: a record is created whole or not at all; a draft left
 by a crash between create and action_post is posted by the retry.
 
@@ -20,7 +22,11 @@ Amounts: Odoo's API takes monetary fields as JSON numbers; each is the exact dec
 double (two decimals survive that round trip) and Odoo rounds it to the currency. Odoo computes the
 taxes of an invoice itself: the adapter checks that its total is the bill's before posting it, and
 refuses (leaving the draft) otherwise. Bills round tax per tax code, which is Odoo's "Round
-Globally" tax rounding setting.
+Globally" tax rounding setting. Amounts read back (imported payments) are JSON numbers too: each
+is turned back into the exact decimal through its currency's decimal places.
+
+Inbound: posted inbound customer payments (account.payment) are read by their journal entry's
+write date and id (payments_since says why), leaving out those the gateway made itself.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Sequence
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 import httpx
@@ -43,6 +49,7 @@ from evolutivo_erp_gateway.adapters.erp import (
     AuthFailed,
     ErpError,
     ErpPayment,
+    InvoiceAllocation,
     MappingMissing,
     Problem,
     ProblemKind,
@@ -50,11 +57,21 @@ from evolutivo_erp_gateway.adapters.erp import (
     Unreachable,
 )
 from evolutivo_erp_gateway.domain.connections import Connection, Mapping
-from evolutivo_erp_gateway.domain.journal import Journal
+from evolutivo_erp_gateway.domain.journal import Journal, trim
 
 PAYMENT_MARK = "evolutivo:payment:"
 WRITE_OFF_MARK = "evolutivo:write_off:"
 JOURNAL_MARK = "evolutivo:journal:"
+REFERRAL_MARK = "evolutivo:referral:"
+# Every reference the gateway writes starts so; a payment with one is the gateway's, not imported.
+OWN_MARK = "evolutivo:"
+REFERRAL_CATEGORY = "Collections agency: {agency}"
+# Odoo stamps write_date with its transaction's start time, so a payment posted in a transaction
+# still open when a poll reads past it appears later with an older stamp: each poll looks this far
+# back behind its cursor again (what the gateway imported already is skipped by it).
+IMPORT_LOOKBACK = dt.timedelta(minutes=2)
+# How Odoo's JSON-RPC writes a datetime (UTC, to the second), also in domains.
+ODOO_DATETIME = "%Y-%m-%d %H:%M:%S"
 CENT = Decimal("0.01")
 # The contact that gives a partner its single email, phone and address: billing first, then primary.
 _ROLE_ORDER = {contact_pb2.CONTACT_ROLE_BILLING: 0, contact_pb2.CONTACT_ROLE_PRIMARY: 1}
@@ -67,6 +84,14 @@ def _number(amount: Decimal) -> float:
 
 def _decimal(value: object) -> Decimal:
     return Decimal(str(value)).quantize(CENT)
+
+
+def _exact(value: object, places: int) -> Decimal:
+    """A monetary value Odoo sent as a JSON number, back to its exact decimal: Odoo keeps it rounded
+    to the currency, so the double's shortest decimal form, rounded to the currency's places, is it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise Rejected(f"Odoo sent {value!r} where an amount was expected")
+    return Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)
 
 
 def _date(value: date_pb2.Date) -> str:
@@ -186,6 +211,8 @@ class OdooAdapter:
             connection.endpoint_url, connection.database, connection.username, secret, timeout, transport
         )
         self._currencies: dict[str, int] = {}
+        # res.currency id -> (ISO code, decimal places), for amounts read back.
+        self._currency_rows: dict[int, tuple[str, int]] = {}
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -395,9 +422,12 @@ class OdooAdapter:
         await self._post_checked(move, from_money(note.total), f"credit note {reference}")
         return str(move)
 
-    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
-        """An inbound customer payment in the cash journal, posted, its receivable line assigned
-        to the partner's open invoices oldest first (Odoo's own "Add" of an outstanding credit)."""
+    async def record_payment(
+        self, payment: payment_pb2.Payment, party: str, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        """An inbound customer payment in the cash journal, posted, its receivable line assigned to
+        the invoices billing allocated it to, by those amounts (see _assign_allocations); the rest
+        stays the partner's outstanding credit."""
         partner = int(party)
         marker = f"{PAYMENT_MARK}{payment.payment_id}"
         found = await self.client.search("account.payment", [("ref", "=", marker)], 1)
@@ -420,8 +450,71 @@ class OdooAdapter:
         (row,) = await self.client.read("account.payment", [record], ["state", "move_id"])
         if row["state"] == "draft":
             await self.client.execute("account.payment", "action_post", [record])
-        await self._assign(_many2one(row["move_id"]), partner, ())
+        await self._assign_allocations(_many2one(row["move_id"]), allocations)
         return str(record)
+
+    async def allocate_credit(
+        self,
+        payment: payment_pb2.Payment,
+        party: str,
+        payment_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """A later application of the payment's credit to new invoices: its receivable line, still
+        open by that credit, assigned to them as billing allocated it. Returns the payment's id
+        (the allocation is the payment's reconciliation with the invoices)."""
+        record = int(payment_erp_id) if payment_erp_id.isdigit() else 0
+        if not record:
+            found = await self.client.search("account.payment", [("ref", "=", f"{PAYMENT_MARK}{payment.payment_id}")])
+            if not found:
+                raise Rejected(f"Odoo has no payment {payment.payment_id} to allocate")
+            record = found[0]
+        (row,) = await self.client.read("account.payment", [record], ["state", "move_id"])
+        if row["state"] != "posted":
+            raise Rejected(f"Odoo's payment {record} is {row['state']}: its credit cannot be allocated")
+        await self._assign_allocations(_many2one(row["move_id"]), allocations)
+        return str(record)
+
+    async def _assign_allocations(self, move: int, allocations: Sequence[InvoiceAllocation]) -> None:
+        """The payment entry's receivable line reconciled with each invoice, in billing's order, by
+        billing's amount, through account.move's js_assign_outstanding_line (Odoo's own "Add" of an
+        outstanding credit on an invoice; account.partial.reconcile records cannot be created
+        through the API). Odoo reconciles as much as both still owe: min(what is left of the
+        payment, what the invoice owes). Billing gives each bill all it owes or all that is left,
+        so that is billing's amount whenever Odoo's invoices owe what billing's bills do; an invoice
+        that owes less in Odoo takes what it owes (the rest stays outstanding credit, as in Tryton);
+        one that owes more while more is left of the payment is refused (Odoo would apply more than
+        billing did). An invoice the line is reconciled with already is done (a retry)."""
+        lines = await self.client.search(
+            "account.move.line", [("move_id", "=", move), ("account_type", "=", "asset_receivable")]
+        )
+        if len(lines) != 1:
+            raise Rejected(f"Odoo's payment entry {move} has {len(lines)} receivable lines, not one")
+        line = lines[0]
+        (row,) = await self.client.read("account.move.line", [line], ["amount_residual", "matched_debit_ids"])
+        done: set[int] = set()
+        if row["matched_debit_ids"]:
+            partials = await self.client.read("account.partial.reconcile", row["matched_debit_ids"], ["debit_move_id"])
+            debits = [_many2one(p["debit_move_id"]) for p in partials]
+            done = {_many2one(d["move_id"]) for d in await self.client.read("account.move.line", debits, ["move_id"])}
+        left = -_decimal(row["amount_residual"])  # a credit's residual is negative
+        for allocation in allocations:
+            invoice = _odoo_id(f"invoice of bill {allocation.bill_id}", allocation.invoice)
+            if invoice in done:
+                continue
+            (owed_row,) = await self.client.read("account.move", [invoice], ["amount_residual", "state"])
+            owed = _decimal(owed_row["amount_residual"]) if owed_row["state"] == "posted" else Decimal(0)
+            if owed <= 0 or left <= 0:
+                continue
+            if min(left, owed) > allocation.amount:
+                raise Rejected(
+                    f"Odoo's invoice {invoice} owes {owed} and {left} of the payment is open: Odoo would apply"
+                    f" {min(left, owed)}, billing allocated {allocation.amount} (bill {allocation.bill_id})"
+                )
+            await self.client.execute("account.move", "js_assign_outstanding_line", [invoice], line)
+            (row,) = await self.client.read("account.move.line", [line], ["amount_residual"])
+            left = -_decimal(row["amount_residual"])
 
     async def _assign(self, move: int, partner: int, preferred: Sequence[int]) -> None:
         """Reconciles the move's receivable line with the partner's open invoices (`preferred`
@@ -522,8 +615,47 @@ class OdooAdapter:
         party: str,
         invoices: Sequence[str],
     ) -> str:
-        # Connection.validate refuses collections_referrals on an Odoo connection.
-        raise Rejected("an Odoo connection takes no collections referrals")
+        """The partner gets the agency's category (so Odoo's lists filter the referred customers)
+        and a note in its chatter with the referral: agency, case, overdue amount, the referred
+        invoices. Returns the note's id (mail.message); a retry finds the note by its marker."""
+        partner = int(party)
+        agency = referral.agency or "unnamed"
+        category = await self._partner_category(REFERRAL_CATEGORY.format(agency=agency))
+        (row,) = await self.client.read("res.partner", [partner], ["category_id"])
+        if category not in row["category_id"]:
+            await self.client.write("res.partner", [partner], {"category_id": [(4, category, 0)]})
+        marker = f"{REFERRAL_MARK}{referral_id}"
+        found = await self.client.search(
+            "mail.message", [("model", "=", "res.partner"), ("res_id", "=", partner), ("body", "like", marker)], 1
+        )
+        if found:
+            return str(found[0])
+        case = referral.collections_case
+        names = await self._invoice_names([int(i) for i in invoices if i.isdigit()])
+        overdue = trim(from_money(referral.overdue_amount))
+        # Plain text, one sentence per fact: it reads the same however Odoo lays the body out.
+        body = " ".join(
+            [
+                marker,
+                f"Referred to collections agency {agency}.",
+                f"Collections case {case.case_id}, {case.days_past_due} days past due.",
+                f"Overdue: {overdue} {referral.overdue_amount.currency_code}.",
+                f"Invoices: {', '.join(names) if names else 'none sent to this ERP'}.",
+            ]
+        )
+        note = await self.client.execute(
+            "res.partner", "message_post", [partner], body=body, message_type="comment", subtype_xmlid="mail.mt_note"
+        )
+        # message_post answers the new mail.message's id over the API.
+        return str(note[0] if isinstance(note, list) else note)
+
+    async def _partner_category(self, name: str) -> int:
+        found = await self.client.search("res.partner.category", [("name", "=", name), ("parent_id", "=", False)], 1)
+        return found[0] if found else await self.client.create("res.partner.category", {"name": name})
+
+    async def _invoice_names(self, invoices: Sequence[int]) -> list[str]:
+        rows = await self.client.read("account.move", invoices, ["name", "ref"])
+        return [f"{row['name']} (bill {row['ref']})" if row["ref"] else str(row["name"]) for row in rows]
 
     async def post_journal(self, journal: Journal, on: dt.date, reference: str) -> str:
         marker = f"{JOURNAL_MARK}{reference}"
@@ -563,5 +695,78 @@ class OdooAdapter:
     async def payments_since(
         self, cursor: tuple[str, int] | None, limit: int
     ) -> tuple[list[ErpPayment], tuple[str, int] | None]:
-        # Importing payments is Tryton's only (Connection.validate).
-        return [], cursor
+        """Posted inbound customer payments, by their journal entry's (write_date, id), oldest
+        first; the cursor is the last entry of the page.
+
+        Why the entry's write date and not the payment's id: a payment gets its id when it is
+        created as a draft and is posted later (Odoo's action_post posts its account.move and
+        leaves the payment row itself unwritten), so an id cursor would pass over a draft that
+        is posted after a newer payment was read. Posting writes the entry, so its write_date
+        moves to the posting; any later write (a reconciliation, a reset to draft and re-post)
+        only shows the payment again, and the gateway skips what it imported. Odoo stamps
+        write_date at its transaction's start: each poll also reads IMPORT_LOOKBACK behind the
+        cursor (without a limit: a bounded window), while the page proper is strictly after the
+        cursor, so a full page always moves it on."""
+        base: list[object] = [
+            ("state", "=", "posted"),
+            ("payment_id.payment_type", "=", "inbound"),
+            ("payment_id.partner_type", "=", "customer"),
+        ]
+        fields = ["write_date", "payment_id", "commercial_partner_id"]
+        order = "write_date asc, id asc"
+        entries: dict[int, dict[str, Any]] = {}
+        if cursor is None:
+            page = await self._search_read("account.move", base, fields, limit, order)
+        else:
+            stamp, last_id = cursor
+            since = (dt.datetime.strptime(stamp, ODOO_DATETIME) - IMPORT_LOOKBACK).strftime(ODOO_DATETIME)
+            window = [("write_date", ">=", since), ("write_date", "<=", stamp)]
+            for row in await self._search_read("account.move", [*base, *window], fields, 0, order):
+                entries[int(row["id"])] = row
+            after = ["|", ("write_date", ">", stamp), "&", ("write_date", "=", stamp), ("id", ">", last_id)]
+            page = await self._search_read("account.move", [*base, *after], fields, limit, order)
+        last = cursor
+        for row in page:
+            entries[int(row["id"])] = row
+            if last is None or (row["write_date"], int(row["id"])) > last:
+                last = (str(row["write_date"]), int(row["id"]))
+        ordered = sorted(entries.values(), key=lambda row: (row["write_date"], int(row["id"])))
+        by_payment = {_many2one(row["payment_id"]): row for row in ordered if _many2one(row["payment_id"])}
+        wanted = ["ref", "partner_id", "amount", "currency_id"]
+        rows = await self.client.read("account.payment", list(by_payment), wanted)
+        payments = []
+        for payment in rows:
+            entry = by_payment[int(payment["id"])]
+            if (payment["ref"] or "").startswith(OWN_MARK):
+                continue  # sent by the gateway: the suite has it already
+            party = _many2one(entry["commercial_partner_id"]) or _many2one(payment["partner_id"])
+            if not party:
+                continue  # nobody's payment: no customer to credit
+            code, places = await self._currency_of(_many2one(payment["currency_id"]))
+            payments.append(
+                ErpPayment(
+                    erp_id=str(payment["id"]),
+                    party=str(party),
+                    amount_text=str(_exact(payment["amount"], places)),
+                    currency_code=code,
+                    cursor=(str(entry["write_date"]), int(entry["id"])),
+                )
+            )
+        return payments, last
+
+    async def _search_read(
+        self, model: str, domain: list[object], fields: Sequence[str], limit: int, order: str
+    ) -> list[dict[str, Any]]:
+        kwargs: dict[str, object] = {"fields": list(fields), "order": order}
+        if limit:
+            kwargs["limit"] = limit
+        return list(await self.client.execute(model, "search_read", domain, **kwargs))
+
+    async def _currency_of(self, currency: int) -> tuple[str, int]:
+        """(ISO code, decimal places) of an Odoo currency."""
+        if currency not in self._currency_rows:
+            rows = await self.client.read("res.currency", [currency], ["name", "decimal_places"])
+            if not rows:
+                raise Rejected(f"Odoo has no currency {currency}")
+            self._currency_rows[currency] = (str(rows[0]["name"]), int(rows[0]["decimal_places"]))
+        return self._currency_rows[currency]

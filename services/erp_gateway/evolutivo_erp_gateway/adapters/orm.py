@@ -5,6 +5,7 @@ from evolutivo_runtime.messaging.tables import messaging_tables
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -14,6 +15,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Numeric,
+    PrimaryKeyConstraint,
     Table,
     Text,
     UniqueConstraint,
@@ -140,6 +142,25 @@ inbound_payments = Table(
     Column("payment_id", Text, nullable=False),
     Column("reason", Text, nullable=False),
     Column("create_time", DateTime(timezone=True), nullable=False),
+)
+
+# Billing's allocations of each payment to bills (PaymentAllocated), in their sequence: 1 is how
+# billing allocated the payment when it recorded it (the payment's job books it so in the ERP),
+# 2, 3, ... each later application of its credit to a new bill (a PAYMENT_ALLOCATION job each,
+# whose entity id is `entity_id`, domain/model.py allocation_entity_id).
+payment_allocations = Table(
+    "payment_allocations",
+    metadata,
+    Column("payment_id", Uuid, nullable=False),
+    Column("sequence", BigInteger, nullable=False),
+    Column("entity_id", Uuid, nullable=False),
+    Column("account_id", Uuid, nullable=False),
+    # The serialized evolutivo.billing.v1.PaymentAllocated.
+    Column("payload", LargeBinary, nullable=False),
+    Column("receive_time", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("payment_id", "sequence", name="payment_allocations_pkey"),
+    UniqueConstraint("entity_id", name="payment_allocations_entity_id_key"),
+    CheckConstraint("sequence >= 1", name="payment_allocations_sequence"),
 )
 
 outbox, inbox = messaging_tables(metadata)

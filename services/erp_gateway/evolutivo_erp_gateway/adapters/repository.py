@@ -18,6 +18,7 @@ from evolutivo_erp_gateway.adapters.orm import (
     customer_contacts,
     gl_postings,
     inbound_payments,
+    payment_allocations,
     sync_jobs,
     sync_states,
 )
@@ -381,6 +382,16 @@ class SyncJobRepository:
         ).first()
         return _job(row._mapping) if row else None
 
+    async def connections_of(self, entity_type: EntityType, entity_id: uuid.UUID) -> builtins.list[uuid.UUID]:
+        """The connections the record has a job on."""
+        t = sync_jobs
+        rows = await self._session.scalars(
+            select(t.c.connection_id)
+            .where(t.c.entity_type == entity_type.value, t.c.entity_id == entity_id)
+            .order_by(t.c.sequence)
+        )
+        return list(rows)
+
     async def sequence(self, job_id: uuid.UUID) -> int:
         return int(await self._session.scalar(select(sync_jobs.c.sequence).where(sync_jobs.c.job_id == job_id)) or 0)
 
@@ -569,3 +580,60 @@ class InboundPaymentRepository:
     async def connections_of_reference(self, reference: str) -> list[uuid.UUID]:
         t = inbound_payments
         return list(await self._session.scalars(select(t.c.connection_id).where(t.c.reference == reference)))
+
+
+class PaymentAllocationRepository:
+    """Billing's allocations of payments to bills (PaymentAllocated), per payment and sequence."""
+
+    def __init__(self, session: AsyncSession) -> None:
+        self._session = session
+
+    async def add(
+        self,
+        payment_id: uuid.UUID,
+        sequence: int,
+        entity_id: uuid.UUID,
+        account_id: uuid.UUID,
+        payload: bytes,
+        now: datetime,
+    ) -> bool:
+        """Keeps the allocation; False when the gateway had it already (a redelivery)."""
+        t = payment_allocations
+        result = await self._session.execute(
+            insert(t)
+            .values(
+                payment_id=payment_id,
+                sequence=sequence,
+                entity_id=entity_id,
+                account_id=account_id,
+                payload=payload,
+                receive_time=now,
+            )
+            .on_conflict_do_nothing(index_elements=[t.c.payment_id, t.c.sequence])
+            .returning(t.c.entity_id)
+        )
+        return result.first() is not None
+
+    async def lock_payment(self, payment_id: uuid.UUID) -> None:
+        """A transaction-scoped advisory lock on the payment: its PaymentRecorded and its
+        PaymentAllocated (different streams, possibly different replicas) take turns, so whichever
+        commits second sees the other's rows."""
+        key = func.hashtextextended(f"erp_gateway:payment:{payment_id}", 0)
+        await self._session.execute(select(func.pg_advisory_xact_lock(key)))
+
+    async def payload(self, payment_id: uuid.UUID, sequence: int) -> bytes | None:
+        t = payment_allocations
+        value = await self._session.scalar(
+            select(t.c.payload).where(t.c.payment_id == payment_id, t.c.sequence == sequence)
+        )
+        return bytes(value) if value is not None else None
+
+    async def later_of(self, payment_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID, datetime]]:
+        """The payment's allocations after the first, in sequence: (entity id, account id, received)."""
+        t = payment_allocations
+        rows = await self._session.execute(
+            select(t.c.entity_id, t.c.account_id, t.c.receive_time)
+            .where(t.c.payment_id == payment_id, t.c.sequence > 1)
+            .order_by(t.c.sequence)
+        )
+        return [(row.entity_id, row.account_id, row.receive_time) for row in rows]

@@ -5,6 +5,8 @@ crash finds the record instead of creating a second one:
   parties   code = the account number;
   invoices  reference = the bill number (credit notes: the credit note number), type out;
   payments  account.move description = "evolutivo:payment:<payment id>";
+  later allocations of a payment's credit: account.move description =
+            "evolutivo:payment_allocation:<payment id>:<sequence>";
   reversals account.move description = "evolutivo:payment_reversal:<payment id>";
   write-offs account.move description = "evolutivo:write_off:<ledger entry id>";
   referrals ir.note on the party whose message starts "evolutivo:referral:<referral id>";
@@ -35,6 +37,7 @@ from evolutivo_erp_gateway.adapters.erp import (
     AuthFailed,
     ErpError,
     ErpPayment,
+    InvoiceAllocation,
     MappingMissing,
     Problem,
     ProblemKind,
@@ -45,6 +48,7 @@ from evolutivo_erp_gateway.domain.connections import Connection, Mapping
 from evolutivo_erp_gateway.domain.journal import Journal, trim
 
 PAYMENT_MARK = "evolutivo:payment:"
+ALLOCATION_MARK = "evolutivo:payment_allocation:"
 REVERSAL_MARK = "evolutivo:payment_reversal:"
 WRITE_OFF_MARK = "evolutivo:write_off:"
 REFERRAL_MARK = "evolutivo:referral:"
@@ -597,7 +601,11 @@ class TrytonAdapter:
         await self._post_invoice(invoice)
         return str(invoice)
 
-    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
+    async def record_payment(
+        self, payment: payment_pb2.Payment, party: str, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        """Cash debited, the party's receivable credited in parts exactly as billing allocated the
+        payment (each part added to its invoice's payments), the rest in one unallocated part."""
         received = payment.received_time.ToDatetime(tzinfo=dt.UTC).date()
         return await self._settle(
             f"{PAYMENT_MARK}{payment.payment_id}",
@@ -607,7 +615,163 @@ class TrytonAdapter:
             int(party),
             received,
             (),
+            parts=_parts(allocations),
         )
+
+    async def allocate_credit(
+        self,
+        payment: payment_pb2.Payment,
+        party: str,
+        payment_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """A later application of the payment's credit to new invoices: a posted transfer move in
+        the cash journal, the party's receivable debited (the credit taken) and credited in parts,
+        one per invoice, each added to its invoice's payments (reconciled once it is paid in full).
+        Once the payment's credit is used up, its unallocated part and the transfers' debits are
+        reconciled together. Found again by its description."""
+        party_id = int(party)
+        marker = f"{ALLOCATION_MARK}{payment.payment_id}:{sequence}"
+        paid_move = await self._payment_move(payment.payment_id, payment_erp_id)
+        found = await self.client.search("account.move", [("description", "=", marker)], 1)
+        if found:
+            move = found[0]
+        else:
+            receivable = self._account("receivable")
+            parts = await self._capped(_parts(allocations))
+            taken = sum((amount for _, amount in parts), Decimal(0))
+            if taken == 0:
+                # Tryton's invoices owe nothing more: no credit moves (it stays the party's).
+                return str(paid_move)
+            (paid,) = await self.client.read("account.move", [paid_move], ["date"])
+            dates = [
+                row["invoice_date"]
+                for row in await self.client.read(
+                    "account.invoice", [invoice for invoice, _ in parts], ["invoice_date"]
+                )
+                if row["invoice_date"]
+            ]
+            on = max([paid["date"], *dates])
+            lines: list[dict[str, object]] = [
+                {
+                    "account": receivable,
+                    "party": party_id,
+                    "debit": taken,
+                    "credit": Decimal(0),
+                    "description": f"{marker}:credit",
+                }
+            ]
+            lines += [
+                {
+                    "account": receivable,
+                    "party": party_id,
+                    "debit": Decimal(0),
+                    "credit": amount,
+                    "description": f"{marker}:invoice:{invoice}",
+                }
+                for invoice, amount in parts
+                if amount > 0
+            ]
+            move = await self.client.create(
+                "account.move",
+                {
+                    "journal": self._journal("cash"),
+                    "date": on,
+                    "period": await self._period(on),
+                    "description": marker,
+                    "lines": [("create", lines)],
+                },
+            )
+        (row,) = await self.client.read("account.move", [move], ["state", "lines"])
+        if row["state"] != "posted":
+            await self.client.call("model.account.move.post", [move])
+        await self._reconcile(row["lines"], marker)
+        await self._reconcile_used_credit(payment.payment_id, paid_move)
+        return str(move)
+
+    async def _payment_move(self, payment_id: str, payment_erp_id: str) -> int:
+        if payment_erp_id.isdigit():
+            return int(payment_erp_id)
+        found = await self.client.search("account.move", [("description", "=", f"{PAYMENT_MARK}{payment_id}")], 1)
+        if not found:
+            raise Rejected(f"Tryton has no payment {payment_id}")
+        return int(found[0])
+
+    async def _capped(self, parts: Sequence[tuple[int, Decimal]]) -> list[tuple[int, Decimal]]:
+        """Each part at most what its invoice still owes in Tryton (Tryton refuses payment lines
+        beyond it): should Tryton's invoice owe less than billing's bill (something else paid it
+        there), the difference stays the party's unallocated credit."""
+        if not parts:
+            return []
+        rows = await self.client.read("account.invoice", [invoice for invoice, _ in parts], ["amount_to_pay", "state"])
+        owed = {row["id"]: (row["amount_to_pay"] if row["state"] == "posted" else Decimal(0)) for row in rows}
+        capped = []
+        for invoice, amount in parts:
+            take = max(min(amount, owed.get(invoice, Decimal(0))), Decimal(0))
+            owed[invoice] = owed.get(invoice, Decimal(0)) - take
+            capped.append((invoice, take))
+        return capped
+
+    async def _reconcile_used_credit(self, payment_id: str, paid_move: int) -> None:
+        """The payment's unallocated part and the debits of the transfers that moved it onto
+        invoices, reconciled together once they cancel out (the credit is used up)."""
+        receivable = self._account("receivable")
+        (paid,) = await self.client.read("account.move", [paid_move], ["lines"])
+        fields = ["account", "debit", "credit", "description", "reconciliation"]
+        paid_marker = f"{PAYMENT_MARK}{payment_id}"
+        unallocated = [
+            line
+            for line in await self.client.read("account.move.line", paid["lines"], fields)
+            if line["account"] == receivable and line["credit"] > 0 and line["description"] == paid_marker
+        ]
+        if len(unallocated) != 1 or unallocated[0]["reconciliation"]:
+            return
+        debits = [
+            line
+            for line in await self._allocation_lines(payment_id, fields)
+            if line["account"] == receivable and line["debit"] > 0 and not line["reconciliation"]
+        ]
+        if debits and sum((line["debit"] for line in debits), Decimal(0)) == unallocated[0]["credit"]:
+            await self._reconcile_lines([unallocated[0]["id"], *(line["id"] for line in debits)])
+
+    async def _allocation_moves(self, payment_id: str) -> list[dict[str, Any]]:
+        prefix = f"{ALLOCATION_MARK}{payment_id}:"
+        ids = await self.client.search("account.move", [("description", "like", f"{prefix}%")])
+        rows = await self.client.read("account.move", ids, ["description", "lines"]) if ids else []
+        return [row for row in rows if (row["description"] or "").startswith(prefix)]
+
+    async def _allocation_lines(self, payment_id: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+        line_ids = [line for move in await self._allocation_moves(payment_id) for line in move["lines"]]
+        return await self.client.read("account.move.line", line_ids, fields) if line_ids else []
+
+    async def _undo_allocations(self, payment_id: str) -> None:
+        """The payment's later allocations taken back: each transfer's invoice parts come off their
+        invoices (unreconciled first: the invoices owe again), and the transfer's own lines, which
+        cancel out, are reconciled together. Done again by a retry, it changes nothing."""
+        receivable = self._account("receivable")
+        fields = ["account", "debit", "credit", "description", "reconciliation"]
+        for move in await self._allocation_moves(payment_id):
+            marker = move["description"]
+            own = [
+                line
+                for line in await self.client.read("account.move.line", move["lines"], fields)
+                if line["account"] == receivable
+            ]
+            own_ids = {line["id"] for line in own}
+            together = set()
+            for reconciliation in {line["reconciliation"] for line in own if line["reconciliation"]}:
+                (rec,) = await self.client.read("account.move.reconciliation", [reconciliation], ["lines"])
+                if set(rec["lines"]) <= own_ids:
+                    together.add(reconciliation)
+            for line in own:
+                if line["reconciliation"] and line["reconciliation"] not in together:
+                    await self._unreconcile_lines([line["id"]])
+                if line["credit"] > 0:
+                    await self._detach_payment_line(line, marker)
+            current = await self.client.read("account.move.line", sorted(own_ids), ["reconciliation"])
+            if any(not line["reconciliation"] for line in current):
+                await self._reconcile_lines(sorted(own_ids))
 
     async def write_off(self, entry: ledger_pb2.LedgerEntry, party: str, invoices: Sequence[str]) -> str:
         """The debt given up: the write-off (expense) account debited, the party's receivable
@@ -634,10 +798,14 @@ class TrytonAdapter:
         party: int,
         on: dt.date,
         preferred: Sequence[int],
+        parts: Sequence[tuple[int, Decimal]] | None = None,
     ) -> str:
         """A posted move debiting `counter_account` and crediting the party's receivable, split over
         its open invoices (`preferred` first, then oldest first, as billing allocates); each part
-        names its invoice so that a retry reconciles the same ones. Found again by `marker`."""
+        names its invoice so that a retry reconciles the same ones. Found again by `marker`.
+
+        With `parts` (invoice, amount) the move is split exactly so (each part at most what its
+        invoice owes in Tryton), instead of over the open invoices."""
         found = await self.client.search("account.move", [("description", "=", marker)], 1)
         if found:
             move = found[0]
@@ -645,12 +813,17 @@ class TrytonAdapter:
             receivable = self._account("receivable")
             lines: list[dict[str, object]] = [{"account": counter_account, "debit": amount, "credit": Decimal(0)}]
             left = amount
-            open_invoices = await self._open_invoices(party)
-            open_invoices.sort(key=lambda item: 0 if item[0] in preferred else 1)  # stable: oldest first after
-            for invoice, to_pay in open_invoices:
+            if parts is not None:
+                split = await self._capped(parts)
+            else:
+                split = await self._open_invoices(party)
+                split.sort(key=lambda item: 0 if item[0] in preferred else 1)  # stable: oldest first after
+            for invoice, to_pay in split:
                 if left <= 0:
                     break
                 part = min(left, to_pay)
+                if part <= 0:
+                    continue
                 lines.append(
                     {
                         "account": receivable,
@@ -682,12 +855,15 @@ class TrytonAdapter:
         return str(move)
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
-        """What a bookkeeper does for a bounced payment: the payment's receivable lines are taken
+        """What a bookkeeper does for a bounced payment: the transfers of its credit onto later
+        invoices are taken back (_undo_allocations), the payment's receivable lines are taken
         off their invoices (unreconciled, removed from the invoices' payments, which are open again),
         and a posted reversing move (receivable debited, cash credited, line for line) is reconciled
         with them. Found again by its description."""
         marker = f"{REVERSAL_MARK}{payment.payment_id}"
         paid_marker = f"{PAYMENT_MARK}{payment.payment_id}"
+        # Its credit's later allocations first: their invoices owe again too.
+        await self._undo_allocations(payment.payment_id)
         move = int(payment_erp_id) if payment_erp_id.isdigit() else 0
         if not move:
             found = await self.client.search("account.move", [("description", "=", paid_marker)], 1)
@@ -918,15 +1094,30 @@ class TrytonAdapter:
         self, cursor: tuple[str, int] | None, limit: int
     ) -> tuple[list[ErpPayment], tuple[str, int] | None]:
         """Receivable credits with a party in posted cash-journal moves, by the move's write date
-        (set when the move is posted) and id; the gateway's own payment moves are left out."""
-        domain: list[object] = [("state", "=", "posted"), ("journal.type", "=", "cash")]
-        if cursor is not None:
-            since = dt.datetime.fromisoformat(cursor[0]) - IMPORT_LOOKBACK
-            domain.append(("write_date", ">=", since))
-        moves = await self.client.search("account.move", domain, limit, [("write_date", "ASC"), ("id", "ASC")])
+        (set when the move is posted) and id; the gateway's own payment moves are left out.
+
+        Tryton stamps write_date at its transaction's start, so a move committed late can carry a
+        stamp behind the cursor: each poll also reads IMPORT_LOOKBACK behind the cursor (without a
+        limit: a bounded window; the gateway skips what it imported), while the page proper is
+        strictly after the cursor, so a full page always moves it on (a window more crowded than
+        the page size once held the cursor in place for good)."""
+        base: list[object] = [("state", "=", "posted"), ("journal.type", "=", "cash")]
+        order = [("write_date", "ASC"), ("id", "ASC")]
+        moves: list[int] = []
+        if cursor is None:
+            moves = await self.client.search("account.move", base, limit, order)
+        else:
+            stamp, last_id = dt.datetime.fromisoformat(cursor[0]), cursor[1]
+            window = [("write_date", ">=", stamp - IMPORT_LOOKBACK), ("write_date", "<=", stamp)]
+            moves = await self.client.search("account.move", [*base, *window], None, order)
+            after = ["OR", ("write_date", ">", stamp), [("write_date", "=", stamp), ("id", ">", last_id)]]
+            seen = set(moves)
+            page = await self.client.search("account.move", [*base, after], limit, order)
+            moves += [m for m in page if m not in seen]
         if not moves:
             return [], cursor
         move_rows = await self.client.read("account.move", moves, ["description", "write_date", "create_date", "lines"])
+        move_rows.sort(key=lambda move: ((move["write_date"] or move["create_date"]), int(move["id"])))
         currency = await self._company_currency()
         receivable = set(await self.client.search("account.account", [("type.receivable", "=", True)]))
         payments = []
@@ -976,6 +1167,10 @@ class TrytonAdapter:
             raise MappingMissing("the Tryton user has no company")
         (row,) = await self.client.read("company.company", [int(company)], ["currency.code"])
         return str((row.get("currency.") or {}).get("code", ""))
+
+
+def _parts(allocations: Sequence[InvoiceAllocation]) -> list[tuple[int, Decimal]]:
+    return [(_tryton_id(f"invoice of bill {a.bill_id}", a.invoice), a.amount) for a in allocations]
 
 
 def _credit_note_taxes(

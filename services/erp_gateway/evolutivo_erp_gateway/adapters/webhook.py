@@ -6,7 +6,11 @@ Headers:
   Evolutivo-Delivery-Id: <event>:<entity id>:<hash of the body>: the same on every retry of one
     version of a record (a customer's update is a new delivery), for the receiver to dedupe.
   Evolutivo-Event: customer.upserted | invoice.posted | credit_note.posted | payment.recorded |
-    payment.reversed | write_off.made | collections_case.referred | connection.tested
+    payment.allocated | payment.reversed | write_off.made | collections_case.referred |
+    connection.tested
+A payment carries billing's allocation of it under "data.allocations" (bill id and amount each)
+and "data.unallocated_amount"; each later application of its credit to a new bill is a
+payment.allocated with the payment's id, the allocation's "sequence" and its "allocations".
 A 2xx answer is success; anything else (or no answer) fails the job, which retries with backoff.
 """
 
@@ -23,10 +27,18 @@ import httpx
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
 from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
 from evolutivo.customer.v1 import account_pb2, contact_pb2
+from evolutivo_runtime.money import from_money, to_money
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
-from evolutivo_erp_gateway.adapters.erp import ErpPayment, Problem, ProblemKind, Rejected, Unreachable
+from evolutivo_erp_gateway.adapters.erp import (
+    ErpPayment,
+    InvoiceAllocation,
+    Problem,
+    ProblemKind,
+    Rejected,
+    Unreachable,
+)
 from evolutivo_erp_gateway.domain.connections import Connection
 from evolutivo_erp_gateway.domain.journal import Journal
 
@@ -121,8 +133,38 @@ class WebhookAdapter:
     ) -> str:
         return await self._send("credit_note.posted", note.credit_note_id, self._dict(note))
 
-    async def record_payment(self, payment: payment_pb2.Payment, party: str) -> str:
-        return await self._send("payment.recorded", payment.payment_id, self._dict(payment))
+    def _allocations(self, currency_code: str, allocations: Sequence[InvoiceAllocation]) -> list[dict[str, Any]]:
+        return [{"bill_id": a.bill_id, "amount": self._dict(to_money(a.amount, currency_code))} for a in allocations]
+
+    async def record_payment(
+        self, payment: payment_pb2.Payment, party: str, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        # The payment with billing's allocation of it: what each bill got, and what is left as credit.
+        currency = payment.amount.currency_code
+        left = from_money(payment.amount) - sum((a.amount for a in allocations), from_money(payment.amount) * 0)
+        data = {
+            **self._dict(payment),
+            "allocations": self._allocations(currency, allocations),
+            "unallocated_amount": self._dict(to_money(left, currency)),
+        }
+        return await self._send("payment.recorded", payment.payment_id, data)
+
+    async def allocate_credit(
+        self,
+        payment: payment_pb2.Payment,
+        party: str,
+        payment_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        data = {
+            "payment_id": payment.payment_id,
+            "account_id": payment.account_id,
+            "sequence": sequence,
+            "allocations": self._allocations(payment.amount.currency_code, allocations),
+        }
+        await self._send("payment.allocated", payment.payment_id, data)
+        return f"{payment.payment_id}:{sequence}"
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
         return await self._send("payment.reversed", payment.payment_id, self._dict(payment))

@@ -25,8 +25,12 @@ class ConnectionType(enum.Enum):
 GL_ROLES = ("receivable", "revenue", "tax", "cash", "write_off")
 JOURNAL_ROLES = ("revenue", "cash", "general", "write_off")
 MAX_NAME = 200
-# Where a referral can go: Tryton keeps it on the party, a webhook hands it to whoever listens.
-REFERRAL_TYPES = (ConnectionType.TRYTON, ConnectionType.WEBHOOK)
+# Where a referral can go: Tryton and Odoo keep it on the party (a category and a note), a webhook
+# hands it to whoever listens.
+REFERRAL_TYPES = (ConnectionType.TRYTON, ConnectionType.ODOO, ConnectionType.WEBHOOK)
+# The ERPs whose own payments are imported, each with the prefix of the reference balance records
+# an imported payment under: "<prefix>:<the ERP's payment id>".
+IMPORTED_PAYMENT_PREFIX = {ConnectionType.TRYTON: "tryton", ConnectionType.ODOO: "odoo"}
 
 
 @dataclass(frozen=True)
@@ -116,11 +120,11 @@ class Connection:
             raise InvalidArgument("connection.database", "is required for Odoo")
         if self.type in (ConnectionType.TRYTON, ConnectionType.ODOO) and not self.username:
             raise InvalidArgument("connection.username", "is required for an ERP login")
-        if self.import_payments and self.type is not ConnectionType.TRYTON:
-            raise InvalidArgument("connection.import_payments", "only a Tryton connection imports payments")
+        if self.import_payments and self.type not in IMPORTED_PAYMENT_PREFIX:
+            raise InvalidArgument("connection.import_payments", "only Tryton and Odoo connections import payments")
         if self.collections_referrals and self.type not in REFERRAL_TYPES:
             raise InvalidArgument(
-                "connection.collections_referrals", "only Tryton and webhook connections take referrals"
+                "connection.collections_referrals", "only Tryton, Odoo and webhook connections take referrals"
             )
         self.mapping.validate()
 

@@ -27,15 +27,18 @@ ORDER = {
     EntityType.PAYMENT_REVERSAL: 4,
     EntityType.WRITE_OFF: 5,
     EntityType.REFERRAL: 6,
+    EntityType.PAYMENT_ALLOCATION: 7,
 }
-# What settles invoices: a payment or a write-off is split over the invoices open when it is sent,
-# so it waits for the records of its customer queued before it that open or settle them.
+# What opens or settles invoices: a write-off is split over the invoices open when it is sent, so
+# it waits for the records of its customer queued before it that open or settle them. (Payments
+# and their later allocations go to the invoices billing allocated them to: they wait for those.)
 SETTLEMENT_PREDECESSORS = (
     EntityType.INVOICE,
     EntityType.CREDIT_NOTE,
     EntityType.PAYMENT,
     EntityType.PAYMENT_REVERSAL,
     EntityType.WRITE_OFF,
+    EntityType.PAYMENT_ALLOCATION,
 )
 
 

@@ -15,7 +15,20 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+import iso4217
+from evolutivo_runtime.errors import InvalidArgument
+
 ZERO = Decimal(0)
+
+
+def check_currency_code(code: str, field_name: str = "currency_code") -> str:
+    """A currency ISO 4217 knows (as customer, charging, balance and billing check theirs): an
+    unknown code could only ever export an empty journal, so it is refused naming the field."""
+    try:
+        iso4217.Currency(code)
+    except ValueError:
+        raise InvalidArgument(field_name, "must be an ISO 4217 currency code such as EUR") from None
+    return code
 
 
 class UnbalancedPostings(ValueError):

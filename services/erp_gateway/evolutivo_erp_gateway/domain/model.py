@@ -25,6 +25,15 @@ class EntityType(enum.Enum):
     WRITE_OFF = "write_off"
     # A collections case referred to an agency; its id is billing's event id.
     REFERRAL = "collections_referral"
+    # A later application of a payment's credit to a newly issued bill (billing's PaymentAllocated
+    # of sequence 2, 3, ...); its id is allocation_entity_id(payment id, sequence).
+    PAYMENT_ALLOCATION = "payment_allocation"
+
+
+def allocation_entity_id(payment_id: uuid.UUID, sequence: int) -> uuid.UUID:
+    """The id of a payment's allocation number `sequence`: uuid5 in the payment's id as namespace,
+    of "payment_allocation:<sequence>" (stable, so a redelivery names the same record)."""
+    return uuid.uuid5(payment_id, f"payment_allocation:{sequence}")
 
 
 class SyncStatus(enum.Enum):

@@ -22,6 +22,7 @@ CONTACT_CHANGED = "evolutivo.customer.v1.contact.changed"
 BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 CASE_REFERRED = "evolutivo.billing.v1.collections_case.referred"
+PAYMENT_ALLOCATED = "evolutivo.billing.v1.payment.allocated"
 PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
 PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
 WRITE_OFF_MADE = "evolutivo.balance.v1.write_off.made"
@@ -61,6 +62,12 @@ async def on_credit_note_issued(
     uow: ErpGatewayUnitOfWork, event: billing_events.CreditNoteIssued, meta: EventMeta
 ) -> None:
     await handlers.credit_note_issued(uow, event.credit_note)
+
+
+async def on_payment_allocated(
+    uow: ErpGatewayUnitOfWork, event: billing_events.PaymentAllocated, meta: EventMeta
+) -> None:
+    await handlers.payment_allocated(uow, event)
 
 
 async def on_payment_recorded(
@@ -105,7 +112,7 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
         Subscription(
             durable="erp_gateway",
             stream=stream_name("billing"),
-            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED, CASE_REFERRED],
+            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED, CASE_REFERRED, PAYMENT_ALLOCATED],
             handlers={
                 billing_events.BillIssued.DESCRIPTOR.full_name: EventHandler(billing_events.BillIssued, on_bill_issued),
                 billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
@@ -113,6 +120,9 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                 ),
                 collections_events.CollectionsCaseReferred.DESCRIPTOR.full_name: EventHandler(
                     collections_events.CollectionsCaseReferred, on_case_referred
+                ),
+                billing_events.PaymentAllocated.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.PaymentAllocated, on_payment_allocated
                 ),
             },
         ),

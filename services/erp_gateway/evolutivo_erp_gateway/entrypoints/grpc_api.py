@@ -16,6 +16,7 @@ from evolutivo_runtime.server import Context
 
 from evolutivo_erp_gateway.adapters import proto
 from evolutivo_erp_gateway.adapters.factory import Adapters
+from evolutivo_erp_gateway.domain.journal import check_currency_code
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
@@ -122,9 +123,7 @@ class ErpGatewayServicer(pb_grpc.ErpGatewayServiceServicer):
         connection_id = parse_uuid("connection_id", request.connection_id)
         start = proto.time_from_pb(request.start_time, "start_time")
         end = proto.time_from_pb(request.end_time, "end_time")
-        currency = request.currency_code
-        if len(currency) != 3 or not currency.isalpha() or not currency.isupper():
-            raise InvalidArgument("currency_code", "must be an ISO 4217 code")
+        currency = check_currency_code(request.currency_code)
         request_id = parse_request_id(request.request_id)
         # The ERP finds the entry by this reference: a retry (same request id, or the same period
         # without one) posts nothing twice.

@@ -11,9 +11,9 @@ from decimal import Decimal
 from typing import Protocol
 
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
-from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2, events_pb2
 from evolutivo.customer.v1 import account_pb2, contact_pb2
-from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from evolutivo_runtime.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from evolutivo_runtime.money import from_money
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -22,6 +22,7 @@ from evolutivo_erp_gateway.adapters.erp import (
     AuthFailed,
     ErpAdapter,
     ErpError,
+    InvoiceAllocation,
     MappingMissing,
     Problem,
     ProblemKind,
@@ -29,9 +30,9 @@ from evolutivo_erp_gateway.adapters.erp import (
 )
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.domain import journal as gl
-from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType
+from evolutivo_erp_gateway.domain.connections import IMPORTED_PAYMENT_PREFIX, Connection, ConnectionType
 from evolutivo_erp_gateway.domain.jobs import SETTLEMENT_PREDECESSORS, CircuitBreaker, JobState, RetryPolicy, SyncJob
-from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus
+from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus, allocation_entity_id
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 # How long a job waiting for its prerequisite (its customer, the invoices before a payment) waits
 # before it looks again; waiting costs no attempt.
 PREREQUISITE_WAIT = timedelta(seconds=2)
+# The ERP id kept for a later allocation of a payment reversed before it was sent: nothing was.
+NOT_SENT_REVERSED = "not-sent:payment-reversed"
 
 
 async def await_sync(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID, now: datetime) -> bool:
@@ -155,6 +158,8 @@ async def credit_note_issued(uow: ErpGatewayUnitOfWork, note: credit_note_pb2.Cr
 
 async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
     received = _time(payment.received_time, uow.clock.now())
+    # Taking turns with its allocations (see _allocations_follow).
+    await uow.allocations.lock_payment(uuid.UUID(payment.payment_id))
     # A payment the gateway imported from an ERP is in that ERP already: not sent back to it.
     came_from = await uow.inbound.connections_of_reference(payment.reference)
     await receive(
@@ -170,6 +175,45 @@ async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payme
     await uow.postings.add(
         "payment", payment.payment_id, payment.amount.currency_code, received, gl.payment_postings(amount)
     )
+    # Later allocations of its credit that arrived before the payment follow it to its connections.
+    await _allocations_follow(uow, uuid.UUID(payment.payment_id))
+
+
+async def payment_allocated(uow: ErpGatewayUnitOfWork, allocated: events_pb2.PaymentAllocated) -> None:
+    """Billing's allocation of a payment to bills is kept: the first (sequence 1, how billing
+    allocated the payment when it recorded it) is what the payment's job books in the ERP; each
+    later one (its credit applied to a new bill) is a PAYMENT_ALLOCATION record of its own, queued
+    for the connections the payment goes to (not the ERP a payment was imported from). A
+    redelivered one changes nothing."""
+    payment_id = uuid.UUID(allocated.payment_id)
+    if allocated.sequence < 1:
+        raise ValueError(f"PaymentAllocated of payment {payment_id} has sequence {allocated.sequence}")
+    entity_id = allocation_entity_id(payment_id, allocated.sequence)
+    account_id = uuid.UUID(allocated.account_id)
+    payload = allocated.SerializeToString()
+    now = uow.clock.now()
+    await uow.allocations.lock_payment(payment_id)
+    if not await uow.allocations.add(payment_id, allocated.sequence, entity_id, account_id, payload, now):
+        return
+    if allocated.sequence == 1:
+        return  # the payment's job reads it
+    await uow.sync_states.store_payload(EntityType.PAYMENT_ALLOCATION, entity_id, account_id, payload, now, now)
+    await _allocations_follow(uow, payment_id)
+
+
+async def _allocations_follow(uow: ErpGatewayUnitOfWork, payment_id: uuid.UUID) -> None:
+    """A job for each later allocation of the payment on each connection the payment has a job on
+    (whichever of the payment and the allocation arrives second queues it; an existing job is left
+    as it is). The caller holds the payment's lock (PaymentAllocationRepository.lock_payment): two
+    replicas applying the payment and its allocation at once would otherwise each miss the other's
+    uncommitted rows."""
+    connections = await uow.jobs.connections_of(EntityType.PAYMENT, payment_id)
+    if not connections:
+        return
+    now = uow.clock.now()
+    for entity_id, account_id, received in await uow.allocations.later_of(payment_id):
+        for connection_id in connections:
+            await uow.jobs.upsert(connection_id, EntityType.PAYMENT_ALLOCATION, entity_id, account_id, received, now)
 
 
 async def payment_reversed(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
@@ -307,7 +351,8 @@ async def update_connection(
         if current is None:
             raise NotFound("connection", str(connection_id))
         if etag and etag != current.etag:
-            raise FailedPrecondition("ETAG_MISMATCH", "connection.etag: the connection changed since it was read")
+            # AIP-154, as everywhere in the suite: a stale etag is ABORTED (read again and retry).
+            raise Aborted("ETAG_MISMATCH", "connection.etag: the connection changed since it was read")
         token = _encrypt(adapters, secret) if secret else None
         has_credentials = (token is not None) if secret is not None else current.has_credentials
         updated = current.updated(uow.clock.now(), has_credentials=has_credentials, **changes)
@@ -324,7 +369,7 @@ async def delete_connection(uow: ErpGatewayUnitOfWork, connection_id: uuid.UUID,
         if current is None:
             raise NotFound("connection", str(connection_id))
         if etag and etag != current.etag:
-            raise FailedPrecondition("ETAG_MISMATCH", "etag: the connection changed since it was read")
+            raise Aborted("ETAG_MISMATCH", "etag: the connection changed since it was read")
         await uow.connections.delete(connection_id)
         await uow.commit()
 
@@ -439,24 +484,72 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
             raise ErpError(f"payment {job.entity_id} was never queued for this connection: nothing to reverse")
         if paid.state is not JobState.SUCCEEDED:
             raise _Waiting(f"waiting for payment {job.entity_id}")
+        # Its later allocations first: each is then in the ERP (and undone with the payment) or
+        # known to be moot (it sees the reversal and sends nothing).
+        for entity_id, _, _ in await uow.allocations.later_of(job.entity_id):
+            allocation = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT_ALLOCATION, entity_id)
+            if allocation is not None and allocation.state is not JobState.SUCCEEDED:
+                raise _Waiting(f"waiting for allocation {entity_id} of payment {job.entity_id}")
         return await adapter.reverse_payment(payment_pb2.Payment.FromString(payload), party, paid.erp_id)
+    if job.entity_type is EntityType.PAYMENT:
+        # Booked as billing allocated it: after billing's first allocation of it and the invoices of
+        # the bills it names (whatever the order the payment and the bills reached the gateway in).
+        first = await uow.allocations.payload(job.entity_id, 1)
+        if first is None:
+            raise _Waiting(f"waiting for billing's allocation of payment {job.entity_id}")
+        allocated = events_pb2.PaymentAllocated.FromString(first)
+        allocations = await _allocated_invoices(uow, connection, allocated)
+        return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party, allocations)
+    if job.entity_type is EntityType.PAYMENT_ALLOCATION:
+        allocated = events_pb2.PaymentAllocated.FromString(payload)
+        payment_id = uuid.UUID(allocated.payment_id)
+        paid = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT, payment_id)
+        if paid is None:
+            raise ErpError(f"payment {payment_id} was never queued for this connection: nothing to allocate")
+        if await uow.sync_states.payload_version(EntityType.PAYMENT_REVERSAL, payment_id) is not None:
+            # Reversed: billing took back whatever the payment paid; its reversal undoes in the ERP
+            # what was sent, and this was not.
+            return NOT_SENT_REVERSED
+        if paid.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for payment {payment_id}")
+        allocations = await _allocated_invoices(uow, connection, allocated)
+        payment_payload = await uow.sync_states.payload(EntityType.PAYMENT, payment_id)
+        if payment_payload is None:
+            raise ErpError(f"the gateway has no copy of payment {payment_id}")
+        payment = payment_pb2.Payment.FromString(payment_payload)
+        return await adapter.allocate_credit(payment, party, paid.erp_id, allocated.sequence, allocations)
     if job.entity_type is EntityType.REFERRAL:
         referral = collections_events_pb2.CollectionsCaseReferred.FromString(payload)
         invoices = await _invoices_of(uow, connection, referral.bill_ids)
         return await adapter.refer_case(referral, str(job.entity_id), party, invoices)
-    # A payment or a write-off is split over the invoices open when it is sent: it goes after the
-    # customer's records queued before it that open or settle invoices.
+    # A write-off is split over the invoices open when it is sent: it goes after the customer's
+    # records queued before it that open or settle invoices.
     earlier = await uow.jobs.unfinished_before(
         connection.connection_id, job.account_id, SETTLEMENT_PREDECESSORS, await uow.jobs.sequence(job.job_id)
     )
     if earlier is not None:
         raise _Waiting(f"waiting for {earlier.entity_type.value} {earlier.entity_id}")
-    if job.entity_type is EntityType.WRITE_OFF:
-        entry = ledger_pb2.LedgerEntry.FromString(payload)
-        # A bill's own write-off settles that bill's invoice first.
-        preferred = await _invoices_of(uow, connection, [entry.source_id] if entry.source_type == "bill" else [])
-        return await adapter.write_off(entry, party, preferred)
-    return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party)
+    if job.entity_type is not EntityType.WRITE_OFF:
+        raise ErpError(f"the gateway does not send records of type {job.entity_type.value}")
+    entry = ledger_pb2.LedgerEntry.FromString(payload)
+    # A bill's own write-off settles that bill's invoice first.
+    preferred = await _invoices_of(uow, connection, [entry.source_id] if entry.source_type == "bill" else [])
+    return await adapter.write_off(entry, party, preferred)
+
+
+async def _allocated_invoices(
+    uow: ErpGatewayUnitOfWork, connection: Connection, allocated: events_pb2.PaymentAllocated
+) -> list[InvoiceAllocation]:
+    """Billing's allocation with each bill's invoice in the ERP; waits until every one is there (a
+    bill whose BillIssued has not reached the gateway yet too: billing allocated to it, so it comes)."""
+    result = []
+    for allocation in allocated.allocations:
+        bill_id = uuid.UUID(allocation.bill_id)
+        invoice = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, bill_id)
+        if invoice is None or invoice.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for invoice of bill {bill_id}")
+        result.append(InvoiceAllocation(invoice.erp_id, allocation.bill_id, from_money(allocation.amount)))
+    return result
 
 
 async def _invoices_of(uow: ErpGatewayUnitOfWork, connection: Connection, bill_ids: Sequence[str]) -> list[str]:
@@ -562,12 +655,13 @@ IMPORT_BATCH = 500
 async def import_payments(
     uow_factory: Callable[[], ErpGatewayUnitOfWork], adapters: AdapterOpener, balance: PaymentRecorder
 ) -> int:
-    """One poll of every connection that imports payments; returns how many were recorded."""
+    """One poll of every connection that imports payments (the ERPs of IMPORTED_PAYMENT_PREFIX);
+    returns how many were recorded."""
     async with uow_factory() as uow:
         importing = [
             c
             for c in await uow.connections.all()
-            if c.enabled and c.import_payments and c.type is ConnectionType.TRYTON
+            if c.enabled and c.import_payments and c.type in IMPORTED_PAYMENT_PREFIX
         ]
     recorded = 0
     for connection in importing:
@@ -589,7 +683,8 @@ async def _import_from(
     try:
         payments, after = await adapter.payments_since(cursor, IMPORT_BATCH)
         for payment in payments:
-            reference = f"tryton:{payment.erp_id}"
+            # Balance is idempotent on it; the ERP's payment id is what makes it one payment.
+            reference = f"{IMPORTED_PAYMENT_PREFIX[connection.type]}:{payment.erp_id}"
             amount = Decimal(payment.amount_text)
             async with uow_factory() as uow:
                 status = await uow.inbound.status(connection.connection_id, payment.erp_id)

@@ -12,6 +12,7 @@ from evolutivo_erp_gateway.adapters.repository import (
     ConnectionRepository,
     ContactRepository,
     InboundPaymentRepository,
+    PaymentAllocationRepository,
     PostingRepository,
     SyncJobRepository,
     SyncStateRepository,
@@ -25,6 +26,7 @@ class ErpGatewayUnitOfWork(UnitOfWork):
     postings: PostingRepository
     inbound: InboundPaymentRepository
     contacts: ContactRepository
+    allocations: PaymentAllocationRepository
 
     def __init__(
         self,
@@ -44,4 +46,5 @@ class ErpGatewayUnitOfWork(UnitOfWork):
         self.postings = PostingRepository(self.session)
         self.inbound = InboundPaymentRepository(self.session)
         self.contacts = ContactRepository(self.session)
+        self.allocations = PaymentAllocationRepository(self.session)
         return self
