@@ -24,6 +24,7 @@ def insert_rows(
     rows: Sequence[Mapping[str, Any]],
     *,
     on_conflict_constraint: str | None = None,
+    on_conflict_columns: Sequence[str] = (),
     returning: Sequence[str] = (),
 ) -> tuple[TextClause, dict[str, list[Any]]]:
     """The rows (dicts with the same keys, columns of `table`; at least one) as ONE statement and
@@ -31,8 +32,9 @@ def insert_rows(
     inserting the same keys in the same order wait for each other instead of deadlocking). JSONB
     values go as JSON text cast in the statement, None as SQLAlchemy's JSONB type writes it (JSON
     null unless the column's type says `none_as_null`), so the rows are those `insert(table)` would
-    write. With `on_conflict_constraint`, a row conflicting with it is skipped; `returning` names
-    the columns returned of the rows inserted."""
+    write. With `on_conflict_constraint` (a constraint's name) or `on_conflict_columns` (a unique
+    index's columns), a row conflicting with it is skipped; `returning` names the columns returned
+    of the rows inserted. Array columns cannot go this way (unnest flattens arrays of arrays)."""
     if not rows:
         raise ValueError("insert_rows needs at least one row")
     columns = list(rows[0])
@@ -54,6 +56,8 @@ def insert_rows(
     )
     if on_conflict_constraint:
         sql += f" ON CONFLICT ON CONSTRAINT {on_conflict_constraint} DO NOTHING"
+    elif on_conflict_columns:
+        sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO NOTHING"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
     params: dict[str, list[Any]] = {name: [] for name in columns}

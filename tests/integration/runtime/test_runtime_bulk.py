@@ -99,6 +99,8 @@ def test_statement_names_each_column_with_its_array_type_in_order() -> None:
     assert "CAST(:entry_id AS UUID[])" in sql
     assert "WITH ORDINALITY" in sql and "ORDER BY v.ordinal" in sql
     assert "ON CONFLICT ON CONSTRAINT entries_source DO NOTHING RETURNING entry_id" in sql
+    by_columns = str(insert_rows(entries, [row("a", "1")], on_conflict_columns=["source_id"])[0])
+    assert by_columns.endswith("ON CONFLICT (source_id) DO NOTHING")
 
 
 async def test_jsonb_values_and_none_as_sqlalchemy_writes_them(empty_database: EmptyDatabase) -> None:

@@ -89,12 +89,10 @@ class BillItemRepository:
         are, also when a concurrent transaction inserts them first); returns the charges inserted."""
         if not items:
             return set()
-        t = bill_items
-        result = await self._session.execute(
-            insert(t).on_conflict_do_nothing(index_elements=[t.c.charge_id]).returning(t.c.charge_id),
-            [_item_row(item) for item in items],
+        statement, params = insert_rows(
+            bill_items, [_item_row(item) for item in items], on_conflict_columns=["charge_id"], returning=["charge_id"]
         )
-        return {row.charge_id for row in result}
+        return {row.charge_id for row in await self._session.execute(statement, params)}
 
     async def unbilled_in_cycle(self, bill_cycle_id: uuid.UUID) -> list[BillItem]:
         """The cycle's items no bill has taken, oldest event first."""

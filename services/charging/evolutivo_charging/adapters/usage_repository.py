@@ -17,6 +17,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from evolutivo_runtime.bulk import insert_rows
 from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -570,9 +571,9 @@ class ChargeRepository:
         self._session = session
 
     async def add_all(self, rated: Sequence[RatedCharge]) -> None:
-        """Inserts the charges in one statement (executemany)."""
+        """Inserts the charges in one statement over arrays (evolutivo_runtime.bulk)."""
         if rated:
-            await self._session.execute(charges.insert(), [_charge_row(c) for c in rated])
+            await self._session.execute(*insert_rows(charges, [_charge_row(c) for c in rated]))
 
     async def get_many(self, charge_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, RatedCharge]:
         ids = list(set(charge_ids))
