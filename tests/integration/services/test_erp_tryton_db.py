@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
 
@@ -1249,3 +1249,94 @@ async def test_a_later_allocation_of_a_reversed_payment_sends_nothing(gateway: G
         assert await invoice_state(client, later) == ("posted", Decimal("6.05"), 0)
     finally:
         await client.aclose()
+
+
+# --- payments whose prerequisites are missing, dead or out of order ----------------------------------
+async def test_a_payment_billing_never_allocated_ends_dead_and_replays_once_it_is(gateway: Gateway) -> None:
+    """A payment waits for billing's PaymentAllocated without spending attempts; one that has not
+    come after MISSING_PREREQUISITE_WAIT spends them and ends in the dead-letter list, where a
+    replay sends it once the allocation is there."""
+    account_id = str(uuid.uuid4())
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    payment, recorded = payment_recorded(account_id, "10.00")
+    await gateway.deliver("balance", recorded)
+    await gateway.run_jobs()
+    waiting = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (waiting.state, waiting.attempts) == (JobState.PENDING, 0)
+    assert waiting.last_error == f"waiting for billing's allocation of payment {payment.payment_id}"
+
+    gateway.db.clock.advance(handlers.MISSING_PREREQUISITE_WAIT + dt.timedelta(minutes=1))
+    for _ in range(FAST.max_attempts):
+        await gateway.run_jobs()
+        gateway.db.clock.advance(FAST.cap)
+    dead = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (dead.state, dead.attempts) == (JobState.DEAD, FAST.max_attempts)
+    assert "waiting for billing's allocation" in dead.last_error and "for over 1:00:00" in dead.last_error
+
+    await gateway.deliver("billing", payment_allocated(payment, 1, [], "10.00"))
+    async with gateway.db.uow() as uow:
+        await handlers.retry_job(uow, dead.job_id)
+    await gateway.run_jobs()
+    assert (await gateway.job(EntityType.PAYMENT, payment.payment_id)).state is JobState.SUCCEEDED
+
+
+async def test_a_payment_on_a_bill_whose_invoice_is_dead_fails_naming_it(gateway: Gateway) -> None:
+    account_id = str(uuid.uuid4())
+    b = bill(account_id, f"F-{number()}", [("FIBER", "standard", "10.00")])
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    await gateway.run_jobs()
+    await gateway.deliver("billing", bill_issued(b))
+    invoice = await gateway.job(EntityType.INVOICE, b.bill_id)
+    async with gateway.db.uow() as uow:  # as if the ERP had refused it until its attempts ran out
+        await uow.jobs.save(replace(invoice, state=JobState.DEAD, attempts=FAST.max_attempts, last_error="refused"))
+        await uow.commit()
+    payment, recorded = payment_recorded(account_id, "12.10")
+    await gateway.deliver("balance", recorded)
+    await gateway.deliver("billing", payment_allocated(payment, 1, [(b, "12.10")], "0"))
+    await gateway.run_jobs()
+    failed = await gateway.job(EntityType.PAYMENT, payment.payment_id)
+    assert (failed.state, failed.attempts) == (JobState.RETRYING, 1)
+    assert f"the invoice job of bill {b.bill_id} is dead: replay it ({invoice.job_id})" in failed.last_error
+
+
+async def test_a_payments_later_allocations_reach_the_erp_in_billings_order(gateway: Gateway) -> None:
+    """Allocation 3 waits for allocation 2 (which waits for its bill): each takes the credit the
+    ones before it left, as billing did."""
+    account_id = str(uuid.uuid4())
+    first = bill(account_id, f"F-{number()}", [("FIBER", "standard", "100.00")])
+    second = bill(account_id, f"F-{number()}", [("FIBER", "standard", "100.00")])
+    await gateway.deliver("customer", account_created(account_id, f"A-{number()}"))
+    payment, recorded = payment_recorded(account_id, "100.00")
+    await gateway.deliver("balance", recorded)
+    await gateway.deliver(
+        "billing",
+        payment_allocated(payment, 1, [], "100.00"),
+        bill_issued(second),  # the first bill's BillIssued is late
+        payment_allocated(payment, 2, [(first, "60.00")], "40.00"),
+        payment_allocated(payment, 3, [(second, "40.00")], "0"),
+    )
+    await gateway.run_jobs()
+    pid = uuid.UUID(payment.payment_id)
+    two = await gateway.job(EntityType.PAYMENT_ALLOCATION, str(allocation_entity_id(pid, 2)))
+    three = await gateway.job(EntityType.PAYMENT_ALLOCATION, str(allocation_entity_id(pid, 3)))
+    assert two.state is JobState.PENDING and two.last_error.startswith(f"waiting for bill {first.bill_id}")
+    assert (three.state, three.last_error) == (JobState.PENDING, f"waiting for allocation 2 of payment {pid}")
+
+    await gateway.deliver("billing", bill_issued(first))
+    gateway.db.clock.advance(handlers.PREREQUISITE_WAIT)
+    await gateway.run_jobs()
+    for entity_id in (allocation_entity_id(pid, 2), allocation_entity_id(pid, 3)):
+        assert (await gateway.job(EntityType.PAYMENT_ALLOCATION, str(entity_id))).state is JobState.SUCCEEDED
+    client = await tryton_client(gateway.tryton)
+    try:
+        rows = await client.read(
+            "account.invoice",
+            await client.search("account.invoice", [("reference", "in", [first.bill_number, second.bill_number])]),
+            ["reference", "amount_to_pay"],
+        )
+    finally:
+        await client.aclose()
+    assert {r["reference"]: r["amount_to_pay"] for r in rows} == {
+        first.bill_number: Decimal("61.00"),
+        second.bill_number: Decimal("81.00"),
+    }

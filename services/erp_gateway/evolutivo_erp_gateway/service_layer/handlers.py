@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 # How long a job waiting for its prerequisite (its customer, the invoices before a payment) waits
 # before it looks again; waiting costs no attempt.
 PREREQUISITE_WAIT = timedelta(seconds=2)
+# How long a job waits for a prerequisite the gateway has not even received (billing's allocation
+# of a payment, the BillIssued of a bill billing allocated it to) before each further wait counts
+# as a failed attempt: the job then ends DEAD, in the dead-letter list, instead of waiting unseen
+# for ever (billing dead-lettered the event, a payment recorded before PaymentAllocated existed).
+# A prerequisite that is queued and retrying (the ERP is down) is waited for without limit.
+MISSING_PREREQUISITE_WAIT = timedelta(hours=1)
 # The ERP id kept for a later allocation of a payment reversed before it was sent: nothing was.
 NOT_SENT_REVERSED = "not-sent:payment-reversed"
 
@@ -447,6 +453,15 @@ class _Waiting(Exception):
     """The job's prerequisite is not in the ERP yet."""
 
 
+class _Missing(_Waiting):
+    """The job's prerequisite has not reached the gateway (see MISSING_PREREQUISITE_WAIT)."""
+
+
+class _PrerequisiteDead(ErpError):
+    """The job's prerequisite is DEAD: a failed attempt of this job too, naming it, so that the
+    operator sees the cause (replaying the prerequisite, then this job, sends both)."""
+
+
 async def _party(uow: ErpGatewayUnitOfWork, connection: Connection, account_id: uuid.UUID) -> str:
     customer = await uow.jobs.find(connection.connection_id, EntityType.CUSTOMER, account_id)
     # Once the party exists its id is kept, also while a newer version of the customer is queued.
@@ -496,7 +511,7 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         # the bills it names (whatever the order the payment and the bills reached the gateway in).
         first = await uow.allocations.payload(job.entity_id, 1)
         if first is None:
-            raise _Waiting(f"waiting for billing's allocation of payment {job.entity_id}")
+            raise _Missing(f"waiting for billing's allocation of payment {job.entity_id}")
         allocated = events_pb2.PaymentAllocated.FromString(first)
         allocations = await _allocated_invoices(uow, connection, allocated)
         return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party, allocations)
@@ -512,6 +527,15 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
             return NOT_SENT_REVERSED
         if paid.state is not JobState.SUCCEEDED:
             raise _Waiting(f"waiting for payment {payment_id}")
+        # In billing's order: the payment's credit left for this allocation is what the ones before
+        # it left (Odoo applies the credit open on the payment).
+        before = await uow.jobs.find(
+            connection.connection_id,
+            EntityType.PAYMENT_ALLOCATION,
+            allocation_entity_id(payment_id, allocated.sequence - 1),
+        )
+        if before is not None and before.state is not JobState.SUCCEEDED:
+            raise _Waiting(f"waiting for allocation {allocated.sequence - 1} of payment {payment_id}")
         allocations = await _allocated_invoices(uow, connection, allocated)
         payment_payload = await uow.sync_states.payload(EntityType.PAYMENT, payment_id)
         if payment_payload is None:
@@ -546,7 +570,11 @@ async def _allocated_invoices(
     for allocation in allocated.allocations:
         bill_id = uuid.UUID(allocation.bill_id)
         invoice = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, bill_id)
-        if invoice is None or invoice.state is not JobState.SUCCEEDED:
+        if invoice is None:
+            raise _Missing(f"waiting for bill {bill_id} (billing allocated to it; its BillIssued has not come)")
+        if invoice.state is JobState.DEAD:
+            raise _PrerequisiteDead(f"the invoice job of bill {bill_id} is dead: replay it ({invoice.job_id})")
+        if invoice.state is not JobState.SUCCEEDED:
             raise _Waiting(f"waiting for invoice of bill {bill_id}")
         result.append(InvoiceAllocation(invoice.erp_id, allocation.bill_id, from_money(allocation.amount)))
     return result
@@ -596,6 +624,13 @@ async def run_next_job(
         try:
             adapter = adapters.open(connection, token)
             erp_id = await _perform(uow, adapter, connection, job)
+        except _Missing as missing:
+            if now - job.create_time > MISSING_PREREQUISITE_WAIT:
+                job = _failed(job, f"{missing} for over {MISSING_PREREQUISITE_WAIT}", policy, now)
+                if job.state is JobState.DEAD:
+                    await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
+            else:
+                job = replace(job, last_error=str(missing), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
         except _Waiting as waiting:
             job = replace(job, last_error=str(waiting), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
         except Exception as exc:
