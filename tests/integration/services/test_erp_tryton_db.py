@@ -1084,7 +1084,10 @@ async def test_a_payment_follows_billings_allocation_and_its_credit_moves_to_lat
     gateway.db.clock.advance(dt.timedelta(seconds=5))
     await gateway.run_jobs()
     waiting = await gateway.job(EntityType.PAYMENT, payment.payment_id)
-    assert (waiting.state, waiting.last_error) == (JobState.PENDING, f"waiting for invoice of bill {paid.bill_id}")
+    assert (waiting.state, waiting.last_error) == (
+        JobState.PENDING,
+        f"waiting for bill {paid.bill_id} (billing allocated to it; its BillIssued has not come)",
+    )
     await gateway.deliver("billing", bill_issued(paid))
     await gateway.run_jobs()  # the invoice; the payment looks again in a moment
     gateway.db.clock.advance(dt.timedelta(seconds=5))
@@ -1135,7 +1138,10 @@ async def test_a_payment_follows_billings_allocation_and_its_credit_moves_to_lat
         await gateway.run_jobs()
         allocation_id = allocation_entity_id(uuid.UUID(payment.payment_id), 2)
         waiting = await gateway.job(EntityType.PAYMENT_ALLOCATION, str(allocation_id))
-        assert (waiting.state, waiting.last_error) == (JobState.PENDING, f"waiting for invoice of bill {third.bill_id}")
+        assert (waiting.state, waiting.last_error) == (
+            JobState.PENDING,
+            f"waiting for bill {third.bill_id} (billing allocated to it; its BillIssued has not come)",
+        )
         await gateway.deliver("billing", bill_issued(third))
         await gateway.run_jobs()
         gateway.db.clock.advance(dt.timedelta(seconds=5))

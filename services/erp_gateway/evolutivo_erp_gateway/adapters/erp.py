@@ -12,8 +12,29 @@ from typing import Protocol
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
 from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, credit_note_pb2
 from evolutivo.customer.v1 import account_pb2, contact_pb2
+from evolutivo_runtime.money import from_money
 
-from evolutivo_erp_gateway.domain.journal import Journal
+from evolutivo_erp_gateway.domain.journal import Journal, trim
+
+# What a referral leaves in an ERP (Tryton, Odoo): found again by the marker, the party tagged with
+# the agency's category.
+REFERRAL_MARK = "evolutivo:referral:"
+REFERRAL_CATEGORY = "Collections agency: {agency}"
+
+
+def referral_note(
+    referral: collections_events_pb2.CollectionsCaseReferred, referral_id: str, invoice_names: Sequence[str]
+) -> list[str]:
+    """The note's sentences, the marker first (each ERP joins them its own way)."""
+    case = referral.collections_case
+    overdue = trim(from_money(referral.overdue_amount))
+    return [
+        f"{REFERRAL_MARK}{referral_id}",
+        f"Referred to collections agency {referral.agency or 'unnamed'}.",
+        f"Collections case {case.case_id}, {case.days_past_due} days past due.",
+        f"Overdue: {overdue} {referral.overdue_amount.currency_code}.",
+        f"Invoices: {', '.join(invoice_names) if invoice_names else 'none sent to this ERP'}.",
+    ]
 
 
 class ErpError(Exception):

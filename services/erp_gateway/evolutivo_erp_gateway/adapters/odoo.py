@@ -46,6 +46,8 @@ from evolutivo_runtime.money import from_money
 from google.type import date_pb2
 
 from evolutivo_erp_gateway.adapters.erp import (
+    REFERRAL_CATEGORY,
+    REFERRAL_MARK,
     AuthFailed,
     ErpError,
     ErpPayment,
@@ -55,17 +57,16 @@ from evolutivo_erp_gateway.adapters.erp import (
     ProblemKind,
     Rejected,
     Unreachable,
+    referral_note,
 )
 from evolutivo_erp_gateway.domain.connections import Connection, Mapping
-from evolutivo_erp_gateway.domain.journal import Journal, trim
+from evolutivo_erp_gateway.domain.journal import Journal
 
 PAYMENT_MARK = "evolutivo:payment:"
 WRITE_OFF_MARK = "evolutivo:write_off:"
 JOURNAL_MARK = "evolutivo:journal:"
-REFERRAL_MARK = "evolutivo:referral:"
 # Every reference the gateway writes starts so; a payment with one is the gateway's, not imported.
 OWN_MARK = "evolutivo:"
-REFERRAL_CATEGORY = "Collections agency: {agency}"
 # Odoo stamps write_date with its transaction's start time, so a payment posted in a transaction
 # still open when a poll reads past it appears later with an older stamp: each poll looks this far
 # back behind its cursor again (what the gateway imported already is skipped by it).
@@ -630,19 +631,9 @@ class OdooAdapter:
         )
         if found:
             return str(found[0])
-        case = referral.collections_case
         names = await self._invoice_names([int(i) for i in invoices if i.isdigit()])
-        overdue = trim(from_money(referral.overdue_amount))
         # Plain text, one sentence per fact: it reads the same however Odoo lays the body out.
-        body = " ".join(
-            [
-                marker,
-                f"Referred to collections agency {agency}.",
-                f"Collections case {case.case_id}, {case.days_past_due} days past due.",
-                f"Overdue: {overdue} {referral.overdue_amount.currency_code}.",
-                f"Invoices: {', '.join(names) if names else 'none sent to this ERP'}.",
-            ]
-        )
+        body = " ".join(referral_note(referral, referral_id, names))
         note = await self.client.execute(
             "res.partner", "message_post", [partner], body=body, message_type="comment", subtype_xmlid="mail.mt_note"
         )

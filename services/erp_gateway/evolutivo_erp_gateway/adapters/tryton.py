@@ -34,6 +34,8 @@ from evolutivo_runtime.money import from_money
 from google.type import date_pb2
 
 from evolutivo_erp_gateway.adapters.erp import (
+    REFERRAL_CATEGORY,
+    REFERRAL_MARK,
     AuthFailed,
     ErpError,
     ErpPayment,
@@ -43,19 +45,17 @@ from evolutivo_erp_gateway.adapters.erp import (
     ProblemKind,
     Rejected,
     Unreachable,
+    referral_note,
 )
 from evolutivo_erp_gateway.domain.connections import Connection, Mapping
-from evolutivo_erp_gateway.domain.journal import Journal, trim
+from evolutivo_erp_gateway.domain.journal import Journal
 
 PAYMENT_MARK = "evolutivo:payment:"
 ALLOCATION_MARK = "evolutivo:payment_allocation:"
 REVERSAL_MARK = "evolutivo:payment_reversal:"
 WRITE_OFF_MARK = "evolutivo:write_off:"
-REFERRAL_MARK = "evolutivo:referral:"
 CONTACT_MARK = "evolutivo:contact:"
 JOURNAL_MARK = "evolutivo:journal:"
-# The category a referred party gets, per agency.
-REFERRAL_CATEGORY = "Collections agency: {agency}"
 # Postal addresses in this order: the first is the invoice address.
 _ADDRESS_ROLES = {contact_pb2.CONTACT_ROLE_BILLING: 0, contact_pb2.CONTACT_ROLE_PRIMARY: 1}
 # Tryton stamps write_date with its transaction's start: a transaction that began before the last
@@ -673,20 +673,8 @@ class TrytonAdapter:
                 for invoice, amount in parts
                 if amount > 0
             ]
-            move = await self.client.create(
-                "account.move",
-                {
-                    "journal": self._journal("cash"),
-                    "date": on,
-                    "period": await self._period(on),
-                    "description": marker,
-                    "lines": [("create", lines)],
-                },
-            )
-        (row,) = await self.client.read("account.move", [move], ["state", "lines"])
-        if row["state"] != "posted":
-            await self.client.call("model.account.move.post", [move])
-        await self._reconcile(row["lines"], marker)
+            move = await self._create_move(self._journal("cash"), on, marker, lines)
+        await self._reconcile(await self._posted(move), marker)
         await self._reconcile_used_credit(payment.payment_id, paid_move)
         return str(move)
 
@@ -838,20 +826,8 @@ class TrytonAdapter:
                 lines.append(
                     {"account": receivable, "party": party, "debit": Decimal(0), "credit": left, "description": marker}
                 )
-            move = await self.client.create(
-                "account.move",
-                {
-                    "journal": journal,
-                    "date": on,
-                    "period": await self._period(on),
-                    "description": marker,
-                    "lines": [("create", lines)],
-                },
-            )
-        (row,) = await self.client.read("account.move", [move], ["state", "lines"])
-        if row["state"] != "posted":
-            await self.client.call("model.account.move.post", [move])
-        await self._reconcile(row["lines"], marker)
+            move = await self._create_move(journal, on, marker, lines)
+        await self._reconcile(await self._posted(move), marker)
         return str(move)
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
@@ -907,24 +883,13 @@ class TrytonAdapter:
                 for line in to_undo
             ]
             lines.append({"account": self._account("cash"), "debit": Decimal(0), "credit": total})
-            reversal = await self.client.create(
-                "account.move",
-                {
-                    "journal": self._journal("cash"),
-                    "date": reversed_on,
-                    "period": await self._period(reversed_on),
-                    "description": marker,
-                    "lines": [("create", lines)],
-                },
-            )
+            reversal = await self._create_move(self._journal("cash"), reversed_on, marker, lines)
             (row,) = await self.client.read("account.move", [reversal], ["lines"])
             for line in await self.client.read("account.move.line", row["lines"], ["description"]):
                 prefix = f"{marker}:line:"
                 if (line["description"] or "").startswith(prefix):
                     pairs[int(line["description"][len(prefix) :])] = line["id"]
-        (row,) = await self.client.read("account.move", [reversal], ["state"])
-        if row["state"] != "posted":
-            await self.client.call("model.account.move.post", [reversal])
+        await self._posted(reversal)
         # Each payment line and its reversal cancel out: reconciled together, both are closed.
         current = {
             line["id"]: line["reconciliation"]
@@ -978,18 +943,8 @@ class TrytonAdapter:
         found = await self.client.search("ir.note", [("resource", "=", resource), ("message", "like", f"{marker}%")], 1)
         if found:
             return str(found[0])
-        case = referral.collections_case
         references = await self._invoice_references([int(i) for i in invoices if i.isdigit()])
-        overdue = trim(from_money(referral.overdue_amount))
-        message = "\n".join(
-            [
-                marker,
-                f"Referred to collections agency {agency}.",
-                f"Collections case {case.case_id}, {case.days_past_due} days past due.",
-                f"Overdue: {overdue} {referral.overdue_amount.currency_code}.",
-                f"Invoices: {', '.join(references) if references else 'none sent to this ERP'}.",
-            ]
-        )
+        message = "\n".join(referral_note(referral, referral_id, references))
         return str(await self.client.create("ir.note", {"resource": resource, "message": message}))
 
     async def _category(self, name: str) -> int:
@@ -1074,19 +1029,8 @@ class TrytonAdapter:
                 for values in lines:
                     if values["account"] in needs_party:
                         values["party"] = party
-            move = await self.client.create(
-                "account.move",
-                {
-                    "journal": self._journal("general"),
-                    "date": on,
-                    "period": await self._period(on),
-                    "description": marker,
-                    "lines": [("create", lines)],
-                },
-            )
-        (row,) = await self.client.read("account.move", [move], ["state"])
-        if row["state"] != "posted":
-            await self.client.call("model.account.move.post", [move])
+            move = await self._create_move(self._journal("general"), on, marker, lines)
+        await self._posted(move)
         return str(move)
 
     # --- inbound ---------------------------------------------------------------------------------
@@ -1142,6 +1086,24 @@ class TrytonAdapter:
                     )
                 )
         return payments, last
+
+    async def _create_move(self, journal: int, on: dt.date, marker: str, lines: list[dict[str, object]]) -> int:
+        """A draft move of these lines in the journal's period of `on`, found again by `marker`."""
+        values = {
+            "journal": journal,
+            "date": on,
+            "period": await self._period(on),
+            "description": marker,
+            "lines": [("create", lines)],
+        }
+        return await self.client.create("account.move", values)
+
+    async def _posted(self, move: int) -> list[int]:
+        """Posts the move unless it is (a retry finds it posted); returns its lines."""
+        (row,) = await self.client.read("account.move", [move], ["state", "lines"])
+        if row["state"] != "posted":
+            await self.client.call("model.account.move.post", [move])
+        return list(row["lines"])
 
     async def _period(self, on: dt.date) -> int:
         """The open period of the date (a move's period defaults to Tryton's today's otherwise)."""
