@@ -624,15 +624,11 @@ async def run_next_job(
         try:
             adapter = adapters.open(connection, token)
             erp_id = await _perform(uow, adapter, connection, job)
-        except _Missing as missing:
-            if now - job.create_time > MISSING_PREREQUISITE_WAIT:
-                job = _failed(job, f"{missing} for over {MISSING_PREREQUISITE_WAIT}", policy, now)
-                if job.state is JobState.DEAD:
-                    await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
-            else:
-                job = replace(job, last_error=str(missing), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
         except _Waiting as waiting:
-            job = replace(job, last_error=str(waiting), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
+            if isinstance(waiting, _Missing) and now - job.create_time > MISSING_PREREQUISITE_WAIT:
+                job = _failed(job, f"{waiting} for over {MISSING_PREREQUISITE_WAIT}", policy, now)
+            else:
+                job = replace(job, last_error=str(waiting), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
         except Exception as exc:
             # Any failure is an attempt (a bug too, so that one bad record cannot block the loop).
             if not isinstance(exc, ErpError):
@@ -641,8 +637,6 @@ async def run_next_job(
             if isinstance(exc, (Unreachable, AuthFailed)):
                 # The connection failed, not the record: count it towards the breaker.
                 await uow.connections.connection_failed(job.connection_id, breaker.threshold, now + breaker.pause)
-            if job.state is JobState.DEAD:
-                await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
         else:
             if after_erp is not None:
                 after_erp(job, erp_id)
@@ -655,6 +649,8 @@ async def run_next_job(
         finally:
             if adapter is not None:
                 await adapter.aclose()
+        if job.state is JobState.DEAD:
+            await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
         await uow.jobs.save(job)
         await uow.commit()
         return job
