@@ -26,7 +26,8 @@ def insert_rows(
     on_conflict_constraint: str | None = None,
     on_conflict_columns: Sequence[str] = (),
     returning: Sequence[str] = (),
-) -> tuple[TextClause, dict[str, list[Any]]]:
+    same: Mapping[str, Any] | None = None,
+) -> tuple[TextClause, dict[str, Any]]:
     """The rows (dicts with the same keys, columns of `table`; at least one) as ONE statement and
     its parameters, one array per column. Rows go in in the order given (two transactions
     inserting the same keys in the same order wait for each other instead of deadlocking). JSONB
@@ -34,10 +35,12 @@ def insert_rows(
     null unless the column's type says `none_as_null`), so the rows are those `insert(table)` would
     write. With `on_conflict_constraint` (a constraint's name) or `on_conflict_columns` (a unique
     index's columns), a row conflicting with it is skipped; `returning` names the columns returned
-    of the rows inserted. Array columns cannot go this way (unnest flattens arrays of arrays)."""
+    of the rows inserted. `same` gives columns whose value is the same in every row, bound once
+    (an array column can go only this way: unnest flattens arrays of arrays)."""
     if not rows:
         raise ValueError("insert_rows needs at least one row")
     columns = list(rows[0])
+    constants = dict(same or {})
     json_none_as_null: dict[str, bool] = {}
     casts, selected = [], []
     for name in columns:
@@ -49,9 +52,18 @@ def insert_rows(
         else:
             casts.append(f"CAST(:{name} AS {column_type.compile(dialect=_DIALECT)}[])")
             selected.append(f"v.{name}")
+    # Their parameters are named after no column (`same_<column>`), so they never clash with the rows'.
+    same_selected = []
+    for name in constants:
+        column_type = table.c[name].type
+        if isinstance(column_type, JSONB):
+            same_selected.append(f"CAST(CAST(:same_{name} AS text) AS jsonb)")
+        else:
+            same_selected.append(f"CAST(:same_{name} AS {column_type.compile(dialect=_DIALECT)})")
     names = ", ".join(columns)
     sql = (
-        f"INSERT INTO {table.name} ({names}) SELECT {', '.join(selected)} "
+        f"INSERT INTO {table.name} ({', '.join([*columns, *constants])}) "
+        f"SELECT {', '.join([*selected, *same_selected])} "
         f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS v({names}, ordinal) ORDER BY v.ordinal"
     )
     if on_conflict_constraint:
@@ -60,11 +72,14 @@ def insert_rows(
         sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO NOTHING"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
-    params: dict[str, list[Any]] = {name: [] for name in columns}
+    arrays: dict[str, list[Any]] = {name: [] for name in columns}
     for row in rows:
         for name in columns:
             value = row[name]
             if name in json_none_as_null and (value is not None or not json_none_as_null[name]):
                 value = json.dumps(value)
-            params[name].append(value)
+            arrays[name].append(value)
+    params: dict[str, Any] = dict(arrays)
+    for name in constants:
+        params[f"same_{name}"] = json.dumps(value) if isinstance(table.c[name].type, JSONB) else value
     return text(sql), params

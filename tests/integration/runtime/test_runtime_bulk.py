@@ -13,6 +13,7 @@ import pytest
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.db import create_engine
 from sqlalchemy import (
+    ARRAY,
     BigInteger,
     Column,
     DateTime,
@@ -131,5 +132,37 @@ async def test_jsonb_values_and_none_as_sqlalchemy_writes_them(empty_database: E
         assert stored[0].body == {"tiers": [{"units": "1.5"}]} and stored[0].extra == ["x"]
         assert stored[1].sql_null is False and stored[1].kind == "null"  # JSON null, as insert(docs) writes it
         assert stored[1].extra is None
+    finally:
+        await engine.dispose()
+
+
+async def test_values_the_same_in_every_row_go_once_array_columns_too(empty_database: EmptyDatabase) -> None:
+    events = Table(
+        "events",
+        MetaData(),
+        Column("event_id", Text, primary_key=True),
+        Column("charge_ids", ARRAY(Uuid), nullable=False),
+        Column("status", Text, nullable=False),
+        Column("meta", JSONB, nullable=False),
+        Column("receive_time", DateTime(timezone=True), nullable=False),
+    )
+    when = datetime(2027, 10, 31, 1, 30, tzinfo=UTC)
+    engine = create_engine(await empty_database("bulk"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(events.metadata.create_all)
+            statement = insert_rows(
+                events,
+                [{"event_id": "b", "status": "new"}, {"event_id": "a", "status": "old"}],
+                on_conflict_columns=["event_id"],
+                returning=("event_id",),
+                same={"charge_ids": [], "meta": {"k": "v"}, "receive_time": when},
+            )
+            assert {r.event_id for r in await conn.execute(*statement)} == {"a", "b"}
+            stored = (await conn.execute(select(events).order_by(events.c.event_id))).all()
+        assert [(r.event_id, r.status, r.charge_ids, r.meta, r.receive_time) for r in stored] == [
+            ("a", "old", [], {"k": "v"}, when),
+            ("b", "new", [], {"k": "v"}, when),
+        ]
     finally:
         await engine.dispose()

@@ -15,6 +15,7 @@ from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.sensitive_data import (
     SensitiveDataInterceptor,
+    _scan_for_card_number,
     contains_card_number,
     find_card_data,
     is_security_code_name,
@@ -24,6 +25,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from google.type import postal_address_pb2
 from grpc_status import rpc_status
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 VISA = "4111111111111111"
 FULL_WIDTH_DIGITS = str.maketrans("0123456789", "".join(chr(0xFF10 + d) for d in range(10)))
@@ -339,3 +342,19 @@ async def _collect(responses: Any) -> list[Any]:
 async def _requests(*names: str) -> AsyncIterator[account_pb2.Account]:
     for name in names:
         yield account_pb2.Account(display_name=name)
+
+
+# ASCII text made of what card numbers, UUIDs and their neighbours are made of.
+_CARD_LIKE = st.lists(
+    st.one_of(
+        st.sampled_from([VISA, "4111 1111 1111 1111", "5500-0000-0000-0004", "550e8400-e29b-41d4-a716-446655440000"]),
+        st.text(alphabet="0123456789 -+abcfXZ", max_size=30),
+    ),
+    max_size=4,
+).map("".join)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_CARD_LIKE)
+def test_the_shortcut_for_ascii_text_finds_what_the_full_scan_finds(value: str) -> None:
+    assert contains_card_number(value) == _scan_for_card_number(value)

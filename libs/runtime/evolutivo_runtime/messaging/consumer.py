@@ -31,8 +31,8 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Table, delete
-from sqlalchemy.dialects.postgresql import insert
 
+from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
 from evolutivo_runtime.uow import UnitOfWork
@@ -132,8 +132,10 @@ class EventConsumer(Generic[U]):
         batch_size: int,
         max_deliver: int,
         ack_wait: float,
+        linger: float = 0.0,
     ) -> None:
         self._js = js
+        self._linger = linger
         self.subscription = subscription
         self._uow_factory = uow_factory
         self._inbox = inbox
@@ -171,6 +173,11 @@ class EventConsumer(Generic[U]):
                 await asyncio.sleep(1.0)  # the connection is reconnecting; don't spin
                 continue
             await self.process(messages)
+            if len(messages) < self._batch_size and self._linger > 0:
+                # Keeping up with a trickle: let a few more arrive, so the next transaction applies
+                # several (the per-transaction cost dominates a message's).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._linger)
 
     async def close(self) -> None:
         """Stops pulling, so draining the connection does not wait on this subscription."""
@@ -286,16 +293,17 @@ class EventConsumer(Generic[U]):
                 rows[event_id] = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
         if not rows:
             return set()
+        # One statement over arrays whatever the batch's size (evolutivo_runtime.bulk).
         inserted = await uow.session.execute(
-            insert(self._inbox)
-            .values(
+            *insert_rows(
+                self._inbox,
                 [
                     {"consumer": self.subscription.durable, "event_id": event_id, "event_type": rows[event_id]}
                     for event_id in sorted(rows)
-                ]
+                ],
+                on_conflict_columns=("consumer", "event_id"),
+                returning=("event_id",),
             )
-            .on_conflict_do_nothing()
-            .returning(self._inbox.c.event_id)
         )
         return set(inserted.scalars().all())
 

@@ -40,6 +40,8 @@ class OutboxRelay:
         js: JetStreamContext,
         batch_size: int,
         poll_seconds: float,
+        linger: float = 0.0,
+        backlog_every_seconds: float = 1.0,
     ) -> None:
         self._engine = engine
         self._database_url = database_url
@@ -48,12 +50,21 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_seconds = poll_seconds
         self._wakeup = asyncio.Event()
+        self._linger = linger
+        # The backlog gauge is a count(*): taken at most this often, not after every pass.
+        self._backlog_every = backlog_every_seconds
+        self._backlog_at = float("-inf")
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self._listen()
         try:
             while not stop.is_set():
                 # Cleared before publishing, so a commit notified while a batch is out is not lost.
+                if self._linger > 0 and self._wakeup.is_set():
+                    # Woken by a commit: a moment more, and this pass publishes the next commits'
+                    # events too (one transaction and one wake-up for several).
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), self._linger)
                 self._wakeup.clear()
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
@@ -116,5 +127,9 @@ class OutboxRelay:
         return len(rows)
 
     async def _update_backlog(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now - self._backlog_at < self._backlog_every:
+            return
+        self._backlog_at = now
         async with self._engine.connect() as conn:
             OUTBOX_BACKLOG.set(await conn.scalar(select(func.count()).select_from(self._outbox)) or 0)

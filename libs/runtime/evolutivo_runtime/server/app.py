@@ -281,7 +281,13 @@ async def serve(definition: ServiceDefinition) -> None:
         await declare_service_stream(js, upstream, settings.stream_replicas, settings.duplicate_window_seconds)
 
     relay = OutboxRelay(
-        engine, settings.database_url, definition.outbox, js, settings.outbox_batch_size, settings.outbox_poll_seconds
+        engine,
+        settings.database_url,
+        definition.outbox,
+        js,
+        settings.outbox_batch_size,
+        settings.outbox_poll_seconds,
+        linger=settings.outbox_linger_seconds,
     )
     consumers = [
         EventConsumer(
@@ -293,6 +299,7 @@ async def serve(definition: ServiceDefinition) -> None:
             settings.consumer_batch_size,
             settings.consumer_max_deliver,
             settings.consumer_ack_wait_seconds,
+            linger=settings.consumer_linger_seconds,
         )
         for sub in wiring.subscriptions
     ]

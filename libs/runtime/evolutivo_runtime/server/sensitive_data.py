@@ -33,6 +33,7 @@ It aborts the call itself with the same rich status ServiceInterceptor gives an 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import itertools
 import json
@@ -73,12 +74,26 @@ _UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}
 _SECURITY_CODE_WORDS = frozenset({"cvv", "cvc", "cvv2", "cvc2", "csc"})
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])")
 _WORD_SEPARATOR = re.compile(r"[^0-9a-z]+")
+# Every byte but the ASCII digits: `bytes.translate(None, _NOT_DIGITS)` keeps only the digits.
+_NOT_DIGITS = bytes(b for b in range(256) if not chr(b).isdigit() or b > 127)
 
 
 def contains_card_number(value: str) -> bool:
     """Whether the text holds a Luhn-valid run of 13-19 digits (single spaces or dashes allowed
     between them). Within a longer separated run, every stretch of whole groups is tried, so a
     number followed by more digits ("4111 1111 1111 1111 0825") is still found."""
+    if value.isascii():
+        # The common case, cheaply (this runs on every string of every request): NFKC leaves ASCII
+        # as it is, so fewer than 13 digits in all, or a lone UUID, cannot hold a card number.
+        if len(value) < MIN_CARD_DIGITS or len(value.encode().translate(None, _NOT_DIGITS)) < MIN_CARD_DIGITS:
+            return False
+        if _UUID.fullmatch(value):
+            return False
+    return _scan_for_card_number(value)
+
+
+def _scan_for_card_number(value: str) -> bool:
+    """contains_card_number without its shortcut for the common case."""
     # Full-width and other Unicode digits count as the ASCII digits they stand for.
     text = _UUID.sub(" ", unicodedata.normalize("NFKC", value))
     for match in _DIGIT_RUN.finditer(text):
@@ -97,6 +112,7 @@ def contains_card_number(value: str) -> bool:
     return False
 
 
+@functools.lru_cache(maxsize=4096)
 def is_security_code_name(name: str) -> bool:
     """cvv, CVC2, card_cvv, cardCvc, security_code, securityCode, card-security-code..."""
     words = [w for w in _WORD_SEPARATOR.split(_CAMEL_BOUNDARY.sub("_", name).lower()) if w]

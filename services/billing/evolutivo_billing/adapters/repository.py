@@ -49,6 +49,14 @@ class BillUnitRepository:
         row = (await self._session.execute(query)).first()
         return _unit(row._mapping) if row else None
 
+    async def for_accounts(self, account_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, BillUnit]:
+        """The bill units of these accounts (those that have one), by account, in one statement."""
+        if not account_ids:
+            return {}
+        t = bill_units
+        rows = await self._session.execute(select(t).where(t.c.account_id == _any_of(account_ids)))
+        return {unit.account_id: unit for unit in (_unit(row._mapping) for row in rows)}
+
     async def many_for_update(self, bill_unit_ids: Collection[uuid.UUID]) -> list[BillUnit]:
         """These bill units, locked until the transaction ends, in one statement (the set-based bill
         run; rows locked in `bill_unit_id` order)."""
@@ -213,6 +221,20 @@ class BillCycleRepository:
             query = query.with_for_update(read=True)
         row = (await self._session.execute(query)).first()
         return _cycle(row._mapping) if row else None
+
+    async def get_many(
+        self, bill_cycle_ids: Collection[uuid.UUID], for_share: bool = False
+    ) -> dict[uuid.UUID, BillCycle]:
+        """The cycles among these ids, by id, in one statement; with `for_share`, share-locked
+        (in id order) until the transaction ends, as `get` does."""
+        if not bill_cycle_ids:
+            return {}
+        t = bill_cycles
+        query = select(t).where(t.c.bill_cycle_id == _any_of(bill_cycle_ids)).order_by(t.c.bill_cycle_id)
+        if for_share:
+            query = query.with_for_update(read=True)
+        found = (_cycle(row._mapping) for row in await self._session.execute(query))
+        return {cycle.bill_cycle_id: cycle for cycle in found}
 
     async def open_for_unit(self, bill_unit_id: uuid.UUID, for_share: bool = False) -> BillCycle | None:
         """The unit's open cycle; with `for_share`, share-locked until the transaction ends.

@@ -86,16 +86,21 @@ async def record_charges(uow: BillingUnitOfWork, charges: Sequence[Charge]) -> i
         if charge.charge_id not in known:
             by_account[charge.account_id].setdefault(charge.charge_id, charge)
     items: list[BillItem] = []
-    units: dict[uuid.UUID, BillUnit] = {}
+    # The units, and the cycles the charges were rated in, each in one statement for all accounts.
+    units = await uow.bill_units.for_accounts(by_account.keys())
+    missing = sorted(set(by_account) - set(units))
+    if missing:
+        raise LookupError(f"billing has no bill unit for account {missing[0]}")
+    cycles = await uow.bill_cycles.get_many(
+        {c.bill_cycle_id for fresh in by_account.values() for c in fresh.values() if c.bill_cycle_id is not None},
+        for_share=True,
+    )
     for account_id in sorted(by_account):
-        unit = await uow.bill_units.for_account(account_id)
-        if unit is None:
-            raise LookupError(f"billing has no bill unit for account {account_id}")
-        units[account_id] = unit
+        unit = units[account_id]
         fresh = list(by_account[account_id].values())
         targets: dict[uuid.UUID | None, tuple[BillCycle, BillCycle | None]] = {}
         for cycle_id in sorted({c.bill_cycle_id for c in fresh}, key=str):
-            rated = await uow.bill_cycles.get(cycle_id, for_share=True) if cycle_id is not None else None
+            rated = cycles.get(cycle_id) if cycle_id is not None else None
             if rated is not None and rated.bill_unit_id != unit.bill_unit_id:
                 rated = None  # another unit's cycle: as if unknown
             if rated is not None and rated.status is BillCycleStatus.OPEN:

@@ -18,7 +18,7 @@ from decimal import Decimal
 from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
-from sqlalchemy import Select, and_, bindparam, delete, func, or_, select, text, tuple_, update
+from sqlalchemy import Select, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -345,7 +345,6 @@ class UsageRepository:
         first transaction to end)."""
         if not events:
             return set()
-        t = usage_events
         rows = [
             {
                 "event_id": e.event_id,
@@ -353,19 +352,26 @@ class UsageRepository:
                 "account_id": e.account_id,
                 "payload": e.payload(),
                 "event_time": e.event_time,
-                "status": UsageStatus.UNRATED.value,
-                "reason": "",
-                "charge_ids": [],
-                "receive_time": now,
-                "rate_time": now,
-                "attempts": 0,
             }
             for e in sorted(events, key=lambda e: e.event_id)
         ]
-        # executemany: SQLAlchemy's "insertmanyvalues" sends multi-row INSERTs from one cached
-        # statement (a .values(rows) statement would be compiled anew for every batch size).
+        # One statement over arrays (evolutivo_runtime.bulk): an executemany's multi-row VALUES
+        # cost several times the CPU per row on this, the hottest insert.
         result = await self._session.execute(
-            insert(t).on_conflict_do_nothing(index_elements=[t.c.event_id]).returning(t.c.event_id), rows
+            *insert_rows(
+                usage_events,
+                rows,
+                on_conflict_columns=("event_id",),
+                returning=("event_id",),
+                same={
+                    "status": UsageStatus.UNRATED.value,
+                    "reason": "",
+                    "charge_ids": [],
+                    "receive_time": now,
+                    "rate_time": now,
+                    "attempts": 0,
+                },
+            )
         )
         return {row.event_id for row in result}
 
@@ -481,8 +487,36 @@ def _stored(row: Any) -> StoredUsage:
     )
 
 
-# Counter keys per statement: 6 bind parameters each, well under PostgreSQL's 32767.
-_KEYS_PER_STATEMENT = 2000
+# Counters by key, one statement over arrays of the keys' columns (_key_arrays); locked in key order.
+_KEY_ARRAYS = (
+    "unnest(CAST(:account_ids AS uuid[]), CAST(:purchase_ids AS uuid[]), CAST(:charge_codes AS text[]),"
+    " CAST(:bill_cycle_ids AS uuid[])) AS k(account_id, purchase_id, charge_code, bill_cycle_id)"
+)
+_KEY_MATCH = (
+    "c.account_id = k.account_id AND c.purchase_id = k.purchase_id AND c.charge_code = k.charge_code"
+    " AND c.bill_cycle_id = k.bill_cycle_id"
+)
+_LOCK_COUNTERS = text(
+    f"SELECT c.account_id, c.purchase_id, c.charge_code, c.bill_cycle_id, c.units FROM usage_counters AS c"
+    f" JOIN {_KEY_ARRAYS} ON {_KEY_MATCH}"
+    " ORDER BY c.account_id, c.purchase_id, c.charge_code, c.bill_cycle_id FOR UPDATE OF c"
+)
+_SAVE_COUNTERS = text(
+    "UPDATE usage_counters AS c SET units = k.units, update_time = :now"
+    " FROM unnest(CAST(:account_ids AS uuid[]), CAST(:purchase_ids AS uuid[]), CAST(:charge_codes AS text[]),"
+    " CAST(:bill_cycle_ids AS uuid[]), CAST(:units AS numeric[]))"
+    " AS k(account_id, purchase_id, charge_code, bill_cycle_id, units)"
+    f" WHERE {_KEY_MATCH}"
+)
+
+
+def _key_arrays(keys: Sequence[CounterKey]) -> dict[str, list[Any]]:
+    return {
+        "account_ids": [k[0] for k in keys],
+        "purchase_ids": [k[1] for k in keys],
+        "charge_codes": [k[2] for k in keys],
+        "bill_cycle_ids": [k[3] for k in keys],
+    }
 
 
 class CounterRepository:
@@ -491,60 +525,28 @@ class CounterRepository:
 
     async def lock(self, keys: Sequence[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
         """The units used so far under each key (zero for a new one), each counter locked
-        (SELECT ... FOR UPDATE) in key order until the transaction ends. Chunks keep every
-        statement under PostgreSQL's bind-parameter limit and the lock order ascending."""
+        (SELECT ... FOR UPDATE) in key order until the transaction ends. Two statements over
+        arrays whatever the number of keys (evolutivo_runtime.bulk)."""
         ordered = sorted(set(keys))
-        found: dict[CounterKey, Decimal] = {}
-        for start in range(0, len(ordered), _KEYS_PER_STATEMENT):
-            found.update(await self._lock(ordered[start : start + _KEYS_PER_STATEMENT], now))
-        return found
-
-    async def _lock(self, ordered: list[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
-        t = usage_counters
+        if not ordered:
+            return {}
         await self._session.execute(
-            insert(t).on_conflict_do_nothing(),
-            [
-                {
-                    "account_id": a,
-                    "purchase_id": p,
-                    "charge_code": c,
-                    "bill_cycle_id": b,
-                    "units": Decimal(0),
-                    "update_time": now,
-                }
-                for a, p, c, b in ordered
-            ],
+            *insert_rows(
+                usage_counters,
+                [{"account_id": a, "purchase_id": p, "charge_code": c, "bill_cycle_id": b} for a, p, c, b in ordered],
+                on_conflict_constraint="usage_counters_pkey",
+                same={"units": Decimal(0), "update_time": now},
+            )
         )
-        columns = (t.c.account_id, t.c.purchase_id, t.c.charge_code, t.c.bill_cycle_id)
-        rows = await self._session.execute(
-            select(*columns, t.c.units).where(tuple_(*columns).in_(ordered)).order_by(*columns).with_for_update()
-        )
+        rows = await self._session.execute(_LOCK_COUNTERS, _key_arrays(ordered))
         return {(r.account_id, r.purchase_id, r.charge_code, r.bill_cycle_id): r.units for r in rows}
 
     async def save(self, counters: dict[CounterKey, Decimal], now: datetime) -> None:
         if not counters:
             return
-        t = usage_counters
+        ordered = sorted(counters)
         await self._session.execute(
-            update(t)
-            .where(
-                t.c.account_id == bindparam("b_account_id"),
-                t.c.purchase_id == bindparam("b_purchase_id"),
-                t.c.charge_code == bindparam("b_charge_code"),
-                t.c.bill_cycle_id == bindparam("b_bill_cycle_id"),
-            )
-            .values(units=bindparam("b_units"), update_time=now)
-            .execution_options(synchronize_session=False),
-            [
-                {
-                    "b_account_id": a,
-                    "b_purchase_id": p,
-                    "b_charge_code": c,
-                    "b_bill_cycle_id": b,
-                    "b_units": units,
-                }
-                for (a, p, c, b), units in sorted(counters.items())
-            ],
+            _SAVE_COUNTERS, {**_key_arrays(ordered), "units": [counters[k] for k in ordered], "now": now}
         )
 
     async def of_cycle(self, account_id: uuid.UUID, bill_cycle_id: uuid.UUID) -> dict[CounterKey, Decimal]:

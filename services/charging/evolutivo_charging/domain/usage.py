@@ -6,6 +6,7 @@ Plain Python: no protobuf, no SQL. The rules that turn an event into charges are
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
@@ -166,6 +167,11 @@ class UsageEvent:
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the canonical payload: the id's payload, for idempotency."""
+        return self._fingerprint
+
+    @functools.cached_property
+    def _fingerprint(self) -> str:
+        # Computed once per event: a call compares and stores it more than once.
         text = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(text.encode()).hexdigest()
 
