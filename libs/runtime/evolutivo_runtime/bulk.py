@@ -80,6 +80,6 @@ def insert_rows(
                 value = json.dumps(value)
             arrays[name].append(value)
     params: dict[str, Any] = dict(arrays)
-    for name in constants:
-        params[f"same_{name}"] = json.dumps(value) if isinstance(table.c[name].type, JSONB) else value
+    for name, constant in constants.items():
+        params[f"same_{name}"] = json.dumps(constant) if isinstance(table.c[name].type, JSONB) else constant
     return text(sql), params
