@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
+from sqlalchemy import event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 
@@ -19,8 +24,41 @@ def plain_url(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+# A pooled connection idle longer than this is pinged before it is handed out (see create_engine).
+PING_AFTER_IDLE_SECONDS = 1.0
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    """The service's engine. Instead of SQLAlchemy's pre-ping on every checkout (for asyncpg a
+    BEGIN, a ping and a ROLLBACK: three round trips before each unit of work, ~5% of a single
+    call's CPU), only a connection that sat idle in the pool for over PING_AFTER_IDLE_SECONDS is
+    pinged: one a restarted or failed-over PostgreSQL dropped meanwhile is replaced before use.
+    A connection back in the pool within the second was just used successfully; should the server
+    drop it in that second, its error invalidates it as any disconnect does."""
+    engine = create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size)
+    dialect = engine.sync_engine.dialect
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
+        record.info["checkin_time"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        idle_since = record.info.get("checkin_time")
+        if idle_since is None or time.monotonic() - idle_since <= PING_AFTER_IDLE_SECONDS:
+            return  # new (just connected), or used a moment ago
+        try:
+            alive = dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            if dialect.is_disconnect(error, dbapi_connection, None):
+                alive = False
+            else:
+                raise
+        if not alive:
+            # The pool discards this connection and checks out another (a new one if need be).
+            raise DisconnectionError("pooled connection was closed by the server")
+
+    return engine
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

@@ -1,0 +1,74 @@
+"""The services' engine (evolutivo_runtime.db.create_engine) on a real PostgreSQL: a pooled
+connection the server dropped while it sat idle is replaced before use (pinged at checkout once
+idle for over PING_AFTER_IDLE_SECONDS), and a connection used a moment ago is handed out without
+the ping's round trips."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from evolutivo_runtime import db
+from evolutivo_runtime.db import create_engine, plain_url
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from support.databases import EmptyDatabase
+
+
+@pytest.fixture
+async def engine_url(empty_database: EmptyDatabase) -> AsyncIterator[tuple[AsyncEngine, str]]:
+    url = await empty_database("pool")
+    engine = create_engine(url, pool_size=1)
+    try:
+        yield engine, url
+    finally:
+        await engine.dispose()
+
+
+async def _backend_pid(engine: AsyncEngine) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text("SELECT pg_backend_pid()"))).scalar_one())
+
+
+async def _terminate(url: str, pid: int) -> None:
+    admin = await asyncpg.connect(plain_url(url))
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1)", pid)
+        # Wait until the server has really ended it.
+        for _ in range(200):
+            if not await admin.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                return
+            await admin.execute("SELECT pg_sleep(0.01)")
+        raise AssertionError(f"backend {pid} still alive")
+    finally:
+        await admin.close()
+
+
+async def test_an_idle_connection_the_server_dropped_is_replaced_before_use(
+    engine_url: tuple[AsyncEngine, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, url = engine_url
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 0.0)  # every pooled connection counts as idle
+    pid = await _backend_pid(engine)
+    await _terminate(url, pid)
+
+    # The pool's only connection is dead: the checkout ping finds it so and a new one serves.
+    assert await _backend_pid(engine) != pid
+
+
+async def test_a_connection_used_a_moment_ago_is_not_pinged(
+    engine_url: tuple[AsyncEngine, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine, url = engine_url
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_SECONDS", 3600.0)  # nothing counts as idle
+    pid = await _backend_pid(engine)
+    await _terminate(url, pid)
+
+    # Not pinged: the statement meets the dead connection, which is then discarded...
+    with pytest.raises(DBAPIError) as failed:
+        await _backend_pid(engine)
+    assert failed.value.connection_invalidated
+    # ...and the next unit of work gets a new one.
+    assert await _backend_pid(engine) != pid
