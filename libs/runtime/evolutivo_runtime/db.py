@@ -49,7 +49,7 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
             return  # new (just connected), or used a moment ago
         try:
             alive = dialect.do_ping(dbapi_connection)
-        except Exception as error:
+        except dialect.loaded_dbapi.Error as error:
             if dialect.is_disconnect(error, dbapi_connection, None):
                 alive = False
             else:
