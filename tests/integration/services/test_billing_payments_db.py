@@ -24,16 +24,19 @@ from evolutivo.billing.v1 import events_pb2
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_billing.adapters import events
-from evolutivo_billing.adapters.orm import bills, outbox, payment_allocations, payments
+from evolutivo_billing.adapters.orm import bills, credit_notes, outbox, payment_allocations, payments
 from evolutivo_billing.adapters.orm import inbox as inbox_table
 from evolutivo_billing.domain.bills import Bill, BillStatus, TaxRates
+from evolutivo_billing.domain.credit_notes import CreditLineRequest
 from evolutivo_billing.domain.model import BillingProfile
 from evolutivo_billing.entrypoints.app import MIGRATIONS
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
+from evolutivo_billing.service_layer import credit_notes as credit_note_use_cases
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
+from evolutivo_billing.service_layer.credit_notes import CreditNoteRequest
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.messaging.streams import stream_name
@@ -56,8 +59,12 @@ PAID = "evolutivo.billing.v1.bill.paid"
 PARTIALLY_PAID = "evolutivo.billing.v1.bill.partially_paid"
 OVERDUE = "evolutivo.billing.v1.bill.overdue"
 ALLOCATED = "evolutivo.billing.v1.payment.allocated"
+NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
+NOTE_ALLOCATED = "evolutivo.billing.v1.credit_note.allocated"
 _EVENT_TYPES: dict[str, type[Message]] = {
     "evolutivo.billing.v1.PaymentAllocated": events_pb2.PaymentAllocated,
+    "evolutivo.billing.v1.CreditNoteIssued": events_pb2.CreditNoteIssued,
+    "evolutivo.billing.v1.CreditNoteAllocated": events_pb2.CreditNoteAllocated,
     "evolutivo.billing.v1.BillPaid": events_pb2.BillPaid,
     "evolutivo.billing.v1.BillPartiallyPaid": events_pb2.BillPartiallyPaid,
     "evolutivo.billing.v1.BillOverdue": events_pb2.BillOverdue,
@@ -352,6 +359,78 @@ async def test_each_allocation_of_a_payment_is_announced_in_sequence(db: Billing
     )
 
 
+def note_allocated(event: Any) -> tuple[str, int, list[tuple[str, Decimal]], Decimal, Decimal]:
+    """A CreditNoteAllocated as (credit note, sequence, [(bill, amount)], note total, unallocated)."""
+    return (
+        event.credit_note_id,
+        event.sequence,
+        [(a.bill_id, from_money(a.amount)) for a in event.allocations],
+        from_money(event.credit_note_amount),
+        from_money(event.unallocated_amount),
+    )
+
+
+async def credit_note(db: BillingDb, bill_id: uuid.UUID, *lines: CreditLineRequest) -> Any:
+    """A credit note of the bill: the lines given, or the whole bill."""
+    request = CreditNoteRequest(bill_id, not lines, list(lines), "billing error", "ops@example.com", uuid.uuid4())
+    return await credit_note_use_cases.create_credit_note(db.uow(), request, POLICY.credit_note_numbering)
+
+
+async def test_each_allocation_of_a_credit_note_is_announced_in_sequence(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    first, second = await db.bills(account_id)
+    await deliver(db, "balance", recorded(payment(account_id, "5.00")))  # bill 1: 5.00 paid, 7.10 open
+
+    # At issue, the note's bill takes what it still owes: allocation 1; the rest is account credit.
+    whole = await credit_note(db, first.bill_id)  # 12.10
+    assert (whole.total, whole.unallocated) == (Decimal("12.10"), Decimal("5.00"))
+    (issued, (subject, at_issue)) = await db.events(NOTE_ISSUED, NOTE_ALLOCATED)
+    assert (issued[0], subject) == (NOTE_ISSUED, NOTE_ALLOCATED)  # the note first, then its allocation
+    assert note_allocated(at_issue) == (
+        str(whole.credit_note_id),
+        1,
+        [(str(first.bill_id), Decimal("7.10"))],
+        Decimal("12.10"),
+        Decimal("5.00"),
+    )
+    assert at_issue.account_id == str(account_id)
+    assert at_issue.credit_note_amount.currency_code == at_issue.unallocated_amount.currency_code == "EUR"
+
+    # A note of a bill that owes nothing is announced too, with nothing allocated.
+    await deliver(db, "balance", recorded(payment(account_id, "24.20")))  # bill 2 paid
+    db.clock.instant += timedelta(minutes=1)  # credit is taken oldest issued first
+    line = await credit_note(db, second.bill_id, CreditLineRequest(1, Decimal("4.00")))  # 4.84
+    assert note_allocated((await db.events(NOTE_ALLOCATED))[-1][1]) == (
+        str(line.credit_note_id),
+        1,
+        [],
+        Decimal("4.84"),
+        Decimal("4.84"),
+    )
+
+    # The next bills take the credit: each note they take credit from announces its next allocation.
+    await charge(db, account_id, "3.00", madrid(2031, 7, 1))
+    await close(db, madrid(2031, 7, 15) + DELAY)  # bill 3, 3.63: 3.63 of the whole note's 5.00
+    await charge(db, account_id, "5.00", madrid(2031, 7, 20))
+    await close(db, madrid(2031, 8, 15) + DELAY)  # bill 4, 6.05: the whole note's last 1.37, then 4.68 of the line's
+    third, fourth = (await db.bills(account_id))[2:]
+    assert [note_allocated(e) for _, e in (await db.events(NOTE_ALLOCATED))[2:]] == [
+        (str(whole.credit_note_id), 2, [(str(third.bill_id), Decimal("3.63"))], Decimal("12.10"), Decimal("1.37")),
+        (str(whole.credit_note_id), 3, [(str(fourth.bill_id), Decimal("1.37"))], Decimal("12.10"), Decimal(0)),
+        (str(line.credit_note_id), 2, [(str(fourth.bill_id), Decimal("4.68"))], Decimal("4.84"), Decimal("0.16")),
+    ]
+    assert [(b.status, b.credit_applied, b.open_amount) for b in (third, fourth)] == [
+        (BillStatus.PAID, Decimal("3.63"), Decimal(0)),
+        (BillStatus.PAID, Decimal("6.05"), Decimal(0)),
+    ]
+    assert len(await db.events(ALLOCATED)) == 2  # the payments had no credit left: nothing more
+    sequences = await db.rows(select(credit_notes.c.credit_note_id, credit_notes.c.allocation_sequence))
+    assert {row.credit_note_id: row.allocation_sequence for row in sequences} == {
+        whole.credit_note_id: 3,
+        line.credit_note_id: 2,
+    }
+
+
 async def test_a_payment_whose_reversal_came_first_announces_an_empty_allocation_once(db: BillingDb) -> None:
     account_id = await two_bills(db)
     early = payment(account_id, "100.00")
@@ -415,6 +494,33 @@ async def test_migration_0005_goes_back_and_forth(empty_database: EmptyDatabase)
         assert await conn.fetchval("select count(*) from payment_allocations") == 0
     finally:
         await conn.close()
+
+
+async def test_migration_0013_goes_back_and_forth_and_counts_existing_notes_as_announced(db: BillingDb) -> None:
+    account_id = await two_bills(db)
+    first, _ = await db.bills(account_id)
+    await deliver(db, "balance", recorded(payment(account_id, "5.00")))
+    note = await credit_note(db, first.bill_id)  # 7.10 to the bill, 5.00 of credit
+    await charge(db, account_id, "3.00", madrid(2031, 7, 1))
+    await close(db, madrid(2031, 7, 15) + DELAY)  # takes some of the note's credit: its allocation 2
+    sequence = select(credit_notes.c.allocation_sequence).where(credit_notes.c.credit_note_id == note.credit_note_id)
+    assert await db.scalar(sequence) == 2
+    await db.engine.dispose()  # no pooled connection in the way of the migrations
+    config = alembic_config(MIGRATIONS, db.url)
+    await asyncio.to_thread(command.downgrade, config, "0012")
+    conn = await asyncpg.connect(plain_url(db.url))
+    try:
+        column = (
+            "select count(*) from information_schema.columns"
+            " where table_name = 'credit_notes' and column_name = 'allocation_sequence'"
+        )
+        assert await conn.fetchval(column) == 0
+        await asyncio.to_thread(command.upgrade, config, "head")
+        assert await conn.fetchval(column) == 1
+    finally:
+        await conn.close()
+    # A note billing had before 0013 made its allocation at issue: it counts as announced (1).
+    assert await db.scalar(sequence) == 1
 
 
 async def test_a_fresh_database_has_the_payment_tables(db: BillingDb) -> None:

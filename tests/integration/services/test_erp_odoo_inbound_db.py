@@ -1,7 +1,9 @@
 """Payments booked in Odoo imported into balance, with the gateway's real PostgreSQL: Odoo itself
 cannot run here (it is not on PyPI), so a local HTTP server answers its JSON-RPC with recorded
 Odoo 17 answers (support/odoo.py) and checks what the gateway asks. Balance is a stand-in that is
-idempotent on the reference, as balance is (the e2e suite drives the real one against Tryton)."""
+idempotent on the reference, as balance is (the e2e suite drives the real one against Tryton).
+The same recorded Odoo also takes billing's credit notes and the allocations of their credit, run
+as sync jobs by the function the background loop calls."""
 
 from __future__ import annotations
 
@@ -15,12 +17,15 @@ from typing import Any
 import pytest
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.balance.v1 import payment_pb2
+from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
+from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo_erp_gateway.adapters import events
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.adapters.orm import connections, inbound_payments, inbox, outbox
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
-from evolutivo_erp_gateway.domain.model import EntityType
+from evolutivo_erp_gateway.domain.jobs import JobState, RetryPolicy
+from evolutivo_erp_gateway.domain.model import EntityType, allocation_entity_id
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
 from evolutivo_erp_gateway.entrypoints.consumers import subscriptions
 from evolutivo_erp_gateway.service_layer import handlers
@@ -223,3 +228,113 @@ async def test_a_payment_balance_could_not_take_is_recorded_by_the_next_poll_onc
     assert balance.payments == {"odoo:55": (ACCOUNT, Decimal("25.10"), "EUR")}
     assert (await setup.imported())["55"][1] == "recorded"
     assert await setup.cursor() == ("2031-05-17 09:00:00", 90)
+
+
+def eur(text: str) -> Any:
+    return to_money(Decimal(text), "EUR")
+
+
+async def test_a_credit_notes_allocations_assign_its_credit_to_billings_invoices_in_sequence(setup: Setup) -> None:
+    """Billing's allocation 1 (at issue, to the note's own bill) and 2 (a later bill) each assign
+    the out_refund's receivable line to that bill's invoice (Odoo's js_assign_outstanding_line), in
+    sequence; redelivered events send nothing more."""
+    bills = [
+        bill_pb2.Bill(
+            bill_id=str(uuid.uuid4()),
+            account_id=str(ACCOUNT),
+            bill_number=f"F-2031-00000{i}",
+            lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=eur(base))],
+            subtotal=eur(base),
+            tax_total=eur(tax),
+            total=eur(total),
+        )
+        for i, base, tax, total in ((8, "10.00", "2.10", "12.10"), (9, "5.00", "1.05", "6.05"))
+    ]
+    note = credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()),
+        bill_id=bills[0].bill_id,
+        account_id=str(ACCOUNT),
+        credit_note_number="CN-2031-000001",
+        currency_code="EUR",
+        lines=[credit_note_pb2.CreditNoteLine(line_number=1, charge_offer_code="MOBILE", amount=eur("10.00"))],
+        subtotal=eur("10.00"),
+        tax_total=eur("2.10"),
+        total=eur("12.10"),
+        issue_time=to_timestamp(NOW),
+    )
+
+    def allocated(sequence: int, given: bill_pb2.Bill, amount: str, left: str) -> Any:
+        event = billing_events.CreditNoteAllocated(
+            credit_note_id=note.credit_note_id,
+            account_id=str(ACCOUNT),
+            sequence=sequence,
+            allocations=[billing_events.BillAllocation(bill_id=given.bill_id, amount=eur(amount))],
+            credit_note_amount=note.total,
+            unallocated_amount=eur(left),
+        )
+        return message("evolutivo.billing.v1.credit_note.allocated", event, NOW)
+
+    events_in = [
+        *(message("evolutivo.billing.v1.bill.issued", billing_events.BillIssued(bill=b), NOW) for b in bills),
+        message("evolutivo.billing.v1.credit_note.issued", billing_events.CreditNoteIssued(credit_note=note), NOW),
+        allocated(1, bills[0], "7.10", "5.00"),  # the bill owed 7.10 (a payment had paid 5.00)
+        allocated(2, bills[1], "5.00", "0"),
+    ]
+    # Recorded answers: the invoices (8, 9) and the out_refund (70) are in Odoo, posted; the
+    # refund's receivable line (701) is open by 12.10, then 5.00 once 7.10 of it reconciles with 8.
+    setup.odoo.script(
+        {
+            ("account.move", "search"): [[8], [9], [70]],
+            ("account.move", "read"): [
+                [{"id": 8, "state": "posted", "amount_total": 12.1}],
+                [{"id": 9, "state": "posted", "amount_total": 6.05}],
+                [{"id": 70, "state": "posted", "amount_total": 12.1}],
+                [{"id": 70, "state": "posted"}],
+                [{"id": 8, "amount_residual": 7.1, "state": "posted"}],
+                [{"id": 70, "state": "posted"}],
+                [{"id": 9, "amount_residual": 6.05, "state": "posted"}],
+            ],
+            ("account.move.line", "search"): [[701], [701]],
+            ("account.move.line", "read"): [
+                [{"id": 701, "amount_residual": -12.1, "matched_debit_ids": []}],
+                [{"id": 701, "amount_residual": -5.0}],
+                [{"id": 701, "amount_residual": -5.0, "matched_debit_ids": [3002]}],
+                [{"id": 802, "move_id": [8, "INV/2031/00008"]}],
+                [{"id": 701, "amount_residual": 0.0}],
+            ],
+            ("account.partial.reconcile", "read"): [[{"id": 3002, "debit_move_id": [802, "INV/2031/00008"]}]],
+            ("account.move", "js_assign_outstanding_line"): [True, True],
+        }
+    )
+    consumer = consumer_for(subscriptions(), stream_name("billing"), setup.db.uow, inbox)
+    await process(consumer, *events_in)
+    policy = RetryPolicy(max_attempts=1)
+    ran = []
+    while (job := await handlers.run_next_job(setup.db.uow(), setup.adapters, policy)) is not None:
+        ran.append((job.entity_type, job.state, job.erp_id))
+    nid = uuid.UUID(note.credit_note_id)
+    assert ran == [
+        (EntityType.INVOICE, JobState.SUCCEEDED, "8"),
+        (EntityType.INVOICE, JobState.SUCCEEDED, "9"),
+        (EntityType.CREDIT_NOTE, JobState.SUCCEEDED, "70"),
+        (EntityType.CREDIT_NOTE_ALLOCATION, JobState.SUCCEEDED, "70"),
+        (EntityType.CREDIT_NOTE_ALLOCATION, JobState.SUCCEEDED, "70"),
+    ]
+    async with setup.db.uow() as uow:
+        jobs = [
+            await uow.jobs.find(
+                setup.connection.connection_id,
+                EntityType.CREDIT_NOTE_ALLOCATION,
+                allocation_entity_id(nid, sequence, EntityType.CREDIT_NOTE_ALLOCATION),
+            )
+            for sequence in (1, 2)
+        ]
+    assert [j.state if j else None for j in jobs] == [JobState.SUCCEEDED, JobState.SUCCEEDED]
+    assigned = [args for args, _ in setup.odoo.calls_of("account.move", "js_assign_outstanding_line")]
+    assert assigned == [[[8], 701], [[9], 701]]  # billing's invoices, in billing's order
+    assert setup.odoo.left() == []
+
+    calls = len(setup.odoo.calls)
+    await process(consumer, *(m.again() for m in events_in))
+    assert await handlers.run_next_job(setup.db.uow(), setup.adapters, policy) is None
+    assert len(setup.odoo.calls) == calls

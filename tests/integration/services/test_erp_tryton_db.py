@@ -1346,3 +1346,105 @@ async def test_a_payments_later_allocations_reach_the_erp_in_billings_order(gate
         first.bill_number: Decimal("61.00"),
         second.bill_number: Decimal("81.00"),
     }
+
+
+def credit_note_allocated(
+    note: credit_note_pb2.CreditNote, sequence: int, parts: list[tuple[bill_pb2.Bill, str]], unallocated: str
+) -> FakeMsg:
+    """Billing's CreditNoteAllocated: allocation number `sequence` of the note's credit, (bill, amount) each."""
+    event = billing_events.CreditNoteAllocated(
+        credit_note_id=note.credit_note_id,
+        account_id=note.account_id,
+        sequence=sequence,
+        allocations=[billing_events.BillAllocation(bill_id=b.bill_id, amount=money(amount)) for b, amount in parts],
+        credit_note_amount=note.total,
+        unallocated_amount=money(unallocated),
+    )
+    return message("evolutivo.billing.v1.credit_note.allocated", event, NOW)
+
+
+async def test_a_credit_notes_credit_goes_to_its_bill_and_then_to_later_invoices_as_billing_gave_it(
+    gateway: Gateway,
+) -> None:
+    """Allocation 1 (at issue) moves what the note's bill still owed onto its invoice, allocation 2
+    (a later bill took the rest) moves the rest onto that bill's invoice, in billing's order, once
+    each whatever the crashes and redeliveries; the note is then used up and reconciled in Tryton."""
+    account_id, acct_number = str(uuid.uuid4()), f"A-{number()}"
+    first = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "10.00")])  # 12.10
+    later = bill(account_id, f"F-{number()}", [("MOBILE", "standard", "5.00")])  # 6.05
+    payment, pay_msg = payment_recorded(account_id, "5.00")
+    note, note_msg = credit_note_issued(first, f"CN-{number()}", "10.00", "2.10")  # all of the first bill: 12.10
+    at_issue = credit_note_allocated(note, 1, [(first, "7.10")], "5.00")  # the bill owed 7.10 after the payment
+    taken_later = credit_note_allocated(note, 2, [(later, "5.00")], "0")
+    await gateway.deliver("customer", account_created(account_id, acct_number))
+    await gateway.deliver("billing", bill_issued(first), payment_allocated(payment, 1, [(first, "5.00")], "0"))
+    await gateway.deliver("balance", pay_msg)
+    # The allocations reach the gateway before the note (another replica) and before the later bill.
+    await gateway.deliver("billing", at_issue, taken_later)
+    await gateway.run_jobs()
+    nid = uuid.UUID(note.credit_note_id)
+    one, two = (allocation_entity_id(nid, s, EntityType.CREDIT_NOTE_ALLOCATION) for s in (1, 2))
+    async with gateway.db.uow() as uow:
+        assert await uow.jobs.of_entity(EntityType.CREDIT_NOTE_ALLOCATION, one) == []  # no note: nowhere to go
+    await gateway.deliver("billing", note_msg)
+    await gateway.run_jobs()
+    waiting = await gateway.job(EntityType.CREDIT_NOTE_ALLOCATION, str(two))
+    assert (waiting.state, waiting.attempts) == (JobState.PENDING, 0)
+    assert (
+        waiting.last_error == f"waiting for bill {later.bill_id} (billing allocated to it; its BillIssued has not come)"
+    )
+    assert (await gateway.job(EntityType.CREDIT_NOTE_ALLOCATION, str(one))).state is JobState.SUCCEEDED
+    await gateway.deliver("billing", bill_issued(later))
+    await gateway.run_jobs()  # the invoice; the allocation looks again in a moment
+    gateway.db.clock.advance(handlers.PREREQUISITE_WAIT)
+    moved: list[str] = []
+
+    def crash_after_allocation(job: SyncJob, erp_id: str) -> None:
+        if job.entity_type is EntityType.CREDIT_NOTE_ALLOCATION and not moved:
+            moved.append(erp_id)
+            raise Crash()  # Tryton has the transfer; the gateway dies before recording it
+
+    with pytest.raises(Crash):
+        await gateway.run_jobs(crash_after_allocation)
+    await gateway.run_jobs()
+    done = await gateway.job(EntityType.CREDIT_NOTE_ALLOCATION, str(two))
+    assert (done.state, done.erp_id) == (JobState.SUCCEEDED, moved[0])
+    # Redelivered events and another pass create nothing more.
+    await gateway.deliver("billing", note_msg.again(), at_issue.again(), taken_later.again())
+    assert await gateway.run_jobs() == []
+
+    client = await tryton_client(gateway.tryton)
+    try:
+        accounts = gateway.tryton.accounts
+        (later_invoice,) = await client.search("account.invoice", [("reference", "=", later.bill_number)])
+        marker = f"evolutivo:credit_note_allocation:{note.credit_note_id}:2"
+        transfers = await client.search("account.move", [("description", "=", marker)])
+        assert [str(m) for m in transfers] == moved
+        (transfer,) = await client.read("account.move", transfers, ["state", "journal", "lines"])
+        assert (transfer["state"], transfer["journal"]) == ("posted", gateway.tryton.journals["cash"])
+        transfer_lines = await client.read(
+            "account.move.line", transfer["lines"], ["account", "debit", "credit", "description"]
+        )
+        assert sorted((x["account"], x["debit"], x["credit"], x["description"]) for x in transfer_lines) == sorted(
+            [
+                (accounts["receivable"], Decimal("5.00"), Decimal(0), f"{marker}:credit"),
+                (accounts["receivable"], Decimal(0), Decimal("5.00"), f"{marker}:invoice:{later_invoice}"),
+            ]
+        )
+        # The note's bill is paid (5.00 by the payment, 7.10 by the note), the later one owes 1.05.
+        assert await invoice_state(client, first) == ("paid", Decimal(0), 2)
+        assert await invoice_state(client, later) == ("posted", Decimal("1.05"), 1)
+        # The note's credit is used up: its receivable line is reconciled with the transfers' debits.
+        (cn,) = await client.search("account.invoice", [("reference", "=", note.credit_note_number)])
+        (row,) = await client.read("account.invoice", [cn], ["state", "amount_to_pay"])
+        assert (row["state"], row["amount_to_pay"]) == ("paid", Decimal(0))
+        # The party owes what billing says it does: 12.10 + 6.05 - 5.00 paid - 12.10 credited.
+        (party,) = await client.search("party.party", [("code", "=", acct_number)])
+        everything = await client.read(
+            "account.move.line",
+            await client.search("account.move.line", [("party", "=", party), ("account", "=", accounts["receivable"])]),
+            ["debit", "credit"],
+        )
+        assert sum((x["debit"] - x["credit"] for x in everything), Decimal(0)) == Decimal("1.05")
+    finally:
+        await client.aclose()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
-from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, collections_pb2
+from evolutivo.billing.v1 import bill_pb2, collections_events_pb2, collections_pb2, credit_note_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
@@ -30,7 +30,7 @@ from evolutivo_erp_gateway.adapters.orm import inbox, outbox
 from evolutivo_erp_gateway.adapters.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy
-from evolutivo_erp_gateway.domain.model import EntityType
+from evolutivo_erp_gateway.domain.model import EntityType, allocation_entity_id
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
 from evolutivo_erp_gateway.entrypoints.consumers import ACCOUNT_CREATED, BILL_ISSUED, subscriptions
 from evolutivo_erp_gateway.entrypoints.grpc_api import ErpGatewayServicer
@@ -415,3 +415,93 @@ async def test_a_payment_carries_billings_allocation_and_later_allocations_follo
     ]
     for headers, body in receiver.received:
         assert verify(SECRET, headers[SIGNATURE_HEADER], body, setup.db.clock.now(), dt.timedelta(minutes=5))
+
+
+def note_allocated(
+    note: credit_note_pb2.CreditNote, sequence: int, parts: list[tuple[str, str]], unallocated: str
+) -> FakeMsg:
+    """Billing's CreditNoteAllocated: allocation number `sequence` of the note, (bill id, amount) each."""
+    event = billing_events.CreditNoteAllocated(
+        credit_note_id=note.credit_note_id,
+        account_id=note.account_id,
+        sequence=sequence,
+        allocations=[billing_events.BillAllocation(bill_id=b, amount=money(amount)) for b, amount in parts],
+        credit_note_amount=note.total,
+        unallocated_amount=money(unallocated),
+    )
+    return message("evolutivo.billing.v1.credit_note.allocated", event, NOW)
+
+
+async def test_a_credit_notes_allocations_follow_it_in_sequence(setup: Setup, receiver: Receiver) -> None:
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000092", update_time=to_timestamp(NOW))
+    paid, later = (
+        bill_pb2.Bill(
+            bill_id=str(uuid.uuid4()),
+            account_id=account_id,
+            bill_number=f"F-8{i}",
+            lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
+            tax_total=money("0"),
+            total=money(total),
+        )
+        for i, total in enumerate(("12.10", "4.84"))
+    )
+    note = credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()),
+        bill_id=paid.bill_id,
+        account_id=account_id,
+        credit_note_number="CN-81",
+        currency_code="EUR",
+        lines=[credit_note_pb2.CreditNoteLine(line_number=1, charge_offer_code="MOBILE", amount=money("6.00"))],
+        subtotal=money("6.00"),
+        tax_total=money("0"),
+        total=money("6.00"),
+        issue_time=to_timestamp(NOW),
+    )
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    # Its bill was paid when the note was issued: allocation 1 gives nothing (nothing is sent for it);
+    # a later bill takes 4.84 of its credit (allocation 2, before the note and the bill).
+    await deliver(setup, "billing", note_allocated(note, 2, [(later.bill_id, "4.84")], "1.16"))
+    await deliver(
+        setup,
+        "billing",
+        message(BILL_ISSUED, billing_events.BillIssued(bill=paid), NOW),
+        message("evolutivo.billing.v1.credit_note.issued", billing_events.CreditNoteIssued(credit_note=note), NOW),
+        note_allocated(note, 1, [], "6.00"),
+    )
+    await run_jobs(setup)
+    await deliver(setup, "billing", message(BILL_ISSUED, billing_events.BillIssued(bill=later), NOW))
+    for _ in range(3):
+        await run_jobs(setup)
+        setup.db.clock.advance(dt.timedelta(seconds=5))
+    documents = [json.loads(body) for _, body in receiver.received]
+    assert [d["event"] for d in documents] == [
+        "customer.upserted",
+        "invoice.posted",
+        "credit_note.posted",
+        "invoice.posted",
+        "credit_note.allocated",
+    ]
+    allocation = documents[4]
+    assert (allocation["entity_id"], allocation["data"]["credit_note_id"], allocation["data"]["sequence"]) == (
+        note.credit_note_id,
+        note.credit_note_id,
+        2,
+    )
+    assert allocation["data"]["account_id"] == account_id
+    assert allocation["data"]["allocations"] == [
+        {"bill_id": later.bill_id, "amount": {"currency_code": "EUR", "units": "4", "nanos": 840000000}}
+    ]
+    nid = uuid.UUID(note.credit_note_id)
+    async with setup.db.uow() as uow:
+        first, second = [
+            await uow.jobs.find(
+                setup.connection.connection_id,
+                EntityType.CREDIT_NOTE_ALLOCATION,
+                allocation_entity_id(nid, sequence, EntityType.CREDIT_NOTE_ALLOCATION),
+            )
+            for sequence in (1, 2)
+        ]
+    assert first is not None and second is not None
+    assert (first.state, first.erp_id) == (JobState.SUCCEEDED, handlers.NOT_SENT_EMPTY)
+    assert (second.state, second.erp_id) == (JobState.SUCCEEDED, f"{note.credit_note_id}:2")

@@ -8,6 +8,8 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
+from evolutivo.billing.v1 import events_pb2
+from evolutivo_billing.adapters import events
 from evolutivo_billing.domain.bills import (
     Bill,
     BillLine,
@@ -22,8 +24,16 @@ from evolutivo_billing.domain.bills import (
     line_unit_price,
     sum_tiers,
 )
-from evolutivo_billing.domain.credit_notes import Credited, CreditLineRequest, CreditNote
+from evolutivo_billing.domain.credit_notes import (
+    Credited,
+    CreditLineRequest,
+    CreditNote,
+    CreditNoteAllocated,
+    CreditNoteAllocations,
+)
+from evolutivo_billing.domain.payments import Allocation, InvalidPayment
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument
+from evolutivo_runtime.money import from_money
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -153,6 +163,51 @@ def test_a_full_credit_of_an_unpaid_bill_voids_it_a_paid_one_becomes_credit() ->
         Decimal("7.10"),
         Decimal("5.00"),
     )
+
+
+def test_a_notes_allocation_at_issue_is_announced_as_its_first_and_later_ones_follow() -> None:
+    part_paid = bill(line(1, "10.00"), paid="5.00")
+    refund = note(part_paid, whole=True)
+    refund.allocate_to(part_paid)
+    (at_issue,) = refund.events  # not numbered here: no CreditNoteIssued
+    assert at_issue == CreditNoteAllocated(
+        refund.credit_note_id,
+        refund.account_id,
+        "EUR",
+        1,
+        (Allocation(part_paid.bill_id, Decimal("7.10")),),
+        Decimal("12.10"),
+        Decimal("5.00"),
+    )
+    # A note of a bill that owes nothing is all account credit: its first allocation gives nothing.
+    paid = bill(line(1, "10.00"), paid="12.10")
+    credit = note(paid, CreditLineRequest(1, Decimal("4.00")))
+    assert credit.allocate_to(paid) == 0
+    assert credit.events[-1] == CreditNoteAllocated(
+        credit.credit_note_id, credit.account_id, "EUR", 1, (), Decimal("4.84"), Decimal("4.84")
+    )
+
+    later = CreditNoteAllocations(refund.credit_note_id, refund.account_id, "EUR", refund.total)
+    bill_id = uuid.uuid4()
+    second = later.allocated(2, [Allocation(bill_id, Decimal("3.63"))], Decimal("1.37"))
+    assert later.events == [second]
+    subject, message = events.encode(second)
+    assert subject == "evolutivo.billing.v1.credit_note.allocated"
+    assert isinstance(message, events_pb2.CreditNoteAllocated)
+    assert (message.credit_note_id, message.account_id, message.sequence) == (
+        str(refund.credit_note_id),
+        str(refund.account_id),
+        2,
+    )
+    assert [(a.bill_id, from_money(a.amount)) for a in message.allocations] == [(str(bill_id), Decimal("3.63"))]
+    assert (from_money(message.credit_note_amount), from_money(message.unallocated_amount)) == (
+        Decimal("12.10"),
+        Decimal("1.37"),
+    )
+    assert message.unallocated_amount.currency_code == "EUR"
+    with pytest.raises(InvalidPayment):  # more than the note
+        later.allocated(3, [Allocation(bill_id, Decimal("12.00"))], Decimal("1.37"))
+    assert later.events == [second]
 
 
 @given(st.lists(st.integers(min_value=1, max_value=99_999), min_size=1, max_size=6), st.data())

@@ -383,6 +383,54 @@ async def test_a_later_allocation_assigns_the_payments_credit_to_the_new_invoice
     assert odoo.left() == []
 
 
+async def test_a_credit_notes_credit_is_assigned_to_the_invoices_billing_gave_it_to_once() -> None:
+    # The out_refund (70) credits 12.10; billing gave 7.10 of it to its own bill's invoice (8), which
+    # owed that much after a payment; a retry finds the reconciliation and assigns nothing more.
+    odoo = FakeOdoo(
+        {
+            ("account.move", "read"): [
+                [{"id": 70, "state": "posted"}],
+                [{"id": 8, "amount_residual": 7.1, "state": "posted"}],
+                [{"id": 70, "state": "posted"}],
+            ],
+            ("account.move.line", "search"): [[701], [701]],
+            ("account.move.line", "read"): [
+                [{"id": 701, "amount_residual": -12.1, "matched_debit_ids": []}],
+                [{"id": 701, "amount_residual": -5.0}],
+                [{"id": 701, "amount_residual": -5.0, "matched_debit_ids": [3002]}],
+                [{"id": 802, "move_id": [8, "INV/2031/00008"]}],
+            ],
+            ("account.partial.reconcile", "read"): [[{"id": 3002, "debit_move_id": [802, "INV/2031/00008"]}]],
+            ("account.move", "js_assign_outstanding_line"): [True],
+        }
+    )
+    note = credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()), credit_note_number="CN-2031-0002", currency_code="EUR", total=money("12.10")
+    )
+    given = [InvoiceAllocation("8", "bill-8", Decimal("7.10"))]
+    first, retry = await run(
+        odoo,
+        [lambda a: a.allocate_credit_note(note, "42", "70", 1, given) for _ in range(2)],
+    )
+    assert (first, retry) == ("70", "70")
+    search = [c for c in odoo.calls if c[:2] == ("account.move.line", "search")]
+    assert search[0][2] == [[["move_id", "=", 70], ["account_type", "=", "asset_receivable"]]]
+    args, _ = odoo.call("account.move", "js_assign_outstanding_line")
+    assert args == [[8], 701]  # the refund's receivable line on billing's invoice, once
+    assert odoo.left() == []
+
+
+async def test_a_credit_note_odoo_has_not_posted_is_not_allocated() -> None:
+    odoo = FakeOdoo({("account.move", "read"): [[{"id": 70, "state": "draft"}]]})
+    note = credit_note_pb2.CreditNote(credit_note_id=str(uuid.uuid4()), credit_note_number="CN-2031-0003")
+    with pytest.raises(Rejected, match="Odoo has no posted credit note CN-2031-0003"):
+        await run(
+            odoo,
+            [lambda a: a.allocate_credit_note(note, "42", "70", 2, [InvoiceAllocation("9", "b", Decimal("1.00"))])],
+        )
+    assert odoo.methods() == [("account.move", "read")]
+
+
 async def test_an_allocation_odoo_cannot_apply_exactly_is_refused() -> None:
     # Odoo's invoice owes more than billing's bill (and more of the payment is open): Odoo's "Add"
     # would apply more than billing allocated, so nothing is applied.

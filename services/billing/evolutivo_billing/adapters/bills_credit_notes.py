@@ -26,6 +26,7 @@ class CreditNoteCredit:
     credit_note_id: uuid.UUID
     currency_code: str
     unallocated: Decimal
+    total: Decimal
 
 
 class CreditNoteRepository:
@@ -55,6 +56,8 @@ class CreditNoteRepository:
                 issue_time=note.issue_time,
                 voids_bill=note.voids_bill,
                 unallocated=note.unallocated,
+                # Its allocation at issue (allocate_to) is announced as number 1.
+                allocation_sequence=1,
             )
         )
         await self._session.execute(
@@ -139,17 +142,33 @@ class CreditNoteRepository:
             )
         )
 
+    async def next_allocation_sequence(self, credit_note_id: uuid.UUID) -> int:
+        """Counts one more CreditNoteAllocated of the note and returns its sequence (2, 3, ... after
+        the one at issue). The note's row is updated, so its allocations are numbered one at a time
+        whatever the replicas."""
+        t = credit_notes
+        result = await self._session.execute(
+            update(t)
+            .where(t.c.credit_note_id == credit_note_id)
+            .values(allocation_sequence=t.c.allocation_sequence + 1)
+            .returning(t.c.allocation_sequence)
+        )
+        sequence = result.scalar_one_or_none()
+        if sequence is None:
+            raise LookupError(f"billing has no credit note {credit_note_id}")
+        return int(sequence)
+
     async def credits_for_update(self, account_id: uuid.UUID) -> list[CreditNoteCredit]:
         """The account's credit notes with something unallocated, oldest issued first, locked."""
         t = credit_notes
         query = (
-            select(t.c.credit_note_id, t.c.currency_code, t.c.unallocated)
+            select(t.c.credit_note_id, t.c.currency_code, t.c.unallocated, t.c.total)
             .where(t.c.account_id == account_id, t.c.unallocated > 0)
             .order_by(t.c.issue_time, t.c.credit_note_id)
             .with_for_update()
         )
         return [
-            CreditNoteCredit(row.credit_note_id, row.currency_code, _plain(row.unallocated))
+            CreditNoteCredit(row.credit_note_id, row.currency_code, _plain(row.unallocated), _plain(row.total))
             for row in await self._session.execute(query)
         ]
 

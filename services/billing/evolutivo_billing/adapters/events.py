@@ -8,10 +8,10 @@ from google.protobuf.message import Message
 
 from evolutivo_billing.adapters import bills_proto, collections_proto, proto
 from evolutivo_billing.domain.bills import BillIssued, BillOverdue, BillPaid, BillPartiallyPaid, BillVoided
-from evolutivo_billing.domain.credit_notes import CreditNoteIssued
+from evolutivo_billing.domain.credit_notes import CreditNoteAllocated, CreditNoteIssued
 from evolutivo_billing.domain.cycles import BillCycleClosed, BillCycleOpened
 from evolutivo_billing.domain.model import BillUnitCreated
-from evolutivo_billing.domain.payments import PaymentAllocated
+from evolutivo_billing.domain.payments import Allocation, PaymentAllocated
 
 BILL_UNIT_CREATED = "evolutivo.billing.v1.bill_unit.created"
 BILL_CYCLE_OPENED = "evolutivo.billing.v1.bill_cycle.opened"
@@ -23,6 +23,11 @@ BILL_OVERDUE = "evolutivo.billing.v1.bill.overdue"
 BILL_VOIDED = "evolutivo.billing.v1.bill.voided"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 PAYMENT_ALLOCATED = "evolutivo.billing.v1.payment.allocated"
+CREDIT_NOTE_ALLOCATED = "evolutivo.billing.v1.credit_note.allocated"
+
+
+def _allocations(allocations: tuple[Allocation, ...], currency: str) -> list[events_pb2.BillAllocation]:
+    return [events_pb2.BillAllocation(bill_id=str(a.bill_id), amount=to_money(a.amount, currency)) for a in allocations]
 
 
 def encode(event: object) -> tuple[str, Message]:
@@ -58,11 +63,18 @@ def encode(event: object) -> tuple[str, Message]:
                 payment_id=str(allocated.payment_id),
                 account_id=str(allocated.account_id),
                 sequence=allocated.sequence,
-                allocations=[
-                    events_pb2.BillAllocation(bill_id=str(a.bill_id), amount=to_money(a.amount, currency))
-                    for a in allocated.allocations
-                ],
+                allocations=_allocations(allocated.allocations, currency),
                 payment_amount=to_money(allocated.payment_amount, currency),
+                unallocated_amount=to_money(allocated.unallocated, currency),
+            )
+        case CreditNoteAllocated() as allocated:
+            currency = allocated.currency_code
+            return CREDIT_NOTE_ALLOCATED, events_pb2.CreditNoteAllocated(
+                credit_note_id=str(allocated.credit_note_id),
+                account_id=str(allocated.account_id),
+                sequence=allocated.sequence,
+                allocations=_allocations(allocated.allocations, currency),
+                credit_note_amount=to_money(allocated.credit_note_total, currency),
                 unallocated_amount=to_money(allocated.unallocated, currency),
             )
     # Collections' events (docs/collections.md) are encoded by their own module.

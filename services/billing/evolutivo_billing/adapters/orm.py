@@ -310,11 +310,14 @@ credit_notes = Table(
     Column("voids_bill", Boolean, nullable=False),
     # What no bill took yet: the account's credit, applied to its next bills.
     Column("unallocated", Numeric(38, 9), nullable=False),
+    # Since 0013: the sequence of the last CreditNoteAllocated published for the note (1 at issue).
+    Column("allocation_sequence", Integer, nullable=False, server_default="0"),
     UniqueConstraint("number_series", "number_sequence", name="credit_notes_series_sequence"),
     UniqueConstraint("bill_unit_id", "request_id", name="credit_notes_request"),
     CheckConstraint("total = subtotal + tax_total", name="credit_notes_total_adds_up"),
     CheckConstraint("total > 0", name="credit_notes_total"),
     CheckConstraint("unallocated >= 0 and unallocated <= total", name="credit_notes_unallocated"),
+    CheckConstraint("allocation_sequence >= 0", name="credit_notes_allocation_sequence"),
     Index("credit_notes_listing", "account_id", "issue_time", "credit_note_id"),
     Index("credit_notes_bill", "bill_id"),
     Index(

@@ -8,6 +8,8 @@ Rules (docs/billing.md, "Credit notes"):
   credited before it. So the notes of a bill never credit more tax than the bill charged, and
   crediting every line in full gives back the bill's total to the cent.
 - A credit note for all of a bill that no payment has paid voids it.
+- Each time its credit goes to bills it is announced (CreditNoteAllocated), numbered per note:
+  1 at issue (to its own bill, possibly nothing), 2, 3, ... each later bill that takes its credit.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from evolutivo_billing.domain.bills import (
     is_rounded,
     round_money,
 )
+from evolutivo_billing.domain.payments import Allocation, check_allocation
 
 # BILLING_CREDIT_NOTE_NUMBER_FORMAT's default: a series of its own, like bills'.
 DEFAULT_NUMBER_FORMAT = "CN-{year}-{seq:06d}"
@@ -227,12 +230,65 @@ class CreditNote:
         elif take > 0:
             bill.take_credit(take)
         self.unallocated = self.total - take
+        # Announced as its allocation number 1, also when its bill took nothing.
+        given = (Allocation(bill.bill_id, take),) if take > 0 else ()
+        self.events.append(self.announcer().allocated(FIRST_ALLOCATION, given, self.unallocated))
         return take
+
+    def announcer(self) -> CreditNoteAllocations:
+        return CreditNoteAllocations(self.credit_note_id, self.account_id, self.currency_code, self.total)
 
 
 @dataclass(frozen=True)
 class CreditNoteIssued:
     credit_note: CreditNote
+
+
+# The allocation made when a note is issued; later bills taking its credit are 2, 3, ...
+FIRST_ALLOCATION = 1
+
+
+@dataclass(frozen=True)
+class CreditNoteAllocated:
+    """One allocation of a credit note's credit, announced so that others (the ERP gateway) apply
+    the note as billing did: `sequence` 1 is what its own bill took when it was issued (possibly
+    nothing), 2, 3, ... each later bill that took part of its remaining credit. `unallocated` is
+    what of the note is left as account credit after it."""
+
+    credit_note_id: uuid.UUID
+    account_id: uuid.UUID
+    currency_code: str
+    sequence: int
+    allocations: tuple[Allocation, ...]
+    credit_note_total: Decimal
+    unallocated: Decimal
+
+
+@dataclass
+class CreditNoteAllocations:
+    """A credit note as allocation sees it: the aggregate whose allocations are announced, in
+    order (as PaymentAllocations is for a payment)."""
+
+    credit_note_id: uuid.UUID
+    account_id: uuid.UUID
+    currency_code: str
+    total: Decimal
+    events: list[object] = field(default_factory=list)
+
+    def allocated(self, sequence: int, allocations: Sequence[Allocation], unallocated: Decimal) -> CreditNoteAllocated:
+        """Records allocation number `sequence` (what it gave each bill, what is left after it)."""
+        check_allocation(self.credit_note_id, self.total, sequence, allocations, unallocated)
+        event = CreditNoteAllocated(
+            self.credit_note_id,
+            self.account_id,
+            self.currency_code,
+            sequence,
+            tuple(allocations),
+            self.total,
+            unallocated,
+        )
+        self.events.append(event)
+        return event
 
 
 @dataclass(frozen=True, order=True)

@@ -54,6 +54,22 @@ def allocate(amount: Decimal, bills: Sequence[Owed]) -> tuple[list[Allocation], 
     return allocations, left
 
 
+def check_allocation(
+    source_id: uuid.UUID, amount: Decimal, sequence: int, allocations: Sequence[Allocation], unallocated: Decimal
+) -> None:
+    """The rules of an announced allocation of a payment's or a credit note's money (`amount`):
+    numbered from 1, more than zero to each bill, one amount per bill, and never more than the
+    money with what is left of it. Raises InvalidPayment."""
+    if sequence < 1:
+        raise InvalidPayment(f"allocation sequence {sequence}: allocations are numbered from 1")
+    if any(a.amount <= 0 for a in allocations):
+        raise InvalidPayment("an allocation gives a bill more than zero")
+    if len({a.bill_id for a in allocations}) != len(allocations):
+        raise InvalidPayment("an allocation gives each bill one amount")
+    if unallocated < 0 or sum((a.amount for a in allocations), Decimal(0)) + unallocated > amount:
+        raise InvalidPayment(f"allocations of {source_id} exceed its amount {amount}")
+
+
 @dataclass(frozen=True)
 class PaymentAllocated:
     """One allocation of a payment, announced so that others (the ERP gateway) apply the payment
@@ -82,14 +98,7 @@ class PaymentAllocations:
 
     def allocated(self, sequence: int, allocations: Sequence[Allocation], unallocated: Decimal) -> PaymentAllocated:
         """Records allocation number `sequence` (what it gave each bill, what is left after it)."""
-        if sequence < 1:
-            raise InvalidPayment(f"allocation sequence {sequence}: allocations are numbered from 1")
-        if any(a.amount <= 0 for a in allocations):
-            raise InvalidPayment("an allocation gives a bill more than zero")
-        if len({a.bill_id for a in allocations}) != len(allocations):
-            raise InvalidPayment("an allocation gives each bill one amount")
-        if unallocated < 0 or sum((a.amount for a in allocations), Decimal(0)) + unallocated > self.amount:
-            raise InvalidPayment(f"allocations of {self.payment_id} exceed its amount {self.amount}")
+        check_allocation(self.payment_id, self.amount, sequence, allocations, unallocated)
         event = PaymentAllocated(
             self.payment_id,
             self.account_id,

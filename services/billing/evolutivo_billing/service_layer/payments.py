@@ -12,6 +12,7 @@ from prometheus_client import Counter
 
 from evolutivo_billing.adapters.bills_repository import ReceivedPayment
 from evolutivo_billing.domain.bills import Bill, BillStatus
+from evolutivo_billing.domain.credit_notes import CreditNoteAllocations
 from evolutivo_billing.domain.model import BillUnit
 from evolutivo_billing.domain.payments import Allocation, Owed, PaymentAllocations, allocate
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
@@ -135,8 +136,9 @@ async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: 
     of its credit notes, oldest issued first. What it took is its `credit_applied`.
 
     Each payment whose credit the bill takes announces it as its next PaymentAllocated (sequence
-    2, 3, ...), so that the ERP moves that much of the payment's credit onto the bill's invoice.
-    Credit notes' credit announces nothing (an ERP has the credit note against its own bill)."""
+    2, 3, ...), each credit note as its next CreditNoteAllocated (2, 3, ...: 1 was its allocation
+    at issue), so that the ERP moves that much of the payment's or the note's credit onto the
+    bill's invoice."""
     if bill.status is not BillStatus.ISSUED or bill.open_amount <= 0:
         return
     for credit in await uow.payments.credits_for_update(bill.account_id):
@@ -166,6 +168,10 @@ async def apply_credit(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: 
             bill.take_credit(take)
             bill.credit_applied += take
             await uow.credit_notes.set_unallocated(note.credit_note_id, note.unallocated - take)
+            sequence = await uow.credit_notes.next_allocation_sequence(note.credit_note_id)
+            note_announced = CreditNoteAllocations(note.credit_note_id, bill.account_id, note.currency_code, note.total)
+            note_announced.allocated(sequence, (Allocation(bill.bill_id, take),), note.unallocated - take)
+            uow.track(note_announced)
     await uow.bills.save_payment_state(bill)
 
 

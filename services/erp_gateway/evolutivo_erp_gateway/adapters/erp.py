@@ -147,6 +147,20 @@ class ErpAdapter(Protocol):
         Returns the ERP's id of the allocation."""
         ...
 
+    async def allocate_credit_note(
+        self,
+        note: credit_note_pb2.CreditNote,
+        party: str,
+        note_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """Billing's allocation number `sequence` (1 at issue, to its own bill; 2, 3, ... later
+        bills) of the credit note booked before as `note_erp_id`: that much of its open credit moved
+        onto each invoice, at most once (the same booking as allocate_credit, from the note).
+        Returns the ERP's id of the allocation."""
+        ...
+
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
         """Undoes the payment sent before (`payment_erp_id`) with its later allocations: their
         invoices are open again. At most once."""

@@ -70,6 +70,16 @@ class FileExportAdapter:
     ) -> str:
         return await self._refuse()
 
+    async def allocate_credit_note(
+        self,
+        note: credit_note_pb2.CreditNote,
+        party: str,
+        note_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        return await self._refuse()
+
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
         return await self._refuse()
 

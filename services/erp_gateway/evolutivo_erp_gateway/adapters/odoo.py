@@ -477,6 +477,26 @@ class OdooAdapter:
         await self._assign_allocations(_many2one(row["move_id"]), allocations)
         return str(record)
 
+    async def allocate_credit_note(
+        self,
+        note: credit_note_pb2.CreditNote,
+        party: str,
+        note_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """An application of the credit note's credit (at issue to its own bill's invoice, later to
+        new ones): the out_refund's receivable line, still open by that credit, assigned to the
+        invoices as billing allocated it, as a payment's is (_assign_allocations). Returns the
+        credit note's id (the allocation is its reconciliation with the invoices)."""
+        reference = note.credit_note_number or note.credit_note_id
+        refund = int(note_erp_id) if note_erp_id.isdigit() else await self._find_move("out_refund", reference)
+        rows = await self.client.read("account.move", [refund], ["state"]) if refund else []
+        if not rows or rows[0]["state"] != "posted":
+            raise Rejected(f"Odoo has no posted credit note {reference}: its credit cannot be allocated")
+        await self._assign_allocations(refund, allocations)
+        return str(refund)
+
     async def _assign_allocations(self, move: int, allocations: Sequence[InvoiceAllocation]) -> None:
         """The payment entry's receivable line reconciled with each invoice, in billing's order, by
         billing's amount, through account.move's js_assign_outstanding_line (Odoo's own "Add" of an
@@ -486,12 +506,13 @@ class OdooAdapter:
         so that is billing's amount whenever Odoo's invoices owe what billing's bills do; an invoice
         that owes less in Odoo takes what it owes (the rest stays outstanding credit, as in Tryton);
         one that owes more while more is left of the payment is refused (Odoo would apply more than
-        billing did). An invoice the line is reconciled with already is done (a retry)."""
+        billing did). An invoice the line is reconciled with already is done (a retry). A credit
+        note's (out_refund's) receivable line is assigned the same way."""
         lines = await self.client.search(
             "account.move.line", [("move_id", "=", move), ("account_type", "=", "asset_receivable")]
         )
         if len(lines) != 1:
-            raise Rejected(f"Odoo's payment entry {move} has {len(lines)} receivable lines, not one")
+            raise Rejected(f"Odoo's entry {move} has {len(lines)} receivable lines, not one")
         line = lines[0]
         (row,) = await self.client.read("account.move.line", [line], ["amount_residual", "matched_debit_ids"])
         done: set[int] = set()
@@ -510,7 +531,7 @@ class OdooAdapter:
                 continue
             if min(left, owed) > allocation.amount:
                 raise Rejected(
-                    f"Odoo's invoice {invoice} owes {owed} and {left} of the payment is open: Odoo would apply"
+                    f"Odoo's invoice {invoice} owes {owed} and {left} of the credit is open: Odoo would apply"
                     f" {min(left, owed)}, billing allocated {allocation.amount} (bill {allocation.bill_id})"
                 )
             await self.client.execute("account.move", "js_assign_outstanding_line", [invoice], line)

@@ -144,24 +144,36 @@ inbound_payments = Table(
     Column("create_time", DateTime(timezone=True), nullable=False),
 )
 
+
+def _allocations(name: str, owner: str) -> Table:
+    """Billing's allocations of one kind of credit to bills, per owner (payment, credit note) and
+    sequence; `entity_id` names the allocation's record (domain/model.py allocation_entity_id)."""
+    return Table(
+        name,
+        metadata,
+        Column(owner, Uuid, nullable=False),
+        Column("sequence", BigInteger, nullable=False),
+        Column("entity_id", Uuid, nullable=False),
+        Column("account_id", Uuid, nullable=False),
+        # The serialized event (evolutivo.billing.v1.PaymentAllocated / CreditNoteAllocated).
+        Column("payload", LargeBinary, nullable=False),
+        Column("receive_time", DateTime(timezone=True), nullable=False),
+        PrimaryKeyConstraint(owner, "sequence", name=f"{name}_pkey"),
+        UniqueConstraint("entity_id", name=f"{name}_entity_id_key"),
+        CheckConstraint("sequence >= 1", name=f"{name}_sequence"),
+    )
+
+
 # Billing's allocations of each payment to bills (PaymentAllocated), in their sequence: 1 is how
 # billing allocated the payment when it recorded it (the payment's job books it so in the ERP),
 # 2, 3, ... each later application of its credit to a new bill (a PAYMENT_ALLOCATION job each,
 # whose entity id is `entity_id`, domain/model.py allocation_entity_id).
-payment_allocations = Table(
-    "payment_allocations",
-    metadata,
-    Column("payment_id", Uuid, nullable=False),
-    Column("sequence", BigInteger, nullable=False),
-    Column("entity_id", Uuid, nullable=False),
-    Column("account_id", Uuid, nullable=False),
-    # The serialized evolutivo.billing.v1.PaymentAllocated.
-    Column("payload", LargeBinary, nullable=False),
-    Column("receive_time", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("payment_id", "sequence", name="payment_allocations_pkey"),
-    UniqueConstraint("entity_id", name="payment_allocations_entity_id_key"),
-    CheckConstraint("sequence >= 1", name="payment_allocations_sequence"),
-)
+payment_allocations = _allocations("payment_allocations", "payment_id")
+
+# Since 0006: billing's allocations of each credit note's credit to bills (CreditNoteAllocated), in
+# their sequence: 1 at issue (to its own bill), 2, 3, ... later bills; a CREDIT_NOTE_ALLOCATION job
+# each (sequence 1 included: the note itself is booked whole by its own job).
+credit_note_allocations = _allocations("credit_note_allocations", "credit_note_id")
 
 outbox, inbox = messaging_tables(metadata)
 request_log = request_log_table(metadata)

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_erp_gateway.adapters.orm import (
     connections,
+    credit_note_allocations,
     customer_contacts,
     gl_postings,
     inbound_payments,
@@ -25,7 +26,7 @@ from evolutivo_erp_gateway.adapters.orm import (
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import JobState, SyncJob
 from evolutivo_erp_gateway.domain.journal import Posting
-from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus
+from evolutivo_erp_gateway.domain.model import AllocatedCredit, EntityType, SyncState, SyncStatus
 
 
 class SyncStateRepository:
@@ -582,15 +583,19 @@ class InboundPaymentRepository:
         return list(await self._session.scalars(select(t.c.connection_id).where(t.c.reference == reference)))
 
 
-class PaymentAllocationRepository:
-    """Billing's allocations of payments to bills (PaymentAllocated), per payment and sequence."""
+class AllocationRepository:
+    """Billing's allocations of one kind of credit to bills (PaymentAllocated, CreditNoteAllocated),
+    per owner (payment, credit note) and sequence."""
 
-    def __init__(self, session: AsyncSession) -> None:
+    def __init__(self, session: AsyncSession, credit: AllocatedCredit) -> None:
         self._session = session
+        self._credit = credit
+        self._table = _ALLOCATION_TABLES[credit.owner]
+        self._owner = self._table.c[_ALLOCATION_OWNERS[credit.owner]]
 
     async def add(
         self,
-        payment_id: uuid.UUID,
+        owner_id: uuid.UUID,
         sequence: int,
         entity_id: uuid.UUID,
         account_id: uuid.UUID,
@@ -598,42 +603,47 @@ class PaymentAllocationRepository:
         now: datetime,
     ) -> bool:
         """Keeps the allocation; False when the gateway had it already (a redelivery)."""
-        t = payment_allocations
+        t = self._table
         result = await self._session.execute(
             insert(t)
             .values(
-                payment_id=payment_id,
-                sequence=sequence,
-                entity_id=entity_id,
-                account_id=account_id,
-                payload=payload,
-                receive_time=now,
+                {
+                    self._owner: owner_id,
+                    t.c.sequence: sequence,
+                    t.c.entity_id: entity_id,
+                    t.c.account_id: account_id,
+                    t.c.payload: payload,
+                    t.c.receive_time: now,
+                }
             )
-            .on_conflict_do_nothing(index_elements=[t.c.payment_id, t.c.sequence])
+            .on_conflict_do_nothing(index_elements=[self._owner, t.c.sequence])
             .returning(t.c.entity_id)
         )
         return result.first() is not None
 
-    async def lock_payment(self, payment_id: uuid.UUID) -> None:
-        """A transaction-scoped advisory lock on the payment: its PaymentRecorded and its
-        PaymentAllocated (different streams, possibly different replicas) take turns, so whichever
-        commits second sees the other's rows."""
-        key = func.hashtextextended(f"erp_gateway:payment:{payment_id}", 0)
+    async def lock(self, owner_id: uuid.UUID) -> None:
+        """A transaction-scoped advisory lock on the owner (payment, credit note): its own event
+        (PaymentRecorded, CreditNoteIssued) and its allocations (possibly another stream, another
+        replica) take turns, so whichever commits second sees the other's rows."""
+        key = func.hashtextextended(f"erp_gateway:{self._credit.owner.value}:{owner_id}", 0)
         await self._session.execute(select(func.pg_advisory_xact_lock(key)))
 
-    async def payload(self, payment_id: uuid.UUID, sequence: int) -> bytes | None:
-        t = payment_allocations
-        value = await self._session.scalar(
-            select(t.c.payload).where(t.c.payment_id == payment_id, t.c.sequence == sequence)
-        )
+    async def payload(self, owner_id: uuid.UUID, sequence: int) -> bytes | None:
+        t = self._table
+        value = await self._session.scalar(select(t.c.payload).where(self._owner == owner_id, t.c.sequence == sequence))
         return bytes(value) if value is not None else None
 
-    async def later_of(self, payment_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID, datetime]]:
-        """The payment's allocations after the first, in sequence: (entity id, account id, received)."""
-        t = payment_allocations
+    async def later_of(self, owner_id: uuid.UUID) -> list[tuple[uuid.UUID, uuid.UUID, datetime]]:
+        """The owner's allocations that are records of their own (a payment's after the first, a
+        credit note's all), in sequence: (entity id, account id, received)."""
+        t = self._table
         rows = await self._session.execute(
             select(t.c.entity_id, t.c.account_id, t.c.receive_time)
-            .where(t.c.payment_id == payment_id, t.c.sequence > 1)
+            .where(self._owner == owner_id, t.c.sequence >= self._credit.first_record)
             .order_by(t.c.sequence)
         )
         return [(row.entity_id, row.account_id, row.receive_time) for row in rows]
+
+
+_ALLOCATION_TABLES = {EntityType.PAYMENT: payment_allocations, EntityType.CREDIT_NOTE: credit_note_allocations}
+_ALLOCATION_OWNERS = {EntityType.PAYMENT: "payment_id", EntityType.CREDIT_NOTE: "credit_note_id"}

@@ -7,6 +7,8 @@ crash finds the record instead of creating a second one:
   payments  account.move description = "evolutivo:payment:<payment id>";
   later allocations of a payment's credit: account.move description =
             "evolutivo:payment_allocation:<payment id>:<sequence>";
+  allocations of a credit note's credit: account.move description =
+            "evolutivo:credit_note_allocation:<credit note id>:<sequence>";
   reversals account.move description = "evolutivo:payment_reversal:<payment id>";
   write-offs account.move description = "evolutivo:write_off:<ledger entry id>";
   referrals ir.note on the party whose message starts "evolutivo:referral:<referral id>";
@@ -22,7 +24,8 @@ import base64
 import datetime as dt
 import itertools
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -52,6 +55,7 @@ from evolutivo_erp_gateway.domain.journal import Journal
 
 PAYMENT_MARK = "evolutivo:payment:"
 ALLOCATION_MARK = "evolutivo:payment_allocation:"
+CREDIT_NOTE_ALLOCATION_MARK = "evolutivo:credit_note_allocation:"
 REVERSAL_MARK = "evolutivo:payment_reversal:"
 WRITE_OFF_MARK = "evolutivo:write_off:"
 CONTACT_MARK = "evolutivo:contact:"
@@ -626,14 +630,42 @@ class TrytonAdapter:
         sequence: int,
         allocations: Sequence[InvoiceAllocation],
     ) -> str:
-        """A later application of the payment's credit to new invoices: a posted transfer move in
-        the cash journal, the party's receivable debited (the credit taken) and credited in parts,
-        one per invoice, each added to its invoice's payments (reconciled once it is paid in full).
-        Once the payment's credit is used up, its unallocated part and the transfers' debits are
-        reconciled together. Found again by its description."""
-        party_id = int(party)
-        marker = f"{ALLOCATION_MARK}{payment.payment_id}:{sequence}"
+        """A later application of the payment's credit to new invoices (see _transfer_credit): its
+        open credit is the unallocated part of its payment move."""
         paid_move = await self._payment_move(payment.payment_id, payment_erp_id)
+        marker = f"{PAYMENT_MARK}{payment.payment_id}"
+        own = _Credit(f"{ALLOCATION_MARK}{payment.payment_id}:", paid_move, lambda line: line["description"] == marker)
+        return await self._transfer_credit(own, int(party), sequence, allocations)
+
+    async def allocate_credit_note(
+        self,
+        note: credit_note_pb2.CreditNote,
+        party: str,
+        note_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """An application of the credit note's credit to invoices (at issue its own bill's, later
+        new ones; see _transfer_credit): its open credit is the credit note's receivable line (the
+        line it has to pay, a credit), which is reconciled once billing has given all of it."""
+        reference = note.credit_note_number or note.credit_note_id
+        invoice = int(note_erp_id) if note_erp_id.isdigit() else await self._find_invoice(reference, int(party))
+        rows = await self.client.read("account.invoice", [invoice], ["move", "state"]) if invoice else []
+        if not rows or not rows[0]["move"] or rows[0]["state"] not in ("posted", "paid"):
+            raise Rejected(f"Tryton has no posted credit note {reference} to allocate")
+        own = _Credit(f"{CREDIT_NOTE_ALLOCATION_MARK}{note.credit_note_id}:", int(rows[0]["move"]), lambda line: True)
+        return await self._transfer_credit(own, int(party), sequence, allocations)
+
+    async def _transfer_credit(
+        self, own: _Credit, party_id: int, sequence: int, allocations: Sequence[InvoiceAllocation]
+    ) -> str:
+        """Billing's allocation of a payment's or credit note's credit to invoices: a posted transfer
+        move in the cash journal, dated the later of the credit's move and the invoices, the party's
+        receivable debited (the credit taken) and credited in parts, one per invoice, each added to
+        its invoice's payments (reconciled once it is paid in full). Once the credit is used up, its
+        open line and the transfers' debits are reconciled together. Found again by its
+        description."""
+        marker = f"{own.prefix}{sequence}"
         found = await self.client.search("account.move", [("description", "=", marker)], 1)
         if found:
             move = found[0]
@@ -643,8 +675,8 @@ class TrytonAdapter:
             taken = sum((amount for _, amount in parts), Decimal(0))
             if taken == 0:
                 # Tryton's invoices owe nothing more: no credit moves (it stays the party's).
-                return str(paid_move)
-            (paid,) = await self.client.read("account.move", [paid_move], ["date"])
+                return str(own.move)
+            (paid,) = await self.client.read("account.move", [own.move], ["date"])
             dates = [
                 row["invoice_date"]
                 for row in await self.client.read(
@@ -675,7 +707,7 @@ class TrytonAdapter:
             ]
             move = await self._create_move(self._journal("cash"), on, marker, lines)
         await self._reconcile(await self._posted(move), marker)
-        await self._reconcile_used_credit(payment.payment_id, paid_move)
+        await self._reconcile_used_credit(own)
         return str(move)
 
     async def _payment_move(self, payment_id: str, payment_erp_id: str) -> int:
@@ -701,36 +733,35 @@ class TrytonAdapter:
             capped.append((invoice, take))
         return capped
 
-    async def _reconcile_used_credit(self, payment_id: str, paid_move: int) -> None:
-        """The payment's unallocated part and the debits of the transfers that moved it onto
-        invoices, reconciled together once they cancel out (the credit is used up)."""
+    async def _reconcile_used_credit(self, own: _Credit) -> None:
+        """The credit's open line (a payment's unallocated part, a credit note's receivable line)
+        and the debits of the transfers that moved it onto invoices, reconciled together once they
+        cancel out (the credit is used up)."""
         receivable = self._account("receivable")
-        (paid,) = await self.client.read("account.move", [paid_move], ["lines"])
+        (paid,) = await self.client.read("account.move", [own.move], ["lines"])
         fields = ["account", "debit", "credit", "description", "reconciliation"]
-        paid_marker = f"{PAYMENT_MARK}{payment_id}"
         unallocated = [
             line
             for line in await self.client.read("account.move.line", paid["lines"], fields)
-            if line["account"] == receivable and line["credit"] > 0 and line["description"] == paid_marker
+            if line["account"] == receivable and line["credit"] > 0 and own.is_open_line(line)
         ]
         if len(unallocated) != 1 or unallocated[0]["reconciliation"]:
             return
         debits = [
             line
-            for line in await self._allocation_lines(payment_id, fields)
+            for line in await self._transfer_lines(own.prefix, fields)
             if line["account"] == receivable and line["debit"] > 0 and not line["reconciliation"]
         ]
         if debits and sum((line["debit"] for line in debits), Decimal(0)) == unallocated[0]["credit"]:
             await self._reconcile_lines([unallocated[0]["id"], *(line["id"] for line in debits)])
 
-    async def _allocation_moves(self, payment_id: str) -> list[dict[str, Any]]:
-        prefix = f"{ALLOCATION_MARK}{payment_id}:"
+    async def _transfer_moves(self, prefix: str) -> list[dict[str, Any]]:
         ids = await self.client.search("account.move", [("description", "like", f"{prefix}%")])
         rows = await self.client.read("account.move", ids, ["description", "lines"]) if ids else []
         return [row for row in rows if (row["description"] or "").startswith(prefix)]
 
-    async def _allocation_lines(self, payment_id: str, fields: Sequence[str]) -> list[dict[str, Any]]:
-        line_ids = [line for move in await self._allocation_moves(payment_id) for line in move["lines"]]
+    async def _transfer_lines(self, prefix: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+        line_ids = [line for move in await self._transfer_moves(prefix) for line in move["lines"]]
         return await self.client.read("account.move.line", line_ids, fields) if line_ids else []
 
     async def _undo_allocations(self, payment_id: str) -> None:
@@ -739,7 +770,7 @@ class TrytonAdapter:
         cancel out, are reconciled together. Done again by a retry, it changes nothing."""
         receivable = self._account("receivable")
         fields = ["account", "debit", "credit", "description", "reconciliation"]
-        for move in await self._allocation_moves(payment_id):
+        for move in await self._transfer_moves(f"{ALLOCATION_MARK}{payment_id}:"):
             marker = move["description"]
             own = [
                 line
@@ -1129,6 +1160,16 @@ class TrytonAdapter:
             raise MappingMissing("the Tryton user has no company")
         (row,) = await self.client.read("company.company", [int(company)], ["currency.code"])
         return str((row.get("currency.") or {}).get("code", ""))
+
+
+@dataclass(frozen=True)
+class _Credit:
+    """Credit that billing allocates to invoices, as Tryton holds it: the move whose receivable
+    credit line (`is_open_line` picks it) is the credit, and the prefix of its transfers' descriptions."""
+
+    prefix: str
+    move: int
+    is_open_line: Callable[[dict[str, Any]], bool]
 
 
 def _parts(allocations: Sequence[InvoiceAllocation]) -> list[tuple[int, Decimal]]:

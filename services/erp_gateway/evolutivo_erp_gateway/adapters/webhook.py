@@ -5,12 +5,15 @@ Headers:
   Evolutivo-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>
   Evolutivo-Delivery-Id: <event>:<entity id>:<hash of the body>: the same on every retry of one
     version of a record (a customer's update is a new delivery), for the receiver to dedupe.
-  Evolutivo-Event: customer.upserted | invoice.posted | credit_note.posted | payment.recorded |
-    payment.allocated | payment.reversed | write_off.made | collections_case.referred |
-    connection.tested
+  Evolutivo-Event: customer.upserted | invoice.posted | credit_note.posted | credit_note.allocated |
+    payment.recorded | payment.allocated | payment.reversed | write_off.made |
+    collections_case.referred | connection.tested
 A payment carries billing's allocation of it under "data.allocations" (bill id and amount each)
 and "data.unallocated_amount"; each later application of its credit to a new bill is a
-payment.allocated with the payment's id, the allocation's "sequence" and its "allocations".
+payment.allocated with the payment's id, the allocation's "sequence" and its "allocations". Each
+application of a credit note's credit to bills (sequence 1 at issue, to its own bill; 2, 3, ...
+later bills) is a credit_note.allocated with the note's id, "credit_note_id", "sequence" and
+"allocations".
 A 2xx answer is success; anything else (or no answer) fails the job, which retries with backoff.
 """
 
@@ -157,14 +160,41 @@ class WebhookAdapter:
         sequence: int,
         allocations: Sequence[InvoiceAllocation],
     ) -> str:
+        return await self._allocated(
+            "payment", payment.payment_id, payment.account_id, payment.amount.currency_code, sequence, allocations
+        )
+
+    async def allocate_credit_note(
+        self,
+        note: credit_note_pb2.CreditNote,
+        party: str,
+        note_erp_id: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        return await self._allocated(
+            "credit_note", note.credit_note_id, note.account_id, note.currency_code, sequence, allocations
+        )
+
+    async def _allocated(
+        self,
+        owner: str,
+        owner_id: str,
+        account_id: str,
+        currency_code: str,
+        sequence: int,
+        allocations: Sequence[InvoiceAllocation],
+    ) -> str:
+        """`<owner>.allocated` (payment, credit_note): allocation number `sequence` of its credit,
+        with the owner's id as entity id and under `data.<owner>_id`."""
         data = {
-            "payment_id": payment.payment_id,
-            "account_id": payment.account_id,
+            f"{owner}_id": owner_id,
+            "account_id": account_id,
             "sequence": sequence,
-            "allocations": self._allocations(payment.amount.currency_code, allocations),
+            "allocations": self._allocations(currency_code, allocations),
         }
-        await self._send("payment.allocated", payment.payment_id, data)
-        return f"{payment.payment_id}:{sequence}"
+        await self._send(f"{owner}.allocated", owner_id, data)
+        return f"{owner_id}:{sequence}"
 
     async def reverse_payment(self, payment: payment_pb2.Payment, party: str, payment_erp_id: str) -> str:
         return await self._send("payment.reversed", payment.payment_id, self._dict(payment))

@@ -28,10 +28,12 @@ ORDER = {
     EntityType.WRITE_OFF: 5,
     EntityType.REFERRAL: 6,
     EntityType.PAYMENT_ALLOCATION: 7,
+    EntityType.CREDIT_NOTE_ALLOCATION: 8,
 }
 # What opens or settles invoices: a write-off is split over the invoices open when it is sent, so
 # it waits for the records of its customer queued before it that open or settle them. (Payments
-# and their later allocations go to the invoices billing allocated them to: they wait for those.)
+# and the allocations of payments' and credit notes' credit go to the invoices billing allocated
+# them to: they wait for those.)
 SETTLEMENT_PREDECESSORS = (
     EntityType.INVOICE,
     EntityType.CREDIT_NOTE,
@@ -39,6 +41,7 @@ SETTLEMENT_PREDECESSORS = (
     EntityType.PAYMENT_REVERSAL,
     EntityType.WRITE_OFF,
     EntityType.PAYMENT_ALLOCATION,
+    EntityType.CREDIT_NOTE_ALLOCATION,
 )
 
 

@@ -28,12 +28,39 @@ class EntityType(enum.Enum):
     # A later application of a payment's credit to a newly issued bill (billing's PaymentAllocated
     # of sequence 2, 3, ...); its id is allocation_entity_id(payment id, sequence).
     PAYMENT_ALLOCATION = "payment_allocation"
+    # An application of a credit note's credit to bills (billing's CreditNoteAllocated: 1 at issue,
+    # to its own bill; 2, 3, ... to later bills); its id is
+    # allocation_entity_id(credit note id, sequence, EntityType.CREDIT_NOTE_ALLOCATION).
+    CREDIT_NOTE_ALLOCATION = "credit_note_allocation"
 
 
-def allocation_entity_id(payment_id: uuid.UUID, sequence: int) -> uuid.UUID:
-    """The id of a payment's allocation number `sequence`: uuid5 in the payment's id as namespace,
-    of "payment_allocation:<sequence>" (stable, so a redelivery names the same record)."""
-    return uuid.uuid5(payment_id, f"payment_allocation:{sequence}")
+def allocation_entity_id(
+    owner_id: uuid.UUID, sequence: int, kind: EntityType = EntityType.PAYMENT_ALLOCATION
+) -> uuid.UUID:
+    """The id of allocation number `sequence` of a payment's (or credit note's) credit: uuid5 in
+    the owner's id as namespace, of "<kind>:<sequence>" ("payment_allocation:2",
+    "credit_note_allocation:1"; stable, so a redelivery names the same record)."""
+    return uuid.uuid5(owner_id, f"{kind.value}:{sequence}")
+
+
+@dataclass(frozen=True)
+class AllocatedCredit:
+    """Money whose allocation to bills billing decides and announces in sequence: a payment's
+    (PaymentAllocated) or a credit note's (CreditNoteAllocated). The gateway keeps each allocation
+    and books it in the ERP after its owner, in sequence, by one code path for both."""
+
+    # The record whose credit is allocated (its job books it in the ERP first).
+    owner: EntityType
+    # The records of its allocations.
+    allocation: EntityType
+    # The first sequence that is a record (a job) of its own: a payment's allocation 1 is how its
+    # own job books it; a credit note is booked whole, and every allocation of it moves its credit.
+    first_record: int
+
+
+PAYMENT_CREDIT = AllocatedCredit(EntityType.PAYMENT, EntityType.PAYMENT_ALLOCATION, 2)
+CREDIT_NOTE_CREDIT = AllocatedCredit(EntityType.CREDIT_NOTE, EntityType.CREDIT_NOTE_ALLOCATION, 1)
+ALLOCATED_CREDITS = {credit.allocation: credit for credit in (PAYMENT_CREDIT, CREDIT_NOTE_CREDIT)}
 
 
 class SyncStatus(enum.Enum):

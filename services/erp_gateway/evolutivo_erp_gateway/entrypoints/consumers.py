@@ -23,6 +23,7 @@ BILL_ISSUED = "evolutivo.billing.v1.bill.issued"
 CREDIT_NOTE_ISSUED = "evolutivo.billing.v1.credit_note.issued"
 CASE_REFERRED = "evolutivo.billing.v1.collections_case.referred"
 PAYMENT_ALLOCATED = "evolutivo.billing.v1.payment.allocated"
+CREDIT_NOTE_ALLOCATED = "evolutivo.billing.v1.credit_note.allocated"
 PAYMENT_RECORDED = "evolutivo.balance.v1.payment.recorded"
 PAYMENT_REVERSED = "evolutivo.balance.v1.payment.reversed"
 WRITE_OFF_MADE = "evolutivo.balance.v1.write_off.made"
@@ -70,6 +71,12 @@ async def on_payment_allocated(
     await handlers.payment_allocated(uow, event)
 
 
+async def on_credit_note_allocated(
+    uow: ErpGatewayUnitOfWork, event: billing_events.CreditNoteAllocated, meta: EventMeta
+) -> None:
+    await handlers.credit_note_allocated(uow, event)
+
+
 async def on_payment_recorded(
     uow: ErpGatewayUnitOfWork, event: balance_events.PaymentRecorded, meta: EventMeta
 ) -> None:
@@ -112,7 +119,7 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
         Subscription(
             durable="erp_gateway",
             stream=stream_name("billing"),
-            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED, CASE_REFERRED, PAYMENT_ALLOCATED],
+            subjects=[BILL_ISSUED, CREDIT_NOTE_ISSUED, CASE_REFERRED, PAYMENT_ALLOCATED, CREDIT_NOTE_ALLOCATED],
             handlers={
                 billing_events.BillIssued.DESCRIPTOR.full_name: EventHandler(billing_events.BillIssued, on_bill_issued),
                 billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
@@ -123,6 +130,9 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                 ),
                 billing_events.PaymentAllocated.DESCRIPTOR.full_name: EventHandler(
                     billing_events.PaymentAllocated, on_payment_allocated
+                ),
+                billing_events.CreditNoteAllocated.DESCRIPTOR.full_name: EventHandler(
+                    billing_events.CreditNoteAllocated, on_credit_note_allocated
                 ),
             },
         ),

@@ -32,7 +32,16 @@ from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.domain import journal as gl
 from evolutivo_erp_gateway.domain.connections import IMPORTED_PAYMENT_PREFIX, Connection, ConnectionType
 from evolutivo_erp_gateway.domain.jobs import SETTLEMENT_PREDECESSORS, CircuitBreaker, JobState, RetryPolicy, SyncJob
-from evolutivo_erp_gateway.domain.model import EntityType, SyncState, SyncStatus, allocation_entity_id
+from evolutivo_erp_gateway.domain.model import (
+    ALLOCATED_CREDITS,
+    CREDIT_NOTE_CREDIT,
+    PAYMENT_CREDIT,
+    AllocatedCredit,
+    EntityType,
+    SyncState,
+    SyncStatus,
+    allocation_entity_id,
+)
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ PREREQUISITE_WAIT = timedelta(seconds=2)
 MISSING_PREREQUISITE_WAIT = timedelta(hours=1)
 # The ERP id kept for a later allocation of a payment reversed before it was sent: nothing was.
 NOT_SENT_REVERSED = "not-sent:payment-reversed"
+# The ERP id kept for a credit note's allocation that gave no bill anything (its bill owed nothing).
+NOT_SENT_EMPTY = "not-sent:nothing-allocated"
 
 
 async def await_sync(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID, now: datetime) -> bool:
@@ -150,6 +161,8 @@ async def bill_issued(uow: ErpGatewayUnitOfWork, bill: bill_pb2.Bill) -> None:
 
 async def credit_note_issued(uow: ErpGatewayUnitOfWork, note: credit_note_pb2.CreditNote) -> None:
     issued = _time(note.issue_time, uow.clock.now())
+    # Taking turns with its allocations (see _allocations_follow).
+    await uow.credit_note_allocations.lock(uuid.UUID(note.credit_note_id))
     await receive(
         uow,
         EntityType.CREDIT_NOTE,
@@ -160,12 +173,14 @@ async def credit_note_issued(uow: ErpGatewayUnitOfWork, note: credit_note_pb2.Cr
     )
     postings = gl.credit_note_postings(_money_lines(note.lines), from_money(note.tax_total), from_money(note.total))
     await uow.postings.add("credit_note", note.credit_note_id, note.currency_code, issued, postings)
+    # Its allocations that arrived before it follow it to its connections.
+    await _allocations_follow(uow, CREDIT_NOTE_CREDIT, uuid.UUID(note.credit_note_id))
 
 
 async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
     received = _time(payment.received_time, uow.clock.now())
     # Taking turns with its allocations (see _allocations_follow).
-    await uow.allocations.lock_payment(uuid.UUID(payment.payment_id))
+    await uow.allocations.lock(uuid.UUID(payment.payment_id))
     # A payment the gateway imported from an ERP is in that ERP already: not sent back to it.
     came_from = await uow.inbound.connections_of_reference(payment.reference)
     await receive(
@@ -182,7 +197,7 @@ async def payment_recorded(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payme
         "payment", payment.payment_id, payment.amount.currency_code, received, gl.payment_postings(amount)
     )
     # Later allocations of its credit that arrived before the payment follow it to its connections.
-    await _allocations_follow(uow, uuid.UUID(payment.payment_id))
+    await _allocations_follow(uow, PAYMENT_CREDIT, uuid.UUID(payment.payment_id))
 
 
 async def payment_allocated(uow: ErpGatewayUnitOfWork, allocated: events_pb2.PaymentAllocated) -> None:
@@ -191,35 +206,52 @@ async def payment_allocated(uow: ErpGatewayUnitOfWork, allocated: events_pb2.Pay
     later one (its credit applied to a new bill) is a PAYMENT_ALLOCATION record of its own, queued
     for the connections the payment goes to (not the ERP a payment was imported from). A
     redelivered one changes nothing."""
-    payment_id = uuid.UUID(allocated.payment_id)
+    await _allocated(uow, PAYMENT_CREDIT, allocated.payment_id, allocated)
+
+
+async def credit_note_allocated(uow: ErpGatewayUnitOfWork, allocated: events_pb2.CreditNoteAllocated) -> None:
+    """Billing's allocation of a credit note's credit to bills is kept, each (sequence 1 at issue,
+    to its own bill, as well as later ones) a CREDIT_NOTE_ALLOCATION record of its own, queued for
+    the connections the credit note goes to. A redelivered one changes nothing."""
+    await _allocated(uow, CREDIT_NOTE_CREDIT, allocated.credit_note_id, allocated)
+
+
+async def _allocated(
+    uow: ErpGatewayUnitOfWork,
+    credit: AllocatedCredit,
+    owner: str,
+    allocated: events_pb2.PaymentAllocated | events_pb2.CreditNoteAllocated,
+) -> None:
+    owner_id = uuid.UUID(owner)
     if allocated.sequence < 1:
-        raise ValueError(f"PaymentAllocated of payment {payment_id} has sequence {allocated.sequence}")
-    entity_id = allocation_entity_id(payment_id, allocated.sequence)
+        raise ValueError(f"{type(allocated).__name__} of {owner_id} has sequence {allocated.sequence}")
+    entity_id = allocation_entity_id(owner_id, allocated.sequence, credit.allocation)
     account_id = uuid.UUID(allocated.account_id)
     payload = allocated.SerializeToString()
     now = uow.clock.now()
-    await uow.allocations.lock_payment(payment_id)
-    if not await uow.allocations.add(payment_id, allocated.sequence, entity_id, account_id, payload, now):
+    allocations = uow.allocations_of(credit)
+    await allocations.lock(owner_id)
+    if not await allocations.add(owner_id, allocated.sequence, entity_id, account_id, payload, now):
         return
-    if allocated.sequence == 1:
-        return  # the payment's job reads it
-    await uow.sync_states.store_payload(EntityType.PAYMENT_ALLOCATION, entity_id, account_id, payload, now, now)
-    await _allocations_follow(uow, payment_id)
+    if allocated.sequence < credit.first_record:
+        return  # the owner's job reads it (a payment's allocation 1)
+    await uow.sync_states.store_payload(credit.allocation, entity_id, account_id, payload, now, now)
+    await _allocations_follow(uow, credit, owner_id)
 
 
-async def _allocations_follow(uow: ErpGatewayUnitOfWork, payment_id: uuid.UUID) -> None:
-    """A job for each later allocation of the payment on each connection the payment has a job on
-    (whichever of the payment and the allocation arrives second queues it; an existing job is left
-    as it is). The caller holds the payment's lock (PaymentAllocationRepository.lock_payment): two
-    replicas applying the payment and its allocation at once would otherwise each miss the other's
-    uncommitted rows."""
-    connections = await uow.jobs.connections_of(EntityType.PAYMENT, payment_id)
+async def _allocations_follow(uow: ErpGatewayUnitOfWork, credit: AllocatedCredit, owner_id: uuid.UUID) -> None:
+    """A job for each allocation of the owner's credit that is a record of its own, on each
+    connection the owner (payment, credit note) has a job on (whichever of the owner and the
+    allocation arrives second queues it; an existing job is left as it is). The caller holds the
+    owner's lock (AllocationRepository.lock): two replicas applying the owner and its allocation at
+    once would otherwise each miss the other's uncommitted rows."""
+    connections = await uow.jobs.connections_of(credit.owner, owner_id)
     if not connections:
         return
     now = uow.clock.now()
-    for entity_id, account_id, received in await uow.allocations.later_of(payment_id):
+    for entity_id, account_id, received in await uow.allocations_of(credit).later_of(owner_id):
         for connection_id in connections:
-            await uow.jobs.upsert(connection_id, EntityType.PAYMENT_ALLOCATION, entity_id, account_id, received, now)
+            await uow.jobs.upsert(connection_id, credit.allocation, entity_id, account_id, received, now)
 
 
 async def payment_reversed(uow: ErpGatewayUnitOfWork, payment: payment_pb2.Payment) -> None:
@@ -513,35 +545,10 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         if first is None:
             raise _Missing(f"waiting for billing's allocation of payment {job.entity_id}")
         allocated = events_pb2.PaymentAllocated.FromString(first)
-        allocations = await _allocated_invoices(uow, connection, allocated)
+        allocations = await _allocated_invoices(uow, connection, allocated.allocations)
         return await adapter.record_payment(payment_pb2.Payment.FromString(payload), party, allocations)
-    if job.entity_type is EntityType.PAYMENT_ALLOCATION:
-        allocated = events_pb2.PaymentAllocated.FromString(payload)
-        payment_id = uuid.UUID(allocated.payment_id)
-        paid = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT, payment_id)
-        if paid is None:
-            raise ErpError(f"payment {payment_id} was never queued for this connection: nothing to allocate")
-        if await uow.sync_states.payload_version(EntityType.PAYMENT_REVERSAL, payment_id) is not None:
-            # Reversed: billing took back whatever the payment paid; its reversal undoes in the ERP
-            # what was sent, and this was not.
-            return NOT_SENT_REVERSED
-        if paid.state is not JobState.SUCCEEDED:
-            raise _Waiting(f"waiting for payment {payment_id}")
-        # In billing's order: the payment's credit left for this allocation is what the ones before
-        # it left (Odoo applies the credit open on the payment).
-        before = await uow.jobs.find(
-            connection.connection_id,
-            EntityType.PAYMENT_ALLOCATION,
-            allocation_entity_id(payment_id, allocated.sequence - 1),
-        )
-        if before is not None and before.state is not JobState.SUCCEEDED:
-            raise _Waiting(f"waiting for allocation {allocated.sequence - 1} of payment {payment_id}")
-        allocations = await _allocated_invoices(uow, connection, allocated)
-        payment_payload = await uow.sync_states.payload(EntityType.PAYMENT, payment_id)
-        if payment_payload is None:
-            raise ErpError(f"the gateway has no copy of payment {payment_id}")
-        payment = payment_pb2.Payment.FromString(payment_payload)
-        return await adapter.allocate_credit(payment, party, paid.erp_id, allocated.sequence, allocations)
+    if job.entity_type in ALLOCATED_CREDITS:
+        return await _allocate(uow, adapter, connection, ALLOCATED_CREDITS[job.entity_type], party, payload)
     if job.entity_type is EntityType.REFERRAL:
         referral = collections_events_pb2.CollectionsCaseReferred.FromString(payload)
         invoices = await _invoices_of(uow, connection, referral.bill_ids)
@@ -561,13 +568,66 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
     return await adapter.write_off(entry, party, preferred)
 
 
+async def _allocate(
+    uow: ErpGatewayUnitOfWork,
+    adapter: ErpAdapter,
+    connection: Connection,
+    credit: AllocatedCredit,
+    party: str,
+    payload: bytes,
+) -> str:
+    """An allocation of a payment's or a credit note's credit booked in the ERP (that much of the
+    owner's open credit moved onto each invoice), after the owner's job and the invoices' jobs
+    succeeded, in billing's order."""
+    allocated: events_pb2.PaymentAllocated | events_pb2.CreditNoteAllocated
+    if credit is PAYMENT_CREDIT:
+        allocated = events_pb2.PaymentAllocated.FromString(payload)
+        owner_id = uuid.UUID(allocated.payment_id)
+    else:
+        allocated = events_pb2.CreditNoteAllocated.FromString(payload)
+        owner_id = uuid.UUID(allocated.credit_note_id)
+    what = f"{credit.owner.value.replace('_', ' ')} {owner_id}"
+    owner = await uow.jobs.find(connection.connection_id, credit.owner, owner_id)
+    if owner is None:
+        raise ErpError(f"{what} was never queued for this connection: nothing to allocate")
+    if (
+        credit is PAYMENT_CREDIT
+        and await uow.sync_states.payload_version(EntityType.PAYMENT_REVERSAL, owner_id) is not None
+    ):
+        # Reversed: billing took back whatever the payment paid; its reversal undoes in the ERP
+        # what was sent, and this was not.
+        return NOT_SENT_REVERSED
+    if owner.state is not JobState.SUCCEEDED:
+        raise _Waiting(f"waiting for {what}")
+    # In billing's order: the credit left for this allocation is what the ones before it left (Odoo
+    # applies the credit open on the payment or credit note).
+    before = await uow.jobs.find(
+        connection.connection_id,
+        credit.allocation,
+        allocation_entity_id(owner_id, allocated.sequence - 1, credit.allocation),
+    )
+    if before is not None and before.state is not JobState.SUCCEEDED:
+        raise _Waiting(f"waiting for allocation {allocated.sequence - 1} of {what}")
+    if not allocated.allocations:
+        return NOT_SENT_EMPTY  # a credit note whose bill owed nothing when it was issued
+    allocations = await _allocated_invoices(uow, connection, allocated.allocations)
+    owner_payload = await uow.sync_states.payload(credit.owner, owner_id)
+    if owner_payload is None:
+        raise ErpError(f"the gateway has no copy of {what}")
+    if credit is PAYMENT_CREDIT:
+        payment = payment_pb2.Payment.FromString(owner_payload)
+        return await adapter.allocate_credit(payment, party, owner.erp_id, allocated.sequence, allocations)
+    note = credit_note_pb2.CreditNote.FromString(owner_payload)
+    return await adapter.allocate_credit_note(note, party, owner.erp_id, allocated.sequence, allocations)
+
+
 async def _allocated_invoices(
-    uow: ErpGatewayUnitOfWork, connection: Connection, allocated: events_pb2.PaymentAllocated
+    uow: ErpGatewayUnitOfWork, connection: Connection, allocated: Sequence[events_pb2.BillAllocation]
 ) -> list[InvoiceAllocation]:
     """Billing's allocation with each bill's invoice in the ERP; waits until every one is there (a
     bill whose BillIssued has not reached the gateway yet too: billing allocated to it, so it comes)."""
     result = []
-    for allocation in allocated.allocations:
+    for allocation in allocated:
         bill_id = uuid.UUID(allocation.bill_id)
         invoice = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, bill_id)
         if invoice is None:

@@ -9,14 +9,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evolutivo_erp_gateway.adapters.orm import request_log
 from evolutivo_erp_gateway.adapters.repository import (
+    AllocationRepository,
     ConnectionRepository,
     ContactRepository,
     InboundPaymentRepository,
-    PaymentAllocationRepository,
     PostingRepository,
     SyncJobRepository,
     SyncStateRepository,
 )
+from evolutivo_erp_gateway.domain.model import CREDIT_NOTE_CREDIT, PAYMENT_CREDIT, AllocatedCredit
 
 
 class ErpGatewayUnitOfWork(UnitOfWork):
@@ -26,7 +27,9 @@ class ErpGatewayUnitOfWork(UnitOfWork):
     postings: PostingRepository
     inbound: InboundPaymentRepository
     contacts: ContactRepository
-    allocations: PaymentAllocationRepository
+    # Billing's allocations of payments' credit (PaymentAllocated) and of credit notes' (CreditNoteAllocated).
+    allocations: AllocationRepository
+    credit_note_allocations: AllocationRepository
 
     def __init__(
         self,
@@ -46,5 +49,9 @@ class ErpGatewayUnitOfWork(UnitOfWork):
         self.postings = PostingRepository(self.session)
         self.inbound = InboundPaymentRepository(self.session)
         self.contacts = ContactRepository(self.session)
-        self.allocations = PaymentAllocationRepository(self.session)
+        self.allocations = AllocationRepository(self.session, PAYMENT_CREDIT)
+        self.credit_note_allocations = AllocationRepository(self.session, CREDIT_NOTE_CREDIT)
         return self
+
+    def allocations_of(self, credit: AllocatedCredit) -> AllocationRepository:
+        return self.credit_note_allocations if credit is CREDIT_NOTE_CREDIT else self.allocations

@@ -304,7 +304,7 @@ Global___PaymentAllocated: _TypeAlias = PaymentAllocated  # noqa: Y015
 
 @_typing.final
 class BillAllocation(_message.Message):
-    """Money of one payment given to one bill."""
+    """Money of one payment (or credit note: CreditNoteAllocated) given to one bill."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -326,3 +326,58 @@ class BillAllocation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___BillAllocation: _TypeAlias = BillAllocation  # noqa: Y015
+
+@_typing.final
+class CreditNoteAllocated(_message.Message):
+    """Published on "evolutivo.billing.v1.credit_note.allocated" each time billing gives a credit
+    note's credit to bills: once when the note is issued (sequence 1: to the bill it corrects, up to
+    what that bill still owes; allocations may be empty when it owed nothing, e.g. paid already) and
+    again whenever a bill issued later takes part of the note's unallocated remainder as account
+    credit (sequence 2, 3, ...). Published in the transaction that allocates, after the note's
+    CreditNoteIssued for sequence 1. Downstream (the ERP gateway) moves the note's credit onto the
+    bills' invoices exactly as billing did.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREDIT_NOTE_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ALLOCATIONS_FIELD_NUMBER: _builtins.int
+    CREDIT_NOTE_AMOUNT_FIELD_NUMBER: _builtins.int
+    UNALLOCATED_AMOUNT_FIELD_NUMBER: _builtins.int
+    credit_note_id: _builtins.str
+    account_id: _builtins.str
+    sequence: _builtins.int
+    """1 for the allocation made when the note was issued, then 2, 3, ... for each later application
+    of its credit to a newly issued bill. Unique per credit note.
+    """
+    @_builtins.property
+    def allocations(self) -> _containers.RepeatedCompositeFieldContainer[Global___BillAllocation]:
+        """What this allocation gave each bill (none of zero)."""
+
+    @_builtins.property
+    def credit_note_amount(self) -> _money_pb2.Money:
+        """The credit note's total (tax included)."""
+
+    @_builtins.property
+    def unallocated_amount(self) -> _money_pb2.Money:
+        """What of the note is still unallocated after this allocation (the account's credit)."""
+
+    def __init__(
+        self,
+        *,
+        credit_note_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        allocations: _abc.Iterable[Global___BillAllocation] | None = ...,
+        credit_note_amount: _money_pb2.Money | None = ...,
+        unallocated_amount: _money_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["credit_note_amount", b"credit_note_amount", "unallocated_amount", b"unallocated_amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "allocations", b"allocations", "credit_note_amount", b"credit_note_amount", "credit_note_id", b"credit_note_id", "sequence", b"sequence", "unallocated_amount", b"unallocated_amount"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreditNoteAllocated: _TypeAlias = CreditNoteAllocated  # noqa: Y015

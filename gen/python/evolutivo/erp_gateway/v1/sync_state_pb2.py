@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)evolutivo/erp_gateway/v1/sync_state.proto\x12\x18\x65volutivo.erp_gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\tSyncState\x12\x39\n\x0b\x65ntity_type\x18\x01 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.EntityType\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.SyncStatus\x12\x0e\n\x06\x65rp_id\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x99\x02\n\nEntityType\x12\x1b\n\x17\x45NTITY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45NTITY_TYPE_CUSTOMER\x10\x01\x12\x17\n\x13\x45NTITY_TYPE_INVOICE\x10\x02\x12\x1b\n\x17\x45NTITY_TYPE_CREDIT_NOTE\x10\x03\x12\x17\n\x13\x45NTITY_TYPE_PAYMENT\x10\x04\x12 \n\x1c\x45NTITY_TYPE_PAYMENT_REVERSAL\x10\x05\x12\x19\n\x15\x45NTITY_TYPE_WRITE_OFF\x10\x06\x12$\n ENTITY_TYPE_COLLECTIONS_REFERRAL\x10\x07\x12\"\n\x1e\x45NTITY_TYPE_PAYMENT_ALLOCATION\x10\x08*r\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SYNC_STATUS_PENDING\x10\x01\x12\x16\n\x12SYNC_STATUS_SYNCED\x10\x02\x12\x16\n\x12SYNC_STATUS_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)evolutivo/erp_gateway/v1/sync_state.proto\x12\x18\x65volutivo.erp_gateway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd0\x01\n\tSyncState\x12\x39\n\x0b\x65ntity_type\x18\x01 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.EntityType\x12\x11\n\tentity_id\x18\x02 \x01(\t\x12\x34\n\x06status\x18\x03 \x01(\x0e\x32$.evolutivo.erp_gateway.v1.SyncStatus\x12\x0e\n\x06\x65rp_id\x18\x04 \x01(\t\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc1\x02\n\nEntityType\x12\x1b\n\x17\x45NTITY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x45NTITY_TYPE_CUSTOMER\x10\x01\x12\x17\n\x13\x45NTITY_TYPE_INVOICE\x10\x02\x12\x1b\n\x17\x45NTITY_TYPE_CREDIT_NOTE\x10\x03\x12\x17\n\x13\x45NTITY_TYPE_PAYMENT\x10\x04\x12 \n\x1c\x45NTITY_TYPE_PAYMENT_REVERSAL\x10\x05\x12\x19\n\x15\x45NTITY_TYPE_WRITE_OFF\x10\x06\x12$\n ENTITY_TYPE_COLLECTIONS_REFERRAL\x10\x07\x12\"\n\x1e\x45NTITY_TYPE_PAYMENT_ALLOCATION\x10\x08\x12&\n\"ENTITY_TYPE_CREDIT_NOTE_ALLOCATION\x10\t*r\n\nSyncStatus\x12\x1b\n\x17SYNC_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13SYNC_STATUS_PENDING\x10\x01\x12\x16\n\x12SYNC_STATUS_SYNCED\x10\x02\x12\x16\n\x12SYNC_STATUS_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,9 +33,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'evolutivo.erp_gateway.v1.sy
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ENTITYTYPE']._serialized_start=316
-  _globals['_ENTITYTYPE']._serialized_end=597
-  _globals['_SYNCSTATUS']._serialized_start=599
-  _globals['_SYNCSTATUS']._serialized_end=713
+  _globals['_ENTITYTYPE']._serialized_end=637
+  _globals['_SYNCSTATUS']._serialized_start=639
+  _globals['_SYNCSTATUS']._serialized_end=753
   _globals['_SYNCSTATE']._serialized_start=105
   _globals['_SYNCSTATE']._serialized_end=313
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,11 @@ class _EntityTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_EntityType
     """A later allocation of a payment's unallocated credit to bills, as billing made it
     (entity_id: derived from the payment's id and the allocation's sequence).
     """
+    ENTITY_TYPE_CREDIT_NOTE_ALLOCATION: _EntityType.ValueType  # 9
+    """An allocation of a credit note's credit to bills, as billing made it: at issue to its own
+    bill (sequence 1), later to newly issued bills (entity_id: derived from the credit note's id
+    and the allocation's sequence).
+    """
 
 class EntityType(_EntityType, metaclass=_EntityTypeEnumTypeWrapper):
     """Kinds of suite records the gateway keeps in step with an ERP."""
@@ -61,6 +66,11 @@ CollectionsCaseReferred event); sent only to connections with collections_referr
 ENTITY_TYPE_PAYMENT_ALLOCATION: EntityType.ValueType  # 8
 """A later allocation of a payment's unallocated credit to bills, as billing made it
 (entity_id: derived from the payment's id and the allocation's sequence).
+"""
+ENTITY_TYPE_CREDIT_NOTE_ALLOCATION: EntityType.ValueType  # 9
+"""An allocation of a credit note's credit to bills, as billing made it: at issue to its own
+bill (sequence 1), later to newly issued bills (entity_id: derived from the credit note's id
+and the allocation's sequence).
 """
 Global___EntityType: _TypeAlias = EntityType  # noqa: Y015
 
