@@ -147,6 +147,25 @@ async def on_credit_note_issued(
     await handlers.book_billing_entry(uow, credit_note_from_pb(event), uow.clock.now())
 
 
+def _billing_entry_from_pb(event: billing_events.BillIssued | billing_events.CreditNoteIssued) -> BillingEntry:
+    return bill_tax_from_pb(event) if isinstance(event, billing_events.BillIssued) else credit_note_from_pb(event)
+
+
+async def on_billing_documents_batch(
+    uow: BalanceUnitOfWork,
+    batch: Sequence[tuple[billing_events.BillIssued | billing_events.CreditNoteIssued, EventMeta]],
+) -> None:
+    """A fetched batch's BillIssued and CreditNoteIssued booked in one call (a bill run issues
+    thousands of bills): the effects of on_bill_issued / on_credit_note_issued one by one, each
+    entry idempotent on its bill or credit note."""
+    items = [_billing_entry_from_pb(event) for event, _ in batch]
+    await handlers.book_billing_entries(uow, items, uow.clock.now())
+
+
+# One instance for both types: a batch's bills and credit notes are booked in one call.
+_BILLING_DOCUMENTS: BatchHandler[BalanceUnitOfWork] = BatchHandler(on_billing_documents_batch)
+
+
 def subscriptions() -> list[Subscription[BalanceUnitOfWork]]:
     return [
         Subscription(
@@ -187,6 +206,10 @@ def subscriptions() -> list[Subscription[BalanceUnitOfWork]]:
                 billing_events.CreditNoteIssued.DESCRIPTOR.full_name: EventHandler(
                     billing_events.CreditNoteIssued, on_credit_note_issued
                 ),
+            },
+            batch_handlers={
+                billing_events.BillIssued.DESCRIPTOR.full_name: _BILLING_DOCUMENTS,
+                billing_events.CreditNoteIssued.DESCRIPTOR.full_name: _BILLING_DOCUMENTS,
             },
         ),
     ]

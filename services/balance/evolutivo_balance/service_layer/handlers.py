@@ -185,6 +185,25 @@ async def book_billing_entry(uow: BalanceUnitOfWork, item: BillingEntry, now: da
     return await uow.book([billing_entry(group, item, now)])
 
 
+async def book_billing_entries(
+    uow: BalanceUnitOfWork, items: Sequence[BillingEntry], now: datetime
+) -> list[LedgerEntry]:
+    """`book_billing_entry` of several items (a fetched batch's BillIssued and CreditNoteIssued):
+    the accounts' open default groups in one statement and the entries in one insert; an item
+    whose account has no open default group goes through `book_billing_entry` itself."""
+    items = [i for i in items if i.amount != 0]
+    groups = await uow.balance_groups.open_for_accounts({i.account_id for i in items})
+    defaults = {g.account_id: g for found in groups.values() for g in found if g.is_default}
+    entries, booked = [], []
+    for item in items:
+        group = defaults.get(item.account_id)
+        if group is None:
+            booked += await book_billing_entry(uow, item, now)
+        else:
+            entries.append(billing_entry(group, item, now))
+    return booked + await uow.book(entries)
+
+
 # Reads.
 
 
