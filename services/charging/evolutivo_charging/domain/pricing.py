@@ -94,17 +94,15 @@ def price_cumulative(price: PriceModel, before: Decimal, quantity: Decimal, expo
     Volume pricing re-prices every unit of the cycle at the band its total reaches, so an event
     that moves the total into a cheaper band gives a negative charge (a credit): the cycle's
     charges still add up to the price of its total."""
-    cost_before, _ = cumulative_cost(price, before)
+    cost_before, lines_before = cumulative_cost(price, before)
     cost_after, lines_after = cumulative_cost(price, before + quantity)
     amount = round_money(cost_after, exponent) - round_money(cost_before, exponent)
-    return Priced(amount=amount, unrounded=cost_after - cost_before, breakdown=_delta(lines_after, before, price))
+    breakdown = _delta(lines_after, lines_before) if isinstance(price, Graduated) else lines_after
+    return Priced(amount=amount, unrounded=cost_after - cost_before, breakdown=breakdown)
 
 
-def _delta(lines_after: tuple[TierLine, ...], before: Decimal, price: PriceModel) -> tuple[TierLine, ...]:
+def _delta(lines_after: tuple[TierLine, ...], lines_before: tuple[TierLine, ...]) -> tuple[TierLine, ...]:
     """The tier lines of this event alone (graduated): the units it added to each band."""
-    if not isinstance(price, Graduated):
-        return lines_after
-    _, lines_before = _graduated(price.tiers, before)
     previous = {line.tier: line for line in lines_before}
     delta: list[TierLine] = []
     for line in lines_after:
