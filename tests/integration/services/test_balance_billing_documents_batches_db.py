@@ -11,8 +11,8 @@ poison message (another currency than the account's, an amount finer than the mi
 that is no UUID) makes the batch handler raise, the consumer applies the messages one by one and the
 poison one alone is retried.
 
-The scenario's helpers are copied from test_charges_created_batches_db.py (a test module is not
-importable from another one, nor seen by mypy)."""
+What this suite shares with test_charges_created_batches_db.py (balance's database, comparing two
+databases' states, the consumer with and without its batch handlers) is in support/batches.py."""
 
 from __future__ import annotations
 
@@ -20,95 +20,36 @@ import dataclasses
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
-from evolutivo.balance.v1 import balance_pb2
-from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.billing.v1 import bill_pb2, credit_note_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
-from evolutivo.customer.v1 import account_pb2
 from evolutivo_balance.adapters import events as balance_event_codes
 from evolutivo_balance.adapters import orm as balance_orm
 from evolutivo_balance.entrypoints import consumers as balance_consumers
 from evolutivo_balance.entrypoints.app import MIGRATIONS as BALANCE_MIGRATIONS
-from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
-from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 from evolutivo_runtime.errors import FailedPrecondition
-from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
-from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
-from google.protobuf import descriptor_pool, json_format, message_factory
-from prometheus_client import REGISTRY
-from sqlalchemy import func, select
-from support.customer_messages import created_message
-from support.databases import MigratedDatabase, ServiceDb
-from support.jetstream import FakeMsg, consumer_for, message, process
+from support.batches import (
+    EXPONENTS,
+    BalanceBatchesDb,
+    acked,
+    in_turn,
+    last_outbox_seq,
+    random_amount,
+    two_databases,
+)
+from support.databases import MigratedDatabase
+from support.jetstream import FakeMsg, message, process
 
-NO_CONTEXT: Any = None
-# Minor units: balance refuses an amount finer than its currency's.
-EXPONENTS = {"EUR": 2, "USD": 2, "JPY": 0, "BHD": 3}
 # The set-up's documents are booked at SETUP, the batch at NOW.
 NOW = datetime(2031, 6, 3, 9, 30, tzinfo=UTC)
 SETUP = NOW - timedelta(hours=1)
-
-Labels = dict[str, str]
-
-
-def _amount(rng: random.Random, currency: str, low: int, high: int) -> Decimal:
-    """A random amount between low and high (major units), to the currency's minor unit, exact."""
-    exponent = EXPONENTS[currency]
-    return Decimal(rng.randint(low * 10**exponent, high * 10**exponent)).scaleb(-exponent)
-
-
-def _normalized(value: Any, labels: Labels) -> Any:
-    """`value` with every id the two databases drew at random replaced by what it identifies."""
-    if isinstance(value, uuid.UUID):
-        return labels.get(str(value), value)
-    if isinstance(value, str):
-        return labels.get(value, value)
-    if isinstance(value, dict):
-        return {k: _normalized(v, labels) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normalized(v, labels) for v in value]
-    return value
-
-
-def _decoded(event_type: str, payload: bytes) -> dict[str, Any]:
-    cls = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(event_type))
-    return json_format.MessageToDict(cls.FromString(payload), preserving_proto_field_name=True)
-
-
-def _without_batch_handlers(subscriptions: Iterable[Subscription[Any]]) -> list[Subscription[Any]]:
-    """The subscriptions with their batch handlers taken away: each event by its own handler."""
-    return [dataclasses.replace(s, batch_handlers={}) for s in subscriptions]
-
-
-async def _no_per_message_handler(*_: Any) -> None:
-    raise AssertionError("the batch handler fell back to the per-message handler")
-
-
-def _fallbacks() -> float:
-    return REGISTRY.get_sample_value("evolutivo_consumer_batch_fallbacks_total", {"consumer": "balance"}) or 0.0
-
-
-def _acked(msgs: Sequence[FakeMsg], but: Sequence[FakeMsg] = ()) -> bool:
-    return all(m.acked and not m.naked for m in msgs if all(m is not b for b in but))
-
-
-def _by_group(published: Sequence[Any]) -> dict[str, list[Any]]:
-    """Each group's events in the order published. Across groups the outbox's order is not one to
-    compare: the balances move (and the crossings are recorded) in balance_group_id order, and the
-    two databases drew different ids."""
-    found: dict[str, list[Any]] = {}
-    for subject, event_type, payload in published:
-        found.setdefault(payload["balance_group"]["balance_group_id"], []).append((subject, event_type, payload))
-    return found
 
 
 # The scenario.
@@ -213,8 +154,10 @@ def world(seed: int, accounts: int = 20, messages: int = 18) -> World:
         limit: Decimal | None = None
         levels: tuple[str, ...] = ()
         if known and rng.random() < 0.5:
-            limit = _amount(rng, currency, 30, 90)
-            levels = tuple(rng.sample([str(_amount(rng, currency, 10, 25)), "50%", "80%", "100%"], rng.randint(1, 2)))
+            limit = random_amount(rng, currency, 30, 90)
+            levels = tuple(
+                rng.sample([str(random_amount(rng, currency, 10, 25)), "50%", "80%", "100%"], rng.randint(1, 2))
+            )
         groups = ("roaming",) if known and rng.random() < 0.4 else ()
         made.append(Account(uuid.UUID(int=rng.getrandbits(128)), currency, known, groups, limit, levels))
     unknown = [a for a in made if not a.known]
@@ -239,35 +182,39 @@ def world(seed: int, accounts: int = 20, messages: int = 18) -> World:
 
     def random_document(account: Account) -> Document:
         if rng.random() < 0.62:
-            tax = Decimal(0) if rng.random() < 0.17 else _amount(rng, account.currency, 1, 30)
+            tax = Decimal(0) if rng.random() < 0.17 else random_amount(rng, account.currency, 1, 30)
             return document(account, "bill", tax)
-        return document(account, "note", _amount(rng, account.currency, 1, 25))
+        return document(account, "note", random_amount(rng, account.currency, 1, 25))
 
     # Before the batch: limited groups over their limit or part of the way.
     over: dict[uuid.UUID, Decimal] = {}
     for a in made:
         if a.limit is not None:
-            tax = a.limit + _amount(rng, a.currency, 1, 15) if rng.random() < 0.5 else _amount(rng, a.currency, 1, 9)
+            tax = (
+                a.limit + random_amount(rng, a.currency, 1, 15)
+                if rng.random() < 0.5
+                else random_amount(rng, a.currency, 1, 9)
+            )
             if tax > a.limit:
                 over[a.account_id] = tax
             found.before_batch.append(sent(document(a, "bill", tax, SETUP - timedelta(hours=3))))
     for a in rng.sample([a for a in made if a.known and a.limit is None], 3):
         found.before_batch.append(sent(random_document(a)))
-    found.before_batch.append(sent(document(made[0], "note", _amount(rng, made[0].currency, 1, 5))))
+    found.before_batch.append(sent(document(made[0], "note", random_amount(rng, made[0].currency, 1, 5))))
 
     batch = [sent(random_document(rng.choice([a for a in made if a is not untaxed_only]))) for _ in range(messages)]
     for a in made:
         if a.limit is None:
             continue
         if a.account_id in over:  # back under its limit (and thresholds)
-            crossing = document(a, "note", over[a.account_id] + _amount(rng, a.currency, 0, 5))
+            crossing = document(a, "note", over[a.account_id] + random_amount(rng, a.currency, 0, 5))
         else:
-            crossing = document(a, "bill", a.limit + _amount(rng, a.currency, 1, 10))
+            crossing = document(a, "bill", a.limit + random_amount(rng, a.currency, 1, 10))
         batch.insert(rng.randrange(len(batch) + 1), sent(crossing))
     for a in unknown[:-1]:
         batch.insert(rng.randrange(len(batch) + 1), sent(random_document(a)))
-        batch.insert(rng.randrange(len(batch) + 1), sent(document(a, "bill", _amount(rng, a.currency, 1, 30))))
-    opening = document(unknown[0], "note", _amount(rng, unknown[0].currency, 1, 9))
+        batch.insert(rng.randrange(len(batch) + 1), sent(document(a, "bill", random_amount(rng, a.currency, 1, 30))))
+    opening = document(unknown[0], "note", random_amount(rng, unknown[0].currency, 1, 9))
     batch.insert(0, sent(dataclasses.replace(opening, number="")))  # opens its group; no number: no reason
     batch.insert(rng.randrange(len(batch) + 1), sent(document(untaxed_only, "bill", Decimal(0))))
 
@@ -310,162 +257,39 @@ def _check_scenario(w: World) -> None:
 # Balance.
 
 
-class BalanceDb(ServiceDb):
-    def uow(self) -> BalanceUnitOfWork:
-        return BalanceUnitOfWork(
-            self.sessions, balance_orm.outbox, self.clock, balance_event_codes.encode, balance_orm.request_log
-        )
-
-    @property
-    def api(self) -> BalanceServicer:
-        return BalanceServicer(self.uow)
-
-    def consumer(self, batches: bool = True) -> EventConsumer[BalanceUnitOfWork]:
-        subscriptions = balance_consumers.subscriptions()
-        if not batches:
-            subscriptions = _without_batch_handlers(subscriptions)
-        return consumer_for(subscriptions, stream_name("billing"), self.uow, balance_orm.inbox)
-
-    async def labels(self) -> Labels:
-        t = balance_orm.balance_groups
-        rows = await self.rows(select(t.c.balance_group_id, t.c.account_id, t.c.name, t.c.close_time))
-        return {
-            str(row.balance_group_id): f"group {row.name!r} of {row.account_id}"
-            + (" (closed)" if row.close_time is not None else "")
-            for row in rows
-        }
-
-    async def last_seq(self) -> int:
-        outbox = balance_orm.outbox
-        return int(await self.scalar(select(func.coalesce(func.max(outbox.c.seq), 0))))
-
-    async def state(self, outbox_after: int) -> dict[str, Any]:
-        """Everything BillIssued and CreditNoteIssued change, with the ids balance draws at random
-        (groups, entries) replaced by what they identify: the ledger entries (amount, group, type,
-        source, reason, effective and booking times, actor...), the groups (balance, credit state),
-        each group's events published since `outbox_after`."""
-        labels = await self.labels()
-        entries = balance_orm.ledger_entries
-        groups = balance_orm.balance_groups
-        outbox = balance_orm.outbox
-        published = [
-            (row.subject, row.event_type, _normalized(_decoded(row.event_type, row.payload), labels))
-            for row in await self.rows(select(outbox).where(outbox.c.seq > outbox_after).order_by(outbox.c.seq))
-        ]
-        return {
-            "entries": [
-                _normalized({k: v for k, v in row._mapping.items() if k not in ("entry_id", "seq")}, labels)
-                for row in await self.rows(
-                    select(entries).order_by(entries.c.type, entries.c.source_type, entries.c.source_id)
-                )
-            ],
-            "groups": sorted(
-                (_normalized(dict(row._mapping), labels) for row in await self.rows(select(groups))),
-                key=lambda g: str(g["balance_group_id"]),
-            ),
-            "published": _by_group(published),
-        }
-
-    async def check_invariant(self) -> None:
-        """Every group's balance is the sum of its entries (a document twice in one insert moves it once)."""
-        g, e = balance_orm.balance_groups, balance_orm.ledger_entries
-        sums = (
-            select(g.c.balance_group_id, g.c.balance, func.coalesce(func.sum(e.c.amount), 0).label("entries"))
-            .select_from(g.outerjoin(e, e.c.balance_group_id == g.c.balance_group_id))
-            .group_by(g.c.balance_group_id, g.c.balance)
-        )
-        wrong = [tuple(row) for row in await self.rows(sums) if row.balance != row.entries]
-        assert not wrong, f"balances that are not the sum of their entries: {wrong}"
+class BalanceDb(BalanceBatchesDb):
+    stream = "billing"
+    per_message_handlers = ("on_bill_issued", "on_credit_note_issued")
 
     async def prepare(self, w: World) -> int:
         """The same set-up in each database: the known accounts (AccountCreated through the
         consumer), their named groups and credit limits, the documents booked before the batch
         (one message per transaction). Returns the outbox's last seq."""
         self.clock.instant = NOW - timedelta(days=1)
-        customer = consumer_for(balance_consumers.subscriptions(), stream_name("customer"), self.uow, balance_orm.inbox)
         for a in w.accounts:
             if not a.known:
                 continue
-            account = account_pb2.Account(
-                account_id=str(a.account_id),
-                currency_code=a.currency,
-                time_zone="Europe/Madrid",
-                status=account_pb2.ACCOUNT_STATUS_ACTIVE,
-            )
-            created = created_message(account, self.clock.now(), uuid.uuid5(a.account_id, "created"))
-            await process(customer, created)
-            assert created.acked
+            await self.create_account(a.account_id, a.currency)
             for name in a.groups:
-                await self.api.CreateBalanceGroup(
-                    balance_pb.CreateBalanceGroupRequest(account_id=str(a.account_id), name=name), NO_CONTEXT
-                )
+                await self.create_group(a.account_id, name)
             if a.limit is not None:
-                await self.api.SetCreditLimit(
-                    balance_pb.SetCreditLimitRequest(
-                        balance_group_id=await self.default_group(a.account_id),
-                        credit_policy=balance_pb2.CreditPolicy(
-                            credit_limit=to_money(a.limit, a.currency),
-                            thresholds=[_threshold(t, a.currency) for t in a.thresholds],
-                        ),
-                    ),
-                    NO_CONTEXT,
-                )
+                await self.set_credit_limit(await self.default_group(a.account_id), a.limit, a.currency, a.thresholds)
         self.clock.instant = SETUP
-        consumer = self.consumer()
-        for msg in _messages(w.before_batch):
-            await process(consumer, msg)
-            assert _acked([msg])
+        await in_turn(self.consumer(), _messages(w.before_batch))
         self.clock.instant = NOW
-        return await self.last_seq()
-
-    async def default_group(self, account_id: uuid.UUID) -> str:
-        t = balance_orm.balance_groups
-        return str(await self.scalar(select(t.c.balance_group_id).where(t.c.account_id == account_id, t.c.is_default)))
-
-
-def _threshold(level: str, currency: str) -> balance_pb2.CreditThreshold:
-    if level.endswith("%"):
-        return balance_pb2.CreditThreshold(percent=level.removesuffix("%"))
-    return balance_pb2.CreditThreshold(amount=to_money(Decimal(level), currency))
+        return await last_outbox_seq(self, balance_orm.outbox)
 
 
 @pytest.fixture
 async def balance(migrated_database: MigratedDatabase) -> AsyncIterator[tuple[BalanceDb, BalanceDb]]:
     """Two balance databases: one for message by message, one for batches."""
-    async with (
-        BalanceDb.open(await migrated_database("balance_documents_one", BALANCE_MIGRATIONS), NOW) as one,
-        BalanceDb.open(await migrated_database("balance_documents_batch", BALANCE_MIGRATIONS), NOW) as batch,
-    ):
-        yield one, batch
-
-
-@pytest.fixture
-def batch_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]]:
-    """Balance's billing consumer with the per-message BillIssued and CreditNoteIssued handlers
-    replaced by failing ones: a batch that fell back to them would fail."""
-
-    def make(db: BalanceDb) -> EventConsumer[BalanceUnitOfWork]:
-        with monkeypatch.context() as patch:
-            patch.setattr(balance_consumers, "on_bill_issued", _no_per_message_handler)
-            patch.setattr(balance_consumers, "on_credit_note_issued", _no_per_message_handler)
-            return db.consumer()
-
-    return make
-
-
-async def _one_by_one(db: BalanceDb, msgs: Sequence[FakeMsg]) -> None:
-    """The reference: the fetched batch with each message applied by its own handler, in its
-    savepoint, in the batch's order (what the consumer falls back to). In one transaction, as the
-    batch: balance assesses credit crossings per transaction, at commit (docs/balance.md), so
-    messages in transactions of their own could publish crossings no single batch does."""
-    await process(db.consumer(batches=False), *msgs)
+    async with two_databases(BalanceDb, migrated_database, "balance_documents", BALANCE_MIGRATIONS, NOW) as both:
+        yield both
 
 
 @pytest.mark.parametrize("seed", [51, 52, 53])
 async def test_a_batch_of_bills_and_credit_notes_books_what_one_by_one_books(
-    balance: tuple[BalanceDb, BalanceDb],
-    batch_only: Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]],
-    seed: int,
+    balance: tuple[BalanceDb, BalanceDb], seed: int
 ) -> None:
     one, batch = balance
     w = world(seed)
@@ -477,13 +301,10 @@ async def test_a_batch_of_bills_and_credit_notes_books_what_one_by_one_books(
     assert any(g["credit_limit_exceeded"] for g in before["groups"]), "groups over their limit before the batch"
 
     reference = _messages(w.batch)
-    await _one_by_one(one, reference)
-    assert _acked(reference)
+    await one.one_by_one(reference)
+    assert acked(reference)
     msgs = _messages(w.batch)
-    fallbacks = _fallbacks()
-    await process(batch_only(batch), *msgs)
-    assert _acked(msgs), "every message of the batch acked (the redelivered ones skipped by the inbox)"
-    assert _fallbacks() == fallbacks, "the batch handler applied the batch"
+    await batch.apply_batch(msgs)
 
     expected = await one.state(after)
     known = {(e["type"], e["source_id"]) for e in before["entries"]}
@@ -528,13 +349,12 @@ async def test_a_batch_of_bills_and_credit_notes_books_what_one_by_one_books(
     # Redelivered, the inbox skips them all.
     again = [m.again() for m in msgs]
     await process(batch.consumer(), *again)
-    assert _acked(again)
+    assert acked(again)
     assert await batch.state(after) == expected
 
 
 async def test_a_small_batch_books_the_documents_exactly(
     balance: tuple[BalanceDb, BalanceDb],
-    batch_only: Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]],
 ) -> None:
     """The same comparison on a batch small enough to state what it books: a known EUR account
     over its limit of 50.00 (threshold 80%) before the batch, brought back under by a credit note,
@@ -557,10 +377,10 @@ async def test_a_small_batch_books_the_documents_exactly(
     after = await one.prepare(w)
     await batch.prepare(w)
 
-    await _one_by_one(one, _messages(w.batch))
+    await one.one_by_one(_messages(w.batch))
     msgs = _messages(w.batch)
-    await process(batch_only(batch), *msgs)
-    assert _acked(msgs)
+    await process(batch.batch_only(), *msgs)
+    assert acked(msgs)
     expected = await one.state(after)
     assert await batch.state(after) == expected
 
@@ -631,19 +451,15 @@ async def test_a_batch_with_a_poison_message_is_applied_one_by_one(
     await batch.prepare(w)
 
     reference = _messages(w.batch)
-    await _one_by_one(one, reference)
+    await one.one_by_one(reference)
     bad = reference[w.batch.index(poison)]
-    assert bad.naked and _acked(reference, but=[bad])
+    assert bad.naked and acked(reference, but=[bad])
 
     msgs = _messages(w.batch)
     poisoned = msgs[w.batch.index(poison)]
-    fallbacks = _fallbacks()
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="evolutivo_runtime.messaging.consumer"):
-        await process(batch.consumer(), *msgs)
-    assert _fallbacks() == fallbacks + 1, "the batch handler raised: one by one"
-    assert poisoned.naked and not poisoned.acked, "the poison message is retried, alone"
-    assert _acked(msgs, but=[poisoned]), "the others applied and acked"
+        await batch.apply_poisoned_batch(msgs, poisoned)
     failures = [r.exc_info[1] for r in caplog.records if r.exc_info and r.getMessage() == "event failed"]
     assert len(failures) == 1
     if reason is None:
@@ -662,5 +478,5 @@ async def test_a_batch_with_a_poison_message_is_applied_one_by_one(
     # The poison message's retry fails again, alone; the rest is skipped by the inbox.
     retried = [m.again() for m in msgs]
     await process(batch.consumer(), *retried)
-    assert retried[w.batch.index(poison)].naked and _acked(retried, but=[retried[w.batch.index(poison)]])
+    assert retried[w.batch.index(poison)].naked and acked(retried, but=[retried[w.batch.index(poison)]])
     assert await batch.state(after) == expected

@@ -14,24 +14,20 @@ import dataclasses
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 
 import pytest
-from evolutivo.balance.v1 import balance_pb2
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
-from evolutivo.customer.v1 import account_pb2
 from evolutivo_balance.adapters import events as balance_event_codes
 from evolutivo_balance.adapters import orm as balance_orm
-from evolutivo_balance.entrypoints import consumers as balance_consumers
 from evolutivo_balance.entrypoints.app import MIGRATIONS as BALANCE_MIGRATIONS
-from evolutivo_balance.entrypoints.grpc_api import BalanceServicer
-from evolutivo_balance.service_layer.unit_of_work import BalanceUnitOfWork
 from evolutivo_billing.adapters import events as billing_event_codes
 from evolutivo_billing.adapters import orm as billing_orm
 from evolutivo_billing.domain.bills import TaxRates
@@ -42,21 +38,27 @@ from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
 from evolutivo_billing.service_layer import handlers as billing_handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
-from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
-from google.protobuf import descriptor_pool, json_format, message_factory
-from prometheus_client import REGISTRY
 from sqlalchemy import func, select
-from support.customer_messages import created_message
-from support.databases import MigratedDatabase, ServiceDb
-from support.jetstream import FakeMsg, consumer_for, message, process
+from support.batches import (
+    EXPONENTS,
+    NO_CONTEXT,
+    BalanceBatchesDb,
+    ConsumingDb,
+    Labels,
+    acked,
+    in_turn,
+    last_outbox_seq,
+    normalized,
+    published_since,
+    random_amount,
+    two_databases,
+)
+from support.databases import MigratedDatabase
+from support.jetstream import FakeMsg, message, process
 
-NO_CONTEXT: Any = None
 CHARGES_CREATED = "evolutivo.charging.v1.charges.created"
-# Minor units: billing refuses a charge not rounded to its currency's, balance too.
-EXPONENTS = {"EUR": 2, "USD": 2, "JPY": 0, "BHD": 3}
 ZONES = ["Europe/Madrid", "America/New_York", "Asia/Kolkata"]
 
 # Billing's timeline: the early accounts' units open at T0 (first cycle to 15 May, local), their
@@ -69,61 +71,7 @@ NOW = datetime(2031, 5, 20, 9, 30, tzinfo=UTC)
 DELAY = timedelta(hours=1)
 POLICY = BillPolicy(TaxRates({"standard": Decimal("0.21"), "reduced": Decimal("0.10"), "exempt": Decimal(0)}))
 
-Labels = dict[str, str]
-
-
 # What both services' comparisons share.
-
-
-def _amount(rng: random.Random, currency: str, low: int, high: int) -> Decimal:
-    """A random amount between low and high (major units), to the currency's minor unit, exact."""
-    exponent = EXPONENTS[currency]
-    return Decimal(rng.randint(low * 10**exponent, high * 10**exponent)).scaleb(-exponent)
-
-
-def _normalized(value: Any, labels: Labels) -> Any:
-    """`value` with every id the two databases drew at random replaced by what it identifies."""
-    if isinstance(value, uuid.UUID):
-        return labels.get(str(value), value)
-    if isinstance(value, str):
-        return labels.get(value, value)
-    if isinstance(value, dict):
-        return {k: _normalized(v, labels) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_normalized(v, labels) for v in value]
-    return value
-
-
-def _decoded(event_type: str, payload: bytes) -> dict[str, Any]:
-    cls = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(event_type))
-    return json_format.MessageToDict(cls.FromString(payload), preserving_proto_field_name=True)
-
-
-async def _published_since(db: ServiceDb, outbox: Any, after: int, labels: Labels) -> list[Any]:
-    """The events put in the outbox after seq `after`, in order, decoded, without their ids."""
-    rows = await db.rows(select(outbox).where(outbox.c.seq > after).order_by(outbox.c.seq))
-    return [(row.subject, row.event_type, _normalized(_decoded(row.event_type, row.payload), labels)) for row in rows]
-
-
-async def _last_seq(db: ServiceDb, outbox: Any) -> int:
-    return int(await db.scalar(select(func.coalesce(func.max(outbox.c.seq), 0))))
-
-
-def _without_batch_handlers(subscriptions: Iterable[Subscription[Any]]) -> list[Subscription[Any]]:
-    """The subscriptions with their batch handlers taken away: each event by its own handler."""
-    return [dataclasses.replace(s, batch_handlers={}) for s in subscriptions]
-
-
-async def _no_per_message_handler(*_: Any) -> None:
-    raise AssertionError("the batch handler fell back to the per-message handler")
-
-
-def _fallbacks(consumer: str) -> float:
-    return REGISTRY.get_sample_value("evolutivo_consumer_batch_fallbacks_total", {"consumer": consumer}) or 0.0
-
-
-def _acked(msgs: Sequence[FakeMsg], but: Sequence[FakeMsg] = ()) -> bool:
-    return all(m.acked and not m.naked for m in msgs if all(m is not b for b in but))
 
 
 def _rated(
@@ -246,17 +194,15 @@ class BillingCharge:
     reverses: uuid.UUID | None = None
 
 
-class BillingDb(ServiceDb):
+class BillingDb(ConsumingDb[BillingUnitOfWork]):
+    consumers_module: ClassVar[ModuleType] = billing_consumers
+    stream = "charging"
+    inbox_table = billing_orm.inbox
+    per_message_handlers = ("on_charges_created",)
     cycle_ids: dict[tuple[uuid.UUID, int], uuid.UUID]
 
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, billing_orm.outbox, self.clock, billing_event_codes.encode)
-
-    def consumer(self, batches: bool = True) -> EventConsumer[BillingUnitOfWork]:
-        subscriptions = billing_consumers.subscriptions()
-        if not batches:
-            subscriptions = _without_batch_handlers(subscriptions)
-        return consumer_for(subscriptions, stream_name("charging"), self.uow, billing_orm.inbox)
 
     async def learn_cycles(self) -> None:
         t = billing_orm.bill_cycles
@@ -317,7 +263,7 @@ class BillingDb(ServiceDb):
         cycles = billing_orm.bill_cycles
         return {
             "items": [
-                _normalized(dict(row._mapping), labels)
+                normalized(dict(row._mapping), labels)
                 for row in await self.rows(select(items).order_by(items.c.charge_id))
             ],
             "thresholds": [
@@ -329,11 +275,11 @@ class BillingDb(ServiceDb):
                 )
             ],
             "cycles": [
-                _normalized(dict(row._mapping), labels)
+                normalized(dict(row._mapping), labels)
                 for row in await self.rows(select(cycles).order_by(cycles.c.account_id, cycles.c.sequence))
             ],
             "bills": await self.count(billing_orm.bills),
-            "published": await _published_since(self, billing_orm.outbox, outbox_after, labels),
+            "published": await published_since(self, billing_orm.outbox, outbox_after, labels),
         }
 
 
@@ -357,38 +303,27 @@ class BillingWorld:
     async def prepare(self, db: BillingDb) -> int:
         """The same set-up in each database, by the consumer's own handlers: units, cycles (some
         closed and billed), charges recorded before the batch. Returns the outbox's last seq."""
-        db.clock.instant = T0
-        async with db.uow() as uow:
-            for a in self.accounts:
-                if a.early:
-                    await billing_handlers.open_bill_unit(
-                        uow, a.account_id, a.currency, a.zone, a.profile, T0, T0, a.threshold
-                    )
-            await uow.commit()
-        await db.learn_cycles()
-        await _in_turn(db.consumer(), db.messages(self.before_close))
+        await self.open_units(db, early=True, at=T0)
+        await in_turn(db.consumer(), db.messages(self.before_close))
         db.clock.instant = CLOSE
         closer = CycleCloser(db.uow, DELAY, check_seconds=0.05, batch_size=100, policy=POLICY)
         assert await closer.catch_up() == sum(1 for a in self.accounts if a.early)
-        db.clock.instant = T1
+        await self.open_units(db, early=False, at=T1)
+        await in_turn(db.consumer(), db.messages(self.before_batch))
+        db.clock.instant = NOW
+        return await last_outbox_seq(db, billing_orm.outbox)
+
+    async def open_units(self, db: BillingDb, early: bool, at: datetime) -> None:
+        """At `at`, the units of the early accounts (or of the late ones), each with its first cycle."""
+        db.clock.instant = at
         async with db.uow() as uow:
             for a in self.accounts:
-                if not a.early:
+                if a.early == early:
                     await billing_handlers.open_bill_unit(
-                        uow, a.account_id, a.currency, a.zone, a.profile, T1, T1, a.threshold
+                        uow, a.account_id, a.currency, a.zone, a.profile, at, at, a.threshold
                     )
             await uow.commit()
         await db.learn_cycles()
-        await _in_turn(db.consumer(), db.messages(self.before_batch))
-        db.clock.instant = NOW
-        return await _last_seq(db, billing_orm.outbox)
-
-
-async def _in_turn(consumer: EventConsumer[Any], msgs: Sequence[FakeMsg]) -> None:
-    """Each message in a fetch of its own, as one-by-one delivery applies them; all must apply."""
-    for msg in msgs:
-        await process(consumer, msg)
-    assert _acked(msgs)
 
 
 def billing_world(seed: int, accounts: int, messages: int) -> BillingWorld:
@@ -403,7 +338,7 @@ def billing_world(seed: int, accounts: int, messages: int) -> BillingWorld:
     for i in range(accounts):
         currency = currencies[i % len(currencies)]
         early = rng.random() < 0.55
-        threshold = _amount(rng, currency, 40, 90) if rng.random() < 0.35 else None
+        threshold = random_amount(rng, currency, 40, 90) if rng.random() < 0.35 else None
         day = 15 if early else rng.choice([1, 15, 28])
         made.append(
             BillingAccount(
@@ -456,7 +391,7 @@ def billing_world(seed: int, accounts: int, messages: int) -> BillingWorld:
             account=account,
             kind=rng.choice([usage_pb2.CHARGE_KIND_USAGE] * 4 + [usage_pb2.CHARGE_KIND_RECURRING]),
             cycle=cycle,
-            amount=_amount(rng, account.currency, 0, 25) or _amount(rng, account.currency, 1, 2),
+            amount=random_amount(rng, account.currency, 0, 25) or random_amount(rng, account.currency, 1, 2),
             event_time=event_time,
             late=rng.random() < 0.1,
             charge_code=code,
@@ -473,7 +408,7 @@ def billing_world(seed: int, accounts: int, messages: int) -> BillingWorld:
                 a,
                 usage_pb2.CHARGE_KIND_USAGE,
                 (a.account_id, 1),
-                _amount(rng, a.currency, 1, 20),
+                random_amount(rng, a.currency, 1, 20),
                 T0 + minutes(4),
                 False,
                 "api_calls",
@@ -500,31 +435,13 @@ def billing_world(seed: int, accounts: int, messages: int) -> BillingWorld:
 @pytest.fixture
 async def billing(migrated_database: MigratedDatabase) -> AsyncIterator[tuple[BillingDb, BillingDb]]:
     """Two billing databases: one for message by message, one for batches."""
-    async with (
-        BillingDb.open(await migrated_database("billing_charges_one", BILLING_MIGRATIONS), T0) as one,
-        BillingDb.open(await migrated_database("billing_charges_batch", BILLING_MIGRATIONS), T0) as batch,
-    ):
-        yield one, batch
-
-
-@pytest.fixture
-def billing_batch_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[BillingDb], EventConsumer[BillingUnitOfWork]]:
-    """Billing's consumer with the per-message ChargesCreated handler replaced by a failing one: a
-    batch that fell back to it would fail."""
-
-    def make(db: BillingDb) -> EventConsumer[BillingUnitOfWork]:
-        with monkeypatch.context() as patch:
-            patch.setattr(billing_consumers, "on_charges_created", _no_per_message_handler)
-            return db.consumer()
-
-    return make
+    async with two_databases(BillingDb, migrated_database, "billing_charges", BILLING_MIGRATIONS, T0) as both:
+        yield both
 
 
 @pytest.mark.parametrize("seed", [11, 12, 13])
 async def test_billing_records_a_batch_of_charges_as_it_records_them_one_by_one(
-    billing: tuple[BillingDb, BillingDb],
-    billing_batch_only: Callable[[BillingDb], EventConsumer[BillingUnitOfWork]],
-    seed: int,
+    billing: tuple[BillingDb, BillingDb], seed: int
 ) -> None:
     one, batch = billing
     world = billing_world(seed, accounts=24, messages=45)
@@ -534,12 +451,9 @@ async def test_billing_records_a_batch_of_charges_as_it_records_them_one_by_one(
     assert await batch.state(after) == await one.state(after), "the same set-up"
     before = await one.state(after)
 
-    await _in_turn(one.consumer(), one.messages(world.batch))
+    await in_turn(one.consumer(), one.messages(world.batch))
     msgs = batch.messages(world.batch)
-    fallbacks = _fallbacks("billing")
-    await process(billing_batch_only(batch), *msgs)
-    assert _acked(msgs), "every message of the batch acked (the redelivered ones skipped by the inbox)"
-    assert _fallbacks("billing") == fallbacks, "the batch handler applied the batch"
+    await batch.apply_batch(msgs)
 
     expected = await one.state(after)
     known = {i["charge_id"] for i in before["items"]}
@@ -560,7 +474,7 @@ async def test_billing_records_a_batch_of_charges_as_it_records_them_one_by_one(
     # Redelivered, the inbox skips them all.
     again = [m.again() for m in msgs]
     await process(batch.consumer(), *again)
-    assert _acked(again)
+    assert acked(again)
     assert await batch.state(after) == expected
 
 
@@ -606,22 +520,17 @@ async def test_billing_applies_a_batch_with_a_poison_message_one_by_one(
     for msg in expected_msgs:
         await process(one.consumer(), msg)
     bad = expected_msgs[world.batch.index(poison)]
-    assert bad.naked and _acked(expected_msgs, but=[bad])
+    assert bad.naked and acked(expected_msgs, but=[bad])
 
     msgs = batch.messages(world.batch)
     poisoned = msgs[world.batch.index(poison)]
-    fallbacks = _fallbacks("billing")
-    await process(batch.consumer(), *msgs)
-    assert _fallbacks("billing") == fallbacks + 1, "the batch handler raised: one by one"
-    assert poisoned.naked and not poisoned.acked, "the poison message is retried, alone"
-    assert _acked(msgs, but=[poisoned]), "the others applied and acked"
+    await batch.apply_poisoned_batch(msgs, poisoned)
     assert await batch.state(after) == await one.state(after)
     assert await batch.count(billing_orm.inbox) == await one.count(billing_orm.inbox)
 
 
 async def test_billing_marks_a_threshold_by_what_is_unbilled_after_the_batch(
     billing: tuple[BillingDb, BillingDb],
-    billing_batch_only: Callable[[BillingDb], EventConsumer[BillingUnitOfWork]],
 ) -> None:
     """A charge takes the unit over its threshold and, in a later message of the same batch, its
     reversal (a rerating) takes it back under. One by one, the first message marks the unit and
@@ -650,13 +559,13 @@ async def test_billing_marks_a_threshold_by_what_is_unbilled_after_the_batch(
     after = await world.prepare(one)
     await world.prepare(batch)
 
-    await _in_turn(one.consumer(), one.messages(world.batch))
+    await in_turn(one.consumer(), one.messages(world.batch))
     expected = await one.state(after)
     [(_, _, mark)] = expected["thresholds"]
     assert mark == NOW, "one by one, the first message marks the unit"
     msgs = batch.messages(world.batch)
-    await process(billing_batch_only(batch), *msgs)
-    assert _acked(msgs)
+    await process(batch.batch_only(), *msgs)
+    assert acked(msgs)
     got = await batch.state(after)
     assert got["thresholds"] == [(m[0], m[1], None) for m in expected["thresholds"]]
     assert {k: v for k, v in got.items() if k != "thresholds"} == {
@@ -692,54 +601,12 @@ class BalanceCharge:
     currency: str = ""
 
 
-class BalanceDb(ServiceDb):
-    def uow(self) -> BalanceUnitOfWork:
-        return BalanceUnitOfWork(
-            self.sessions, balance_orm.outbox, self.clock, balance_event_codes.encode, balance_orm.request_log
-        )
-
-    @property
-    def api(self) -> BalanceServicer:
-        return BalanceServicer(self.uow)
-
-    def consumer(self, batches: bool = True) -> EventConsumer[BalanceUnitOfWork]:
-        subscriptions = balance_consumers.subscriptions()
-        if not batches:
-            subscriptions = _without_batch_handlers(subscriptions)
-        return consumer_for(subscriptions, stream_name("charging"), self.uow, balance_orm.inbox)
+class BalanceDb(BalanceBatchesDb):
+    stream = "charging"
+    per_message_handlers = ("on_charges_created",)
 
     def messages(self, sent: Sequence[Sent]) -> list[FakeMsg]:
         return [_charges_created(s.event_id, s.currency, [_balance_rated(c) for c in s.charges]) for s in sent]
-
-    async def labels(self) -> Labels:
-        t = balance_orm.balance_groups
-        rows = await self.rows(select(t.c.balance_group_id, t.c.account_id, t.c.name, t.c.close_time))
-        return {
-            str(row.balance_group_id): f"group {row.name!r} of {row.account_id}"
-            + (" (closed)" if row.close_time is not None else "")
-            for row in rows
-        }
-
-    async def state(self, outbox_after: int) -> dict[str, Any]:
-        """Everything ChargesCreated changes, with the ids balance draws at random (groups, entries)
-        replaced by what they identify: the ledger entries (amount, group, reason, times...), the
-        groups (balance, credit state), the events published since `outbox_after`."""
-        labels = await self.labels()
-        entries = balance_orm.ledger_entries
-        groups = balance_orm.balance_groups
-        return {
-            "entries": [
-                _normalized({k: v for k, v in row._mapping.items() if k not in ("entry_id", "seq")}, labels)
-                for row in await self.rows(
-                    select(entries).order_by(entries.c.type, entries.c.source_type, entries.c.source_id)
-                )
-            ],
-            "groups": sorted(
-                (_normalized(dict(row._mapping), labels) for row in await self.rows(select(groups))),
-                key=lambda g: str(g["balance_group_id"]),
-            ),
-            "published": _by_group(await _published_since(self, balance_orm.outbox, outbox_after, labels)),
-        }
 
     async def listed(self) -> dict[uuid.UUID, list[str]]:
         """Each account's entries as ListLedgerEntries lists them (newest effective time first,
@@ -768,27 +635,6 @@ class BalanceDb(ServiceDb):
             found.setdefault(row.account_id, []).append((row.effective_time, row.source_id))
         return found
 
-    async def check_invariant(self) -> None:
-        """Every group's balance is the sum of its entries (a charge twice in one insert moves it once)."""
-        g, e = balance_orm.balance_groups, balance_orm.ledger_entries
-        sums = (
-            select(g.c.balance_group_id, g.c.balance, func.coalesce(func.sum(e.c.amount), 0).label("entries"))
-            .select_from(g.outerjoin(e, e.c.balance_group_id == g.c.balance_group_id))
-            .group_by(g.c.balance_group_id, g.c.balance)
-        )
-        wrong = [tuple(row) for row in await self.rows(sums) if row.balance != row.entries]
-        assert not wrong, f"balances that are not the sum of their entries: {wrong}"
-
-
-def _by_group(published: Sequence[Any]) -> dict[str, list[Any]]:
-    """Each group's events in the order published. Across groups the outbox's order is not one to
-    compare: the balances move (and the crossings are recorded) in balance_group_id order, and the
-    two databases drew different ids."""
-    found: dict[str, list[Any]] = {}
-    for subject, event_type, payload in published:
-        found.setdefault(payload["balance_group"]["balance_group_id"], []).append((subject, event_type, payload))
-    return found
-
 
 def _balance_rated(charge: BalanceCharge) -> usage_pb2.RatedCharge:
     return _rated(
@@ -814,57 +660,23 @@ class BalanceWorld:
         consumer), their groups (one closed), credit limits and thresholds, charges booked before
         the batch. Returns the outbox's last seq."""
         db.clock.instant = NOW - timedelta(days=1)
-        customer = consumer_for(balance_consumers.subscriptions(), stream_name("customer"), db.uow, balance_orm.inbox)
         for a in self.accounts:
             if not a.known:
                 continue
-            account = account_pb2.Account(
-                account_id=str(a.account_id),
-                currency_code=a.currency,
-                time_zone="Europe/Madrid",
-                status=account_pb2.ACCOUNT_STATUS_ACTIVE,
-            )
-            created = created_message(account, db.clock.now(), uuid.uuid5(a.account_id, "created"))
-            await process(customer, created)
-            assert created.acked
+            await db.create_account(a.account_id, a.currency)
             for name in a.groups + (("old",) if a.closed else ()):
-                await db.api.CreateBalanceGroup(
-                    balance_pb.CreateBalanceGroupRequest(account_id=str(a.account_id), name=name), NO_CONTEXT
-                )
+                await db.create_group(a.account_id, name)
             if a.closed:
                 await db.api.CloseBalanceGroup(
-                    balance_pb.CloseBalanceGroupRequest(balance_group_id=await _group_id(db, a.account_id, "old")),
+                    balance_pb.CloseBalanceGroupRequest(balance_group_id=await db.group_id(a.account_id, "old")),
                     NO_CONTEXT,
                 )
             for name, limit, thresholds in a.limits:
-                await db.api.SetCreditLimit(
-                    balance_pb.SetCreditLimitRequest(
-                        balance_group_id=await _group_id(db, a.account_id, name),
-                        credit_policy=balance_pb2.CreditPolicy(
-                            credit_limit=to_money(limit, a.currency),
-                            thresholds=[_threshold(t, a.currency) for t in thresholds],
-                        ),
-                    ),
-                    NO_CONTEXT,
-                )
+                await db.set_credit_limit(await db.group_id(a.account_id, name), limit, a.currency, thresholds)
         db.clock.instant = NOW - timedelta(hours=1)
-        await _in_turn(db.consumer(), db.messages(self.before_batch))
+        await in_turn(db.consumer(), db.messages(self.before_batch))
         db.clock.instant = NOW
-        return await _last_seq(db, balance_orm.outbox)
-
-
-def _threshold(level: str, currency: str) -> balance_pb2.CreditThreshold:
-    if level.endswith("%"):
-        return balance_pb2.CreditThreshold(percent=level.removesuffix("%"))
-    return balance_pb2.CreditThreshold(amount=to_money(Decimal(level), currency))
-
-
-async def _group_id(db: BalanceDb, account_id: uuid.UUID, name: str) -> str:
-    t = balance_orm.balance_groups
-    found = await db.scalar(
-        select(t.c.balance_group_id).where(t.c.account_id == account_id, t.c.name == name, t.c.close_time.is_(None))
-    )
-    return str(found)
+        return await last_outbox_seq(db, balance_orm.outbox)
 
 
 def balance_world(seed: int, accounts: int, messages: int) -> BalanceWorld:
@@ -882,8 +694,10 @@ def balance_world(seed: int, accounts: int, messages: int) -> BalanceWorld:
         limits = []
         for name in ("default", *groups):
             if known and rng.random() < 0.45:
-                limit = _amount(rng, currency, 30, 90)
-                levels = rng.sample([str(_amount(rng, currency, 10, 40)), "50%", "80%", "100%"], rng.randint(0, 2))
+                limit = random_amount(rng, currency, 30, 90)
+                levels = rng.sample(
+                    [str(random_amount(rng, currency, 10, 40)), "50%", "80%", "100%"], rng.randint(0, 2)
+                )
                 limits.append((name, limit, tuple(levels)))
         made.append(
             BalanceAccount(
@@ -911,7 +725,7 @@ def balance_world(seed: int, accounts: int, messages: int) -> BalanceWorld:
             uuid.UUID(int=rng.getrandbits(128)),
             account,
             rng.choice(["", "", "", "roaming", "project", "old", "no-such-group"]),
-            _amount(rng, currency, 0, 25) or _amount(rng, currency, 1, 2),
+            random_amount(rng, currency, 0, 25) or random_amount(rng, currency, 1, 2),
             rate_time,
         )
 
@@ -924,40 +738,13 @@ def balance_world(seed: int, accounts: int, messages: int) -> BalanceWorld:
 @pytest.fixture
 async def balance(migrated_database: MigratedDatabase) -> AsyncIterator[tuple[BalanceDb, BalanceDb]]:
     """Two balance databases: one for message by message, one for batches."""
-    async with (
-        BalanceDb.open(await migrated_database("balance_charges_one", BALANCE_MIGRATIONS), NOW) as one,
-        BalanceDb.open(await migrated_database("balance_charges_batch", BALANCE_MIGRATIONS), NOW) as batch,
-    ):
-        yield one, batch
-
-
-@pytest.fixture
-def balance_batch_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]]:
-    """Balance's consumer with the per-message ChargesCreated handler replaced by a failing one: a
-    batch that fell back to it would fail."""
-
-    def make(db: BalanceDb) -> EventConsumer[BalanceUnitOfWork]:
-        with monkeypatch.context() as patch:
-            patch.setattr(balance_consumers, "on_charges_created", _no_per_message_handler)
-            return db.consumer()
-
-    return make
-
-
-async def _one_at_a_time(db: BalanceDb, msgs: Sequence[FakeMsg]) -> None:
-    """The reference for balance: the fetched batch with each message applied by its own handler,
-    in its savepoint, in the batch's order (what the consumer falls back to). In one transaction,
-    as the batch: balance assesses credit crossings per transaction, at commit (a transaction
-    that goes over a limit and back publishes nothing: docs/balance.md), so message by message in
-    transactions of their own would publish crossings no single batch does."""
-    await process(db.consumer(batches=False), *msgs)
+    async with two_databases(BalanceDb, migrated_database, "balance_charges", BALANCE_MIGRATIONS, NOW) as both:
+        yield both
 
 
 @pytest.mark.parametrize("seed", [31, 32, 33])
 async def test_balance_books_a_batch_of_charges_as_it_books_them_one_by_one(
-    balance: tuple[BalanceDb, BalanceDb],
-    balance_batch_only: Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]],
-    seed: int,
+    balance: tuple[BalanceDb, BalanceDb], seed: int
 ) -> None:
     one, batch = balance
     world = balance_world(seed, accounts=26, messages=50)
@@ -968,13 +755,10 @@ async def test_balance_books_a_batch_of_charges_as_it_books_them_one_by_one(
     before = await one.state(after)
 
     reference = one.messages(world.batch)
-    await _one_at_a_time(one, reference)
-    assert _acked(reference)
+    await one.one_by_one(reference)
+    assert acked(reference)
     msgs = batch.messages(world.batch)
-    fallbacks = _fallbacks("balance")
-    await process(balance_batch_only(batch), *msgs)
-    assert _acked(msgs), "every message of the batch acked (the redelivered ones skipped by the inbox)"
-    assert _fallbacks("balance") == fallbacks, "the batch handler applied the batch"
+    await batch.apply_batch(msgs)
 
     expected = await one.state(after)
     known = {e["source_id"] for e in before["entries"]}
@@ -995,13 +779,12 @@ async def test_balance_books_a_batch_of_charges_as_it_books_them_one_by_one(
     # Redelivered, the inbox skips them all.
     again = [m.again() for m in msgs]
     await process(batch.consumer(), *again)
-    assert _acked(again)
+    assert acked(again)
     assert await batch.state(after) == expected
 
 
 async def test_balance_books_the_same_entries_ties_in_charge_id_order(
     balance: tuple[BalanceDb, BalanceDb],
-    balance_batch_only: Callable[[BalanceDb], EventConsumer[BalanceUnitOfWork]],
 ) -> None:
     """The booking order (ledger_entries.seq) breaks ties between equal effective times in
     ListLedgerEntries. One insert books its entries in charge id order, one message's as a whole
@@ -1011,9 +794,9 @@ async def test_balance_books_the_same_entries_ties_in_charge_id_order(
     world = balance_world(31, accounts=26, messages=50)
     await world.prepare(one)
     await world.prepare(batch)
-    await _one_at_a_time(one, one.messages(world.batch))
+    await one.one_by_one(one.messages(world.batch))
     before = await batch.last_seq()
-    await process(balance_batch_only(batch), *batch.messages(world.batch))
+    await process(batch.batch_only(), *batch.messages(world.batch))
     expected, got = await one.listed(), await batch.listed()
     assert {a: sorted(sources) for a, sources in got.items()} == {a: sorted(s) for a, s in expected.items()}
     for account_id, sources in (await batch.listed_with_times(before)).items():
@@ -1045,16 +828,12 @@ async def test_balance_applies_a_batch_with_a_poison_message_one_by_one(
     await world.prepare(batch)
 
     reference = one.messages(world.batch)
-    await _one_at_a_time(one, reference)
+    await one.one_by_one(reference)
     bad = reference[world.batch.index(poison)]
-    assert bad.naked and _acked(reference, but=[bad])
+    assert bad.naked and acked(reference, but=[bad])
 
     msgs = batch.messages(world.batch)
     poisoned = msgs[world.batch.index(poison)]
-    fallbacks = _fallbacks("balance")
-    await process(batch.consumer(), *msgs)
-    assert _fallbacks("balance") == fallbacks + 1, "the batch handler raised: one by one"
-    assert poisoned.naked and not poisoned.acked, "the poison message is retried, alone"
-    assert _acked(msgs, but=[poisoned]), "the others applied and acked"
+    await batch.apply_poisoned_batch(msgs, poisoned)
     assert await batch.state(after) == await one.state(after)
     assert await batch.count(balance_orm.inbox) == await one.count(balance_orm.inbox)

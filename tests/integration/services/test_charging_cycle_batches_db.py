@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from types import ModuleType
+from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -32,16 +33,14 @@ from evolutivo_charging.entrypoints import consumers
 from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.messaging.consumer import EventConsumer
-from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
-from prometheus_client import REGISTRY
 from sqlalchemy import select
-from support.databases import MigratedDatabase, ServiceDb
-from support.jetstream import FakeMsg, consumer_for, handle, message, process
+from support.batches import ConsumingDb, batch_fallbacks, two_databases
+from support.databases import MigratedDatabase
+from support.jetstream import FakeMsg, handle, message, process
 
 MADRID = ZoneInfo("Europe/Madrid")
 NOW = datetime(2031, 7, 5, 9, 30, tzinfo=UTC)
@@ -78,12 +77,14 @@ FLAT = [
 ]
 
 
-class CyclesDb(ServiceDb):
+class CyclesDb(ConsumingDb[ChargingUnitOfWork]):
+    consumers_module: ClassVar[ModuleType] = consumers
+    stream = "billing"
+    inbox_table = inbox
+    per_message_handlers = ("on_bill_cycle_opened", "on_bill_cycle_closed")
+
     def uow(self) -> ChargingUnitOfWork:
         return ChargingUnitOfWork(self.sessions, outbox, self.clock, events.encode, request_log)
-
-    def consumer(self) -> EventConsumer[ChargingUnitOfWork]:
-        return consumer_for(consumers.subscriptions(), stream_name("billing"), self.uow, inbox)
 
     async def apply(self, handler: Callable[..., Any], event: Message) -> None:
         await handle(self.uow, handler, event, self.clock.now())
@@ -130,14 +131,11 @@ def _without(row: Any, *names: str) -> dict[str, Any]:
 @pytest.fixture
 async def databases(migrated_database: MigratedDatabase) -> AsyncIterator[tuple[CyclesDb, CyclesDb]]:
     """Two databases with the same catalog: one for message-by-message, one for batches."""
-    async with (
-        CyclesDb.open(await migrated_database("charging_cycles_one", MIGRATIONS), NOW, pool_size=6) as one,
-        CyclesDb.open(await migrated_database("charging_cycles_batch", MIGRATIONS), NOW, pool_size=6) as batch,
-    ):
-        for db in (one, batch):
+    async with two_databases(CyclesDb, migrated_database, "charging_cycles", MIGRATIONS, NOW, pool_size=6) as both:
+        for db in both:
             await new_offer(db, "hosting", HOSTING)
             await new_offer(db, "flat", FLAT)
-        yield one, batch
+        yield both
 
 
 async def new_offer(db: CyclesDb, code: str, charges_: Sequence[c.Charge]) -> None:
@@ -255,7 +253,7 @@ def scenario(seed: int, accounts: int, shuffled: bool) -> Scenario:
             setup_cycles.append((consumers.on_bill_cycle_opened, opened(cycle[0])))
             for m in range(known):
                 setup_cycles.append((consumers.on_bill_cycle_closed, closed(cycle[m], cycle[m + 1])))
-        learnt = [
+        learnt: list[tuple[Callable[..., Any], Message]] = [
             (consumers.on_purchase_created, customer_events.PurchaseCreated(purchase=_purchase(rng, account_id)))
             for _ in range(rng.randint(0, 3))
         ]
@@ -293,24 +291,6 @@ def _messages(events_: Sequence[tuple[str, Message]]) -> list[FakeMsg]:
     return [message(subject, event, NOW) for subject, event in events_]
 
 
-async def _no_per_message_handler(*_: Any) -> None:
-    raise AssertionError("the batch handler fell back to the per-message handlers")
-
-
-@pytest.fixture
-def batch_only(monkeypatch: pytest.MonkeyPatch) -> Callable[[CyclesDb], EventConsumer[ChargingUnitOfWork]]:
-    """The service's consumer with the per-message cycle handlers replaced by failing ones: a batch
-    that fell back to them would fail."""
-
-    def make(db: CyclesDb) -> EventConsumer[ChargingUnitOfWork]:
-        with monkeypatch.context() as patch:
-            patch.setattr(consumers, "on_bill_cycle_opened", _no_per_message_handler)
-            patch.setattr(consumers, "on_bill_cycle_closed", _no_per_message_handler)
-            return db.consumer()
-
-    return make
-
-
 async def _one_by_one(db: CyclesDb, msgs: Sequence[FakeMsg]) -> None:
     for msg in msgs:
         await process(db.consumer(), msg)
@@ -319,10 +299,7 @@ async def _one_by_one(db: CyclesDb, msgs: Sequence[FakeMsg]) -> None:
 
 @pytest.mark.parametrize(("seed", "shuffled"), [(1, False), (2, True), (3, False), (4, True)])
 async def test_a_batch_of_cycle_events_charges_exactly_what_one_by_one_does(
-    databases: tuple[CyclesDb, CyclesDb],
-    batch_only: Callable[[CyclesDb], EventConsumer[ChargingUnitOfWork]],
-    seed: int,
-    shuffled: bool,
+    databases: tuple[CyclesDb, CyclesDb], seed: int, shuffled: bool
 ) -> None:
     one, batch = databases
     built = scenario(seed, accounts=30, shuffled=shuffled)
@@ -333,7 +310,7 @@ async def test_a_batch_of_cycle_events_charges_exactly_what_one_by_one_does(
 
     await _one_by_one(one, _messages(built.events))
     msgs = _messages(built.events)
-    await process(batch_only(batch), *msgs)
+    await process(batch.batch_only(), *msgs)
     assert all(m.acked and not m.naked for m in msgs)
 
     expected = await one.state()
@@ -351,7 +328,7 @@ async def test_a_batch_of_cycle_events_charges_exactly_what_one_by_one_does(
     assert await batch.state() == expected
     await _one_by_one(one, _messages(built.events))
     republished = _messages(built.events)
-    await process(batch_only(batch), *republished)
+    await process(batch.batch_only(), *republished)
     assert all(m.acked and not m.naked for m in republished)
     assert await batch.state() == await one.state()
 
@@ -360,7 +337,8 @@ async def test_a_batch_of_cycle_events_charges_exactly_what_one_by_one_does(
 class Letters:
     """A dead-letter queue that keeps what it is sent."""
 
-    sent: list[tuple[Msg, str, BaseException]] = field(default_factory=list)
+    # What it was sent: the test's FakeMsg stands for the Msg.
+    sent: list[tuple[Any, str, BaseException]] = field(default_factory=list)
 
     async def send(self, msg: Msg, consumer: str, error: BaseException) -> None:
         self.sent.append((msg, consumer, error))
@@ -429,19 +407,15 @@ async def test_a_batch_it_cannot_reproduce_is_applied_one_by_one(databases: tupl
         await built.prepare(db)
     await _one_by_one(one, _messages(built.events))
     msgs = _messages(built.events)
-    fallbacks = _fallbacks()
+    fallbacks = batch_fallbacks("charging")
     await process(batch.consumer(), *msgs)
-    assert _fallbacks() == fallbacks + 1, "the batch handler declined"
+    assert batch_fallbacks("charging") == fallbacks + 1, "the batch handler declined"
     assert all(m.acked and not m.naked for m in msgs)
     assert await batch.state() == await one.state()
 
 
-def _fallbacks() -> float:
-    return REGISTRY.get_sample_value("evolutivo_consumer_batch_fallbacks_total", {"consumer": "charging"}) or 0.0
-
-
 async def test_two_replicas_applying_the_same_cycles_in_batches_charge_each_fee_once(
-    databases: tuple[CyclesDb, CyclesDb], batch_only: Callable[[CyclesDb], EventConsumer[ChargingUnitOfWork]]
+    databases: tuple[CyclesDb, CyclesDb],
 ) -> None:
     """Billing's events published twice (under other ids: the inbox cannot tell), each copy in
     another replica's batch, applied at the same time: one batch waits on the other's cycles and
@@ -454,6 +428,6 @@ async def test_two_replicas_applying_the_same_cycles_in_batches_charge_each_fee_
         await _one_by_one(one, _messages(built.events))
 
     copies = [_messages(built.events) for _ in range(2)]
-    await asyncio.gather(*(process(batch_only(batch), *copy) for copy in copies))
+    await asyncio.gather(*(process(batch.batch_only(), *copy) for copy in copies))
     assert all(m.acked and not m.naked for copy in copies for m in copy)
     assert await batch.state() == await one.state()
