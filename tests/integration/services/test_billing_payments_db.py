@@ -44,7 +44,7 @@ from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
 from support.jetstream import FakeMsg, consumer_for, message, process
 
@@ -521,6 +521,27 @@ async def test_migration_0013_goes_back_and_forth_and_counts_existing_notes_as_a
         await conn.close()
     # A note billing had before 0013 made its allocation at issue: it counts as announced (1).
     assert await db.scalar(sequence) == 1
+
+
+async def test_a_note_inserted_by_a_replica_before_0013_counts_as_announced(db: BillingDb) -> None:
+    """During a rolling deploy, billing replicas still on the version before migration 0013 insert
+    credit notes without naming allocation_sequence (nor announcing their allocation at issue): the
+    column's default counts that allocation as announced, so the next bill taking the note's credit
+    announces number 2, never a number 1 the ERP gateway would take for the note's own bill."""
+    account_id = await two_bills(db)
+    first, _ = await db.bills(account_id)
+    await deliver(db, "balance", recorded(payment(account_id, "5.00")))
+    note = await credit_note(db, first.bill_id)  # 7.10 to its bill, 5.00 of credit
+    async with db.engine.begin() as conn:  # what an insert that does not name the column leaves
+        await conn.execute(text("UPDATE credit_notes SET allocation_sequence = DEFAULT"))
+    sequence = select(credit_notes.c.allocation_sequence).where(credit_notes.c.credit_note_id == note.credit_note_id)
+    assert await db.scalar(sequence) == 1
+    await charge(db, account_id, "3.00", madrid(2031, 7, 1))
+    await close(db, madrid(2031, 7, 15) + DELAY)  # bill 3, 3.63, all of it from the note's credit
+    third = (await db.bills(account_id))[2]
+    assert [note_allocated(e) for _, e in await db.events(NOTE_ALLOCATED)][1:] == [
+        (str(note.credit_note_id), 2, [(str(third.bill_id), Decimal("3.63"))], Decimal("12.10"), Decimal("1.37"))
+    ]
 
 
 async def test_a_fresh_database_has_the_payment_tables(db: BillingDb) -> None:

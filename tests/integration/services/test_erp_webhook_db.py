@@ -10,7 +10,7 @@ import json
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,13 +23,14 @@ from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
 from evolutivo.erp_gateway.v1 import erp_gateway_service_pb2 as pb
+from evolutivo.erp_gateway.v1 import sync_job_pb2
 from evolutivo_erp_gateway.adapters import events, proto
 from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.adapters.orm import inbox, outbox
 from evolutivo_erp_gateway.adapters.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
-from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy
+from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy, SyncJob
 from evolutivo_erp_gateway.domain.model import EntityType, allocation_entity_id
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
 from evolutivo_erp_gateway.entrypoints.consumers import ACCOUNT_CREATED, BILL_ISSUED, subscriptions
@@ -505,3 +506,218 @@ async def test_a_credit_notes_allocations_follow_it_in_sequence(setup: Setup, re
     assert first is not None and second is not None
     assert (first.state, first.erp_id) == (JobState.SUCCEEDED, handlers.NOT_SENT_EMPTY)
     assert (second.state, second.erp_id) == (JobState.SUCCEEDED, f"{note.credit_note_id}:2")
+
+
+async def job_of(setup: Setup, entity_type: EntityType, entity_id: uuid.UUID | str) -> SyncJob:
+    async with setup.db.uow() as uow:
+        job = await uow.jobs.find(setup.connection.connection_id, entity_type, uuid.UUID(str(entity_id)))
+    assert job is not None, f"no {entity_type.value} job {entity_id}"
+    return job
+
+
+async def kill(setup: Setup, job: SyncJob) -> None:
+    """As if the ERP had refused the job until its attempts ran out."""
+    async with setup.db.uow() as uow:
+        await uow.jobs.save(replace(job, state=JobState.DEAD, attempts=POLICY.max_attempts, last_error="refused"))
+        await uow.commit()
+
+
+async def run_until_settled(setup: Setup) -> None:
+    """Runs the jobs while the clock moves past every backoff and wait (the policy's attempts twice over)."""
+    for _ in range(2 * POLICY.max_attempts):
+        await run_jobs(setup)
+        setup.db.clock.advance(POLICY.cap + handlers.PREREQUISITE_WAIT)
+
+
+def a_bill(account_id: str, number: str, total: str) -> bill_pb2.Bill:
+    return bill_pb2.Bill(
+        bill_id=str(uuid.uuid4()),
+        account_id=account_id,
+        bill_number=number,
+        lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
+        tax_total=money("0"),
+        total=money(total),
+    )
+
+
+def a_note(bill: bill_pb2.Bill, number: str, total: str) -> credit_note_pb2.CreditNote:
+    return credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()),
+        bill_id=bill.bill_id,
+        account_id=bill.account_id,
+        credit_note_number=number,
+        currency_code="EUR",
+        lines=[credit_note_pb2.CreditNoteLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
+        subtotal=money(total),
+        tax_total=money("0"),
+        total=money(total),
+        issue_time=to_timestamp(NOW),
+    )
+
+
+def write_off(account_id: str, amount: str) -> FakeMsg:
+    entry = ledger_pb2.LedgerEntry(
+        entry_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money(f"-{amount}"),
+        source_type="collections_case",
+        source_id=str(uuid.uuid4()),
+        effective_time=to_timestamp(NOW),
+    )
+    return message("evolutivo.balance.v1.write_off.made", balance_events.WriteOffMade(entry=entry), NOW)
+
+
+async def test_allocations_behind_a_dead_credit_note_end_in_the_dead_letter_list_naming_it(
+    setup: Setup, receiver: Receiver
+) -> None:
+    """A credit note's job that is DEAD fails its allocations' attempts (each naming the dead job)
+    instead of keeping them waiting unseen, and so the customer's write-off queued after them: each
+    ends DEAD in the dead-letter list. An allocation whose previous one is DEAD fails the same way.
+    Replayed in order, all go out."""
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000093", update_time=to_timestamp(NOW))
+    own, later = a_bill(account_id, "F-931", "12.10"), a_bill(account_id, "F-932", "4.84")
+    note = a_note(own, "CN-93", "10.00")
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(
+        setup,
+        "billing",
+        message(BILL_ISSUED, billing_events.BillIssued(bill=own), NOW),
+        message("evolutivo.billing.v1.credit_note.issued", billing_events.CreditNoteIssued(credit_note=note), NOW),
+        note_allocated(note, 1, [(own.bill_id, "10.00")], "0"),
+        message(BILL_ISSUED, billing_events.BillIssued(bill=later), NOW),
+    )
+    await deliver(setup, "balance", write_off(account_id, "4.84"))
+    note_job = await job_of(setup, EntityType.CREDIT_NOTE, note.credit_note_id)
+    await kill(setup, note_job)
+    # Billing's later allocation (a made-up one: the note's credit was all used at issue, which
+    # the gateway does not check) waits on allocation 1.
+    await deliver(setup, "billing", note_allocated(note, 2, [(later.bill_id, "4.84")], "0"))
+    await run_until_settled(setup)
+
+    nid = uuid.UUID(note.credit_note_id)
+    one, two = [
+        await job_of(
+            setup, EntityType.CREDIT_NOTE_ALLOCATION, allocation_entity_id(nid, s, EntityType.CREDIT_NOTE_ALLOCATION)
+        )
+        for s in (1, 2)
+    ]
+    (written_off,) = [j for j in await all_jobs(setup) if j.entity_type is EntityType.WRITE_OFF]
+    assert (one.state, one.attempts) == (JobState.DEAD, POLICY.max_attempts)
+    assert f"the job of credit note {nid} is dead: replay it ({note_job.job_id})" in one.last_error
+    assert (two.state, two.attempts) == (JobState.DEAD, POLICY.max_attempts)
+    assert f"the job of credit note {nid} is dead: replay it ({note_job.job_id})" in two.last_error
+    assert written_off.state is JobState.DEAD
+    assert f"the job of credit_note {nid} is dead: replay it ({note_job.job_id})" in written_off.last_error
+    assert "credit_note.allocated" not in [headers[EVENT_HEADER] for headers, _ in receiver.received]
+    servicer = ErpGatewayServicer(setup.db.uow, setup.adapters)
+    dead = await servicer.ListSyncJobs(pb.ListSyncJobsRequest(state=sync_job_pb2.SYNC_JOB_STATE_DEAD), NO_CONTEXT)
+    assert {j.job_id for j in dead.jobs} == {str(j.job_id) for j in (note_job, one, two, written_off)}
+
+    # The note replayed, allocation 2 replayed before allocation 1 fails naming allocation 1.
+    await handlers.retry_job(setup.db.uow(), note_job.job_id)
+    await run_jobs(setup)
+    await handlers.retry_job(setup.db.uow(), two.job_id)
+    await run_jobs(setup)
+    two = await job_of(setup, EntityType.CREDIT_NOTE_ALLOCATION, two.entity_id)
+    assert (two.state, two.attempts) == (JobState.RETRYING, 1)
+    assert f"the job of allocation 1 of credit note {nid} is dead: replay it ({one.job_id})" in two.last_error
+    for job in (one, two, written_off):
+        await handlers.retry_job(setup.db.uow(), job.job_id)
+        await run_jobs(setup)
+    assert [headers[EVENT_HEADER] for headers, _ in receiver.received][-4:] == [
+        "credit_note.posted",
+        "credit_note.allocated",
+        "credit_note.allocated",
+        "write_off.made",
+    ]
+
+
+async def test_a_payments_allocation_behind_its_dead_payment_ends_in_the_dead_letter_list(
+    setup: Setup, receiver: Receiver
+) -> None:
+    """The same code path for a payment's later allocation: its payment's job DEAD fails it."""
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000094", update_time=to_timestamp(NOW))
+    later = a_bill(account_id, "F-941", "4.84")
+    payment = payment_pb2.Payment(
+        payment_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money("20.00"),
+        reference="bank-94",
+        received_time=to_timestamp(NOW),
+    )
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    await deliver(
+        setup,
+        "balance",
+        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+    )
+    paid = await job_of(setup, EntityType.PAYMENT, payment.payment_id)
+    await kill(setup, paid)
+    await deliver(
+        setup,
+        "billing",
+        allocated(payment, 1, [], "20.00"),
+        message(BILL_ISSUED, billing_events.BillIssued(bill=later), NOW),
+        allocated(payment, 2, [(later.bill_id, "4.84")], "15.16"),
+    )
+    await run_until_settled(setup)
+    pid = uuid.UUID(payment.payment_id)
+    two = await job_of(setup, EntityType.PAYMENT_ALLOCATION, allocation_entity_id(pid, 2))
+    assert (two.state, two.attempts) == (JobState.DEAD, POLICY.max_attempts)
+    assert f"the job of payment {pid} is dead: replay it ({paid.job_id})" in two.last_error
+    for job in (paid, two):
+        await handlers.retry_job(setup.db.uow(), job.job_id)
+        await run_jobs(setup)
+    assert [headers[EVENT_HEADER] for headers, _ in receiver.received][-2:] == ["payment.recorded", "payment.allocated"]
+
+
+async def test_a_notes_allocation_at_issue_to_a_bill_the_gateway_never_received_is_not_sent(
+    setup: Setup, receiver: Receiver
+) -> None:
+    """The note's bill was issued before the gateway consumed billing's stream: it has no invoice
+    job and never will (its BillIssued came before the note's). The note goes out without it, as
+    before; its allocation at issue to that bill is recorded as not sent once the note's job
+    succeeded, instead of waiting an hour and going DEAD, and the later allocations follow it."""
+    account_id = str(uuid.uuid4())
+    account = account_pb2.Account(account_id=account_id, account_number="A-00000095", update_time=to_timestamp(NOW))
+    old, later = a_bill(account_id, "F-951", "12.10"), a_bill(account_id, "F-952", "4.84")
+    note = a_note(old, "CN-95", "10.00")
+    # The note and its allocations arrive before the customer: nothing goes out until it does.
+    await deliver(
+        setup,
+        "billing",
+        message("evolutivo.billing.v1.credit_note.issued", billing_events.CreditNoteIssued(credit_note=note), NOW),
+        note_allocated(note, 1, [(old.bill_id, "7.10")], "2.90"),
+        message(BILL_ISSUED, billing_events.BillIssued(bill=later), NOW),
+        note_allocated(note, 2, [(later.bill_id, "2.90")], "0"),
+    )
+    await run_jobs(setup)
+    nid = uuid.UUID(note.credit_note_id)
+    one_id, two_id = [allocation_entity_id(nid, s, EntityType.CREDIT_NOTE_ALLOCATION) for s in (1, 2)]
+    one = await job_of(setup, EntityType.CREDIT_NOTE_ALLOCATION, one_id)
+    assert (one.state, one.last_error) == (JobState.PENDING, f"waiting for customer {account_id}")
+    await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
+    for _ in range(3):
+        setup.db.clock.advance(handlers.PREREQUISITE_WAIT)
+        await run_jobs(setup)
+    one = await job_of(setup, EntityType.CREDIT_NOTE_ALLOCATION, one_id)
+    two = await job_of(setup, EntityType.CREDIT_NOTE_ALLOCATION, two_id)
+    assert (one.state, one.attempts, one.erp_id) == (JobState.SUCCEEDED, 0, handlers.NOT_SENT_BILL_NOT_IN_ERP)
+    assert (two.state, two.erp_id) == (JobState.SUCCEEDED, f"{note.credit_note_id}:2")
+    documents = [json.loads(body) for _, body in receiver.received]
+    assert [d["event"] for d in documents] == [
+        "customer.upserted",
+        "credit_note.posted",
+        "invoice.posted",
+        "credit_note.allocated",
+    ]
+    assert (documents[-1]["data"]["sequence"], documents[-1]["data"]["allocations"][0]["bill_id"]) == (
+        2,
+        later.bill_id,
+    )
+
+
+async def all_jobs(setup: Setup) -> list[SyncJob]:
+    return [job for _, job in await handlers.list_jobs(setup.db.uow(), None, None, None, None, 0, 1000)]

@@ -31,7 +31,7 @@ from evolutivo_billing.domain.credit_notes import (
     CreditNoteAllocated,
     CreditNoteAllocations,
 )
-from evolutivo_billing.domain.payments import Allocation, InvalidPayment
+from evolutivo_billing.domain.payments import Allocation, InvalidAllocation
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument
 from evolutivo_runtime.money import from_money
 from hypothesis import given
@@ -205,7 +205,7 @@ def test_a_notes_allocation_at_issue_is_announced_as_its_first_and_later_ones_fo
         Decimal("1.37"),
     )
     assert message.unallocated_amount.currency_code == "EUR"
-    with pytest.raises(InvalidPayment):  # more than the note
+    with pytest.raises(InvalidAllocation, match=r"exceed its amount 12\.10"):  # more than the note
         later.allocated(3, [Allocation(bill_id, Decimal("12.00"))], Decimal("1.37"))
     assert later.events == [second]
 

@@ -24,6 +24,7 @@ from evolutivo_billing.domain.bills import (
 )
 from evolutivo_billing.domain.payments import (
     Allocation,
+    InvalidAllocation,
     InvalidPayment,
     Owed,
     PaymentAllocated,
@@ -240,6 +241,6 @@ def test_a_payments_allocations_are_announced_and_encoded_for_its_subject() -> N
 )
 def test_an_impossible_allocation_is_refused(sequence: int, amounts: list[str], unallocated: str) -> None:
     payment = PaymentAllocations(uuid.uuid4(), uuid.uuid4(), "EUR", Decimal("40.00"))
-    with pytest.raises(InvalidPayment):
+    with pytest.raises(InvalidAllocation, match=str(payment.payment_id)):
         payment.allocated(sequence, [Allocation(uuid.uuid4(), Decimal(a)) for a in amounts], Decimal(unallocated))
     assert payment.events == []

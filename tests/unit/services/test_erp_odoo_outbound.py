@@ -431,6 +431,35 @@ async def test_a_credit_note_odoo_has_not_posted_is_not_allocated() -> None:
     assert odoo.methods() == [("account.move", "read")]
 
 
+async def test_a_later_allocation_of_a_note_whose_share_at_issue_odoo_never_got_says_what_to_do() -> None:
+    # A note issued before billing's migration 0013: its 7.10 to its own bill was never allocated in
+    # Odoo, so the out_refund (70) is open by all of its 12.10; billing's allocation 2 gives 3.63 of
+    # the rest to an invoice (9) owing 4.84, Odoo would apply 4.84: refused, saying what to do.
+    odoo = FakeOdoo(
+        {
+            ("account.move", "read"): [
+                [{"id": 70, "state": "posted"}],
+                [{"id": 9, "amount_residual": 4.84, "state": "posted"}],
+            ],
+            ("account.move.line", "search"): [[701]],
+            ("account.move.line", "read"): [[{"id": 701, "amount_residual": -12.1, "matched_debit_ids": []}]],
+        }
+    )
+    note = credit_note_pb2.CreditNote(
+        credit_note_id=str(uuid.uuid4()), credit_note_number="CN-2031-0004", currency_code="EUR", total=money("12.10")
+    )
+    given = [InvoiceAllocation("9", "bill-9", Decimal("3.63"))]
+    with pytest.raises(Rejected) as refused:
+        await run(odoo, [lambda a: a.allocate_credit_note(note, "42", "70", 2, given)])
+    message = str(refused.value)
+    assert "Odoo would apply 4.84, billing allocated 3.63 (bill bill-9)" in message
+    assert "credit note CN-2031-0004" in message and "before billing's migration 0013" in message
+    assert message.endswith(
+        "a bookkeeper must reconcile that share of the credit note by hand in Odoo, then retry this job (RetrySyncJob)"
+    )
+    assert ("account.move", "js_assign_outstanding_line") not in odoo.methods()
+
+
 async def test_an_allocation_odoo_cannot_apply_exactly_is_refused() -> None:
     # Odoo's invoice owes more than billing's bill (and more of the payment is open): Odoo's "Add"
     # would apply more than billing allocated, so nothing is applied.

@@ -310,8 +310,9 @@ credit_notes = Table(
     Column("voids_bill", Boolean, nullable=False),
     # What no bill took yet: the account's credit, applied to its next bills.
     Column("unallocated", Numeric(38, 9), nullable=False),
-    # Since 0013: the sequence of the last CreditNoteAllocated published for the note (1 at issue).
-    Column("allocation_sequence", Integer, nullable=False, server_default="0"),
+    # Since 0013: the sequence of the last CreditNoteAllocated published for the note (1 at issue;
+    # the default, so notes inserted without it, before 0013 or by older replicas, count as announced).
+    Column("allocation_sequence", Integer, nullable=False, server_default="1"),
     UniqueConstraint("number_series", "number_sequence", name="credit_notes_series_sequence"),
     UniqueConstraint("bill_unit_id", "request_id", name="credit_notes_request"),
     CheckConstraint("total = subtotal + tax_total", name="credit_notes_total_adds_up"),

@@ -13,6 +13,10 @@ class InvalidPayment(ValueError):
     pass
 
 
+class InvalidAllocation(ValueError):
+    """An announced allocation of a payment's or a credit note's money that breaks its rules."""
+
+
 @dataclass(frozen=True)
 class Owed:
     """An open bill as allocation sees it."""
@@ -59,15 +63,15 @@ def check_allocation(
 ) -> None:
     """The rules of an announced allocation of a payment's or a credit note's money (`amount`):
     numbered from 1, more than zero to each bill, one amount per bill, and never more than the
-    money with what is left of it. Raises InvalidPayment."""
+    money with what is left of it. Raises InvalidAllocation."""
     if sequence < 1:
-        raise InvalidPayment(f"allocation sequence {sequence}: allocations are numbered from 1")
+        raise InvalidAllocation(f"allocation sequence {sequence} of {source_id}: allocations are numbered from 1")
     if any(a.amount <= 0 for a in allocations):
-        raise InvalidPayment("an allocation gives a bill more than zero")
+        raise InvalidAllocation(f"an allocation of {source_id} gives a bill more than zero")
     if len({a.bill_id for a in allocations}) != len(allocations):
-        raise InvalidPayment("an allocation gives each bill one amount")
+        raise InvalidAllocation(f"an allocation of {source_id} gives each bill one amount")
     if unallocated < 0 or sum((a.amount for a in allocations), Decimal(0)) + unallocated > amount:
-        raise InvalidPayment(f"allocations of {source_id} exceed its amount {amount}")
+        raise InvalidAllocation(f"allocations of {source_id} exceed its amount {amount}")
 
 
 @dataclass(frozen=True)

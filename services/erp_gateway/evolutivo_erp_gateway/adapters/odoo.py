@@ -494,10 +494,21 @@ class OdooAdapter:
         rows = await self.client.read("account.move", [refund], ["state"]) if refund else []
         if not rows or rows[0]["state"] != "posted":
             raise Rejected(f"Odoo has no posted credit note {reference}: its credit cannot be allocated")
-        await self._assign_allocations(refund, allocations)
+        # A later allocation refused because more of the note is open in Odoo than billing left of
+        # it: its allocation at issue never reached Odoo (docs/erp_gateway.md, "Credit notes as
+        # billing allocated them", Upgrading); the message says what the bookkeeper does.
+        hint = (
+            f"credit note {reference} may have more credit open in Odoo than billing left of it: if it was"
+            " issued before billing's migration 0013, or its own bill is not in Odoo, its share for its own"
+            " bill was never allocated here; a bookkeeper must reconcile that share of the credit note by"
+            " hand in Odoo, then retry this job (RetrySyncJob)"
+        )
+        await self._assign_allocations(refund, allocations, hint if sequence > 1 else "")
         return str(refund)
 
-    async def _assign_allocations(self, move: int, allocations: Sequence[InvoiceAllocation]) -> None:
+    async def _assign_allocations(
+        self, move: int, allocations: Sequence[InvoiceAllocation], refused_hint: str = ""
+    ) -> None:
         """The payment entry's receivable line reconciled with each invoice, in billing's order, by
         billing's amount, through account.move's js_assign_outstanding_line (Odoo's own "Add" of an
         outstanding credit on an invoice; account.partial.reconcile records cannot be created
@@ -506,8 +517,9 @@ class OdooAdapter:
         so that is billing's amount whenever Odoo's invoices owe what billing's bills do; an invoice
         that owes less in Odoo takes what it owes (the rest stays outstanding credit, as in Tryton);
         one that owes more while more is left of the payment is refused (Odoo would apply more than
-        billing did). An invoice the line is reconciled with already is done (a retry). A credit
-        note's (out_refund's) receivable line is assigned the same way."""
+        billing did; `refused_hint` then says what to do). An invoice the line is reconciled with
+        already is done (a retry). A credit note's (out_refund's) receivable line is assigned the
+        same way."""
         lines = await self.client.search(
             "account.move.line", [("move_id", "=", move), ("account_type", "=", "asset_receivable")]
         )
@@ -533,6 +545,7 @@ class OdooAdapter:
                 raise Rejected(
                     f"Odoo's invoice {invoice} owes {owed} and {left} of the credit is open: Odoo would apply"
                     f" {min(left, owed)}, billing allocated {allocation.amount} (bill {allocation.bill_id})"
+                    + (f"; {refused_hint}" if refused_hint else "")
                 )
             await self.client.execute("account.move", "js_assign_outstanding_line", [invoice], line)
             (row,) = await self.client.read("account.move.line", [line], ["amount_residual"])

@@ -59,6 +59,11 @@ MISSING_PREREQUISITE_WAIT = timedelta(hours=1)
 NOT_SENT_REVERSED = "not-sent:payment-reversed"
 # The ERP id kept for a credit note's allocation that gave no bill anything (its bill owed nothing).
 NOT_SENT_EMPTY = "not-sent:nothing-allocated"
+# The ERP id kept for a credit note's allocation at issue (sequence 1) to its own bill when that
+# bill is not in the ERP: the gateway never received its BillIssued, which billing published before
+# the note's on the same stream, so no invoice job for it will come (as the note itself, whose job
+# then posts it without its invoice, and referrals, which leave such bills out).
+NOT_SENT_BILL_NOT_IN_ERP = "not-sent:bill-not-in-erp"
 
 
 async def await_sync(uow: ErpGatewayUnitOfWork, entity_type: EntityType, entity_id: uuid.UUID, now: datetime) -> bool:
@@ -494,6 +499,17 @@ class _PrerequisiteDead(ErpError):
     operator sees the cause (replaying the prerequisite, then this job, sends both)."""
 
 
+def _after(job: SyncJob, what: str) -> None:
+    """A prerequisite job (`what` names its record) must have succeeded: one still queued or
+    retrying is waited for (no attempt spent); a DEAD one fails this job's attempt, naming it, so
+    that a job behind a dead one ends in the dead-letter list too instead of waiting unseen for
+    ever (and holding up the write-offs queued after it)."""
+    if job.state is JobState.DEAD:
+        raise _PrerequisiteDead(f"the job of {what} is dead: replay it ({job.job_id})")
+    if job.state is not JobState.SUCCEEDED:
+        raise _Waiting(f"waiting for {what}")
+
+
 async def _party(uow: ErpGatewayUnitOfWork, connection: Connection, account_id: uuid.UUID) -> str:
     customer = await uow.jobs.find(connection.connection_id, EntityType.CUSTOMER, account_id)
     # Once the party exists its id is kept, also while a newer version of the customer is queued.
@@ -520,8 +536,8 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         note = credit_note_pb2.CreditNote.FromString(payload)
         bill_id = uuid.UUID(note.bill_id)
         invoice = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, bill_id)
-        if invoice is not None and invoice.state is not JobState.SUCCEEDED:
-            raise _Waiting(f"waiting for invoice of bill {bill_id}")
+        if invoice is not None:
+            _after(invoice, f"invoice of bill {bill_id}")
         bill_payload = await uow.sync_states.payload(EntityType.INVOICE, bill_id)
         bill = bill_pb2.Bill.FromString(bill_payload) if bill_payload else None
         return await adapter.post_credit_note(note, party, bill)
@@ -529,14 +545,13 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         paid = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT, job.entity_id)
         if paid is None:
             raise ErpError(f"payment {job.entity_id} was never queued for this connection: nothing to reverse")
-        if paid.state is not JobState.SUCCEEDED:
-            raise _Waiting(f"waiting for payment {job.entity_id}")
+        _after(paid, f"payment {job.entity_id}")
         # Its later allocations first: each is then in the ERP (and undone with the payment) or
         # known to be moot (it sees the reversal and sends nothing).
         for entity_id, _, _ in await uow.allocations.later_of(job.entity_id):
             allocation = await uow.jobs.find(connection.connection_id, EntityType.PAYMENT_ALLOCATION, entity_id)
-            if allocation is not None and allocation.state is not JobState.SUCCEEDED:
-                raise _Waiting(f"waiting for allocation {entity_id} of payment {job.entity_id}")
+            if allocation is not None:
+                _after(allocation, f"allocation {entity_id} of payment {job.entity_id}")
         return await adapter.reverse_payment(payment_pb2.Payment.FromString(payload), party, paid.erp_id)
     if job.entity_type is EntityType.PAYMENT:
         # Booked as billing allocated it: after billing's first allocation of it and the invoices of
@@ -559,7 +574,7 @@ async def _perform(uow: ErpGatewayUnitOfWork, adapter: ErpAdapter, connection: C
         connection.connection_id, job.account_id, SETTLEMENT_PREDECESSORS, await uow.jobs.sequence(job.job_id)
     )
     if earlier is not None:
-        raise _Waiting(f"waiting for {earlier.entity_type.value} {earlier.entity_id}")
+        _after(earlier, f"{earlier.entity_type.value} {earlier.entity_id}")
     if job.entity_type is not EntityType.WRITE_OFF:
         raise ErpError(f"the gateway does not send records of type {job.entity_type.value}")
     entry = ledger_pb2.LedgerEntry.FromString(payload)
@@ -597,8 +612,7 @@ async def _allocate(
         # Reversed: billing took back whatever the payment paid; its reversal undoes in the ERP
         # what was sent, and this was not.
         return NOT_SENT_REVERSED
-    if owner.state is not JobState.SUCCEEDED:
-        raise _Waiting(f"waiting for {what}")
+    _after(owner, what)
     # In billing's order: the credit left for this allocation is what the ones before it left (Odoo
     # applies the credit open on the payment or credit note).
     before = await uow.jobs.find(
@@ -606,19 +620,39 @@ async def _allocate(
         credit.allocation,
         allocation_entity_id(owner_id, allocated.sequence - 1, credit.allocation),
     )
-    if before is not None and before.state is not JobState.SUCCEEDED:
-        raise _Waiting(f"waiting for allocation {allocated.sequence - 1} of {what}")
+    if before is not None:
+        _after(before, f"allocation {allocated.sequence - 1} of {what}")
     if not allocated.allocations:
         return NOT_SENT_EMPTY  # a credit note whose bill owed nothing when it was issued
-    allocations = await _allocated_invoices(uow, connection, allocated.allocations)
     owner_payload = await uow.sync_states.payload(credit.owner, owner_id)
     if owner_payload is None:
         raise ErpError(f"the gateway has no copy of {what}")
     if credit is PAYMENT_CREDIT:
+        allocations = await _allocated_invoices(uow, connection, allocated.allocations)
         payment = payment_pb2.Payment.FromString(owner_payload)
         return await adapter.allocate_credit(payment, party, owner.erp_id, allocated.sequence, allocations)
     note = credit_note_pb2.CreditNote.FromString(owner_payload)
+    if allocated.sequence == 1 and await _own_bill_not_in_erp(uow, connection, note, allocated.allocations):
+        return NOT_SENT_BILL_NOT_IN_ERP
+    allocations = await _allocated_invoices(uow, connection, allocated.allocations)
     return await adapter.allocate_credit_note(note, party, owner.erp_id, allocated.sequence, allocations)
+
+
+async def _own_bill_not_in_erp(
+    uow: ErpGatewayUnitOfWork,
+    connection: Connection,
+    note: credit_note_pb2.CreditNote,
+    allocated: Sequence[events_pb2.BillAllocation],
+) -> bool:
+    """Whether a credit note's allocation at issue (to its own bill) goes to a bill that has no
+    invoice job on this connection. Asked once the note's job succeeded: billing published the
+    bill's BillIssued before the note's CreditNoteIssued on the same stream, so a bill without a
+    job by now is one the gateway never received (issued before it consumed billing's stream) and
+    never will; the note went to the ERP without it (as referrals leave such bills out)."""
+    if any(a.bill_id != note.bill_id for a in allocated):
+        return False
+    job = await uow.jobs.find(connection.connection_id, EntityType.INVOICE, uuid.UUID(note.bill_id))
+    return job is None
 
 
 async def _allocated_invoices(

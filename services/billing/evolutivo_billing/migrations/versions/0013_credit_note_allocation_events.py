@@ -8,6 +8,15 @@ Credit notes billing had before this migration made their allocation at issue wi
 it: they count as announced (1), so a later bill taking their remaining credit announces it as
 number 2. (The ERP gateway never receives a number 1 for them: an allocation does not wait for a
 predecessor the gateway never had; docs/erp_gateway.md, "Credit notes as billing allocated them".)
+That is the column's default, so that
+
+- adding it changes the catalog only (PostgreSQL 11 and later keep a constant default without
+  rewriting the table) and no full-table UPDATE writes every note again (the check added with it
+  reads the table once, writing nothing), and
+- notes that billing replicas still on the previous version insert during a rolling deploy (they
+  do not name the column, nor announce their allocation at issue) count as announced too: a later
+  bill taking their credit announces number 2, not a number 1 that the gateway would take for the
+  allocation to the note's own bill.
 
 Revision ID: 0013
 Revises: 0012
@@ -26,9 +35,8 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("credit_notes", sa.Column("allocation_sequence", sa.Integer, nullable=False, server_default="0"))
+    op.add_column("credit_notes", sa.Column("allocation_sequence", sa.Integer, nullable=False, server_default="1"))
     op.create_check_constraint("credit_notes_allocation_sequence", "credit_notes", "allocation_sequence >= 0")
-    op.execute("UPDATE credit_notes SET allocation_sequence = 1")
 
 
 def downgrade() -> None:
