@@ -359,17 +359,7 @@ async def test_a_payment_carries_billings_allocation_and_later_allocations_follo
 ) -> None:
     account_id = str(uuid.uuid4())
     account = account_pb2.Account(account_id=account_id, account_number="A-00000091", update_time=to_timestamp(NOW))
-    bills = [
-        bill_pb2.Bill(
-            bill_id=str(uuid.uuid4()),
-            account_id=account_id,
-            bill_number=f"F-9{i}",
-            lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
-            tax_total=money("0"),
-            total=money(total),
-        )
-        for i, total in enumerate(("12.10", "4.84"))
-    ]
+    bills = [a_bill(account_id, f"F-9{i}", total) for i, total in enumerate(("12.10", "4.84"))]
     payment = payment_pb2.Payment(
         payment_id=str(uuid.uuid4()),
         account_id=account_id,
@@ -436,29 +426,8 @@ def note_allocated(
 async def test_a_credit_notes_allocations_follow_it_in_sequence(setup: Setup, receiver: Receiver) -> None:
     account_id = str(uuid.uuid4())
     account = account_pb2.Account(account_id=account_id, account_number="A-00000092", update_time=to_timestamp(NOW))
-    paid, later = (
-        bill_pb2.Bill(
-            bill_id=str(uuid.uuid4()),
-            account_id=account_id,
-            bill_number=f"F-8{i}",
-            lines=[bill_pb2.BillLine(line_number=1, charge_offer_code="MOBILE", amount=money(total))],
-            tax_total=money("0"),
-            total=money(total),
-        )
-        for i, total in enumerate(("12.10", "4.84"))
-    )
-    note = credit_note_pb2.CreditNote(
-        credit_note_id=str(uuid.uuid4()),
-        bill_id=paid.bill_id,
-        account_id=account_id,
-        credit_note_number="CN-81",
-        currency_code="EUR",
-        lines=[credit_note_pb2.CreditNoteLine(line_number=1, charge_offer_code="MOBILE", amount=money("6.00"))],
-        subtotal=money("6.00"),
-        tax_total=money("0"),
-        total=money("6.00"),
-        issue_time=to_timestamp(NOW),
-    )
+    paid, later = (a_bill(account_id, f"F-8{i}", total) for i, total in enumerate(("12.10", "4.84")))
+    note = a_note(paid, "CN-81", "6.00")
     await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
     # Its bill was paid when the note was issued: allocation 1 gives nothing (nothing is sent for it);
     # a later bill takes 4.84 of its credit (allocation 2, before the note and the bill).
