@@ -59,12 +59,12 @@ class OutboxRelay:
         listener = await self._listen()
         try:
             while not stop.is_set():
-                # Cleared before publishing, so a commit notified while a batch is out is not lost.
                 if self._linger > 0 and self._wakeup.is_set():
                     # Woken by a commit: a moment more, and this pass publishes the next commits'
                     # events too (one transaction and one wake-up for several).
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), self._linger)
+                # Cleared before publishing, so a commit notified while a batch is out is not lost.
                 self._wakeup.clear()
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
