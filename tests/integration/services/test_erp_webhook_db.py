@@ -301,13 +301,7 @@ async def test_a_referred_case_is_handed_to_the_connections_marked_for_referrals
 async def test_reversals_and_write_offs_are_posted_as_their_own_deliveries(setup: Setup, receiver: Receiver) -> None:
     account_id = str(uuid.uuid4())
     account = account_pb2.Account(account_id=account_id, account_number="A-00000078", update_time=to_timestamp(NOW))
-    payment = payment_pb2.Payment(
-        payment_id=str(uuid.uuid4()),
-        account_id=account_id,
-        amount=money("10.00"),
-        reference="bank-78",
-        received_time=to_timestamp(NOW),
-    )
+    payment = a_payment(account_id, "10.00", "bank-78")
     reversed_payment = payment_pb2.Payment()
     reversed_payment.CopyFrom(payment)
     reversed_payment.state = payment_pb2.PAYMENT_STATE_REVERSED
@@ -325,7 +319,7 @@ async def test_reversals_and_write_offs_are_posted_as_their_own_deliveries(setup
     await deliver(
         setup,
         "balance",
-        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+        payment_recorded(payment),
         message("evolutivo.balance.v1.payment.reversed", balance_events.PaymentReversed(payment=reversed_payment), NOW),
         message("evolutivo.balance.v1.write_off.made", balance_events.WriteOffMade(entry=entry), NOW),
     )
@@ -360,18 +354,12 @@ async def test_a_payment_carries_billings_allocation_and_later_allocations_follo
     account_id = str(uuid.uuid4())
     account = account_pb2.Account(account_id=account_id, account_number="A-00000091", update_time=to_timestamp(NOW))
     bills = [a_bill(account_id, f"F-9{i}", total) for i, total in enumerate(("12.10", "4.84"))]
-    payment = payment_pb2.Payment(
-        payment_id=str(uuid.uuid4()),
-        account_id=account_id,
-        amount=money("20.00"),
-        reference="bank-91",
-        received_time=to_timestamp(NOW),
-    )
+    payment = a_payment(account_id, "20.00", "bank-91")
     await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
     await deliver(
         setup,
         "balance",
-        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+        payment_recorded(payment),
     )
     # Billing's later allocation may reach the gateway before the first and before its bill.
     await deliver(setup, "billing", allocated(payment, 2, [(bills[1].bill_id, "4.84")], "3.06"))
@@ -509,6 +497,20 @@ def a_bill(account_id: str, number: str, total: str) -> bill_pb2.Bill:
     )
 
 
+def a_payment(account_id: str, amount: str, reference: str) -> payment_pb2.Payment:
+    return payment_pb2.Payment(
+        payment_id=str(uuid.uuid4()),
+        account_id=account_id,
+        amount=money(amount),
+        reference=reference,
+        received_time=to_timestamp(NOW),
+    )
+
+
+def payment_recorded(payment: payment_pb2.Payment) -> FakeMsg:
+    return message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW)
+
+
 def a_note(bill: bill_pb2.Bill, number: str, total: str) -> credit_note_pb2.CreditNote:
     return credit_note_pb2.CreditNote(
         credit_note_id=str(uuid.uuid4()),
@@ -609,18 +611,12 @@ async def test_a_payments_allocation_behind_its_dead_payment_ends_in_the_dead_le
     account_id = str(uuid.uuid4())
     account = account_pb2.Account(account_id=account_id, account_number="A-00000094", update_time=to_timestamp(NOW))
     later = a_bill(account_id, "F-941", "4.84")
-    payment = payment_pb2.Payment(
-        payment_id=str(uuid.uuid4()),
-        account_id=account_id,
-        amount=money("20.00"),
-        reference="bank-94",
-        received_time=to_timestamp(NOW),
-    )
+    payment = a_payment(account_id, "20.00", "bank-94")
     await deliver(setup, "customer", message(ACCOUNT_CREATED, customer_events.AccountCreated(account=account), NOW))
     await deliver(
         setup,
         "balance",
-        message("evolutivo.balance.v1.payment.recorded", balance_events.PaymentRecorded(payment=payment), NOW),
+        payment_recorded(payment),
     )
     paid = await job_of(setup, EntityType.PAYMENT, payment.payment_id)
     await kill(setup, paid)
