@@ -21,6 +21,9 @@ class BillingSettings(ServiceSettings):
     late_usage_delay_seconds: float = Field(default=3600.0, ge=0)
     # BILLING_CYCLE_CLOSE_BATCH_SIZE: cycles one closer pass claims and closes in one transaction.
     cycle_close_batch_size: int = Field(default=100, ge=1)
+    # BILLING_CYCLE_CLOSE_PASSES_AT_ONCE: closer passes one replica runs at once; they claim
+    # different cycles and take the number series only to number (docs/billing.md "Lock order").
+    cycle_close_passes_at_once: int = Field(default=2, ge=1, le=16)
     # BILLING_CYCLE_CLOSE_TOGETHER: a pass closes and bills its cycles set-based (falling back to one
     # by one when that fails); false: always one by one (the reference path; docs/performance.md).
     cycle_close_together: bool = True

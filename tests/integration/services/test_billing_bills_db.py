@@ -85,8 +85,10 @@ class BillingDb(ServiceDb):
     def uow(self) -> BillingUnitOfWork:
         return BillingUnitOfWork(self.sessions, outbox, self.clock, events.encode)
 
-    def closer(self, batch_size: int = 100, policy: BillPolicy = POLICY) -> CycleCloser:
-        return CycleCloser(self.uow, DELAY, check_seconds=0.05, batch_size=batch_size, policy=policy)
+    def closer(self, batch_size: int = 100, policy: BillPolicy = POLICY, passes_at_once: int = 1) -> CycleCloser:
+        return CycleCloser(
+            self.uow, DELAY, check_seconds=0.05, batch_size=batch_size, policy=policy, passes_at_once=passes_at_once
+        )
 
     async def cycles(self, account_id: uuid.UUID) -> list[BillCycle]:
         async with self.uow() as uow:
@@ -467,10 +469,12 @@ async def test_zero_bills_are_issued_unless_suppressed_and_suppression_leaves_no
 # Exactly once, gapless.
 
 
-async def test_concurrent_closers_issue_each_bill_once_with_gapless_numbers(db: BillingDb) -> None:
+@pytest.mark.parametrize("passes_at_once", [1, 3])
+async def test_concurrent_closers_issue_each_bill_once_with_gapless_numbers(db: BillingDb, passes_at_once: int) -> None:
     """Four closers (replicas) catching up at once, in small batches so their passes interleave,
-    across a new year (two number series): every closed cycle has exactly one bill, every charge
-    is on exactly one bill, and each series is numbered 1..n without a gap or a repeat."""
+    across a new year (two number series), each running one pass or three at once (which take the
+    series only to number, after their units): every closed cycle has exactly one bill, every
+    charge is on exactly one bill, and each series is numbered 1..n without a gap or a repeat."""
     rng = random.Random(6)
     accounts = [await open_unit(db, NOW + timedelta(days=i % 20, hours=i)) for i in range(16)]
     expected: dict[str, Decimal] = {}
@@ -485,7 +489,8 @@ async def test_concurrent_closers_issue_each_bill_once_with_gapless_numbers(db: 
             await deliver(db, charges_created(*charges))
     db.clock.instant = madrid(2032, 3, 1)
 
-    closed_by = await asyncio.gather(*(db.closer(batch_size=3).catch_up() for _ in range(4)))
+    closers = [db.closer(batch_size=3, passes_at_once=passes_at_once) for _ in range(4)]
+    closed_by = await asyncio.gather(*(closer.catch_up() for closer in closers))
     assert await db.closer().catch_up() == 0, "they caught up"
 
     all_bills = await db.all_bills()
@@ -548,7 +553,8 @@ async def test_a_bill_rolled_back_gives_its_number_back(db: BillingDb, monkeypat
     assert late_bill.number is not None and late_bill.number.number == "F-2031-000005"
 
 
-async def test_charges_racing_the_closers_are_each_billed_once(db: BillingDb) -> None:
+@pytest.mark.parametrize("passes_at_once", [1, 2])
+async def test_charges_racing_the_closers_are_each_billed_once(db: BillingDb, passes_at_once: int) -> None:
     """ChargesCreated for the closing cycles applied by three consumers while two closers close
     them (about half the charges make it before their cycle's bill): each charge
     lands either in its cycle before the bill or in the next cycle (late), never in a billed one,
@@ -571,8 +577,8 @@ async def test_charges_racing_the_closers_are_each_billed_once(db: BillingDb) ->
     # for cycles the consumers hold, so every first cycle is billed when they are done.
     await asyncio.gather(
         *(feed(messages[i::3]) for i in range(3)),
-        db.closer(batch_size=1).catch_up(),
-        db.closer(batch_size=1).catch_up(),
+        db.closer(batch_size=1, passes_at_once=passes_at_once).catch_up(),
+        db.closer(batch_size=1, passes_at_once=passes_at_once).catch_up(),
     )
     first_bills = {b.bill_cycle_id: b for b in await db.all_bills()}
     assert set(first_bills) == {c.bill_cycle_id for c in firsts.values()}
@@ -592,16 +598,20 @@ async def test_charges_racing_the_closers_are_each_billed_once(db: BillingDb) ->
     assert sum((b.subtotal for b in await db.all_bills()), Decimal(0)) == Decimal("24.00")
 
 
-async def test_a_cycle_held_by_the_charges_consumer_is_waited_for_not_skipped(db: BillingDb) -> None:
+@pytest.mark.parametrize("passes_at_once", [1, 2])
+async def test_a_cycle_held_by_the_charges_consumer_is_waited_for_not_skipped(
+    db: BillingDb, passes_at_once: int
+) -> None:
     """The consumer share-locks the cycle it adds items to: a closer skips it (SKIP LOCKED) but,
-    finding it due, waits for it instead of leaving it open until the next check."""
+    finding it due, waits for it instead of leaving it open until the next check (with passes at
+    once, the first line waits)."""
     account_id = await open_unit(db)
     (cycle,) = await db.cycles(account_id)
     db.clock.instant = FIRST_DUE
     async with db.uow() as holder:
         held = await holder.bill_cycles.get(cycle.bill_cycle_id, for_share=True)
         assert held is not None
-        closing = asyncio.create_task(db.closer().catch_up())
+        closing = asyncio.create_task(db.closer(passes_at_once=passes_at_once).catch_up())
         await asyncio.sleep(0.5)
         assert not closing.done(), "it waits for the consumer's transaction"
         await holder.commit()

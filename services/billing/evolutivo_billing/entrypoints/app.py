@@ -46,6 +46,7 @@ def wire(rt: Runtime) -> Wiring:
         policy(settings),
         settings.database_url,
         together=settings.cycle_close_together,
+        passes_at_once=settings.cycle_close_passes_at_once,
     )
     return Wiring(
         servicers=[

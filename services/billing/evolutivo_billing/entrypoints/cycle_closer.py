@@ -39,8 +39,12 @@ class CycleCloser:
         policy: BillPolicy | None = None,
         listen_url: str | None = None,
         together: bool = True,
+        passes_at_once: int = 1,
     ) -> None:
         self._uow = uow
+        # Passes a catch-up runs at once (they claim different cycles and overlap all but their
+        # numbering, docs/billing.md "Lock order"); 1: one after the other.
+        self.passes_at_once = passes_at_once
         # Passes close their cycles set-based (False: one by one, the reference path; tests).
         self.together = together
         # Where to LISTEN for reached thresholds (None: only the periodic check finds them).
@@ -53,6 +57,8 @@ class CycleCloser:
 
     async def catch_up(self, stop: asyncio.Event | None = None) -> int:
         """Passes until one finds nothing due (or `stop` is set); returns the cycles closed.
+        With `passes_at_once` above 1, that many run at once, each until one of its passes finds
+        nothing due; only the first waits for cycles others hold (below).
 
         A cycle that fails to close is left out of the following passes, so it cannot take the
         place of due ones; the next catch-up tries it again. When a pass finds nothing it can
@@ -60,9 +66,20 @@ class CycleCloser:
         the ChargesCreated consumer adding items (briefly, but a busy account's cycle could be
         held at every check). A pass that waits for one is run then, and again while such
         passes close something, so no cycle is skipped for ever."""
-        total = 0
         failed: set[uuid.UUID] = set()
-        may_wait = True
+        if self.passes_at_once <= 1:
+            return await self._passes(stop, failed, may_wait=True)
+        # A TaskGroup: a line that raises cancels the others; its error reaches the caller as is.
+        try:
+            async with asyncio.TaskGroup() as lines:
+                done = [lines.create_task(self._passes(stop, failed, i == 0)) for i in range(self.passes_at_once)]
+        except ExceptionGroup as errors:
+            raise errors.exceptions[0] from None
+        return sum(d.result() for d in done)
+
+    async def _passes(self, stop: asyncio.Event | None, failed: set[uuid.UUID], may_wait: bool) -> int:
+        """One line of catch-up passes (see catch_up); `failed` is shared by the lines."""
+        total = 0
         while stop is None or not stop.is_set():
             done = await close_due_cycles(
                 self._uow(), self.late_usage_delay, self.batch_size, failed, self.policy, together=self.together

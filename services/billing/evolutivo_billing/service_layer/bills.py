@@ -4,8 +4,8 @@ and trial bills, and reading bills.
 
 Lock order (docs/billing.md, "Other triggers"), which every path follows so none deadlocks: a
 bill cycle (the closer's exclusive claim, or a share lock on the unit's open cycle), then the bill
-number series, then the bill unit (the closer); bill now and threshold bills take the open cycle
-(share), then the unit, and the series last."""
+unit, then the bill number series (taken to number, in key order), then bills and credits. The
+closer's per-cycle fallback takes the series right after its cycles, before their units."""
 
 from __future__ import annotations
 
@@ -199,24 +199,29 @@ async def bill_closed_cycles(
     path's order, so the events reach the outbox in the same order). Runs in the caller's
     transaction (a savepoint), which holds the cycles, the series and the units."""
     counts = await uow.bill_items.unbilled_counts([c.cycle.bill_cycle_id for c in closed])
+    # Every series the pass may number from, locked at its first numbering in key order (a later
+    # group must not take a series ordered before one the pass holds: two passes could deadlock).
+    series = series_to_lock(policy, [c.cycle for c in closed])
     built: list[Bill] = []
     group: list[ClosedCycle] = []
     items = 0
     for c in closed:
         count = counts.get(c.cycle.bill_cycle_id, 0)
         if group and items + count > BILL_RUN_GROUP_ITEMS:
-            built += await _bill_group(uow, group, now, policy)
-            group, items = [], 0
+            built += await _bill_group(uow, group, now, policy, series)
+            group, items, series = [], 0, set()
         group.append(c)
         items += count
     if group:
-        built += await _bill_group(uow, group, now, policy)
+        built += await _bill_group(uow, group, now, policy, series)
     return built
 
 
 async def _bill_group(
-    uow: BillingUnitOfWork, closed: Sequence[ClosedCycle], now: datetime, policy: BillPolicy
+    uow: BillingUnitOfWork, closed: Sequence[ClosedCycle], now: datetime, policy: BillPolicy, lock: set[str]
 ) -> list[Bill]:
+    """Bills one group of a pass; `lock`: the series to lock before numbering (the pass's first
+    group locks all the pass may use, when more than the one `take` locks)."""
     items = await uow.bill_items.unbilled_in_cycles([c.cycle.bill_cycle_id for c in closed])
     statements = await uow.bills.statements([(c.unit.bill_unit_id, c.unit.account_id) for c in closed])
     built: list[Bill] = []
@@ -227,6 +232,8 @@ async def _bill_group(
     del items
     numbered = [b for b in built if not (b.is_zero and policy.suppress_zero_bills)]
     series_of = {b.bill_id: policy.numbering.series(b.issue_date) for b in numbered}
+    if len(lock) > 1:
+        await uow.bill_numbers.lock(lock)
     next_number = await uow.bill_numbers.take(collections.Counter(series_of.values()))
     for bill in built:
         series = series_of.get(bill.bill_id)

@@ -87,10 +87,12 @@ async def close_due_cycles(
     async with uow:
         now = uow.clock.now()
         due = await uow.bill_cycles.claim_due(now - late_usage_delay, 1 if wait else limit, skip, wait)
-        # Passes running at once take the number series in one order: they wait, never deadlock.
-        await uow.bill_numbers.lock(series_to_lock(policy, due))
+        # The set-based path takes the number series only to number its bills (after reading and
+        # building them), so passes running at once overlap all but their numbering and commit.
         done = await _close_together(uow, due, now, late_usage_delay, policy) if together and due else None
         if done is None:
+            # Passes running at once take the number series in one order: they wait, never deadlock.
+            await uow.bill_numbers.lock(series_to_lock(policy, due))
             done = await _close_one_by_one(uow, due, now, late_usage_delay, policy)
         await uow.commit()
     CYCLES_CLOSED.inc(done.closed)
