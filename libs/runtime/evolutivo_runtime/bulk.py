@@ -27,6 +27,8 @@ def insert_rows(
     on_conflict_columns: Sequence[str] = (),
     returning: Sequence[str] = (),
     same: Mapping[str, Any] | None = None,
+    on_conflict_update: Sequence[str] = (),
+    update_where: str | None = None,
 ) -> tuple[TextClause, dict[str, Any]]:
     """The rows (dicts with the same keys, columns of `table`; at least one) as ONE statement and
     its parameters, one array per column. Rows go in in the order given (two transactions
@@ -36,9 +38,17 @@ def insert_rows(
     write. With `on_conflict_constraint` (a constraint's name) or `on_conflict_columns` (a unique
     index's columns), a row conflicting with it is skipped; `returning` names the columns returned
     of the rows inserted. `same` gives columns whose value is the same in every row, bound once
-    (an array column can go only this way: unnest flattens arrays of arrays)."""
+    (an array column can go only this way: unnest flattens arrays of arrays).
+
+    With `on_conflict_update` (and `on_conflict_columns`), a conflicting row updates those columns
+    of the row there to its own values instead (`excluded`), when `update_where` (SQL over the
+    table's and `excluded`'s columns, if given) holds; `returning` then names the rows inserted or
+    updated. One row may not update another of the same statement (PostgreSQL refuses it): the
+    caller keeps one row per key."""
     if not rows:
         raise ValueError("insert_rows needs at least one row")
+    if on_conflict_update and not on_conflict_columns:
+        raise ValueError("on_conflict_update needs on_conflict_columns")
     columns = list(rows[0])
     constants = dict(same or {})
     json_none_as_null: dict[str, bool] = {}
@@ -68,6 +78,11 @@ def insert_rows(
     )
     if on_conflict_constraint:
         sql += f" ON CONFLICT ON CONSTRAINT {on_conflict_constraint} DO NOTHING"
+    elif on_conflict_update:
+        assignments = ", ".join(f"{name} = excluded.{name}" for name in on_conflict_update)
+        sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO UPDATE SET {assignments}"
+        if update_where:
+            sql += f" WHERE {update_where}"
     elif on_conflict_columns:
         sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO NOTHING"
     if returning:

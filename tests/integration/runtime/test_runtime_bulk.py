@@ -166,3 +166,42 @@ async def test_values_the_same_in_every_row_go_once_array_columns_too(empty_data
         ]
     finally:
         await engine.dispose()
+
+
+async def test_conflicting_rows_update_where_the_condition_holds(empty_database: EmptyDatabase) -> None:
+    """`on_conflict_update`: a row whose key is there updates the named columns to its values when
+    `update_where` holds, else is left out; RETURNING names the rows inserted or updated."""
+    engine = create_engine(await empty_database("bulk_update"))
+
+    def upsert(rows: list[dict[str, object]]) -> tuple[Any, dict[str, list[Any]]]:
+        return insert_rows(
+            entries,
+            rows,
+            on_conflict_columns=("source_id",),
+            on_conflict_update=("amount", "note"),
+            update_where="entries.amount < excluded.amount",
+            returning=("source_id",),
+        )
+
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        async with engine.begin() as conn:
+            returned = [r.source_id for r in await conn.execute(*upsert([row("a", "5"), row("b", "5")]))]
+        assert returned == ["a", "b"]
+
+        # "a" with more updates (its id stays), "b" with less is left as it was, "c" is new.
+        async with engine.begin() as conn:
+            returned = [
+                r.source_id
+                for r in await conn.execute(*upsert([row("a", "7", "x"), row("b", "1", "y"), row("c", "2")]))
+            ]
+        assert returned == ["a", "c"]
+        async with engine.connect() as conn:
+            stored = {r.source_id: (r.amount, r.note) for r in await conn.execute(select(entries))}
+        assert stored == {"a": (Decimal(7), "x"), "b": (Decimal(5), "n"), "c": (Decimal(2), "n")}
+
+        with pytest.raises(ValueError, match="on_conflict_columns"):
+            insert_rows(entries, [row("d", "1")], on_conflict_update=("amount",))
+    finally:
+        await engine.dispose()

@@ -9,6 +9,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from evolutivo_runtime.bulk import insert_rows
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,8 +26,8 @@ from evolutivo_erp_gateway.adapters.orm import (
 )
 from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
 from evolutivo_erp_gateway.domain.jobs import JobState, SyncJob
-from evolutivo_erp_gateway.domain.journal import Posting
-from evolutivo_erp_gateway.domain.model import AllocatedCredit, EntityType, SyncState, SyncStatus
+from evolutivo_erp_gateway.domain.journal import JournalEntry, Posting
+from evolutivo_erp_gateway.domain.model import AllocatedCredit, EntityType, ReceivedRecord, SyncState, SyncStatus
 
 
 class SyncStateRepository:
@@ -82,6 +83,47 @@ class SyncStateRepository:
             where=or_(t.c.payload_version.is_(None), t.c.payload_version < stmt.excluded.payload_version),
         ).returning(t.c.entity_id)
         return (await self._session.execute(upsert)).first() is not None
+
+    async def store_payloads(
+        self, entity_type: EntityType, records: Sequence[ReceivedRecord], now: datetime
+    ) -> list[ReceivedRecord]:
+        """`store_payload` for many records of one type in one statement; those stored, in the
+        order given. A record given twice counts once, at its latest version (the first of equal
+        ones), where its first came: as storing them one after the other would leave it."""
+        latest: dict[uuid.UUID, ReceivedRecord] = {}
+        for record in records:
+            kept = latest.get(record.entity_id)
+            if kept is None or kept.version < record.version:
+                latest[record.entity_id] = record
+        if not latest:
+            return []
+        t = sync_states
+        statement, params = insert_rows(
+            t,
+            [
+                {
+                    "entity_id": r.entity_id,
+                    "account_id": r.account_id,
+                    "payload": r.payload,
+                    "payload_version": r.version,
+                }
+                for r in latest.values()
+            ],
+            same={
+                "entity_type": entity_type.value,
+                "status": SyncStatus.PENDING.value,
+                "erp_id": "",
+                "update_time": now,
+            },
+            on_conflict_columns=("entity_type", "entity_id"),
+            on_conflict_update=("account_id", "payload", "payload_version", "update_time"),
+            update_where=(
+                "sync_states.payload_version IS NULL OR sync_states.payload_version < excluded.payload_version"
+            ),
+            returning=("entity_id",),
+        )
+        stored = {row.entity_id for row in await self._session.execute(statement, params)}
+        return [r for r in latest.values() if r.entity_id in stored]
 
     async def payload(self, entity_type: EntityType, entity_id: uuid.UUID) -> bytes | None:
         t = sync_states
@@ -344,6 +386,53 @@ class SyncJobRepository:
         )
         await self._session.execute(stmt)
 
+    async def rearm_many(
+        self,
+        connection_ids: Sequence[uuid.UUID],
+        entity_type: EntityType,
+        records: Sequence[ReceivedRecord],
+        now: datetime,
+    ) -> None:
+        """`upsert(..., rearm=True)` for many records of one type (each once) on each connection,
+        in one statement: record after record, each on the connections in the order given (the
+        queue order `upsert` called that way leaves)."""
+        if not records or not connection_ids:
+            return
+        statement, params = insert_rows(
+            sync_jobs,
+            [
+                {
+                    "job_id": uuid.uuid4(),
+                    "connection_id": connection_id,
+                    "entity_id": r.entity_id,
+                    "account_id": r.account_id,
+                    "payload_version": r.version,
+                }
+                for r in records
+                for connection_id in connection_ids
+            ],
+            same={
+                "entity_type": entity_type.value,
+                "state": JobState.PENDING.value,
+                "attempts": 0,
+                "last_error": "",
+                "next_attempt_time": now,
+                "erp_id": "",
+                "create_time": now,
+                "update_time": now,
+            },
+            on_conflict_columns=("connection_id", "entity_type", "entity_id"),
+            on_conflict_update=(
+                "state",
+                "attempts",
+                "last_error",
+                "next_attempt_time",
+                "payload_version",
+                "update_time",
+            ),
+        )
+        await self._session.execute(statement, params)
+
     async def claim_due(self, now: datetime) -> SyncJob | None:
         """The next due job of an enabled connection, locked; replicas skip each other's."""
         t = sync_jobs
@@ -546,6 +635,28 @@ class PostingRepository:
             )
             .on_conflict_do_nothing(index_elements=["source_type", "source_id", "role", "charge_offer_code"])
         )
+
+    async def add_many(self, entries: Sequence[JournalEntry]) -> None:
+        """`add` for many records' postings in one statement, in the order given."""
+        rows = [
+            {
+                "source_type": e.source_type,
+                "source_id": e.source_id,
+                "currency_code": e.currency_code,
+                "effective_time": e.effective_time,
+                "role": p.role,
+                "charge_offer_code": p.charge_offer_code,
+                "amount": p.amount,
+            }
+            for e in entries
+            for p in e.postings
+        ]
+        if rows:
+            await self._session.execute(
+                *insert_rows(
+                    gl_postings, rows, on_conflict_columns=("source_type", "source_id", "role", "charge_offer_code")
+                )
+            )
 
     async def in_period(self, currency_code: str, start: datetime, end: datetime) -> list[Posting]:
         t = gl_postings

@@ -13,6 +13,7 @@ import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import iso4217
@@ -160,3 +161,14 @@ def journal(currency_code: str, postings: Sequence[Posting], accounts: dict[str,
         account = account or accounts.get(role, "")
         lines.append(JournalLine(role, offer, account, amount if amount > 0 else ZERO, -amount if amount < 0 else ZERO))
     return Journal(currency_code, lines)
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One record's postings, as `PostingRepository.add_many` writes them."""
+
+    source_type: str
+    source_id: str
+    currency_code: str
+    effective_time: datetime
+    postings: Sequence[Posting]

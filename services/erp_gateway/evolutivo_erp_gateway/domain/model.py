@@ -99,3 +99,13 @@ class SyncState:
             erp_id="",
             update_time=now.astimezone(UTC),
         )
+
+
+@dataclass(frozen=True)
+class ReceivedRecord:
+    """A suite record as a consumer received it: what `store_payloads` keeps and jobs send."""
+
+    entity_id: uuid.UUID
+    account_id: uuid.UUID
+    payload: bytes
+    version: datetime

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC
 
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.billing.v1 import collections_events_pb2 as collections_events
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import events_pb2 as customer_events
-from evolutivo_runtime.messaging.consumer import EventHandler, Subscription
+from evolutivo_runtime.messaging.consumer import BatchHandler, EventHandler, Subscription
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 
@@ -57,6 +58,13 @@ async def on_case_referred(
 
 async def on_bill_issued(uow: ErpGatewayUnitOfWork, event: billing_events.BillIssued, meta: EventMeta) -> None:
     await handlers.bill_issued(uow, event.bill)
+
+
+async def on_bills_issued(
+    uow: ErpGatewayUnitOfWork, events: Sequence[tuple[billing_events.BillIssued, EventMeta]]
+) -> None:
+    # A bill run publishes thousands at once: a fetched batch's in a few statements.
+    await handlers.bills_issued(uow, [event.bill for event, _ in events])
 
 
 async def on_credit_note_issued(
@@ -135,6 +143,8 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                     billing_events.CreditNoteAllocated, on_credit_note_allocated
                 ),
             },
+            # A bill's effects (its payload, jobs, postings) depend on no other event of the stream.
+            batch_handlers={billing_events.BillIssued.DESCRIPTOR.full_name: BatchHandler(on_bills_issued)},
         ),
         Subscription(
             durable="erp_gateway",

@@ -38,6 +38,7 @@ from evolutivo_erp_gateway.domain.model import (
     PAYMENT_CREDIT,
     AllocatedCredit,
     EntityType,
+    ReceivedRecord,
     SyncState,
     SyncStatus,
     allocation_entity_id,
@@ -156,12 +157,38 @@ def _time(ts: Timestamp, fallback: datetime) -> datetime:
 
 
 async def bill_issued(uow: ErpGatewayUnitOfWork, bill: bill_pb2.Bill) -> None:
-    issued = _time(bill.issue_time, uow.clock.now())
-    await receive(
-        uow, EntityType.INVOICE, uuid.UUID(bill.bill_id), uuid.UUID(bill.account_id), bill.SerializeToString(), issued
+    """The bill is kept (`receive`, as an INVOICE at its issue time) and its postings journalled."""
+    await bills_issued(uow, [bill])
+
+
+async def bills_issued(uow: ErpGatewayUnitOfWork, bills: Sequence[bill_pb2.Bill]) -> None:
+    """`bill_issued` for the bills of a fetched batch, in order, set-based (docs/performance.md):
+    their payloads in one statement, the jobs of each connection taking invoices in one, their
+    postings in one: the rows `receive` and `postings.add` leave, bill after bill (a bill given
+    twice counts at its latest version)."""
+    now = uow.clock.now()
+    records = [
+        ReceivedRecord(
+            uuid.UUID(bill.bill_id), uuid.UUID(bill.account_id), bill.SerializeToString(), _time(bill.issue_time, now)
+        )
+        for bill in bills
+    ]
+    stored = await uow.sync_states.store_payloads(EntityType.INVOICE, records, now)
+    if stored:
+        taking = [c.connection_id for c in await uow.connections.all() if c.takes(EntityType.INVOICE)]
+        await uow.jobs.rearm_many(taking, EntityType.INVOICE, stored, now)
+    await uow.postings.add_many(
+        [
+            gl.JournalEntry(
+                "bill",
+                bill.bill_id,
+                bill.currency_code,
+                record.version,
+                gl.bill_postings(_money_lines(bill.lines), from_money(bill.tax_total), from_money(bill.total)),
+            )
+            for bill, record in zip(bills, records, strict=True)
+        ]
     )
-    postings = gl.bill_postings(_money_lines(bill.lines), from_money(bill.tax_total), from_money(bill.total))
-    await uow.postings.add("bill", bill.bill_id, bill.currency_code, issued, postings)
 
 
 async def credit_note_issued(uow: ErpGatewayUnitOfWork, note: credit_note_pb2.CreditNote) -> None:
