@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evolutivo_stack.stack import Stack
 
-PROFILED = ("charging", "balance", "billing")
+from bench.memory import MEASURED as PROFILED
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ from evolutivo_stack.stack import Stack
 
 from bench import billrun, ceilings, ingest
 from bench.common import Figure, median, open_loop
-from bench.memory import PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
+from bench.memory import MEASURED, PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
 from bench.profiling import profiled
 
 # The bill run's late-usage delay (BILLING_LATE_USAGE_DELAY_SECONDS, its default), so the seeded
@@ -294,6 +294,11 @@ def targets(report: Report) -> list[Target]:
     return found
 
 
+def _service_of(key: str) -> str:
+    """The service a `cpu_ms_per_<what>_<service>` figure is of (service names hold underscores)."""
+    return next((s for s in MEASURED if key.endswith(f"_{s}")), key.rsplit("_", 1)[-1])
+
+
 def print_report(report: Report) -> str:
     out = [
         f"Evolutivo benchmark, {report.started} ({report.seconds:.0f} s), {report.machine['cpus']} CPUs, "
@@ -312,7 +317,7 @@ def print_report(report: Report) -> str:
             notes = f.notes + (f"; median of {f.runs}" if f.runs > 1 else "")
             if f.extra.get("unbooked"):
                 notes += f"; {f.extra['unbooked']:.0f} NOT BOOKED in time"
-            cpu = {k.rsplit("_", 1)[-1]: v for k, v in f.extra.items() if k.startswith("cpu_ms_per_")}
+            cpu = {_service_of(k): v for k, v in f.extra.items() if k.startswith("cpu_ms_per_")}
             if cpu:
                 per = {"events/s": "event", "reads/s": "read"}.get(f.unit, "bill")
                 notes += f"; CPU ms per {per}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items()))
