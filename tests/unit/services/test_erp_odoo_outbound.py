@@ -431,6 +431,20 @@ async def test_a_credit_note_odoo_has_not_posted_is_not_allocated() -> None:
     assert odoo.methods() == [("account.move", "read")]
 
 
+async def test_a_credit_note_without_its_odoo_id_is_looked_up_for_its_partner_only() -> None:
+    # No Odoo id kept for the note: its out_refund is searched by reference and partner (another
+    # customer's note may carry the same number); Odoo has it only as a draft here.
+    odoo = FakeOdoo({("account.move", "search"): [[70]], ("account.move", "read"): [[{"id": 70, "state": "draft"}]]})
+    note = credit_note_pb2.CreditNote(credit_note_id=str(uuid.uuid4()), credit_note_number="CN-2031-0005")
+    with pytest.raises(Rejected, match="Odoo has no posted credit note CN-2031-0005"):
+        await run(
+            odoo,
+            [lambda a: a.allocate_credit_note(note, "42", "", 1, [InvoiceAllocation("9", "b", Decimal("1.00"))])],
+        )
+    args, _ = odoo.call("account.move", "search")
+    assert args[0] == [["move_type", "=", "out_refund"], ["ref", "=", "CN-2031-0005"], ["partner_id", "=", 42]]
+
+
 async def test_a_later_allocation_of_a_note_whose_share_at_issue_odoo_never_got_says_what_to_do() -> None:
     # A note issued before billing's migration 0013: its 7.10 to its own bill was never allocated in
     # Odoo, so the out_refund (70) is open by all of its 12.10; billing's allocation 2 gives 3.63 of

@@ -490,7 +490,10 @@ class OdooAdapter:
         invoices as billing allocated it, as a payment's is (_assign_allocations). Returns the
         credit note's id (the allocation is its reconciliation with the invoices)."""
         reference = note.credit_note_number or note.credit_note_id
-        refund = int(note_erp_id) if note_erp_id.isdigit() else await self._find_move("out_refund", reference)
+        # Without the note's Odoo id (a job from before it was kept), its out_refund by reference,
+        # of this partner only: another customer's credit note may carry the same number.
+        partner = int(party) if party.isdigit() else None
+        refund = int(note_erp_id) if note_erp_id.isdigit() else await self._find_move("out_refund", reference, partner)
         rows = await self.client.read("account.move", [refund], ["state"]) if refund else []
         if not rows or rows[0]["state"] != "posted":
             raise Rejected(f"Odoo has no posted credit note {reference}: its credit cannot be allocated")
