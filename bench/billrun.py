@@ -160,5 +160,10 @@ async def pdf_rate(
         return 1
 
     return await closed_loop(
-        seconds, concurrency, render, "Bill PDF render (GetBillDocument)", "PDFs/s", "render + keep, new bill each"
+        seconds,
+        concurrency,
+        render,
+        "Bill PDF render (GetBillDocument)",
+        "PDFs/s",
+        "render + keep, new bill each; read rate limit lifted",
     )

@@ -56,14 +56,21 @@ class PeakSampler:
 # The services whose CPU a measure is charged with: those the usage and the bills flow through
 # (the gateway books every bill and payment for the ERP; customer is idle in these measures).
 MEASURED = ("charging", "balance", "billing", "erp_gateway")
+# And the embedded servers' (every PostgreSQL backend and helper process, NATS), when the stack runs them.
+SERVERS = ("postgres", "nats")
 
 
-def cpu_seconds(stack: Stack, services: tuple[str, ...] = MEASURED) -> dict[str, float]:
-    """CPU time (user + system) each service's replicas used so far, summed per service: the cost
-    of a measure is the difference, which the machine's other load does not inflate the way it
-    inflates wall-clock rates."""
+def cpu_seconds(stack: Stack, services: tuple[str, ...] = MEASURED + SERVERS) -> dict[str, float]:
+    """CPU time (user + system) each service's replicas, or each embedded server's processes,
+    used so far, summed per name: the cost of a measure is the difference, which the machine's
+    other load does not inflate the way it inflates wall-clock rates. A server's processes that
+    exited meanwhile (a closed connection's backend) are not counted: the pools keep theirs."""
     found: dict[str, float] = {}
+    servers = stack.server_pids()
     for service in services:
+        if service in servers:
+            found[service] = _tree_cpu_seconds(servers[service])
+            continue
         if service not in stack.services:
             continue
         for replica in stack.replicas(service):
@@ -75,17 +82,31 @@ def cpu_seconds(stack: Stack, services: tuple[str, ...] = MEASURED) -> dict[str,
     return found
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    total = 0.0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for process in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+    return total
+
+
 async def settled_cpu_seconds(
     stack: Stack,
     services: tuple[str, ...] = MEASURED,
+    also: tuple[str, ...] = SERVERS,
     quiet_share: float = 0.05,
     interval: float = 0.5,
     timeout: float = 120.0,
 ) -> dict[str, float]:
-    """`cpu_seconds` once every service has gone quiet (under `quiet_share` of a core for two
-    intervals in a row): a consumer still working through its backlog after the measured call
-    returned is charged to the measure instead of being left out. Gives up after `timeout` and
-    reads what it has (the report then includes the other services' background work)."""
+    """`cpu_seconds` of `services` and `also` once every one of `services` has gone quiet (under
+    `quiet_share` of a core for two intervals in a row): a consumer still working through its
+    backlog after the measured call returned is charged to the measure instead of being left out.
+    The servers (`also`) are read then but not waited for (PostgreSQL's autovacuum may run on).
+    Gives up after `timeout` and reads what it has (the report then includes the other services'
+    background work)."""
     deadline = time.monotonic() + timeout
     last = cpu_seconds(stack, services)
     calm = 0
@@ -95,4 +116,4 @@ async def settled_cpu_seconds(
         busy = any(now.get(s, 0.0) - last.get(s, 0.0) > quiet_share * interval for s in now)
         calm = 0 if busy else calm + 1
         last = now
-    return last
+    return last | cpu_seconds(stack, also)

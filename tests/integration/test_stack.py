@@ -237,6 +237,13 @@ def test_embedded_servers_keep_their_data_across_restarts(data_dir: Path, fake_s
         assert stack.nats_url.startswith("nats://127.0.0.1:")
         assert (data_dir / "postgres" / "pgdata" / "PG_VERSION").exists()
         assert (data_dir / "nats").is_dir()
+        # The servers' processes, as the benchmark harness charges their CPU (PostgreSQL's backends
+        # are the postmaster's children).
+        pids = stack.server_pids()
+        assert set(pids) == {"postgres", "nats"}
+        assert Path(f"/proc/{pids['postgres']}/cmdline").read_bytes().split(b"\0")[0].endswith(b"postgres")
+        assert b"nats-server" in Path(f"/proc/{pids['nats']}/cmdline").read_bytes()
+    assert stack.server_pids() == {}, "none once stopped"
     with Stack(data_dir, base_port=None, env=_env(fake_services), services=["customer"]) as stack:
         assert asyncio.run(_migrations(stack.database_url("customer"))) == ["customer", "customer"]
     assert (data_dir / "logs" / "customer.log").read_text().count("customer stopped") == 2

@@ -120,6 +120,11 @@ class _ServerProcess:
         """True while the server process is alive."""
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The running server's process id (PostgreSQL's postmaster), None when it is not running."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
     def _open_log(self, log_path: Path) -> IO[bytes]:
         """Open ``log_path`` for appending and remember where this run begins."""
         self._close_log()
@@ -399,6 +404,10 @@ class EmbeddedPostgres:
     def port(self) -> int | None:
         return self._port
 
+    @property
+    def pid(self) -> int | None:
+        return self._server.pid
+
     def stop(self, *, immediate: bool = False) -> None:
         """Stop the server cleanly ("fast" shutdown: SIGINT, checkpoint, exit).
 
@@ -565,6 +574,10 @@ class EmbeddedNats:
     @property
     def port(self) -> int | None:
         return self._port
+
+    @property
+    def pid(self) -> int | None:
+        return self._server.pid
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop gracefully: SIGTERM, wait, then SIGKILL (at once with ``kill``).  No-op if not running."""

@@ -399,6 +399,15 @@ class Stack:
         """Service -> metrics port of its replica 0."""
         return {service: replicas[0].metrics_port for service, replicas in self._replicas.items()}
 
+    def server_pids(self) -> dict[str, int]:
+        """The embedded servers' process ids, by name ("postgres", "nats"): those running (an
+        external server is not this stack's to name)."""
+        found = {
+            "postgres": self._postgres.pid if self._postgres else None,
+            "nats": self._nats.pid if self._nats else None,
+        }
+        return {name: pid for name, pid in found.items() if pid is not None}
+
     def replicas(self, service: str) -> list[Replica]:
         """Every replica of ``service``, replica 0 first."""
         return list(self._replicas_of(service, None))
