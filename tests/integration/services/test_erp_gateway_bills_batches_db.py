@@ -30,7 +30,7 @@ from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.adapters.orm import gl_postings, inbox, outbox, sync_jobs, sync_states
 from evolutivo_erp_gateway.domain import journal as gl
-from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
+from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType
 from evolutivo_erp_gateway.domain.model import EntityType
 from evolutivo_erp_gateway.entrypoints import consumers as gateway_consumers
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
@@ -42,6 +42,7 @@ from evolutivo_runtime.timestamps import to_timestamp
 from sqlalchemy import select, update
 from support.batches import ConsumingDb, Labels, acked, normalized, two_databases
 from support.databases import MigratedDatabase
+from support.erp import a_connection
 from support.jetstream import FakeMsg, message, process
 
 NOW = datetime(2031, 6, 3, 9, 30, tzinfo=UTC)
@@ -117,20 +118,7 @@ async def dbs(migrated_database: MigratedDatabase) -> AsyncIterator[tuple[Gatewa
 
 
 def connection(kind: ConnectionType, name: str) -> Connection:
-    return Connection(
-        connection_id=uuid.uuid4(),
-        display_name=name,
-        type=kind,
-        endpoint_url="https://erp.example.com/hook" if kind is ConnectionType.WEBHOOK else "",
-        database="",
-        username="",
-        mapping=Mapping(),
-        enabled=True,
-        import_payments=False,
-        has_credentials=False,
-        create_time=NOW,
-        update_time=NOW,
-    )
+    return a_connection(kind, name, "https://erp.example.com/hook" if kind is ConnectionType.WEBHOOK else "", NOW)
 
 
 @dataclass(frozen=True)

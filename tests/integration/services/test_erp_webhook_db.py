@@ -29,7 +29,7 @@ from evolutivo_erp_gateway.adapters.crypto import SecretCipher, generate_key
 from evolutivo_erp_gateway.adapters.factory import Adapters
 from evolutivo_erp_gateway.adapters.orm import inbox, outbox
 from evolutivo_erp_gateway.adapters.webhook import DELIVERY_HEADER, EVENT_HEADER, SIGNATURE_HEADER, verify
-from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType, Mapping
+from evolutivo_erp_gateway.domain.connections import Connection, ConnectionType
 from evolutivo_erp_gateway.domain.jobs import CircuitBreaker, JobState, RetryPolicy, SyncJob
 from evolutivo_erp_gateway.domain.model import EntityType, allocation_entity_id
 from evolutivo_erp_gateway.entrypoints.app import MIGRATIONS
@@ -42,6 +42,7 @@ from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.field_mask_pb2 import FieldMask
 from support.databases import MigratedDatabase, ServiceDb
+from support.erp import a_connection
 from support.jetstream import FakeMsg, consumer_for, message, process
 
 NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
@@ -104,20 +105,7 @@ class Setup:
 async def setup(migrated_database: MigratedDatabase, receiver: Receiver) -> AsyncIterator[Setup]:
     async with ErpDb.open(await migrated_database("erp_gateway", MIGRATIONS), NOW) as db:
         adapters = Adapters(SecretCipher([generate_key()]), 10.0, db.clock.now)
-        connection = Connection(
-            connection_id=uuid.uuid4(),
-            display_name="Data warehouse hook",
-            type=ConnectionType.WEBHOOK,
-            endpoint_url=receiver.url,
-            database="",
-            username="",
-            mapping=Mapping(),
-            enabled=True,
-            import_payments=False,
-            has_credentials=False,
-            create_time=NOW,
-            update_time=NOW,
-        )
+        connection = a_connection(ConnectionType.WEBHOOK, "Data warehouse hook", receiver.url, NOW)
         connection = await handlers.create_connection(db.uow(), adapters, connection, SECRET, None)
         yield Setup(db, adapters, connection)
 
