@@ -64,7 +64,7 @@ def cpu_seconds(stack: Stack, services: tuple[str, ...] = MEASURED + SERVERS) ->
     """CPU time (user + system) each service's replicas, or each embedded server's processes,
     used so far, summed per name: the cost of a measure is the difference, which the machine's
     other load does not inflate the way it inflates wall-clock rates. A server's processes that
-    exited meanwhile (a closed connection's backend) are not counted: the pools keep theirs."""
+    exited meanwhile (a closed connection's backend) count too (`_tree_cpu_seconds`)."""
     found: dict[str, float] = {}
     servers = stack.server_pids()
     for service in services:
@@ -83,10 +83,15 @@ def cpu_seconds(stack: Stack, services: tuple[str, ...] = MEASURED + SERVERS) ->
 
 
 def _tree_cpu_seconds(pid: int) -> float:
+    """A server's CPU so far: its own, its live children's, and (the kernel adds them to the
+    parent when it reaps them) its exited children's, so a backend that closed between two
+    readings still counts and the total only grows."""
     total = 0.0
     with contextlib.suppress(psutil.Error):
         root = psutil.Process(pid)
-        for process in [root, *root.children(recursive=True)]:
+        times = root.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for process in root.children(recursive=True):
             with contextlib.suppress(psutil.Error):
                 times = process.cpu_times()
                 total += times.user + times.system

@@ -228,9 +228,14 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
             sampler = PeakSampler(stack)
             async with sampler.running():
                 with profiled(stack, args.profile, "billrun"):
-                    before = cpu_seconds(stack)
+                    # Counted from the seed's commit: seeding is the harness's work, not the run's.
+                    before: dict[str, float] = {}
                     bill = await billrun.bill_run(
-                        pools["billing"], args.bill_accounts, LATE_USAGE_DELAY, args.bill_timeout
+                        pools["billing"],
+                        args.bill_accounts,
+                        LATE_USAGE_DELAY,
+                        args.bill_timeout,
+                        after_seed=lambda: before.update(cpu_seconds(stack)),
                     )
                     used = await settled_cpu_seconds(stack)
                     for service, seconds in used.items():

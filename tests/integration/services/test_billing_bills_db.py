@@ -33,6 +33,7 @@ from evolutivo_billing.domain.bills import Bill, BillStatus, Period, TaxRates
 from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import BillingFrequency, BillingProfile
 from evolutivo_billing.domain.numbering import NumberFormat
+from evolutivo_billing.entrypoints import cycle_closer
 from evolutivo_billing.entrypoints.app import MIGRATIONS
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
@@ -520,6 +521,24 @@ async def test_concurrent_closers_issue_each_bill_once_with_gapless_numbers(db: 
     assert all(row.bill_id is not None for row in items), "every charge billed"
     assert sorted(str(row.charge_id) for row in items) == sorted(expected)
     assert sum((b.subtotal for b in all_bills), Decimal(0)) == sum(expected.values(), Decimal(0))
+
+
+async def test_a_failing_pass_among_passes_at_once_fails_the_catch_up_with_its_own_error(
+    db: BillingDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Passes at once run as a task group: one that raises (the database went away) ends the
+    others and the catch-up raises its error as it is (the closer's loop logs it and retries)."""
+    await open_unit(db)
+    db.clock.instant = FIRST_DUE
+
+    async def broken(*_: Any, **__: Any) -> Any:
+        raise ConnectionError("the database went away")
+
+    monkeypatch.setattr(cycle_closer, "close_due_cycles", broken)
+    with pytest.raises(ConnectionError, match="went away"):
+        await db.closer(passes_at_once=3).catch_up()
+    monkeypatch.undo()
+    assert await db.closer(passes_at_once=3).catch_up() == 1, "the next catch-up closes the cycle"
 
 
 async def test_a_bill_rolled_back_gives_its_number_back(db: BillingDb, monkeypatch: pytest.MonkeyPatch) -> None:

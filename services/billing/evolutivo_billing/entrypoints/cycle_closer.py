@@ -74,6 +74,8 @@ class CycleCloser:
             async with asyncio.TaskGroup() as lines:
                 done = [lines.create_task(self._passes(stop, failed, i == 0)) for i in range(self.passes_at_once)]
         except ExceptionGroup as errors:
+            for other in errors.exceptions[1:]:
+                log.error("a catch-up line failed too", exc_info=other)
             raise errors.exceptions[0] from None
         return sum(d.result() for d in done)
 

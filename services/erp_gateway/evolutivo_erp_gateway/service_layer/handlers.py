@@ -166,13 +166,18 @@ async def bills_issued(uow: ErpGatewayUnitOfWork, bills: Sequence[bill_pb2.Bill]
     their payloads in one statement, the jobs of each connection taking invoices in one, their
     postings in one: the rows `receive` and `postings.add` leave, bill after bill (a bill given
     twice counts at its latest version)."""
-    now = uow.clock.now()
+    # A bill without an issue time is versioned by the clock when it is read, bill by bill, as
+    # one at a time would be (a later copy of it then wins).
     records = [
         ReceivedRecord(
-            uuid.UUID(bill.bill_id), uuid.UUID(bill.account_id), bill.SerializeToString(), _time(bill.issue_time, now)
+            uuid.UUID(bill.bill_id),
+            uuid.UUID(bill.account_id),
+            bill.SerializeToString(),
+            _time(bill.issue_time, uow.clock.now()),
         )
         for bill in bills
     ]
+    now = uow.clock.now()
     stored = await uow.sync_states.store_payloads(EntityType.INVOICE, records, now)
     if stored:
         taking = [c.connection_id for c in await uow.connections.all() if c.takes(EntityType.INVOICE)]
