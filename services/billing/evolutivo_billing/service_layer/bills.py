@@ -197,7 +197,7 @@ async def bill_closed_cycles(
 
     Tracks, cycle by cycle in order, the closed cycle, the one opened and the bill (the per-cycle
     path's order, so the events reach the outbox in the same order). Runs in the caller's
-    transaction (a savepoint), which holds the cycles, the series and the units."""
+    transaction (a savepoint), which holds the cycles and the units; the series are taken here, to number."""
     counts = await uow.bill_items.unbilled_counts([c.cycle.bill_cycle_id for c in closed])
     # Every series the pass may number from, locked at its first numbering in key order (a later
     # group must not take a series ordered before one the pass holds: two passes could deadlock).
