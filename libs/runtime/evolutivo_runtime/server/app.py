@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import nats
 from evolutivo.admin.v1 import audit_admin_service_pb2, clock_admin_service_pb2, dead_letter_admin_service_pb2
 from evolutivo.admin.v1 import audit_admin_service_pb2_grpc as audit_grpc
 from evolutivo.admin.v1 import clock_admin_service_pb2_grpc as clock_grpc
@@ -39,7 +38,6 @@ from evolutivo_runtime.db import create_engine, session_factory
 from evolutivo_runtime.logging import configure_logging
 from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
-from evolutivo_runtime.messaging.relay import OutboxRelay
 from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_service_stream
 from evolutivo_runtime.migrations import is_migrated
 from evolutivo_runtime.security import scopes
@@ -49,7 +47,9 @@ from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
 from evolutivo_runtime.security.tokens import ServiceToken, TokenIssuer, TokenVerifier, load_jwks
 from evolutivo_runtime.security.transport import server_credentials, tls_files
 from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
+from evolutivo_runtime.server.background import StoppedBeforeConnected, connect_nats, supervise
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
+from evolutivo_runtime.server.relay_thread import RelayThread
 from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
 from evolutivo_runtime.settings import ServiceSettings
 from evolutivo_runtime.uow import UnitOfWork
@@ -103,29 +103,6 @@ class ServiceDefinition:
     wire: Callable[[Runtime], Wiring]
 
 
-async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
-    """Connects, retrying until NATS answers (it may start after us); reconnects forever after."""
-    delay = 0.2
-    while True:
-        try:
-            return await nats.connect(
-                url,
-                name=name,
-                connect_timeout=2,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=1,
-                # Bounded, so a SIGTERM never waits out nats-py's 30 s default.
-                drain_timeout=5,
-            )
-        except Exception as exc:
-            if stop.is_set():
-                raise
-            log.warning("NATS not reachable yet", extra={"nats_error": repr(exc)})
-            await asyncio.sleep(delay)  # back off between connection attempts
-            delay = min(delay * 2, 5.0)
-
-
 def _verifier(settings: ServiceSettings) -> TokenVerifier:
     if settings.auth_jwks_file:
         text = Path(settings.auth_jwks_file).read_text()
@@ -157,19 +134,6 @@ def configure_clients(name: str, settings: ServiceSettings) -> None:
     clients.configure(clients.ClientSecurity(tls_files(settings), token, settings.tls_server_name))
 
 
-async def _supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Keeps a background loop alive: a crash is logged and the loop restarts after a pause."""
-    while not stop.is_set():
-        try:
-            await run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("background task crashed; restarting", extra={"task": name})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=1.0)
-
-
 async def serve(definition: ServiceDefinition) -> None:
     settings = definition.settings
     name = definition.name
@@ -196,7 +160,12 @@ async def serve(definition: ServiceDefinition) -> None:
 
     engine = create_engine(settings.database_url, settings.db_pool_size)
     sessions = session_factory(engine)
-    nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
+    try:
+        nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
+    except StoppedBeforeConnected:
+        log.info("stopped before NATS answered")
+        await engine.dispose()
+        return
     js = nc.jetstream(publish_async_max_pending=settings.publish_max_in_flight)
     clock: Clock
     if settings.clock_mode == "controllable":
@@ -280,15 +249,6 @@ async def serve(definition: ServiceDefinition) -> None:
     for upstream in wiring.upstream_services:
         await declare_service_stream(js, upstream, settings.stream_replicas, settings.duplicate_window_seconds)
 
-    relay = OutboxRelay(
-        engine,
-        settings.database_url,
-        definition.outbox,
-        js,
-        settings.outbox_batch_size,
-        settings.outbox_poll_seconds,
-        linger=settings.outbox_linger_seconds,
-    )
     consumers = [
         EventConsumer(
             js,
@@ -307,16 +267,15 @@ async def serve(definition: ServiceDefinition) -> None:
         await consumer.setup()
 
     consumer_stop = asyncio.Event()
-    relay_stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            _supervise(f"consumer:{c.subscription.durable}", partial(c.run, consumer_stop), consumer_stop)
+            supervise(f"consumer:{c.subscription.durable}", partial(c.run, consumer_stop), consumer_stop)
         )
         for c in consumers
     ]
     tasks += [
         asyncio.create_task(
-            _supervise(
+            supervise(
                 f"background:{getattr(loop_fn, '__qualname__', repr(loop_fn))}",
                 partial(loop_fn, consumer_stop),
                 consumer_stop,
@@ -324,7 +283,9 @@ async def serve(definition: ServiceDefinition) -> None:
         )
         for loop_fn in wiring.background
     ]
-    relay_task = asyncio.create_task(_supervise("outbox-relay", lambda: relay.run(relay_stop), relay_stop))
+    # Its own thread and event loop, so its round trips do not queue behind the RPCs' (relay_thread.py).
+    relay = RelayThread(name, settings, definition.outbox)
+    relay.start()
 
     for service_name in ["", *names]:
         await health_servicer.set(service_name, health_pb2.HealthCheckResponse.SERVING)
@@ -339,8 +300,8 @@ async def serve(definition: ServiceDefinition) -> None:
     if health_server is not None:
         await health_server.stop(0)
     # RPCs are done, so the outbox holds everything they wrote: publish it, then stop.
-    relay_stop.set()
-    await asyncio.gather(relay_task, return_exceptions=True)
+    relay.stop()
+    await relay.join()
     if isinstance(clock, SharedClock):
         await clock.stop()
     for consumer in consumers:

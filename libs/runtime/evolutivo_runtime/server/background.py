@@ -1,0 +1,68 @@
+"""What a service's background loops stand on: a NATS connection that waits for the server, and a
+supervisor that restarts a crashed loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+log = logging.getLogger(__name__)
+
+
+class StoppedBeforeConnected(Exception):
+    """The service was asked to stop while NATS had not answered yet."""
+
+
+async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
+    """Connects, retrying until NATS answers (it may start after us); reconnects forever after.
+    Raises StoppedBeforeConnected when `stop` is set first (nats-py's own connect retries an
+    unreachable server forever, so the attempt is raced against it)."""
+    delay = 0.2
+    while True:
+        attempt = asyncio.ensure_future(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=1,
+                # Bounded, so a SIGTERM never waits out nats-py's 30 s default.
+                drain_timeout=5,
+            )
+        )
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not attempt.done():
+            attempt.cancel()
+            with contextlib.suppress(BaseException):
+                await attempt
+            raise StoppedBeforeConnected(url)
+        try:
+            return attempt.result()
+        except Exception as exc:
+            if stop.is_set():
+                raise StoppedBeforeConnected(url) from exc
+            log.warning("NATS not reachable yet", extra={"nats_error": repr(exc)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)  # back off between connection attempts
+            delay = min(delay * 2, 5.0)
+
+
+async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
+    """Keeps a background loop alive: a crash is logged and the loop restarts after a pause."""
+    while not stop.is_set():
+        try:
+            await run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task crashed; restarting", extra={"task": name})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
