@@ -34,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from evolutivo_runtime import clients
 from evolutivo_runtime.clock import Clock, SharedClock, SystemClock
-from evolutivo_runtime.db import create_engine, session_factory
+from evolutivo_runtime.db import session_factory
 from evolutivo_runtime.logging import configure_logging
 from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
@@ -47,7 +47,7 @@ from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
 from evolutivo_runtime.security.tokens import ServiceToken, TokenIssuer, TokenVerifier, load_jwks
 from evolutivo_runtime.security.transport import server_credentials, tls_files
 from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
-from evolutivo_runtime.server.background import StoppedBeforeConnected, connect_nats, supervise
+from evolutivo_runtime.server.background import open_connections, supervise
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.relay_thread import RelayThread
 from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
@@ -158,14 +158,13 @@ async def serve(definition: ServiceDefinition) -> None:
         }
     )
 
-    engine = create_engine(settings.database_url, settings.db_pool_size)
-    sessions = session_factory(engine)
-    try:
-        nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{name}")
-    except StoppedBeforeConnected:
-        log.info("stopped before NATS answered")
-        await engine.dispose()
+    connections = await open_connections(
+        settings.database_url, settings.db_pool_size, settings.nats_url, stop, f"evolutivo-{name}"
+    )
+    if connections is None:
         return
+    engine, nc = connections
+    sessions = session_factory(engine)
     js = nc.jetstream(publish_async_max_pending=settings.publish_max_in_flight)
     clock: Clock
     if settings.clock_mode == "controllable":

@@ -10,6 +10,9 @@ from collections.abc import Awaitable, Callable
 
 import nats
 from nats.aio.client import Client as NatsClient
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from evolutivo_runtime.db import create_engine
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,20 @@ async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)  # back off between connection attempts
             delay = min(delay * 2, 5.0)
+
+
+async def open_connections(
+    database_url: str, pool_size: int, nats_url: str, stop: asyncio.Event, client_name: str
+) -> tuple[AsyncEngine, NatsClient] | None:
+    """A database engine and a NATS connection; None, with nothing left open, when `stop` was set
+    before NATS answered."""
+    engine = create_engine(database_url, pool_size)
+    try:
+        return engine, await connect_nats(nats_url, stop, client_name)
+    except StoppedBeforeConnected:
+        log.info("stopped before NATS answered", extra={"client": client_name})
+        await engine.dispose()
+        return None
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:

@@ -17,9 +17,8 @@ from collections.abc import Callable
 
 from sqlalchemy import Table
 
-from evolutivo_runtime.db import create_engine
 from evolutivo_runtime.messaging.relay import OutboxRelay
-from evolutivo_runtime.server.background import StoppedBeforeConnected, connect_nats, supervise
+from evolutivo_runtime.server.background import open_connections, supervise
 from evolutivo_runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -67,13 +66,12 @@ class RelayThread:
             if self._stop_requested:
                 stop.set()
         settings = self._settings
-        engine = create_engine(settings.database_url, _POOL_SIZE)
-        try:
-            nc = await connect_nats(settings.nats_url, stop, f"evolutivo-{self._name}-relay")
-        except StoppedBeforeConnected:
-            log.warning("outbox relay stopped before NATS answered")
-            await engine.dispose()
+        connections = await open_connections(
+            settings.database_url, _POOL_SIZE, settings.nats_url, stop, f"evolutivo-{self._name}-relay"
+        )
+        if connections is None:
             return
+        engine, nc = connections
         relay = OutboxRelay(
             engine,
             settings.database_url,
