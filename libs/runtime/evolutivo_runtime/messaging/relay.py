@@ -78,12 +78,15 @@ class OutboxRelay:
                     _, pending = await asyncio.wait(waiters, timeout=self._poll_seconds, return_when="FIRST_COMPLETED")
                     for waiter in pending:
                         waiter.cancel()
-            # Drain what was committed before the stop.
-            while await self.publish_batch() == self._batch_size:
-                pass
+            await self.drain()  # what was committed before the stop
         finally:
             if listener is not None:
                 await listener.close()
+
+    async def drain(self) -> None:
+        """Publishes everything in the outbox now."""
+        while await self.publish_batch() == self._batch_size:
+            pass
 
     async def _listen(self) -> asyncpg.Connection | None:
         """LISTEN for commits that wrote events; polling still covers a lost notification."""

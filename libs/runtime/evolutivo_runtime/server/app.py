@@ -283,7 +283,7 @@ async def serve(definition: ServiceDefinition) -> None:
         for loop_fn in wiring.background
     ]
     # Its own thread and event loop, so its round trips do not queue behind the RPCs' (relay_thread.py).
-    relay = RelayThread(name, settings, definition.outbox)
+    relay = RelayThread(name, settings, definition.outbox, on_crash=lambda: loop.call_soon_threadsafe(stop.set))
     relay.start()
 
     for service_name in ["", *names]:
@@ -300,7 +300,8 @@ async def serve(definition: ServiceDefinition) -> None:
         await health_server.stop(0)
     # RPCs are done, so the outbox holds everything they wrote: publish it, then stop.
     relay.stop()
-    await relay.join()
+    if not await relay.join(timeout=max(settings.shutdown_grace_seconds, 5.0)):
+        log.warning("outbox relay did not finish in time; what it did not publish waits in the outbox")
     if isinstance(clock, SharedClock):
         await clock.stop()
     for consumer in consumers:

@@ -40,12 +40,14 @@ async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
             )
         )
         stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if not attempt.done():
-            attempt.cancel()
-            with contextlib.suppress(BaseException):
-                await attempt
+        try:
+            await asyncio.wait({attempt, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.wait({attempt})  # its cancellation, without raising it here
+        if attempt.cancelled():
             raise StoppedBeforeConnected(url)
         try:
             return attempt.result()

@@ -4,7 +4,7 @@ On the service's event loop each of the relay's round trips (lock, read, publish
 commit) waited for every ready task to take its turn. Under load that was most of the delay from a
 commit to the consumers: with eight RecordUsageBatch calls rating 500 events each, a pass took
 ~200 ms and passes came ~0.5 s apart (docs/performance.md). On its own thread a round trip waits
-for the interpreter lock at most its switch interval (5 ms) instead.
+for the interpreter lock, typically no longer than its switch interval (5 ms).
 """
 
 from __future__ import annotations
@@ -30,34 +30,56 @@ _POOL_SIZE = 2
 
 class RelayThread:
     """Starts with `start()`; `stop()` asks it to publish what is committed and end; `join()`
-    waits for that without blocking the caller's loop."""
+    waits for that without blocking the caller's loop. `on_crash` is called (from the relay's
+    thread) when the thread ends on an error instead of a stop: the service should stop, since
+    nothing of its replica would publish any more."""
 
-    def __init__(self, name: str, settings: ServiceSettings, outbox: Table) -> None:
+    def __init__(self, name: str, settings: ServiceSettings, outbox: Table, on_crash: Callable[[], object]) -> None:
         self._name = name
         self._settings = settings
         self._outbox = outbox
+        self._on_crash = on_crash
         self._loop_factory = _same_kind_of_loop()
         self._thread = threading.Thread(target=self._main, name=f"{name}-outbox-relay", daemon=True)
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False
+        # Set once the relay holds its NATS connection and engine (tests wait on it).
+        self.connected = threading.Event()
+        # The error the thread ended on, if any.
+        self.error: BaseException | None = None
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
+        """Safe from any thread, before the relay's loop exists and after it ended."""
         with self._lock:
             self._stop_requested = True
             if self._loop is not None and self._stop is not None:
                 self._loop.call_soon_threadsafe(self._stop.set)
 
-    async def join(self) -> None:
-        await asyncio.to_thread(self._thread.join)
+    async def join(self, timeout: float) -> bool:
+        """Waits up to `timeout` s for the thread to end; False if it did not (a relay stuck on an
+        unanswering NATS or database: what it did not publish stays in the outbox for the next)."""
+        await asyncio.to_thread(self._thread.join, timeout)
+        return not self._thread.is_alive()
 
     def _main(self) -> None:
-        with asyncio.Runner(loop_factory=self._loop_factory) as runner:
-            runner.run(self._serve())
+        try:
+            with asyncio.Runner(loop_factory=self._loop_factory) as runner:
+                runner.run(self._serve())
+        except BaseException as exc:
+            self.error = exc
+            log.exception("outbox relay thread ended on an error; stopping the service")
+            try:
+                self._on_crash()
+            except Exception:  # the service's loop is already gone: it is stopping anyway
+                log.warning("could not ask the service to stop", exc_info=True)
+        finally:
+            with self._lock:
+                self._loop = self._stop = None  # its loop is closed: stop() has nothing to wake
 
     async def _serve(self) -> None:
         stop = asyncio.Event()
@@ -70,8 +92,9 @@ class RelayThread:
             settings.database_url, _POOL_SIZE, settings.nats_url, stop, f"evolutivo-{self._name}-relay"
         )
         if connections is None:
-            return
+            return  # stopped before NATS answered: what is in the outbox waits for the next relay
         engine, nc = connections
+        self.connected.set()
         relay = OutboxRelay(
             engine,
             settings.database_url,
@@ -83,6 +106,8 @@ class RelayThread:
         )
         try:
             await supervise("outbox-relay", lambda: relay.run(stop), stop)
+            # run() drains when stopped; this covers a stop that came before run() began.
+            await relay.drain()
         finally:
             try:
                 await nc.drain()
