@@ -42,7 +42,7 @@ from evolutivo_runtime.db import plain_url
 from evolutivo_stack.embedded import EmbeddedPostgres, scratch_dir
 from evolutivo_stack.stack import Stack
 
-from bench import billrun, ceilings, ingest
+from bench import billrun, ceilings, ingest, server_latency
 from bench.common import Figure, median, open_loop
 from bench.memory import MEASURED, SERVERS, PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
 from bench.profiling import profiled
@@ -203,6 +203,7 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
 
         if wanted("reads"):
             balances = [balance_grpc.BalanceServiceStub(c) for c in balance_channels]
+            balance_metrics = [r.metrics_url for r in stack.replicas("balance")]
 
             async def read(seq: int) -> None:
                 account_id = fixture.accounts[seq % len(fixture.accounts)]
@@ -212,7 +213,16 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                 notes = f"open loop at {args.reads_rate:g}/s"
                 charged = ("balance", "postgres")
                 before = cpu_seconds(stack, charged)
+                handled_before = await server_latency.buckets(balance_metrics, "GetBalance")
                 figure = await open_loop(args.reads_seconds, args.reads_rate, read, "GetBalance", "reads/s", notes)
+                handled = await server_latency.buckets(balance_metrics, "GetBalance")
+                # How much of the client's latency was balance's own handling (its histogram).
+                for q in (0.50, 0.99):
+                    bound = server_latency.quantile_bound_ms(handled_before, handled, q)
+                    if bound is not None:
+                        figure.extra[f"handling_p{round(q * 100)}_ms_at_most"] = bound
+                if "handling_p99_ms_at_most" in figure.extra:
+                    figure.notes += f"; inside balance p99 <= {figure.extra['handling_p99_ms_at_most']:g} ms"
                 # What a read costs balance (and PostgreSQL): CPU during the run / the calls answered.
                 after = cpu_seconds(stack, charged)
                 for name, seconds in after.items():

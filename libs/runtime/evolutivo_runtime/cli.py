@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
 
+from evolutivo_runtime import collector
 from evolutivo_runtime.migrations import upgrade_to_head
 from evolutivo_runtime.server.app import ServiceDefinition, serve
 
@@ -29,22 +29,11 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
     PostgreSQL and NATS traffic of a busy service spends a fifth of its time in on asyncio's;
     docs/performance.md). EVOLUTIVO_EVENT_LOOP=asyncio falls back to the standard loop."""
     if os.environ.get("EVOLUTIVO_GC_FREEZE", "1") == "1":
-        _quiet_gc()
+        collector.quiet()
+    collector.watch_pauses()
     if os.environ.get("EVOLUTIVO_EVENT_LOOP", "uvloop") == "asyncio":
         asyncio.run(main)
         return
     import uvloop
 
     uvloop.run(main)
-
-
-def _quiet_gc() -> None:
-    """What the imports built (modules, protobuf descriptors, SQLAlchemy tables: most of a
-    service's objects) lives as long as the process: moved out of the collector's sight
-    (gc.freeze), the full collections a busy service triggers no longer walk it, and the
-    young generation is collected ten times less often. Reference counting frees almost
-    everything anyway; the collector is for cycles."""
-    gc.collect()
-    gc.freeze()
-    gen0, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0 * 10, gen1, gen2)
