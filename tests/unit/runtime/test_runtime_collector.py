@@ -33,7 +33,8 @@ def test_each_collection_is_measured_and_a_long_one_logged(watching: None, caplo
         gc.collect()
     assert _pauses(2) == counted + 1
     logged = [r for r in caplog.records if r.getMessage() == "long garbage collection"]
-    assert logged and logged[-1].generation == 2  # type: ignore[attr-defined]
+    # Logging allocates, so a young collection may follow (and be logged) after the full one.
+    assert 2 in [r.generation for r in logged]  # type: ignore[attr-defined]
 
 
 def test_the_log_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
