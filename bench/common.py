@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from evolutivo_runtime.server import loop_lag
+
 
 @dataclass
 class Figure:
@@ -114,6 +116,10 @@ async def open_loop(
     samples: list[float] = []
     errors: list[BaseException] = []
     pending: set[asyncio.Task[None]] = set()
+    # The client's own loop lag: a call it started or answered late is charged to the latency.
+    lags: list[float] = []
+    lag_stop = asyncio.Event()
+    lag_watch = asyncio.create_task(loop_lag.watch(lag_stop, 0.01, lags.append))
     began = time.perf_counter()
     total = int(seconds * rate)
 
@@ -136,7 +142,11 @@ async def open_loop(
     if pending:
         await asyncio.gather(*pending)
     elapsed = time.perf_counter() - began
+    lag_stop.set()
+    await lag_watch
     figure = Figure(name, unit, len(samples) / elapsed, operations=total, items=len(samples), seconds=round(elapsed, 2))
     figure.notes = notes + (f"; {len(errors)} failed ({errors[0]!r:.80})" if errors else "")
     figure.extra["errors"] = float(len(errors))
+    figure.extra["client_loop_lag_p99_ms"] = percentile(lags, 0.99)
+    figure.extra["client_loop_lag_max_ms"] = max(lags, default=0.0) * 1000
     return latencies(figure, samples)

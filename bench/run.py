@@ -213,16 +213,29 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                 notes = f"open loop at {args.reads_rate:g}/s"
                 charged = ("balance", "postgres")
                 before = cpu_seconds(stack, charged)
-                handled_before = await server_latency.buckets(balance_metrics, "GetBalance")
+                histograms = {
+                    "handling": (server_latency.HANDLING, {"grpc_method": "GetBalance"}),
+                    "loop_lag": (server_latency.LOOP_LAG, {}),
+                }
+                readings = {
+                    key: await server_latency.buckets(balance_metrics, h, **labels)
+                    for key, (h, labels) in histograms.items()
+                }
                 figure = await open_loop(args.reads_seconds, args.reads_rate, read, "GetBalance", "reads/s", notes)
-                handled = await server_latency.buckets(balance_metrics, "GetBalance")
-                # How much of the client's latency was balance's own handling (its histogram).
-                for q in (0.50, 0.99):
-                    bound = server_latency.quantile_bound_ms(handled_before, handled, q)
-                    if bound is not None:
-                        figure.extra[f"handling_p{round(q * 100)}_ms_at_most"] = bound
+                # How much of the client's latency was balance's own handling, and how long balance's
+                # loop was held meanwhile (their histograms).
+                for key, (h, labels) in histograms.items():
+                    reading = await server_latency.buckets(balance_metrics, h, **labels)
+                    for q in (0.50, 0.99):
+                        bound = server_latency.quantile_bound_ms(readings[key], reading, q)
+                        if bound is not None:
+                            figure.extra[f"{key}_p{round(q * 100)}_ms_at_most"] = bound
                 if "handling_p99_ms_at_most" in figure.extra:
                     figure.notes += f"; inside balance p99 <= {figure.extra['handling_p99_ms_at_most']:g} ms"
+                if "loop_lag_p99_ms_at_most" in figure.extra:
+                    figure.notes += f", its loop's lag p99 <= {figure.extra['loop_lag_p99_ms_at_most']:g} ms"
+                if "client_loop_lag_p99_ms" in figure.extra:
+                    figure.notes += f"; client's loop lag p99 {figure.extra['client_loop_lag_p99_ms']:.1f} ms"
                 # What a read costs balance (and PostgreSQL): CPU during the run / the calls answered.
                 after = cpu_seconds(stack, charged)
                 for name, seconds in after.items():

@@ -194,3 +194,24 @@ async def test_usage_rated_by_charging_lands_in_the_ledger_and_fixes_the_currenc
             )
         )
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_running_service_measures_its_event_loop_lag(stack: Stack) -> None:
+    """evolutivo_event_loop_lag_seconds (runtime server/loop_lag.py) is served and keeps counting
+    while the service is up: the watch runs beside the RPCs and consumers."""
+    metrics_url = stack.replicas("balance")[0].metrics_url
+
+    def wake_ups() -> float:
+        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("evolutivo_event_loop_lag_seconds_count")
+        )
+
+    first = wake_ups()
+
+    async def counting() -> bool | None:
+        return True if wake_ups() >= first + 10 else None
+
+    await eventually(counting, what="balance's loop lag watch to record more wake-ups")

@@ -46,6 +46,7 @@ from evolutivo_runtime.security.interceptor import AuthInterceptor
 from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
 from evolutivo_runtime.security.tokens import ServiceToken, TokenIssuer, TokenVerifier, load_jwks
 from evolutivo_runtime.security.transport import server_credentials, tls_files
+from evolutivo_runtime.server import loop_lag
 from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminServicer
 from evolutivo_runtime.server.background import open_connections, supervise
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
@@ -282,6 +283,7 @@ async def serve(definition: ServiceDefinition) -> None:
         )
         for loop_fn in wiring.background
     ]
+    tasks.append(asyncio.create_task(loop_lag.watch(consumer_stop)))
     # Its own thread and event loop, so its round trips do not queue behind the RPCs' (relay_thread.py).
     relay = RelayThread(name, settings, definition.outbox, on_crash=lambda: loop.call_soon_threadsafe(stop.set))
     relay.start()
