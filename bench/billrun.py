@@ -36,6 +36,8 @@ from bench.common import Figure, closed_loop
 
 TIME_ZONE = "Europe/Madrid"
 CHARGES_PER_ACCOUNT = 10
+# The rows SEED writes per account, by "service.table" (bench/row_writes.py counts them out).
+SEEDED_ROWS_PER_ACCOUNT = {"billing.bill_units": 1, "billing.bill_cycles": 1, "billing.bill_items": CHARGES_PER_ACCOUNT}
 
 
 def due_window(now: datetime, late_usage_delay: timedelta) -> tuple[int, calendar.Cycle]:

@@ -42,7 +42,7 @@ from evolutivo_runtime.db import plain_url
 from evolutivo_stack.embedded import EmbeddedPostgres, scratch_dir
 from evolutivo_stack.stack import Stack
 
-from bench import billrun, ceilings, ingest, server_latency
+from bench import billrun, ceilings, ingest, row_writes, server_latency
 from bench.common import Figure, median, open_loop
 from bench.memory import MEASURED, SERVERS, PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
 from bench.profiling import profiled
@@ -253,6 +253,8 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                 with profiled(stack, args.profile, "billrun"):
                     # Counted from the seed's commit: seeding is the harness's work, not the run's.
                     before: dict[str, float] = {}
+                    # The rows the databases hold before the seed: the seed's own are counted out.
+                    rows_before = await row_writes.settled_reading(stack)
                     bill = await billrun.bill_run(
                         pools["billing"],
                         args.bill_accounts,
@@ -265,6 +267,14 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                         bill.extra[f"cpu_ms_per_bill_{service}"] = (
                             (seconds - before.get(service, 0.0)) * 1000 / max(bill.operations, 1)
                         )
+                    # Which rows a bill costs PostgreSQL, by table (the seed's are subtracted).
+                    written = row_writes.per_operation(
+                        rows_before, await row_writes.settled_reading(stack), bill.operations
+                    )
+                    for table, seeded in billrun.SEEDED_ROWS_PER_ACCOUNT.items():
+                        written[table] = written.get(table, 0.0) - seeded * args.bill_accounts / max(bill.operations, 1)
+                    for key, n in written.items():
+                        bill.extra[f"rows_per_bill.{key}"] = n
                 with profiled(stack, args.profile, "pdf", ("billing",)):
                     pdf = await billrun.pdf_rate(
                         pools["billing"], billing_channel, args.reads_seconds, 2, min(args.bill_accounts, 100_000)
@@ -358,6 +368,11 @@ def print_report(report: Report) -> str:
             if cpu:
                 per = {"events/s": "event", "reads/s": "read"}.get(f.unit, "bill")
                 notes += f"; CPU ms per {per}: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items()))
+            rows = row_writes.by_service(
+                {k[len("rows_per_bill.") :]: v for k, v in f.extra.items() if k.startswith("rows_per_bill.")}
+            )
+            if rows:
+                notes += "; rows written per bill: " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(rows.items()))
             if "projected_seconds_100k" in f.extra:
                 notes += f"; 100,000 bills would take {f.extra['projected_seconds_100k']:.0f} s"
             out.append(
