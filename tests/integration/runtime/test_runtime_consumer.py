@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from evolutivo_runtime.clock import SystemClock
+from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import BatchHandler, EventConsumer, EventHandler, Subscription
 from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
@@ -21,6 +22,7 @@ from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.wrappers_pb2 import StringValue
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 from runtime_helpers import MessagingDb, ServiceStream, event_headers, eventually  # type: ignore[import-not-found,unused-ignore]
 from sqlalchemy import insert, select
 from support.jetstream import FakeMsg, process
@@ -610,3 +612,79 @@ def test_a_batch_handler_needs_an_event_handler_to_fall_back_on() -> None:
 
     with pytest.raises(ValueError, match="without an event handler"):
         Subscription(durable="d", stream="s", subjects=["s.>"], batch_handlers={EVENT_TYPE: BatchHandler(handle)})
+
+
+# Advisory locks named up front (Subscription.advisory_locks): a batch takes all of its events'
+# at once, in one order, so two batches needing the same locks wait instead of deadlocking.
+
+
+@dataclass
+class Locker:
+    """Applies StringValue events "<lock>:<n>" as a handler that takes turns on a record does: it
+    takes the advisory lock <lock>, writes an item, and holds the lock a moment."""
+
+    db: MessagingDb
+    delay: float = 0.4
+    applied: list[str] = field(default_factory=list)
+
+    async def handle(self, uow: UnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        await advisory_xact_locks(uow.session, [message.value.split(":")[0]])
+        await uow.session.execute(
+            insert(self.db.items).values(id=f"{message.value}:{meta.event_id}", value=message.value)
+        )
+        await asyncio.sleep(self.delay)
+        self.applied.append(message.value)
+
+
+def _locking(setup: Setup, named_up_front: bool) -> Locker:
+    locker = Locker(setup.db)
+    setup.subscription = Subscription(
+        durable=setup.subscription.durable,
+        stream=setup.subscription.stream,
+        subjects=setup.subscription.subjects,
+        handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)},
+        advisory_locks=(lambda _type, event: [event.value.split(":")[0]]) if named_up_front else None,
+    )
+    return locker
+
+
+def _conflicts(setup: Setup) -> float:
+    found = REGISTRY.get_sample_value("evolutivo_consumer_conflicts_total", {"consumer": setup.subscription.durable})
+    return found or 0.0
+
+
+async def _opposite_batches(setup: Setup) -> list[FakeMsg]:
+    """Two batches at once, each holding its first event's lock when it needs the other's."""
+
+    def batch(*values: str) -> list[FakeMsg]:
+        return [
+            FakeMsg(StringValue(value=v).SerializeToString(), event_headers(uuid.uuid4(), EVENT_TYPE), "subject")
+            for v in values
+        ]
+
+    one, other = batch("a:1", "b:1"), batch("b:2", "a:2")
+    await asyncio.gather(process(setup.consumer(), *one), process(setup.consumer(), *other))
+    return one + other
+
+
+async def test_batches_naming_their_locks_up_front_wait_instead_of_deadlocking(setup: Setup) -> None:
+    locker = _locking(setup, named_up_front=True)
+    before = _conflicts(setup)
+    messages = await _opposite_batches(setup)
+    assert _conflicts(setup) == before  # no deadlock was detected and retried
+    assert sorted(locker.applied) == ["a:1", "a:2", "b:1", "b:2"]
+    assert all(m.acked and not m.naked for m in messages)
+    assert await setup.items() == ["a:1", "a:2", "b:1", "b:2"]
+
+
+async def test_without_them_the_same_batches_deadlock_and_are_retried(setup: Setup) -> None:
+    """The control: the batches above do deadlock when each handler takes its lock as it goes.
+    PostgreSQL breaks it after deadlock_timeout and the consumer retries the message in place,
+    where it can deadlock again (its batch still holds the first lock), so a message may be left
+    for redelivery: each is applied or left, none lost."""
+    locker = _locking(setup, named_up_front=False)
+    before = _conflicts(setup)
+    messages = await _opposite_batches(setup)
+    assert _conflicts(setup) > before
+    left = [StringValue.FromString(m.data).value for m in messages if m.naked]
+    assert sorted(locker.applied + left) == ["a:1", "a:2", "b:1", "b:2"]

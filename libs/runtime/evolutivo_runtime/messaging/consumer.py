@@ -11,6 +11,10 @@ those types are applied by one call, in one savepoint, instead of one savepoint 
 each. When that call raises, its savepoint rolls back and the same events are applied one by one by
 their own handlers, each in its savepoint as above: every event's effects still happen exactly once,
 and a poison message still fails (and is retried, then dead-lettered) alone.
+
+A subscription whose handlers take advisory locks may name them (`Subscription.advisory_locks`):
+the batch takes all of them at once, in key order, before applying any event, so batches wait for
+each other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -33,6 +37,7 @@ from prometheus_client import Counter, Gauge
 from sqlalchemy import Table, delete
 
 from evolutivo_runtime.bulk import insert_rows
+from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
 from evolutivo_runtime.uow import UnitOfWork
@@ -114,6 +119,12 @@ class Subscription(Generic[U]):
     # (and a lone event of such a type by its own handler): only for events whose effects do not
     # depend on their order relative to the subscription's other types.
     batch_handlers: Mapping[str, BatchHandler[U]] = field(default_factory=dict)
+    # Optional: the advisory locks (evolutivo_runtime.locks) an event's handler takes, by its type
+    # and decoded message. The consumer takes all of a batch's at once, in key order, before
+    # applying any event: two batches needing some of the same locks (two streams whose events lock
+    # the same record, or two replicas) then wait for each other instead of taking them in
+    # opposite orders and deadlocking.
+    advisory_locks: Callable[[str, Any], Iterable[str]] | None = None
 
     def __post_init__(self) -> None:
         unhandled = sorted(set(self.batch_handlers) - set(self.handlers))
@@ -210,6 +221,8 @@ class EventConsumer(Generic[U]):
                     singles.append((msg, event_id))
                 else:
                     batches.setdefault(batch_handler, []).append((msg, event_id))
+            if self.subscription.advisory_locks is not None:
+                await self._take_locks(uow, [*singles, *(m for batch in batches.values() for m in batch)])
             one_by_one: list[tuple[Msg, uuid.UUID]] = []
             for batch_handler, batch in batches.items():
                 if len(batch) == 1 or not await self._apply_batch(uow, batch_handler, batch):
@@ -282,6 +295,36 @@ class EventConsumer(Generic[U]):
         for msg, _ in batch:
             APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
         return True
+
+    async def _take_locks(self, uow: U, claimed: list[tuple[Msg, uuid.UUID]]) -> None:
+        """Takes the advisory locks the claimed events' handlers will take, all in one statement in
+        key order (Subscription.advisory_locks). An event that does not decode names none (its own
+        handler fails on it, alone). Should taking them fail, the handlers take their own as they
+        go, as without this step."""
+        names_of = self.subscription.advisory_locks
+        assert names_of is not None
+        names: set[str] = set()
+        for msg, event_id in claimed:
+            event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
+            if event_type not in self.subscription.handlers:
+                continue
+            try:
+                message, _ = self._decode(msg, event_id)
+                names.update(names_of(event_type, message))
+            except Exception:  # the event's handler reports it
+                continue
+        if not names:
+            return
+        mark = uow.checkpoint()
+        try:
+            await self._retrying_conflicts(uow, lambda: advisory_xact_locks(uow.session, names))
+        except Exception:
+            uow.discard_since(mark)
+            log.warning(
+                "taking the batch's advisory locks failed; each handler takes its own",
+                extra={"consumer": self.subscription.durable, "locks": len(names)},
+                exc_info=True,
+            )
 
     async def _claim(self, uow: U, messages: list[Msg]) -> set[uuid.UUID]:
         """Inserts the inbox rows of the batch's events this consumer has not applied; returns

@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
+from evolutivo_runtime.locks import advisory_xact_locks
 from sqlalchemy import and_, case, delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -736,8 +737,7 @@ class AllocationRepository:
         """A transaction-scoped advisory lock on the owner (payment, credit note): its own event
         (PaymentRecorded, CreditNoteIssued) and its allocations (possibly another stream, another
         replica) take turns, so whichever commits second sees the other's rows."""
-        key = func.hashtextextended(f"erp_gateway:{self._credit.owner.value}:{owner_id}", 0)
-        await self._session.execute(select(func.pg_advisory_xact_lock(key)))
+        await advisory_xact_locks(self._session, [self._credit.lock_name(owner_id)])
 
     async def payload(self, owner_id: uuid.UUID, sequence: int) -> bytes | None:
         t = self._table

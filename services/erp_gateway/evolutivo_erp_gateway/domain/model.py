@@ -57,6 +57,11 @@ class AllocatedCredit:
     # own job books it; a credit note is booked whole, and every allocation of it moves its credit.
     first_record: int
 
+    def lock_name(self, owner_id: uuid.UUID) -> str:
+        """The advisory lock the owner's event and its allocations take turns on (a payment's
+        PaymentRecorded and PaymentAllocated may reach two consumers of two streams at once)."""
+        return f"erp_gateway:{self.owner.value}:{owner_id}"
+
 
 PAYMENT_CREDIT = AllocatedCredit(EntityType.PAYMENT, EntityType.PAYMENT_ALLOCATION, 2)
 CREDIT_NOTE_CREDIT = AllocatedCredit(EntityType.CREDIT_NOTE, EntityType.CREDIT_NOTE_ALLOCATION, 1)

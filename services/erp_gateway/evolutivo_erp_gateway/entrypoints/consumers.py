@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Sequence
 from datetime import UTC
+from typing import Any
 
 from evolutivo.balance.v1 import events_pb2 as balance_events
 from evolutivo.billing.v1 import collections_events_pb2 as collections_events
@@ -13,6 +15,7 @@ from evolutivo_runtime.messaging.consumer import BatchHandler, EventHandler, Sub
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 
+from evolutivo_erp_gateway.domain.model import CREDIT_NOTE_CREDIT, PAYMENT_CREDIT, AllocatedCredit
 from evolutivo_erp_gateway.service_layer import handlers
 from evolutivo_erp_gateway.service_layer.unit_of_work import ErpGatewayUnitOfWork
 
@@ -103,6 +106,31 @@ async def on_write_off_made(uow: ErpGatewayUnitOfWork, event: balance_events.Wri
     await handlers.write_off_made(uow, entry, effective)
 
 
+# The owner (payment, credit note) whose lock each event's handler takes.
+_OWNERS: dict[str, Callable[[Any], tuple[AllocatedCredit, str]]] = {
+    balance_events.PaymentRecorded.DESCRIPTOR.full_name: lambda e: (PAYMENT_CREDIT, e.payment.payment_id),
+    billing_events.PaymentAllocated.DESCRIPTOR.full_name: lambda e: (PAYMENT_CREDIT, e.payment_id),
+    billing_events.CreditNoteIssued.DESCRIPTOR.full_name: lambda e: (
+        CREDIT_NOTE_CREDIT,
+        e.credit_note.credit_note_id,
+    ),
+    billing_events.CreditNoteAllocated.DESCRIPTOR.full_name: lambda e: (CREDIT_NOTE_CREDIT, e.credit_note_id),
+}
+
+
+def owner_locks(event_type: str, event: Any) -> list[str]:
+    """The owner lock (AllocatedCredit.lock_name) the event's handler takes: a payment's or a
+    credit note's own event and its allocations come on two streams, to two consumers, and take
+    turns on it. Named up front, a fetched batch takes all of its owners' locks at once in one
+    order (Subscription.advisory_locks), so two batches holding each other's payments no longer
+    deadlock. Raises on an event whose owner id is not a UUID (its handler refuses it too)."""
+    owner = _OWNERS.get(event_type)
+    if owner is None:
+        return []
+    credit, owner_id = owner(event)
+    return [credit.lock_name(uuid.UUID(owner_id))]
+
+
 def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
     return [
         Subscription(
@@ -145,6 +173,7 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
             },
             # A bill's effects (its payload, jobs, postings) depend on no other event of the stream.
             batch_handlers={billing_events.BillIssued.DESCRIPTOR.full_name: BatchHandler(on_bills_issued)},
+            advisory_locks=owner_locks,
         ),
         Subscription(
             durable="erp_gateway",
@@ -161,5 +190,6 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                     balance_events.WriteOffMade, on_write_off_made
                 ),
             },
+            advisory_locks=owner_locks,
         ),
     ]
