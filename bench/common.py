@@ -131,19 +131,21 @@ async def open_loop(
             return
         samples.append(time.perf_counter() - scheduled)
 
-    for seq in range(total):
-        scheduled = began + seq / rate
-        delay = scheduled - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.create_task(one(seq, scheduled))
-        pending.add(task)
-        task.add_done_callback(pending.discard)
-    if pending:
-        await asyncio.gather(*pending)
-    elapsed = time.perf_counter() - began
-    lag_stop.set()
-    await lag_watch
+    try:
+        for seq in range(total):
+            scheduled = began + seq / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.create_task(one(seq, scheduled))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        if pending:
+            await asyncio.gather(*pending)
+        elapsed = time.perf_counter() - began
+    finally:
+        lag_stop.set()
+        await lag_watch
     figure = Figure(name, unit, len(samples) / elapsed, operations=total, items=len(samples), seconds=round(elapsed, 2))
     figure.notes = notes + (f"; {len(errors)} failed ({errors[0]!r:.80})" if errors else "")
     figure.extra["errors"] = float(len(errors))

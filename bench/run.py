@@ -267,15 +267,18 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                         bill.extra[f"cpu_ms_per_bill_{service}"] = (
                             (seconds - before.get(service, 0.0)) * 1000 / max(bill.operations, 1)
                         )
-                    # Which rows a bill costs PostgreSQL, by table (the seed's are subtracted).
-                    written = row_writes.per_operation(
-                        rows_before, await row_writes.settled_reading(stack), bill.operations
-                    )
-                    for table, seeded in billrun.SEEDED_ROWS_PER_ACCOUNT.items():
-                        written[table] = written.get(table, 0.0) - seeded * args.bill_accounts / max(bill.operations, 1)
-                    for key, n in written.items():
-                        if abs(n) >= 0.005:  # a seeded table the run did not write to is left out
-                            bill.extra[f"rows_per_bill.{key}"] = n
+                    # Which rows a bill costs PostgreSQL, by table (the seed's are subtracted). Only
+                    # for a complete run: the work for accounts left unbilled would count against
+                    # the bills that were issued.
+                    if bill.operations and not bill.extra.get("missing"):
+                        written = row_writes.per_operation(
+                            rows_before, await row_writes.settled_reading(stack), bill.operations
+                        )
+                        for table, seeded in billrun.SEEDED_ROWS_PER_ACCOUNT.items():
+                            written[table] = written.get(table, 0.0) - seeded * args.bill_accounts / bill.operations
+                        for key, n in written.items():
+                            if abs(n) >= 0.005:  # a seeded table the run did not write to is left out
+                                bill.extra[f"rows_per_bill.{key}"] = n
                 with profiled(stack, args.profile, "pdf", ("billing",)):
                     pdf = await billrun.pdf_rate(
                         pools["billing"], billing_channel, args.reads_seconds, 2, min(args.bill_accounts, 100_000)

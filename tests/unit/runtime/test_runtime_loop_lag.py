@@ -33,8 +33,8 @@ async def test_a_long_lag_is_logged(monkeypatch: pytest.MonkeyPatch, caplog: pyt
     with caplog.at_level(logging.WARNING, logger=loop_lag.__name__):
         await _watch_while(0.2, [])
     held = [r for r in caplog.records if r.getMessage() == "event loop held"]
-    assert len(held) == 1
-    assert held[0].lag_ms >= 150  # type: ignore[attr-defined]
+    # The 0.2 s hold is logged (a busy machine may delay another wake-up past 100 ms too).
+    assert max(r.lag_ms for r in held) >= 150  # type: ignore[attr-defined]
 
 
 async def test_the_histogram_counts_each_wake_up() -> None:
@@ -47,3 +47,10 @@ async def test_the_histogram_counts_each_wake_up() -> None:
     await watcher
     after = loop_lag.LOOP_LAG.collect()[0].samples
     assert next(s.value for s in after if s.name.endswith("_count")) >= count_before + 3
+
+
+async def test_a_log_setting_that_is_not_a_number_keeps_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVOLUTIVO_LOOP_LAG_LOG_MS", "fast")
+    lags: list[float] = []
+    await _watch_while(0.0, lags)  # the watch runs instead of raising
+    assert lags

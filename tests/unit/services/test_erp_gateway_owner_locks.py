@@ -48,3 +48,10 @@ def test_other_events_name_none_and_a_bad_id_raises() -> None:
 def test_the_streams_carrying_owners_and_allocations_name_their_locks() -> None:
     locking = {s.stream for s in subscriptions() if s.advisory_locks is owner_locks}
     assert locking == {stream_name("billing"), stream_name("balance")}
+
+
+def test_the_lock_names_are_those_earlier_releases_took() -> None:
+    # Replicas of two releases run side by side during a rolling upgrade: a renamed lock would
+    # hash to another key and the two would not take turns.
+    assert PAYMENT_CREDIT.lock_name(PAYMENT) == f"erp_gateway:payment:{PAYMENT}"
+    assert CREDIT_NOTE_CREDIT.lock_name(NOTE) == f"erp_gateway:credit_note:{NOTE}"

@@ -283,7 +283,9 @@ async def serve(definition: ServiceDefinition) -> None:
         )
         for loop_fn in wiring.background
     ]
-    tasks.append(asyncio.create_task(loop_lag.watch(consumer_stop)))
+    tasks.append(
+        asyncio.create_task(supervise("background:loop_lag", partial(loop_lag.watch, consumer_stop), consumer_stop))
+    )
     # Its own thread and event loop, so its round trips do not queue behind the RPCs' (relay_thread.py).
     relay = RelayThread(name, settings, definition.outbox, on_crash=lambda: loop.call_soon_threadsafe(stop.set))
     relay.start()

@@ -30,11 +30,22 @@ LOOP_LAG = Histogram(
 INTERVAL_SECONDS = 0.025
 
 
+def _log_after_seconds() -> float:
+    """EVOLUTIVO_LOOP_LAG_LOG_MS in seconds; a value that is not a number keeps the default (the
+    watch must not stop over its log's setting)."""
+    raw = os.environ.get("EVOLUTIVO_LOOP_LAG_LOG_MS", "250")
+    try:
+        return float(raw) / 1000
+    except ValueError:
+        log.warning("EVOLUTIVO_LOOP_LAG_LOG_MS is not a number; logging lags over 250 ms", extra={"value": raw})
+        return 0.25
+
+
 async def watch(
     stop: asyncio.Event, interval: float = INTERVAL_SECONDS, record: Callable[[float], None] = LOOP_LAG.observe
 ) -> None:
     """Records the loop's lag (s) until `stop` is set: in the histogram, or by `record`."""
-    log_after = float(os.environ.get("EVOLUTIVO_LOOP_LAG_LOG_MS", "250")) / 1000
+    log_after = _log_after_seconds()
     while not stop.is_set():
         asked = time.perf_counter()
         await asyncio.sleep(interval)
