@@ -606,6 +606,11 @@ async def test_a_poison_message_in_a_batch_fails_alone_and_is_dead_lettered(setu
     assert {e for _, e, _ in await setup.inbox()} == {good1, good2}
 
 
+def test_advisory_locks_are_named_only_for_handled_event_types() -> None:
+    with pytest.raises(ValueError, match="advisory locks named for event types it does not handle"):
+        Subscription(durable="d", stream="S", subjects=["s"], advisory_locks={EVENT_TYPE: lambda event: []})
+
+
 def test_a_batch_handler_needs_an_event_handler_to_fall_back_on() -> None:
     async def handle(uow: UnitOfWork, batch: Sequence[tuple[StringValue, envelope.EventMeta]]) -> None:
         raise AssertionError("not called")
@@ -643,7 +648,7 @@ def _locking(setup: Setup, named_up_front: bool) -> Locker:
         stream=setup.subscription.stream,
         subjects=setup.subscription.subjects,
         handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)},
-        advisory_locks=(lambda _type, event: [event.value.split(":")[0]]) if named_up_front else None,
+        advisory_locks={EVENT_TYPE: lambda event: [event.value.split(":")[0]]} if named_up_front else {},
     )
     return locker
 

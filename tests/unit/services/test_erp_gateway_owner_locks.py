@@ -11,7 +11,7 @@ from evolutivo.balance.v1 import payment_pb2
 from evolutivo.billing.v1 import credit_note_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo_erp_gateway.domain.model import CREDIT_NOTE_CREDIT, PAYMENT_CREDIT
-from evolutivo_erp_gateway.entrypoints.consumers import owner_locks, subscriptions
+from evolutivo_erp_gateway.entrypoints.consumers import OWNER_LOCKS, subscriptions
 from evolutivo_runtime.messaging.streams import stream_name
 
 PAYMENT = uuid.uuid4()
@@ -23,31 +23,36 @@ def test_a_payment_and_its_allocations_name_the_same_lock() -> None:
     # An upper-case id is the same payment: the handlers read ids as UUIDs.
     allocated = billing_events.PaymentAllocated(payment_id=str(PAYMENT).upper())
     expected = [PAYMENT_CREDIT.lock_name(PAYMENT)]
-    assert owner_locks(recorded.DESCRIPTOR.full_name, recorded) == expected
-    assert owner_locks(allocated.DESCRIPTOR.full_name, allocated) == expected
+    assert OWNER_LOCKS[recorded.DESCRIPTOR.full_name](recorded) == expected
+    assert OWNER_LOCKS[allocated.DESCRIPTOR.full_name](allocated) == expected
 
 
 def test_a_credit_note_and_its_allocations_name_the_same_lock_apart_from_payments() -> None:
     issued = billing_events.CreditNoteIssued(credit_note=credit_note_pb2.CreditNote(credit_note_id=str(NOTE)))
     allocated = billing_events.CreditNoteAllocated(credit_note_id=str(NOTE))
     expected = [CREDIT_NOTE_CREDIT.lock_name(NOTE)]
-    assert owner_locks(issued.DESCRIPTOR.full_name, issued) == expected
-    assert owner_locks(allocated.DESCRIPTOR.full_name, allocated) == expected
+    assert OWNER_LOCKS[issued.DESCRIPTOR.full_name](issued) == expected
+    assert OWNER_LOCKS[allocated.DESCRIPTOR.full_name](allocated) == expected
     assert CREDIT_NOTE_CREDIT.lock_name(NOTE) != PAYMENT_CREDIT.lock_name(NOTE)
 
 
-def test_other_events_name_none_and_a_bad_id_raises() -> None:
-    bill = billing_events.BillIssued()
-    assert owner_locks(bill.DESCRIPTOR.full_name, bill) == []
+def test_a_bad_id_raises() -> None:
+    allocated = billing_events.PaymentAllocated(payment_id="x")
     with pytest.raises(ValueError):
-        owner_locks(
-            billing_events.PaymentAllocated.DESCRIPTOR.full_name, billing_events.PaymentAllocated(payment_id="x")
-        )
+        OWNER_LOCKS[allocated.DESCRIPTOR.full_name](allocated)
 
 
-def test_the_streams_carrying_owners_and_allocations_name_their_locks() -> None:
-    locking = {s.stream for s in subscriptions() if s.advisory_locks is owner_locks}
-    assert locking == {stream_name("billing"), stream_name("balance")}
+def test_each_stream_names_the_locks_of_its_owner_and_allocation_events_only() -> None:
+    named = {s.stream: set(s.advisory_locks) for s in subscriptions()}
+    assert named == {
+        stream_name("customer"): set(),
+        stream_name("billing"): {
+            billing_events.PaymentAllocated.DESCRIPTOR.full_name,
+            billing_events.CreditNoteIssued.DESCRIPTOR.full_name,
+            billing_events.CreditNoteAllocated.DESCRIPTOR.full_name,
+        },
+        stream_name("balance"): {balance_events.PaymentRecorded.DESCRIPTOR.full_name},
+    }
 
 
 def test_the_lock_names_are_those_earlier_releases_took() -> None:

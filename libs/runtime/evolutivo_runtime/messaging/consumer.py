@@ -119,17 +119,20 @@ class Subscription(Generic[U]):
     # (and a lone event of such a type by its own handler): only for events whose effects do not
     # depend on their order relative to the subscription's other types.
     batch_handlers: Mapping[str, BatchHandler[U]] = field(default_factory=dict)
-    # Optional: the advisory locks (evolutivo_runtime.locks) an event's handler takes, by its type
-    # and decoded message. The consumer takes all of a batch's at once, in key order, before
-    # applying any event: two batches needing some of the same locks (two streams whose events lock
-    # the same record, or two replicas) then wait for each other instead of taking them in
-    # opposite orders and deadlocking.
-    advisory_locks: Callable[[str, Any], Iterable[str]] | None = None
+    # Optional, by event type: the advisory locks (evolutivo_runtime.locks) the event's handler
+    # takes, named from the decoded event. The consumer takes all of a batch's at once, in key
+    # order, before applying any event: two batches needing some of the same locks (two streams
+    # whose events lock the same record, or two replicas) then wait for each other instead of
+    # taking them in opposite orders and deadlocking.
+    advisory_locks: Mapping[str, Callable[[Any], Iterable[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unhandled = sorted(set(self.batch_handlers) - set(self.handlers))
         if unhandled:
             raise ValueError(f"{self.durable}: batch handlers without an event handler to fall back on: {unhandled}")
+        unhandled = sorted(set(self.advisory_locks) - set(self.handlers))
+        if unhandled:
+            raise ValueError(f"{self.durable}: advisory locks named for event types it does not handle: {unhandled}")
 
 
 class EventConsumer(Generic[U]):
@@ -221,7 +224,7 @@ class EventConsumer(Generic[U]):
                     singles.append((msg, event_id))
                 else:
                     batches.setdefault(batch_handler, []).append((msg, event_id))
-            if self.subscription.advisory_locks is not None:
+            if self.subscription.advisory_locks:
                 await self._take_locks(uow, [*singles, *(m for batch in batches.values() for m in batch)])
             one_by_one: list[tuple[Msg, uuid.UUID]] = []
             for batch_handler, batch in batches.items():
@@ -302,15 +305,14 @@ class EventConsumer(Generic[U]):
         handler fails on it, alone). Should taking them fail, the handlers take their own as they
         go, as without this step."""
         names_of = self.subscription.advisory_locks
-        assert names_of is not None
         names: set[str] = set()
         for msg, event_id in claimed:
             event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
-            if event_type not in self.subscription.handlers:
+            if event_type not in names_of:
                 continue
             try:
                 message, _ = self._decode(msg, event_id)
-                names.update(names_of(event_type, message))
+                names.update(names_of[event_type](message))
             except Exception:  # the event's handler reports it
                 continue
         if not names:

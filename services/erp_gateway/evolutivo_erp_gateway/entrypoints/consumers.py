@@ -106,29 +106,30 @@ async def on_write_off_made(uow: ErpGatewayUnitOfWork, event: balance_events.Wri
     await handlers.write_off_made(uow, entry, effective)
 
 
-# The owner (payment, credit note) whose lock each event's handler takes.
-_OWNERS: dict[str, Callable[[Any], tuple[AllocatedCredit, str]]] = {
-    balance_events.PaymentRecorded.DESCRIPTOR.full_name: lambda e: (PAYMENT_CREDIT, e.payment.payment_id),
-    billing_events.PaymentAllocated.DESCRIPTOR.full_name: lambda e: (PAYMENT_CREDIT, e.payment_id),
-    billing_events.CreditNoteIssued.DESCRIPTOR.full_name: lambda e: (
-        CREDIT_NOTE_CREDIT,
-        e.credit_note.credit_note_id,
+def _owner_lock(credit: AllocatedCredit, owner_id: str) -> list[str]:
+    # Read as a UUID, as the handlers read it (an upper-case id is the same owner); a malformed
+    # one raises and names no lock (its handler refuses the event).
+    return [credit.lock_name(uuid.UUID(owner_id))]
+
+
+# By event type, the owner lock (AllocatedCredit.lock_name) the event's handler takes: a payment's
+# or a credit note's own event and its allocations come on two streams, to two consumers, and take
+# turns on it. Named up front, a fetched batch takes all of its owners' locks at once in one order
+# (Subscription.advisory_locks), so two batches holding each other's payments do not deadlock.
+OWNER_LOCKS: dict[str, Callable[[Any], list[str]]] = {
+    balance_events.PaymentRecorded.DESCRIPTOR.full_name: lambda e: _owner_lock(PAYMENT_CREDIT, e.payment.payment_id),
+    billing_events.PaymentAllocated.DESCRIPTOR.full_name: lambda e: _owner_lock(PAYMENT_CREDIT, e.payment_id),
+    billing_events.CreditNoteIssued.DESCRIPTOR.full_name: lambda e: _owner_lock(
+        CREDIT_NOTE_CREDIT, e.credit_note.credit_note_id
     ),
-    billing_events.CreditNoteAllocated.DESCRIPTOR.full_name: lambda e: (CREDIT_NOTE_CREDIT, e.credit_note_id),
+    billing_events.CreditNoteAllocated.DESCRIPTOR.full_name: lambda e: _owner_lock(
+        CREDIT_NOTE_CREDIT, e.credit_note_id
+    ),
 }
 
 
-def owner_locks(event_type: str, event: Any) -> list[str]:
-    """The owner lock (AllocatedCredit.lock_name) the event's handler takes: a payment's or a
-    credit note's own event and its allocations come on two streams, to two consumers, and take
-    turns on it. Named up front, a fetched batch takes all of its owners' locks at once in one
-    order (Subscription.advisory_locks), so two batches holding each other's payments no longer
-    deadlock. Raises on an event whose owner id is not a UUID (its handler refuses it too)."""
-    owner = _OWNERS.get(event_type)
-    if owner is None:
-        return []
-    credit, owner_id = owner(event)
-    return [credit.lock_name(uuid.UUID(owner_id))]
+def _locks_of(*event_types: str) -> dict[str, Callable[[Any], list[str]]]:
+    return {t: OWNER_LOCKS[t] for t in event_types}
 
 
 def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
@@ -173,7 +174,11 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
             },
             # A bill's effects (its payload, jobs, postings) depend on no other event of the stream.
             batch_handlers={billing_events.BillIssued.DESCRIPTOR.full_name: BatchHandler(on_bills_issued)},
-            advisory_locks=owner_locks,
+            advisory_locks=_locks_of(
+                billing_events.PaymentAllocated.DESCRIPTOR.full_name,
+                billing_events.CreditNoteIssued.DESCRIPTOR.full_name,
+                billing_events.CreditNoteAllocated.DESCRIPTOR.full_name,
+            ),
         ),
         Subscription(
             durable="erp_gateway",
@@ -190,6 +195,6 @@ def subscriptions() -> list[Subscription[ErpGatewayUnitOfWork]]:
                     balance_events.WriteOffMade, on_write_off_made
                 ),
             },
-            advisory_locks=owner_locks,
+            advisory_locks=_locks_of(balance_events.PaymentRecorded.DESCRIPTOR.full_name),
         ),
     ]
