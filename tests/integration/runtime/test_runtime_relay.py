@@ -269,3 +269,45 @@ async def test_two_relays_publish_each_event_exactly_once_in_order(
 
 async def _outbox_empty(db: MessagingDb) -> bool:
     return bool(await db.count(db.outbox) == 0)
+
+
+class PassRecordingRelay(ObservedRelay):
+    """Records each pass that found events: when it started and how many it published."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.passes: list[tuple[float, int]] = []
+
+    async def publish_batch(self) -> int:
+        started = asyncio.get_running_loop().time()
+        found = await super().publish_batch()
+        if found:
+            self.passes.append((started, found))
+        return found
+
+
+async def test_with_a_linger_a_quiet_commit_goes_at_once_and_busy_ones_together(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """At most one pass per linger: a commit after a quiet spell is published at once; commits
+    right after a pass wait out the rest of the linger and leave in one pass."""
+    db = messaging_db
+    linger = 1.5
+    relay = PassRecordingRelay(db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=30.0, linger=linger)
+    loop = asyncio.get_running_loop()
+    async with running(relay):
+        await asyncio.wait_for(relay.parked.wait(), timeout=5)  # the start-up pass found nothing
+        await asyncio.sleep(linger)  # quiet for longer than the linger
+        committed = loop.time()
+        await commit_events(db, service_stream, ["after a quiet spell"])
+        await eventually(lambda: _has(js, service_stream, 1), within=5, what="the first event")
+        (first_pass, first_found), *_ = relay.passes
+        assert first_found == 1
+        assert first_pass - committed < linger / 2  # not held for the linger
+        await commit_events(db, service_stream, ["soon after, 1"])
+        await commit_events(db, service_stream, ["soon after, 2"])
+        await eventually(lambda: _has(js, service_stream, 3), within=10, what="the two later events")
+    assert len(relay.passes) == 2
+    second_pass, second_found = relay.passes[1]
+    assert second_found == 2  # both commits in one pass
+    assert second_pass - first_pass >= linger - 0.05

@@ -57,15 +57,22 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self._listen()
+        loop = asyncio.get_running_loop()
+        last_pass = float("-inf")
         try:
             while not stop.is_set():
                 if self._linger > 0 and self._wakeup.is_set():
-                    # Woken by a commit: a moment more, and this pass publishes the next commits'
-                    # events too (one transaction and one wake-up for several).
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), self._linger)
+                    # At most one pass per linger: woken by a commit soon after the last pass, wait
+                    # out the rest of it, and this pass publishes the commits meanwhile too (one
+                    # transaction and one wake-up here, and larger batches downstream, for several).
+                    # After a quiet spell the first commit is published at once.
+                    rest = last_pass + self._linger - loop.time()
+                    if rest > 0:
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), rest)
                 # Cleared before publishing, so a commit notified while a batch is out is not lost.
                 self._wakeup.clear()
+                last_pass = loop.time()
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
                         pass
