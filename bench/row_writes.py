@@ -17,9 +17,8 @@ from collections.abc import Sequence
 
 import asyncpg
 from evolutivo_runtime.db import plain_url
-from evolutivo_stack.stack import Stack
+from evolutivo_stack.stack import SERVICES, Stack
 
-SERVICES = ("customer", "charging", "balance", "billing", "erp_gateway")
 COUNTERS = """
 SELECT relname, n_tup_ins + n_tup_upd + n_tup_del AS written
 FROM pg_stat_user_tables

@@ -34,11 +34,17 @@ pytestmark = pytest.mark.e2e
 CHARGES_CREATED_TYPE = "evolutivo.charging.v1.ChargesCreated"
 
 
+def metric_sum(metrics_url: str, prefix: str) -> float:
+    """The sum of one replica's samples whose line starts with `prefix` (name and labels)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+
+
 def applied_by(metrics_url: str, durable: str, event_type: str) -> float:
     """evolutivo_consumer_applied_total of one replica's consumer for one event type."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    prefix = f'evolutivo_consumer_applied_total{{consumer="{durable}",event_type="{event_type}"}}'
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
+    return metric_sum(
+        metrics_url, f'evolutivo_consumer_applied_total{{consumer="{durable}",event_type="{event_type}"}}'
+    )
 
 
 async def new_account(customer: customer_grpc.CustomerServiceAsyncStub) -> str:
@@ -202,12 +208,7 @@ async def test_a_running_service_measures_its_event_loop_lag(stack: Stack) -> No
     metrics_url = stack.replicas("balance")[0].metrics_url
 
     def wake_ups() -> float:
-        text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-        return sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("evolutivo_event_loop_lag_seconds_count")
-        )
+        return metric_sum(metrics_url, "evolutivo_event_loop_lag_seconds_count")
 
     first = wake_ups()
 
