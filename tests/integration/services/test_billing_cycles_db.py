@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import itertools
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import grpc
 import pytest
+import sqlalchemy
 from alembic import command
 from evolutivo.billing.v1 import bill_cycle_pb2, events_pb2
 from evolutivo.billing.v1 import billing_service_pb2 as pb
@@ -513,3 +515,60 @@ async def test_the_indexes_are_partial_where_they_must_be(db: BillingDb) -> None
     assert "WHERE (status = 'open'::text)" in definitions["bill_cycles_one_open"]
     assert "WHERE (status = 'open'::text)" in definitions["bill_cycles_due"]
     assert "UNIQUE" in definitions["bill_cycles_unit_sequence"]
+
+
+async def test_the_claim_reads_due_cycles_in_the_index_order_without_sorting_them_all(db: BillingDb) -> None:
+    """Cycles end at the same instants (each cycle day's midnight in a time zone): the claim's
+    ORDER BY end_time, bill_cycle_id must come from `bill_cycles_due`, or every pass reads and
+    sorts every due cycle to take the first few (docs/performance.md, "Seventh round")."""
+    end = NOW - timedelta(days=1)
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "WITH units AS (INSERT INTO bill_units (bill_unit_id, account_id, currency_code, time_zone,"
+                " bill_cycle_day, billing_frequency, payment_terms_days, create_time)"
+                " SELECT gen_random_uuid(), gen_random_uuid(), 'EUR', 'Europe/Madrid', 1, 'monthly', 30, :start"
+                " FROM generate_series(1, 3000) RETURNING bill_unit_id, account_id)"
+                " INSERT INTO bill_cycles (bill_cycle_id, bill_unit_id, account_id, sequence, start_time, end_time,"
+                " start_date, end_date, time_zone, status)"
+                " SELECT gen_random_uuid(), bill_unit_id, account_id, 1, :start, :end, :start_date, :end_date,"
+                " 'Europe/Madrid', 'open' FROM units"
+            ),
+            {
+                "start": end - timedelta(days=30),
+                "end": end,
+                "start_date": date(2031, 4, 9),
+                "end_date": date(2031, 5, 8),
+            },
+        )
+        await conn.execute(text("ANALYZE bill_cycles"))
+
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, _context: Any, _many: bool) -> None:
+        if "FOR UPDATE" in statement:
+            statements.append((statement, parameters))
+
+    sqlalchemy.event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    try:
+        async with db.uow() as uow:
+            claimed = await uow.bill_cycles.claim_due(NOW, 100)
+    finally:
+        sqlalchemy.event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    assert len(claimed) == 100
+    assert [c.bill_cycle_id for c in claimed] == sorted(c.bill_cycle_id for c in claimed)
+    [(statement, parameters)] = statements
+
+    conn = await asyncpg.connect(plain_url(db.url))
+    try:
+        plan = await conn.fetchval("EXPLAIN (FORMAT JSON) " + statement, *parameters)
+    finally:
+        await conn.close()
+    nodes = []
+    pending = [json.loads(plan)[0]["Plan"]]
+    while pending:
+        node = pending.pop()
+        nodes.append(node)
+        pending.extend(node.get("Plans", []))
+    assert any(n.get("Index Name") == "bill_cycles_due" for n in nodes), nodes
+    assert not any("Sort" in n["Node Type"] for n in nodes), nodes

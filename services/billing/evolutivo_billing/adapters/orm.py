@@ -83,8 +83,8 @@ bill_cycles = Table(
     CheckConstraint("end_time > start_time", name="bill_cycles_window"),
     # At most one open cycle per unit.
     Index("bill_cycles_one_open", "bill_unit_id", unique=True, postgresql_where=text("status = 'open'")),
-    # The closer's claim: open cycles by end.
-    Index("bill_cycles_due", "end_time", postgresql_where=text("status = 'open'")),
+    # The closer's claim: open cycles by end, in the claim's order (cycles end at the same instants).
+    Index("bill_cycles_due", "end_time", "bill_cycle_id", postgresql_where=text("status = 'open'")),
     # ListBillCycles: an account's cycles, newest first.
     Index("bill_cycles_listing", "account_id", "sequence"),
 )
