@@ -527,7 +527,7 @@ async def test_the_claim_reads_due_cycles_in_the_index_order_without_sorting_the
             text(
                 "WITH units AS (INSERT INTO bill_units (bill_unit_id, account_id, currency_code, time_zone,"
                 " bill_cycle_day, billing_frequency, payment_terms_days, create_time)"
-                " SELECT gen_random_uuid(), gen_random_uuid(), 'EUR', 'Europe/Madrid', 1, 'monthly', 30, :start"
+                " SELECT gen_random_uuid(), gen_random_uuid(), 'EUR', 'Europe/Madrid', 9, 'monthly', 30, :start"
                 " FROM generate_series(1, 3000) RETURNING bill_unit_id, account_id)"
                 " INSERT INTO bill_cycles (bill_cycle_id, bill_unit_id, account_id, sequence, start_time, end_time,"
                 " start_date, end_date, time_zone, status)"
@@ -537,8 +537,8 @@ async def test_the_claim_reads_due_cycles_in_the_index_order_without_sorting_the
             {
                 "start": end - timedelta(days=30),
                 "end": end,
-                "start_date": date(2031, 4, 9),
-                "end_date": date(2031, 5, 8),
+                "start_date": (end - timedelta(days=30)).astimezone(MADRID).date(),
+                "end_date": (end - timedelta(microseconds=1)).astimezone(MADRID).date(),
             },
         )
         await conn.execute(text("ANALYZE bill_cycles"))
