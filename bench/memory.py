@@ -53,9 +53,10 @@ class PeakSampler:
             self.sample()
 
 
-# The services whose CPU a measure is charged with: those the usage and the bills flow through
-# (the gateway books every bill and payment for the ERP; customer is idle in these measures).
-MEASURED = ("charging", "balance", "billing", "erp_gateway")
+# The services whose CPU a measure is charged with: all five. The usage and the bills flow through
+# charging, balance and billing; the gateway books every bill and payment for the ERP; customer
+# applies every ChargesCreated (an account's first charge fixes its currency).
+MEASURED = ("customer", "charging", "balance", "billing", "erp_gateway")
 # And the embedded servers' (every PostgreSQL backend and helper process, NATS), when the stack runs them.
 SERVERS = ("postgres", "nats")
 

@@ -1,7 +1,9 @@
 """Customer learns from charging's ChargesCreated which accounts have charges, against a real,
 migrated database and through the runtime's consumer: an account's currency can change until its
 first charge and never after; replays and accounts customer does not know change nothing; a
-currency change racing the first charge either finishes first or is refused."""
+currency change racing the first charge either finishes first or is refused; a fetched batch of
+ChargesCreated is marked by its batch handler in one call (no fallback to the per-message handler),
+and a poison message in a batch is retried alone while the others apply."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from evolutivo.charging.v1 import usage_pb2
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo_customer.adapters.orm import accounts, inbox, outbox
+from evolutivo_customer.entrypoints import consumers
 from evolutivo_customer.entrypoints.consumers import subscriptions
 from evolutivo_customer.entrypoints.grpc_accounts import AccountsApi
 from evolutivo_customer.service_layer import accounts as accounts_service
@@ -28,6 +31,7 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from google.protobuf import field_mask_pb2
 from sqlalchemy import select
+from support.batches import acked, batch_fallbacks, no_per_message_handler
 from support.customer import CustomerServiceDb, MixinState
 from support.databases import MigratedDatabase
 from support.jetstream import FakeMsg, consumer_for, message, process
@@ -150,3 +154,40 @@ async def test_a_currency_change_racing_the_first_charge_finishes_first_or_is_re
     assert refused.value.reason == "CURRENCY_FIXED"
     async with db.uow() as uow:
         assert await accounts_service.note_charges(uow, [uuid.UUID(account_id)]) == [], "marked once"
+
+
+async def test_a_fetched_batch_is_marked_by_its_batch_handler_in_one_call(
+    db: CustomerDb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    known = [await new_account(db) for _ in range(4)]
+    msgs = [
+        charges_created(known[0], known[1]),
+        charges_created(known[1], str(uuid.uuid4())),  # an account customer never opened
+        charges_created(known[2], known[0]),
+    ]
+    # The per-message handler fails if called: the batch must not fall back to it.
+    monkeypatch.setattr(consumers, "on_charges_created", no_per_message_handler)
+    consumer = consumer_for(consumers.subscriptions(), stream_name("charging"), db.uow, inbox)
+    fallbacks = batch_fallbacks("customer")
+    await process(consumer, *msgs)
+    assert acked(msgs)
+    assert batch_fallbacks("customer") == fallbacks, "the batch handler applied the batch"
+    assert [await db.has_charges(a) for a in known] == [True, True, True, False]
+    # The same messages again (a redelivery) and a later batch naming marked accounts: no change.
+    again = [m.again() for m in msgs]
+    await process(consumer, *again, charges_created(known[0], known[2]))
+    assert acked(again)
+    assert [await db.has_charges(a) for a in known] == [True, True, True, False]
+
+
+async def test_a_poison_message_in_a_batch_is_retried_alone(db: CustomerDb) -> None:
+    first, second = await new_account(db), await new_account(db)
+    poisoned = charges_created("not-a-uuid")
+    msgs = [charges_created(first), poisoned, charges_created(second)]
+    consumer = consumer_for(consumers.subscriptions(), stream_name("charging"), db.uow, inbox)
+    fallbacks = batch_fallbacks("customer")
+    await process(consumer, *msgs)
+    assert batch_fallbacks("customer") == fallbacks + 1, "the batch handler raised: one by one"
+    assert poisoned.naked and not poisoned.acked, "the poison message is retried, alone"
+    assert acked(msgs, but=[poisoned])
+    assert await db.has_charges(first) and await db.has_charges(second)
