@@ -7,6 +7,7 @@ from __future__ import annotations
 import email
 import email.policy
 import io
+import urllib.request
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -216,3 +217,14 @@ async def metered_account(
         )
     ).account
     return code, account.account_id
+
+
+def metric_samples(metrics_url: str, prefix: str) -> list[float]:
+    """The values of one replica's samples whose line starts with `prefix` (name and labels)."""
+    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    return [float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix)]
+
+
+def metric_sum(metrics_url: str, prefix: str) -> float:
+    """The sum of one replica's samples whose line starts with `prefix` (name and labels)."""
+    return sum(metric_samples(metrics_url, prefix))

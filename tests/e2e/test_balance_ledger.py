@@ -5,13 +5,13 @@ account's currency."""
 
 from __future__ import annotations
 
-import urllib.request
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import grpc
 import pytest
+from e2e_support import metric_sum
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
 from evolutivo.balance.v1 import ledger_pb2, payment_pb2
@@ -32,12 +32,6 @@ from grpc_status import rpc_status
 pytestmark = pytest.mark.e2e
 
 CHARGES_CREATED_TYPE = "evolutivo.charging.v1.ChargesCreated"
-
-
-def metric_sum(metrics_url: str, prefix: str) -> float:
-    """The sum of one replica's samples whose line starts with `prefix` (name and labels)."""
-    text = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
 
 def applied_by(metrics_url: str, durable: str, event_type: str) -> float:

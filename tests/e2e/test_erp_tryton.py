@@ -13,7 +13,15 @@ from decimal import Decimal
 
 import grpc
 import pytest
-from e2e_support import advance_to, at, clock_now, metered_account, tryton_connection
+from e2e_support import (
+    advance_to,
+    at,
+    clock_now,
+    metered_account,
+    metric_samples,
+    metric_sum,
+    tryton_connection,
+)
 from evolutivo.balance.v1 import balance_service_pb2 as balance_pb
 from evolutivo.balance.v1 import balance_service_pb2_grpc as balance_grpc
 from evolutivo.balance.v1 import payment_pb2
@@ -136,6 +144,11 @@ async def test_an_issued_bill_becomes_a_posted_tryton_invoice_and_a_tryton_payme
     invoice_job = await eventually(
         lambda: synced(sync_state_pb2.ENTITY_TYPE_INVOICE, bill.bill_id), timeout=120, what="the invoice in Tryton"
     )
+    # What an operator watches: the gateway counted the attempts, and serves its jobs by state.
+    metrics_url = stack.replicas("erp_gateway")[0].metrics_url
+    succeeded = 'evolutivo_erp_sync_attempts_total{entity_type="invoice",outcome="succeeded"}'
+    assert metric_sum(metrics_url, succeeded) >= 1
+    assert len(metric_samples(metrics_url, 'evolutivo_erp_sync_jobs{state="dead"}')) == 1
     client = TrytonClient(tryton.url, ADMIN, ADMIN_PASSWORD, 60.0)
     try:
         invoices = await client.search("account.invoice", [("reference", "=", bill.bill_number)])

@@ -41,6 +41,7 @@ from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.field_mask_pb2 import FieldMask
+from prometheus_client import REGISTRY
 from support.databases import MigratedDatabase, ServiceDb
 from support.erp import a_connection
 from support.jetstream import FakeMsg, consumer_for, message, process
@@ -227,6 +228,67 @@ async def test_a_connection_that_keeps_failing_is_paused_then_probed_and_resumed
     read = await servicer.GetConnection(pb.GetConnectionRequest(connection_id=str(down.connection_id)), NO_CONTEXT)
     assert not read.connection.HasField("paused_until")
     assert sorted(json.loads(body)["entity_id"] for _, body in receiver.received) == sorted(ids)
+
+
+def attempts(outcome: str) -> float:
+    """evolutivo_erp_sync_attempts_total for customers, with this outcome, so far."""
+    sample = REGISTRY.get_sample_value(
+        "evolutivo_erp_sync_attempts_total", {"entity_type": "customer", "outcome": outcome}
+    )
+    return sample or 0.0
+
+
+def gauge(state: JobState) -> float | None:
+    return REGISTRY.get_sample_value("evolutivo_erp_sync_jobs", {"state": state.value})
+
+
+async def test_the_operator_sees_jobs_by_state_and_attempts_by_outcome(setup: Setup, receiver: Receiver) -> None:
+    ids = [str(uuid.uuid4()) for _ in range(3)]
+    await deliver(
+        setup,
+        "customer",
+        *(
+            message(
+                "evolutivo.customer.v1.account.created",
+                customer_events.AccountCreated(
+                    account=account_pb2.Account(
+                        account_id=i, account_number=f"A-{n:08d}", update_time=to_timestamp(NOW)
+                    )
+                ),
+                NOW,
+            )
+            for n, i in enumerate(ids)
+        ),
+    )
+    counted = await handlers.count_jobs(setup.db.uow())
+    assert counted == {JobState.PENDING: 3, JobState.RETRYING: 0, JobState.DEAD: 0}
+    assert [gauge(s) for s in counted] == [3, 0, 0]
+
+    before = {o: attempts(o) for o in ("succeeded", "retrying", "dead")}
+    receiver.failures = 100
+    await run_jobs(setup)
+    assert attempts("retrying") - before["retrying"] == 3
+    assert await handlers.count_jobs(setup.db.uow()) == {JobState.PENDING: 0, JobState.RETRYING: 3, JobState.DEAD: 0}
+    # Every attempt fails until the policy gives up: the jobs are dead, each counted once as such.
+    for _ in range(POLICY.max_attempts):
+        setup.db.clock.advance(POLICY.cap * 2)
+        await run_jobs(setup)
+    assert attempts("dead") - before["dead"] == 3
+    assert attempts("retrying") - before["retrying"] == 3 * (POLICY.max_attempts - 1)
+    assert await handlers.count_jobs(setup.db.uow()) == {JobState.PENDING: 0, JobState.RETRYING: 0, JobState.DEAD: 3}
+    assert gauge(JobState.DEAD) == 3
+
+    # The receiver is back and the operator retries one: it succeeds, two stay dead.
+    receiver.failures = 0
+    async with setup.db.uow() as uow:
+        job = await uow.jobs.find(setup.connection.connection_id, EntityType.CUSTOMER, uuid.UUID(ids[0]))
+    assert job is not None
+    await handlers.retry_job(setup.db.uow(), job.job_id)
+    assert (await handlers.count_jobs(setup.db.uow()))[JobState.PENDING] == 1
+    await run_jobs(setup)
+    assert attempts("succeeded") - before["succeeded"] == 1
+    assert await handlers.count_jobs(setup.db.uow()) == {JobState.PENDING: 0, JobState.RETRYING: 0, JobState.DEAD: 2}
+    assert [gauge(s) for s in (JobState.PENDING, JobState.RETRYING, JobState.DEAD)] == [0, 0, 2]
 
 
 async def deliver(setup: Setup, service: str, *msgs: FakeMsg) -> None:

@@ -455,6 +455,14 @@ class SyncJobRepository:
         ).first()
         return _job(row._mapping) if row else None
 
+    async def count_by_state(self, states: Sequence[JobState]) -> dict[JobState, int]:
+        """How many jobs are in each of `states` (read through sync_jobs_due, led by the state)."""
+        t = sync_jobs
+        rows = await self._session.execute(
+            select(t.c.state, func.count()).where(t.c.state.in_([s.value for s in states])).group_by(t.c.state)
+        )
+        return {JobState(state): int(count) for state, count in rows}
+
     async def get(self, job_id: uuid.UUID, lock: bool = False) -> SyncJob | None:
         query = select(sync_jobs).where(sync_jobs.c.job_id == job_id)
         if lock:

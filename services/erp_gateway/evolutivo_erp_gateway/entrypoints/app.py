@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,6 +26,8 @@ from evolutivo_erp_gateway.settings import ErpGatewaySettings
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 log = logging.getLogger(__name__)
+# How often the jobs-by-state gauge is refreshed (a count over sync_jobs_due; monotonic seconds).
+JOB_COUNT_SECONDS = 15.0
 
 
 async def _pause(stop: asyncio.Event, seconds: float) -> None:
@@ -51,8 +54,16 @@ def wire(rt: Runtime) -> Wiring:
     balance = BalanceClient(settings.balance_address, settings.balance_timeout_seconds)
 
     async def sync_jobs(stop: asyncio.Event) -> None:
-        """Every replica runs it: each job is claimed with FOR UPDATE SKIP LOCKED."""
+        """Every replica runs it: each job is claimed with FOR UPDATE SKIP LOCKED. Between batches
+        it also refreshes the jobs-by-state gauge, at most every JOB_COUNT_SECONDS."""
+        counted = -JOB_COUNT_SECONDS
         while not stop.is_set():
+            if time.monotonic() - counted >= JOB_COUNT_SECONDS:
+                counted = time.monotonic()
+                try:
+                    await handlers.count_jobs(uow())
+                except Exception:
+                    log.exception("counting the sync jobs failed; the gauge keeps its last values")
             ran = 0
             while not stop.is_set() and ran < settings.sync_batch_size:
                 if await handlers.run_next_job(uow(), adapters, policy, breaker=breaker) is None:
@@ -67,6 +78,7 @@ def wire(rt: Runtime) -> Wiring:
                 await handlers.import_payments(uow, adapters, balance)
             except Exception:
                 # An ERP or balance that does not answer: the cursor did not move; poll again later.
+                handlers.PAYMENT_IMPORT_FAILURES.inc()
                 log.exception("payment import failed; retrying at the next poll")
             await _pause(stop, settings.import_poll_seconds)
 

@@ -16,6 +16,7 @@ from evolutivo.customer.v1 import account_pb2, contact_pb2
 from evolutivo_runtime.errors import Aborted, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from evolutivo_runtime.money import from_money
 from google.protobuf.timestamp_pb2 import Timestamp
+from prometheus_client import Counter, Gauge
 
 from evolutivo_erp_gateway.adapters.crypto import UndecryptableSecret
 from evolutivo_erp_gateway.adapters.erp import (
@@ -727,6 +728,37 @@ async def _invoices_of(uow: ErpGatewayUnitOfWork, connection: Connection, bill_i
 AfterErp = Callable[[SyncJob, str], None]
 
 
+# What an operator watches (deploy/README.md "What to watch", deploy/k8s/monitoring): dead jobs need
+# one (RetryJob once the cause is fixed); a growing retrying count is an ERP refusing or down.
+SYNC_ATTEMPTS = Counter(
+    "evolutivo_erp_sync_attempts_total",
+    "Sync jobs run against an ERP, by record type and outcome: succeeded, retrying, dead, or waiting "
+    "(a record it needs is not in the ERP yet; not counted as an attempt)",
+    ["entity_type", "outcome"],
+)
+SYNC_JOBS = Gauge(
+    "evolutivo_erp_sync_jobs",
+    "Sync jobs not done, by state (pending, retrying, dead), as the gateway's database holds them: "
+    "every replica reports the same numbers",
+    ["state"],
+)
+UNFINISHED_STATES = (JobState.PENDING, JobState.RETRYING, JobState.DEAD)
+PAYMENT_IMPORT_FAILURES = Counter(
+    "evolutivo_erp_payment_import_failures_total",
+    "Payment import polls that failed (an ERP or balance not answering); the next poll tries again",
+)
+
+
+async def count_jobs(uow: ErpGatewayUnitOfWork) -> dict[JobState, int]:
+    """The jobs not done, by state, also set on SYNC_JOBS."""
+    async with uow:
+        counted = await uow.jobs.count_by_state(UNFINISHED_STATES)
+    found = {state: counted.get(state, 0) for state in UNFINISHED_STATES}
+    for state, count in found.items():
+        SYNC_JOBS.labels(state.value).set(count)
+    return found
+
+
 async def run_next_job(
     uow: ErpGatewayUnitOfWork,
     adapters: AdapterOpener,
@@ -747,6 +779,7 @@ async def run_next_job(
         assert connection is not None  # the claim joined it
         token = await uow.connections.secret(job.connection_id)
         adapter: ErpAdapter | None = None
+        outcome = ""
         try:
             adapter = adapters.open(connection, token)
             erp_id = await _perform(uow, adapter, connection, job)
@@ -755,6 +788,7 @@ async def run_next_job(
                 job = _failed(job, f"{waiting} for over {MISSING_PREREQUISITE_WAIT}", policy, now)
             else:
                 job = replace(job, last_error=str(waiting), next_attempt_time=now + PREREQUISITE_WAIT, update_time=now)
+                outcome = "waiting"
         except Exception as exc:
             # Any failure is an attempt (a bug too, so that one bad record cannot block the loop).
             if not isinstance(exc, ErpError):
@@ -779,6 +813,7 @@ async def run_next_job(
             await uow.sync_states.set_status(job.entity_type, job.entity_id, SyncStatus.FAILED, "", now)
         await uow.jobs.save(job)
         await uow.commit()
+        SYNC_ATTEMPTS.labels(job.entity_type.value, outcome or job.state.value).inc()
         return job
 
 
