@@ -13,19 +13,28 @@
    port (mutual TLS, which the kubelet cannot speak); every <PREFIX>*_FILE setting lies under a
    read-only mount; ingress opens only the gRPC and metrics ports (the kubelet reaches the health
    port as traffic from the pod's node, which NetworkPolicies always allow); prod serves TLS.
+4. Alerts: monitoring/ renders one PrometheusRule whose every rule has a severity (page or ticket), a
+   summary and a description, and whose every expression parses (promql-parser) and names only
+   metrics the five services' code registers, with their own labels (or the labels Prometheus adds
+   to a scraped series) and, where the code fixes them, their values (gRPC codes, job states...);
+   the platform's metrics (kube-state-metrics, CloudNativePG, NATS) are checked to parse only.
 
     .venv/bin/python deploy/k8s/check.py      # exit 1 and a list of problems when something is wrong
 """
 
 from __future__ import annotations
 
+import importlib
+import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import promql_parser
 import yaml
 from kubernetes_validate import utils as kv  # type: ignore[import-untyped]
 
@@ -33,6 +42,7 @@ K8S = Path(__file__).resolve().parent
 OVERLAYS = {"dev": K8S / "overlays" / "dev", "prod": K8S / "overlays" / "prod"}
 POSTGRES = {"base": K8S / "engines" / "postgres" / "base", "dev": K8S / "engines" / "postgres" / "dev"}
 NATS_VALUES = K8S / "engines" / "nats" / "values.yaml"
+MONITORING = K8S / "monitoring"
 # The oldest Kubernetes the manifests support (the preStop sleep action is on by default from 1.30)
 # and the newest the schemas know.
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
@@ -65,6 +75,7 @@ CUSTOM_RESOURCES = {
     ("postgresql.cnpg.io/v1", "ScheduledBackup"),
     ("barmancloud.cnpg.io/v1", "ObjectStore"),
     ("cert-manager.io/v1", "Certificate"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 
@@ -417,6 +428,177 @@ def engine_violations(postgres: list[Obj], *, production: bool, nats_values: Obj
     return problems
 
 
+# --- alerting rules -------------------------------------------------------------------------------
+
+SEVERITIES = {"page", "ticket"}
+# Labels Prometheus gives every scraped series (the target's), besides the metric's own.
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "container", "service", "endpoint"})
+# The platform's metrics (kube-state-metrics, CloudNativePG, the NATS exporter): not the suite's code.
+EXTERNAL_PREFIXES = ("kube_", "cnpg_", "jetstream_", "gnatsd_", "nats_")
+_ALERT_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
+_ALTERNATIVES = re.compile(r"[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One sample name a service exposes (grpc_server_handled_total, x_bucket), its labels, and the
+    values the code can give some of them."""
+
+    labels: frozenset[str]
+    values: Mapping[str, frozenset[str]]
+
+
+def suite_metrics() -> dict[str, Metric]:
+    """Every sample name the five services expose: importing their wiring registers their metrics in
+    prometheus_client's default registry, which is what each serves on /metrics."""
+    importlib.import_module("evolutivo_runtime.cli")  # what `serve` runs: the collector's pause histogram
+    for service in SERVICES:
+        importlib.import_module(f"evolutivo_{service.replace('-', '_')}.entrypoints.app")
+    from prometheus_client import REGISTRY
+
+    values = _label_values()
+    found: dict[str, Metric] = {}
+    # The registry's collectors and their sample names; prometheus_client has no public listing of
+    # a labelled metric's label names before it has a child, hence the private attributes.
+    for collector, names in REGISTRY._collector_to_names.items():
+        labels = frozenset(getattr(collector, "_labelnames", ()))
+        kind = getattr(collector, "_type", "")
+        family = getattr(collector, "_name", "")
+        for name in names:
+            if name == family and kind in ("counter", "histogram", "summary"):
+                continue  # only its suffixed series (_total, _bucket, _count, _sum, _created) exist
+            extra = {"le"} if name.endswith("_bucket") else {"quantile"} if kind == "summary" else set()
+            known = {label: v for (metric, label), v in values.items() if metric in (name, family)}
+            found[name] = Metric(labels | extra, known)
+    return found
+
+
+def _label_values() -> dict[tuple[str, str], frozenset[str]]:
+    """(sample or family name, label) -> the values the code gives it, where it fixes them."""
+    import grpc
+    from evolutivo_billing.domain.delivery import DeliveryState
+    from evolutivo_charging.domain.usage import UsageStatus
+    from evolutivo_erp_gateway.domain.jobs import JobState
+
+    # Where each set is made: evolutivo_runtime/server/interceptors.py (the status code's name),
+    # evolutivo_erp_gateway/service_layer/handlers.py (run_next_job, count_jobs),
+    # evolutivo_billing/service_layer/delivery.py and notices.py, evolutivo_charging/entrypoints/usage_subject.py.
+    deliveries = frozenset(s.value for s in DeliveryState if s is not DeliveryState.PENDING) | {"retry"}
+    return {
+        ("grpc_server_handled_total", "grpc_code"): frozenset(c.name for c in grpc.StatusCode),
+        ("evolutivo_erp_sync_jobs", "state"): frozenset(s.value for s in JobState if s is not JobState.SUCCEEDED),
+        ("evolutivo_erp_sync_attempts_total", "outcome"): frozenset(
+            s.value for s in JobState if s is not JobState.PENDING
+        )
+        | {"waiting"},
+        ("evolutivo_billing_bill_delivery_attempts_total", "outcome"): deliveries,
+        ("evolutivo_billing_notice_delivery_attempts_total", "outcome"): deliveries,
+        ("evolutivo_charging_usage_messages_total", "outcome"): frozenset(s.value for s in UsageStatus)
+        | {"refused", "dead_lettered", "retried"},
+    }
+
+
+N = TypeVar("N")
+
+
+def _nodes(expr: promql_parser.Expr, kind: type[N]) -> list[N]:
+    """The nodes of `kind` in the expression, depth first."""
+    found: list[N] = []
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, kind):
+            found.append(node)
+
+    promql_parser.walk(expr, visit)
+    return found
+
+
+def expression_violations(where: str, text: str, metrics: Mapping[str, Metric]) -> list[str]:
+    """What is wrong with one rule's expression, against the suite's metrics."""
+    try:
+        expr = promql_parser.parse(text)
+    except ValueError as exc:
+        return [f"{where}: expr does not parse: {exc}"]
+    problems = []
+    for selector in _nodes(expr, promql_parser.VectorSelector):
+        name = selector.name
+        if not name:
+            problems.append(f"{where}: a selector without a metric name")
+            continue
+        if name.startswith(EXTERNAL_PREFIXES):
+            continue
+        metric = metrics.get(name)
+        if metric is None:
+            problems.append(f"{where}: {name} is no metric the services expose")
+            continue
+        for matcher in selector.matchers.matchers:
+            if matcher.name not in metric.labels | TARGET_LABELS:
+                problems.append(f"{where}: {name} has no label {matcher.name!r}")
+                continue
+            known = metric.values.get(matcher.name)
+            if known is None:
+                continue
+            if matcher.op in (promql_parser.MatchOp.Equal, promql_parser.MatchOp.NotEqual):
+                wanted = [matcher.value]
+            elif _ALTERNATIVES.fullmatch(matcher.value):
+                wanted = matcher.value.split("|")
+            else:
+                continue  # a real pattern: not checked value by value
+            for value in wanted:
+                if value not in known:
+                    problems.append(
+                        f"{where}: {name}{{{matcher.name}}} is never {value!r} (it is one of {sorted(known)})"
+                    )
+    for aggregation in _nodes(expr, promql_parser.AggregateExpr):
+        modifier = aggregation.modifier
+        if modifier is None or modifier.type != promql_parser.AggModifierType.By:
+            continue
+        inner = _nodes(aggregation.expr, promql_parser.VectorSelector)
+        if any(s.name is None or s.name.startswith(EXTERNAL_PREFIXES) or s.name not in metrics for s in inner):
+            continue
+        available = TARGET_LABELS.union(*(metrics[s.name].labels for s in inner if s.name))
+        for label in modifier.labels:
+            if label not in available:
+                problems.append(f"{where}: aggregates by {label!r}, a label none of its metrics has")
+    return problems
+
+
+def alert_violations(objs: Iterable[Obj], metrics: Mapping[str, Metric]) -> list[str]:
+    """The rule groups of the PrometheusRules in `objs`: their form, then each expression."""
+    problems = []
+    rules = [o for o in objs if o.get("kind") == "PrometheusRule"]
+    if not rules:
+        return ["no PrometheusRule"]
+    seen: set[str] = set()
+    for obj in rules:
+        groups = (obj.get("spec") or {}).get("groups") or []
+        if not groups:
+            problems.append(f"{name_of(obj)}: no rule groups")
+        for group in groups:
+            for rule in group.get("rules") or []:
+                alert = str(rule.get("alert") or "")
+                where = f"{name_of(obj)}: {group.get('name')}/{alert or '?'}"
+                if not _ALERT_NAME.fullmatch(alert):
+                    problems.append(f"{where}: alert must be named in CamelCase")
+                elif alert in seen:
+                    problems.append(f"{where}: alert name used twice")
+                seen.add(alert)
+                if "for" in rule:
+                    try:
+                        promql_parser.parse_duration(str(rule["for"]))
+                    except ValueError:
+                        problems.append(f"{where}: for {rule['for']!r} is no duration")
+                severity = (rule.get("labels") or {}).get("severity")
+                if severity not in SEVERITIES:
+                    problems.append(f"{where}: labels.severity must be one of {sorted(SEVERITIES)}, not {severity!r}")
+                annotations = rule.get("annotations") or {}
+                for key in ("summary", "description"):
+                    if not str(annotations.get(key) or "").strip():
+                        problems.append(f"{where}: no annotations.{key}")
+                problems += expression_violations(where, str(rule.get("expr") or ""), metrics)
+    return problems
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -442,6 +624,9 @@ def check_all() -> list[str]:
             f"[postgres/{variant}] {p}"
             for p in engine_violations(objs, production=production, nats_values=nats_values if production else None)
         ]
+    objs = render(MONITORING)
+    problems += [f"[monitoring] {p}" for p in schema_errors(objs)]
+    problems += [f"[monitoring] {p}" for p in alert_violations(objs, suite_metrics())]
     return problems
 
 
@@ -460,7 +645,10 @@ def main() -> int:
     if problems:
         print(f"deploy/k8s: {len(problems)} problem(s)", file=sys.stderr)
         return 1
-    print("deploy/k8s: overlays dev and prod and engines/postgres render, validate and meet the policy")
+    print(
+        "deploy/k8s: overlays dev and prod, engines/postgres and monitoring render, validate and meet"
+        " the policy; the alerts name the services' metrics"
+    )
     return 0
 
 

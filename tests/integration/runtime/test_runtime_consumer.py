@@ -239,10 +239,12 @@ async def test_failing_message_is_isolated_retried_dead_lettered_and_replayed(se
     assert info.num_ack_pending == 1  # "bad" was nak'ed (with a delay), the others acked
 
     # 2. Retried after the nak delay; at max_deliver it goes to the dead-letter queue, acked.
+    dead_lettered = _dead_lettered(setup)
     async with running(consumer):
         await eventually(lambda: _has_letters(setup, 1), within=20, what="the dead letter")
         await eventually(lambda: _no_ack_pending(setup), within=10, what="the dead letter acked")
     assert handler.attempts["bad"] == 2
+    assert _dead_lettered(setup) == dead_lettered + 1, "counted for the operator's alert"
     [letter] = await setup.letters()
     assert letter.event_id == str(bad)
     assert letter.event_type == EVENT_TYPE
@@ -279,6 +281,12 @@ async def test_failing_message_is_isolated_retried_dead_lettered_and_replayed(se
     assert await setup.letters() == []
 
 
+def _dead_lettered(setup: Setup) -> float:
+    """evolutivo_dead_letters_total of the test's consumer so far."""
+    found = REGISTRY.get_sample_value("evolutivo_dead_letters_total", {"consumer": setup.subscription.durable})
+    return found or 0.0
+
+
 async def test_replayed_event_that_fails_again_is_dead_lettered_again(setup: Setup) -> None:
     """Replaying before the bug is fixed must put the event back in the queue, not lose it.
 
@@ -289,6 +297,7 @@ async def test_replayed_event_that_fails_again_is_dead_lettered_again(setup: Set
     consumer = setup.consumer(max_deliver=1)
     await consumer.setup()
     bad = await setup.publish("bad")
+    dead_lettered = _dead_lettered(setup)
     async with running(consumer):
         await eventually(lambda: _has_letters(setup, 1), within=10, what="the first dead letter")
         [first] = await setup.letters()
@@ -298,6 +307,7 @@ async def test_replayed_event_that_fails_again_is_dead_lettered_again(setup: Set
     assert setup.handler.attempts["bad"] == 2
     letters = await setup.letters()
     assert [letter.event_id for letter in letters] == [str(bad)], "the replayed event was lost"
+    assert _dead_lettered(setup) == dead_lettered + 2, "each giving up counted"
 
 
 class CountingConsumer(EventConsumer[UnitOfWork]):

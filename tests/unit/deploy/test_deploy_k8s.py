@@ -382,3 +382,109 @@ def test_secrets_are_references(rendered: dict[str, Any]) -> None:
             config = check._config(objs, f"{name}-config")
             # Only paths in the ConfigMap, never key material.
             assert not [v for v in config.values() if "BEGIN" in v or '"keys"' in v], (overlay, name)
+
+
+# Alerting rules (deploy/k8s/monitoring).
+
+
+@pytest.fixture(scope="module")
+def alerts() -> list[dict[str, Any]]:
+    rendered: list[dict[str, Any]] = check.render(check.MONITORING)
+    return rendered
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict[str, Any]:
+    found: dict[str, Any] = check.suite_metrics()
+    return found
+
+
+def test_the_shipped_alerts_name_the_services_metrics(alerts: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    (rule,) = alerts
+    assert (rule["kind"], rule["metadata"]["namespace"]) == ("PrometheusRule", "evolutivo")
+    assert check.alert_violations(alerts, metrics) == []
+    names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    # What must page someone: events not moving, events given up on, server errors, bills not issued.
+    severities = {r["alert"]: r["labels"]["severity"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    for paging in (
+        "EvolutivoOutboxBacklog",
+        "EvolutivoDeadLetters",
+        "EvolutivoServerErrors",
+        "EvolutivoCycleCloseFailing",
+    ):
+        assert severities[paging] == "page"
+    assert len(names) == len(set(names)) >= 15
+
+
+def _first_rule(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    rule: dict[str, Any] = objs[0]["spec"]["groups"][0]["rules"][0]
+    return rule
+
+
+ALERT_BREAKAGES: list[tuple[str, Callable[[dict[str, Any]], None], str]] = [
+    ("an unknown metric", lambda r: r.update(expr="evolutivo_outbox_backlogg > 1000"), "no metric the services expose"),
+    ("a counter's bare name", lambda r: r.update(expr="rate(grpc_server_handled[5m]) > 1"), "no metric"),
+    ("a label the metric lacks", lambda r: r.update(expr='evolutivo_consumer_pending{durable="x"} > 1'), "no label"),
+    (
+        "a gRPC code as the docs once spelt it",
+        lambda r: r.update(expr='rate(grpc_server_handled_total{grpc_code=~"Internal|Unknown"}[5m]) > 0'),
+        "is never '",
+    ),
+    ("a job state that does not exist", lambda r: r.update(expr='evolutivo_erp_sync_jobs{state="done"} > 0'), "never"),
+    (
+        "an aggregation by a missing label",
+        lambda r: r.update(expr="sum by (consumer) (evolutivo_outbox_backlog) > 1"),
+        "by",
+    ),
+    ("an expression that does not parse", lambda r: r.update(expr="rate(evolutivo_outbox_published_total[5m"), "parse"),
+    ("no severity", lambda r: r["labels"].pop("severity"), "severity"),
+    ("an unknown severity", lambda r: r["labels"].update(severity="urgent"), "severity"),
+    ("no summary", lambda r: r["annotations"].pop("summary"), "summary"),
+    ("no description", lambda r: r["annotations"].update(description=" "), "description"),
+    ("a for that is no duration", lambda r: r.update({"for": "five minutes"}), "duration"),
+    ("a name not in CamelCase", lambda r: r.update(alert="outbox_backlog"), "CamelCase"),
+]
+
+
+@pytest.mark.parametrize(("what", "breaks", "expected"), ALERT_BREAKAGES, ids=[b[0] for b in ALERT_BREAKAGES])
+def test_the_alert_check_catches(
+    alerts: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    what: str,
+    breaks: Callable[[dict[str, Any]], None],
+    expected: str,
+) -> None:
+    broken = copy.deepcopy(alerts)
+    breaks(_first_rule(broken))
+    problems = check.alert_violations(broken, metrics)
+    assert problems and all(expected in p for p in problems), (what, problems)
+
+
+def test_the_alert_check_catches_a_name_used_twice(alerts: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    broken = copy.deepcopy(alerts)
+    group = broken[0]["spec"]["groups"][0]
+    group["rules"].append(copy.deepcopy(group["rules"][0]))
+    assert [p for p in check.alert_violations(broken, metrics) if "used twice" in p]
+    assert check.alert_violations([], metrics) == ["no PrometheusRule"]
+
+
+def test_the_metrics_table_in_deploy_readme_is_what_the_services_expose(metrics: dict[str, Any]) -> None:
+    """deploy/README.md "What to watch" lists every metric of the suite's own, with its type and
+    labels, and nothing else (process_ and python_ metrics come with prometheus_client)."""
+    table = {}
+    for line in (ROOT / "deploy" / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`") and cells[1] in ("counter", "gauge", "histogram"):
+            labels = frozenset(c.strip("` ") for c in cells[2].split(",") if c.strip())
+            table[cells[0].strip("`")] = (cells[1], labels)
+    exposed = {}
+    for name, metric in metrics.items():
+        if not name.startswith(("evolutivo_", "grpc_server_")) or name.endswith(("_created", "_count", "_sum")):
+            continue
+        if name.endswith("_bucket"):
+            exposed[name.removesuffix("_bucket")] = ("histogram", metric.labels - {"le"})
+        elif name.endswith("_total"):
+            exposed[name] = ("counter", metric.labels)
+        else:
+            exposed[name] = ("gauge", metric.labels)
+    assert table == exposed

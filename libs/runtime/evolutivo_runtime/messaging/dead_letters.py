@@ -9,12 +9,18 @@ from datetime import UTC, datetime
 import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Counter
 
 from evolutivo_runtime.clock import Clock
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.streams import DLQ_STREAM, dlq_subject
 
 log = logging.getLogger(__name__)
+
+# Each is an event some service did not apply: an operator looks at it, fixes the cause, replays it.
+DEAD_LETTERED = Counter(
+    "evolutivo_dead_letters_total", "Events a consumer gave up on and put in EVOLUTIVO_DLQ", ["consumer"]
+)
 
 
 @dataclass(frozen=True)
@@ -55,6 +61,7 @@ class DeadLetterQueue:
         if ack.duplicate:
             log.warning("dead letter already recorded", extra={"consumer": consumer, "event_id": event_id})
             return
+        DEAD_LETTERED.labels(consumer).inc()
         log.error("event dead-lettered", extra={"consumer": consumer, "event_id": event_id, "subject": msg.subject})
 
     async def list(self, after_sequence: int, limit: int) -> list[DeadLetter]:
