@@ -27,7 +27,7 @@ from evolutivo.customer.v1 import customer_service_pb2 as customer_pb
 from evolutivo.customer.v1 import customer_service_pb2_grpc as customer_grpc
 from evolutivo_runtime.timestamps import to_timestamp
 
-from bench.common import Figure, closed_loop, percentile
+from bench.common import Figure, closed_loop, open_loop, percentile
 
 RATED = usage_pb2.USAGE_STATUS_RATED
 
@@ -208,8 +208,11 @@ async def measure(
     slices: int,
     repeat: int,
     settle_timeout: float,
+    rate: float = 0.0,
 ) -> Figure:
-    """One run of one ingest call (`single`, `batch` or `stream`), then its end-to-end figures."""
+    """One run of one ingest call (`single`, `batch` or `stream`, as fast as `concurrency` clients
+    go; `paced`: single calls started at a fixed `rate`, whether the earlier ones answered or not),
+    then its end-to-end figures."""
     phase = f"{kind}{repeat}"
 
     async def single(seq: int) -> int:
@@ -234,8 +237,14 @@ async def measure(
         assert all(r.status == RATED for r in answer.results)
         return len(answer.results)
 
+    async def paced(seq: int) -> None:
+        await single(seq)
+
     before = await last_charge_seq(db)
-    if kind == "single":
+    if kind == "paced":
+        notes = "1 event per call, open loop: the latency single calls see below the most they take"
+        figure = await open_loop(seconds, rate, paced, f"RecordUsage at {rate:g}/s", "events/s", notes)
+    elif kind == "single":
         figure = await closed_loop(seconds, concurrency, single, "RecordUsage", "events/s", "1 event per call")
     elif kind == "batch":
         figure = await closed_loop(
@@ -245,4 +254,4 @@ async def measure(
         figure = await closed_loop(
             seconds, concurrency, streamed, "StreamUsage", "events/s", f"{slices} slices x {batch} events per call"
         )
-    return replace(figure, extra=await end_to_end(db, before, settle_timeout))
+    return replace(figure, extra=figure.extra | await end_to_end(db, before, settle_timeout))

@@ -168,7 +168,7 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
         if wanted("ingest"):
             sampler = PeakSampler(stack)
             ingest_figures: list[Figure] = []
-            kinds = ["batch", "stream", "single"] if replicas == 1 else ["batch", "stream"]
+            kinds = ["batch", "stream", "single", "paced"] if replicas == 1 else ["batch", "stream"]
             if args.kinds:
                 chosen = {k.strip() for k in args.kinds.split(",")}
                 kinds = [k for k in kinds if k in chosen]
@@ -179,7 +179,16 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                         clients = args.concurrency * (args.single_concurrency_factor if kind == "single" else 1)
                         before = cpu_seconds(stack)
                         figure = await ingest.measure(
-                            fixture, db, kind, args.seconds, clients, args.batch, args.slices, r, args.settle_timeout
+                            fixture,
+                            db,
+                            kind,
+                            args.seconds,
+                            clients,
+                            args.batch,
+                            args.slices,
+                            r,
+                            args.settle_timeout,
+                            args.single_rate,
                         )
                         # CPU per event, from the start of the calls until every service went quiet
                         # (a consumer still catching up after balance booked the last charge counts).
@@ -454,7 +463,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"), help="where the report goes")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the services per phase into this folder")
     parser.add_argument("--only", default="", help="comma-separated phases to run: ingest,reads,billrun,ceilings")
-    parser.add_argument("--kinds", default="", help="ingest calls to measure: batch,stream,single (default all)")
+    parser.add_argument("--kinds", default="", help="ingest calls to measure: batch,stream,single,paced (default all)")
+    parser.add_argument(
+        "--single-rate", type=float, default=500.0, help="paced: single calls started per second (open loop)"
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the services' logs here")
     args = parser.parse_args(argv)
     quick = not args.full

@@ -8,8 +8,10 @@ statement text, compiled once and prepared once per connection, executed once wh
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Table, TextClause, text
@@ -49,8 +51,52 @@ def insert_rows(
         raise ValueError("insert_rows needs at least one row")
     if on_conflict_update and not on_conflict_columns:
         raise ValueError("on_conflict_update needs on_conflict_columns")
-    columns = list(rows[0])
     constants = dict(same or {})
+    statement = _statement(
+        table,
+        tuple(rows[0]),
+        tuple(constants),
+        on_conflict_constraint,
+        tuple(on_conflict_columns),
+        tuple(returning),
+        tuple(on_conflict_update),
+        update_where,
+    )
+    arrays: dict[str, list[Any]] = {name: [] for name in statement.columns}
+    for row in rows:
+        for name in statement.columns:
+            value = row[name]
+            if name in statement.json_none_as_null and (value is not None or not statement.json_none_as_null[name]):
+                value = json.dumps(value)
+            arrays[name].append(value)
+    params: dict[str, Any] = dict(arrays)
+    for name, constant in constants.items():
+        params[f"same_{name}"] = json.dumps(constant) if name in statement.json_constants else constant
+    return statement.text, params
+
+
+@dataclass(frozen=True)
+class _Statement:
+    text: TextClause
+    columns: tuple[str, ...]
+    # JSONB columns of the rows -> whether None is SQL NULL there (else JSON null).
+    json_none_as_null: Mapping[str, bool]
+    json_constants: frozenset[str]
+
+
+# Statements by shape: building one compiles every column's type and parses the text, which on
+# the hot paths (one insert per call or batch) cost more than binding the arrays.
+@functools.lru_cache(maxsize=512)
+def _statement(
+    table: Table,
+    columns: tuple[str, ...],
+    constants: tuple[str, ...],
+    on_conflict_constraint: str | None,
+    on_conflict_columns: tuple[str, ...],
+    returning: tuple[str, ...],
+    on_conflict_update: tuple[str, ...],
+    update_where: str | None,
+) -> _Statement:
     json_none_as_null: dict[str, bool] = {}
     casts, selected = [], []
     for name in columns:
@@ -64,9 +110,11 @@ def insert_rows(
             selected.append(f"v.{name}")
     # Their parameters are named after no column (`same_<column>`), so they never clash with the rows'.
     same_selected = []
+    json_constants = set()
     for name in constants:
         column_type = table.c[name].type
         if isinstance(column_type, JSONB):
+            json_constants.add(name)
             same_selected.append(f"CAST(CAST(:same_{name} AS text) AS jsonb)")
         else:
             same_selected.append(f"CAST(:same_{name} AS {column_type.compile(dialect=_DIALECT)})")
@@ -87,14 +135,4 @@ def insert_rows(
         sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO NOTHING"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
-    arrays: dict[str, list[Any]] = {name: [] for name in columns}
-    for row in rows:
-        for name in columns:
-            value = row[name]
-            if name in json_none_as_null and (value is not None or not json_none_as_null[name]):
-                value = json.dumps(value)
-            arrays[name].append(value)
-    params: dict[str, Any] = dict(arrays)
-    for name, constant in constants.items():
-        params[f"same_{name}"] = json.dumps(constant) if isinstance(table.c[name].type, JSONB) else constant
-    return text(sql), params
+    return _Statement(text(sql), columns, json_none_as_null, frozenset(json_constants))

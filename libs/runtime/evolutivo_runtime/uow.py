@@ -17,6 +17,8 @@ from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
 from evolutivo_runtime.security.audit import record_in_transaction
 
+_NOTIFY_RELAY = text(f"NOTIFY {OUTBOX_CHANNEL}")
+
 
 class Aggregate(Protocol):
     """A domain object that records the events its changes cause."""
@@ -123,7 +125,7 @@ class UnitOfWork:
                 ],
             )
             # Delivered to the relay's LISTEN only when the transaction commits.
-            await self.session.execute(text(f"NOTIFY {OUTBOX_CHANNEL}"))
+            await self.session.execute(_NOTIFY_RELAY)
         # Inside a state-changing RPC: its audit record joins this transaction (security/audit.py).
         await record_in_transaction(self.session, [(e.event_type, e.message) for e in self.events], self.clock.now())
         await self.session.commit()

@@ -35,9 +35,10 @@ from evolutivo_charging.adapters.orm import (
     usage_counters,
     usage_events,
 )
+from evolutivo_charging.adapters.usage_repository import Outcome
 from evolutivo_charging.domain.catalog import Graduated, Package, PerUnit, Tier, Volume
 from evolutivo_charging.domain.pricing import cumulative_cost, round_money
-from evolutivo_charging.domain.usage import BillCycleStatus
+from evolutivo_charging.domain.usage import BillCycleStatus, UsageEvent, UsageStatus
 from evolutivo_charging.entrypoints import consumers
 from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
@@ -909,3 +910,30 @@ async def test_the_sum_of_charges_is_independent_of_batching_and_order(
 
     assert total(await all_charges(db, one_by_one.account_id)) == expected
     assert total(await all_charges(db, batched.account_id)) == expected
+
+
+async def test_outcomes_take_rate_seqs_in_the_order_they_were_priced(db: UsageDb) -> None:
+    """Rerating replays events in rate_seq order, which must be the order the counters counted
+    them in: the order `record` is given, whatever the event ids' order."""
+    account_id = uuid.uuid4()
+    ids = [f"seq-{uuid.uuid4()}" for _ in range(40)]
+    async with db.uow() as uow:
+        claimed = await uow.usage.claim(
+            [
+                UsageEvent(
+                    event_id=i, account_id=account_id, event_type="sms.sent", event_time=NOW, quantity=Decimal(1)
+                )
+                for i in ids
+            ],
+            NOW,
+        )
+        assert claimed == set(ids)
+        priced = sorted(ids, key=lambda i: i[::-1])  # an order that is not the ids'
+        await uow.usage.record([Outcome(i, UsageStatus.UNRATED, "no purchase", ()) for i in priced], NOW)
+        await uow.commit()
+    rows = await db.rows(
+        select(usage_events.c.event_id, usage_events.c.rate_seq).where(usage_events.c.event_id.in_(ids))
+    )
+    by_seq = [r.event_id for r in sorted(rows, key=lambda r: r.rate_seq)]
+    assert by_seq == priced
+    assert len({r.rate_seq for r in rows}) == len(ids)

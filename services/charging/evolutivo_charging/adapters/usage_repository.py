@@ -334,6 +334,26 @@ class Outcome:
     bill_cycle_id: uuid.UUID | None = None
 
 
+# The outcomes of rating, in one statement. Each event takes the next usage_rate_seq in the order
+# given (the sort by ordinality runs before the volatile nextval is evaluated).
+_RECORD_OUTCOMES = text(
+    """
+    UPDATE usage_events AS u
+    SET status = v.status, reason = v.reason, bill_cycle_id = v.bill_cycle_id,
+        rate_seq = v.rate_seq, rate_time = :now, attempts = u.attempts + 1,
+        charge_ids = CAST(string_to_array(v.charge_ids, ',') AS uuid[])
+    FROM (
+        SELECT a.event_id, a.status, a.reason, a.charge_ids, a.bill_cycle_id, nextval('usage_rate_seq') AS rate_seq
+        FROM unnest(CAST(:event_ids AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
+                    CAST(:charge_ids AS text[]), CAST(:cycles AS uuid[]))
+             WITH ORDINALITY AS a(event_id, status, reason, charge_ids, bill_cycle_id, ordinal)
+        ORDER BY a.ordinal
+    ) AS v
+    WHERE u.event_id = v.event_id
+    """
+)
+
+
 class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -393,23 +413,8 @@ class UsageRepository:
         rerating replays."""
         if not outcomes:
             return
-        numbers = await self._session.execute(
-            text("SELECT nextval('usage_rate_seq') AS n FROM generate_series(1, :count)"), {"count": len(outcomes)}
-        )
-        rate_seqs = sorted(row.n for row in numbers)
         await self._session.execute(
-            text(
-                """
-                UPDATE usage_events AS u
-                SET status = v.status, reason = v.reason, bill_cycle_id = v.bill_cycle_id,
-                    rate_seq = v.rate_seq, rate_time = :now, attempts = u.attempts + 1,
-                    charge_ids = CAST(string_to_array(v.charge_ids, ',') AS uuid[])
-                FROM unnest(CAST(:event_ids AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
-                            CAST(:charge_ids AS text[]), CAST(:cycles AS uuid[]), CAST(:rate_seqs AS bigint[]))
-                     AS v(event_id, status, reason, charge_ids, bill_cycle_id, rate_seq)
-                WHERE u.event_id = v.event_id
-                """
-            ),
+            _RECORD_OUTCOMES,
             {
                 "now": now,
                 "event_ids": [o.event_id for o in outcomes],
@@ -418,7 +423,6 @@ class UsageRepository:
                 # Comma-joined (arrays of arrays must be rectangular); "" is the empty array.
                 "charge_ids": [",".join(str(c) for c in o.charge_ids) for o in outcomes],
                 "cycles": [o.bill_cycle_id for o in outcomes],
-                "rate_seqs": rate_seqs,
             },
         )
 
