@@ -76,6 +76,7 @@ CUSTOM_RESOURCES = {
     ("barmancloud.cnpg.io/v1", "ObjectStore"),
     ("cert-manager.io/v1", "Certificate"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("monitoring.coreos.com/v1", "PodMonitor"),
 }
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod"}
 
@@ -435,6 +436,8 @@ SEVERITIES = {"page", "ticket"}
 TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod", "container", "service", "endpoint"})
 # The platform's metrics (kube-state-metrics, CloudNativePG, the NATS exporter): not the suite's code.
 EXTERNAL_PREFIXES = ("kube_", "cnpg_", "jetstream_", "gnatsd_", "nats_")
+# Series Prometheus itself makes for every target.
+SCRAPE_SERIES = {"up"}
 _ALERT_NAME = re.compile(r"[A-Z][A-Za-z0-9]*")
 _ALTERNATIVES = re.compile(r"[A-Za-z0-9_]+(\|[A-Za-z0-9_]+)*")
 
@@ -474,27 +477,21 @@ def suite_metrics() -> dict[str, Metric]:
 
 
 def _label_values() -> dict[tuple[str, str], frozenset[str]]:
-    """(sample or family name, label) -> the values the code gives it, where it fixes them."""
+    """(sample or family name, label) -> the values the code gives it, where it fixes them (each
+    from the code that counts it)."""
     import grpc
-    from evolutivo_billing.domain.delivery import DeliveryState
-    from evolutivo_charging.domain.usage import UsageStatus
-    from evolutivo_erp_gateway.domain.jobs import JobState
 
-    # Where each set is made: evolutivo_runtime/server/interceptors.py (the status code's name),
-    # evolutivo_erp_gateway/service_layer/handlers.py (run_next_job, count_jobs),
-    # evolutivo_billing/service_layer/delivery.py and notices.py, evolutivo_charging/entrypoints/usage_subject.py.
-    deliveries = frozenset(s.value for s in DeliveryState if s is not DeliveryState.PENDING) | {"retry"}
+    billing: Any = importlib.import_module("evolutivo_billing.service_layer.delivery")
+    charging: Any = importlib.import_module("evolutivo_charging.entrypoints.usage_subject")
+    erp: Any = importlib.import_module("evolutivo_erp_gateway.service_layer.handlers")
     return {
+        # evolutivo_runtime/server/interceptors.py counts the status code's name.
         ("grpc_server_handled_total", "grpc_code"): frozenset(c.name for c in grpc.StatusCode),
-        ("evolutivo_erp_sync_jobs", "state"): frozenset(s.value for s in JobState if s is not JobState.SUCCEEDED),
-        ("evolutivo_erp_sync_attempts_total", "outcome"): frozenset(
-            s.value for s in JobState if s is not JobState.PENDING
-        )
-        | {"waiting"},
-        ("evolutivo_billing_bill_delivery_attempts_total", "outcome"): deliveries,
-        ("evolutivo_billing_notice_delivery_attempts_total", "outcome"): deliveries,
-        ("evolutivo_charging_usage_messages_total", "outcome"): frozenset(s.value for s in UsageStatus)
-        | {"refused", "dead_lettered", "retried"},
+        ("evolutivo_erp_sync_jobs", "state"): frozenset(s.value for s in erp.UNFINISHED_STATES),
+        ("evolutivo_erp_sync_attempts_total", "outcome"): frozenset(erp.SYNC_OUTCOMES),
+        ("evolutivo_billing_bill_delivery_attempts_total", "outcome"): frozenset(billing.DELIVERY_OUTCOMES),
+        ("evolutivo_billing_notice_delivery_attempts_total", "outcome"): frozenset(billing.DELIVERY_OUTCOMES),
+        ("evolutivo_charging_usage_messages_total", "outcome"): frozenset(charging.MESSAGE_OUTCOMES),
     }
 
 
@@ -525,7 +522,7 @@ def expression_violations(where: str, text: str, metrics: Mapping[str, Metric]) 
         if not name:
             problems.append(f"{where}: a selector without a metric name")
             continue
-        if name.startswith(EXTERNAL_PREFIXES):
+        if name.startswith(EXTERNAL_PREFIXES) or name in SCRAPE_SERIES:
             continue
         metric = metrics.get(name)
         if metric is None:
@@ -554,7 +551,7 @@ def expression_violations(where: str, text: str, metrics: Mapping[str, Metric]) 
         if modifier is None or modifier.type != promql_parser.AggModifierType.By:
             continue
         inner = _nodes(aggregation.expr, promql_parser.VectorSelector)
-        if any(s.name is None or s.name.startswith(EXTERNAL_PREFIXES) or s.name not in metrics for s in inner):
+        if any(not s.name or s.name.startswith(EXTERNAL_PREFIXES) or s.name not in metrics for s in inner):
             continue
         available = TARGET_LABELS.union(*(metrics[s.name].labels for s in inner if s.name))
         for label in modifier.labels:
@@ -599,6 +596,31 @@ def alert_violations(objs: Iterable[Obj], metrics: Mapping[str, Metric]) -> list
     return problems
 
 
+def scrape_violations(monitoring: list[Obj], services: list[Obj]) -> list[str]:
+    """A PodMonitor must select every service's pods (its pod template's labels) and read the
+    container port its endpoints name: else the alerts above see nothing."""
+    monitors = [o for o in monitoring if o.get("kind") == "PodMonitor"]
+    if not monitors:
+        return ["no PodMonitor: nothing scrapes the services"]
+    problems = []
+    for name in SERVICES:
+        deployment = next(
+            (o for o in services if o.get("kind") == "Deployment" and o["metadata"]["name"] == name), None
+        )
+        if deployment is None:
+            continue  # service_violations reports it
+        template = deployment["spec"]["template"]
+        ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports") or []}
+        scraped = any(
+            _labels_match(m["spec"].get("selector") or {}, template["metadata"].get("labels") or {})
+            and any(e.get("port") in ports for e in m["spec"].get("podMetricsEndpoints") or [])
+            for m in monitors
+        )
+        if not scraped:
+            problems.append(f"Deployment/{name}: no PodMonitor selects its pods and reads a port they have")
+    return problems
+
+
 # --- entry point ----------------------------------------------------------------------------------
 
 
@@ -627,6 +649,7 @@ def check_all() -> list[str]:
     objs = render(MONITORING)
     problems += [f"[monitoring] {p}" for p in schema_errors(objs)]
     problems += [f"[monitoring] {p}" for p in alert_violations(objs, suite_metrics())]
+    problems += [f"[monitoring] {p}" for p in scrape_violations(objs, render(OVERLAYS["prod"]))]
     return problems
 
 

@@ -173,11 +173,14 @@ async def test_a_fetched_batch_is_marked_by_its_batch_handler_in_one_call(
     assert acked(msgs)
     assert batch_fallbacks("customer") == fallbacks, "the batch handler applied the batch"
     assert [await db.has_charges(a) for a in known] == [True, True, True, False]
-    # The same messages again (a redelivery) and a later batch naming marked accounts: no change.
+    # The same messages again (redelivered: the inbox skips them) in a batch with two new ones, one
+    # naming marked accounts, one the last account: the new two go through the batch handler too.
     again = [m.again() for m in msgs]
-    await process(consumer, *again, charges_created(known[0], known[2]))
-    assert acked(again)
-    assert [await db.has_charges(a) for a in known] == [True, True, True, False]
+    later = [charges_created(known[0], known[2]), charges_created(known[3])]
+    await process(consumer, *again, *later)
+    assert acked([*again, *later])
+    assert batch_fallbacks("customer") == fallbacks
+    assert [await db.has_charges(a) for a in known] == [True, True, True, True]
 
 
 async def test_a_poison_message_in_a_batch_is_retried_alone(db: CustomerDb) -> None:

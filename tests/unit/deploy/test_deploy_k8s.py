@@ -400,8 +400,8 @@ def metrics() -> dict[str, Any]:
 
 
 def test_the_shipped_alerts_name_the_services_metrics(alerts: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
-    (rule,) = alerts
-    assert (rule["kind"], rule["metadata"]["namespace"]) == ("PrometheusRule", "evolutivo")
+    (rule,) = [o for o in alerts if o["kind"] == "PrometheusRule"]
+    assert rule["metadata"]["namespace"] == "evolutivo"
     assert check.alert_violations(alerts, metrics) == []
     names = [r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]]
     # What must page someone: events not moving, events given up on, server errors, bills not issued.
@@ -416,8 +416,13 @@ def test_the_shipped_alerts_name_the_services_metrics(alerts: list[dict[str, Any
     assert len(names) == len(set(names)) >= 15
 
 
+def _rules(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    found: dict[str, Any] = next(o for o in objs if o["kind"] == "PrometheusRule")
+    return found
+
+
 def _first_rule(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    rule: dict[str, Any] = objs[0]["spec"]["groups"][0]["rules"][0]
+    rule: dict[str, Any] = _rules(objs)["spec"]["groups"][0]["rules"][0]
     return rule
 
 
@@ -462,10 +467,27 @@ def test_the_alert_check_catches(
 
 def test_the_alert_check_catches_a_name_used_twice(alerts: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
     broken = copy.deepcopy(alerts)
-    group = broken[0]["spec"]["groups"][0]
+    group = _rules(broken)["spec"]["groups"][0]
     group["rules"].append(copy.deepcopy(group["rules"][0]))
     assert [p for p in check.alert_violations(broken, metrics) if "used twice" in p]
     assert check.alert_violations([], metrics) == ["no PrometheusRule"]
+
+
+def test_the_pod_monitor_scrapes_every_service(alerts: list[dict[str, Any]], rendered: dict[str, Any]) -> None:
+    assert check.scrape_violations(alerts, rendered["prod"]) == []
+    assert check.scrape_violations([o for o in alerts if o["kind"] != "PodMonitor"], rendered["prod"]) == [
+        "no PodMonitor: nothing scrapes the services"
+    ]
+    wrong_port = copy.deepcopy(alerts)
+    monitor = next(o for o in wrong_port if o["kind"] == "PodMonitor")
+    monitor["spec"]["podMetricsEndpoints"][0]["port"] = "http-metrics"
+    assert len(check.scrape_violations(wrong_port, rendered["prod"])) == len(check.SERVICES)
+    one_service = copy.deepcopy(alerts)
+    monitor = next(o for o in one_service if o["kind"] == "PodMonitor")
+    monitor["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] = "billing"
+    assert [p.split(":")[0] for p in check.scrape_violations(one_service, rendered["prod"])] == [
+        f"Deployment/{name}" for name in check.SERVICES if name != "billing"
+    ]
 
 
 def test_the_metrics_table_in_deploy_readme_is_what_the_services_expose(metrics: dict[str, Any]) -> None:

@@ -39,7 +39,7 @@ from sqlalchemy import Table, delete
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
+from evolutivo_runtime.messaging.dead_letters import DEAD_LETTERED, DeadLetterQueue
 from evolutivo_runtime.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,10 @@ class EventConsumer(Generic[U]):
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
         self._psub: JetStreamContext.PullSubscription | None = None
+        # The series alerts watch exist from the start: increase() cannot see the first failure or
+        # dead letter of a series that appears at 1 (deploy/k8s/monitoring).
+        FAILED.labels(subscription.durable)
+        DEAD_LETTERED.labels(subscription.durable)
 
     async def setup(self) -> None:
         """Declares the durable consumer (idempotent) and binds to it."""

@@ -46,6 +46,12 @@ from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 log = logging.getLogger(__name__)
 
 DELIVERIES = Counter("evolutivo_billing_bill_delivery_attempts_total", "Bill delivery attempts by outcome", ["outcome"])
+# The outcomes a delivery attempt is counted under (`retry`: it stays pending, tried again later).
+DELIVERY_OUTCOMES = (*(s.value for s in DeliveryState if s is not DeliveryState.PENDING), "retry")
+# Every outcome's series exists from the start: an alert's increase() cannot see the first attempt
+# of a series that appears at 1 (deploy/k8s/monitoring).
+for _outcome in DELIVERY_OUTCOMES:
+    DELIVERIES.labels(_outcome)
 DOCUMENTS_RENDERED = Counter("evolutivo_billing_bill_documents_rendered_total", "Bill PDFs rendered and kept")
 
 

@@ -27,7 +27,7 @@ from evolutivo_billing.domain.notices import (
     letter_view,
     recipients,
 )
-from evolutivo_billing.service_layer.delivery import DeliveryPolicy, Documents, Mailer
+from evolutivo_billing.service_layer.delivery import DELIVERY_OUTCOMES, DeliveryPolicy, Documents, Mailer
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 NOTICE_DELIVERIES = Counter(
     "evolutivo_billing_notice_delivery_attempts_total", "Collections notice delivery attempts by outcome", ["outcome"]
 )
+for _outcome in DELIVERY_OUTCOMES:
+    NOTICE_DELIVERIES.labels(_outcome)  # present from the start, as the bills' (delivery.py)
 NO_RECIPIENT = "the account has no collections, billing or primary contact with an email address"
 
 

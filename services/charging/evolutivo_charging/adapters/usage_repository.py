@@ -335,20 +335,21 @@ class Outcome:
 
 
 # The outcomes of rating, in one statement. Each event takes the next usage_rate_seq in the order
-# given (the sort by ordinality runs before the volatile nextval is evaluated).
+# given: the CTE is evaluated once (MATERIALIZED), its volatile nextval after its ORDER BY.
 _RECORD_OUTCOMES = text(
     """
-    UPDATE usage_events AS u
-    SET status = v.status, reason = v.reason, bill_cycle_id = v.bill_cycle_id,
-        rate_seq = v.rate_seq, rate_time = :now, attempts = u.attempts + 1,
-        charge_ids = CAST(string_to_array(v.charge_ids, ',') AS uuid[])
-    FROM (
+    WITH v AS MATERIALIZED (
         SELECT a.event_id, a.status, a.reason, a.charge_ids, a.bill_cycle_id, nextval('usage_rate_seq') AS rate_seq
         FROM unnest(CAST(:event_ids AS text[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
                     CAST(:charge_ids AS text[]), CAST(:cycles AS uuid[]))
              WITH ORDINALITY AS a(event_id, status, reason, charge_ids, bill_cycle_id, ordinal)
         ORDER BY a.ordinal
-    ) AS v
+    )
+    UPDATE usage_events AS u
+    SET status = v.status, reason = v.reason, bill_cycle_id = v.bill_cycle_id,
+        rate_seq = v.rate_seq, rate_time = :now, attempts = u.attempts + 1,
+        charge_ids = CAST(string_to_array(v.charge_ids, ',') AS uuid[])
+    FROM v
     WHERE u.event_id = v.event_id
     """
 )

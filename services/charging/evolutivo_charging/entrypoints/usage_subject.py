@@ -35,7 +35,7 @@ from evolutivo.charging.v1 import usage_pb2
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import CONSUMER_PENDING
-from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
+from evolutivo_runtime.messaging.dead_letters import DEAD_LETTERED, DeadLetterQueue
 from evolutivo_runtime.messaging.streams import declare_service_stream, stream_name
 from google.protobuf.message import DecodeError
 from nats.aio.msg import Msg
@@ -44,7 +44,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 
 from evolutivo_charging.adapters import usage_proto
-from evolutivo_charging.domain.usage import Received, UsageResult
+from evolutivo_charging.domain.usage import Received, UsageResult, UsageStatus
 from evolutivo_charging.service_layer import usage
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 
@@ -60,6 +60,12 @@ MESSAGES = Counter(
     "Usage events taken from the NATS usage subject, by outcome",
     ["outcome"],
 )
+# The outcomes: a rated event's status, or what became of a message charging could not rate.
+MESSAGE_OUTCOMES = (*(s.value for s in UsageStatus), "refused", "dead_lettered", "retried")
+# Every outcome's series exists from the start: an alert's increase() cannot see the first event of
+# a series that appears at 1 (deploy/k8s/monitoring).
+for _outcome in MESSAGE_OUTCOMES:
+    MESSAGES.labels(_outcome)
 
 
 def usage_subject(source: str = SOURCE) -> str:
@@ -101,6 +107,7 @@ class UsageSubscriber:
         self._duplicate_window = duplicate_window
         self.source = source
         self.durable = durable
+        DEAD_LETTERED.labels(durable)  # present from the start (dead_letters.py)
         self.stream = stream_name(source)
         self.subject = usage_subject(source)
         self._psub: JetStreamContext.PullSubscription | None = None

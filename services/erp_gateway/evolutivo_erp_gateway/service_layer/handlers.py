@@ -743,6 +743,8 @@ SYNC_JOBS = Gauge(
     ["state"],
 )
 UNFINISHED_STATES = (JobState.PENDING, JobState.RETRYING, JobState.DEAD)
+# The outcomes SYNC_ATTEMPTS counts: a run's final state, or waiting for a prerequisite.
+SYNC_OUTCOMES = (JobState.SUCCEEDED.value, JobState.RETRYING.value, JobState.DEAD.value, "waiting")
 PAYMENT_IMPORT_FAILURES = Counter(
     "evolutivo_erp_payment_import_failures_total",
     "Payment import polls that failed (an ERP or balance not answering); the next poll tries again",
