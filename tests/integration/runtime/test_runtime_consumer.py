@@ -7,8 +7,8 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 from runtime_helpers import MessagingDb, ServiceStream, event_headers, eventually  # type: ignore[import-not-found,unused-ignore]
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from support.jetstream import FakeMsg, process
 
 EVENT_TYPE = StringValue.DESCRIPTOR.full_name
@@ -539,13 +539,7 @@ class BatchApplier:
 def _batched(setup: Setup) -> BatchApplier:
     """Gives `setup`'s subscription a batch handler for its event type."""
     applier = BatchApplier(setup.db)
-    setup.subscription = Subscription(
-        durable=setup.subscription.durable,
-        stream=setup.subscription.stream,
-        subjects=setup.subscription.subjects,
-        handlers=setup.subscription.handlers,
-        batch_handlers={EVENT_TYPE: BatchHandler(applier.handle)},
-    )
+    setup.subscription = replace(setup.subscription, batch_handlers={EVENT_TYPE: BatchHandler(applier.handle)})
     return applier
 
 
@@ -653,10 +647,8 @@ class Locker:
 
 def _locking(setup: Setup, named_up_front: bool) -> Locker:
     locker = Locker(setup.db)
-    setup.subscription = Subscription(
-        durable=setup.subscription.durable,
-        stream=setup.subscription.stream,
-        subjects=setup.subscription.subjects,
+    setup.subscription = replace(
+        setup.subscription,
         handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)},
         advisory_locks={EVENT_TYPE: lambda event: [event.value.split(":")[0]]} if named_up_front else {},
     )
@@ -703,3 +695,116 @@ async def test_without_them_the_same_batches_deadlock_and_are_retried(setup: Set
     assert _conflicts(setup) > before
     left = [StringValue.FromString(m.data).value for m in messages if m.naked]
     assert sorted(locker.applied + left) == ["a:1", "a:2", "b:1", "b:2"]
+
+
+# A lone message (a fetch of one) is applied in its transaction without a savepoint.
+
+
+@contextlib.contextmanager
+def savepoints(setup: Setup) -> Iterator[list[str]]:
+    """The names of the savepoints the test's database sees while the block runs."""
+    seen: list[str] = []
+
+    def on_savepoint(conn: Any, name: str) -> None:
+        seen.append(name)
+
+    engine = setup.db.engine.sync_engine
+    event.listen(engine, "savepoint", on_savepoint)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "savepoint", on_savepoint)
+
+
+def _fake(value: str, event_id: uuid.UUID | None = None) -> FakeMsg:
+    return FakeMsg(
+        StringValue(value=value).SerializeToString(), event_headers(event_id or uuid.uuid4(), EVENT_TYPE), "s"
+    )
+
+
+def _applied(setup: Setup) -> float:
+    found = REGISTRY.get_sample_value(
+        "evolutivo_consumer_applied_total", {"consumer": setup.subscription.durable, "event_type": EVENT_TYPE}
+    )
+    return found or 0.0
+
+
+async def test_a_lone_message_is_applied_without_a_savepoint(setup: Setup) -> None:
+    consumer = setup.consumer()
+    lone = _fake("alone")
+    with savepoints(setup) as seen:
+        await process(consumer, lone)
+    assert seen == []
+    assert lone.acked and not lone.naked
+    assert await setup.items() == ["alone"]
+    assert await setup.follow_ups() == ["after-alone"]
+    assert _applied(setup) == 1
+
+    # Its redelivery is skipped by the inbox, and acked.
+    again = lone.again()
+    await process(consumer, again)
+    assert again.acked and setup.handler.attempts == Counter({"alone": 1})
+    assert _applied(setup) == 1
+
+    # The control: two messages fetched together each get a savepoint.
+    with savepoints(setup) as seen:
+        await process(consumer, _fake("one"), _fake("two"))
+    assert len(seen) == 2
+    assert await setup.items() == ["alone", "one", "two"]
+
+
+async def test_a_lone_message_that_fails_leaves_nothing_and_is_retried(setup: Setup) -> None:
+    setup.handler.broken = {"bad"}
+    consumer = setup.consumer(max_deliver=3)
+    bad = _fake("bad")
+    await process(consumer, bad)
+    assert bad.naked and not bad.acked
+    # The handler wrote an item and published a follow-up before raising: both rolled back with
+    # the inbox row, so the redelivery applies it.
+    assert await setup.items() == []
+    assert await setup.follow_ups() == []
+    assert await setup.inbox() == []
+    assert _applied(setup) == 0
+
+    setup.handler.broken.clear()
+    again = bad.again()
+    await process(consumer, again)
+    assert again.acked and not again.naked
+    assert await setup.items() == ["bad"]
+    assert await setup.follow_ups() == ["after-bad"]
+    assert setup.handler.attempts == Counter({"bad": 2})
+    assert _applied(setup) == 1
+
+
+@dataclass
+class TwoLocks:
+    """Applies StringValue events "<first>,<second>": takes lock <first>, waits, then <second>, then
+    writes an item. Two such events in opposite orders, each alone in its transaction, deadlock."""
+
+    db: MessagingDb
+    attempts: Counter[str] = field(default_factory=Counter)
+
+    async def handle(self, uow: UnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        self.attempts[message.value] += 1
+        first, second = message.value.split(",")
+        await advisory_xact_locks(uow.session, [first])
+        await asyncio.sleep(0.3)
+        await advisory_xact_locks(uow.session, [second])
+        await uow.session.execute(
+            insert(self.db.items).values(id=f"{message.value}:{meta.event_id}", value=message.value)
+        )
+
+
+async def test_a_lone_message_that_deadlocks_runs_its_transaction_again(setup: Setup) -> None:
+    locker = TwoLocks(setup.db)
+    setup.subscription = replace(setup.subscription, handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)})
+    before = _conflicts(setup)
+    one, other = _fake("a,b"), _fake("b,a")
+    await asyncio.gather(process(setup.consumer(), one), process(setup.consumer(), other))
+    assert _conflicts(setup) == before + 1  # PostgreSQL broke the deadlock; the loser ran again
+    assert sorted(locker.attempts.values()) == [1, 2]  # the winner ran once, the loser twice
+    assert all(m.acked and not m.naked for m in (one, other))
+    assert await setup.items() == ["a,b", "b,a"]
+    assert await setup.inbox() == sorted(
+        (setup.subscription.durable, uuid.UUID(m.headers[envelope.EVENT_ID]), EVENT_TYPE) for m in (one, other)
+    )

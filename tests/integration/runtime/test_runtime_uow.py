@@ -154,6 +154,20 @@ async def test_notify_is_delivered_on_commit_only(messaging_db: MessagingDb) -> 
     assert await db.count(db.outbox) == 1
 
 
+async def test_many_events_of_one_commit_keep_their_publication_order(messaging_db: MessagingDb) -> None:
+    """The relay publishes by seq: the events of one commit, written in one statement, take their
+    seqs in the order they were published (their random ids sort otherwise)."""
+    db = messaging_db
+    async with _uow(db) as uow:
+        published = [uow.publish(SUBJECT, StringValue(value=f"v{i}")) for i in range(50)]
+        await uow.commit()
+    async with db.engine.connect() as conn:
+        rows = (await conn.execute(select(db.outbox.c.event_id, db.outbox.c.payload).order_by(db.outbox.c.seq))).all()
+    assert [r.event_id for r in rows] == [e.event_id for e in published]
+    assert [StringValue.FromString(r.payload).value for r in rows] == [f"v{i}" for i in range(50)]
+    assert sorted(e.event_id for e in published) != [e.event_id for e in published]
+
+
 async def test_concurrent_units_of_work_get_distinct_increasing_seqs(messaging_db: MessagingDb) -> None:
     db = messaging_db
 

@@ -6,6 +6,12 @@ the ack redelivers them and the inbox makes the second delivery a no-op. Replica
 bind to the same durable consumer and share its messages. A message that fails
 `max_deliver` times goes to the dead-letter subject and is acked.
 
+A lone message (a fetch of one, the usual case when a consumer keeps up with a trickle) is applied
+in its transaction without a savepoint: there is nothing else to protect from its failure, and a
+savepoint is two round trips of a transaction of a few. When its handler fails, the transaction
+rolls back with its inbox row, as the savepoint would have; a deadlock or serialization failure
+runs the whole transaction again.
+
 A subscription may also give *batch handlers* (`Subscription.batch_handlers`): the batch's events of
 those types are applied by one call, in one savepoint, instead of one savepoint and one handler call
 each. When that call raises, its savepoint rolls back and the same events are applied one by one by
@@ -204,6 +210,56 @@ class EventConsumer(Generic[U]):
                 await self._psub.unsubscribe()
 
     async def process(self, messages: list[Msg]) -> None:
+        failed = await (self._apply_lone(messages[0]) if len(messages) == 1 else self._apply_batch_of(messages))
+        failed_ids = {id(m) for m, _ in failed}
+        for msg in messages:
+            if id(msg) not in failed_ids:
+                await msg.ack()
+        for msg, error in failed:
+            attempts = msg.metadata.num_delivered or 1
+            if attempts >= self._max_deliver:
+                await self._dead_letters.send(msg, self.subscription.durable, error)
+                await msg.ack()
+            else:
+                # Exponential backoff between attempts, capped.
+                await msg.nak(delay=min(2.0**attempts, 60.0))
+        if messages:
+            CONSUMER_PENDING.labels(self.subscription.durable).set(messages[-1].metadata.num_pending or 0)
+
+    async def _apply_lone(self, msg: Msg) -> list[tuple[Msg, BaseException]]:
+        """Applies one message in a transaction of its own, without a savepoint; returns it with its
+        error when its handler failed (the transaction, its inbox row included, rolled back)."""
+        durable = self.subscription.durable
+        event_id = _event_id(msg)
+        if event_id is None:
+            return [(msg, ValueError(f"no valid {envelope.EVENT_ID} header"))]
+        for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
+            if attempt > 1:
+                await asyncio.sleep(0.05 * (attempt - 1))  # the other transaction usually only had to go first
+            async with self._uow_factory() as uow:
+                if not await self._claim(uow, [msg]):
+                    SKIPPED.labels(durable).inc()  # applied before
+                    return []
+                try:
+                    names = self._lock_names([(msg, event_id)])
+                    if names:
+                        await advisory_xact_locks(uow.session, names)
+                    applied = await self._apply(uow, msg, event_id)
+                except Exception as exc:
+                    if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
+                        self._failed(msg, exc)
+                        return [(msg, exc)]
+                    CONFLICTS.labels(durable).inc()
+                    continue  # leaving the unit of work rolls the transaction back
+                await uow.commit()
+            if applied:
+                APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
+            return []
+        raise AssertionError("unreachable: the last attempt returns")
+
+    async def _apply_batch_of(self, messages: list[Msg]) -> list[tuple[Msg, BaseException]]:
+        """Applies the messages in one transaction, each (or each batch handler's call) in a
+        savepoint; returns those that failed with their errors."""
         durable = self.subscription.durable
         batch_handlers = self.subscription.batch_handlers
         failed: list[tuple[Msg, BaseException]] = []
@@ -239,28 +295,21 @@ class EventConsumer(Generic[U]):
                 if error is not None:
                     failed.append((msg, error))
             await uow.commit()
-        failed_ids = {id(m) for m, _ in failed}
-        for msg in messages:
-            if id(msg) not in failed_ids:
-                await msg.ack()
-        for msg, error in failed:
-            attempts = msg.metadata.num_delivered or 1
-            if attempts >= self._max_deliver:
-                await self._dead_letters.send(msg, durable, error)
-                await msg.ack()
-            else:
-                # Exponential backoff between attempts, capped.
-                await msg.nak(delay=min(2.0**attempts, 60.0))
-        if messages:
-            CONSUMER_PENDING.labels(durable).set(messages[-1].metadata.num_pending or 0)
+        return failed
 
     async def _apply_one(self, uow: U, msg: Msg, event_id: uuid.UUID) -> BaseException | None:
         """Applies one message in its savepoint; returns the error when it failed (its writes,
         events and inbox row undone, so that a retry applies it)."""
         durable = self.subscription.durable
         mark = uow.checkpoint()
+        applied = False
+
+        async def apply() -> None:
+            nonlocal applied
+            applied = await self._apply(uow, msg, event_id)
+
         try:
-            await self._retrying_conflicts(uow, lambda: self._apply(uow, msg, event_id))
+            await self._retrying_conflicts(uow, apply)
         except Exception as exc:
             # The savepoint rolled back this message's writes; forget its events and give
             # back its inbox row so the retry applies it.
@@ -268,14 +317,20 @@ class EventConsumer(Generic[U]):
             await uow.session.execute(
                 delete(self._inbox).where(self._inbox.c.consumer == durable, self._inbox.c.event_id == event_id)
             )
-            FAILED.labels(durable).inc()
-            log.warning(
-                "event failed",
-                extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
-                exc_info=exc,
-            )
+            self._failed(msg, exc)
             return exc
+        if applied:
+            APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
         return None
+
+    def _failed(self, msg: Msg, exc: BaseException) -> None:
+        durable = self.subscription.durable
+        FAILED.labels(durable).inc()
+        log.warning(
+            "event failed",
+            extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
+            exc_info=exc,
+        )
 
     async def _apply_batch(self, uow: U, batch_handler: BatchHandler[U], batch: list[tuple[Msg, uuid.UUID]]) -> bool:
         """Applies the messages by their batch handler in one savepoint; False when it raised (the
@@ -308,17 +363,7 @@ class EventConsumer(Generic[U]):
         key order (Subscription.advisory_locks). An event that does not decode names none (its own
         handler fails on it, alone). Should taking them fail, the handlers take their own as they
         go, as without this step."""
-        names_of = self.subscription.advisory_locks
-        names: set[str] = set()
-        for msg, event_id in claimed:
-            event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
-            if event_type not in names_of:
-                continue
-            try:
-                message, _ = self._decode(msg, event_id)
-                names.update(names_of[event_type](message))
-            except Exception:  # the event's handler reports it
-                continue
+        names = self._lock_names(claimed)
         if not names:
             return
         mark = uow.checkpoint()
@@ -331,6 +376,22 @@ class EventConsumer(Generic[U]):
                 extra={"consumer": self.subscription.durable, "locks": len(names)},
                 exc_info=True,
             )
+
+    def _lock_names(self, claimed: list[tuple[Msg, uuid.UUID]]) -> set[str]:
+        """The advisory locks the claimed events' handlers will take (Subscription.advisory_locks).
+        An event that does not decode names none: its own handler fails on it, alone."""
+        names_of = self.subscription.advisory_locks
+        names: set[str] = set()
+        for msg, event_id in claimed:
+            event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
+            if event_type not in names_of:
+                continue
+            try:
+                message, _ = self._decode(msg, event_id)
+                names.update(names_of[event_type](message))
+            except Exception:  # the event's handler reports it
+                continue
+        return names
 
     async def _claim(self, uow: U, messages: list[Msg]) -> set[uuid.UUID]:
         """Inserts the inbox rows of the batch's events this consumer has not applied; returns
@@ -386,12 +447,13 @@ class EventConsumer(Generic[U]):
         )
         return handler.message_type.FromString(msg.data), meta
 
-    async def _apply(self, uow: U, msg: Msg, event_id: uuid.UUID) -> None:
+    async def _apply(self, uow: U, msg: Msg, event_id: uuid.UUID) -> bool:
+        """Applies the message by its type's handler; False for a type this consumer has none for."""
         event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
         handler = self.subscription.handlers.get(event_type)
         if handler is None:
             # An event type this consumer does not apply (a newer publisher): recorded, not an error.
-            return
+            return False
         message, meta = self._decode(msg, event_id)
         await handler.handle(uow, message, meta)
-        APPLIED.labels(self.subscription.durable, event_type).inc()
+        return True
