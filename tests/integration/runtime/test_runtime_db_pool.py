@@ -72,3 +72,19 @@ async def test_a_connection_used_a_moment_ago_is_not_pinged(
     assert failed.value.connection_invalidated
     # ...and the next unit of work gets a new one.
     assert await _backend_pid(engine) != pid
+
+
+async def test_the_connection_returned_last_serves_the_next_unit_of_work(empty_database: EmptyDatabase) -> None:
+    """LIFO: below full load the same connection serves one unit of work after another (no idle
+    ping, its prepared statements warm); a FIFO pool would rotate through all three."""
+    engine = create_engine(await empty_database("pool_lifo"), pool_size=3)
+    try:
+        async with engine.connect() as first, engine.connect() as second, engine.connect() as third:
+            pids = [
+                int((await c.execute(text("SELECT pg_backend_pid()"))).scalar_one()) for c in (first, second, third)
+            ]
+        assert len(set(pids)) == 3
+        # Returned third, second, first: the first comes back each time.
+        assert [await _backend_pid(engine) for _ in range(5)] == [pids[0]] * 5
+    finally:
+        await engine.dispose()
