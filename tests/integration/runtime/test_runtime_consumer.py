@@ -778,29 +778,43 @@ async def test_a_lone_message_that_fails_leaves_nothing_and_is_retried(setup: Se
 
 @dataclass
 class TwoLocks:
-    """Applies StringValue events "<first>,<second>": takes lock <first>, waits, then <second>, then
-    writes an item. Two such events in opposite orders, each alone in its transaction, deadlock."""
+    """Applies StringValue events "<first>,<second>": takes lock <first>, then <second>, then writes
+    an item. With `together` set, each event's first attempt waits, holding its first lock, until
+    the other's holds its own: two such events in opposite orders, each alone in its transaction,
+    then deadlock for certain."""
 
     db: MessagingDb
+    together: asyncio.Barrier | None = None
     attempts: Counter[str] = field(default_factory=Counter)
 
     async def handle(self, uow: UnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
         self.attempts[message.value] += 1
         first, second = message.value.split(",")
         await advisory_xact_locks(uow.session, [first])
-        await asyncio.sleep(0.3)
+        if self.together is not None and self.attempts[message.value] == 1:
+            await asyncio.wait_for(self.together.wait(), timeout=10)
         await advisory_xact_locks(uow.session, [second])
         await uow.session.execute(
             insert(self.db.items).values(id=f"{message.value}:{meta.event_id}", value=message.value)
         )
 
 
+def _lone_pair(setup: Setup, locker: TwoLocks, named_up_front: bool) -> tuple[FakeMsg, FakeMsg]:
+    setup.subscription = replace(
+        setup.subscription,
+        handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)},
+        advisory_locks={EVENT_TYPE: lambda event: event.value.split(",")} if named_up_front else {},
+    )
+    return _fake("a,b"), _fake("b,a")
+
+
 async def test_a_lone_message_that_deadlocks_runs_its_transaction_again(setup: Setup) -> None:
-    locker = TwoLocks(setup.db)
-    setup.subscription = replace(setup.subscription, handlers={EVENT_TYPE: EventHandler(StringValue, locker.handle)})
+    locker = TwoLocks(setup.db, together=asyncio.Barrier(2))
+    one, other = _lone_pair(setup, locker, named_up_front=False)
     before = _conflicts(setup)
-    one, other = _fake("a,b"), _fake("b,a")
-    await asyncio.gather(process(setup.consumer(), one), process(setup.consumer(), other))
+    with savepoints(setup) as seen:
+        await asyncio.gather(process(setup.consumer(), one), process(setup.consumer(), other))
+    assert seen == []  # each alone in its transaction: the retry ran the whole transaction again
     assert _conflicts(setup) == before + 1  # PostgreSQL broke the deadlock; the loser ran again
     assert sorted(locker.attempts.values()) == [1, 2]  # the winner ran once, the loser twice
     assert all(m.acked and not m.naked for m in (one, other))
@@ -808,3 +822,34 @@ async def test_a_lone_message_that_deadlocks_runs_its_transaction_again(setup: S
     assert await setup.inbox() == sorted(
         (setup.subscription.durable, uuid.UUID(m.headers[envelope.EVENT_ID]), EVENT_TYPE) for m in (one, other)
     )
+    assert _applied(setup) == 2
+
+
+async def test_a_lone_message_takes_the_locks_named_up_front_first(setup: Setup) -> None:
+    """Named up front, both locks are taken in key order before the handler runs: the same pair
+    waits instead of deadlocking."""
+    locker = TwoLocks(setup.db)
+    one, other = _lone_pair(setup, locker, named_up_front=True)
+    before = _conflicts(setup)
+    await asyncio.gather(process(setup.consumer(), one), process(setup.consumer(), other))
+    assert _conflicts(setup) == before
+    assert locker.attempts == Counter({"a,b": 1, "b,a": 1})
+    assert all(m.acked and not m.naked for m in (one, other))
+    assert await setup.items() == ["a,b", "b,a"]
+
+
+async def test_a_lone_message_of_another_type_or_without_an_id(setup: Setup) -> None:
+    consumer = setup.consumer()
+    other_type = FakeMsg(b"", event_headers(uuid.uuid4(), "evolutivo.other.v1.Thing"), "s")
+    await process(consumer, other_type)
+    assert other_type.acked and not other_type.naked  # recorded in the inbox, not applied
+    assert [t for _, _, t in await setup.inbox()] == ["evolutivo.other.v1.Thing"]
+    assert _applied(setup) == 0
+
+    no_id = _fake("orphan")
+    del no_id.headers[envelope.EVENT_ID]
+    await process(consumer, no_id)
+    assert no_id.naked and not no_id.acked
+    assert setup.handler.attempts == Counter()
+    assert await setup.items() == []
+    assert len(await setup.inbox()) == 1

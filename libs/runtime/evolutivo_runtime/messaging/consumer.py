@@ -59,7 +59,8 @@ SKIPPED = Counter("evolutivo_consumer_duplicates_total", "Redelivered events ski
 CONFLICTS = Counter(
     "evolutivo_consumer_conflicts_total", "Deadlocks and serialization failures retried in place", ["consumer"]
 )
-# How often one message is tried in its savepoint when PostgreSQL reports a conflict.
+# How often one message is tried (in its savepoint, or alone in its transaction) when PostgreSQL
+# reports a conflict.
 _CONFLICT_ATTEMPTS = 5
 # SQLSTATEs of conflicts that succeed when tried again: serialization_failure, deadlock_detected.
 _CONFLICT_STATES = frozenset({"40001", "40P01"})
@@ -129,7 +130,8 @@ class Subscription(Generic[U]):
     # takes, named from the decoded event. The consumer takes all of a batch's at once, in key
     # order, before applying any event: two batches needing some of the same locks (two streams
     # whose events lock the same record, or two replicas) then wait for each other instead of
-    # taking them in opposite orders and deadlocking.
+    # taking them in opposite orders and deadlocking. Should taking them fail, a fetch of several
+    # lets each handler take its own; a lone message fails (a conflict runs it again).
     advisory_locks: Mapping[str, Callable[[Any], Iterable[str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -245,13 +247,16 @@ class EventConsumer(Generic[U]):
                     if names:
                         await advisory_xact_locks(uow.session, names)
                     applied = await self._apply(uow, msg, event_id)
+                    # Inside: a conflict at commit runs the transaction again too, and an event the
+                    # commit cannot write fails the message (a commit that did go through despite
+                    # an error is skipped by its inbox row when the message comes back).
+                    await uow.commit()
                 except Exception as exc:
                     if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
                         self._failed(msg, exc)
                         return [(msg, exc)]
                     CONFLICTS.labels(durable).inc()
                     continue  # leaving the unit of work rolls the transaction back
-                await uow.commit()
             if applied:
                 APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
             return []
