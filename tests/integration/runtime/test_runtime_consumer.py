@@ -853,3 +853,32 @@ async def test_a_lone_message_of_another_type_or_without_an_id(setup: Setup) -> 
     assert setup.handler.attempts == Counter()
     assert await setup.items() == []
     assert len(await setup.inbox()) == 1
+
+
+async def test_a_lone_message_whose_commit_fails_is_failed_not_lost(setup: Setup) -> None:
+    """The commit writes the domain events the handler recorded: one it cannot encode fails the
+    message (nak'ed, so it is retried and in the end dead-lettered) and leaves nothing behind."""
+
+    def unencodable(event: object) -> tuple[str, StringValue]:
+        raise TypeError(f"no protobuf event for {event!r}")
+
+    async def handle(uow: TallyUnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        await uow.session.execute(insert(setup.db.items).values(id=str(meta.event_id), value=message.value))
+        uow.tally("k").bump(message.value)
+
+    consumer = EventConsumer(
+        setup.js,
+        replace(setup.subscription, handlers={EVENT_TYPE: EventHandler(StringValue, handle)}),
+        lambda: TallyUnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock(), unencodable),
+        setup.db.inbox,
+        setup.dead_letters,
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30.0,
+    )
+    lone = _fake("doomed")
+    await process(consumer, lone)
+    assert lone.naked and not lone.acked
+    assert await setup.items() == []
+    assert await setup.inbox() == []
+    assert await setup.follow_ups() == []
