@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -450,6 +450,31 @@ def _encode_bump(event: object) -> tuple[str, StringValue]:
     return FOLLOW_UP_SUBJECT, StringValue(value=f"bumped-by-{event}")
 
 
+def _tally_consumer(
+    setup: Setup,
+    handle: Callable[[TallyUnitOfWork, StringValue, envelope.EventMeta], Awaitable[None]],
+    encode: Callable[[object], tuple[str, StringValue]],
+) -> EventConsumer[TallyUnitOfWork]:
+    """The test's durable consumer with `handle` for its event type, in TallyUnitOfWorks encoding
+    their aggregates' events with `encode`."""
+    subscription: Subscription[TallyUnitOfWork] = Subscription(
+        durable=setup.subscription.durable,
+        stream=setup.stream.stream,
+        subjects=setup.subscription.subjects,
+        handlers={EVENT_TYPE: EventHandler(StringValue, handle)},
+    )
+    return EventConsumer(
+        setup.js,
+        subscription,
+        lambda: TallyUnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock(), encode),
+        setup.db.inbox,
+        setup.dead_letters,
+        batch_size=10,
+        max_deliver=5,
+        ack_wait=30.0,
+    )
+
+
 @pytest.mark.parametrize("same_aggregate", [False, True], ids=["own-aggregate", "shared-aggregate"])
 async def test_failed_message_events_of_tracked_aggregates_are_not_published(
     setup: Setup, same_aggregate: bool
@@ -463,22 +488,8 @@ async def test_failed_message_events_of_tracked_aggregates_are_not_published(
         if name.startswith("bad"):
             raise RuntimeError(f"cannot apply {name}")
 
-    subscription: Subscription[TallyUnitOfWork] = Subscription(
-        durable=setup.subscription.durable,
-        stream=setup.stream.stream,
-        subjects=setup.subscription.subjects,
-        handlers={EVENT_TYPE: EventHandler(StringValue, handle)},
-    )
-    consumer = EventConsumer(
-        setup.js,
-        subscription,
-        lambda: TallyUnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock(), _encode_bump),
-        setup.db.inbox,
-        setup.dead_letters,
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30.0,
-    )
+    consumer = _tally_consumer(setup, handle, _encode_bump)
+    subscription = consumer.subscription
     await consumer.setup()
     await setup.publish("k1:good")
     await setup.publish("k1:bad" if same_aggregate else "k2:bad")
@@ -866,16 +877,7 @@ async def test_a_lone_message_whose_commit_fails_is_failed_not_lost(setup: Setup
         await uow.session.execute(insert(setup.db.items).values(id=str(meta.event_id), value=message.value))
         uow.tally("k").bump(message.value)
 
-    consumer = EventConsumer(
-        setup.js,
-        replace(setup.subscription, handlers={EVENT_TYPE: EventHandler(StringValue, handle)}),
-        lambda: TallyUnitOfWork(setup.db.sessions, setup.db.outbox, SystemClock(), unencodable),
-        setup.db.inbox,
-        setup.dead_letters,
-        batch_size=10,
-        max_deliver=5,
-        ack_wait=30.0,
-    )
+    consumer = _tally_consumer(setup, handle, unencodable)
     lone = _fake("doomed")
     await process(consumer, lone)
     assert lone.naked and not lone.acked
