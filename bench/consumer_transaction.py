@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.consumer import EventConsumer, EventHandler, Subscription
 from evolutivo_runtime.messaging.tables import messaging_tables
 from evolutivo_runtime.uow import UnitOfWork
-from evolutivo_stack.embedded import EmbeddedPostgres, create_database, scratch_dir
+from evolutivo_stack.embedded import EmbeddedPostgres, create_database, external_or_embedded
 from google.protobuf.wrappers_pb2 import StringValue
 from nats.aio.msg import Msg
 from sqlalchemy import Column, MetaData, Table, Text, insert
@@ -112,19 +111,10 @@ async def measure(url: str, messages: int, rounds: int, publish: bool) -> list[t
 
 
 @contextmanager
-def _postgres() -> Iterator[str]:
+def postgres_server() -> Iterator[str]:
     """A server URL: DATABASE_URL's server, or an embedded PostgreSQL for the run."""
-    external = os.environ.get("DATABASE_URL")
-    if external:
-        yield plain_url(external)
-        return
-    with scratch_dir("bench-consumer") as data_dir:
-        server = EmbeddedPostgres()
-        url = server.start(data_dir / "postgres")
-        try:
-            yield url
-        finally:
-            server.stop()
+    with external_or_embedded("DATABASE_URL", EmbeddedPostgres(), "bench-postgres") as url:
+        yield plain_url(url)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=1500, help="lone messages per round (default 1500)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after a warm-up round (default 3)")
     args = parser.parse_args(argv)
-    with _postgres() as server_url:
+    with postgres_server() as server_url:
         for publish in (False, True):
             database = asyncio.run(create_database(server_url, f"bench_consumer_{uuid.uuid4().hex[:8]}"))
             found: Any = asyncio.run(measure(database, args.messages, args.rounds, publish))

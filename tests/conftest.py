@@ -8,39 +8,27 @@ and EVOLUTIVO_TEST_NATS_URL to run against external servers instead.
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from evolutivo_runtime.migrations import upgrade_to_head
-from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database, scratch_dir
+from evolutivo_stack.embedded import EmbeddedNats, EmbeddedPostgres, create_database, external_or_embedded
 from sqlalchemy.engine import make_url
 from support.databases import EmptyDatabase, MigratedDatabase, drop_databases
 
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> Iterator[str]:
-    external = os.environ.get("EVOLUTIVO_TEST_DATABASE_URL")
-    if external:
-        yield external
-        return
-    with scratch_dir("postgres") as data_dir:
-        server = EmbeddedPostgres()
-        yield server.start(data_dir)
-        server.stop()
+    with external_or_embedded("EVOLUTIVO_TEST_DATABASE_URL", EmbeddedPostgres(), "postgres") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("EVOLUTIVO_TEST_NATS_URL")
-    if external:
-        yield external
-        return
-    server = EmbeddedNats()
-    yield server.start(tmp_path_factory.mktemp("nats"))
-    server.stop()
+def nats_url() -> Iterator[str]:
+    with external_or_embedded("EVOLUTIVO_TEST_NATS_URL", EmbeddedNats(), "nats") as url:
+        yield url
 
 
 @pytest.fixture

@@ -599,3 +599,19 @@ def scratch_dir(prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def external_or_embedded(variable: str, server: EmbeddedPostgres | EmbeddedNats, prefix: str) -> Iterator[str]:
+    """The URL the environment variable `variable` names, or else `server` started on a scratch
+    folder for the block and stopped after it (the tests' and the benchmarks' servers)."""
+    external = os.environ.get(variable)
+    if external:
+        yield external
+        return
+    with scratch_dir(prefix) as data_dir:
+        url = server.start(data_dir)
+        try:
+            yield url
+        finally:
+            server.stop()

@@ -109,11 +109,14 @@ class OutboxRelay:
         """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
         outbox = self._outbox
         async with self._engine.begin() as conn:
-            if not await conn.scalar(select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
-                return 0
+            # The leader lock and the read in one round trip: the lock is an uncorrelated subquery,
+            # which PostgreSQL evaluates once, before the scan (a one-time filter), so a relay that
+            # does not lead reads no rows at all.
+            leading = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)).scalar_subquery()
             rows = (
                 await conn.execute(
                     select(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+                    .where(leading)
                     .order_by(outbox.c.seq)
                     .limit(self._batch_size)
                 )
