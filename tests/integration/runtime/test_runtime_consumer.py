@@ -764,6 +764,11 @@ async def test_a_lone_message_is_applied_without_a_savepoint(setup: Setup) -> No
     assert await setup.items() == ["alone", "one", "two"]
 
 
+async def _nothing_kept(setup: Setup) -> bool:
+    """No item, follow-up event or inbox row: a failed message's transaction left nothing."""
+    return (await setup.items(), await setup.follow_ups(), await setup.inbox()) == ([], [], [])
+
+
 async def test_a_lone_message_that_fails_leaves_nothing_and_is_retried(setup: Setup) -> None:
     setup.handler.broken = {"bad"}
     consumer = setup.consumer(max_deliver=3)
@@ -772,9 +777,7 @@ async def test_a_lone_message_that_fails_leaves_nothing_and_is_retried(setup: Se
     assert bad.naked and not bad.acked
     # The handler wrote an item and published a follow-up before raising: both rolled back with
     # the inbox row, so the redelivery applies it.
-    assert await setup.items() == []
-    assert await setup.follow_ups() == []
-    assert await setup.inbox() == []
+    assert await _nothing_kept(setup)
     assert _applied(setup) == 0
 
     setup.handler.broken.clear()
@@ -881,6 +884,4 @@ async def test_a_lone_message_whose_commit_fails_is_failed_not_lost(setup: Setup
     lone = _fake("doomed")
     await process(consumer, lone)
     assert lone.naked and not lone.acked
-    assert await setup.items() == []
-    assert await setup.inbox() == []
-    assert await setup.follow_ups() == []
+    assert await _nothing_kept(setup)
