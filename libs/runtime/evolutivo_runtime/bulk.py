@@ -31,6 +31,7 @@ def insert_rows(
     same: Mapping[str, Any] | None = None,
     on_conflict_update: Sequence[str] = (),
     update_where: str | None = None,
+    param_prefix: str = "",
 ) -> tuple[TextClause, dict[str, Any]]:
     """The rows (dicts with the same keys, columns of `table`; at least one) as ONE statement and
     its parameters, one array per column. Rows go in in the order given (two transactions
@@ -46,7 +47,10 @@ def insert_rows(
     of the row there to its own values instead (`excluded`), when `update_where` (SQL over the
     table's and `excluded`'s columns, if given) holds; `returning` then names the rows inserted or
     updated. One row may not update another of the same statement (PostgreSQL refuses it): the
-    caller keeps one row per key."""
+    caller keeps one row per key.
+
+    `param_prefix` starts every parameter's name: two such statements with different prefixes
+    can go in one (a data-modifying WITH) without their parameters clashing."""
     if not rows:
         raise ValueError("insert_rows needs at least one row")
     if on_conflict_update and not on_conflict_columns:
@@ -61,6 +65,7 @@ def insert_rows(
         tuple(returning),
         tuple(on_conflict_update),
         update_where,
+        param_prefix,
     )
     arrays: dict[str, list[Any]] = {name: [] for name in statement.columns}
     for row in rows:
@@ -69,9 +74,9 @@ def insert_rows(
             if name in statement.json_none_as_null and (value is not None or not statement.json_none_as_null[name]):
                 value = json.dumps(value)
             arrays[name].append(value)
-    params: dict[str, Any] = dict(arrays)
+    params: dict[str, Any] = {f"{param_prefix}{name}": values for name, values in arrays.items()}
     for name, constant in constants.items():
-        params[f"same_{name}"] = json.dumps(constant) if name in statement.json_constants else constant
+        params[f"{param_prefix}same_{name}"] = json.dumps(constant) if name in statement.json_constants else constant
     return statement.text, params
 
 
@@ -96,6 +101,7 @@ def _statement(
     returning: tuple[str, ...],
     on_conflict_update: tuple[str, ...],
     update_where: str | None,
+    param_prefix: str,
 ) -> _Statement:
     json_none_as_null: dict[str, bool] = {}
     casts, selected = [], []
@@ -103,10 +109,10 @@ def _statement(
         column_type = table.c[name].type
         if isinstance(column_type, JSONB):
             json_none_as_null[name] = bool(column_type.none_as_null)
-            casts.append(f"CAST(:{name} AS text[])")
+            casts.append(f"CAST(:{param_prefix}{name} AS text[])")
             selected.append(f"CAST(v.{name} AS jsonb)")
         else:
-            casts.append(f"CAST(:{name} AS {column_type.compile(dialect=_DIALECT)}[])")
+            casts.append(f"CAST(:{param_prefix}{name} AS {column_type.compile(dialect=_DIALECT)}[])")
             selected.append(f"v.{name}")
     # Their parameters are named after no column (`same_<column>`), so they never clash with the rows'.
     same_selected = []
@@ -115,9 +121,9 @@ def _statement(
         column_type = table.c[name].type
         if isinstance(column_type, JSONB):
             json_constants.add(name)
-            same_selected.append(f"CAST(CAST(:same_{name} AS text) AS jsonb)")
+            same_selected.append(f"CAST(CAST(:{param_prefix}same_{name} AS text) AS jsonb)")
         else:
-            same_selected.append(f"CAST(:same_{name} AS {column_type.compile(dialect=_DIALECT)})")
+            same_selected.append(f"CAST(:{param_prefix}same_{name} AS {column_type.compile(dialect=_DIALECT)})")
     names = ", ".join(columns)
     sql = (
         f"INSERT INTO {table.name} ({', '.join([*columns, *constants])}) "

@@ -6,7 +6,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 from google.protobuf.message import Message
 from sqlalchemy import Table, TextClause, text
@@ -17,15 +17,19 @@ from evolutivo_runtime.clock import Clock
 from evolutivo_runtime.idempotency import RequestLog
 from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
-from evolutivo_runtime.security.audit import record_in_transaction
+from evolutivo_runtime.security.audit import audit_in_transaction, audit_log
 
 
-@functools.lru_cache(maxsize=8)
-def _notifying(insert_outbox: TextClause) -> TextClause:
-    """The outbox insert and the relay's wake-up in one statement (one round trip less per
-    transaction that publishes). The NOTIFY reaches the relay's LISTEN only when the transaction
-    commits."""
-    return text(f"WITH inserted AS ({insert_outbox.text}) SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+@functools.lru_cache(maxsize=16)
+def _commit_statement(insert_outbox: TextClause | None, insert_audit: TextClause | None) -> TextClause:
+    """What a commit writes, in one statement (one round trip): the outbox rows with the relay's
+    wake-up, and the call's audit records. The NOTIFY reaches the relay's LISTEN only when the
+    transaction commits. (Data-modifying WITH queries run whether or not the query reads them.)"""
+    if insert_outbox is None:
+        assert insert_audit is not None
+        return insert_audit
+    audit = f"audit AS ({insert_audit.text}), " if insert_audit is not None else ""
+    return text(f"WITH {audit}inserted AS ({insert_outbox.text}) SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
 
 
 class Aggregate(Protocol):
@@ -118,9 +122,12 @@ class UnitOfWork:
                 self.publish(*self._encode(event))
             aggregate.events.clear()
         self._tracked = []
+        outbox: TextClause | None = None
+        audit_statement: TextClause | None = None
+        params: dict[str, Any] = {}
         if self.events:
             # In publication order: the relay publishes by seq (evolutivo_runtime.bulk keeps the order).
-            statement, params = insert_rows(
+            outbox, params = insert_rows(
                 self._outbox,
                 [
                     {
@@ -133,9 +140,15 @@ class UnitOfWork:
                     for e in self.events
                 ],
             )
-            await self.session.execute(_notifying(statement), params)
         # Inside a state-changing RPC: its audit record joins this transaction (security/audit.py).
-        await record_in_transaction(self.session, [(e.event_type, e.message) for e in self.events], self.clock.now())
+        audit = audit_in_transaction([(e.event_type, e.message) for e in self.events], self.clock.now())
+        if audit is not None:
+            audit_statement, audit_params = insert_rows(audit_log, audit.rows, param_prefix="audit_")
+            params.update(audit_params)
+        if outbox is not None or audit_statement is not None:
+            await self.session.execute(_commit_statement(outbox, audit_statement), params)
+        if audit is not None:
+            audit.written()
         await self.session.commit()
         self.events = []
 

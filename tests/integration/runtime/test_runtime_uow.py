@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
@@ -13,11 +16,12 @@ from evolutivo_runtime.clock import FixedClock
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
+from evolutivo_runtime.security.audit import AuditContext, audit_log, current_audit, grouped_audits
 from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.message import Message
 from google.protobuf.wrappers_pb2 import StringValue
 from runtime_helpers import MessagingDb  # type: ignore[import-not-found,unused-ignore]
-from sqlalchemy import insert, select, text
+from sqlalchemy import event, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 NOW = datetime(2031, 5, 17, 9, 30, tzinfo=UTC)
@@ -293,3 +297,122 @@ async def test_discard_since_drops_events_a_failed_step_recorded_on_an_already_t
         uow.discard_since(mark)
         await uow.commit()
     assert await _outbox_values(db) == [(SUBJECT + ".renamed", "by the step that succeeded")]
+
+
+@contextmanager
+def statements(db: MessagingDb) -> Iterator[list[str]]:
+    """The statements the test's database is sent while the block runs."""
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", before)
+
+
+async def _audited_db(db: MessagingDb) -> None:
+    async with db.engine.begin() as conn:
+        await conn.run_sync(lambda sync: audit_log.create(sync, checkfirst=True))
+
+
+def _audit_context(rpc: str, account_id: str) -> AuditContext:
+    return AuditContext(
+        actor="platform:crm",
+        actor_issuer="test",
+        rpc=rpc,
+        request_id=f"req-{rpc}",
+        request_ids={"account_id": account_id},
+        sessions=None,
+        clock=FixedClock(NOW),
+    )
+
+
+async def _audit_rows(db: MessagingDb) -> list[Any]:
+    async with db.engine.connect() as conn:
+        return list((await conn.execute(select(audit_log).order_by(audit_log.c.seq))).all())
+
+
+async def test_commit_writes_its_events_and_the_calls_audit_record_in_one_statement(
+    messaging_db: MessagingDb,
+) -> None:
+    db = messaging_db
+    await _audited_db(db)
+    context = _audit_context("/evolutivo.test.v1.Things/Create", "7d1c3d4e-0000-4000-8000-000000000001")
+    token = current_audit.set(context)
+    try:
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+            event = uow.publish(SUBJECT, StringValue(value="alpha"))
+            with statements(db) as seen:
+                await uow.commit()
+    finally:
+        current_audit.reset(token)
+
+    writes = [s for s in seen if "INSERT" in s]
+    assert len(writes) == 1, seen
+    assert "INSERT INTO audit_log" in writes[0] and "INSERT INTO outbox" in writes[0]
+    assert context.recorded == 1
+    [record] = await _audit_rows(db)
+    assert (record.actor, record.rpc, record.request_id, record.source) == (
+        "platform:crm",
+        "/evolutivo.test.v1.Things/Create",
+        "req-/evolutivo.test.v1.Things/Create",
+        "unit_of_work",
+    )
+    assert record.account_id == "7d1c3d4e-0000-4000-8000-000000000001"
+    assert record.event_types == ["google.protobuf.StringValue"]
+    assert record.occur_time == NOW
+    async with db.engine.connect() as conn:
+        assert (await conn.scalars(select(db.outbox.c.event_id))).all() == [event.event_id]
+
+
+async def test_grouped_calls_without_events_get_a_record_each_from_the_commit(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    await _audited_db(db)
+    group = (
+        _audit_context("/evolutivo.test.v1.Things/One", "7d1c3d4e-0000-4000-8000-000000000002"),
+        _audit_context("/evolutivo.test.v1.Things/Two", "7d1c3d4e-0000-4000-8000-000000000003"),
+    )
+    token = grouped_audits.set(group)
+    try:
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id="b", value="beta"))
+            await uow.commit()
+    finally:
+        grouped_audits.reset(token)
+
+    assert [c.recorded for c in group] == [1, 1]
+    records = await _audit_rows(db)
+    assert [(r.rpc, r.account_id, r.event_types) for r in records] == [
+        ("/evolutivo.test.v1.Things/One", "7d1c3d4e-0000-4000-8000-000000000002", []),
+        ("/evolutivo.test.v1.Things/Two", "7d1c3d4e-0000-4000-8000-000000000003", []),
+    ]
+    assert await db.count(db.outbox) == 0
+
+
+async def test_an_audited_commit_whose_statement_fails_keeps_nothing(messaging_db: MessagingDb) -> None:
+    """The outbox rows and the audit record share a statement: when it fails, neither is kept,
+    nor the change, and the call is not counted as recorded."""
+    db = messaging_db
+    await _audited_db(db)
+    async with _uow(db) as uow:
+        sent = uow.publish(SUBJECT, StringValue(value="first"))
+        await uow.commit()
+    context = _audit_context("/evolutivo.test.v1.Things/Create", "7d1c3d4e-0000-4000-8000-000000000004")
+    token = current_audit.set(context)
+    try:
+        with pytest.raises(IntegrityError):
+            async with _uow(db) as uow:
+                await uow.session.execute(insert(db.items).values(id="c", value="gamma"))
+                uow.events.append(sent)  # the same event id again: the outbox refuses it
+                await uow.commit()
+    finally:
+        current_audit.reset(token)
+    assert context.recorded == 0
+    assert await _audit_rows(db) == []
+    assert await db.count(db.items) == 0
+    assert await db.count(db.outbox) == 1

@@ -206,22 +206,31 @@ current_audit: contextvars.ContextVar[AuditContext | None] = contextvars.Context
 grouped_audits: contextvars.ContextVar[tuple[AuditContext, ...]] = contextvars.ContextVar("grouped_audits", default=())
 
 
-async def record_in_transaction(session: AsyncSession, events: Iterable[tuple[str, Message]], now: datetime) -> None:
-    """Called by UnitOfWork.commit before it commits: the record joins the change's transaction."""
+@dataclass(frozen=True)
+class PendingAudit:
+    """The audit records a unit of work's commit writes with its change, and the calls they are for."""
+
+    rows: list[dict[str, Any]]
+    contexts: tuple[AuditContext, ...]
+
+    def written(self) -> None:
+        for context in self.contexts:
+            context.recorded += 1
+
+
+def audit_in_transaction(events: Iterable[tuple[str, Message]], now: datetime) -> PendingAudit | None:
+    """Called by UnitOfWork.commit before it commits: the records it writes in the change's
+    transaction (in the same statement as its outbox rows), or None outside a mutating call."""
     group = grouped_audits.get()
     if group:
         # The events are shared by the calls: each record names their types, and only its own
         # call's identifiers (the shared events' identifiers belong to the other calls too).
         types = [(event_type, _NO_IDS) for event_type, _ in events]
-        await session.execute(insert(audit_log), [c.row(types, "unit_of_work", now) for c in group])
-        for c in group:
-            c.recorded += 1
-        return
+        return PendingAudit([c.row(types, "unit_of_work", now) for c in group], group)
     context = current_audit.get()
     if context is None:
-        return
-    await session.execute(insert(audit_log), [context.row(events, "unit_of_work", now)])
-    context.recorded += 1
+        return None
+    return PendingAudit([context.row(events, "unit_of_work", now)], (context,))
 
 
 async def record_after_call(context: AuditContext) -> None:
