@@ -55,7 +55,7 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, text
 from support.databases import MigratedDatabase, ServiceDb
 from support.jetstream import consumer_for, handle, message, process
 from support.rpc import bad_request_fields, serving, violated_fields
@@ -937,3 +937,46 @@ async def test_outcomes_take_rate_seqs_in_the_order_they_were_priced(db: UsageDb
     by_seq = [r.event_id for r in sorted(rows, key=lambda r: r.rate_seq)]
     assert by_seq == priced
     assert len({r.rate_seq for r in rows}) == len(ids)
+
+
+async def _until_a_lock_is_awaited(db: UsageDb) -> None:
+    """Returns once a backend of the test's database waits for a lock (fails after 10 s)."""
+    for _ in range(200):
+        async with db.sessions() as session:
+            waiting = await session.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no backend waited for the counter's lock")
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new counter", "existing counter"])
+async def test_a_counter_locked_by_another_transaction_is_read_as_that_one_commits_it(
+    db: UsageDb, existing: bool
+) -> None:
+    """Two transactions lock the same counter: the second waits, then reads the units the first
+    committed, not those it would have seen when it started waiting."""
+    key = (uuid.uuid4(), uuid.uuid4(), "api_calls", uuid.uuid4())
+    start = Decimal(5) if existing else Decimal(0)
+    if existing:
+        async with db.uow() as uow:
+            assert await uow.counters.lock([key], NOW) == {key: Decimal(0)}
+            await uow.counters.save({key: start}, NOW)
+            await uow.commit()
+    async with db.uow() as first, db.uow() as second:
+        assert await first.counters.lock([key], NOW) == {key: start}
+        waiting = asyncio.create_task(second.counters.lock([key], NOW))
+        await _until_a_lock_is_awaited(db)
+        assert not waiting.done()
+        await first.counters.save({key: start + 700}, NOW)
+        await first.commit()
+        assert await waiting == {key: start + 700}
+        await second.counters.save({key: start + 1000}, NOW)
+        await second.commit()
+    async with db.uow() as uow:
+        assert await uow.counters.units(key) == start + 1000

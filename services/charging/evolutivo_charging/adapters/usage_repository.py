@@ -493,18 +493,22 @@ def _stored(row: Any) -> StoredUsage:
 
 
 # Counters by key, one statement over arrays of the keys' columns (_key_arrays); locked in key order.
-_KEY_ARRAYS = (
-    "unnest(CAST(:account_ids AS uuid[]), CAST(:purchase_ids AS uuid[]), CAST(:charge_codes AS text[]),"
-    " CAST(:bill_cycle_ids AS uuid[])) AS k(account_id, purchase_id, charge_code, bill_cycle_id)"
-)
 _KEY_MATCH = (
     "c.account_id = k.account_id AND c.purchase_id = k.purchase_id AND c.charge_code = k.charge_code"
     " AND c.bill_cycle_id = k.bill_cycle_id"
 )
+# A new counter is inserted at zero, an existing one "updated" to its own units: either way the row
+# is locked until the transaction ends and returned as it stands (ON CONFLICT DO UPDATE sees the
+# latest committed version, as SELECT ... FOR UPDATE would), in one round trip. The keys go in in
+# key order, so concurrent transactions lock them in the same order.
 _LOCK_COUNTERS = text(
-    f"SELECT c.account_id, c.purchase_id, c.charge_code, c.bill_cycle_id, c.units FROM usage_counters AS c"
-    f" JOIN {_KEY_ARRAYS} ON {_KEY_MATCH}"
-    " ORDER BY c.account_id, c.purchase_id, c.charge_code, c.bill_cycle_id FOR UPDATE OF c"
+    "INSERT INTO usage_counters AS c (account_id, purchase_id, charge_code, bill_cycle_id, units, update_time)"
+    " SELECT k.account_id, k.purchase_id, k.charge_code, k.bill_cycle_id, 0, :now"
+    " FROM unnest(CAST(:account_ids AS uuid[]), CAST(:purchase_ids AS uuid[]), CAST(:charge_codes AS text[]),"
+    " CAST(:bill_cycle_ids AS uuid[])) WITH ORDINALITY"
+    " AS k(account_id, purchase_id, charge_code, bill_cycle_id, ordinal) ORDER BY k.ordinal"
+    " ON CONFLICT ON CONSTRAINT usage_counters_pkey DO UPDATE SET units = c.units"
+    " RETURNING c.account_id, c.purchase_id, c.charge_code, c.bill_cycle_id, c.units"
 )
 _SAVE_COUNTERS = text(
     "UPDATE usage_counters AS c SET units = k.units, update_time = :now"
@@ -529,21 +533,13 @@ class CounterRepository:
         self._session = session
 
     async def lock(self, keys: Sequence[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
-        """The units used so far under each key (zero for a new one), each counter locked
-        (SELECT ... FOR UPDATE) in key order until the transaction ends. Two statements over
-        arrays whatever the number of keys (evolutivo_runtime.bulk)."""
+        """The units used so far under each key (zero for a new one), each counter locked in key
+        order until the transaction ends. One statement over arrays whatever the number of keys
+        (evolutivo_runtime.bulk)."""
         ordered = sorted(set(keys))
         if not ordered:
             return {}
-        await self._session.execute(
-            *insert_rows(
-                usage_counters,
-                [{"account_id": a, "purchase_id": p, "charge_code": c, "bill_cycle_id": b} for a, p, c, b in ordered],
-                on_conflict_constraint="usage_counters_pkey",
-                same={"units": Decimal(0), "update_time": now},
-            )
-        )
-        rows = await self._session.execute(_LOCK_COUNTERS, _key_arrays(ordered))
+        rows = await self._session.execute(_LOCK_COUNTERS, {**_key_arrays(ordered), "now": now})
         return {(r.account_id, r.purchase_id, r.charge_code, r.bill_cycle_id): r.units for r in rows}
 
     async def save(self, counters: dict[CounterKey, Decimal], now: datetime) -> None:

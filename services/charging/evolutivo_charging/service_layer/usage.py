@@ -9,9 +9,9 @@ One transaction per call (per slice of a stream), in this order:
    with the same id waits for the first to commit). An id received before returns its stored
    result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it does not;
 3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
-   in key order (SELECT ... FOR UPDATE), the events are priced in the order received, then the
-   counters, the charges (one executemany) and the outcomes are written, and one ChargesCreated
-   per currency goes to the outbox with every charge of the call.
+   in key order (one upsert, adapters/usage_repository.py), the events are priced in the order
+   received, then the counters, the charges and the outcomes are written (one statement each),
+   and one ChargesCreated per currency goes to the outbox with every charge of the call.
 
 Unrated and rejected events are kept with their reason; ResubmitUsage rates them again.
 """
