@@ -32,6 +32,7 @@ def insert_rows(
     on_conflict_update: Sequence[str] = (),
     update_where: str | None = None,
     param_prefix: str = "",
+    where: str | None = None,
 ) -> tuple[TextClause, dict[str, Any]]:
     """The rows (dicts with the same keys, columns of `table`; at least one) as ONE statement and
     its parameters, one array per column. Rows go in in the order given (two transactions
@@ -50,7 +51,11 @@ def insert_rows(
     caller keeps one row per key.
 
     `param_prefix` starts every parameter's name: two such statements with different prefixes
-    can go in one (a data-modifying WITH) without their parameters clashing."""
+    can go in one (a data-modifying WITH) without their parameters clashing.
+
+    `where` (SQL) filters the rows (`v.<column>`), or is a one-time filter evaluated before the
+    first row goes in (an uncorrelated scalar subquery, e.g. one taking locks); the caller adds
+    its parameters to those returned."""
     if not rows:
         raise ValueError("insert_rows needs at least one row")
     if on_conflict_update and not on_conflict_columns:
@@ -66,6 +71,7 @@ def insert_rows(
         tuple(on_conflict_update),
         update_where,
         param_prefix,
+        where,
     )
     arrays: dict[str, list[Any]] = {name: [] for name in statement.columns}
     for row in rows:
@@ -102,6 +108,7 @@ def _statement(
     on_conflict_update: tuple[str, ...],
     update_where: str | None,
     param_prefix: str,
+    where: str | None,
 ) -> _Statement:
     json_none_as_null: dict[str, bool] = {}
     casts, selected = [], []
@@ -128,7 +135,8 @@ def _statement(
     sql = (
         f"INSERT INTO {table.name} ({', '.join([*columns, *constants])}) "
         f"SELECT {', '.join([*selected, *same_selected])} "
-        f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS v({names}, ordinal) ORDER BY v.ordinal"
+        f"FROM unnest({', '.join(casts)}) WITH ORDINALITY AS v({names}, ordinal)"
+        f"{f' WHERE {where}' if where else ''} ORDER BY v.ordinal"
     )
     if on_conflict_constraint:
         sql += f" ON CONFLICT ON CONSTRAINT {on_conflict_constraint} DO NOTHING"

@@ -205,3 +205,32 @@ async def test_conflicting_rows_update_where_the_condition_holds(empty_database:
             insert_rows(entries, [row("d", "1")], on_conflict_update=("amount",))
     finally:
         await engine.dispose()
+
+
+async def test_a_condition_filters_the_rows_and_prefixed_parameters_do_not_clash(
+    empty_database: EmptyDatabase,
+) -> None:
+    engine = create_engine(await empty_database("bulk_where"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        rows = [row("small", "1"), row("large", "100"), row("medium", "10")]
+        statement, params = insert_rows(
+            entries, rows, where="v.amount >= :least", param_prefix="p_", returning=("source_id",)
+        )
+        assert set(params) == {"p_entry_id", "p_amount", "p_source_id", "p_note", "p_effective_time"}
+        assert ":p_amount" in str(statement) and ":amount" not in str(statement)
+        async with engine.begin() as conn:
+            inserted = [r.source_id for r in await conn.execute(statement, {**params, "least": Decimal(10)})]
+        assert inserted == ["large", "medium"]
+        # A one-time filter (no row's column in it) that is false inserts nothing.
+        statement, params = insert_rows(entries, [row("late", "5")], where="(SELECT count(*) FROM entries) > 5")
+        async with engine.begin() as conn:
+            assert (await conn.execute(statement, params)).rowcount == 0
+        async with engine.connect() as conn:
+            assert (await conn.scalars(select(entries.c.source_id).order_by(entries.c.seq))).all() == [
+                "large",
+                "medium",
+            ]
+    finally:
+        await engine.dispose()

@@ -980,3 +980,27 @@ async def test_a_counter_locked_by_another_transaction_is_read_as_that_one_commi
         await second.commit()
     async with db.uow() as uow:
         assert await uow.counters.units(key) == start + 1000
+
+
+async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated(db: UsageDb) -> None:
+    """A rerating run holds its account's lock exclusive: usage of that account is claimed only
+    once the run ends (the claim's statement takes the share lock first), other accounts' is not held up."""
+    await new_offer(db)
+    customer = await new_customer(db)
+    other = await new_customer(db)
+    async with db.uow() as run:
+        await run.account_locks.exclusive(customer.account_id)
+        waiting = asyncio.create_task(
+            batch(db, [usage(customer.account_id, "1", event_type="sms.sent", event_id="during-run")])
+        )
+        await _until_a_lock_is_awaited(db)
+        (elsewhere,) = await batch(db, [usage(other.account_id, "700", event_id="other-account")])
+        assert elsewhere.status == usage_pb2.USAGE_STATUS_RATED
+        assert not waiting.done()
+        await run.commit()
+    (rated,) = await waiting
+    assert rated.status == usage_pb2.USAGE_STATUS_RATED
+    assert [ch.charge_code for ch in rated.charges] == ["sms"]
+    assert [(ch.event_id, ch.charge_code) for ch in await all_charges(db, customer.account_id)] == [
+        ("during-run", "sms")
+    ]

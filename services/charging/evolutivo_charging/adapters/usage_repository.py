@@ -1,9 +1,10 @@
 """Loads and stores what rating reads and writes: the purchase and cycle projections, usage
 events, usage counters and charges.
 
-Locks, always in this order within a transaction so concurrent calls cannot deadlock: usage
-events by event_id (claimed by inserting them, or locked with FOR UPDATE to rate them again),
-then usage counters by key. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
+Locks, always in this order within a transaction so concurrent calls cannot deadlock: the
+accounts' advisory locks (AccountLocks; rating's shared ones taken by the usage claim's own
+statement), usage events by event_id (claimed by inserting them, or locked with FOR UPDATE to
+rate them again), then usage counters by key. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
 in cycle id order), then purchases (their upsert, or FOR UPDATE SKIP LOCKED, which never waits),
 then fee keys (inserted in key order).
 """
@@ -360,10 +361,10 @@ class UsageRepository:
         self._session = session
 
     async def claim(self, events: Sequence[UsageEvent], now: datetime) -> set[str]:
-        """Inserts the events charging has not received before, in event_id order, as UNRATED
-        until `record` sets their outcome in the same transaction. Returns the ids this call
-        claimed; the others were received before (a concurrent claim of one id waits for the
-        first transaction to end)."""
+        """Takes the events' accounts' share locks (AccountLocks), then inserts the events charging
+        has not received before, in event_id order, as UNRATED until `record` sets their outcome
+        in the same transaction; one statement. Returns the ids this call claimed; the others were
+        received before (a concurrent claim of one id waits for the first transaction to end)."""
         if not events:
             return set()
         rows = [
@@ -376,24 +377,25 @@ class UsageRepository:
             }
             for e in sorted(events, key=lambda e: e.event_id)
         ]
+        locks, lock_params = AccountLocks.sharing(e.account_id for e in events)
         # One statement over arrays (evolutivo_runtime.bulk): an executemany's multi-row VALUES
         # cost several times the CPU per row on this, the hottest insert.
-        result = await self._session.execute(
-            *insert_rows(
-                usage_events,
-                rows,
-                on_conflict_columns=("event_id",),
-                returning=("event_id",),
-                same={
-                    "status": UsageStatus.UNRATED.value,
-                    "reason": "",
-                    "charge_ids": [],
-                    "receive_time": now,
-                    "rate_time": now,
-                    "attempts": 0,
-                },
-            )
+        statement, params = insert_rows(
+            usage_events,
+            rows,
+            on_conflict_columns=("event_id",),
+            returning=("event_id",),
+            same={
+                "status": UsageStatus.UNRATED.value,
+                "reason": "",
+                "charge_ids": [],
+                "receive_time": now,
+                "rate_time": now,
+                "attempts": 0,
+            },
+            where=locks,
         )
+        result = await self._session.execute(statement, {**params, **lock_params})
         return {row.event_id for row in result}
 
     async def get_many(self, event_ids: Iterable[str], for_update: bool = False) -> dict[str, StoredUsage]:
@@ -738,25 +740,34 @@ class FeeRepository:
 _ACCOUNT_LOCK = "evolutivo_charging.account:"
 
 
+# The accounts' share locks, in account order (ordered in a subquery: the select list is
+# evaluated before an outer ORDER BY).
+_SHARE_ACCOUNTS = (
+    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:lock_prefix || k, 0)) "
+    "FROM (SELECT unnest(CAST(:lock_ids AS text[])) AS k ORDER BY 1) AS keys"
+)
+
+
 class AccountLocks:
     """Transaction-scoped advisory locks per account: rating takes them shared (ratings never wait
     for each other), a rerating run exclusive, so a run sees no usage being rated into the
-    counters it rebuilds. Taken before any counter lock, in account order."""
+    counters it rebuilds. Taken before any usage event or counter lock, in account order."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
     async def share(self, account_ids: Iterable[uuid.UUID]) -> None:
+        condition, params = self.sharing(account_ids)
+        if params["lock_ids"]:
+            await self._session.execute(text(f"SELECT {condition}"), params)
+
+    @staticmethod
+    def sharing(account_ids: Iterable[uuid.UUID]) -> tuple[str, dict[str, Any]]:
+        """A condition (always true) that takes the accounts' share locks where a statement
+        evaluates it: in a WHERE, as a one-time filter before the statement's first row."""
         ids = sorted({str(a) for a in account_ids})
-        if ids:
-            # Ordered in a subquery: the select list is evaluated before an outer ORDER BY.
-            await self._session.execute(
-                text(
-                    "SELECT pg_advisory_xact_lock_shared(hashtextextended(:prefix || k, 0)) "
-                    "FROM (SELECT unnest(CAST(:ids AS text[])) AS k ORDER BY 1) AS keys"
-                ),
-                {"prefix": _ACCOUNT_LOCK, "ids": ids},
-            )
+        condition = f"(SELECT count(*) FROM ({_SHARE_ACCOUNTS}) AS locked) >= 0"
+        return condition, {"lock_prefix": _ACCOUNT_LOCK, "lock_ids": ids}
 
     async def exclusive(self, account_id: uuid.UUID) -> None:
         await self._session.execute(

@@ -6,8 +6,10 @@ One transaction per call (per slice of a stream), in this order:
 1. event types no activated offer rates are refused (INVALID_ARGUMENT on `<field>.event_type`),
    like the other invalid fields the entrypoint refused already;
 2. the events' ids are claimed in `usage_events` (inserted in event_id order; a concurrent call
-   with the same id waits for the first to commit). An id received before returns its stored
-   result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it does not;
+   with the same id waits for the first to commit), in the statement that takes their accounts'
+   share locks (a rerating run of one of them takes it exclusive). An id received before returns
+   its stored result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it
+   does not;
 3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
    in key order (one upsert, adapters/usage_repository.py), the events are priced in the order
    received, then the counters, the charges and the outcomes are written (one statement each),
@@ -160,7 +162,8 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             results[i] = _stored_result(stored, earlier_charges)
 
-    rated = await _rate(uow, [e for _, e in new], now, reads)
+    # The claim took the accounts' share locks.
+    rated = await _rate(uow, [e for _, e in new], now, reads, accounts_shared=True)
     for i, e in new:
         results[i] = rated[e.event_id]
     for i, j in repeats:
@@ -169,9 +172,14 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
 
 
 async def _rate(
-    uow: ChargingUnitOfWork, batch: Sequence[UsageEvent], now: datetime, reads: RatingReads | None = None
+    uow: ChargingUnitOfWork,
+    batch: Sequence[UsageEvent],
+    now: datetime,
+    reads: RatingReads | None = None,
+    accounts_shared: bool = False,
 ) -> dict[str, UsageResult]:
-    """Rates events claimed or locked by this transaction and records the outcomes."""
+    """Rates events claimed or locked by this transaction and records the outcomes.
+    `accounts_shared`: the transaction holds the events' accounts' share locks already."""
     if not batch:
         return {}
     if reads is None:
@@ -194,7 +202,10 @@ async def _rate(
     ]
     keys = sorted({k for p in plans if isinstance(p, rating.Plan) for k in p.counter_keys()})
     # Shared: a rerating run of one of these accounts (exclusive) is not rebuilding its counters.
-    await uow.account_locks.share(e.account_id for e, p in zip(batch, plans, strict=True) if isinstance(p, rating.Plan))
+    if not accounts_shared:
+        await uow.account_locks.share(
+            e.account_id for e, p in zip(batch, plans, strict=True) if isinstance(p, rating.Plan)
+        )
     counters = await uow.counters.lock(keys, now)
 
     results: dict[str, UsageResult] = {}
