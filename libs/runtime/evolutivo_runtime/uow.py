@@ -19,17 +19,37 @@ from evolutivo_runtime.messaging.envelope import OutgoingEvent
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
 from evolutivo_runtime.security.audit import audit_in_transaction, audit_log
 
+# A statement and its parameters.
+Write = tuple[TextClause, dict[str, Any]]
 
-@functools.lru_cache(maxsize=16)
-def _commit_statement(insert_outbox: TextClause | None, insert_audit: TextClause | None) -> TextClause:
-    """What a commit writes, in one statement (one round trip): the outbox rows with the relay's
-    wake-up, and the call's audit records. The NOTIFY reaches the relay's LISTEN only when the
-    transaction commits. (Data-modifying WITH queries run whether or not the query reads them.)"""
-    if insert_outbox is None:
-        assert insert_audit is not None
-        return insert_audit
-    audit = f"audit AS ({insert_audit.text}), " if insert_audit is not None else ""
-    return text(f"WITH {audit}inserted AS ({insert_outbox.text}) SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+
+@functools.lru_cache(maxsize=64)
+def _commit_statement(
+    writes: tuple[TextClause, ...], insert_outbox: TextClause | None, insert_audit: TextClause | None
+) -> TextClause:
+    """What a commit writes, in one statement (one round trip): the writes deferred to it, the
+    call's audit records, and the outbox rows with the relay's wake-up. The NOTIFY reaches the
+    relay's LISTEN only when the transaction commits. Data-modifying WITH queries run whether or
+    not the query reads them, all with the statement's snapshot."""
+    parts = [f"write_{i} AS ({w.text})" for i, w in enumerate(writes)]
+    if insert_audit is not None:
+        parts.append(f"audit AS ({insert_audit.text})")
+    if insert_outbox is not None:
+        parts.append(f"inserted AS ({insert_outbox.text})")
+        return text(f"WITH {', '.join(parts)} SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+    if len(parts) == 1:
+        return insert_audit if insert_audit is not None else writes[0]
+    return text(f"WITH {', '.join(parts)} SELECT 1")
+
+
+def _merged(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    for params in parts:
+        for name, value in params.items():
+            if name in merged and merged[name] != value:
+                raise ValueError(f"two writes of one commit bind {name!r} to different values")
+            merged[name] = value
+    return merged
 
 
 class Aggregate(Protocol):
@@ -51,6 +71,7 @@ class Checkpoint:
     events: int
     tracked: int
     aggregate_events: list[int]
+    writes: int
 
 
 class UnitOfWork:
@@ -79,6 +100,7 @@ class UnitOfWork:
         self.clock = clock
         self.events: list[OutgoingEvent] = []
         self._tracked: list[Aggregate] = []
+        self._writes: list[Write] = []
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
@@ -86,6 +108,7 @@ class UnitOfWork:
             self.requests = RequestLog(self.session, self._request_log)
         self.events = []
         self._tracked = []
+        self._writes = []
         return self
 
     def track(self, aggregate: Aggregate) -> None:
@@ -104,15 +127,27 @@ class UnitOfWork:
         self.events.append(event)
         return event
 
+    def write_at_commit(self, statement: TextClause, params: dict[str, Any]) -> None:
+        """A write whose outcome this transaction does not read (an append, an update of rows it
+        holds locked), sent with the commit's own statement: one round trip for all of them.
+        They run together, as PostgreSQL runs a data-modifying WITH: none sees another's effects,
+        so no two may touch the same rows; a parameter name two writes share must have the same
+        value. A write that fails fails the commit."""
+        self._writes.append((statement, params))
+
     def checkpoint(self) -> Checkpoint:
-        """Marks what is pending now, so a failed step (a rolled-back savepoint) can drop its events."""
-        return Checkpoint(len(self.events), len(self._tracked), [len(a.events) for a in self._tracked])
+        """Marks what is pending now, so a failed step (a rolled-back savepoint) can drop its events
+        and writes."""
+        return Checkpoint(
+            len(self.events), len(self._tracked), [len(a.events) for a in self._tracked], len(self._writes)
+        )
 
     def discard_since(self, checkpoint: Checkpoint) -> None:
-        """Drops the events recorded after `checkpoint`, also those added to aggregates tracked
-        before it. (The aggregates' other in-memory changes are the failed step's to discard.)"""
+        """Drops the events and writes recorded after `checkpoint`, also the events added to
+        aggregates tracked before it. (The aggregates' other in-memory changes are the failed step's to discard.)"""
         del self.events[checkpoint.events :]
         del self._tracked[checkpoint.tracked :]
+        del self._writes[checkpoint.writes :]
         for aggregate, kept in zip(self._tracked, checkpoint.aggregate_events, strict=True):
             del aggregate.events[kept:]
 
@@ -124,10 +159,10 @@ class UnitOfWork:
         self._tracked = []
         outbox: TextClause | None = None
         audit_statement: TextClause | None = None
-        params: dict[str, Any] = {}
+        params = [p for _, p in self._writes]
         if self.events:
             # In publication order: the relay publishes by seq (evolutivo_runtime.bulk keeps the order).
-            outbox, params = insert_rows(
+            outbox, outbox_params = insert_rows(
                 self._outbox,
                 [
                     {
@@ -139,20 +174,25 @@ class UnitOfWork:
                     }
                     for e in self.events
                 ],
+                param_prefix="outbox_",
             )
+            params.append(outbox_params)
         # Inside a state-changing RPC: its audit record joins this transaction (security/audit.py).
         audit = audit_in_transaction([(e.event_type, e.message) for e in self.events], self.clock.now())
         if audit is not None:
             audit_statement, audit_params = insert_rows(audit_log, audit.rows, param_prefix="audit_")
-            params.update(audit_params)
-        if outbox is not None or audit_statement is not None:
-            await self.session.execute(_commit_statement(outbox, audit_statement), params)
+            params.append(audit_params)
+        if params:
+            writes = tuple(w for w, _ in self._writes)
+            await self.session.execute(_commit_statement(writes, outbox, audit_statement), _merged(params))
         if audit is not None:
             audit.written()
         await self.session.commit()
         self.events = []
+        self._writes = []
 
     async def rollback(self) -> None:
         await self.session.rollback()
         self.events = []
         self._tracked = []
+        self._writes = []

@@ -416,3 +416,87 @@ async def test_an_audited_commit_whose_statement_fails_keeps_nothing(messaging_d
     assert await _audit_rows(db) == []
     assert await db.count(db.items) == 0
     assert await db.count(db.outbox) == 1
+
+
+ADD_ITEM = text("INSERT INTO items (id, value) VALUES (:id, :value)")
+RENAME_ITEM = text("UPDATE items SET value = :new_value WHERE id = :renamed")
+
+
+async def _items(db: MessagingDb) -> dict[str, str]:
+    async with db.engine.connect() as conn:
+        return {r.id: r.value for r in await conn.execute(select(db.items))}
+
+
+async def test_writes_deferred_to_the_commit_go_with_its_events_in_one_statement(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        with statements(db) as seen:
+            uow.write_at_commit(ADD_ITEM, {"id": "b", "value": "beta"})
+            uow.write_at_commit(RENAME_ITEM, {"new_value": "alpha-2", "renamed": "a"})
+            event = uow.publish(SUBJECT, StringValue(value="beta"))
+            assert seen == []  # nothing is sent before the commit
+            await uow.commit()
+    assert len(seen) == 1 and "INSERT INTO items" in seen[0] and "UPDATE items" in seen[0]
+    assert "INSERT INTO outbox" in seen[0]
+    assert await _items(db) == {"a": "alpha-2", "b": "beta"}
+    async with db.engine.connect() as conn:
+        assert (await conn.scalars(select(db.outbox.c.event_id))).all() == [event.event_id]
+
+
+async def test_a_lone_deferred_write_is_the_commits_statement(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        uow.write_at_commit(ADD_ITEM, {"id": "a", "value": "alpha"})
+        with statements(db) as seen:
+            await uow.commit()
+    assert [s for s in seen if "items" in s] == ["INSERT INTO items (id, value) VALUES ($1, $2)"]
+    assert await _items(db) == {"a": "alpha"}
+    assert await db.count(db.outbox) == 0
+
+
+async def test_deferred_writes_are_dropped_with_their_savepoint_or_the_rollback(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        uow.write_at_commit(ADD_ITEM, {"id": "kept", "value": "k"})
+        mark = uow.checkpoint()
+        uow.write_at_commit(text("INSERT INTO items (id, value) VALUES (:other, 'x')"), {"other": "dropped"})
+        uow.discard_since(mark)
+        await uow.commit()
+    async with _uow(db) as uow:
+        uow.write_at_commit(ADD_ITEM, {"id": "rolled-back", "value": "r"})
+        await uow.rollback()
+        await uow.commit()
+    assert await _items(db) == {"kept": "k"}
+
+
+async def test_writes_binding_one_name_to_two_values_are_refused_and_keep_nothing(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        # The same name with the same value is one parameter.
+        uow.write_at_commit(ADD_ITEM, {"id": "a", "value": "same"})
+        uow.write_at_commit(
+            text("INSERT INTO items (id, value) VALUES (:b_id, :value)"), {"b_id": "b", "value": "same"}
+        )
+        await uow.commit()
+    with pytest.raises(ValueError, match="'id'"):
+        async with _uow(db) as uow:
+            uow.write_at_commit(ADD_ITEM, {"id": "c", "value": "x"})
+            uow.write_at_commit(ADD_ITEM, {"id": "d", "value": "x"})
+            await uow.commit()
+    assert await _items(db) == {"a": "same", "b": "same"}
+
+
+async def test_a_failing_deferred_write_fails_the_commit_and_keeps_nothing(messaging_db: MessagingDb) -> None:
+    db = messaging_db
+    async with _uow(db) as uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        await uow.commit()
+    with pytest.raises(IntegrityError):
+        async with _uow(db) as uow:
+            await uow.session.execute(insert(db.items).values(id="b", value="beta"))
+            uow.write_at_commit(ADD_ITEM, {"id": "a", "value": "again"})  # the key exists
+            uow.publish(SUBJECT, StringValue(value="b"))
+            await uow.commit()
+    assert await _items(db) == {"a": "alpha"}
+    assert await db.count(db.outbox) == 0

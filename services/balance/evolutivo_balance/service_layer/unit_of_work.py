@@ -73,7 +73,7 @@ class BalanceUnitOfWork(UnitOfWork):
 
     def checkpoint(self) -> Checkpoint:
         base = super().checkpoint()
-        return BalanceCheckpoint(base.events, base.tracked, base.aggregate_events, dict(self._deltas))
+        return BalanceCheckpoint(base.events, base.tracked, base.aggregate_events, base.writes, dict(self._deltas))
 
     def discard_since(self, checkpoint: Checkpoint) -> None:
         """Also forgets the balance moves of entries whose savepoint rolled back."""

@@ -19,6 +19,7 @@ from decimal import Decimal
 from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
+from evolutivo_runtime.uow import Write
 from sqlalchemy import Select, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -410,24 +411,27 @@ class UsageRepository:
         return {row.event_id: _stored(row._mapping) for row in await self._session.execute(query)}
 
     async def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
+        write = self.record_statement(outcomes, now)
+        if write is not None:
+            await self._session.execute(*write)
+
+    @staticmethod
+    def record_statement(outcomes: Sequence[Outcome], now: datetime) -> Write | None:
         """The outcome of rating claimed or locked events, in one UPDATE over arrays. Each takes
         the next `usage_rate_seq` in the order given, the order they were priced in: the order
         their cycle's counters counted them (the caller holds the counters' locks), which
         rerating replays."""
         if not outcomes:
-            return
-        await self._session.execute(
-            _RECORD_OUTCOMES,
-            {
-                "now": now,
-                "event_ids": [o.event_id for o in outcomes],
-                "statuses": [o.status.value for o in outcomes],
-                "reasons": [o.reason for o in outcomes],
-                # Comma-joined (arrays of arrays must be rectangular); "" is the empty array.
-                "charge_ids": [",".join(str(c) for c in o.charge_ids) for o in outcomes],
-                "cycles": [o.bill_cycle_id for o in outcomes],
-            },
-        )
+            return None
+        return _RECORD_OUTCOMES, {
+            "now": now,
+            "event_ids": [o.event_id for o in outcomes],
+            "statuses": [o.status.value for o in outcomes],
+            "reasons": [o.reason for o in outcomes],
+            # Comma-joined (arrays of arrays must be rectangular); "" is the empty array.
+            "charge_ids": [",".join(str(c) for c in o.charge_ids) for o in outcomes],
+            "cycles": [o.bill_cycle_id for o in outcomes],
+        }
 
     async def rated_cycles_in_window(
         self, account_id: uuid.UUID, start: datetime, end: datetime
@@ -545,12 +549,17 @@ class CounterRepository:
         return {(r.account_id, r.purchase_id, r.charge_code, r.bill_cycle_id): r.units for r in rows}
 
     async def save(self, counters: dict[CounterKey, Decimal], now: datetime) -> None:
+        write = self.save_statement(counters, now)
+        if write is not None:
+            await self._session.execute(*write)
+
+    @staticmethod
+    def save_statement(counters: dict[CounterKey, Decimal], now: datetime) -> Write | None:
+        """The counters' new units, one UPDATE over arrays (None: nothing to save)."""
         if not counters:
-            return
+            return None
         ordered = sorted(counters)
-        await self._session.execute(
-            _SAVE_COUNTERS, {**_key_arrays(ordered), "units": [counters[k] for k in ordered], "now": now}
-        )
+        return _SAVE_COUNTERS, {**_key_arrays(ordered), "units": [counters[k] for k in ordered], "now": now}
 
     async def of_cycle(self, account_id: uuid.UUID, bill_cycle_id: uuid.UUID) -> dict[CounterKey, Decimal]:
         """Every counter of the account in the cycle."""
@@ -576,9 +585,14 @@ class ChargeRepository:
         self._session = session
 
     async def add_all(self, rated: Sequence[RatedCharge]) -> None:
-        """Inserts the charges in one statement over arrays (evolutivo_runtime.bulk)."""
-        if rated:
-            await self._session.execute(*insert_rows(charges, [_charge_row(c) for c in rated]))
+        write = self.add_statement(rated)
+        if write is not None:
+            await self._session.execute(*write)
+
+    @staticmethod
+    def add_statement(rated: Sequence[RatedCharge]) -> Write | None:
+        """The charges' insert, one statement over arrays (evolutivo_runtime.bulk)."""
+        return insert_rows(charges, [_charge_row(c) for c in rated]) if rated else None
 
     async def get_many(self, charge_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, RatedCharge]:
         ids = list(set(charge_ids))

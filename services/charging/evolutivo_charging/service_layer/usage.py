@@ -32,7 +32,13 @@ from evolutivo_runtime.security.audit import AuditContext, current_audit, groupe
 
 from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.usage_proto import charge_to_pb
-from evolutivo_charging.adapters.usage_repository import Outcome, StoredUsage
+from evolutivo_charging.adapters.usage_repository import (
+    ChargeRepository,
+    CounterRepository,
+    Outcome,
+    StoredUsage,
+    UsageRepository,
+)
 from evolutivo_charging.domain import rating
 from evolutivo_charging.domain.usage import (
     BillCycle,
@@ -234,9 +240,14 @@ async def _rate(
             )
         )
 
-    await uow.counters.save({k: counters[k] for k in keys}, now)
-    await uow.charges.add_all(created)
-    await uow.usage.record(outcomes, now)
+    # Nothing reads these back before the commit: they go with its statement (one round trip).
+    for write in (
+        CounterRepository.save_statement({k: counters[k] for k in keys}, now),
+        ChargeRepository.add_statement(created),
+        UsageRepository.record_statement(outcomes, now),
+    ):
+        if write is not None:
+            uow.write_at_commit(*write)
     publish_charges(uow, created)
     return results
 
