@@ -360,7 +360,7 @@ class FakeLedger:
 class FakeGroups:
     moved: dict[uuid.UUID, Decimal] = field(default_factory=dict)
 
-    async def move(self, deltas: dict[uuid.UUID, Decimal]) -> None:
+    async def move(self, deltas: dict[uuid.UUID, Decimal], defer: Any) -> None:
         for group_id, delta in deltas.items():
             self.moved[group_id] = self.moved.get(group_id, Decimal(0)) + delta
 

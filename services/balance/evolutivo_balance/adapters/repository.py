@@ -19,7 +19,7 @@ import asyncio
 import enum
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.db import plain_url
-from sqlalchemy import Select, bindparam, func, literal, select, tuple_, update
+from sqlalchemy import Select, TextClause, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -63,6 +63,14 @@ def _locked(query: Select[Any], lock: Lock) -> Select[Any]:
     if lock is Lock.BALANCE:
         return query.with_for_update(key_share=True)
     return query
+
+
+# The balances' moves, one statement over arrays; the groups are locked already (move).
+_MOVE_BALANCES = text(
+    "UPDATE balance_groups AS g SET balance = g.balance + k.delta"
+    " FROM unnest(CAST(:move_groups AS uuid[]), CAST(:move_deltas AS numeric[])) AS k(balance_group_id, delta)"
+    " WHERE g.balance_group_id = k.balance_group_id"
+)
 
 
 class BalanceGroupRepository:
@@ -150,10 +158,14 @@ class BalanceGroupRepository:
             .values(close_time=group.close_time)
         )
 
-    async def move(self, deltas: Mapping[uuid.UUID, Decimal]) -> list[BalanceGroup]:
+    async def move(
+        self, deltas: Mapping[uuid.UUID, Decimal], defer: Callable[[TextClause, dict[str, Any]], None]
+    ) -> list[BalanceGroup]:
         """Adds each delta to its group's balance: the groups are locked (FOR NO KEY UPDATE) in
-        balance_group_id order first, so concurrent transactions cannot deadlock. Returns the
-        groups as they stand after the move (read under the lock: their credit can be assessed)."""
+        balance_group_id order now, so concurrent transactions cannot deadlock; their UPDATE, one
+        statement over arrays, goes to `defer` (the unit of work's write_at_commit: it is sent
+        with the commit's own statement). Returns the groups as they will stand after the move
+        (read under the lock: their credit can be assessed)."""
         ordered = sorted(g for g, d in deltas.items() if d != 0)
         if not ordered:
             return []
@@ -165,13 +177,7 @@ class BalanceGroupRepository:
             .with_for_update(key_share=True)
         )
         groups = [_group(row._mapping) for row in rows]
-        await self._session.execute(
-            update(t)
-            .where(t.c.balance_group_id == bindparam("b_group_id"))
-            .values(balance=t.c.balance + bindparam("b_delta", type_=t.c.balance.type))
-            .execution_options(synchronize_session=False),
-            [{"b_group_id": g, "b_delta": deltas[g]} for g in ordered],
-        )
+        defer(_MOVE_BALANCES, {"move_groups": ordered, "move_deltas": [deltas[g] for g in ordered]})
         for group in groups:
             group.balance += deltas[group.balance_group_id]
         return groups

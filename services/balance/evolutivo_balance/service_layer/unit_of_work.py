@@ -90,7 +90,7 @@ class BalanceUnitOfWork(UnitOfWork):
 
     async def commit(self) -> None:
         if self._deltas:
-            moved = await self.balance_groups.move(self._deltas)
+            moved = await self.balance_groups.move(self._deltas, self.write_at_commit)
             self._deltas = {}
             # (`or ()`: a repository that reads nothing back, as the pure unit tests' fake, assesses nothing.)
             for group in moved or ():
