@@ -132,7 +132,8 @@ class UnitOfWork:
         holds locked), sent with the commit's own statement: one round trip for all of them.
         They run together, as PostgreSQL runs a data-modifying WITH: none sees another's effects,
         so no two may touch the same rows; a parameter name two writes share must have the same
-        value. A write that fails fails the commit."""
+        value. The commit re-reads each one's SQL text, so a parameter's type goes in the text
+        (CAST), not in `bindparams`. A write that fails fails the commit."""
         self._writes.append((statement, params))
 
     def checkpoint(self) -> Checkpoint:

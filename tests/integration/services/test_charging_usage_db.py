@@ -994,6 +994,9 @@ async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated
             batch(db, [usage(customer.account_id, "1", event_type="sms.sent", event_id="during-run")])
         )
         await _until_a_lock_is_awaited(db)
+        # It waits before claiming its event: another transaction inserting that id does not
+        # wait for it (it would, behind an uncommitted claim of the id).
+        await _insert_usage_event_without_waiting(db, "during-run", customer.account_id)
         (elsewhere,) = await batch(db, [usage(other.account_id, "700", event_id="other-account")])
         assert elsewhere.status == usage_pb2.USAGE_STATUS_RATED
         assert not waiting.done()
@@ -1004,3 +1007,33 @@ async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated
     assert [(ch.event_id, ch.charge_code) for ch in await all_charges(db, customer.account_id)] == [
         ("during-run", "sms")
     ]
+
+
+async def _insert_usage_event_without_waiting(db: UsageDb, event_id: str, account_id: uuid.UUID) -> None:
+    """Inserts the id in a transaction that rolls back; fails if the insert has to wait."""
+    async with db.sessions() as session:
+        await session.execute(text("SET LOCAL lock_timeout = '2s'"))
+        await session.execute(
+            text(
+                "INSERT INTO usage_events (event_id, payload_sha256, account_id, payload, event_time, status,"
+                " reason, charge_ids, receive_time, rate_time, attempts)"
+                " VALUES (:event_id, 'x', :account_id, '{}', now(), 'unrated', '', '{}', now(), now(), 0)"
+                " ON CONFLICT (event_id) DO NOTHING"
+            ),
+            {"event_id": event_id, "account_id": account_id},
+        )
+        await session.rollback()
+
+
+async def test_counters_cannot_be_locked_again_once_their_save_is_deferred(db: UsageDb) -> None:
+    """A second lock would read units without the deferred save, and two saves of one counter in
+    the commit's statement would not both apply: the repository refuses it."""
+    key = (uuid.uuid4(), uuid.uuid4(), "api_calls", uuid.uuid4())
+    async with db.uow() as uow:
+        assert await uow.counters.lock([key], NOW) == {key: Decimal(0)}
+        uow.counters.save_at_commit({key: Decimal(7)}, NOW, uow.write_at_commit)
+        with pytest.raises(RuntimeError, match="deferred"):
+            await uow.counters.lock([key], NOW)
+        await uow.commit()
+    async with db.uow() as uow:
+        assert await uow.counters.units(key) == Decimal(7)

@@ -1,10 +1,13 @@
 """Loads and stores what rating reads and writes: the purchase and cycle projections, usage
 events, usage counters and charges.
 
-Locks, always in this order within a transaction so concurrent calls cannot deadlock: the
-accounts' advisory locks (AccountLocks; rating's shared ones taken by the usage claim's own
-statement), usage events by event_id (claimed by inserting them, or locked with FOR UPDATE to
-rate them again), then usage counters by key. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
+Locks, in an order that keeps concurrent calls from deadlocking. Rating a call's events: the
+accounts' advisory locks shared (AccountLocks, taken by the usage claim's own statement), the
+events claimed by inserting them in event_id order, then the usage counters by key. Rating kept
+events again (ResubmitUsage): the events locked FOR UPDATE in event_id order, then the accounts'
+locks shared, then the counters (a claim never waits for a committed event's row lock, and a
+rerating run locks no events, so the two orders cannot wait on each other). A rerating run: its
+account's lock exclusive, then the counters. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
 in cycle id order), then purchases (their upsert, or FOR UPDATE SKIP LOCKED, which never waits),
 then fee keys (inserted in key order).
 """
@@ -12,7 +15,7 @@ then fee keys (inserted in key order).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
@@ -20,7 +23,7 @@ from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.uow import Write
-from sqlalchemy import Select, and_, delete, func, or_, select, text, update
+from sqlalchemy import Select, TextClause, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -537,11 +540,16 @@ def _key_arrays(keys: Sequence[CounterKey]) -> dict[str, list[Any]]:
 class CounterRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
+        self._save_deferred = False
 
     async def lock(self, keys: Sequence[CounterKey], now: datetime) -> dict[CounterKey, Decimal]:
         """The units used so far under each key (zero for a new one), each counter locked in key
         order until the transaction ends. One statement over arrays whatever the number of keys
         (evolutivo_runtime.bulk)."""
+        if self._save_deferred:
+            # The deferred save is not written yet: these units would miss it, and a second save
+            # of the same rows in the commit's statement would not both apply.
+            raise RuntimeError("usage counters locked again after their save was deferred to the commit")
         ordered = sorted(set(keys))
         if not ordered:
             return {}
@@ -552,6 +560,16 @@ class CounterRepository:
         write = self.save_statement(counters, now)
         if write is not None:
             await self._session.execute(*write)
+
+    def save_at_commit(
+        self, counters: dict[CounterKey, Decimal], now: datetime, defer: Callable[[TextClause, dict[str, Any]], None]
+    ) -> None:
+        """The save handed to `defer` (the unit of work's write_at_commit). The counters cannot be
+        locked again in this transaction afterwards."""
+        write = self.save_statement(counters, now)
+        if write is not None:
+            self._save_deferred = True
+            defer(*write)
 
     @staticmethod
     def save_statement(counters: dict[CounterKey, Decimal], now: datetime) -> Write | None:
@@ -765,7 +783,8 @@ _SHARE_ACCOUNTS = (
 class AccountLocks:
     """Transaction-scoped advisory locks per account: rating takes them shared (ratings never wait
     for each other), a rerating run exclusive, so a run sees no usage being rated into the
-    counters it rebuilds. Taken before any usage event or counter lock, in account order."""
+    counters it rebuilds. Taken in account order, before any counter lock (see the module's
+    docstring for the order)."""
 
     def __init__(self, session: AsyncSession) -> None:
         self._session = session

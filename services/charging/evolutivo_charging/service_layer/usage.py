@@ -12,8 +12,9 @@ One transaction per call (per slice of a stream), in this order:
    does not;
 3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
    in key order (one upsert, adapters/usage_repository.py), the events are priced in the order
-   received, then the counters, the charges and the outcomes are written (one statement each),
-   and one ChargesCreated per currency goes to the outbox with every charge of the call.
+   received, then the counters, the charges and the outcomes are written with the commit's own
+   statement (UnitOfWork.write_at_commit), as is one ChargesCreated per currency with every
+   charge of the call.
 
 Unrated and rejected events are kept with their reason; ResubmitUsage rates them again.
 """
@@ -34,7 +35,6 @@ from evolutivo_charging.adapters import events
 from evolutivo_charging.adapters.usage_proto import charge_to_pb
 from evolutivo_charging.adapters.usage_repository import (
     ChargeRepository,
-    CounterRepository,
     Outcome,
     StoredUsage,
     UsageRepository,
@@ -184,8 +184,9 @@ async def _rate(
     reads: RatingReads | None = None,
     accounts_shared: bool = False,
 ) -> dict[str, UsageResult]:
-    """Rates events claimed or locked by this transaction and records the outcomes.
-    `accounts_shared`: the transaction holds the events' accounts' share locks already."""
+    """Rates events claimed or locked by this transaction; the counters, charges and outcomes
+    are written with the commit's statement (once per unit of work: the counters refuse a second
+    lock). `accounts_shared`: the transaction holds the events' accounts' share locks already."""
     if not batch:
         return {}
     if reads is None:
@@ -241,8 +242,8 @@ async def _rate(
         )
 
     # Nothing reads these back before the commit: they go with its statement (one round trip).
+    uow.counters.save_at_commit({k: counters[k] for k in keys}, now, uow.write_at_commit)
     for write in (
-        CounterRepository.save_statement({k: counters[k] for k in keys}, now),
         ChargeRepository.add_statement(created),
         UsageRepository.record_statement(outcomes, now),
     ):
