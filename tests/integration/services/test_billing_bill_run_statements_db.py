@@ -27,7 +27,7 @@ from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
-from sqlalchemy import select
+from sqlalchemy import select, text
 from support.databases import MigratedDatabase, ServiceDb
 from support.jetstream import consumer_for, message, process
 
@@ -114,3 +114,25 @@ async def test_a_charge_billed_already_fails_the_whole_marking(db: BillRunDb) ->
             await uow.bill_items.mark_billed(uuid.uuid4(), bill.lines)
         await uow.rollback()
     assert await db.rows(select(bill_items).order_by(bill_items.c.charge_id)) == before
+
+
+async def test_a_bills_charges_are_read_through_the_index_of_billed_items(db: BillRunDb) -> None:
+    """`bill_items_billed` holds billed items only (migration 0015): a read of bills' charges
+    (`bill_id IN (...)`, BillRepository's `with_charge_ids`) implies its predicate and can use it."""
+    account_id = await a_billed_account(db)
+    async with db.uow() as uow:
+        (listed,) = await uow.bills.list_for_account(account_id, None, 10)
+        bill = await uow.bills.get(listed.bill_id, with_charge_ids=True)
+    assert bill is not None
+    assert sorted(len(line.charge_ids) for line in bill.lines) == [2, 3]
+    async with db.sessions() as session:
+        await session.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = "\n".join(
+            await session.scalars(
+                text(
+                    "EXPLAIN SELECT bill_id, bill_line_number, charge_id FROM bill_items"
+                    f" WHERE bill_id IN ('{listed.bill_id}') ORDER BY bill_id, bill_line_number, charge_id"
+                )
+            )
+        )
+    assert "bill_items_billed" in plan, plan

@@ -236,8 +236,10 @@ bill_items = Table(
     Index(
         "bill_items_unbilled_listing", "account_id", "event_time", "charge_id", postgresql_where=text("bill_id is null")
     ),
-    # A bill's lines' charges.
-    Index("bill_items_bill", "bill_id", "bill_line_number", "charge_id"),
+    # A bill's lines' charges (since 0015 only billed items: a waiting item is in no bill's lines).
+    Index(
+        "bill_items_billed", "bill_id", "bill_line_number", "charge_id", postgresql_where=text("bill_id is not null")
+    ),
 )
 
 # Since 0004: the last number of each bill number series, taken with UPDATE ... RETURNING in the
