@@ -10,6 +10,7 @@ ptrace rights (see docs/performance.md).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -35,8 +36,12 @@ def profiled(stack: Stack, directory: Path | None, phase: str, services: Sequenc
             if replica.pid is None:
                 continue
             out = directory / f"{phase}-{replica.name}.txt"
+            # BENCH_PROFILE_NATIVE=1: native frames too (gRPC's C core, uvloop, asyncpg's Cython), which
+            # py-spy otherwise folds into the Python frame that called them.
+            native = ["--native"] if os.environ.get("BENCH_PROFILE_NATIVE") == "1" else []
+            command = [pyspy, "record", "--pid", str(replica.pid), "--rate", "97", "--format", "raw", *native]
             proc = subprocess.Popen(
-                [pyspy, "record", "--pid", str(replica.pid), "--rate", "97", "--format", "raw", "-o", str(out)],
+                [*command, "-o", str(out)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

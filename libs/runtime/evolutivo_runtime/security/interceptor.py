@@ -52,6 +52,7 @@ from evolutivo_runtime.security.ratelimit import RateLimiter
 from evolutivo_runtime.security.tokens import AuthenticationError, Principal, TokenVerifier
 from evolutivo_runtime.security.transport import AUTHORIZATION_METADATA
 from evolutivo_runtime.server import Context
+from evolutivo_runtime.server.descriptors import reaches
 
 log = logging.getLogger("evolutivo.rpc")
 
@@ -62,18 +63,32 @@ Behaviour = Callable[..., Any]
 
 def oversized_field(message: Message, limit: int, prefix: str = "") -> str | None:
     """Path of the first repeated field (at any depth) holding more than `limit` items."""
+    found = _oversized(message, limit)
+    if found is None:
+        return None
+    return ".".join([prefix, *reversed(found)] if prefix else reversed(found))
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return field.is_repeated
+
+
+def _oversized(message: Message, limit: int) -> list[str] | None:
+    # The path's field names, innermost first: spelt out only for an oversized field.
     for fd, value in message.ListFields():
-        path = f"{prefix}.{fd.name}" if prefix else fd.name
         if fd.is_repeated and len(value) > limit:
-            return path
-        if fd.type == FieldDescriptor.TYPE_MESSAGE and fd.message_type is not None:
-            if fd.message_type.GetOptions().map_entry:
-                continue
-            items: Iterable[Message] = value if fd.is_repeated else (value,)
-            for item in items:
-                found = oversized_field(item, limit, path)
-                if found is not None:
-                    return found
+            return [fd.name]
+        nested = fd.message_type
+        # A map's entries are not descended into; nor is a type with no list at any depth (a batch
+        # of usage events is not walked event by event for their Timestamps).
+        if nested is None or nested.GetOptions().map_entry or not reaches(nested, _repeated):
+            continue
+        items: Iterable[Message] = value if fd.is_repeated else (value,)
+        for item in items:
+            found = _oversized(item, limit)
+            if found is not None:
+                found.append(fd.name)
+                return found
     return None
 
 

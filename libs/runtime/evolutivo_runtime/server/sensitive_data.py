@@ -52,6 +52,7 @@ from stdnum import luhn
 
 from evolutivo_runtime.errors import InvalidArgument, to_rpc_status
 from evolutivo_runtime.server import Context
+from evolutivo_runtime.server.descriptors import reaches
 
 log = logging.getLogger("evolutivo.rpc")
 
@@ -151,53 +152,108 @@ def _unpacked(packed: any_pb2.Any) -> Message | None:
 
 def find_card_data(message: Message, prefix: str = "") -> InvalidArgument | None:
     """The first card data in the message, as the error to answer with; None when there is none."""
-    if message.DESCRIPTOR.full_name == any_pb2.Any.DESCRIPTOR.full_name:
+    found = _find(message)
+    if found is None:
+        return None
+    steps, rule, reason = found
+    path = prefix
+    for step in reversed(steps):
+        path = path + step if step.startswith("[") or not path else f"{path}.{step}"
+    return InvalidArgument(path, rule, reason=reason)
+
+
+# A finding: the steps of its path, innermost first (a field name, "[3]", '["key"]'); the rule;
+# the reason. The path is only spelt out for a finding, not for every field a clean request has.
+_Finding = tuple[list[str], str, str]
+_CARD = "CARD_DATA_REFUSED"
+_CONTROL_REASON = "CONTROL_CHARACTER"
+_ANY = any_pb2.Any.DESCRIPTOR.full_name
+# How a field is checked (beyond its name): not at all, as text, as a message, as a map.
+_SKIP, _TEXT, _MESSAGE, _MAP = range(4)
+
+
+def _looked_at(field: FieldDescriptor) -> bool:
+    """A field the check reads: text, a name like a security code's, or an Any (any payload)."""
+    return (
+        field.type == FieldDescriptor.TYPE_STRING
+        or is_security_code_name(field.name)
+        or (field.message_type is not None and field.message_type.full_name == _ANY)
+    )
+
+
+@functools.cache
+def _how(field: FieldDescriptor) -> int:
+    message_type = field.message_type
+    if message_type is not None and message_type.GetOptions().map_entry:
+        return _MAP
+    if field.type == FieldDescriptor.TYPE_STRING:
+        return _TEXT
+    if message_type is not None and reaches(message_type, _looked_at):
+        return _MESSAGE
+    return _SKIP  # numbers, flags, bytes, and messages of those only (a Timestamp, say)
+
+
+def _find(message: Message) -> _Finding | None:
+    if message.DESCRIPTOR.full_name == _ANY:
         inner = _unpacked(cast(any_pb2.Any, message))
-        return find_card_data(inner, prefix) if inner is not None else None
+        return _find(inner) if inner is not None else None
     for field, value in message.ListFields():
-        path = f"{prefix}.{field.name}" if prefix else field.name
         if is_security_code_name(field.name) and _has_value(value):
-            return InvalidArgument(path, SECURITY_CODE_RULE, reason="CARD_DATA_REFUSED")
-        found = _check_field(field, value, path)
+            return [field.name], SECURITY_CODE_RULE, _CARD
+        how = _how(field)
+        if how == _SKIP:
+            continue
+        if how == _MAP:
+            found = _find_in_map(field, value)
+        elif field.is_repeated:
+            found = _find_in_items(how, value)
+        else:
+            found = _find_in_value(how, value)
         if found is not None:
+            found[0].append(field.name)
             return found
     return None
 
 
-def _check_field(field: FieldDescriptor, value: Any, path: str) -> InvalidArgument | None:
-    if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        value_field = field.message_type.fields_by_name["value"]
-        for key in value:
-            if isinstance(key, str) and contains_card_number(key):
-                return InvalidArgument(path, CARD_NUMBER_IN_KEY_RULE, reason="CARD_DATA_REFUSED")
-            if isinstance(key, str) and _CONTROL.search(key):
-                return InvalidArgument(path, CONTROL_CHARACTER_IN_KEY_RULE, reason="CONTROL_CHARACTER")
-            entry_path = path + _key_path(key)
-            entry = value[key]
-            if isinstance(key, str) and is_security_code_name(key) and _has_value(entry):
-                return InvalidArgument(entry_path, SECURITY_CODE_RULE, reason="CARD_DATA_REFUSED")
-            found = _check_single(value_field, entry, entry_path)
-            if found is not None:
-                return found
-        return None
-    if field.is_repeated:
-        for i, item in enumerate(cast(Iterable[Any], value)):
-            found = _check_single(field, item, f"{path}[{i}]")
-            if found is not None:
-                return found
-        return None
-    return _check_single(field, value, path)
+def _find_in_items(how: int, items: Iterable[Any]) -> _Finding | None:
+    for i, item in enumerate(items):
+        found = _find_in_value(how, item)
+        if found is not None:
+            found[0].append(f"[{i}]")
+            return found
+    return None
 
 
-def _check_single(field: FieldDescriptor, value: Any, path: str) -> InvalidArgument | None:
-    if field.type == FieldDescriptor.TYPE_STRING:
+def _find_in_value(how: int, value: Any) -> _Finding | None:
+    if how == _TEXT:
         if contains_card_number(value):
-            return InvalidArgument(path, CARD_NUMBER_RULE, reason="CARD_DATA_REFUSED")
+            return [], CARD_NUMBER_RULE, _CARD
         if _CONTROL.search(value):
-            return InvalidArgument(path, CONTROL_CHARACTER_RULE, reason="CONTROL_CHARACTER")
+            return [], CONTROL_CHARACTER_RULE, _CONTROL_REASON
         return None
-    if field.type in (FieldDescriptor.TYPE_MESSAGE, FieldDescriptor.TYPE_GROUP):
-        return find_card_data(value, path)
+    if how == _MESSAGE:
+        return _find(value)
+    return None
+
+
+def _find_in_map(field: FieldDescriptor, entries: Any) -> _Finding | None:
+    assert field.message_type is not None  # a map's entry type
+    value_how = _how(field.message_type.fields_by_name["value"])
+    for key in entries:
+        if isinstance(key, str):
+            # The map field is named, not the key: the key itself would be the card number.
+            if contains_card_number(key):
+                return [], CARD_NUMBER_IN_KEY_RULE, _CARD
+            if _CONTROL.search(key):
+                return [], CONTROL_CHARACTER_IN_KEY_RULE, _CONTROL_REASON
+        entry = entries[key]
+        if isinstance(key, str) and is_security_code_name(key) and _has_value(entry):
+            found: _Finding | None = ([], SECURITY_CODE_RULE, _CARD)
+        else:
+            found = _find_in_value(value_how, entry)
+        if found is not None:
+            found[0].append(_key_path(key))
+            return found
     return None
 
 
