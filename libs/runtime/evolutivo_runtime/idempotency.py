@@ -5,7 +5,7 @@ Each service keeps a `request_log` table in its own database (created by its own
 concurrent retry blocks on the claim until the first commits, then reads the stored response.
 
 A request id names one request: reused for another method, or with another request (a different
-payload: its SHA-256, which the server's AuthInterceptor takes of every mutating call's request),
+payload: its SHA-256, which the server's AuthGuard takes of every mutating call's request),
 it is refused with INVALID_ARGUMENT on `request_id`, changing nothing. The digest is kept in the
 `method` column after the method's name ("CreateAccount sha256=<hex>"), so no service's frozen
 request_log table had to change; rows without one (claimed before, or by a consumer, which has no

@@ -1,4 +1,4 @@
-"""The security interceptor and transport on a real grpc.aio server, and the audit log on a real
+"""The security guard and transport on a real grpc.aio server, and the audit log on a real
 PostgreSQL: every way a call is refused (and that the handler then never ran), mutual TLS, and the
 audit record written in the same transaction as the change."""
 
@@ -21,7 +21,7 @@ from evolutivo_runtime.clock import SystemClock
 from evolutivo_runtime.db import create_engine, session_factory
 from evolutivo_runtime.messaging.tables import messaging_tables
 from evolutivo_runtime.security.audit import AuditAdminServicer, audit_log
-from evolutivo_runtime.security.interceptor import AuthInterceptor, current_principal
+from evolutivo_runtime.security.interceptor import AuthGuard, current_principal
 from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
 from evolutivo_runtime.security.scopes import Rule
 from evolutivo_runtime.security.tokens import TokenIssuer, TokenVerifier, load_jwks
@@ -98,15 +98,18 @@ async def _serve(
     sessions = session_factory(engine) if engine is not None else None
     server = grpc.aio.server(
         interceptors=[
-            ServiceInterceptor(DOMAIN),
-            AuthInterceptor(
+            ServiceInterceptor(
                 DOMAIN,
-                _verifier(pki),
-                RateLimiter(limits or {}),
-                max_repeated_items=2,
-                clock=SystemClock(),
-                audit_sessions=sessions,
-                rules={**RULES, "/evolutivo.admin.v1.AuditAdminService/ListAuditRecords": Rule("audit:read")},
+                guards=[
+                    AuthGuard(
+                        _verifier(pki),
+                        RateLimiter(limits or {}),
+                        max_repeated_items=2,
+                        clock=SystemClock(),
+                        audit_sessions=sessions,
+                        rules={**RULES, "/evolutivo.admin.v1.AuditAdminService/ListAuditRecords": Rule("audit:read")},
+                    )
+                ],
             ),
         ]
     )

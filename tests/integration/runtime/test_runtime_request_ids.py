@@ -26,7 +26,7 @@ FIRST = uuid.UUID(int=7)
 
 @contextmanager
 def calling(request: StringValue | None) -> Iterator[None]:
-    """What the AuthInterceptor sets up for a mutating call with `request` (None: no call, e.g. a consumer)."""
+    """What the AuthGuard sets up for a mutating call with `request` (None: no call, e.g. a consumer)."""
     if request is None:
         yield
         return

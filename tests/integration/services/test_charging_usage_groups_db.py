@@ -183,7 +183,7 @@ async def test_each_grouped_call_gets_its_own_audit_record(db: GroupsDb, ready: 
 
     async def audited(n: int) -> usage_pb2.UsageResult:
         event = sms(ready, f"audited-{n}")
-        # What the AuthInterceptor sets for a mutating call (the task's own context).
+        # What the AuthGuard sets for a mutating call (the task's own context).
         current_audit.set(
             AuditContext(
                 actor=f"platform-{n}",

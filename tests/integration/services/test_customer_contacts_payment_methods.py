@@ -27,7 +27,7 @@ from evolutivo_customer.entrypoints.grpc_payment_methods import PaymentMethodsAp
 from evolutivo_customer.service_layer.contacts import contacts_for
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
-from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
+from evolutivo_runtime.server.sensitive_data import SensitiveDataGuard
 from google.protobuf import field_mask_pb2
 from google.type import date_pb2, postal_address_pb2
 from sqlalchemy import select
@@ -537,8 +537,7 @@ async def stub(db: CustomerDb) -> AsyncIterator[pb_grpc.CustomerServiceAsyncStub
     async with serving(
         pb_grpc.add_CustomerServiceServicer_to_server,
         GrpcServicer(db.uow),
-        ServiceInterceptor(domain),
-        SensitiveDataInterceptor(domain),
+        ServiceInterceptor(domain, guards=[SensitiveDataGuard()]),
     ) as channel:
         yield pb_grpc.CustomerServiceStub(channel)
 

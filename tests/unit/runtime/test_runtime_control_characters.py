@@ -1,4 +1,4 @@
-"""SensitiveDataInterceptor's text rule: a string (value or map key) with a control character other
+"""SensitiveDataGuard's text rule: a string (value or map key) with a control character other
 than tab, line feed and carriage return is refused with INVALID_ARGUMENT naming the field (NUL
 cannot even be stored in PostgreSQL text); ordinary Unicode text passes."""
 

@@ -1,4 +1,4 @@
-"""SensitiveDataInterceptor: card numbers and security codes anywhere in a request are refused with
+"""SensitiveDataGuard: card numbers and security codes anywhere in a request are refused with
 INVALID_ARGUMENT naming the field, never echoing or logging the value; other data passes."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from evolutivo.customer.v1 import customer_service_pb2 as pb
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.sensitive_data import (
-    SensitiveDataInterceptor,
+    SensitiveDataGuard,
     _scan_for_card_number,
     contains_card_number,
     find_card_data,
@@ -245,6 +245,12 @@ async def client_stream(requests: AsyncIterator[account_pb2.Account], context: A
     return account_pb2.Account(display_name=",".join(names))
 
 
+async def both_ways(requests: AsyncIterator[account_pb2.Account], context: Any) -> AsyncIterator[account_pb2.Account]:
+    async for request in requests:
+        calls.append(f"both_ways:{request.display_name}")
+        yield account_pb2.Account(display_name=request.display_name.upper())
+
+
 def _handlers() -> grpc.GenericRpcHandler[Any, Any]:
     codec = {
         "request_deserializer": account_pb2.Account.FromString,
@@ -256,6 +262,7 @@ def _handlers() -> grpc.GenericRpcHandler[Any, Any]:
             "Unary": grpc.unary_unary_rpc_method_handler(unary, **codec),
             "ServerStream": grpc.unary_stream_rpc_method_handler(server_stream, **codec),
             "ClientStream": grpc.stream_unary_rpc_method_handler(client_stream, **codec),
+            "BothWays": grpc.stream_stream_rpc_method_handler(both_ways, **codec),
         },
     )
 
@@ -263,7 +270,7 @@ def _handlers() -> grpc.GenericRpcHandler[Any, Any]:
 @pytest.fixture
 async def channel() -> AsyncIterator[grpc.aio.Channel]:
     calls.clear()
-    server = grpc.aio.server(interceptors=[ServiceInterceptor(DOMAIN), SensitiveDataInterceptor(DOMAIN)])
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(DOMAIN, guards=[SensitiveDataGuard()])])
     server.add_generic_rpc_handlers((_handlers(),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
@@ -333,6 +340,13 @@ async def test_streaming_methods_are_checked_too(channel: grpc.aio.Channel) -> N
     error, fields, _ = await _refusal(uploading(_requests("a", VISA)))
     assert (error.code(), fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["display_name"])
     assert calls == ["server_stream", "client_stream"]
+
+    chatting = channel.stream_stream(f"/{SERVICE}/BothWays", **_codec())
+    assert [r.display_name async for r in chatting(_requests("a", "b"))] == ["A", "B"]
+    # The first request is answered; the second, refused, ends the call before the handler sees it.
+    error, fields, _ = await _refusal(_collect(chatting(_requests("c", VISA, "d"))))
+    assert (error.code(), fields) == (grpc.StatusCode.INVALID_ARGUMENT, ["display_name"])
+    assert calls[2:] == ["both_ways:a", "both_ways:b", "both_ways:c"]
 
 
 async def _collect(responses: Any) -> list[Any]:

@@ -5,7 +5,7 @@ Each service has an append-only `audit_log` table (created by its own migration 
 
 How a record is written (docs/security.md, "Audit"):
 
-- The AuthInterceptor opens an AuditContext for every call whose rule `mutates` (scopes.py), with
+- The AuthGuard opens an AuditContext for every call whose rule `mutates` (scopes.py), with
   the verified caller, the method, the request id and the identifiers the request names.
 - `UnitOfWork.commit` writes the record in the same transaction as the change it commits (with the
   events it publishes and the identifiers they carry): no change without its record, no record
@@ -154,7 +154,7 @@ def account_of(ids: dict[str, str]) -> str | None:
 
 @dataclass
 class AuditContext:
-    """The mutating call in progress (set by the AuthInterceptor for the call's duration)."""
+    """The mutating call in progress (set by the AuthGuard for the call's duration)."""
 
     actor: str
     actor_issuer: str

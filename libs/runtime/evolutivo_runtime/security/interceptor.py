@@ -1,4 +1,4 @@
-"""Who may call what, how often and how much: one server interceptor for every RPC.
+"""Who may call what, how often and how much: a guard on every RPC (AuthGuard).
 
 For every method except the public health check, in this order:
 
@@ -11,23 +11,21 @@ For every method except the public health check, in this order:
    else INVALID_ARGUMENT naming the field;
 5. audit: a method whose rule mutates runs inside an AuditContext (audit.py).
 
-Each refusal happens before the handler runs, so a refused call changes nothing. Register it
-after ServiceInterceptor (which then counts and logs the refusals) and before
-SensitiveDataInterceptor (which need not look at unauthenticated requests).
+Each refusal happens before the handler runs, so a refused call changes nothing. It is one of
+ServiceInterceptor's guards (which counts, logs and answers the refusals), before
+SensitiveDataGuard (which need not look at unauthenticated requests):
+`ServiceInterceptor(domain, guards=[AuthGuard(...), SensitiveDataGuard()])`.
 """
 
 from __future__ import annotations
 
 import contextvars
-import inspect
-import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any
+from collections.abc import Awaitable, Iterable
+from typing import Any, cast
 
 import grpc
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from grpc_status import rpc_status
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from evolutivo_runtime.clock import Clock
@@ -37,7 +35,6 @@ from evolutivo_runtime.errors import (
     ResourceExhausted,
     ServiceError,
     Unauthenticated,
-    to_rpc_status,
 )
 from evolutivo_runtime.logging import request_id_var
 from evolutivo_runtime.security import scopes
@@ -51,14 +48,10 @@ from evolutivo_runtime.security.audit import (
 from evolutivo_runtime.security.ratelimit import RateLimiter
 from evolutivo_runtime.security.tokens import AuthenticationError, Principal, TokenVerifier
 from evolutivo_runtime.security.transport import AUTHORIZATION_METADATA
-from evolutivo_runtime.server import Context
 from evolutivo_runtime.server.descriptors import reaches
-
-log = logging.getLogger("evolutivo.rpc")
+from evolutivo_runtime.server.interceptors import GuardedCall
 
 current_principal: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("principal", default=None)
-
-Behaviour = Callable[..., Any]
 
 
 def oversized_field(message: Message, limit: int, prefix: str = "") -> str | None:
@@ -101,10 +94,12 @@ def _bearer(details: grpc.HandlerCallDetails) -> str | None:
     return None
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthGuard:
+    """Authentication, scopes, rate limits, batch sizes and the audit context, as a guard that
+    ServiceInterceptor runs around every call (server/interceptors.py)."""
+
     def __init__(
         self,
-        error_domain: str,
         verifier: TokenVerifier,
         limiter: RateLimiter,
         max_repeated_items: int,
@@ -112,7 +107,6 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         audit_sessions: async_sessionmaker[AsyncSession] | None = None,
         rules: dict[str, scopes.Rule] | None = None,
     ) -> None:
-        self._domain = error_domain
         self._verifier = verifier
         self._limiter = limiter
         self._max_items = max_repeated_items
@@ -120,16 +114,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._audit_sessions = audit_sessions
         self._rules = scopes.RULES if rules is None else rules
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(details)
+    def prepare(self, details: grpc.HandlerCallDetails) -> GuardedCall | None:
         method: str = details.method
-        if handler is None or scopes.is_public(method):
-            return handler
-        # Decided before the handler is entered; the wrappers below only act on the decision.
+        if scopes.is_public(method):
+            return None
+        # Decided before the handler is entered; the call only acts on the decision.
         refusal: ServiceError | None = None
         principal: Principal | None = None
         rule = self._rules.get(method)
@@ -148,26 +137,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 refusal = PermissionDenied(
                     "SCOPE_MISSING", f"{method} needs the scope {rule.scope!r}", {"scope": rule.scope}
                 )
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        call = _Call(self, method, rule, principal, refusal)
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(call.unary_unary(handler.unary_unary), **serializers)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(call.unary_stream(handler.unary_stream), **serializers)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(call.stream_unary(handler.stream_unary), **serializers)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(call.stream_stream(handler.stream_stream), **serializers)
-        return handler
+        return _AuthorizedCall(self, method, rule, principal, refusal)
 
 
-class _Call:
+_Entered = tuple[contextvars.Token[Any], contextvars.Token[Any] | None, AuditContext | None]
+
+
+class _AuthorizedCall(GuardedCall):
     def __init__(
         self,
-        owner: AuthInterceptor,
+        owner: AuthGuard,
         method: str,
         rule: scopes.Rule | None,
         principal: Principal | None,
@@ -179,44 +158,30 @@ class _Call:
         self._principal = principal
         self._refusal = refusal
 
-    async def _abort(self, context: Context, error: ServiceError) -> None:
-        # Never the token: only the method, the code and the reason.
-        log.info("rpc refused", extra={"rpc": self._method, "code": error.code.name, "reason": error.reason})
-        status = rpc_status.to_status(to_rpc_status(error, self._owner._domain))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    async def _admit(self, context: Context) -> None:
-        """Authentication, scope and rate limit: aborts the call when one fails."""
+    def admit(self) -> None:
+        """Authentication, scope and rate limit."""
         if self._refusal is not None:
-            await self._abort(context, self._refusal)
+            raise self._refusal
         assert self._principal is not None and self._rule is not None
         if self._rule.rate is not None:
             wait = self._owner._limiter.acquire(self._rule.rate, self._principal.subject)
             if wait > 0:
-                await self._abort(
-                    context,
-                    ResourceExhausted(
-                        "RATE_LIMITED",
-                        f"too many {self._rule.rate} calls from {self._principal.subject}; retry in {wait:.3f}s",
-                        wait,
-                        {"bucket": self._rule.rate},
-                    ),
+                raise ResourceExhausted(
+                    "RATE_LIMITED",
+                    f"too many {self._rule.rate} calls from {self._principal.subject}; retry in {wait:.3f}s",
+                    wait,
+                    {"bucket": self._rule.rate},
                 )
 
-    async def _check_size(self, request: object, context: Context) -> None:
+    def inspect(self, request: object) -> None:
         if isinstance(request, Message):
             path = oversized_field(request, self._owner._max_items)
             if path is not None:
-                await self._abort(
-                    context,
-                    InvalidArgument(
-                        path, f"must hold at most {self._owner._max_items} items", reason="BATCH_TOO_LARGE"
-                    ),
+                raise InvalidArgument(
+                    path, f"must hold at most {self._owner._max_items} items", reason="BATCH_TOO_LARGE"
                 )
 
-    def _enter(
-        self, request: object
-    ) -> tuple[contextvars.Token[Any], contextvars.Token[Any] | None, AuditContext | None]:
+    def enter(self, request: object | None) -> _Entered:
         assert self._principal is not None and self._rule is not None
         principal_token = current_principal.set(self._principal)
         if not self._rule.mutates:
@@ -233,115 +198,12 @@ class _Call:
         )
         return principal_token, current_audit.set(audit), audit
 
-    @staticmethod
-    def _leave(tokens: tuple[contextvars.Token[Any], contextvars.Token[Any] | None, AuditContext | None]) -> None:
-        principal_token, audit_token, _ = tokens
+    def done(self, entered: object) -> Awaitable[None] | None:
+        audit = cast(_Entered, entered)[2]
+        return record_after_call(audit) if audit is not None else None
+
+    def leave(self, entered: object) -> None:
+        principal_token, audit_token, _ = cast(_Entered, entered)
         if audit_token is not None:
             current_audit.reset(audit_token)
         current_principal.reset(principal_token)
-
-    async def _done(self, audit: AuditContext | None) -> None:
-        if audit is not None:
-            await record_after_call(audit)
-
-    def _checked(self, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                await self._check_size(request, context)
-                yield request
-
-        return checked()
-
-    def unary_unary(self, behaviour: Behaviour) -> Behaviour:
-        async def wrapped(request: Any, context: Context) -> Any:
-            await self._admit(context)
-            await self._check_size(request, context)
-            tokens = self._enter(request)
-            try:
-                result = await _result(behaviour(request, context))
-                await self._done(tokens[2])
-                return result
-            finally:
-                self._leave(tokens)
-
-        return wrapped
-
-    def stream_unary(self, behaviour: Behaviour) -> Behaviour:
-        async def wrapped(requests: AsyncIterator[Any], context: Context) -> Any:
-            await self._admit(context)
-            tokens = self._enter(None)
-            try:
-                result = await _result(behaviour(self._checked(requests, context), context))
-                await self._done(tokens[2])
-                return result
-            finally:
-                self._leave(tokens)
-
-        return wrapped
-
-    def unary_stream(self, behaviour: Behaviour) -> Behaviour:
-        if inspect.iscoroutinefunction(behaviour):
-
-            async def writer(request: Any, context: Context) -> None:
-                await self._admit(context)
-                await self._check_size(request, context)
-                tokens = self._enter(request)
-                try:
-                    await behaviour(request, context)
-                    await self._done(tokens[2])
-                finally:
-                    self._leave(tokens)
-
-            return writer
-
-        async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
-            await self._admit(context)
-            await self._check_size(request, context)
-            tokens = self._enter(request)
-            try:
-                async for response in _responses(behaviour(request, context)):
-                    yield response
-                await self._done(tokens[2])
-            finally:
-                self._leave(tokens)
-
-        return generator
-
-    def stream_stream(self, behaviour: Behaviour) -> Behaviour:
-        if inspect.iscoroutinefunction(behaviour):
-
-            async def writer(requests: AsyncIterator[Any], context: Context) -> None:
-                await self._admit(context)
-                tokens = self._enter(None)
-                try:
-                    await behaviour(self._checked(requests, context), context)
-                    await self._done(tokens[2])
-                finally:
-                    self._leave(tokens)
-
-            return writer
-
-        async def generator(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            await self._admit(context)
-            tokens = self._enter(None)
-            try:
-                async for response in _responses(behaviour(self._checked(requests, context), context)):
-                    yield response
-                await self._done(tokens[2])
-            finally:
-                self._leave(tokens)
-
-        return generator
-
-
-async def _result(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
-
-
-async def _responses(responses: Any) -> AsyncIterator[Any]:
-    if hasattr(responses, "__aiter__"):
-        async for response in responses:
-            yield response
-    else:
-        for response in responses:
-            yield response

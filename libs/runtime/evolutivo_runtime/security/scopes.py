@@ -1,6 +1,6 @@
 """THE table of who may call what: the scope every RPC of every service requires.
 
-One entry per gRPC method ("/<package>.<Service>/<Method>"). The AuthInterceptor refuses a method
+One entry per gRPC method ("/<package>.<Service>/<Method>"). The AuthGuard refuses a method
 that has no entry (PERMISSION_DENIED: deny by default), and tests/unit/runtime/test_security_scopes.py
 walks every RPC in protos/ and fails if one is missing here, so a new RPC cannot ship unguarded.
 

@@ -42,7 +42,7 @@ from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_serv
 from evolutivo_runtime.migrations import is_migrated
 from evolutivo_runtime.security import scopes
 from evolutivo_runtime.security.audit import AuditAdminServicer
-from evolutivo_runtime.security.interceptor import AuthInterceptor
+from evolutivo_runtime.security.interceptor import AuthGuard
 from evolutivo_runtime.security.ratelimit import Limit, RateLimiter
 from evolutivo_runtime.security.tokens import ServiceToken, TokenIssuer, TokenVerifier, load_jwks
 from evolutivo_runtime.security.transport import server_credentials, tls_files
@@ -51,7 +51,7 @@ from evolutivo_runtime.server.admin import ClockAdminServicer, DeadLetterAdminSe
 from evolutivo_runtime.server.background import open_connections, supervise
 from evolutivo_runtime.server.interceptors import ServiceInterceptor
 from evolutivo_runtime.server.relay_thread import RelayThread
-from evolutivo_runtime.server.sensitive_data import SensitiveDataInterceptor
+from evolutivo_runtime.server.sensitive_data import SensitiveDataGuard
 from evolutivo_runtime.settings import ServiceSettings
 from evolutivo_runtime.uow import UnitOfWork
 
@@ -178,9 +178,13 @@ async def serve(definition: ServiceDefinition) -> None:
     domain = f"{name}.evolutivo.io"
     server = grpc.aio.server(
         interceptors=[
-            ServiceInterceptor(domain),
-            AuthInterceptor(domain, verifier, limiter, settings.max_repeated_items, clock, sessions),
-            SensitiveDataInterceptor(domain),
+            ServiceInterceptor(
+                domain,
+                guards=[
+                    AuthGuard(verifier, limiter, settings.max_repeated_items, clock, sessions),
+                    SensitiveDataGuard(),
+                ],
+            )
         ],
         options=[
             ("grpc.max_receive_message_length", settings.max_message_bytes),

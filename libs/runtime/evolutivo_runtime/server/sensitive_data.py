@@ -25,34 +25,31 @@ To keep false alarms away from data that is not a card, a digit run counts only 
 its own: it must not be preceded by a letter, a digit or "+" (so IBANs such as BE68539007547034
 and E.164 phone numbers never match) nor followed by a letter or a digit, and UUIDs are skipped.
 
-Register it after ServiceInterceptor (so that one times and counts the refused calls too):
-`grpc.aio.server(interceptors=[ServiceInterceptor(domain), SensitiveDataInterceptor(domain)])`.
-It aborts the call itself with the same rich status ServiceInterceptor gives an InvalidArgument
-(ErrorInfo and BadRequest), so it is correct in any position and for streaming methods as well.
+It is one of ServiceInterceptor's guards, which times, counts and answers the refused calls (an
+InvalidArgument's ErrorInfo and BadRequest), streaming methods included:
+`grpc.aio.server(interceptors=[ServiceInterceptor(domain, guards=[SensitiveDataGuard()])])`.
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import json
 import logging
 import re
 import unicodedata
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, cast
 
 import grpc
 from google.protobuf import any_pb2, descriptor_pool, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
-from grpc_status import rpc_status
 from stdnum import luhn
 
-from evolutivo_runtime.errors import InvalidArgument, to_rpc_status
-from evolutivo_runtime.server import Context
+from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.server.descriptors import reaches
+from evolutivo_runtime.server.interceptors import GuardedCall
 
 log = logging.getLogger("evolutivo.rpc")
 
@@ -257,118 +254,24 @@ def _find_in_map(field: FieldDescriptor, entries: Any) -> _Finding | None:
     return None
 
 
-Behaviour = Callable[..., Any]
-# Health checks and reflection carry service and symbol names only; like ServiceInterceptor, this
-# leaves them alone.
+# Health checks and reflection carry service and symbol names only; they are left alone.
 _INFRASTRUCTURE_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 
-class SensitiveDataInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, error_domain: str) -> None:
-        # ErrorInfo.domain, e.g. "customer.evolutivo.io", as ServiceInterceptor gives it.
-        self._domain = error_domain
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
-        handler = await continuation(details)
-        method: str = details.method
-        if handler is None or method.startswith(_INFRASTRUCTURE_PREFIXES):
-            return handler
-        serializers = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(self._unary_unary(method, handler.unary_unary), **serializers)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method, handler.unary_stream), **serializers)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(self._stream_unary(method, handler.stream_unary), **serializers)
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                self._stream_stream(method, handler.stream_stream), **serializers
-            )
-        return handler
-
-    async def _check(self, method: str, request: object, context: Context) -> None:
-        """Aborts the call when the request carries card data."""
+class _CardDataCheck(GuardedCall):
+    def inspect(self, request: object) -> None:
         error = find_card_data(request) if isinstance(request, Message) else None
-        if error is None:
-            return
-        # The field path and the reason only: never the value.
-        log.info("rpc refused", extra={"rpc": method, "code": "INVALID_ARGUMENT", "field": error.field})
-        status = rpc_status.to_status(to_rpc_status(error, self._domain))
-        await context.abort(status.code, status.details, status.trailing_metadata)
-
-    def _checked(self, method: str, requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-        """A client stream, each request checked as the handler takes it. (A handler that reads
-        with context.read() instead is not covered; no contract of ours streams requests.)"""
-
-        async def checked() -> AsyncIterator[Any]:
-            async for request in requests:
-                await self._check(method, request, context)
-                yield request
-
-        return checked()
-
-    # The wrappers keep each handler's form: grpc.aio awaits a coroutine, iterates an async
-    # generator, and lets a streaming coroutine write with context.write().
-
-    def _unary_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
-        async def wrapped(request: Any, context: Context) -> Any:
-            await self._check(method, request, context)
-            return await _result(behaviour(request, context))
-
-        return wrapped
-
-    def _stream_unary(self, method: str, behaviour: Behaviour) -> Behaviour:
-        async def wrapped(requests: AsyncIterator[Any], context: Context) -> Any:
-            return await _result(behaviour(self._checked(method, requests, context), context))
-
-        return wrapped
-
-    def _unary_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
-        if inspect.iscoroutinefunction(behaviour):
-
-            async def writer(request: Any, context: Context) -> None:
-                await self._check(method, request, context)
-                await behaviour(request, context)
-
-            return writer
-
-        async def generator(request: Any, context: Context) -> AsyncIterator[Any]:
-            await self._check(method, request, context)
-            async for response in _responses(behaviour(request, context)):
-                yield response
-
-        return generator
-
-    def _stream_stream(self, method: str, behaviour: Behaviour) -> Behaviour:
-        if inspect.iscoroutinefunction(behaviour):
-
-            async def writer(requests: AsyncIterator[Any], context: Context) -> None:
-                await behaviour(self._checked(method, requests, context), context)
-
-            return writer
-
-        async def generator(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            async for response in _responses(behaviour(self._checked(method, requests, context), context)):
-                yield response
-
-        return generator
+        if error is not None:
+            raise error
 
 
-async def _result(result: Any) -> Any:
-    return await result if inspect.isawaitable(result) else result
+_CHECK = _CardDataCheck()
 
 
-async def _responses(responses: Any) -> AsyncIterator[Any]:
-    if hasattr(responses, "__aiter__"):
-        async for response in responses:
-            yield response
-    else:
-        for response in responses:
-            yield response
+class SensitiveDataGuard:
+    """Refuses card data and control characters in every request, as one of ServiceInterceptor's
+    guards (server/interceptors.py), which answers with the InvalidArgument's rich status."""
+
+    def prepare(self, details: grpc.HandlerCallDetails) -> GuardedCall | None:
+        method: str = details.method
+        return None if method.startswith(_INFRASTRUCTURE_PREFIXES) else _CHECK
