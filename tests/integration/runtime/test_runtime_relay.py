@@ -21,7 +21,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from runtime_helpers import MessagingDb, ServiceStream, eventually  # type: ignore[import-not-found,unused-ignore]
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 
 
 async def commit_events(db: MessagingDb, stream: ServiceStream, values: list[str]) -> list[uuid.UUID]:
@@ -116,6 +116,32 @@ async def test_republishing_within_the_duplicate_window_is_dropped(
     assert await relay.publish_batch() == 3
     assert await db.count(db.outbox) == 0
     assert await service_stream.messages(js) == 3
+
+
+async def test_a_failed_publish_keeps_the_whole_batch_for_the_next_pass(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """The batch's delete commits only when JetStream acknowledged all of it: the events already
+    acknowledged go again, and JetStream drops them as duplicates."""
+    db = messaging_db
+    ids = await commit_events(db, service_stream, ["a", "b", "c"])
+    async with db.engine.begin() as conn:  # the second event's subject is captured by no stream
+        await conn.execute(
+            update(db.outbox).where(db.outbox.c.event_id == ids[1]).values(subject="nowhere.evolutivo.test")
+        )
+    relay = _relay(OutboxRelay, db, js, batch_size=10, poll=1.0)
+    with pytest.raises(RuntimeError, match="1 of 3 publishes failed"):
+        await relay.publish_batch()
+    assert await db.count(db.outbox) == 3
+    assert await stream_event_ids(js, service_stream) == [str(ids[0]), str(ids[2])]
+
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            update(db.outbox).where(db.outbox.c.event_id == ids[1]).values(subject=service_stream.subject())
+        )
+    assert await relay.publish_batch() == 3
+    assert await db.count(db.outbox) == 0
+    assert await stream_event_ids(js, service_stream) == [str(ids[0]), str(ids[2]), str(ids[1])]
 
 
 async def test_jetstream_drops_a_second_publish_with_the_same_msg_id(

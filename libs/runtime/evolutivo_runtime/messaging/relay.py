@@ -109,34 +109,31 @@ class OutboxRelay:
         """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
         outbox = self._outbox
         async with self._engine.begin() as conn:
-            # The leader lock and the read in one round trip: the lock is an uncorrelated subquery,
-            # which PostgreSQL evaluates once, before the scan (a one-time filter), so a relay that
-            # does not lead reads no rows at all.
+            # The leader lock, the read and the delete in one round trip. The lock is an
+            # uncorrelated subquery, which PostgreSQL evaluates once, before the scan (a one-time
+            # filter), so a relay that does not lead touches no rows at all. The delete commits
+            # only once JetStream acknowledged every event of the batch: a failed publish rolls it
+            # back and the whole batch goes again on the next pass (JetStream drops the
+            # acknowledged ones as duplicates of their Nats-Msg-Id, and the consumers' inboxes
+            # would too).
             leading = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)).scalar_subquery()
-            rows = (
-                await conn.execute(
-                    select(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
-                    .where(leading)
-                    .order_by(outbox.c.seq)
-                    .limit(self._batch_size)
-                )
-            ).all()
+            batch = select(outbox.c.seq).where(leading).order_by(outbox.c.seq).limit(self._batch_size)
+            taken = await conn.execute(
+                delete(outbox)
+                .where(outbox.c.seq.in_(batch.scalar_subquery()))
+                .returning(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+            )
+            rows = sorted(taken.all(), key=lambda row: row.seq)  # RETURNING keeps no order
             if not rows:
                 return 0
             futures = [
                 await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
             ]
             results = await asyncio.gather(*futures, return_exceptions=True)
-            acked = [
-                row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)
-            ]
-            if acked:
-                await conn.execute(delete(outbox).where(outbox.c.seq.in_(acked)))
-        # Outside the transaction, so the acknowledged rows' delete is committed first.
-        PUBLISHED.inc(len(acked))
-        failures = [r for r in results if isinstance(r, BaseException)]
-        if failures:
-            raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
+        PUBLISHED.inc(len(rows))
         return len(rows)
 
     async def _update_backlog(self) -> None:
