@@ -54,6 +54,17 @@ class OutboxRelay:
         # The backlog gauge is a count(*): taken at most this often, not after every pass.
         self._backlog_every = backlog_every_seconds
         self._backlog_at = float("-inf")
+        # The leader lock, the read and the delete in one round trip. The lock is an uncorrelated
+        # subquery, which PostgreSQL evaluates once, before the scan (a one-time filter), so a
+        # relay that does not lead touches no rows at all. Built once: a statement built per pass
+        # costs SQLAlchemy its cache key again every time.
+        leading = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)).scalar_subquery()
+        batch = select(outbox.c.seq).where(leading).order_by(outbox.c.seq).limit(batch_size)
+        self._take = (
+            delete(outbox)
+            .where(outbox.c.seq.in_(batch.scalar_subquery()))
+            .returning(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         listener = await self._listen()
@@ -107,23 +118,12 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
-        outbox = self._outbox
         async with self._engine.begin() as conn:
-            # The leader lock, the read and the delete in one round trip. The lock is an
-            # uncorrelated subquery, which PostgreSQL evaluates once, before the scan (a one-time
-            # filter), so a relay that does not lead touches no rows at all. The delete commits
-            # only once JetStream acknowledged every event of the batch: a failed publish rolls it
-            # back and the whole batch goes again on the next pass (JetStream drops the
-            # acknowledged ones as duplicates of their Nats-Msg-Id, and the consumers' inboxes
-            # would too).
-            leading = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)).scalar_subquery()
-            batch = select(outbox.c.seq).where(leading).order_by(outbox.c.seq).limit(self._batch_size)
-            taken = await conn.execute(
-                delete(outbox)
-                .where(outbox.c.seq.in_(batch.scalar_subquery()))
-                .returning(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
-            )
-            rows = sorted(taken.all(), key=lambda row: row.seq)  # RETURNING keeps no order
+            # The batch's delete commits only once JetStream acknowledged every event of it: a
+            # failed publish rolls it back and the whole batch goes again on the next pass
+            # (JetStream drops the acknowledged ones as duplicates of their Nats-Msg-Id, and the
+            # consumers' inboxes would too).
+            rows = sorted((await conn.execute(self._take)).all(), key=lambda row: row.seq)  # RETURNING: no order
             if not rows:
                 return 0
             futures = [

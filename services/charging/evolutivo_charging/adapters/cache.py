@@ -141,8 +141,13 @@ class RatingCache:
         return len(self._accounts)
 
 
+# Built once: read on every group of calls, and a statement built per call costs SQLAlchemy its
+# cache key again every time.
+_CURRENT_GENERATION = select(cache_generation.c.generation).where(cache_generation.c.id == 1)
+
+
 async def current_generation(session: AsyncSession) -> int:
-    return int(await session.scalar(select(cache_generation.c.generation).where(cache_generation.c.id == 1)) or 0)
+    return int(await session.scalar(_CURRENT_GENERATION) or 0)
 
 
 async def bump(session: AsyncSession, what: Iterable[str]) -> int:
