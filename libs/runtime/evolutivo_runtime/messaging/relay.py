@@ -2,9 +2,11 @@
 
 One relay at a time per database publishes (a transaction-scoped advisory lock), so events leave
 in commit order; other replicas stand by and take over when it dies. Publishes are asynchronous
-with a bounded number in flight; rows are deleted only after JetStream acknowledged them. A crash
-between ack and delete republishes with the same Nats-Msg-Id, which JetStream drops as a
-duplicate inside its window and the consumers' inbox drops after it.
+with a bounded number in flight; a batch's rows are deleted in the transaction that read them, which
+commits once JetStream acknowledged all of them (when a publish fails, the acknowledged rows are
+deleted apart and the failed ones stay). A crash between the acks and the commit republishes with
+the same Nats-Msg-Id, which JetStream drops as a duplicate inside its window and the consumers'
+inbox drops after it.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ RELAY_LOCK_KEY = 0x0E7010B0
 
 OUTBOX_BACKLOG = Gauge("evolutivo_outbox_backlog", "Events written to the outbox and not yet published")
 PUBLISHED = Counter("evolutivo_outbox_published_total", "Events the relay published to JetStream")
+
+
+class _PartlyPublished(Exception):
+    """Some of a batch's publishes failed (its transaction rolls back)."""
 
 
 class OutboxRelay:
@@ -118,23 +124,33 @@ class OutboxRelay:
 
     async def publish_batch(self) -> int:
         """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
-        async with self._engine.begin() as conn:
-            # The batch's delete commits only once JetStream acknowledged every event of it: a
-            # failed publish rolls it back and the whole batch goes again on the next pass
-            # (JetStream drops the acknowledged ones as duplicates of their Nats-Msg-Id, and the
-            # consumers' inboxes would too).
-            rows = sorted((await conn.execute(self._take)).all(), key=lambda row: row.seq)  # RETURNING: no order
-            if not rows:
-                return 0
-            futures = [
-                await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
-            ]
-            results = await asyncio.gather(*futures, return_exceptions=True)
-            failures = [r for r in results if isinstance(r, BaseException)]
-            if failures:
-                raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
-        PUBLISHED.inc(len(rows))
-        return len(rows)
+        try:
+            async with self._engine.begin() as conn:
+                # The batch's delete commits once JetStream acknowledged every event of it (the
+                # common case: one statement and its commit).
+                rows = sorted((await conn.execute(self._take)).all(), key=lambda row: row.seq)  # RETURNING: no order
+                if not rows:
+                    return 0
+                futures = [
+                    await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
+                ]
+                results = await asyncio.gather(*futures, return_exceptions=True)
+                failures = [r for r in results if isinstance(r, BaseException)]
+                if failures:
+                    raise _PartlyPublished  # leaving the block by it rolls the delete back
+        except _PartlyPublished:
+            pass
+        else:
+            PUBLISHED.inc(len(rows))
+            return len(rows)
+        # A publish failed: the rows JetStream acknowledged are in its stream, so they go (not
+        # published again on every retry); the failed ones stay for the next pass.
+        acked = [row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
+        if acked:
+            async with self._engine.begin() as conn:
+                await conn.execute(delete(self._outbox).where(self._outbox.c.seq.in_(acked)))
+        PUBLISHED.inc(len(acked))
+        raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
 
     async def _update_backlog(self) -> None:
         now = asyncio.get_running_loop().time()

@@ -36,15 +36,15 @@ RPC_LATENCY = Histogram(
 
 REQUEST_ID_METADATA = "x-request-id"
 # Health and reflection are polled constantly; they are neither logged nor timed.
-_QUIET_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
+INFRASTRUCTURE_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
 
 Behaviour = Callable[..., Any]
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-# A request id needs to be unique, not secret: drawn from a generator seeded once (from
-# os.urandom) rather than by uuid4's os.urandom on every call, a system call that hands the GIL
-# to gRPC's threads (~10 us of CPU per call measured on a balance read).
+# A request id needs to be unique, not secret (nor unpredictable: nothing trusts it): drawn from a
+# generator seeded once (from os.urandom) rather than by uuid4's os.urandom on every call, a system
+# call that hands the GIL to gRPC's threads (~10 us of CPU per call measured on a balance read).
 _ids = random.Random()
 
 
@@ -112,17 +112,6 @@ class _Guarded:
         for call in self.calls:
             call.inspect(request)
 
-    def inspected(self, requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """A client stream, each request inspected as the handler takes it. (A handler that reads
-        with context.read() instead is not covered; no contract of ours streams requests.)"""
-
-        async def inspected() -> AsyncIterator[Any]:
-            async for request in requests:
-                self.inspect(request)
-                yield request
-
-        return inspected()
-
     def enter(self, request: object | None) -> list[object]:
         return [call.enter(request) for call in self.calls]
 
@@ -154,7 +143,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return handler
         method: str = details.method
         guarded = _Guarded([c for g in self._guards if (c := g.prepare(details)) is not None])
-        quiet = method.startswith(_QUIET_PREFIXES)
+        quiet = method.startswith(INFRASTRUCTURE_PREFIXES)
         if quiet and not guarded.calls:
             return handler
         serializers = {
@@ -180,6 +169,23 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 self._streaming(method, handler.stream_stream, guarded, streamed=True), **serializers
             )
         return handler
+
+    def _inspected(
+        self, method: str, guarded: _Guarded, requests: AsyncIterator[Any], context: Context
+    ) -> AsyncIterator[Any]:
+        """A client stream, each request inspected as the handler takes it; a refused one aborts
+        the call there (grpc's AbortError, which a handler does not take for its own error). A
+        handler that reads with context.read() instead is not covered; no contract of ours does."""
+
+        async def inspected() -> AsyncIterator[Any]:
+            async for request in requests:
+                try:
+                    guarded.inspect(request)
+                except ServiceError as error:
+                    await self._refuse(method, context, error)
+                yield request
+
+        return inspected()
 
     async def _refuse(self, method: str, context: Context, error: ServiceError) -> None:
         # The field path and the reason only: never a value, never the token.
@@ -214,7 +220,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 guarded.check(None if streamed else request)
                 entered = guarded.enter(None if streamed else request)
                 try:
-                    result = await behaviour(guarded.inspected(request) if streamed else request, context)
+                    requests = self._inspected(method, guarded, request, context) if streamed else request
+                    result = await behaviour(requests, context)
                     await guarded.done(entered)
                     return result
                 finally:
@@ -248,17 +255,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._refuse(method, context, error)
             return guarded.enter(None if streamed else request)
 
-        async def inspected(requests: AsyncIterator[Any], context: Context) -> AsyncIterator[Any]:
-            # The handler is not ours to wrap in a try: a refused request aborts the call here.
-            async for request in requests:
-                try:
-                    guarded.inspect(request)
-                except ServiceError as error:
-                    await self._refuse(method, context, error)
-                yield request
-
         def requests(request: Any, context: Context) -> Any:
-            return inspected(request, context) if streamed else request
+            return self._inspected(method, guarded, request, context) if streamed else request
 
         if inspect.iscoroutinefunction(behaviour):
 

@@ -2,7 +2,7 @@
 service.
 
 No service may receive a card number or a card security code: cards are held as the payment
-provider's token. The interceptor walks every string field of each request message, recursively
+provider's token. The check walks every string field of each request message, recursively
 (nested messages, repeated fields, map keys and values, and google.protobuf.Any payloads whose type
 is known), and refuses the call with INVALID_ARGUMENT naming the field path, e.g.
 `payment_method.card.provider_token` or `account.labels["note"]`, when
@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-import logging
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -49,9 +48,7 @@ from stdnum import luhn
 
 from evolutivo_runtime.errors import InvalidArgument
 from evolutivo_runtime.server.descriptors import reaches
-from evolutivo_runtime.server.interceptors import GuardedCall
-
-log = logging.getLogger("evolutivo.rpc")
+from evolutivo_runtime.server.interceptors import INFRASTRUCTURE_PREFIXES, GuardedCall
 
 CARD_NUMBER_RULE = "must not contain a payment card number: send the payment provider's token instead"
 SECURITY_CODE_RULE = "must not carry a card security code (CVV/CVC): it is never sent to or stored by this platform"
@@ -254,10 +251,6 @@ def _find_in_map(field: FieldDescriptor, entries: Any) -> _Finding | None:
     return None
 
 
-# Health checks and reflection carry service and symbol names only; they are left alone.
-_INFRASTRUCTURE_PREFIXES = ("/grpc.health.", "/grpc.reflection.")
-
-
 class _CardDataCheck(GuardedCall):
     def inspect(self, request: object) -> None:
         error = find_card_data(request) if isinstance(request, Message) else None
@@ -274,4 +267,5 @@ class SensitiveDataGuard:
 
     def prepare(self, details: grpc.HandlerCallDetails) -> GuardedCall | None:
         method: str = details.method
-        return None if method.startswith(_INFRASTRUCTURE_PREFIXES) else _CHECK
+        # Health checks and reflection carry names of services and symbols only.
+        return None if method.startswith(INFRASTRUCTURE_PREFIXES) else _CHECK
