@@ -35,7 +35,7 @@ from evolutivo_charging.adapters.orm import (
     usage_counters,
     usage_events,
 )
-from evolutivo_charging.adapters.usage_repository import Outcome
+from evolutivo_charging.adapters.usage_repository import Outcome, UsageRepository
 from evolutivo_charging.domain.catalog import Graduated, Package, PerUnit, Tier, Volume
 from evolutivo_charging.domain.pricing import cumulative_cost, round_money
 from evolutivo_charging.domain.usage import BillCycleStatus, UsageEvent, UsageStatus
@@ -914,29 +914,39 @@ async def test_the_sum_of_charges_is_independent_of_batching_and_order(
 
 async def test_outcomes_take_rate_seqs_in_the_order_they_were_priced(db: UsageDb) -> None:
     """Rerating replays events in rate_seq order, which must be the order the counters counted
-    them in: the order `record` is given, whatever the event ids' order."""
+    them in: the order the outcomes are given, whatever the event ids' order; as new events are
+    stored and as kept ones are rated again."""
     account_id = uuid.uuid4()
     ids = [f"seq-{uuid.uuid4()}" for _ in range(40)]
-    async with db.uow() as uow:
-        claimed = await uow.usage.claim(
-            [
-                UsageEvent(
-                    event_id=i, account_id=account_id, event_type="sms.sent", event_time=NOW, quantity=Decimal(1)
-                )
-                for i in ids
-            ],
-            NOW,
+    events = [
+        UsageEvent(event_id=i, account_id=account_id, event_type="sms.sent", event_time=NOW, quantity=Decimal(1))
+        for i in ids
+    ]
+
+    async def rate_seqs() -> list[str]:
+        rows = await db.rows(
+            select(usage_events.c.event_id, usage_events.c.rate_seq).where(usage_events.c.event_id.in_(ids))
         )
-        assert claimed == set(ids)
-        priced = sorted(ids, key=lambda i: i[::-1])  # an order that is not the ids'
-        await uow.usage.record([Outcome(i, UsageStatus.UNRATED, "no purchase", ()) for i in priced], NOW)
+        assert len({r.rate_seq for r in rows}) == len(ids)
+        return [r.event_id for r in sorted(rows, key=lambda r: r.rate_seq)]
+
+    priced = sorted(events, key=lambda e: e.event_id[::-1])  # an order that is not the ids'
+    async with db.uow() as uow:
+        assert await uow.usage.received(events) == {}
+        uow.write_at_commit(
+            *UsageRepository.insert_statement(
+                [(e, Outcome(e.event_id, UsageStatus.UNRATED, "no purchase", ())) for e in priced], NOW
+            )
+        )
         await uow.commit()
-    rows = await db.rows(
-        select(usage_events.c.event_id, usage_events.c.rate_seq).where(usage_events.c.event_id.in_(ids))
-    )
-    by_seq = [r.event_id for r in sorted(rows, key=lambda r: r.rate_seq)]
-    assert by_seq == priced
-    assert len({r.rate_seq for r in rows}) == len(ids)
+    assert await rate_seqs() == [e.event_id for e in priced]
+
+    again = sorted(ids, key=lambda i: i[len(i) // 2 :])
+    async with db.uow() as uow:
+        assert set(await uow.usage.received(events)) == set(ids)
+        await uow.usage.record([Outcome(i, UsageStatus.UNRATED, "no purchase", ()) for i in again], NOW)
+        await uow.commit()
+    assert await rate_seqs() == again
 
 
 async def _until_a_lock_is_awaited(db: UsageDb) -> None:
@@ -982,9 +992,47 @@ async def test_a_counter_locked_by_another_transaction_is_read_as_that_one_commi
         assert await uow.counters.units(key) == start + 1000
 
 
+async def test_an_event_another_transaction_stores_meanwhile_is_answered_as_that_one_stored_it(
+    db: UsageDb,
+) -> None:
+    """A call finds its event new and rates it; another transaction stores the same id first. The
+    call's commit waits for that one, fails on the id, rolls back (its charge too) and runs again,
+    to answer with what the other stored: the event is rated once."""
+    await new_offer(db)
+    customer = await new_customer(db)
+    sent = usage(customer.account_id, "1", event_type="sms.sent", event_id="raced-once")
+    same = UsageEvent(
+        event_id="raced-once",
+        account_id=customer.account_id,
+        event_type="sms.sent",
+        event_time=AT,
+        quantity=Decimal(1),
+    )
+    async with db.uow() as other:
+        assert await other.usage.received([same]) == {}
+        stored = UsageRepository.insert_statement(
+            [(same, Outcome(same.event_id, UsageStatus.UNRATED, "NO_PURCHASE", ()))], NOW
+        )
+        assert stored is not None
+        await other.session.execute(*stored)
+        call = asyncio.create_task(batch(db, [sent]))
+        await _until_a_lock_is_awaited(db)
+        assert not call.done()
+        await other.commit()
+    (answered,) = await call
+    assert (answered.status, answered.reason, list(answered.charges)) == (
+        usage_pb2.USAGE_STATUS_UNRATED,
+        "NO_PURCHASE",
+        [],
+    )
+    assert await all_charges(db, customer.account_id) == []
+    assert await db.count(usage_events) == 1
+
+
 async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated(db: UsageDb) -> None:
-    """A rerating run holds its account's lock exclusive: usage of that account is claimed only
-    once the run ends (the claim's statement takes the share lock first), other accounts' is not held up."""
+    """A rerating run holds its account's lock exclusive: usage of that account is rated only
+    once the run ends (the read of the events received before takes the share lock first), other
+    accounts' is not held up."""
     await new_offer(db)
     customer = await new_customer(db)
     other = await new_customer(db)
@@ -994,8 +1042,8 @@ async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated
             batch(db, [usage(customer.account_id, "1", event_type="sms.sent", event_id="during-run")])
         )
         await _until_a_lock_is_awaited(db)
-        # It waits before claiming its event: another transaction inserting that id does not
-        # wait for it (it would, behind an uncommitted claim of the id).
+        # It waits before writing its event: another transaction inserting that id does not
+        # wait for it (it would, behind an uncommitted insert of the id).
         await _insert_usage_event_without_waiting(db, "during-run", customer.account_id)
         (elsewhere,) = await batch(db, [usage(other.account_id, "700", event_id="other-account")])
         assert elsewhere.status == usage_pb2.USAGE_STATUS_RATED

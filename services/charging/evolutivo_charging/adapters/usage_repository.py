@@ -2,11 +2,13 @@
 events, usage counters and charges.
 
 Locks, in an order that keeps concurrent calls from deadlocking. Rating a call's events: the
-accounts' advisory locks shared (AccountLocks, taken by the usage claim's own statement), the
-events claimed by inserting them in event_id order, then the usage counters by key. Rating kept
-events again (ResubmitUsage): the events locked FOR UPDATE in event_id order, then the accounts'
-locks shared, then the counters (a claim never waits for a committed event's row lock, and a
-rerating run locks no events, so the two orders cannot wait on each other). A rerating run: its
+accounts' advisory locks shared (AccountLocks, taken by the statement that reads the events
+received before), the usage counters by key, then the new events inserted in event_id order by
+the commit's statement (a transaction waits there only for another inserting the same id, which
+holds every lock it needs already). Rating kept events again (ResubmitUsage): the events locked
+FOR UPDATE in event_id order, then the accounts' locks shared, then the counters (a new event's
+insert never waits for a stored event's row lock, and a rerating run locks no events, so the
+orders cannot wait on each other). A rerating run: its
 account's lock exclusive, then the counters. Fees: a bill cycle (its upsert; a consumer batch's cycles in one upsert,
 in cycle id order), then purchases (their upsert, or FOR UPDATE SKIP LOCKED, which never waits),
 then fee keys (inserted in key order).
@@ -14,6 +16,7 @@ then fee keys (inserted in key order).
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -25,6 +28,7 @@ from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.uow import Write
 from sqlalchemy import Select, TextClause, and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_charging.adapters.orm import (
@@ -363,47 +367,59 @@ _RECORD_OUTCOMES = text(
 )
 
 
+# New events, rated, in one statement (UsageRepository.insert_statement): rate_seq taken in the
+# order given (the CTE's ORDER BY, as in _RECORD_OUTCOMES), the rows inserted in event_id order.
+_INSERT_NEW = text(
+    """
+    WITH v AS MATERIALIZED (
+        SELECT a.event_id, a.payload_sha256, a.account_id, a.payload, a.event_time, a.status, a.reason,
+               a.charge_ids, a.bill_cycle_id, nextval('usage_rate_seq') AS rate_seq
+        FROM unnest(CAST(:new_event_ids AS text[]), CAST(:new_fingerprints AS text[]),
+                    CAST(:new_account_ids AS uuid[]), CAST(:new_payloads AS text[]),
+                    CAST(:new_event_times AS timestamptz[]), CAST(:new_statuses AS text[]),
+                    CAST(:new_reasons AS text[]), CAST(:new_charge_ids AS text[]), CAST(:new_cycles AS uuid[]))
+             WITH ORDINALITY AS a(event_id, payload_sha256, account_id, payload, event_time, status, reason,
+                                  charge_ids, bill_cycle_id, ordinal)
+        ORDER BY a.ordinal
+    )
+    INSERT INTO usage_events (event_id, payload_sha256, account_id, payload, status, reason, charge_ids,
+                              receive_time, rate_time, attempts, event_time, bill_cycle_id, rate_seq)
+    SELECT v.event_id, v.payload_sha256, v.account_id, CAST(v.payload AS jsonb), v.status, v.reason,
+           CAST(string_to_array(v.charge_ids, ',') AS uuid[]), CAST(:now AS timestamptz),
+           CAST(:now AS timestamptz), 1, v.event_time, v.bill_cycle_id, v.rate_seq
+    FROM v
+    ORDER BY v.event_id
+    """
+)
+
+
+class UsageRaced(Exception):
+    """A usage event this transaction rated as new was stored by another one meanwhile (the same
+    event sent twice at once): the transaction is rolled back and the call runs again, to find it
+    stored (service_layer.usage.record_usage)."""
+
+
+def raced(error: IntegrityError) -> bool:
+    """Whether the commit failed on a usage event's id another transaction stored first."""
+    # SQLAlchemy's asyncpg adapter keeps asyncpg's own error, which names the constraint, as the cause.
+    return getattr(getattr(error.orig, "__cause__", None), "constraint_name", None) == "usage_events_pkey"
+
+
 class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def claim(self, events: Sequence[UsageEvent], now: datetime) -> set[str]:
-        """Takes the events' accounts' share locks (AccountLocks), then inserts the events charging
-        has not received before, in event_id order, as UNRATED until `record` sets their outcome
-        in the same transaction; one statement. Returns the ids this call claimed; the others were
-        received before (a concurrent claim of one id waits for the first transaction to end)."""
+    async def received(self, events: Sequence[UsageEvent]) -> dict[str, StoredUsage]:
+        """Takes the events' accounts' share locks (AccountLocks) and returns those of the events
+        charging has received before, in one statement. The others are new: `insert_statement`
+        writes them at the commit, rated (docs/charging.md, "Idempotency")."""
         if not events:
-            return set()
-        rows = [
-            {
-                "event_id": e.event_id,
-                "payload_sha256": e.fingerprint(),
-                "account_id": e.account_id,
-                "payload": e.payload(),
-                "event_time": e.event_time,
-            }
-            for e in sorted(events, key=lambda e: e.event_id)
-        ]
-        locks, lock_params = AccountLocks.sharing(e.account_id for e in events)
-        # One statement over arrays (evolutivo_runtime.bulk): an executemany's multi-row VALUES
-        # cost several times the CPU per row on this, the hottest insert.
-        statement, params = insert_rows(
-            usage_events,
-            rows,
-            on_conflict_columns=("event_id",),
-            returning=("event_id",),
-            same={
-                "status": UsageStatus.UNRATED.value,
-                "reason": "",
-                "charge_ids": [],
-                "receive_time": now,
-                "rate_time": now,
-                "attempts": 0,
-            },
-            where=locks,
+            return {}
+        ids = sorted({e.event_id for e in events})
+        result = await self._session.execute(
+            _RECEIVED, {"event_ids": ids, **AccountLocks.sharing(e.account_id for e in events)[1]}
         )
-        result = await self._session.execute(statement, {**params, **lock_params})
-        return {row.event_id for row in result}
+        return {row.event_id: _stored(row._mapping) for row in result}
 
     async def get_many(self, event_ids: Iterable[str], for_update: bool = False) -> dict[str, StoredUsage]:
         """The stored events among `event_ids`; with `for_update`, locked in event_id order."""
@@ -416,6 +432,28 @@ class UsageRepository:
             query = query.with_for_update()
         return {row.event_id: _stored(row._mapping) for row in await self._session.execute(query)}
 
+    @staticmethod
+    def insert_statement(rated: Sequence[tuple[UsageEvent, Outcome]], now: datetime) -> Write | None:
+        """New events with the outcome of their rating, in one INSERT over arrays, each taking the
+        next `usage_rate_seq` in the order given (as `record_statement`). They go in in event_id
+        order, so two transactions inserting the same ids wait for each other instead of
+        deadlocking; an id another transaction stored meanwhile fails the commit (UsageRaced)."""
+        if not rated:
+            return None
+        return _INSERT_NEW, {
+            "now": now,
+            "new_event_ids": [e.event_id for e, _ in rated],
+            "new_fingerprints": [e.fingerprint() for e, _ in rated],
+            "new_account_ids": [e.account_id for e, _ in rated],
+            "new_payloads": [json.dumps(e.payload()) for e, _ in rated],
+            "new_event_times": [e.event_time for e, _ in rated],
+            "new_statuses": [o.status.value for _, o in rated],
+            "new_reasons": [o.reason for _, o in rated],
+            # Comma-joined, as in record_statement.
+            "new_charge_ids": [",".join(str(c) for c in o.charge_ids) for _, o in rated],
+            "new_cycles": [o.bill_cycle_id for _, o in rated],
+        }
+
     async def record(self, outcomes: Sequence[Outcome], now: datetime) -> None:
         write = self.record_statement(outcomes, now)
         if write is not None:
@@ -423,7 +461,7 @@ class UsageRepository:
 
     @staticmethod
     def record_statement(outcomes: Sequence[Outcome], now: datetime) -> Write | None:
-        """The outcome of rating claimed or locked events, in one UPDATE over arrays. Each takes
+        """The outcome of rating kept events this transaction holds locked, in one UPDATE over arrays. Each takes
         the next `usage_rate_seq` in the order given, the order they were priced in: the order
         their cycle's counters counted them (the caller holds the counters' locks), which
         rerating replays."""
@@ -783,6 +821,10 @@ _SHARE_ACCOUNTS = (
     "SELECT pg_advisory_xact_lock_shared(hashtextextended(:lock_prefix || k, 0)) "
     "FROM (SELECT unnest(CAST(:lock_ids AS text[])) AS k ORDER BY 1) AS keys"
 )
+_SHARING = f"(SELECT count(*) FROM ({_SHARE_ACCOUNTS}) AS locked) >= 0"
+
+# UsageRepository.received: the lock condition is a one-time filter, evaluated before the scan.
+_RECEIVED = select(usage_events).where(text("usage_events.event_id = ANY(CAST(:event_ids AS text[]))"), text(_SHARING))
 
 
 class AccountLocks:
@@ -804,8 +846,7 @@ class AccountLocks:
         """A condition (always true) that takes the accounts' share locks where a statement
         evaluates it: in a WHERE, as a one-time filter before the statement's first row."""
         ids = sorted({str(a) for a in account_ids})
-        condition = f"(SELECT count(*) FROM ({_SHARE_ACCOUNTS}) AS locked) >= 0"
-        return condition, {"lock_prefix": _ACCOUNT_LOCK, "lock_ids": ids}
+        return _SHARING, {"lock_prefix": _ACCOUNT_LOCK, "lock_ids": ids}
 
     async def exclusive(self, account_id: uuid.UUID) -> None:
         await self._session.execute(

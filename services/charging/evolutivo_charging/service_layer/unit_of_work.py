@@ -5,8 +5,10 @@ from typing import Any, Self
 
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_runtime.uow import UnitOfWork
+from sqlalchemy.exc import IntegrityError
 
 from evolutivo_charging.adapters import cache as cache_adapter
+from evolutivo_charging.adapters import usage_repository
 from evolutivo_charging.adapters.cache import RatingCache
 from evolutivo_charging.adapters.catalog_repository import ChargeOfferRepository
 from evolutivo_charging.adapters.repository import ChargingAccountRepository
@@ -19,6 +21,7 @@ from evolutivo_charging.adapters.usage_repository import (
     FeeRepository,
     PurchaseRepository,
     RerateRunRepository,
+    UsageRaced,
     UsageRepository,
 )
 
@@ -75,7 +78,12 @@ class ChargingUnitOfWork(UnitOfWork):
             # Last before the commit: the generation row stays locked for as short as possible.
             await cache_adapter.bump(self.session, self._cache_changes)
             self._cache_changes = set()
-        await super().commit()
+        try:
+            await super().commit()
+        except IntegrityError as error:
+            if usage_repository.raced(error):
+                raise UsageRaced from error
+            raise
 
     async def rollback(self) -> None:
         self._cache_changes = set()

@@ -5,16 +5,17 @@ One transaction per call (per slice of a stream), in this order:
 
 1. event types no activated offer rates are refused (INVALID_ARGUMENT on `<field>.event_type`),
    like the other invalid fields the entrypoint refused already;
-2. the events' ids are claimed in `usage_events` (inserted in event_id order; a concurrent call
-   with the same id waits for the first to commit), in the statement that takes their accounts'
-   share locks (a rerating run of one of them takes it exclusive). An id received before returns
-   its stored result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it
-   does not;
+2. the events received before are read from `usage_events`, in the statement that takes their
+   accounts' share locks (a rerating run of one of them takes it exclusive). An id received
+   before returns its stored result when the payload's SHA-256 matches, and is refused
+   (ALREADY_EXISTS) when it does not;
 3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
    in key order (one upsert, adapters/usage_repository.py), the events are priced in the order
-   received, then the counters, the charges and the outcomes are written with the commit's own
-   statement (UnitOfWork.write_at_commit), as is one ChargesCreated per currency with every
-   charge of the call.
+   received, then the counters, the charges and the new events with their outcome are written
+   with the commit's own statement (UnitOfWork.write_at_commit), as is one ChargesCreated per
+   currency with every charge of the call. Each event is written once, rated. A new id another
+   call stored meanwhile (the same event sent twice at once) fails that statement: the
+   transaction rolls back and the call runs again, to answer it as a replay (`record_usage`).
 
 Unrated and rejected events are kept with their reason; ResubmitUsage rates them again.
 """
@@ -28,7 +29,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 from evolutivo.charging.v1 import events_pb2, usage_pb2
-from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
+from evolutivo_runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, ServiceError
 from evolutivo_runtime.security.audit import AuditContext, current_audit, grouped_audits
 
 from evolutivo_charging.adapters import events
@@ -37,6 +38,7 @@ from evolutivo_charging.adapters.usage_repository import (
     ChargeRepository,
     Outcome,
     StoredUsage,
+    UsageRaced,
     UsageRepository,
 )
 from evolutivo_charging.domain import rating
@@ -105,6 +107,27 @@ async def record_usage(
     `audits`: for events of several calls rated together, each event's caller (usage_groups);
     without it the events are the current call's. A call whose events were all refused kept
     nothing, so it leaves no audit record (docs/security.md: failed calls leave none)."""
+    for attempt in range(_RACED_ATTEMPTS):
+        try:
+            return await _record_once(uow, received, audits)
+        except UsageRaced as raced:
+            # The same event sent twice at once: the other transaction stored it first. Run
+            # again: this time it is found stored and answered as a replay.
+            if attempt == _RACED_ATTEMPTS - 1:
+                raise Aborted(
+                    "USAGE_RACED", "the call's events kept arriving in other calls at the same time; retry it"
+                ) from raced
+    raise AssertionError("unreachable")
+
+
+# Each attempt after a race finds more of the call's events stored; more than one race on the
+# same call means many copies of its events arriving at once.
+_RACED_ATTEMPTS = 5
+
+
+async def _record_once(
+    uow: ChargingUnitOfWork, received: Sequence[Received], audits: Sequence[AuditContext | None] | None
+) -> list[UsageResult]:
     async with uow:
         results = await _record(uow, received)
         if audits is not None:
@@ -154,22 +177,21 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             first[e.event_id] = (i, e)
 
-    claimed = await uow.usage.claim([e for _, e in first.values()], now)
-    before = await uow.usage.get_many(e_id for e_id in first if e_id not in claimed)
+    before = await uow.usage.received([e for _, e in first.values()])
     earlier_charges = await uow.charges.get_many(c for s in before.values() for c in s.charge_ids)
     new: list[tuple[int, UsageEvent]] = []
     for event_id, (i, e) in first.items():
-        if event_id in claimed:
+        stored = before.get(event_id)
+        if stored is None:
             new.append((i, e))
             continue
-        stored = before[event_id]
         if stored.fingerprint != e.fingerprint():
             results[i] = _refused(event_id, _conflict(event_id))
         else:
             results[i] = _stored_result(stored, earlier_charges)
 
-    # The claim took the accounts' share locks.
-    rated = await _rate(uow, [e for _, e in new], now, reads, accounts_shared=True)
+    # The read of those received before took the accounts' share locks.
+    rated = await _rate(uow, [e for _, e in new], now, reads, accounts_shared=True, new=True)
     for i, e in new:
         results[i] = rated[e.event_id]
     for i, j in repeats:
@@ -183,9 +205,11 @@ async def _rate(
     now: datetime,
     reads: RatingReads | None = None,
     accounts_shared: bool = False,
+    new: bool = False,
 ) -> dict[str, UsageResult]:
-    """Rates events claimed or locked by this transaction; the counters, charges and outcomes
-    are written with the commit's statement (once per unit of work: the counters refuse a second
+    """Rates events new to charging (`new`: stored with their outcome by the commit) or kept ones
+    this transaction holds locked (their outcome updated); the counters, charges and outcomes are
+    written with the commit's statement (once per unit of work: the counters refuse a second
     lock). `accounts_shared`: the transaction holds the events' accounts' share locks already."""
     if not batch:
         return {}
@@ -245,7 +269,9 @@ async def _rate(
     uow.counters.save_at_commit({k: counters[k] for k in keys}, now, uow.write_at_commit)
     for write in (
         ChargeRepository.add_statement(created),
-        UsageRepository.record_statement(outcomes, now),
+        UsageRepository.insert_statement(list(zip(batch, outcomes, strict=True)), now)
+        if new
+        else UsageRepository.record_statement(outcomes, now),
     ):
         if write is not None:
             uow.write_at_commit(*write)
