@@ -8,6 +8,8 @@ from datetime import datetime
 
 from google.protobuf.message import Message
 
+from evolutivo_runtime.ids import new_uuid
+
 # JetStream drops a second publish with the same Nats-Msg-Id inside the stream's duplicate window.
 MSG_ID = "Nats-Msg-Id"
 EVENT_ID = "Evolutivo-Event-Id"
@@ -26,7 +28,7 @@ class OutgoingEvent:
     subject: str
     message: Message
     occurred_at: datetime
-    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    event_id: uuid.UUID = field(default_factory=new_uuid)
 
     @property
     def event_type(self) -> str:

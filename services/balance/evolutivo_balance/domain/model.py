@@ -18,6 +18,7 @@ from decimal import Decimal
 
 import iso4217
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument
+from evolutivo_runtime.ids import new_uuid
 
 from evolutivo_balance.domain import credit
 from evolutivo_balance.domain.credit import CreditPolicy, CreditState
@@ -337,7 +338,7 @@ class BalanceGroup:
     ) -> LedgerEntry:
         """A new entry on this group (booked by the unit of work, which moves the balance)."""
         return LedgerEntry(
-            entry_id=entry_id or uuid.uuid4(),
+            entry_id=entry_id or new_uuid(),
             balance_group_id=self.balance_group_id,
             account_id=self.account_id,
             type=type_,

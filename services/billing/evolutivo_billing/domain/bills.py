@@ -28,6 +28,7 @@ from decimal import ROUND_HALF_UP, Decimal, localcontext
 from zoneinfo import ZoneInfo
 
 import iso4217
+from evolutivo_runtime.ids import new_uuid
 
 from evolutivo_billing.domain.cycles import BillCycle
 from evolutivo_billing.domain.model import BillingProfile, BillUnit
@@ -431,7 +432,7 @@ class Bill:
                 period.start, max(period.start + timedelta(days=1), min(period.end, issue_date + timedelta(days=1)))
             )
         return cls(
-            bill_id=uuid.uuid4(),
+            bill_id=new_uuid(),
             bill_unit_id=unit.bill_unit_id,
             account_id=unit.account_id,
             bill_cycle_id=cycle.bill_cycle_id,

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
+from evolutivo_runtime.ids import new_uuid
+
 from evolutivo_billing.domain import calendar
 from evolutivo_billing.domain.model import BillingProfile, BillUnit
 
@@ -55,7 +57,7 @@ class BillCycle:
     @classmethod
     def _open(cls, unit: BillUnit, sequence: int, window: calendar.Cycle) -> BillCycle:
         cycle = cls(
-            bill_cycle_id=uuid.uuid4(),
+            bill_cycle_id=new_uuid(),
             bill_unit_id=unit.bill_unit_id,
             account_id=unit.account_id,
             sequence=sequence,

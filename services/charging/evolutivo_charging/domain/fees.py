@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, localcontext
 
+from evolutivo_runtime.ids import new_uuid
+
 from evolutivo_charging.domain.catalog import Charge, ChargeOffer, OneTime, Recurring, RecurringTiming
 from evolutivo_charging.domain.pricing import Priced, prorated_fee, round_money
 from evolutivo_charging.domain.rating import PRECISION, choose_cycle, currency_exponent, version_in_force
@@ -108,7 +110,7 @@ def cycle_fees(
     cycles: Iterable[BillCycle],
     time_zone: str,
     now: datetime,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = new_uuid,
 ) -> Fees:
     """The recurring fees the purchase owes for `period` that are due now.
 
@@ -163,7 +165,7 @@ def one_time_fees(
     versions: Sequence[ChargeOffer],
     cycles: Iterable[BillCycle],
     now: datetime,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = new_uuid,
 ) -> Fees:
     """The purchase's one-time fees, once it has started."""
     if not started(purchase, now):
@@ -201,7 +203,7 @@ def purchase_fees(
     cycles: Sequence[BillCycle],
     time_zone: str,
     now: datetime,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = new_uuid,
 ) -> Fees:
     """Every fee of the purchase due now: its one-time fees and the recurring fees of every cycle
     charging knows that it is active in."""

@@ -21,6 +21,7 @@ from decimal import Decimal, localcontext
 
 import iso4217
 from evolutivo_runtime.errors import InvalidArgument
+from evolutivo_runtime.ids import new_uuid
 
 from evolutivo_charging.domain.catalog import (
     Charge,
@@ -315,7 +316,7 @@ def price(
     planned: Plan,
     counters: dict[CounterKey, Decimal],
     now: datetime,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = new_uuid,
 ) -> tuple[RatedCharge, ...]:
     """The charges of a planned event. Advances `counters` (units used so far, by key; a missing
     key is zero) by the quantity of each cumulative line.

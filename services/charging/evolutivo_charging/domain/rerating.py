@@ -18,6 +18,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 
+from evolutivo_runtime.ids import new_uuid
+
 from evolutivo_charging.domain import rating
 from evolutivo_charging.domain.catalog import ChargeOffer
 from evolutivo_charging.domain.model import ChargingAccount
@@ -78,7 +80,7 @@ def reversal(original: RatedCharge, run_id: uuid.UUID, cycle: BillCycle, late: b
     """Cancels `original`: the negated amount (and tier lines), billed in `cycle`."""
     return replace(
         original,
-        charge_id=uuid.uuid4(),
+        charge_id=new_uuid(),
         kind=ChargeKind.REVERSAL,
         amount=-original.amount,
         unrounded_amount=-original.unrounded_amount,
@@ -105,7 +107,7 @@ def rerate_cycle(
     charge_offer_code: str,
     run_id: uuid.UUID,
     now: datetime,
-    new_id: Callable[[], uuid.UUID] = uuid.uuid4,
+    new_id: Callable[[], uuid.UUID] = new_uuid,
 ) -> Rerated:
     """Prices the usage of `usage_cycle` (every rated event whose units count in it, in rating
     order) again, and corrects the events in scope.
