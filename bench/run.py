@@ -165,6 +165,13 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
     try:
         fixture = await ingest.prepare(charging_channels, customer_channel, args.accounts)
         db = ingest.Databases(pools["charging"], pools["balance"])
+        if args.history:
+            await ingest.history(
+                fixture,
+                db,
+                [plain_url(stack.database_url(s)) for s in stack.services],
+                args.settle_timeout,
+            )
         if wanted("ingest"):
             sampler = PeakSampler(stack)
             ingest_figures: list[Figure] = []
@@ -461,6 +468,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--settle-timeout", type=float, default=300.0, help="wait for balance to book, s")
     parser.add_argument("--bill-timeout", type=float, default=900.0, help="wait for the bill run, s")
     parser.add_argument("--json", type=Path, default=Path("bench/results/latest.json"), help="where the report goes")
+    parser.add_argument(
+        "--history",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rate 25 events per account and ANALYZE every database before the figures (steady state)",
+    )
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the services per phase into this folder")
     parser.add_argument("--only", default="", help="comma-separated phases to run: ingest,reads,billrun,ceilings")
     parser.add_argument("--kinds", default="", help="ingest calls to measure: batch,stream,single,paced (default all)")
