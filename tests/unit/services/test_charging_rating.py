@@ -4,6 +4,7 @@ cycle's charges add up to the price of its total however its events are batched 
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -215,6 +216,13 @@ def test_the_fingerprint_is_of_the_canonical_payload() -> None:
     # The id is not part of the payload; the stored payload gives the event back.
     stored = event(properties={"b": "2", "a": "1"}, service_id=str(SERVICE))
     assert UsageEvent.from_payload("e-1", stored.payload()) == stored
+    # The fingerprints stored since session 1 stay valid: the same text, the same hash.
+    assert stored.payload_text() == (
+        '{"account_id":"00000000-0000-4000-8000-000000000001","event_time":"2031-05-17T09:30:00+00:00",'
+        '"event_type":"api.call","properties":{"a":"1","b":"2"},"quantity":"1",'
+        '"service_id":"00000000-0000-4000-8000-0000000000aa"}'
+    )
+    assert stored.fingerprint() == hashlib.sha256(stored.payload_text().encode()).hexdigest()
 
 
 # Why an event is not rated.

@@ -16,7 +16,6 @@ then fee keys (inserted in key order).
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -445,7 +444,7 @@ class UsageRepository:
             "new_event_ids": [e.event_id for e, _ in rated],
             "new_fingerprints": [e.fingerprint() for e, _ in rated],
             "new_account_ids": [e.account_id for e, _ in rated],
-            "new_payloads": [json.dumps(e.payload()) for e, _ in rated],
+            "new_payloads": [e.payload_text() for e, _ in rated],
             "new_event_times": [e.event_time for e, _ in rated],
             "new_statuses": [o.status.value for _, o in rated],
             "new_reasons": [o.reason for _, o in rated],

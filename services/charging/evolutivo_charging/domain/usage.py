@@ -74,6 +74,10 @@ def event_quantity(value: str, field: str) -> Decimal:
     return quantity
 
 
+# One encoder for every canonical payload: json.dumps with options builds a new one per call.
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 @dataclass(frozen=True)
 class UsageEvent:
     """A usage event that passed validation (`UsageEvent.validated`)."""
@@ -165,15 +169,23 @@ class UsageEvent:
             "service_id": str(self.service_id) if self.service_id else "",
         }
 
+    def payload_text(self) -> str:
+        """The canonical payload as JSON text (keys sorted, no spaces): what the fingerprint hashes
+        and what charging stores."""
+        return self._payload_text
+
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the canonical payload: the id's payload, for idempotency."""
         return self._fingerprint
 
+    # Each computed once per event: a call compares and stores them more than once.
+    @functools.cached_property
+    def _payload_text(self) -> str:
+        return _CANONICAL_JSON.encode(self.payload())
+
     @functools.cached_property
     def _fingerprint(self) -> str:
-        # Computed once per event: a call compares and stores it more than once.
-        text = json.dumps(self.payload(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(text.encode()).hexdigest()
+        return hashlib.sha256(self._payload_text.encode()).hexdigest()
 
     @classmethod
     def from_payload(cls, event_id: str, payload: dict[str, object]) -> UsageEvent:
