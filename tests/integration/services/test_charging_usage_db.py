@@ -932,7 +932,7 @@ async def test_outcomes_take_rate_seqs_in_the_order_they_were_priced(db: UsageDb
 
     priced = sorted(events, key=lambda e: e.event_id[::-1])  # an order that is not the ids'
     async with db.uow() as uow:
-        assert await uow.usage.received(events) == {}
+        assert (await uow.usage.received(events))[0] == {}
         uow.write_at_commit(
             *UsageRepository.insert_statement(
                 [(e, Outcome(e.event_id, UsageStatus.UNRATED, "no purchase", ())) for e in priced], NOW
@@ -943,7 +943,7 @@ async def test_outcomes_take_rate_seqs_in_the_order_they_were_priced(db: UsageDb
 
     again = sorted(ids, key=lambda i: i[len(i) // 2 :])
     async with db.uow() as uow:
-        assert set(await uow.usage.received(events)) == set(ids)
+        assert set((await uow.usage.received(events))[0]) == set(ids)
         await uow.usage.record([Outcome(i, UsageStatus.UNRATED, "no purchase", ()) for i in again], NOW)
         await uow.commit()
     assert await rate_seqs() == again
@@ -1009,7 +1009,7 @@ async def test_an_event_another_transaction_stores_meanwhile_is_answered_as_that
         quantity=Decimal(1),
     )
     async with db.uow() as other:
-        assert await other.usage.received([same]) == {}
+        assert (await other.usage.received([same]))[0] == {}
         stored = UsageRepository.insert_statement(
             [(same, Outcome(same.event_id, UsageStatus.UNRATED, "NO_PURCHASE", ()))], NOW
         )

@@ -25,11 +25,12 @@ from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.uow import Write
-from sqlalchemy import Select, TextClause, and_, delete, func, or_, select, text, update
+from sqlalchemy import Integer, Select, TextClause, and_, column, delete, func, or_, select, text, update, values
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from evolutivo_charging.adapters.cache import CURRENT_GENERATION_COLUMN
 from evolutivo_charging.adapters.orm import (
     bill_cycles,
     charges,
@@ -408,17 +409,20 @@ class UsageRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def received(self, events: Sequence[UsageEvent]) -> dict[str, StoredUsage]:
+    async def received(self, events: Sequence[UsageEvent]) -> tuple[dict[str, StoredUsage], int]:
         """Takes the events' accounts' share locks (AccountLocks) and returns those of the events
-        charging has received before, in one statement. The others are new: `insert_statement`
-        writes them at the commit, rated (docs/charging.md, "Idempotency")."""
-        if not events:
-            return {}
+        charging has received before, with the rating cache's generation (adapters/cache.py:
+        whether the replica's cache may serve this transaction), in one statement. The others are
+        new: `insert_statement` writes them at the commit, rated (docs/charging.md,
+        "Idempotency")."""
         ids = sorted({e.event_id for e in events})
         result = await self._session.execute(
             _RECEIVED, {"event_ids": ids, **AccountLocks.sharing(e.account_id for e in events)[1]}
         )
-        return {row.event_id: _stored(row._mapping) for row in result}
+        rows = result.all()
+        # One row at least (the generation), with the events' columns NULL when none was received.
+        generation = int(rows[0].cache_generation or 0)
+        return {row.event_id: _stored(row._mapping) for row in rows if row.event_id is not None}, generation
 
     async def get_many(self, event_ids: Iterable[str], for_update: bool = False) -> dict[str, StoredUsage]:
         """The stored events among `event_ids`; with `for_update`, locked in event_id order."""
@@ -822,8 +826,18 @@ _SHARE_ACCOUNTS = (
 )
 _SHARING = f"(SELECT count(*) FROM ({_SHARE_ACCOUNTS}) AS locked) >= 0"
 
-# UsageRepository.received: the lock condition is a one-time filter, evaluated before the scan.
-_RECEIVED = select(usage_events).where(text("usage_events.event_id = ANY(CAST(:event_ids AS text[]))"), text(_SHARING))
+# UsageRepository.received: the lock condition is a one-time filter, evaluated before the scan;
+# the events left-joined to one row, which carries the cache's generation whether or not any was
+# received before.
+_RECEIVED = (
+    select(CURRENT_GENERATION_COLUMN, usage_events)
+    .select_from(
+        values(column("n", Integer), name="one")
+        .data([(1,)])
+        .outerjoin(usage_events, text("usage_events.event_id = ANY(CAST(:event_ids AS text[]))"))
+    )
+    .where(text(_SHARING))
+)
 
 
 class AccountLocks:

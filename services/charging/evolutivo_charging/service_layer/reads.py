@@ -18,11 +18,14 @@ class RatingReads:
         self._uow = uow
         self._generation: int | None = None
 
-    async def begin(self) -> None:
+    async def begin(self, generation: int | None = None) -> None:
+        """`generation`: the cache's generation as another statement of this transaction read it
+        (UsageRepository.received), else it is read here."""
         cache = self._uow.cache
         if cache is None or cache.generation is None:
             return
-        generation = await current_generation(self._uow.session)
+        if generation is None:
+            generation = await current_generation(self._uow.session)
         self._generation = generation if cache.usable_at(generation) else None
 
     @property

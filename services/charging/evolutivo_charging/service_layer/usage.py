@@ -157,8 +157,13 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             valid.append((i, r, r.event))
 
+    if not valid:
+        return [results[i] for i in range(len(received))]
+    # One statement: the events received before, the accounts' share locks and the cache's
+    # generation (events of a type nothing rates included: they are refused below).
+    before, generation = await uow.usage.received([e for _, _, e in valid])
     reads = RatingReads(uow)
-    await reads.begin()
+    await reads.begin(generation)
     rated_types = await reads.rated_event_types(e.event_type for _, _, e in valid)
     first: dict[str, tuple[int, UsageEvent]] = {}
     repeats: list[tuple[int, int]] = []
@@ -177,7 +182,6 @@ async def _record(uow: ChargingUnitOfWork, received: Sequence[Received]) -> list
         else:
             first[e.event_id] = (i, e)
 
-    before = await uow.usage.received([e for _, e in first.values()])
     earlier_charges = await uow.charges.get_many(c for s in before.values() for c in s.charge_ids)
     new: list[tuple[int, UsageEvent]] = []
     for event_id, (i, e) in first.items():
