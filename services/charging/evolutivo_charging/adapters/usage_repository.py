@@ -25,7 +25,7 @@ from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.uow import Write
-from sqlalchemy import Integer, Select, TextClause, and_, column, delete, func, or_, select, text, update, values
+from sqlalchemy import Select, TextClause, and_, delete, func, literal_column, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -829,11 +829,13 @@ _SHARING = f"(SELECT count(*) FROM ({_SHARE_ACCOUNTS}) AS locked) >= 0"
 # UsageRepository.received: the lock condition is a one-time filter, evaluated before the scan;
 # the events left-joined to one row, which carries the cache's generation whether or not any was
 # received before.
+# (Built of constructs SQLAlchemy caches the compiled form of: a VALUES would be compiled again on
+# every call, ~0.45 ms of CPU.)
 _RECEIVED = (
     select(CURRENT_GENERATION_COLUMN, usage_events)
     .select_from(
-        values(column("n", Integer), name="one")
-        .data([(1,)])
+        select(literal_column("1").label("n"))
+        .subquery("one")
         .outerjoin(usage_events, text("usage_events.event_id = ANY(CAST(:event_ids AS text[]))"))
     )
     .where(text(_SHARING))
