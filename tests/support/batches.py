@@ -126,7 +126,7 @@ def without_batch_handlers(subscriptions: Iterable[Subscription[U]]) -> list[Sub
     return [dataclasses.replace(s, batch_handlers={}) for s in subscriptions]
 
 
-async def no_per_message_handler(*_: Any) -> None:
+async def no_per_message_handler(*_: Any, **__: Any) -> None:
     raise AssertionError("the batch handler fell back to the per-message handler")
 
 

@@ -621,6 +621,47 @@ async def test_a_poison_message_in_a_batch_fails_alone_and_is_dead_lettered(setu
     assert {e for _, e, _ in await setup.inbox()} == {good1, good2}
 
 
+async def test_settled_messages_are_acked_without_a_transaction(setup: Setup) -> None:
+    """Subscription.settled: what the replica knows changes nothing is acknowledged, with no inbox
+    row and no handler call; in a batch the others are applied as ever; a predicate that raises
+    (or a message that does not decode) counts as not settled."""
+
+    def settled(message: StringValue) -> bool:
+        if message.value == "raises":
+            raise RuntimeError("cannot tell")
+        return message.value.startswith("known")
+
+    setup.subscription = replace(setup.subscription, settled={EVENT_TYPE: settled})
+    consumer = setup.consumer()
+    await consumer.setup()
+    began: list[object] = []
+
+    def begin(conn: object) -> None:
+        began.append(conn)
+
+    event.listen(setup.db.engine.sync_engine, "begin", begin)
+    try:
+        await setup.publish("known-1")
+        await consumer.process(await _fetch(setup, 1))
+        await eventually(lambda: setup.settled(1), within=10, what="the settled message acked")
+        assert began == [], "no transaction for it"
+        both = [await setup.publish("known-2"), await setup.publish("known-3")]
+        await consumer.process(await _fetch(setup, 2))
+        await eventually(lambda: setup.settled(3), within=10, what="the settled batch acked")
+        assert began == [] and await setup.inbox() == [] and setup.handler.attempts == Counter()
+
+        mixed = [await setup.publish("new"), await setup.publish("known-4"), await setup.publish("raises")]
+        await consumer.process(await _fetch(setup, 3))
+        await eventually(lambda: setup.settled(6), within=10, what="the mixed batch acked")
+    finally:
+        event.remove(setup.db.engine.sync_engine, "begin", begin)
+    assert began, "the others had their transaction"
+    assert setup.handler.attempts == Counter({"new": 1, "raises": 1})
+    assert await setup.items() == ["new", "raises"]
+    assert {e for _, e, _ in await setup.inbox()} == {mixed[0], mixed[2]}
+    assert not set(both) & {e for _, e, _ in await setup.inbox()}
+
+
 def test_advisory_locks_are_named_only_for_handled_event_types() -> None:
     with pytest.raises(ValueError, match="advisory locks named for event types it does not handle"):
         Subscription(durable="d", stream="S", subjects=["s"], advisory_locks={EVENT_TYPE: lambda event: []})

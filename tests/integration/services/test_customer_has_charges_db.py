@@ -194,3 +194,38 @@ async def test_a_poison_message_in_a_batch_is_retried_alone(db: CustomerDb) -> N
     assert poisoned.naked and not poisoned.acked, "the poison message is retried, alone"
     assert acked(msgs, but=[poisoned])
     assert await db.has_charges(first) and await db.has_charges(second)
+
+
+async def test_charges_of_accounts_known_charged_are_acked_without_a_transaction(db: CustomerDb) -> None:
+    """A replica that found an account charged already (committed: has_charges is never unset)
+    acknowledges the messages naming only such accounts without a transaction: no inbox row."""
+    account_id = await new_account(db)
+    consumer = consumer_for(subscriptions(), stream_name("charging"), db.uow, inbox)
+    first, second, third = (charges_created(account_id) for _ in range(3))
+    await process(consumer, first)  # marks it
+    await process(consumer, second)  # finds it marked: known from now on
+    rows = await db.count(inbox)
+    await process(consumer, third)
+    assert acked([first, second, third])
+    assert await db.count(inbox) == rows, "no transaction for the third"
+    # A message naming another account too: a transaction, which marks that one.
+    other = await new_account(db)
+    mixed = charges_created(account_id, other)
+    await process(consumer, mixed)
+    assert acked([mixed]) and await db.has_charges(other)
+    assert await db.count(inbox) == rows + 1
+    # Another replica knows nothing yet: its first message for the account takes a transaction.
+    fresh = consumer_for(subscriptions(), stream_name("charging"), db.uow, inbox)
+    fourth = charges_created(account_id)
+    await process(fresh, fourth)
+    assert acked([fourth]) and await db.count(inbox) == rows + 2
+
+
+def test_the_replicas_set_of_charged_accounts_is_bounded() -> None:
+    charged = accounts_service.ChargedAccounts(limit=3)
+    ids = [uuid.uuid4() for _ in range(4)]
+    charged.add(ids[:3])
+    assert charged.all_of(str(a) for a in ids[:3]) and not charged.knows(ids[3])
+    charged.add(ids[3:])  # past the limit: it starts over
+    assert charged.knows(ids[3]) and not charged.knows(ids[0])
+    assert charged.all_of([]) and not charged.all_of([str(ids[0]), str(ids[3])])

@@ -86,6 +86,11 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 FAILED = Counter("evolutivo_consumer_failures_total", "Event applications that raised", ["consumer"])
+SETTLED = Counter(
+    "evolutivo_consumer_settled_total",
+    "Events acknowledged without a transaction: the replica knew their effect was in the database",
+    ["consumer"],
+)
 BATCH_FALLBACKS = Counter(
     "evolutivo_consumer_batch_fallbacks_total",
     "Batch handler calls that raised: their events were applied one by one instead",
@@ -133,6 +138,11 @@ class Subscription(Generic[U]):
     # taking them in opposite orders and deadlocking. Should taking them fail, a fetch of several
     # lets each handler take its own; a lone message fails (a conflict runs it again).
     advisory_locks: Mapping[str, Callable[[Any], Iterable[str]]] = field(default_factory=dict)
+    # Optional, by event type: whether this replica knows the decoded event's effect to be in the
+    # database already (a committed state that never goes back), so that applying it would change
+    # nothing. Such a message is acknowledged without a transaction (no inbox row: applying it
+    # again, should it come back, changes nothing either). A predicate that cannot tell says False.
+    settled: Mapping[str, Callable[[Any], bool]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unhandled = sorted(set(self.batch_handlers) - set(self.handlers))
@@ -212,7 +222,12 @@ class EventConsumer(Generic[U]):
                 await self._psub.unsubscribe()
 
     async def process(self, messages: list[Msg]) -> None:
-        failed = await (self._apply_lone(messages[0]) if len(messages) == 1 else self._apply_batch_of(messages))
+        todo = [m for m in messages if not self._settled(m)] if self.subscription.settled else messages
+        if len(todo) < len(messages):
+            SETTLED.labels(self.subscription.durable).inc(len(messages) - len(todo))
+        failed: list[tuple[Msg, BaseException]] = []
+        if todo:
+            failed = await (self._apply_lone(todo[0]) if len(todo) == 1 else self._apply_batch_of(todo))
         failed_ids = {id(m) for m, _ in failed}
         for msg in messages:
             if id(msg) not in failed_ids:
@@ -437,6 +452,17 @@ class EventConsumer(Generic[U]):
                 uow.discard_since(mark)
                 CONFLICTS.labels(self.subscription.durable).inc()
                 await asyncio.sleep(0.05 * attempt)
+
+    def _settled(self, msg: Msg) -> bool:
+        """Whether the subscription's predicate for the message's type knows it changes nothing."""
+        event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
+        predicate = self.subscription.settled.get(event_type)
+        if predicate is None:
+            return False
+        try:
+            return bool(predicate(self.subscription.handlers[event_type].message_type.FromString(msg.data)))
+        except Exception:
+            return False  # an event that does not decode fails where it is applied, as any other
 
     def _decode(self, msg: Msg, event_id: uuid.UUID) -> tuple[Any, envelope.EventMeta]:
         """The message's event, decoded by its type's handler, and its metadata."""

@@ -65,24 +65,28 @@ class AccountRepository:
         if result.rowcount != 1:  # type: ignore[attr-defined]
             raise Aborted("CONCURRENT_UPDATE", "the account changed meanwhile; read it again and retry")
 
-    async def mark_charged(self, account_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
-        """Sets has_charges on those of the accounts that did not have it; returns them. The rows
+    async def mark_charged(self, account_ids: Iterable[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
+        """Sets has_charges on those of the accounts that did not have it. Returns them, and those
+        that had it already (committed by an earlier transaction: it is never unset). The rows
         are locked in account_id order first (every account write locks its row, so a concurrent
         UpdateAccount either sees has_charges or finishes before it is set). Unknown ids: ignored."""
         ids = sorted(set(account_ids))
         if not ids:
-            return []
+            return [], []
         t = accounts
         locked = await self._session.execute(
-            select(t.c.account_id)
-            .where(t.c.account_id.in_(ids), t.c.has_charges.is_(False))
+            select(t.c.account_id, t.c.has_charges)
+            .where(t.c.account_id.in_(ids))
             .order_by(t.c.account_id)
             .with_for_update()
         )
-        marked = [row.account_id for row in locked]
+        marked: list[uuid.UUID] = []
+        before: list[uuid.UUID] = []
+        for row in locked:
+            (before if row.has_charges else marked).append(row.account_id)
         if marked:
             await self._session.execute(update(t).where(t.c.account_id.in_(marked)).values(has_charges=True))
-        return marked
+        return marked, before
 
     async def list(self, where: AccountFilter, after_number: str, limit: int) -> list[Account]:
         query: Select[Any] = select(accounts).order_by(accounts.c.account_number).limit(limit)

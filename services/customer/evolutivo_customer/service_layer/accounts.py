@@ -81,12 +81,44 @@ async def update_account(
     return account
 
 
-async def note_charges(uow: CustomerUnitOfWork, account_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+class ChargedAccounts:
+    """The accounts a replica saw charged in committed state (has_charges, which is never unset):
+    a ChargesCreated naming only these changes nothing, and the consumer acknowledges it without a
+    transaction (entrypoints/consumers.py). At most `limit` ids; past that it starts over."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._ids: set[str] = set()
+        self._limit = limit
+
+    def add(self, account_ids: Iterable[uuid.UUID]) -> None:
+        new = {str(a) for a in account_ids} - self._ids
+        if len(self._ids) + len(new) > self._limit:
+            self._ids.clear()  # simpler than least-recently-used, and a set refills in one pass
+        self._ids |= new
+
+    def knows(self, account_id: uuid.UUID) -> bool:
+        return str(account_id) in self._ids
+
+    def all_of(self, account_ids: Iterable[str]) -> bool:
+        """Whether every id (as charging's events spell it: lower-case) is known charged."""
+        return all(a in self._ids for a in account_ids)
+
+
+async def note_charges(
+    uow: CustomerUnitOfWork, account_ids: Iterable[uuid.UUID], charged: ChargedAccounts | None = None
+) -> list[uuid.UUID]:
     """On charging's ChargesCreated: the accounts it names have charges from now on, which fixes
     their currency (Account.update refuses to change it). Idempotent; accounts customer does not
     know are ignored. Returns the accounts marked now. Runs inside the consumer's transaction
-    (the caller commits)."""
-    return await uow.accounts.mark_charged(account_ids)
+    (the caller commits). `charged`: the replica's accounts known charged; those are left alone,
+    and those found charged already join them."""
+    ids = set(account_ids)
+    if charged is not None:
+        ids = {a for a in ids if not charged.knows(a)}
+    marked, before = await uow.accounts.mark_charged(ids)
+    if charged is not None:
+        charged.add(before)
+    return marked
 
 
 async def suspend_account(
