@@ -169,9 +169,12 @@ async def history(fixture: Fixture, db: Databases, database_urls: Sequence[str],
     after = await last_charge_seq(db)
     events = fixture.events("history", 0, HISTORY_EVENTS_PER_ACCOUNT * len(fixture.accounts), 1)
     for start in range(0, len(events), 500):
-        await fixture.charging[0].RecordUsageBatch(
+        answered = await fixture.charging[0].RecordUsageBatch(
             charging_pb.RecordUsageBatchRequest(events=events[start : start + 500])
         )
+        refused = [r.event_id for r in answered.results if r.status != RATED]
+        if refused:
+            raise RuntimeError(f"the history's events were not rated: {refused[:3]}")
     booked = await end_to_end(db, after, timeout)
     if booked.get("unbooked"):
         raise RuntimeError(f"balance did not book {booked['unbooked']:.0f} of the history's charges in time")

@@ -165,7 +165,7 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
     try:
         fixture = await ingest.prepare(charging_channels, customer_channel, args.accounts)
         db = ingest.Databases(pools["charging"], pools["balance"])
-        if args.history:
+        if args.history and wanted("ingest"):
             await ingest.history(
                 fixture,
                 db,

@@ -28,7 +28,10 @@ def parse_request_id(value: str, field: str = "request_id") -> uuid.UUID | None:
 # lock to the process's other threads (gRPC's, the relay's); it was ~4% of charging's CPU on the
 # batch path, one per charge (docs/performance.md, "Twelfth round"). These bits come from a
 # generator seeded once from os.urandom (2,496 bytes: as unlikely to repeat across processes as
-# uuid4's), seeded again in a forked child so that parent and child never share a stream.
+# uuid4's), seeded again in a forked child so that parent and child never share a stream. The
+# generator is predictable from enough of its output: no such id may ever grant access by being
+# known (tokens and secrets come from `secrets`, docs/security.md); the ids here are names, each
+# call that uses one is authorised on its own.
 _bits = random.Random()
 os.register_at_fork(after_in_child=_bits.seed)
 

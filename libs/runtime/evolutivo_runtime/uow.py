@@ -101,6 +101,7 @@ class UnitOfWork:
         self.events: list[OutgoingEvent] = []
         self._tracked: list[Aggregate] = []
         self._writes: list[Write] = []
+        self._after_commit: list[Callable[[], None]] = []
 
     async def __aenter__(self) -> Self:
         self.session = self._sessions()
@@ -109,6 +110,7 @@ class UnitOfWork:
         self.events = []
         self._tracked = []
         self._writes = []
+        self._after_commit = []
         return self
 
     def track(self, aggregate: Aggregate) -> None:
@@ -135,6 +137,13 @@ class UnitOfWork:
         value. The commit re-reads each one's SQL text, so a parameter's type goes in the text
         (CAST), not in `bindparams`. A write that fails fails the commit."""
         self._writes.append((statement, params))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Runs `callback` once this transaction has committed (never if it rolls back): for what
+        a process may only learn of committed state, e.g. a replica's in-memory knowledge. A
+        savepoint rolled back does not drop the callbacks registered in it (checkpoints leave them
+        out): register only what holds once the transaction commits, whichever steps commit."""
+        self._after_commit.append(callback)
 
     def checkpoint(self) -> Checkpoint:
         """Marks what is pending now, so a failed step (a rolled-back savepoint) can drop its events
@@ -191,9 +200,13 @@ class UnitOfWork:
         await self.session.commit()
         self.events = []
         self._writes = []
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            callback()
 
     async def rollback(self) -> None:
         await self.session.rollback()
         self.events = []
         self._tracked = []
         self._writes = []
+        self._after_commit = []

@@ -35,7 +35,7 @@ from evolutivo_charging.adapters.orm import (
     usage_counters,
     usage_events,
 )
-from evolutivo_charging.adapters.usage_repository import Outcome, UsageRepository
+from evolutivo_charging.adapters.usage_repository import Outcome, UsageRaced, UsageRepository
 from evolutivo_charging.domain.catalog import Graduated, Package, PerUnit, Tier, Volume
 from evolutivo_charging.domain.pricing import cumulative_cost, round_money
 from evolutivo_charging.domain.usage import BillCycleStatus, UsageEvent, UsageStatus
@@ -44,7 +44,7 @@ from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
 from evolutivo_charging.service_layer import usage as usage_service
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
-from evolutivo_runtime.errors import AlreadyExists, FailedPrecondition, InvalidArgument
+from evolutivo_runtime.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument
 from evolutivo_runtime.messaging.envelope import EventMeta
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config, upgrade_to_head
@@ -1027,6 +1027,21 @@ async def test_an_event_another_transaction_stores_meanwhile_is_answered_as_that
     )
     assert await all_charges(db, customer.account_id) == []
     assert await db.count(usage_events) == 1
+
+
+async def test_a_call_that_keeps_racing_is_aborted_to_be_retried(db: UsageDb, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each race runs the call again; the fifth in a row answers ABORTED (USAGE_RACED)."""
+    attempts: list[int] = []
+
+    async def raced(*_: Any) -> list[Any]:
+        attempts.append(len(attempts))
+        raise UsageRaced
+
+    monkeypatch.setattr(usage_service, "_record_once", raced)
+    with pytest.raises(Aborted) as aborted:
+        await usage_service.record_usage(db.uow(), [])
+    assert aborted.value.reason == "USAGE_RACED"
+    assert attempts == [0, 1, 2, 3, 4]
 
 
 async def test_usage_of_an_account_being_rerated_waits_for_the_run_then_is_rated(db: UsageDb) -> None:

@@ -229,3 +229,21 @@ def test_the_replicas_set_of_charged_accounts_is_bounded() -> None:
     charged.add(ids[3:])  # past the limit: it starts over
     assert charged.knows(ids[3]) and not charged.knows(ids[0])
     assert charged.all_of([]) and not charged.all_of([str(ids[0]), str(ids[3])])
+
+
+async def test_accounts_found_charged_are_known_only_once_the_transaction_commits(db: CustomerDb) -> None:
+    """The mark found may be the transaction's own (an earlier message of its batch): the replica
+    learns it only when that transaction commits, never when it rolls back."""
+    account_id = uuid.UUID(await new_account(db))
+    charged = accounts_service.ChargedAccounts()
+    async with db.uow() as uow:
+        assert await accounts_service.note_charges(uow, [account_id], charged) == [account_id]
+        assert await accounts_service.note_charges(uow, [account_id], charged) == [], "found marked"
+        assert not charged.knows(account_id), "not before the commit"
+    assert not charged.knows(account_id) and not await db.has_charges(str(account_id)), "rolled back"
+    async with db.uow() as uow:
+        await accounts_service.note_charges(uow, [account_id], charged)
+        await accounts_service.note_charges(uow, [account_id], charged)
+        assert not charged.knows(account_id)
+        await uow.commit()
+    assert charged.knows(account_id)

@@ -19,10 +19,12 @@ def test_new_ids_are_version_4_uuids_and_do_not_repeat() -> None:
 def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: its next ids, to the parent
-        os.close(read)
-        os.write(write, b"".join(new_uuid().bytes for _ in range(4)))
-        os._exit(0)
+    if pid == 0:  # the child: its next ids, to the parent; never back into pytest
+        try:
+            os.close(read)
+            os.write(write, b"".join(new_uuid().bytes for _ in range(4)))
+        finally:
+            os._exit(0)
     os.close(write)
     parents = [new_uuid() for _ in range(4)]
     with os.fdopen(read, "rb") as pipe:

@@ -179,6 +179,7 @@ class EventConsumer(Generic[U]):
         # The series alerts watch exist from the start: increase() cannot see the first failure or
         # dead letter of a series that appears at 1 (deploy/k8s/monitoring).
         FAILED.labels(subscription.durable)
+        SETTLED.labels(subscription.durable)
         DEAD_LETTERED.labels(subscription.durable)
 
     async def setup(self) -> None:
@@ -457,8 +458,8 @@ class EventConsumer(Generic[U]):
         """Whether the subscription's predicate for the message's type knows it changes nothing."""
         event_type = (msg.headers or {}).get(envelope.EVENT_TYPE, "")
         predicate = self.subscription.settled.get(event_type)
-        if predicate is None:
-            return False
+        if predicate is None or _event_id(msg) is None:
+            return False  # (a message without a valid id fails where it is applied)
         try:
             return bool(predicate(self.subscription.handlers[event_type].message_type.FromString(msg.data)))
         except Exception:

@@ -7,8 +7,9 @@ them, so the others must learn of the change from charging's own database. Every
 changes a cached row bumps the one-row `cache_generation` and NOTIFYs `evolutivo_charging_cache`
 with the new generation and what changed (account ids, "catalog", or "*"), both at commit. Each
 replica LISTENs and drops what changed. A rating transaction first reads the generation (one
-tiny row): it uses the cache only when the replica has applied every notification up to it, and
-otherwise reads from the database for that call. So a replica never rates with data older than
+tiny row, a column of its first statement: usage_repository.received): it uses the cache only
+when the replica has applied every notification up to it, and otherwise reads from the database
+for that call. So a replica never rates with data older than
 what was committed before the call began: a lost notification, a lagging listener or a broken
 LISTEN connection costs speed (database reads), never correctness, and no TTL is needed.
 """

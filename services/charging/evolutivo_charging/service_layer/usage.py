@@ -3,12 +3,13 @@ again, list charges and kept usage, and the projections rating reads (purchases,
 
 One transaction per call (per slice of a stream), in this order:
 
-1. event types no activated offer rates are refused (INVALID_ARGUMENT on `<field>.event_type`),
-   like the other invalid fields the entrypoint refused already;
-2. the events received before are read from `usage_events`, in the statement that takes their
-   accounts' share locks (a rerating run of one of them takes it exclusive). An id received
-   before returns its stored result when the payload's SHA-256 matches, and is refused
-   (ALREADY_EXISTS) when it does not;
+1. the events received before are read from `usage_events`, in the statement that takes their
+   accounts' share locks (a rerating run of one of them takes it exclusive) and reads the rating
+   cache's generation;
+2. event types no activated offer rates are refused (INVALID_ARGUMENT on `<field>.event_type`),
+   like the other invalid fields the entrypoint refused already. An id received before returns
+   its stored result when the payload's SHA-256 matches, and is refused (ALREADY_EXISTS) when it
+   does not;
 3. the new events are planned (domain.rating.plan), the usage counters they advance are locked
    in key order (one upsert, adapters/usage_repository.py), the events are priced in the order
    received, then the counters, the charges and the new events with their outcome are written

@@ -67,7 +67,7 @@ class AccountRepository:
 
     async def mark_charged(self, account_ids: Iterable[uuid.UUID]) -> tuple[list[uuid.UUID], list[uuid.UUID]]:
         """Sets has_charges on those of the accounts that did not have it. Returns them, and those
-        that had it already (committed by an earlier transaction: it is never unset). The rows
+        that had it already (set by an earlier transaction, or earlier in this one). The rows
         are locked in account_id order first (every account write locks its row, so a concurrent
         UpdateAccount either sees has_charges or finishes before it is set). Unknown ids: ignored."""
         ids = sorted(set(account_ids))

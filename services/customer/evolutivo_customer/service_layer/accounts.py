@@ -82,7 +82,8 @@ async def update_account(
 
 
 class ChargedAccounts:
-    """The accounts a replica saw charged in committed state (has_charges, which is never unset):
+    """The accounts a replica saw charged in committed state (has_charges, which is never unset;
+    learnt after the commit of the transaction that found them so):
     a ChargesCreated naming only these changes nothing, and the consumer acknowledges it without a
     transaction (entrypoints/consumers.py). At most `limit` ids; past that it starts over."""
 
@@ -111,13 +112,14 @@ async def note_charges(
     their currency (Account.update refuses to change it). Idempotent; accounts customer does not
     know are ignored. Returns the accounts marked now. Runs inside the consumer's transaction
     (the caller commits). `charged`: the replica's accounts known charged; those are left alone,
-    and those found charged already join them."""
+    and those found charged already join them once the transaction commits (the mark found may be
+    this transaction's own, from an earlier message of its batch)."""
     ids = set(account_ids)
     if charged is not None:
         ids = {a for a in ids if not charged.knows(a)}
     marked, before = await uow.accounts.mark_charged(ids)
-    if charged is not None:
-        charged.add(before)
+    if charged is not None and before:
+        uow.after_commit(lambda: charged.add(before))
     return marked
 
 
