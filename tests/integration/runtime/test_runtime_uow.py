@@ -129,6 +129,42 @@ async def test_failed_commit_writes_neither_state_nor_events(messaging_db: Messa
     assert await db.count(db.outbox) == 0
 
 
+async def test_after_commit_callbacks_run_once_committed_only(messaging_db: MessagingDb) -> None:
+    """after_commit: run after a commit that went through; not on rollback, on leaving without
+    committing, or when the commit itself fails; not carried into the next transaction."""
+    db = messaging_db
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "CREATE TABLE deferred_keys (id text,"
+                " CONSTRAINT deferred_keys_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
+            )
+        )
+    ran: list[str] = []
+    uow = _uow(db)
+    async with uow:
+        await uow.session.execute(insert(db.items).values(id="a", value="alpha"))
+        uow.after_commit(lambda: ran.append("committed"))
+        assert ran == []
+        await uow.commit()
+    assert ran == ["committed"]
+    async with uow:
+        uow.after_commit(lambda: ran.append("rolled back"))
+        await uow.rollback()
+        await uow.commit()
+    async with uow:
+        uow.after_commit(lambda: ran.append("left"))
+    async with uow:
+        await uow.commit()
+    with pytest.raises(IntegrityError):
+        async with uow:
+            uow.after_commit(lambda: ran.append("failed"))
+            # A duplicate key checked only at COMMIT: the commit itself fails.
+            await uow.session.execute(text("INSERT INTO deferred_keys VALUES ('a'), ('a')"))
+            await uow.commit()
+    assert ran == ["committed"]
+
+
 async def test_notify_is_delivered_on_commit_only(messaging_db: MessagingDb) -> None:
     db = messaging_db
     notifications: asyncio.Queue[str] = asyncio.Queue()
