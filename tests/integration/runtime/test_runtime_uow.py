@@ -106,16 +106,22 @@ async def test_exception_inside_writes_nothing(messaging_db: MessagingDb) -> Non
     assert await db.count(db.outbox) == 0
 
 
-async def test_failed_commit_writes_neither_state_nor_events(messaging_db: MessagingDb) -> None:
-    """A constraint checked only at COMMIT fails the commit: the events must go with the state."""
-    db = messaging_db
+async def _deferred_unique_table(db: MessagingDb, name: str) -> None:
+    """A table whose ids are checked unique only at COMMIT: a commit that fails after its statements."""
     async with db.engine.begin() as conn:
         await conn.execute(
             text(
-                "CREATE TABLE deferred_items (id text NOT NULL, "
-                "CONSTRAINT deferred_items_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
+                f"CREATE TABLE {name} (id text NOT NULL,"
+                f" CONSTRAINT {name}_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
             )
         )
+
+
+async def test_failed_commit_writes_neither_state_nor_events(messaging_db: MessagingDb) -> None:
+    """A constraint checked only at COMMIT fails the commit: the events must go with the state."""
+    db = messaging_db
+    await _deferred_unique_table(db, "deferred_items")
+    async with db.engine.begin() as conn:
         await conn.execute(text("INSERT INTO deferred_items VALUES ('a')"))
 
     with pytest.raises(IntegrityError):
@@ -133,13 +139,7 @@ async def test_after_commit_callbacks_run_once_committed_only(messaging_db: Mess
     """after_commit: run after a commit that went through; not on rollback, on leaving without
     committing, or when the commit itself fails; not carried into the next transaction."""
     db = messaging_db
-    async with db.engine.begin() as conn:
-        await conn.execute(
-            text(
-                "CREATE TABLE deferred_keys (id text,"
-                " CONSTRAINT deferred_keys_id UNIQUE (id) DEFERRABLE INITIALLY DEFERRED)"
-            )
-        )
+    await _deferred_unique_table(db, "deferred_keys")
     ran: list[str] = []
     uow = _uow(db)
     async with uow:
