@@ -144,6 +144,95 @@ async def test_a_failed_publish_keeps_only_the_failed_event_for_the_next_pass(
     assert await stream_event_ids(js, service_stream) == [str(ids[0]), str(ids[2]), str(ids[1])]
 
 
+class Clock:
+    """A monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@contextlib.asynccontextmanager
+async def outbox_row_left_uncommitted(db: MessagingDb, stream: ServiceStream, value: str) -> AsyncIterator[str]:
+    """An event whose outbox row (and so its seq) is written in a transaction that commits when the
+    block ends: as a transaction that takes its seq before another one but commits after it."""
+    (event_id,) = await commit_events(db, stream, [value])
+    async with db.engine.begin() as conn:
+        taken = db.outbox.delete().where(db.outbox.c.event_id == event_id).returning(db.outbox)
+        row = (await conn.execute(taken)).one()
+    async with db.engine.begin() as conn:
+        await conn.execute(insert(db.outbox).values({k: v for k, v in row._mapping.items() if k != "seq"}))
+        yield str(event_id)
+
+
+def _clocked_relay(db: MessagingDb, js: JetStreamContext, clock: Clock) -> OutboxRelay:
+    return OutboxRelay(
+        db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=30.0, settle_seconds=1.0, sweep_seconds=5.0,
+        clock=clock,
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def published_past_an_uncommitted_seq(
+    db: MessagingDb, js: JetStreamContext, stream: ServiceStream, clock: Clock, *, give_up: bool = False
+) -> AsyncIterator[tuple[OutboxRelay, str, str]]:
+    """A relay that has published, at 0.1 s, an event whose seq is above one still to commit (which
+    commits when the block ends); yields the relay, the published event's id and the late one's.
+    `give_up`: at 1.2 s, the settle time past, the relay gives the unseen seq up and sweeps once
+    for it, before it commits."""
+    relay = _clocked_relay(db, js, clock)
+    assert await relay.publish_batch() == 0  # the first pass is a sweep
+    async with outbox_row_left_uncommitted(db, stream, "took its seq first") as late:
+        (early,) = await commit_events(db, stream, ["committed first"])
+        clock.now = 0.1
+        assert await relay.publish_batch() == 1
+        if give_up:
+            clock.now = 1.2
+            assert await relay.publish_batch() == 0
+        yield relay, str(early), late
+
+
+async def test_a_lower_seq_committed_soon_after_higher_ones_is_published_by_the_next_pass(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """Passes read after what the relay published, but a seq below the highest published one that
+    the relay has not seen holds them back for `settle_seconds`: its commit still goes at once."""
+    clock = Clock()
+    async with published_past_an_uncommitted_seq(messaging_db, js, service_stream, clock) as (relay, early, late):
+        pass
+    clock.now = 0.5  # within the settle time of the pass that published the higher seq
+    assert await relay.publish_batch() == 1
+    assert await stream_event_ids(js, service_stream) == [early, late]
+
+
+async def test_a_lower_seq_committed_later_than_the_settle_time_is_published_by_the_next_sweep(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db, clock = messaging_db, Clock()
+    async with published_past_an_uncommitted_seq(db, js, service_stream, clock, give_up=True) as (relay, early, late):
+        pass
+    clock.now = 2.0
+    assert await relay.publish_batch() == 0  # committed, but passes read after the seqs published
+    assert await db.count(db.outbox) == 1
+    clock.now = 6.2  # the sweep every `sweep_seconds` reads the whole outbox
+    assert await relay.publish_batch() == 1
+    assert await db.count(db.outbox) == 0
+    assert await stream_event_ids(js, service_stream) == [early, late]
+
+
+async def test_drain_sweeps_the_whole_outbox(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    db, clock = messaging_db, Clock()
+    async with published_past_an_uncommitted_seq(db, js, service_stream, clock, give_up=True) as (relay, early, late):
+        pass
+    await relay.drain()
+    assert await db.count(db.outbox) == 0
+    assert await stream_event_ids(js, service_stream) == [early, late]
+
+
 async def test_jetstream_drops_a_second_publish_with_the_same_msg_id(
     js: JetStreamContext, service_stream: ServiceStream
 ) -> None:
@@ -219,8 +308,8 @@ class CommitWhilePublishing(ObservedRelay):
         super().__init__(*args, **kwargs)
         self._commit: Callable[[], Awaitable[object]] | None = commit
 
-    async def publish_batch(self) -> int:
-        published = await super().publish_batch()
+    async def publish_batch(self, *, sweep: bool = False) -> int:
+        published = await super().publish_batch(sweep=sweep)
         if published and self._commit is not None:
             commit, self._commit = self._commit, None
             await commit()
@@ -304,9 +393,9 @@ class PassRecordingRelay(ObservedRelay):
         super().__init__(*args, **kwargs)
         self.passes: list[tuple[float, int]] = []
 
-    async def publish_batch(self) -> int:
+    async def publish_batch(self, *, sweep: bool = False) -> int:
         started = asyncio.get_running_loop().time()
-        found = await super().publish_batch()
+        found = await super().publish_batch(sweep=sweep)
         if found:
             self.passes.append((started, found))
         return found

@@ -7,6 +7,9 @@ commits once JetStream acknowledged all of them (when a publish fails, the ackno
 deleted apart and the failed ones stay). A crash between the acks and the commit republishes with
 the same Nats-Msg-Id, which JetStream drops as a duplicate inside its window and the consumers'
 inbox drops after it.
+
+A pass reads the rows after those it has published, not from the start of the table, and sweeps
+the whole table now and then for late commits of lower seqs (`OutboxCursor`).
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 import asyncpg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table, delete, func, select
+from sqlalchemy import Table, bindparam, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from evolutivo_runtime.db import plain_url
+from evolutivo_runtime.messaging.outbox_cursor import OutboxCursor
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,9 @@ class OutboxRelay:
         poll_seconds: float,
         linger: float = 0.0,
         backlog_every_seconds: float = 1.0,
+        settle_seconds: float = 1.0,
+        sweep_seconds: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
         self._database_url = database_url
@@ -60,12 +69,19 @@ class OutboxRelay:
         # The backlog gauge is a count(*): taken at most this often, not after every pass.
         self._backlog_every = backlog_every_seconds
         self._backlog_at = float("-inf")
+        self._cursor = OutboxCursor(settle_seconds, sweep_seconds)
+        self._clock = clock
         # The leader lock, the read and the delete in one round trip. The lock is an uncorrelated
         # subquery, which PostgreSQL evaluates once, before the scan (a one-time filter), so a
         # relay that does not lead touches no rows at all. Built once: a statement built per pass
         # costs SQLAlchemy its cache key again every time.
         leading = select(func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY)).scalar_subquery()
-        batch = select(outbox.c.seq).where(leading).order_by(outbox.c.seq).limit(batch_size)
+        batch = (
+            select(outbox.c.seq)
+            .where(leading, outbox.c.seq > bindparam("after"))
+            .order_by(outbox.c.seq)
+            .limit(batch_size)
+        )
         self._take = (
             delete(outbox)
             .where(outbox.c.seq.in_(batch.scalar_subquery()))
@@ -109,8 +125,9 @@ class OutboxRelay:
 
     async def drain(self) -> None:
         """Publishes everything in the outbox now."""
-        while await self.publish_batch() == self._batch_size:
-            pass
+        published = await self.publish_batch(sweep=True)
+        while published == self._batch_size:
+            published = await self.publish_batch()
 
     async def _listen(self) -> asyncpg.Connection | None:
         """LISTEN for commits that wrote events; polling still covers a lost notification."""
@@ -122,13 +139,18 @@ class OutboxRelay:
             log.warning("outbox LISTEN unavailable; relying on polling", exc_info=True)
             return None
 
-    async def publish_batch(self) -> int:
-        """Publishes up to one batch; returns how many events it found (0 if another relay leads)."""
+    async def publish_batch(self, *, sweep: bool = False) -> int:
+        """Publishes up to one batch; returns how many events it found (0 if another relay leads).
+
+        `sweep` reads the whole outbox instead of after what this relay published."""
+        began = self._clock()
+        after = self._cursor.start(began, sweep=sweep)
         try:
             async with self._engine.begin() as conn:
                 # The batch's delete commits once JetStream acknowledged every event of it (the
                 # common case: one statement and its commit).
-                rows = sorted((await conn.execute(self._take)).all(), key=lambda row: row.seq)  # RETURNING: no order
+                found = (await conn.execute(self._take, {"after": after})).all()
+                rows = sorted(found, key=lambda row: row.seq)  # RETURNING: no order
                 if not rows:
                     return 0
                 futures = [
@@ -142,6 +164,7 @@ class OutboxRelay:
             pass
         else:
             PUBLISHED.inc(len(rows))
+            self._cursor.published(began, [row.seq for row in rows], full=len(rows) == self._batch_size)
             return len(rows)
         # A publish failed: the rows JetStream acknowledged are in its stream, so they go (not
         # published again on every retry); the failed ones stay for the next pass.
@@ -149,6 +172,7 @@ class OutboxRelay:
         if acked:
             async with self._engine.begin() as conn:
                 await conn.execute(delete(self._outbox).where(self._outbox.c.seq.in_(acked)))
+            self._cursor.published(began, acked, full=False)
         PUBLISHED.inc(len(acked))
         raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
 
