@@ -120,8 +120,11 @@ WHERE u.create_time = $1 AND b.trigger = 'cycle' AND b.bill_number IS NOT NULL A
 """
 
 
-# Polled while the run goes on: the seeded cycles still open (the closer's own partial index, so the
-# poll costs PostgreSQL little next to the run it watches); BILLED is counted once they are closed.
+# Polled while the run goes on: the seeded cycles still open, through the closer's own partial index.
+# BILLED is counted once they are closed, and the figure's end is the last bill's commit time, so the
+# poll's period only delays the report: every 2 s, since until a vacuum the index keeps the closed
+# cycles' entries and a poll walks them (47 ms and ~24,000 buffers a poll late in a 100,000-account run).
+DUE_LEFT_POLL_SECONDS = 2.0
 DUE_LEFT = "SELECT count(*) FROM bill_cycles WHERE status = 'open' AND end_time <= $1"
 
 
@@ -141,7 +144,7 @@ async def bill_run(
     while True:
         if not await billing_db.fetchval(DUE_LEFT, seeded.cycles_end) or time.monotonic() > deadline:
             break
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(DUE_LEFT_POLL_SECONDS)
     row = await billing_db.fetchrow(BILLED, seeded.marker)
     bills = int(row["bills"])
     span = (row["last"] - seeded.committed).total_seconds() if row["last"] else timeout
