@@ -40,6 +40,9 @@ class ServiceSettings(BaseSettings):
     # after a quiet spell a commit is published at once. 50 ms: +30-40% single calls per second
     # on 2 cores for at most 50 ms more per hop (docs/performance.md, "Sixth round").
     outbox_linger_seconds: float = Field(default=0.05, ge=0, le=1)
+    # The outbox relay reads after what it published; every this long it reads the whole outbox
+    # once all the same, for what its bookkeeping cannot foresee (messaging/outbox_cursor.py).
+    outbox_sweep_seconds: float = Field(default=60.0, gt=0)
     # Deliveries of one message before it goes to the dead-letter subject.
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)

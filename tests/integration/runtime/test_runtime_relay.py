@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
@@ -21,7 +23,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from runtime_helpers import MessagingDb, ServiceStream, eventually  # type: ignore[import-not-found,unused-ignore]
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
 
 
 async def commit_events(db: MessagingDb, stream: ServiceStream, values: list[str]) -> list[uuid.UUID]:
@@ -154,83 +156,94 @@ class Clock:
         return self.now
 
 
+@dataclass
+class OpenWriter:
+    """An event whose outbox row is written, and its seq taken, by a transaction still open."""
+
+    event_id: str
+    seq: int
+    row: dict[str, Any]
+    commit: bool = True  # False: it rolls back when the block ends
+
+
 @contextlib.asynccontextmanager
-async def outbox_row_left_uncommitted(db: MessagingDb, stream: ServiceStream, value: str) -> AsyncIterator[str]:
-    """An event whose outbox row (and so its seq) is written in a transaction that commits when the
-    block ends: as a transaction that takes its seq before another one but commits after it."""
+async def outbox_row_left_uncommitted(db: MessagingDb, stream: ServiceStream, value: str) -> AsyncIterator[OpenWriter]:
+    """As a transaction that takes its seq before another one but commits (or rolls back) after
+    it: the row is written in a transaction that ends when the block does."""
     (event_id,) = await commit_events(db, stream, [value])
     async with db.engine.begin() as conn:
         taken = db.outbox.delete().where(db.outbox.c.event_id == event_id).returning(db.outbox)
-        row = (await conn.execute(taken)).one()
-    async with db.engine.begin() as conn:
-        await conn.execute(insert(db.outbox).values({k: v for k, v in row._mapping.items() if k != "seq"}))
-        yield str(event_id)
+        row = {k: v for k, v in (await conn.execute(taken)).one()._mapping.items() if k != "seq"}
+    async with db.engine.connect() as conn:
+        transaction = await conn.begin()
+        seq = (await conn.execute(insert(db.outbox).values(row).returning(db.outbox.c.seq))).scalar_one()
+        writer = OpenWriter(str(event_id), seq, row)
+        try:
+            yield writer
+        finally:
+            await (transaction.commit() if writer.commit else transaction.rollback())
 
 
 def _clocked_relay(db: MessagingDb, js: JetStreamContext, clock: Clock) -> OutboxRelay:
     return OutboxRelay(
-        db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=30.0, settle_seconds=1.0, sweep_seconds=5.0,
-        clock=clock,
-    )  # fmt: skip
+        db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=30.0, sweep_seconds=1000.0, clock=clock
+    )
 
 
-@contextlib.asynccontextmanager
-async def published_past_an_uncommitted_seq(
-    db: MessagingDb, js: JetStreamContext, stream: ServiceStream, clock: Clock, *, give_up: bool = False
-) -> AsyncIterator[tuple[OutboxRelay, str, str]]:
-    """A relay that has published, at 0.1 s, an event whose seq is above one still to commit (which
-    commits when the block ends); yields the relay, the published event's id and the late one's.
-    `give_up`: at 1.2 s, the settle time past, the relay gives the unseen seq up and sweeps once
-    for it, before it commits."""
+async def test_a_lower_seq_committed_after_higher_ones_holds_passes_back_until_it_commits(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """Passes read after what the relay published, but not past a lower seq whose transaction is
+    still in progress, however long it takes: once it commits, the next pass publishes it."""
+    db, clock = messaging_db, Clock()
     relay = _clocked_relay(db, js, clock)
-    assert await relay.publish_batch() == 0  # the first pass is a sweep
-    async with outbox_row_left_uncommitted(db, stream, "took its seq first") as late:
-        (early,) = await commit_events(db, stream, ["committed first"])
+    (first,) = await commit_events(db, service_stream, ["first"])
+    assert await relay.publish_batch() == 1  # the first pass is a sweep
+    async with outbox_row_left_uncommitted(db, service_stream, "took its seq before the next") as late:
+        (early,) = await commit_events(db, service_stream, ["committed before it"])
         clock.now = 0.1
         assert await relay.publish_batch() == 1
-        if give_up:
-            clock.now = 1.2
-            assert await relay.publish_batch() == 0
-        yield relay, str(early), late
-
-
-async def test_a_lower_seq_committed_soon_after_higher_ones_is_published_by_the_next_pass(
-    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
-) -> None:
-    """Passes read after what the relay published, but a seq below the highest published one that
-    the relay has not seen holds them back for `settle_seconds`: its commit still goes at once."""
-    clock = Clock()
-    async with published_past_an_uncommitted_seq(messaging_db, js, service_stream, clock) as (relay, early, late):
-        pass
-    clock.now = 0.5  # within the settle time of the pass that published the higher seq
+        clock.now = 500.0  # long after: no timer gives the seq up
+        (later,) = await commit_events(db, service_stream, ["committed later"])
+        assert await relay.publish_batch() == 1
+        assert await relay.publish_batch() == 0
+    clock.now = 500.1
     assert await relay.publish_batch() == 1
-    assert await stream_event_ids(js, service_stream) == [early, late]
+    published = [str(first), str(early), str(later), late.event_id]
+    assert await stream_event_ids(js, service_stream) == published
+    assert await db.count(db.outbox) == 0
 
 
-async def test_a_lower_seq_committed_later_than_the_settle_time_is_published_by_the_next_sweep(
+async def test_a_seq_rolled_back_stops_holding_passes_back_and_only_a_sweep_reads_below_the_top(
     messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
 ) -> None:
+    """Once the transaction that may hold an unseen seq has ended, one pass reads it and the cursor
+    forgets it: a row that later appears below what the relay published (here, the rolled-back seq
+    written by hand, as a sequence set back by a restore would) waits for a sweep."""
     db, clock = messaging_db, Clock()
-    async with published_past_an_uncommitted_seq(db, js, service_stream, clock, give_up=True) as (relay, early, late):
-        pass
-    clock.now = 2.0
-    assert await relay.publish_batch() == 0  # committed, but passes read after the seqs published
+    relay = _clocked_relay(db, js, clock)
+    assert await relay.publish_batch() == 0  # the first pass is a sweep
+    async with outbox_row_left_uncommitted(db, service_stream, "rolled back") as rolled_back:
+        rolled_back.commit = False
+        (early,) = await commit_events(db, service_stream, ["committed"])
+        clock.now = 0.1
+        assert await relay.publish_batch() == 1
+    clock.now = 0.2
+    assert await relay.publish_batch() == 0  # the writer ended: this pass reads the gap one last time
+    async with db.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO outbox (seq, event_id, subject, event_type, payload, headers) OVERRIDING SYSTEM VALUE "
+                "VALUES (:seq, :event_id, :subject, :event_type, :payload, CAST(:headers AS jsonb))"
+            ),
+            rolled_back.row | {"seq": rolled_back.seq, "headers": json.dumps(rolled_back.row["headers"])},
+        )
+    clock.now = 0.3
+    assert await relay.publish_batch() == 0
     assert await db.count(db.outbox) == 1
-    clock.now = 6.2  # the sweep every `sweep_seconds` reads the whole outbox
-    assert await relay.publish_batch() == 1
+    await relay.drain()  # a sweep
     assert await db.count(db.outbox) == 0
-    assert await stream_event_ids(js, service_stream) == [early, late]
-
-
-async def test_drain_sweeps_the_whole_outbox(
-    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
-) -> None:
-    db, clock = messaging_db, Clock()
-    async with published_past_an_uncommitted_seq(db, js, service_stream, clock, give_up=True) as (relay, early, late):
-        pass
-    await relay.drain()
-    assert await db.count(db.outbox) == 0
-    assert await stream_event_ids(js, service_stream) == [early, late]
+    assert await stream_event_ids(js, service_stream) == [str(early), rolled_back.event_id]
 
 
 async def test_jetstream_drops_a_second_publish_with_the_same_msg_id(

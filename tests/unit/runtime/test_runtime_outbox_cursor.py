@@ -2,121 +2,195 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from evolutivo_runtime.messaging.outbox_cursor import OutboxCursor
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-SETTLE, SWEEP = 1.0, 30.0
+SWEEP = 60.0
 
 
-def cursor_after_first_sweep(seqs: list[int], now: float = 0.0) -> OutboxCursor:
-    cursor = OutboxCursor(SETTLE, SWEEP)
-    assert cursor.start(now) == 0  # the first pass reads the whole outbox
-    cursor.published(now, seqs, full=False)
+def published_by_first_sweep(seqs: list[int]) -> OutboxCursor:
+    cursor = OutboxCursor(SWEEP)
+    assert cursor.begin_pass(0.0) == 0  # the first pass reads the whole outbox
+    assert cursor.checks_writers  # a sweep counts only once a pass this relay led completes it
+    cursor.writers_in_progress([])
+    cursor.published(0, seqs, full=False)
     return cursor
 
 
+def one_pass(cursor: OutboxCursor, now: float, writers: list[str], seqs: list[int], full: bool = False) -> int:
+    """A pass this relay leads: returns where it read from."""
+    after = cursor.begin_pass(now)
+    if cursor.checks_writers:
+        cursor.writers_in_progress(writers)
+    cursor.published(after, seqs, full=full)
+    return after
+
+
 def test_passes_read_after_the_highest_seq_published_when_none_is_missing() -> None:
-    cursor = cursor_after_first_sweep([1, 2, 3])
-    assert cursor.start(0.1) == 3
-    cursor.published(0.1, [4, 5], full=False)
-    assert cursor.start(0.2) == 5
+    cursor = published_by_first_sweep([1, 2, 3])
+    assert cursor.begin_pass(0.1) == 3
+    assert not cursor.checks_writers
+    cursor.published(3, [4, 5], full=False)
+    assert cursor.begin_pass(0.2) == 5
 
 
-def test_an_unseen_seq_below_the_highest_holds_passes_back_until_it_is_published() -> None:
-    cursor = cursor_after_first_sweep([1, 2, 4, 6])  # 3 and 5 not committed yet
-    assert cursor.start(0.5) == 2
-    cursor.published(0.5, [3, 7], full=False)
-    assert cursor.start(0.6) == 4
-    cursor.published(0.6, [5], full=False)
-    assert cursor.start(0.7) == 7
+def test_an_unseen_seq_holds_passes_back_until_its_writers_ended_and_a_pass_read_it() -> None:
+    cursor = published_by_first_sweep([1, 2, 4])  # 3 not committed yet
+    assert one_pass(cursor, 0.1, ["tx-a", "tx-b"], [5]) == 2  # first check: a and b may hold 3
+    assert one_pass(cursor, 0.2, ["tx-b", "tx-c"], []) == 2  # b still in progress (c came later)
+    assert one_pass(cursor, 0.3, ["tx-c"], []) == 2  # a and b ended: this pass sees what they committed
+    assert cursor.begin_pass(0.4) == 5
 
 
-def test_a_gap_is_given_up_after_the_settle_time_and_one_sweep_looks_for_it() -> None:
-    cursor = cursor_after_first_sweep([1, 2, 4])
-    assert cursor.start(0.9) == 2
-    assert cursor.start(1.0) == 0  # given up: a sweep
-    assert cursor.start(1.1) == 4  # then after the highest again
-    assert cursor.start(5.0) == 4
+def test_a_slow_commit_is_waited_for_however_long_it_takes() -> None:
+    cursor = published_by_first_sweep([1, 2, 4])
+    for second in range(1, 50):
+        assert one_pass(cursor, float(second), ["tx-slow"], []) == 2
+    assert one_pass(cursor, 50.0, ["tx-slow"], [3]) == 2  # committed: published, the gap filled
+    assert cursor.begin_pass(50.1) == 4
 
 
-def test_a_gap_given_up_waits_a_settle_time_after_the_last_sweep() -> None:
-    cursor = cursor_after_first_sweep([1, 3], now=0.0)
-    assert cursor.start(0.5) == 1
-    cursor.published(0.5, [5], full=False)  # 4 missing since 0.5
-    assert cursor.start(1.0) == 0  # 2 given up; the last sweep was at 0.0
-    assert cursor.start(1.2) == 3
-    assert cursor.start(1.6) == 5  # 4 given up, but the last sweep was 0.6 s ago
-    assert cursor.start(2.0) == 0
-
-
-def test_a_sweep_runs_every_sweep_seconds() -> None:
-    cursor = cursor_after_first_sweep([1, 2])
-    assert cursor.start(SWEEP - 0.1) == 2
-    assert cursor.start(SWEEP) == 0
-    assert cursor.start(SWEEP + 0.1) == 2
-    assert cursor.start(2 * SWEEP) == 0
-
-
-def test_after_a_full_batch_the_next_pass_reads_on_from_its_last_seq() -> None:
-    cursor = cursor_after_first_sweep([1, 3])  # 2 missing
-    cursor.published(0.1, [4, 5, 6], full=True)
-    assert cursor.start(0.2) == 6  # the rest of the backlog first
-    assert cursor.start(0.3) == 1  # then from the gap again
-
-
-def test_a_sweep_asked_for_reads_the_whole_outbox() -> None:
-    cursor = cursor_after_first_sweep([1, 2])
-    assert cursor.start(0.1, sweep=True) == 0
+def test_a_gap_is_not_dropped_before_its_writers_were_read_once() -> None:
+    cursor = published_by_first_sweep([1, 2])
+    cursor.begin_pass(0.1)
+    assert not cursor.checks_writers
+    cursor.published(2, [4], full=False)  # 3 missing: its writers are unknown yet
+    assert one_pass(cursor, 0.2, [], []) == 2  # none in progress: this pass reads it one last time
+    assert cursor.begin_pass(0.3) == 4
 
 
 def test_the_seqs_below_the_first_one_published_are_a_gap_too() -> None:
     """A relay that starts cannot know which lower seqs are still to commit."""
-    cursor = cursor_after_first_sweep([5, 7])
-    assert cursor.start(0.1) == 0
-    cursor.published(0.1, [1, 2], full=False)
-    assert cursor.start(0.2) == 2
-    cursor.published(0.2, [3, 4, 6], full=False)
-    assert cursor.start(0.3) == 7
+    cursor = published_by_first_sweep([5, 7])
+    assert one_pass(cursor, 0.1, ["tx-a"], [1, 2]) == 0
+    assert one_pass(cursor, 0.2, ["tx-a"], [3, 4, 6]) == 2
+    assert cursor.begin_pass(0.3) == 7
 
 
-def test_a_seq_given_up_on_and_published_by_a_sweep_changes_nothing() -> None:
-    cursor = cursor_after_first_sweep([1, 3, 4])
-    assert cursor.start(1.0) == 0  # 2 given up: a sweep
-    cursor.published(1.0, [2], full=False)
-    assert cursor.start(1.1) == 4
+def test_a_gap_goes_only_after_a_pass_that_read_all_of_it() -> None:
+    cursor = published_by_first_sweep([1, 2, 10])  # 3-9 missing
+    assert one_pass(cursor, 0.1, ["tx-a"], [11, 12, 13], full=False) == 2
+    # a ended; the pass reads from the gap, but its batch is full before the gap's end
+    assert one_pass(cursor, 0.2, [], [3, 4], full=True) == 2
+    assert one_pass(cursor, 0.3, [], [5], full=False) == 4  # the continuation: read on, rest of the gap
+    assert cursor.begin_pass(0.4) == 13
+
+
+def test_a_gap_a_full_batch_stopped_in_stays_when_the_pass_after_does_not_lead() -> None:
+    cursor = published_by_first_sweep([1, 2, 10])  # 3-9 missing
+    one_pass(cursor, 0.1, ["tx-a"], [])
+    assert one_pass(cursor, 0.2, [], [3, 4], full=True) == 2  # a ended; the batch stops in the gap
+    assert cursor.begin_pass(0.3) == 4  # another relay leads this one: nothing read, nothing noted
+    assert one_pass(cursor, 0.4, [], [5, 6, 7, 8, 9]) == 4
+    assert cursor.begin_pass(0.5) == 10
+
+
+def test_after_a_full_batch_the_next_pass_reads_on_from_its_last_seq() -> None:
+    cursor = published_by_first_sweep([1, 3])  # 2 missing
+    assert one_pass(cursor, 0.1, ["tx-a"], [4, 5, 6], full=True) == 1
+    assert one_pass(cursor, 0.2, [], [7], full=False) == 6  # the backlog first; the gap not read: kept
+    assert one_pass(cursor, 0.3, [], [], full=False) == 1  # read from the gap: now it goes
+    assert cursor.begin_pass(0.4) == 7
+
+
+def test_a_pass_whose_publishes_partly_failed_drops_no_gap() -> None:
+    cursor = published_by_first_sweep([1, 2, 4])
+    one_pass(cursor, 0.1, ["tx-a"], [])
+    after = cursor.begin_pass(0.2)
+    cursor.writers_in_progress([])
+    cursor.published(after, [5], full=False, complete=False)  # 3 committed but failed: still in the outbox
+    assert cursor.begin_pass(0.3) == 2
+
+
+def test_a_sweep_runs_every_sweep_seconds_and_counts_once_completed() -> None:
+    cursor = published_by_first_sweep([1, 2])
+    assert one_pass(cursor, SWEEP - 0.1, [], []) == 2
+    assert cursor.begin_pass(SWEEP) == 0
+    assert cursor.checks_writers  # the relay learns whether it leads; it did not: nothing noted
+    assert cursor.begin_pass(SWEEP + 0.1) == 0  # still due
+    cursor.writers_in_progress([])
+    cursor.published(0, [], full=False)
+    assert cursor.begin_pass(SWEEP + 0.2) == 2
+    assert cursor.begin_pass(2 * SWEEP + 0.1) == 0
+
+
+def test_a_sweep_asked_for_reads_the_whole_outbox() -> None:
+    cursor = published_by_first_sweep([1, 2])
+    assert cursor.begin_pass(0.1, sweep=True) == 0
+
+
+@dataclass
+class Outbox:
+    """A model of the outbox: transactions take seqs, then commit or roll back."""
+
+    next_seq: int = 1
+    in_progress: dict[str, list[int]] = field(default_factory=dict)
+    committed: set[int] = field(default_factory=set)
+    published: list[int] = field(default_factory=list)
+
+    def read(self, after: int, batch: int) -> list[int]:
+        taken = set(self.published)
+        return sorted(s for s in self.committed if s > after and s not in taken)[:batch]
 
 
 @st.composite
-def passes(draw: st.DrawFn) -> list[tuple[float, list[int]]]:
-    """Passes at increasing times, each publishing some seqs never published before."""
-    unpublished = list(range(1, 60))
-    now, found = 0.0, []
-    for _ in range(draw(st.integers(1, 25))):
-        now += draw(st.floats(0.01, 0.7))
-        chosen = draw(st.lists(st.sampled_from(unpublished), max_size=8, unique=True)) if unpublished else []
-        for seq in chosen:
-            unpublished.remove(seq)
-        found.append((now, sorted(chosen)))
-    return found
+def histories(draw: st.DrawFn) -> list[tuple[str, int]]:
+    kinds = st.sampled_from(["begin", "commit", "rollback", "pass", "not leading", "partly failed"])
+    steps = st.tuples(kinds, st.integers(0, 5))
+    return draw(st.lists(steps, min_size=1, max_size=80))
 
 
-@given(passes())
-def test_an_unseen_seq_younger_than_the_settle_time_is_always_read_by_the_next_pass(
-    history: list[tuple[float, list[int]]],
+def relay_pass(cursor: OutboxCursor, outbox: Outbox, now: float, batch: int, failing: int | None = None) -> None:
+    """A pass this relay leads; `failing`: every other publish of it fails (those rows stay), from
+    the first one (0) or the second (1)."""
+    after = cursor.begin_pass(now)
+    if cursor.checks_writers:
+        cursor.writers_in_progress(outbox.in_progress)
+    found = outbox.read(after, batch)
+    if failing is not None:
+        acked = found[1 - failing % 2 :: 2]
+        outbox.published.extend(acked)
+        cursor.published(after, acked, full=False, complete=False)
+    else:
+        outbox.published.extend(found)
+        cursor.published(after, found, full=len(found) == batch)
+
+
+@settings(max_examples=1000)
+@given(histories(), st.integers(1, 4))
+def test_every_committed_seq_is_published_once_and_none_waits_for_a_sweep(
+    history: list[tuple[str, int]], batch: int
 ) -> None:
-    """The property the relay rests on: a pass skips a seq below the highest published only once
-    the seq has been missing for `settle_seconds` (a sweep finds it later)."""
-    cursor = OutboxCursor(SETTLE, SWEEP)
-    published: set[int] = set()
-    missing_since: dict[int, float] = {}
-    for now, seqs in history:
-        after = cursor.start(now)
-        for seq, since in missing_since.items():
-            if seq not in published and now - since < SETTLE:
-                assert after < seq, f"a pass at {now} reads after {after} and skips {seq}"
-        cursor.published(now, seqs, full=False)
-        published.update(seqs)
-        for seq in range(1, max(published, default=0)):
-            if seq not in published:
-                missing_since.setdefault(seq, now)
+    """Transactions take seqs and commit or roll back in any order around the relay's passes, some
+    of which another relay leads and some of which publish only part of what they read; no sweep
+    ever runs after the first. Once they have all ended, a few passes publish every committed
+    seq, each once, and then read after the last one."""
+    cursor, outbox, now = OutboxCursor(sweep_seconds=float("inf")), Outbox(), 0.0
+    for number, (step, pick) in enumerate(history):
+        now += 0.01
+        open_ = sorted(outbox.in_progress)
+        if step == "begin":
+            seqs = list(range(outbox.next_seq, outbox.next_seq + 1 + pick % 3))
+            outbox.next_seq += len(seqs)
+            outbox.in_progress[f"tx-{number}"] = seqs
+        elif step in ("commit", "rollback") and open_:
+            seqs = outbox.in_progress.pop(open_[pick % len(open_)])
+            if step == "commit":
+                outbox.committed.update(seqs)
+        elif step == "pass":
+            relay_pass(cursor, outbox, now, batch)
+        elif step == "not leading":  # or failed before its read: nothing read, nothing noted
+            cursor.begin_pass(now)
+        elif step == "partly failed":
+            relay_pass(cursor, outbox, now, batch, failing=pick)
+    for name in sorted(outbox.in_progress):
+        outbox.committed.update(outbox.in_progress.pop(name))
+    for _ in range(2 * len(outbox.committed) + 5):
+        now += 0.01
+        relay_pass(cursor, outbox, now, batch)
+    assert sorted(outbox.published) == sorted(outbox.committed)
+    assert len(outbox.published) == len(set(outbox.published))
+    assert cursor.begin_pass(now + 0.01) == max(outbox.committed, default=0)

@@ -3,19 +3,24 @@
 The relay deletes what it publishes, but deleted rows stay in the table and its index until a
 vacuum removes them: a pass that reads from the start of the outbox walks all of them, hundreds of
 thousands after a bill run (docs/performance.md, "Thirteenth round"). So a pass reads after the
-seqs already published instead. Seqs are taken before commit, though, so a transaction can commit
-a lower seq after a pass published higher ones: the cursor keeps the seqs it has not seen below the
-highest one it published (gaps) and reads from the lowest of them. A gap is given up after
-`settle_seconds` (a rolled-back transaction, or another relay replica that published it, leaves
-one for good), and then a sweep, a pass from the start of the outbox, publishes whatever of it has
-committed meanwhile. A sweep also runs every `sweep_seconds`, for a transaction that committed
-later still. No row is ever skipped for good: it waits at most for the next sweep.
+seqs already published instead.
+
+Seqs are taken before commit, so a transaction can commit a lower seq after a pass published
+higher ones. The cursor keeps the seqs below the highest one it published that it has not seen
+(gaps) and reads from the lowest of them until it knows no transaction can still commit one:
+a transaction that writes the outbox holds a RowExclusiveLock on it from before it takes its seqs
+until it ends, so once every transaction that held one when the gap was first checked has ended
+(`writers_in_progress`, read before the pass's own snapshot), the pass that follows sees all of
+the gap that will ever commit, and after it the gap goes. Nothing is given up on a timer, so a
+slow commit is not overtaken by the ones after it. A sweep, a pass over the whole outbox, runs
+every `sweep_seconds` all the same, for what no bookkeeping foresees (a sequence set back by a
+restore), and at stop.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 
@@ -23,30 +28,29 @@ from dataclasses import dataclass
 class _Gap:
     first: int
     last: int
-    since: float  # when a pass first published a seq above it
+    # The outbox writers in progress when the gap was first checked and still in progress at the
+    # last check; None until the first check.
+    writers: frozenset[str] | None = None
 
 
 class OutboxCursor:
-    def __init__(self, settle_seconds: float, sweep_seconds: float) -> None:
-        self._settle = settle_seconds
+    def __init__(self, sweep_seconds: float) -> None:
         self._sweep_every = sweep_seconds
-        # The highest seq published. From 0: seqs below the first one published are a gap too, since
-        # the relay cannot know which of them are still to commit.
+        # The highest seq published. From 0: the seqs below the first one published are a gap too,
+        # since the relay cannot know which of them are still to commit.
         self._top = 0
         self._gaps: list[_Gap] = []  # ascending, all below _top
         self._next_sweep = float("-inf")  # the first pass is a sweep
-        self._last_sweep = float("-inf")
-        self._gave_up = False  # a gap was given up since the last sweep
+        self._sweeping = False  # this pass is a sweep (counted as done once a pass led by this relay completes it)
+        self._began = 0.0
         self._continue_after: int | None = None  # after a full batch, the next pass reads on from its last seq
 
-    def start(self, now: float, *, sweep: bool = False) -> int:
-        """The seq the pass starting now reads after (0: the whole outbox, a sweep)."""
-        kept = [gap for gap in self._gaps if gap.since > now - self._settle]
-        if len(kept) != len(self._gaps):
-            self._gaps, self._gave_up = kept, True
+    def begin_pass(self, now: float, *, sweep: bool = False) -> int:
+        """Starts a pass; returns the seq it reads after (0: the whole outbox, a sweep)."""
+        self._began = now
         continue_after, self._continue_after = self._continue_after, None
-        if sweep or now >= self._next_sweep or (self._gave_up and now - self._last_sweep >= self._settle):
-            self._next_sweep, self._last_sweep, self._gave_up = now + self._sweep_every, now, False
+        self._sweeping = sweep or now >= self._next_sweep
+        if self._sweeping:
             return 0
         if continue_after is not None:
             return continue_after
@@ -54,27 +58,52 @@ class OutboxCursor:
             return self._gaps[0].first - 1
         return self._top
 
-    def published(self, began: float, seqs: Sequence[int], *, full: bool) -> None:
-        """Notes the seqs (ascending) a pass that began at `began` published; `full`: it found a
-        whole batch, so the next pass reads on from its last seq."""
+    @property
+    def checks_writers(self) -> bool:
+        """Whether this pass must first learn whether it leads and which outbox writers are in
+        progress (`writers_in_progress`): a gap waits on them, or a sweep must not count unless led."""
+        return bool(self._gaps) or self._sweeping
+
+    def writers_in_progress(self, writers: Collection[str]) -> None:
+        """The transactions holding a lock on the outbox, read in the pass's transaction before its
+        read (so every one of them that ended since is visible to the read)."""
+        now_writing = frozenset(writers)
+        for gap in self._gaps:
+            gap.writers = now_writing if gap.writers is None else gap.writers & now_writing
+
+    def published(self, after: int, seqs: Sequence[int], *, full: bool, complete: bool = True) -> None:
+        """Notes what a pass that read after `after` published (ascending); `full`: it found a whole
+        batch; `complete`: every row it found was published (not a pass whose publishes partly
+        failed, whose failed rows stay in the outbox)."""
         for seq in seqs:
-            self._note(seq, began)
+            self._note(seq)
         if full and seqs:
             self._continue_after = seqs[-1]
+        if not complete:
+            return
+        if self._sweeping:
+            self._sweeping, self._next_sweep = False, self._began + self._sweep_every
+        # A gap whose writers had all ended goes once this pass read the whole of it.
+        reached = seqs[-1] if full and seqs else None
+        self._gaps = [
+            gap
+            for gap in self._gaps
+            if gap.writers is None or gap.writers or after >= gap.first or (reached is not None and reached < gap.last)
+        ]
 
-    def _note(self, seq: int, now: float) -> None:
+    def _note(self, seq: int) -> None:
         if seq > self._top:
             if seq > self._top + 1:
-                self._gaps.append(_Gap(self._top + 1, seq - 1, now))
+                self._gaps.append(_Gap(self._top + 1, seq - 1))
             self._top = seq
             return
         i = bisect.bisect_right(self._gaps, seq, key=lambda gap: gap.first) - 1
         if i < 0 or self._gaps[i].last < seq:
-            return  # not in a gap: a seq given up on, published by a sweep
+            return  # not in a gap: found by a sweep
         gap = self._gaps[i]
         pieces = []
         if gap.first < seq:
-            pieces.append(_Gap(gap.first, seq - 1, gap.since))
+            pieces.append(_Gap(gap.first, seq - 1, gap.writers))
         if seq < gap.last:
-            pieces.append(_Gap(seq + 1, gap.last, gap.since))
+            pieces.append(_Gap(seq + 1, gap.last, gap.writers))
         self._gaps[i : i + 1] = pieces

@@ -8,8 +8,9 @@ deleted apart and the failed ones stay). A crash between the acks and the commit
 the same Nats-Msg-Id, which JetStream drops as a duplicate inside its window and the consumers'
 inbox drops after it.
 
-A pass reads the rows after those it has published, not from the start of the table, and sweeps
-the whole table now and then for late commits of lower seqs (`OutboxCursor`).
+A pass reads the rows after those it has published, not from the start of the table, back to a
+lower seq it has not seen while a transaction that may have taken it is still in progress
+(`OutboxCursor`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 import asyncpg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table, bindparam, delete, func, select
+from sqlalchemy import Table, bindparam, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from evolutivo_runtime.db import plain_url
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 # Arbitrary constant: the advisory-lock key of "the outbox relay" inside a service's database.
 RELAY_LOCK_KEY = 0x0E7010B0
+
+# Whether this relay leads, and the transactions holding a lock on the outbox (those that may still
+# commit a seq the relay has not seen): asked before a pass's read when the cursor waits on them.
+_LEAD_AND_WRITERS = text(
+    "SELECT pg_try_advisory_xact_lock(:key) AS leading, ARRAY("
+    "SELECT l.virtualtransaction FROM pg_locks AS l WHERE l.locktype = 'relation' "
+    "AND l.relation = to_regclass(:outbox) AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid()"
+    ") AS writers"
+)
 
 OUTBOX_BACKLOG = Gauge("evolutivo_outbox_backlog", "Events written to the outbox and not yet published")
 PUBLISHED = Counter("evolutivo_outbox_published_total", "Events the relay published to JetStream")
@@ -54,8 +64,7 @@ class OutboxRelay:
         poll_seconds: float,
         linger: float = 0.0,
         backlog_every_seconds: float = 1.0,
-        settle_seconds: float = 1.0,
-        sweep_seconds: float = 30.0,
+        sweep_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
@@ -69,7 +78,7 @@ class OutboxRelay:
         # The backlog gauge is a count(*): taken at most this often, not after every pass.
         self._backlog_every = backlog_every_seconds
         self._backlog_at = float("-inf")
-        self._cursor = OutboxCursor(settle_seconds, sweep_seconds)
+        self._cursor = OutboxCursor(sweep_seconds)
         self._clock = clock
         # The leader lock, the read and the delete in one round trip. The lock is an uncorrelated
         # subquery, which PostgreSQL evaluates once, before the scan (a one-time filter), so a
@@ -125,9 +134,9 @@ class OutboxRelay:
 
     async def drain(self) -> None:
         """Publishes everything in the outbox now."""
-        published = await self.publish_batch(sweep=True)
-        while published == self._batch_size:
-            published = await self.publish_batch()
+        found = await self.publish_batch(sweep=True)
+        while found == self._batch_size:
+            found = await self.publish_batch()
 
     async def _listen(self) -> asyncpg.Connection | None:
         """LISTEN for commits that wrote events; polling still covers a lost notification."""
@@ -143,15 +152,21 @@ class OutboxRelay:
         """Publishes up to one batch; returns how many events it found (0 if another relay leads).
 
         `sweep` reads the whole outbox instead of after what this relay published."""
-        began = self._clock()
-        after = self._cursor.start(began, sweep=sweep)
+        after = self._cursor.begin_pass(self._clock(), sweep=sweep)
         try:
             async with self._engine.begin() as conn:
+                if self._cursor.checks_writers:
+                    check = {"key": RELAY_LOCK_KEY, "outbox": self._outbox.fullname}
+                    leading, writers = (await conn.execute(_LEAD_AND_WRITERS, check)).one()
+                    if not leading:
+                        return 0
+                    self._cursor.writers_in_progress(writers)
                 # The batch's delete commits once JetStream acknowledged every event of it (the
                 # common case: one statement and its commit).
                 found = (await conn.execute(self._take, {"after": after})).all()
                 rows = sorted(found, key=lambda row: row.seq)  # RETURNING: no order
                 if not rows:
+                    self._cursor.published(after, [], full=False)
                     return 0
                 futures = [
                     await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
@@ -164,7 +179,7 @@ class OutboxRelay:
             pass
         else:
             PUBLISHED.inc(len(rows))
-            self._cursor.published(began, [row.seq for row in rows], full=len(rows) == self._batch_size)
+            self._cursor.published(after, [row.seq for row in rows], full=len(rows) == self._batch_size)
             return len(rows)
         # A publish failed: the rows JetStream acknowledged are in its stream, so they go (not
         # published again on every retry); the failed ones stay for the next pass.
@@ -172,7 +187,7 @@ class OutboxRelay:
         if acked:
             async with self._engine.begin() as conn:
                 await conn.execute(delete(self._outbox).where(self._outbox.c.seq.in_(acked)))
-            self._cursor.published(began, acked, full=False)
+            self._cursor.published(after, acked, full=False, complete=False)
         PUBLISHED.inc(len(acked))
         raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
 

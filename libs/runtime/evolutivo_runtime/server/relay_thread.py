@@ -103,6 +103,7 @@ class RelayThread:
             settings.outbox_batch_size,
             settings.outbox_poll_seconds,
             linger=settings.outbox_linger_seconds,
+            sweep_seconds=settings.outbox_sweep_seconds,
         )
         try:
             await supervise("outbox-relay", lambda: relay.run(stop), stop)
