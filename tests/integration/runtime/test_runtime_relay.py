@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -244,6 +245,29 @@ async def test_a_seq_rolled_back_stops_holding_passes_back_and_only_a_sweep_read
     await relay.drain()  # a sweep
     assert await db.count(db.outbox) == 0
     assert await stream_event_ids(js, service_stream) == [str(early), rolled_back.event_id]
+
+
+async def test_a_writer_that_does_not_end_is_warned_about_once_a_sweep_time_has_passed(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream, caplog: pytest.LogCaptureFixture
+) -> None:
+    db, clock = messaging_db, Clock()
+    relay = _clocked_relay(db, js, clock)
+    assert await relay.publish_batch() == 0
+    async with outbox_row_left_uncommitted(db, service_stream, "left open") as stuck:
+        await commit_events(db, service_stream, ["committed"])
+        clock.now = 0.1
+        assert await relay.publish_batch() == 1
+        assert await relay.publish_batch() == 0  # the writers read: the open transaction among them
+        with caplog.at_level(logging.WARNING, logger="evolutivo_runtime.messaging.relay"):
+            clock.now = 999.0
+            relay.warn_of_a_stuck_gap()
+            assert not caplog.records  # not yet a sweep's time (1,000 s)
+            clock.now = 1000.2
+            relay.warn_of_a_stuck_gap()
+            relay.warn_of_a_stuck_gap()
+        (warning,) = caplog.records
+        assert warning.outbox_seq <= stuck.seq  # type: ignore[attr-defined]  # the gap it is in
+        assert len(warning.writers) == 1  # type: ignore[attr-defined]
 
 
 async def test_jetstream_drops_a_second_publish_with_the_same_msg_id(

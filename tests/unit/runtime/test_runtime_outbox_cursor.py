@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evolutivo_runtime.messaging.outbox_cursor import OutboxCursor
+from evolutivo_runtime.messaging.outbox_cursor import MAX_GAPS, OutboxCursor
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -117,6 +117,28 @@ def test_a_sweep_runs_every_sweep_seconds_and_counts_once_completed() -> None:
     assert cursor.begin_pass(2 * SWEEP + 0.1) == 0
 
 
+def test_gaps_past_the_cap_are_merged_into_one_that_waits_on_all_their_writers() -> None:
+    cursor = published_by_first_sweep([1])
+    one_pass(cursor, 0.1, ["tx-stuck"], [2 * n + 1 for n in range(1, MAX_GAPS + 2)])  # every even seq missing
+    top = 2 * MAX_GAPS + 3
+    assert cursor.oldest_gap() == (2, 0.1, frozenset())  # merged: its writers not read yet
+    assert one_pass(cursor, 0.2, ["tx-stuck", "tx-b"], []) == 1
+    assert cursor.oldest_gap() == (2, 0.1, frozenset({"tx-stuck", "tx-b"}))
+    assert one_pass(cursor, 0.3, ["tx-stuck"], []) == 1
+    assert one_pass(cursor, 0.4, [], []) == 1  # the stuck one ended: the last read of the gap
+    assert cursor.oldest_gap() is None
+    assert cursor.begin_pass(0.5) == top
+
+
+def test_the_oldest_gap_says_since_when_and_on_which_writers_it_waits() -> None:
+    cursor = published_by_first_sweep([1, 3])
+    assert cursor.oldest_gap() == (2, 0.0, frozenset())
+    one_pass(cursor, 0.5, ["tx-a"], [5])
+    assert cursor.oldest_gap() == (2, 0.0, frozenset({"tx-a"}))
+    one_pass(cursor, 0.6, ["tx-b"], [])  # a ended: 2 goes; 4 waits on b, in progress at its first check
+    assert cursor.oldest_gap() == (4, 0.5, frozenset({"tx-b"}))
+
+
 def test_a_sweep_asked_for_reads_the_whole_outbox() -> None:
     cursor = published_by_first_sweep([1, 2])
     assert cursor.begin_pass(0.1, sweep=True) == 0
@@ -164,11 +186,12 @@ def relay_pass(cursor: OutboxCursor, outbox: Outbox, now: float, batch: int, fai
 def test_every_committed_seq_is_published_once_and_none_waits_for_a_sweep(
     history: list[tuple[str, int]], batch: int
 ) -> None:
-    """Transactions take seqs and commit or roll back in any order around the relay's passes, some
-    of which another relay leads and some of which publish only part of what they read; no sweep
-    ever runs after the first. Once they have all ended, a few passes publish every committed
+    """Transactions take seqs and commit or roll back in any order around the passes of two relays
+    (as two replicas: each pass led by one of them), some of which publish only part of what they
+    read; no sweep ever runs after the first. Once they have all ended, a few passes publish every committed
     seq, each once, and then read after the last one."""
-    cursor, outbox, now = OutboxCursor(sweep_seconds=float("inf")), Outbox(), 0.0
+    relays = [OutboxCursor(sweep_seconds=float("inf")), OutboxCursor(sweep_seconds=float("inf"))]
+    outbox, now = Outbox(), 0.0
     for number, (step, pick) in enumerate(history):
         now += 0.01
         open_ = sorted(outbox.in_progress)
@@ -181,16 +204,16 @@ def test_every_committed_seq_is_published_once_and_none_waits_for_a_sweep(
             if step == "commit":
                 outbox.committed.update(seqs)
         elif step == "pass":
-            relay_pass(cursor, outbox, now, batch)
+            relay_pass(relays[pick % 2], outbox, now, batch)
         elif step == "not leading":  # or failed before its read: nothing read, nothing noted
-            cursor.begin_pass(now)
+            relays[pick % 2].begin_pass(now)
         elif step == "partly failed":
-            relay_pass(cursor, outbox, now, batch, failing=pick)
+            relay_pass(relays[pick % 2], outbox, now, batch, failing=pick // 2)
     for name in sorted(outbox.in_progress):
         outbox.committed.update(outbox.in_progress.pop(name))
-    for _ in range(2 * len(outbox.committed) + 5):
+    for n in range(4 * len(outbox.committed) + 10):
         now += 0.01
-        relay_pass(cursor, outbox, now, batch)
+        relay_pass(relays[n % 2], outbox, now, batch)
     assert sorted(outbox.published) == sorted(outbox.committed)
     assert len(outbox.published) == len(set(outbox.published))
-    assert cursor.begin_pass(now + 0.01) == max(outbox.committed, default=0)
+    assert [relay.oldest_gap() for relay in relays] == [None, None]  # nothing holds either back

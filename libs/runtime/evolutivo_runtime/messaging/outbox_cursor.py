@@ -12,9 +12,15 @@ a transaction that writes the outbox holds a RowExclusiveLock on it from before 
 until it ends, so once every transaction that held one when the gap was first checked has ended
 (`writers_in_progress`, read before the pass's own snapshot), the pass that follows sees all of
 the gap that will ever commit, and after it the gap goes. Nothing is given up on a timer, so a
-slow commit is not overtaken by the ones after it. A sweep, a pass over the whole outbox, runs
-every `sweep_seconds` all the same, for what no bookkeeping foresees (a sequence set back by a
-restore), and at stop.
+slow commit is not overtaken by the ones after it. A transaction that never ends (a session left
+idle in a transaction that wrote the outbox) holds its gaps, and passes read from the oldest, for
+as long as it lasts: `oldest_gap` tells the relay to warn about it. A sweep, a pass over the whole
+outbox, runs every `sweep_seconds` all the same, for what no bookkeeping foresees (a sequence set
+back by a restore), and at stop.
+
+The relay must read at READ COMMITTED, so that its read's snapshot is taken after its check of the
+writers, and outbox rows must be deleted only by relays holding the leader lock, so that a read
+that found fewer rows than a batch did read everything after `after`.
 """
 
 from __future__ import annotations
@@ -23,11 +29,17 @@ import bisect
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
+# Past this many gaps (rolled-back seqs piling up behind a writer that does not end), they are
+# merged into one: reading from the oldest is what the cursor does anyway, and a merged gap only
+# spans seqs that can no longer appear.
+MAX_GAPS = 1000
+
 
 @dataclass
 class _Gap:
     first: int
     last: int
+    since: float  # when a pass first found it
     # The outbox writers in progress when the gap was first checked and still in progress at the
     # last check; None until the first check.
     writers: frozenset[str] | None = None
@@ -58,6 +70,13 @@ class OutboxCursor:
             return self._gaps[0].first - 1
         return self._top
 
+    def oldest_gap(self) -> tuple[int, float, frozenset[str]] | None:
+        """The oldest gap's first seq, since when it waits and on which writers (None: none)."""
+        if not self._gaps:
+            return None
+        gap = min(self._gaps, key=lambda gap: gap.since)
+        return gap.first, gap.since, gap.writers or frozenset()
+
     @property
     def checks_writers(self) -> bool:
         """Whether this pass must first learn whether it leads and which outbox writers are in
@@ -77,6 +96,8 @@ class OutboxCursor:
         failed, whose failed rows stay in the outbox)."""
         for seq in seqs:
             self._note(seq)
+        if len(self._gaps) > MAX_GAPS:
+            self._gaps = [_merged(self._gaps)]
         if full and seqs:
             self._continue_after = seqs[-1]
         if not complete:
@@ -94,7 +115,7 @@ class OutboxCursor:
     def _note(self, seq: int) -> None:
         if seq > self._top:
             if seq > self._top + 1:
-                self._gaps.append(_Gap(self._top + 1, seq - 1))
+                self._gaps.append(_Gap(self._top + 1, seq - 1, self._began))
             self._top = seq
             return
         i = bisect.bisect_right(self._gaps, seq, key=lambda gap: gap.first) - 1
@@ -103,7 +124,15 @@ class OutboxCursor:
         gap = self._gaps[i]
         pieces = []
         if gap.first < seq:
-            pieces.append(_Gap(gap.first, seq - 1, gap.writers))
+            pieces.append(_Gap(gap.first, seq - 1, gap.since, gap.writers))
         if seq < gap.last:
-            pieces.append(_Gap(seq + 1, gap.last, gap.writers))
+            pieces.append(_Gap(seq + 1, gap.last, gap.since, gap.writers))
         self._gaps[i : i + 1] = pieces
+
+
+def _merged(gaps: Sequence[_Gap]) -> _Gap:
+    """One gap over all of these: it waits on every writer any of them waits on."""
+    writers: frozenset[str] | None = frozenset()
+    for gap in gaps:
+        writers = None if writers is None or gap.writers is None else writers | gap.writers
+    return _Gap(gaps[0].first, gaps[-1].last, min(gap.since for gap in gaps), writers)

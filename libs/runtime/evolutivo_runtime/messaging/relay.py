@@ -41,7 +41,8 @@ RELAY_LOCK_KEY = 0x0E7010B0
 _LEAD_AND_WRITERS = text(
     "SELECT pg_try_advisory_xact_lock(:key) AS leading, ARRAY("
     "SELECT l.virtualtransaction FROM pg_locks AS l WHERE l.locktype = 'relation' "
-    "AND l.relation = to_regclass(:outbox) AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid()"
+    "AND l.relation = to_regclass(:outbox) AND l.mode = 'RowExclusiveLock' "
+    "AND l.pid IS DISTINCT FROM pg_backend_pid()"
     ") AS writers"
 )
 
@@ -67,7 +68,9 @@ class OutboxRelay:
         sweep_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._engine = engine
+        # The read's snapshot must be taken after the check of the writers (OutboxCursor): each
+        # statement its own snapshot, whatever the database's default.
+        self._engine = engine.execution_options(isolation_level="READ COMMITTED")
         self._database_url = database_url
         self._outbox = outbox
         self._js = js
@@ -80,7 +83,10 @@ class OutboxRelay:
         self._backlog_at = float("-inf")
         self._cursor = OutboxCursor(sweep_seconds)
         self._clock = clock
-        # The leader lock, the read and the delete in one round trip. The lock is an uncorrelated
+        self._sweep_every = sweep_seconds
+        self._warned_of: tuple[int, float] | None = None  # the gap warned about last
+        # The leader lock, the read and the delete in one round trip (after a check of the writers
+        # when the cursor waits on them, OutboxCursor). The lock is an uncorrelated
         # subquery, which PostgreSQL evaluates once, before the scan (a one-time filter), so a
         # relay that does not lead touches no rows at all. Built once: a statement built per pass
         # costs SQLAlchemy its cache key again every time.
@@ -119,6 +125,7 @@ class OutboxRelay:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
                         pass
                     await self._update_backlog()
+                    self.warn_of_a_stuck_gap()
                 except Exception:
                     log.exception("outbox relay failed; retrying")
                     await asyncio.sleep(self._poll_seconds)  # back off before the retry
@@ -186,10 +193,28 @@ class OutboxRelay:
         acked = [row.seq for row, result in zip(rows, results, strict=True) if not isinstance(result, BaseException)]
         if acked:
             async with self._engine.begin() as conn:
+                # Under the leader lock: a pass of another replica must not read these rows while
+                # they are being deleted (it would find fewer than it picked, and publish them again).
+                await conn.execute(select(func.pg_advisory_xact_lock(RELAY_LOCK_KEY)))
                 await conn.execute(delete(self._outbox).where(self._outbox.c.seq.in_(acked)))
             self._cursor.published(after, acked, full=False, complete=False)
         PUBLISHED.inc(len(acked))
         raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
+
+    def warn_of_a_stuck_gap(self) -> None:
+        """Once per gap: a transaction that wrote the outbox and has not ended for a sweep's time
+        (idle in a transaction?) holds back every pass of this relay to its seqs."""
+        oldest = self._cursor.oldest_gap()
+        if oldest is None:
+            return
+        first, since, writers = oldest
+        if self._clock() - since < self._sweep_every or self._warned_of == (first, since):
+            return
+        self._warned_of = (first, since)
+        log.warning(
+            "outbox relay waiting on transactions that may still commit a lower seq",
+            extra={"outbox_seq": first, "waiting_seconds": round(self._clock() - since), "writers": sorted(writers)},
+        )
 
     async def _update_backlog(self) -> None:
         now = asyncio.get_running_loop().time()
