@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import event
@@ -28,7 +29,7 @@ def plain_url(url: str) -> str:
 PING_AFTER_IDLE_SECONDS = 1.0
 
 
-def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+def create_engine(url: str, pool_size: int = 10, server_settings: Mapping[str, str] | None = None) -> AsyncEngine:
     """The service's engine. Instead of SQLAlchemy's pre-ping on every checkout (for asyncpg a
     BEGIN, a ping and a ROLLBACK: three round trips before each unit of work, ~5% of a single
     call's CPU), only a connection that sat idle in the pool for over PING_AFTER_IDLE_SECONDS is
@@ -38,8 +39,16 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
 
     The pool hands out the connection returned last (LIFO): below full load the same few
     connections serve every unit of work, so they stay within that second (no ping) and keep their
-    prepared statements warm, while the rest sit idle at the bottom (pinged if ever needed)."""
-    engine = create_async_engine(async_url(url), pool_size=pool_size, max_overflow=pool_size, pool_use_lifo=True)
+    prepared statements warm, while the rest sit idle at the bottom (pinged if ever needed).
+
+    `server_settings`: PostgreSQL settings of every connection (an engine for one task's queries)."""
+    engine = create_async_engine(
+        async_url(url),
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_use_lifo=True,
+        connect_args={"server_settings": dict(server_settings)} if server_settings else {},
+    )
     dialect = engine.sync_engine.dialect
 
     @event.listens_for(engine.sync_engine, "checkin")

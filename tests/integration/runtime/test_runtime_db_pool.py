@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from evolutivo_runtime import db
 from evolutivo_runtime.db import create_engine, plain_url
+from evolutivo_runtime.server.relay_thread import RELAY_SERVER_SETTINGS
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -88,3 +89,17 @@ async def test_the_connection_returned_last_serves_the_next_unit_of_work(empty_d
         assert [await _backend_pid(engine) for _ in range(5)] == [pids[0]] * 5
     finally:
         await engine.dispose()
+
+
+async def test_the_engine_s_connections_carry_its_server_settings(empty_database: EmptyDatabase) -> None:
+    """The relay's engine turns sequential scans off (relay_thread.RELAY_SERVER_SETTINGS)."""
+    url = await empty_database("settings")
+    engine = create_engine(url, pool_size=1, server_settings=RELAY_SERVER_SETTINGS)
+    plain = create_engine(url, pool_size=1)
+    try:
+        for each, expected in ((engine, "off"), (plain, "on")):
+            async with each.connect() as conn:
+                assert (await conn.execute(text("SHOW enable_seqscan"))).scalar_one() == expected
+    finally:
+        await engine.dispose()
+        await plain.dispose()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 import asyncpg
 from nats.js import JetStreamContext
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Table, bindparam, delete, func, select, text
+from sqlalchemy import Table, any_, bindparam, delete, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from evolutivo_runtime.db import plain_url
@@ -97,9 +97,13 @@ class OutboxRelay:
             .order_by(outbox.c.seq)
             .limit(batch_size)
         )
+        # `seq = ANY(ARRAY(batch))`, not `seq IN (batch)`: an outbox is nearly empty whenever it is
+        # analyzed, and with such statistics the planner joins the IN by walking the whole primary
+        # key, deleted rows' entries included (1,029 buffers against 4 on a drained table), where
+        # the array is read first and its seqs looked up.
         self._take = (
             delete(outbox)
-            .where(outbox.c.seq.in_(batch.scalar_subquery()))
+            .where(outbox.c.seq == any_(func.array(batch.scalar_subquery())))
             .returning(outbox.c.seq, outbox.c.subject, outbox.c.payload, outbox.c.headers)
         )
 

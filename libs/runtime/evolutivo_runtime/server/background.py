@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 from nats.aio.client import Client as NatsClient
@@ -61,11 +61,16 @@ async def connect_nats(url: str, stop: asyncio.Event, name: str) -> NatsClient:
 
 
 async def open_connections(
-    database_url: str, pool_size: int, nats_url: str, stop: asyncio.Event, client_name: str
+    database_url: str,
+    pool_size: int,
+    nats_url: str,
+    stop: asyncio.Event,
+    client_name: str,
+    server_settings: Mapping[str, str] | None = None,
 ) -> tuple[AsyncEngine, NatsClient] | None:
-    """A database engine and a NATS connection; None, with nothing left open, when `stop` was set
-    before NATS answered."""
-    engine = create_engine(database_url, pool_size)
+    """A database engine (its connections with `server_settings`) and a NATS connection; None, with
+    nothing left open, when `stop` was set before NATS answered."""
+    engine = create_engine(database_url, pool_size, server_settings)
     try:
         return engine, await connect_nats(nats_url, stop, client_name)
     except StoppedBeforeConnected:
