@@ -17,12 +17,13 @@ import pytest
 from evolutivo_runtime.clock import SystemClock
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.relay import RELAY_LOCK_KEY, OutboxRelay
+from evolutivo_runtime.messaging.relay import OUTBOX_BACKLOG, RELAY_LOCK_KEY, OutboxRelay
 from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.wrappers_pb2 import StringValue
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import REGISTRY
 from runtime_helpers import MessagingDb, ServiceStream, eventually  # type: ignore[import-not-found,unused-ignore]
 from sqlalchemy import insert, select, text, update
 
@@ -145,6 +146,27 @@ async def test_a_failed_publish_keeps_only_the_failed_event_for_the_next_pass(
     assert await relay.publish_batch() == 1
     assert await db.count(db.outbox) == 0
     assert await stream_event_ids(js, service_stream) == [str(ids[0]), str(ids[2]), str(ids[1])]
+
+
+async def test_the_backlog_gauge_counts_the_outbox_while_every_publish_fails(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """The gauge the backlog alerts read (deploy/k8s/monitoring/alerts.yaml) is counted after a
+    failed pass too: while JetStream refuses every publish it shows the events waiting."""
+    db = messaging_db
+    await commit_events(db, service_stream, ["a", "b", "c"])
+    async with db.engine.begin() as conn:  # a subject no stream captures: every publish fails
+        await conn.execute(update(db.outbox).values(subject="nowhere.evolutivo.test"))
+    OUTBOX_BACKLOG.set(0)
+    relay = _relay(ObservedRelay, db, js, batch_size=10, poll=0.05)
+    async with running(relay):
+        await asyncio.wait_for(relay.parked.wait(), timeout=10)
+        assert REGISTRY.get_sample_value("evolutivo_outbox_backlog") == 3
+        assert await service_stream.messages(js) == 0
+        async with db.engine.begin() as conn:  # JetStream takes them again: the stop drains them
+            await conn.execute(update(db.outbox).values(subject=service_stream.subject()))
+    assert await db.count(db.outbox) == 0
+    assert await service_stream.messages(js) == 3
 
 
 class Clock:

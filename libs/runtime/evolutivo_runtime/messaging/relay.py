@@ -125,13 +125,18 @@ class OutboxRelay:
                 # Cleared before publishing, so a commit notified while a batch is out is not lost.
                 self._wakeup.clear()
                 last_pass = loop.time()
+                failed = False
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
                         pass
-                    await self._update_backlog()
-                    self.warn_of_a_stuck_gap()
                 except Exception:
                     log.exception("outbox relay failed; retrying")
+                    failed = True
+                # After a failed pass too: the backlog gauge is what pages when NATS refuses the
+                # publishes (deploy/k8s/monitoring/alerts.yaml).
+                await self._update_backlog()
+                self.warn_of_a_stuck_gap()
+                if failed:
                     await asyncio.sleep(self._poll_seconds)  # back off before the retry
                 with contextlib.suppress(TimeoutError):
                     waiters = [asyncio.ensure_future(self._wakeup.wait()), asyncio.ensure_future(stop.wait())]
@@ -212,12 +217,13 @@ class OutboxRelay:
         if oldest is None:
             return
         first, since, writers = oldest
-        if self._clock() - since < self._sweep_every or self._warned_of == (first, since):
+        waited = self._clock() - since
+        if waited < self._sweep_every or self._warned_of == (first, since):
             return
         self._warned_of = (first, since)
         log.warning(
             "outbox relay waiting on transactions that may still commit a lower seq",
-            extra={"outbox_seq": first, "waiting_seconds": round(self._clock() - since), "writers": sorted(writers)},
+            extra={"outbox_seq": first, "waiting_seconds": round(waited), "writers": sorted(writers)},
         )
 
     async def _update_backlog(self) -> None:
@@ -225,5 +231,9 @@ class OutboxRelay:
         if now - self._backlog_at < self._backlog_every:
             return
         self._backlog_at = now
-        async with self._engine.connect() as conn:
-            OUTBOX_BACKLOG.set(await conn.scalar(select(func.count()).select_from(self._outbox)) or 0)
+        try:
+            async with self._engine.connect() as conn:
+                OUTBOX_BACKLOG.set(await conn.scalar(select(func.count()).select_from(self._outbox)) or 0)
+        except Exception:
+            # The database is out of reach (the pass said so too): the gauge keeps its last count.
+            log.warning("outbox backlog not counted", exc_info=True)
