@@ -116,9 +116,13 @@ class BillItemRepository:
         )
         return {row[0]: int(row[1]) for row in await self._session.execute(query)}
 
-    async def unbilled_in_cycles(self, bill_cycle_ids: Collection[uuid.UUID]) -> dict[uuid.UUID, list[BillItem]]:
+    async def unbilled_in_cycles(
+        self, bill_cycle_ids: Collection[uuid.UUID], limit: int | None = None
+    ) -> dict[uuid.UUID, list[BillItem]]:
         """Each of these cycles' items no bill has taken, oldest event first, in one query (the
-        set-based bill run); a cycle without any is left out."""
+        set-based bill run); a cycle without any is left out. With `limit`, at most that many
+        items in all (the last cycle read may then be cut short: for a caller that only uses
+        a read that came in under the limit)."""
         if not bill_cycle_ids:
             return {}
         t = bill_items
@@ -126,6 +130,7 @@ class BillItemRepository:
             select(t)
             .where(t.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.bill_id.is_(None))
             .order_by(t.c.bill_cycle_id, t.c.event_time, t.c.charge_id)
+            .limit(limit)
         )
         found: dict[uuid.UUID, list[BillItem]] = {}
         for row in await self._session.execute(query):

@@ -192,16 +192,23 @@ async def bill_closed_cycles(
     numbers are the ones the per-cycle path would make.
 
     So that a pass of heavy accounts does not hold all their items in memory at once, the cycles
-    are billed in consecutive groups of at most BILL_RUN_GROUP_ITEMS unbilled items (counted in
-    one query first; a cycle with more is a group of its own), one group after the other, in order.
+    are billed in consecutive groups of at most BILL_RUN_GROUP_ITEMS unbilled items (a cycle with
+    more is a group of its own), one group after the other, in order. The pass's items are read
+    first up to one more than a group: most passes hold far fewer, and are then one group without
+    counting anything; only a pass that holds more counts each cycle's items (one query) to group them.
 
     Tracks, cycle by cycle in order, the closed cycle, the one opened and the bill (the per-cycle
     path's order, so the events reach the outbox in the same order). Runs in the caller's
     transaction (a savepoint), which holds the cycles and the units; the series are taken here, to number."""
-    counts = await uow.bill_items.unbilled_counts([c.cycle.bill_cycle_id for c in closed])
+    cycle_ids = [c.cycle.bill_cycle_id for c in closed]
     # Every series the pass may number from, locked at its first numbering in key order (a later
     # group must not take a series ordered before one the pass holds: two passes could deadlock).
     series = series_to_lock(policy, [c.cycle for c in closed])
+    read = await uow.bill_items.unbilled_in_cycles(cycle_ids, limit=BILL_RUN_GROUP_ITEMS + 1)
+    if sum(map(len, read.values())) <= BILL_RUN_GROUP_ITEMS:
+        return await _bill_group(uow, closed, now, policy, series, read)
+    del read
+    counts = await uow.bill_items.unbilled_counts(cycle_ids)
     built: list[Bill] = []
     group: list[ClosedCycle] = []
     items = 0
@@ -218,11 +225,18 @@ async def bill_closed_cycles(
 
 
 async def _bill_group(
-    uow: BillingUnitOfWork, closed: Sequence[ClosedCycle], now: datetime, policy: BillPolicy, lock: set[str]
+    uow: BillingUnitOfWork,
+    closed: Sequence[ClosedCycle],
+    now: datetime,
+    policy: BillPolicy,
+    lock: set[str],
+    items: dict[uuid.UUID, list[BillItem]] | None = None,
 ) -> list[Bill]:
     """Bills one group of a pass; `lock`: the series to lock before numbering (the pass's first
-    group locks all the pass may use, when more than the one `take` locks)."""
-    items = await uow.bill_items.unbilled_in_cycles([c.cycle.bill_cycle_id for c in closed])
+    group locks all the pass may use, when more than the one `take` locks); `items`: the group's
+    unbilled items by cycle, when read already."""
+    if items is None:
+        items = await uow.bill_items.unbilled_in_cycles([c.cycle.bill_cycle_id for c in closed])
     statements = await uow.bills.statements([(c.unit.bill_unit_id, c.unit.account_id) for c in closed])
     built: list[Bill] = []
     for c in closed:
