@@ -169,6 +169,80 @@ async def test_the_backlog_gauge_counts_the_outbox_while_every_publish_fails(
     assert await service_stream.messages(js) == 3
 
 
+class BacklogRecordingRelay(ObservedRelay):
+    """Records the backlog gauge each time the relay counts it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.counted: list[float | None] = []
+
+    async def _count_backlog(self) -> None:
+        await super()._count_backlog()
+        self.counted.append(REGISTRY.get_sample_value("evolutivo_outbox_backlog"))
+
+
+async def test_the_backlog_gauge_follows_a_drain_of_full_batches(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """While every batch comes back full the relay keeps draining, and the gauge goes down as it
+    does (not only once the outbox is drained)."""
+    db = messaging_db
+    await commit_events(db, service_stream, ["a", "b", "c"])
+    relay = BacklogRecordingRelay(
+        db.engine, db.url, db.outbox, js, batch_size=1, poll_seconds=1.0, backlog_every_seconds=0.0
+    )
+    async with running(relay):
+        await asyncio.wait_for(relay.parked.wait(), timeout=10)
+    assert relay.counted[:3] == [2, 1, 0]
+
+
+async def _outbox_event_ids(db: MessagingDb) -> list[uuid.UUID]:
+    async with db.engine.connect() as conn:
+        return list((await conn.scalars(select(db.outbox.c.event_id).order_by(db.outbox.c.seq))).all())
+
+
+async def test_an_ack_that_never_comes_fails_its_event_after_the_ack_timeout(
+    messaging_db: MessagingDb, nc: NatsClient, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """A publish whose ack is lost (here: a plain subscriber takes it and never answers) fails its
+    event after the ack timeout instead of holding the pass, its transaction and the leader lock
+    for good; the events acknowledged leave the outbox and the lost one goes on a later pass."""
+    db = messaging_db
+    blackhole = f"blackhole.{uuid.uuid4().hex}"
+    swallowed = await nc.subscribe(blackhole)  # takes the message, never replies
+    ids = await commit_events(db, service_stream, ["a", "b", "c"])
+    async with db.engine.begin() as conn:
+        await conn.execute(update(db.outbox).where(db.outbox.c.event_id == ids[1]).values(subject=blackhole))
+    relay = OutboxRelay(db.engine, db.url, db.outbox, js, batch_size=10, poll_seconds=1.0, ack_timeout_seconds=0.5)
+    with pytest.raises(RuntimeError, match="1 of 3 publishes failed: TimeoutError"):
+        await asyncio.wait_for(relay.publish_batch(), timeout=10)
+    assert await stream_event_ids(js, service_stream) == [str(ids[0]), str(ids[2])]
+    assert await _outbox_event_ids(db) == [ids[1]]
+    # The leader lock went with the pass: the next one publishes the event once it can.
+    await swallowed.unsubscribe()
+    async with db.engine.begin() as conn:
+        await conn.execute(update(db.outbox).values(subject=service_stream.subject()))
+    assert await asyncio.wait_for(relay.publish_batch(), timeout=10) == 1
+    assert await stream_event_ids(js, service_stream) == [str(i) for i in (ids[0], ids[2], ids[1])]
+
+
+async def test_a_publish_that_cannot_be_sent_fails_it_and_the_rest_of_its_batch(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """An event NATS refuses to take (here: over its maximum payload) fails with the events after
+    it in the batch, which were not sent; those before it were acknowledged and leave."""
+    db = messaging_db
+    ids = await commit_events(db, service_stream, ["a", "b", "c"])
+    too_big = b"x" * (js._nc.max_payload + 1)
+    async with db.engine.begin() as conn:
+        await conn.execute(update(db.outbox).where(db.outbox.c.event_id == ids[1]).values(payload=too_big))
+    relay = _relay(OutboxRelay, db, js, batch_size=10, poll=1.0)
+    with pytest.raises(RuntimeError, match="2 of 3 publishes failed"):
+        await asyncio.wait_for(relay.publish_batch(), timeout=10)
+    assert await stream_event_ids(js, service_stream) == [str(ids[0])]
+    assert await _outbox_event_ids(db) == ids[1:]
+
+
 class Clock:
     """A monotonic clock the test moves by hand."""
 

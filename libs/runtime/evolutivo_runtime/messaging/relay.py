@@ -19,7 +19,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -67,6 +68,7 @@ class OutboxRelay:
         backlog_every_seconds: float = 1.0,
         sweep_seconds: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        ack_timeout_seconds: float = 10.0,
     ) -> None:
         # The read's snapshot must be taken after the check of the writers (OutboxCursor): each
         # statement its own snapshot, whatever the database's default.
@@ -85,6 +87,10 @@ class OutboxRelay:
         self._clock = clock
         self._sweep_every = sweep_seconds
         self._warned_of: tuple[int, float] | None = None  # the gap warned about last
+        # How long a batch's publishes may wait for JetStream's acks. nats-py resolves an ack's
+        # future only when the ack arrives: one lost (NATS restarted, the stream changed leader)
+        # would hold the pass, its transaction and the leader lock for good.
+        self._ack_timeout = ack_timeout_seconds
         # The leader lock, the read and the delete in one round trip (after a check of the writers
         # when the cursor waits on them, OutboxCursor). The lock is an uncorrelated
         # subquery, which PostgreSQL evaluates once, before the scan (a one-time filter), so a
@@ -128,7 +134,7 @@ class OutboxRelay:
                 failed = False
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
-                        pass
+                        await self._count_backlog()  # a long drain shows on the gauge as it goes
                 except Exception:
                     log.exception("outbox relay failed; retrying")
                     failed = True
@@ -184,10 +190,7 @@ class OutboxRelay:
                 if not rows:
                     self._cursor.published(after, [], full=False)
                     return 0
-                futures = [
-                    await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)) for row in rows
-                ]
-                results = await asyncio.gather(*futures, return_exceptions=True)
+                results = await self._publish(rows)
                 failures = [r for r in results if isinstance(r, BaseException)]
                 if failures:
                     raise _PartlyPublished  # leaving the block by it rolls the delete back
@@ -210,6 +213,35 @@ class OutboxRelay:
         PUBLISHED.inc(len(acked))
         raise RuntimeError(f"{len(failures)} of {len(rows)} publishes failed: {failures[0]!r}")
 
+    async def _publish(self, rows: Sequence[Any]) -> list[object]:
+        """Publishes the rows with their acks in flight together; returns each row's ack, or the
+        error that failed it. A publish that cannot be sent fails it and the rows after it (not
+        sent); an ack that has not come within the ack timeout fails its row (JetStream may have
+        stored the event: the next pass publishes it again and JetStream drops the copy by its
+        Nats-Msg-Id, within the stream's duplicate window)."""
+        results: list[object] = []
+        futures: list[asyncio.Future[Any]] = []
+        for row in rows:
+            try:
+                futures.append(
+                    await self._js.publish_async(
+                        row.subject, row.payload, headers=dict(row.headers), wait_stall=self._ack_timeout
+                    )
+                )
+            except Exception as error:
+                results = [error] * (len(rows) - len(futures))
+                break
+        if futures:
+            _, late = await asyncio.wait(futures, timeout=self._ack_timeout)
+            for future in late:
+                future.cancel()  # gives back its in-flight slot (nats-py's done callback)
+        timed_out = TimeoutError(f"no JetStream ack within {self._ack_timeout} s")
+        acks = [
+            timed_out if f.cancelled() else (f.exception() if f.exception() is not None else f.result())
+            for f in futures
+        ]
+        return acks + results
+
     def warn_of_a_stuck_gap(self) -> None:
         """Once per gap: a transaction that wrote the outbox and has not ended for a sweep's time
         (idle in a transaction?) holds back every pass of this relay to its seqs."""
@@ -227,6 +259,10 @@ class OutboxRelay:
         )
 
     async def _update_backlog(self) -> None:
+        """Counts the backlog after a pass (at most once per `backlog_every_seconds`)."""
+        await self._count_backlog()
+
+    async def _count_backlog(self) -> None:
         now = asyncio.get_running_loop().time()
         if now - self._backlog_at < self._backlog_every:
             return
