@@ -912,6 +912,42 @@ async def test_a_lone_message_of_another_type_or_without_an_id(setup: Setup) -> 
     assert len(await setup.inbox()) == 1
 
 
+async def test_a_batch_whose_commit_fails_is_applied_message_by_message(setup: Setup) -> None:
+    """A batch's transaction that fails at its commit (one message's event cannot be encoded)
+    keeps nothing; its messages are then applied one by one, so the good ones go through and the
+    one at fault fails alone (nak'ed: retried, in the end dead-lettered), instead of the whole
+    batch coming back from the server at every delivery."""
+
+    def encode(event: object) -> tuple[str, StringValue]:
+        if event == "doomed":
+            raise TypeError(f"no protobuf event for {event!r}")
+        return _encode_bump(event)
+
+    async def handle(uow: TallyUnitOfWork, message: StringValue, meta: envelope.EventMeta) -> None:
+        await uow.session.execute(insert(setup.db.items).values(id=str(meta.event_id), value=message.value))
+        uow.tally("k").bump(message.value)
+
+    consumer = _tally_consumer(setup, handle, encode)
+    good, doomed, fine = _fake("good"), _fake("doomed"), _fake("fine")
+    before = _batch_transaction_failures(setup)
+    await process(consumer, good, doomed, fine)
+    assert _batch_transaction_failures(setup) == before + 1
+    assert good.acked and fine.acked and not (good.naked or fine.naked)
+    assert doomed.naked and not doomed.acked
+    assert await setup.items() == ["fine", "good"]
+    assert await setup.follow_ups() == ["bumped-by-fine", "bumped-by-good"]
+    assert sorted(event_id for _, event_id, _ in await setup.inbox()) == sorted(
+        uuid.UUID(m.headers[envelope.EVENT_ID]) for m in (good, fine)
+    )
+
+
+def _batch_transaction_failures(setup: Setup) -> float:
+    found = REGISTRY.get_sample_value(
+        "evolutivo_consumer_batch_transaction_failures_total", {"consumer": setup.subscription.durable}
+    )
+    return found or 0.0
+
+
 async def test_a_lone_message_whose_commit_fails_is_failed_not_lost(setup: Setup) -> None:
     """The commit writes the domain events the handler recorded: one it cannot encode fails the
     message (nak'ed, so it is retried and in the end dead-lettered) and leaves nothing behind."""

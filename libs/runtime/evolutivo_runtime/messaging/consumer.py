@@ -96,6 +96,11 @@ BATCH_FALLBACKS = Counter(
     "Batch handler calls that raised: their events were applied one by one instead",
     ["consumer"],
 )
+BATCH_TRANSACTION_FAILURES = Counter(
+    "evolutivo_consumer_batch_transaction_failures_total",
+    "Fetched batches whose transaction failed (at its commit): their messages were applied one by one instead",
+    ["consumer"],
+)
 
 
 @dataclass(frozen=True)
@@ -250,7 +255,9 @@ class EventConsumer(Generic[U]):
         durable = self.subscription.durable
         event_id = _event_id(msg)
         if event_id is None:
-            return [(msg, ValueError(f"no valid {envelope.EVENT_ID} header"))]
+            error = ValueError(f"no valid {envelope.EVENT_ID} header")
+            self._failed(msg, error)
+            return [(msg, error)]
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             if attempt > 1:
                 await asyncio.sleep(0.05 * (attempt - 1))  # the other transaction usually only had to go first
@@ -279,6 +286,26 @@ class EventConsumer(Generic[U]):
         raise AssertionError("unreachable: the last attempt returns")
 
     async def _apply_batch_of(self, messages: list[Msg]) -> list[tuple[Msg, BaseException]]:
+        """Applies the messages in one transaction (`_apply_together`); returns those that failed
+        with their errors. Should the transaction itself fail (its commit: a write deferred to
+        it, a conflict there), nothing of it was kept, and each message is applied alone: the
+        one at fault then fails by itself (counted, retried, in the end dead-lettered) instead of
+        taking the whole batch back to the server at every delivery."""
+        try:
+            return await self._apply_together(messages)
+        except Exception:
+            BATCH_TRANSACTION_FAILURES.labels(self.subscription.durable).inc()
+            log.warning(
+                "batch transaction failed; applying its messages one by one",
+                extra={"consumer": self.subscription.durable, "events": len(messages)},
+                exc_info=True,
+            )
+        failed: list[tuple[Msg, BaseException]] = []
+        for msg in messages:
+            failed += await self._apply_lone(msg)
+        return failed
+
+    async def _apply_together(self, messages: list[Msg]) -> list[tuple[Msg, BaseException]]:
         """Applies the messages in one transaction, each (or each batch handler's call) in a
         savepoint; returns those that failed with their errors."""
         durable = self.subscription.durable
@@ -295,7 +322,9 @@ class EventConsumer(Generic[U]):
                 event_id = _event_id(msg)
                 if event_id is None or event_id not in claimed:
                     if event_id is None:
-                        failed.append((msg, ValueError(f"no valid {envelope.EVENT_ID} header")))
+                        no_id = ValueError(f"no valid {envelope.EVENT_ID} header")
+                        self._failed(msg, no_id)
+                        failed.append((msg, no_id))
                     else:
                         SKIPPED.labels(durable).inc()  # applied before, or earlier in this batch
                     continue
