@@ -38,7 +38,7 @@ def _config(name: str, subjects: list[str], replicas: int, duplicate_window: flo
         retention=RetentionPolicy.LIMITS,
         # Never drop a new event because the stream is full: publishing fails loudly instead
         # and the outbox keeps the event until there is room.
-        discard=DiscardPolicy.OLD,
+        discard=DiscardPolicy.NEW,
         num_replicas=replicas,
         duplicate_window=duplicate_window,
     )
