@@ -16,7 +16,13 @@ import pytest
 from evolutivo_runtime.clock import SystemClock
 from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
-from evolutivo_runtime.messaging.consumer import BatchHandler, EventConsumer, EventHandler, Subscription
+from evolutivo_runtime.messaging.consumer import (
+    CONSUMER_PENDING,
+    BatchHandler,
+    EventConsumer,
+    EventHandler,
+    Subscription,
+)
 from evolutivo_runtime.messaging.dead_letters import DeadLetter, DeadLetterQueue
 from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.wrappers_pb2 import StringValue
@@ -68,7 +74,9 @@ class Setup:
     dead_letters: DeadLetterQueue
     service: str
 
-    def consumer(self, batch_size: int = 10, max_deliver: int = 3, ack_wait: float = 30.0) -> EventConsumer[UnitOfWork]:
+    def consumer(
+        self, batch_size: int = 10, max_deliver: int = 3, ack_wait: float = 30.0, check_seconds: float = 10.0
+    ) -> EventConsumer[UnitOfWork]:
         return EventConsumer(
             self.js,
             self.subscription,
@@ -78,6 +86,7 @@ class Setup:
             batch_size=batch_size,
             max_deliver=max_deliver,
             ack_wait=ack_wait,
+            check_seconds=check_seconds,
         )
 
     async def publish(
@@ -910,6 +919,40 @@ async def test_a_lone_message_of_another_type_or_without_an_id(setup: Setup) -> 
     assert setup.handler.attempts == Counter()
     assert await setup.items() == []
     assert len(await setup.inbox()) == 1
+
+
+async def test_a_durable_removed_from_the_server_is_declared_again(setup: Setup) -> None:
+    """A pull on a durable that no longer exists only times out: the consumer finds it gone at
+    its next check, declares it again, and goes on (what it had applied is skipped by its inbox)."""
+    consumer = setup.consumer(check_seconds=0.2)
+    await consumer.setup()
+    durable = setup.subscription.durable
+    before = REGISTRY.get_sample_value("evolutivo_consumer_durables_declared_again_total", {"consumer": durable})
+    async with running(consumer):
+        await setup.publish("one")
+        await eventually(lambda: _items_are(setup, ["one"]), within=10, what="the first event applied")
+        await setup.js.delete_consumer(setup.stream.stream, durable)
+        await setup.publish("two")
+        await eventually(lambda: _items_are(setup, ["one", "two"]), within=10, what="the durable declared again")
+    after = REGISTRY.get_sample_value("evolutivo_consumer_durables_declared_again_total", {"consumer": durable})
+    assert (after or 0) - (before or 0) >= 1
+    assert setup.handler.attempts == Counter({"one": 1, "two": 1})
+
+
+async def test_the_pending_gauge_is_read_from_the_server_at_each_check(setup: Setup) -> None:
+    """Set otherwise only from a fetched message, the gauge stood still while fetches brought
+    nothing; each check reads it from the durable as the server has it."""
+    consumer = setup.consumer()
+    await consumer.setup()
+    for value in ("a", "b", "c"):
+        await setup.publish(value)
+    CONSUMER_PENDING.labels(setup.subscription.durable).set(99)
+    await consumer._check_durable()
+    assert REGISTRY.get_sample_value("evolutivo_consumer_pending", {"consumer": setup.subscription.durable}) == 3
+
+
+async def _items_are(setup: Setup, values: list[str]) -> bool:
+    return await setup.items() == values
 
 
 async def test_a_batch_whose_commit_fails_is_applied_message_by_message(setup: Setup) -> None:

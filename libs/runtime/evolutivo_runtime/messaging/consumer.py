@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import nats.errors
+import nats.js.errors
 from google.protobuf.message import Message
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -94,6 +95,11 @@ SETTLED = Counter(
 BATCH_FALLBACKS = Counter(
     "evolutivo_consumer_batch_fallbacks_total",
     "Batch handler calls that raised: their events were applied one by one instead",
+    ["consumer"],
+)
+DURABLES_DECLARED_AGAIN = Counter(
+    "evolutivo_consumer_durables_declared_again_total",
+    "Times this durable consumer was found gone from the server and declared again",
     ["consumer"],
 )
 BATCH_TRANSACTION_FAILURES = Counter(
@@ -170,9 +176,12 @@ class EventConsumer(Generic[U]):
         max_deliver: int,
         ack_wait: float,
         linger: float = 0.0,
+        check_seconds: float = 10.0,
     ) -> None:
         self._js = js
         self._linger = linger
+        # How often run() asks the server for the durable (`_check_durable`).
+        self._check_every = check_seconds
         self.subscription = subscription
         self._uow_factory = uow_factory
         self._inbox = inbox
@@ -205,7 +214,12 @@ class EventConsumer(Generic[U]):
 
     async def run(self, stop: asyncio.Event) -> None:
         assert self._psub is not None, "setup() first"
+        loop = asyncio.get_running_loop()
+        checked = loop.time()
         while not stop.is_set():
+            if loop.time() - checked >= self._check_every:
+                checked = loop.time()
+                await self._check_durable()
             try:
                 messages = await self._psub.fetch(self._batch_size, timeout=1.0)
             except (nats.errors.TimeoutError, TimeoutError):
@@ -220,6 +234,28 @@ class EventConsumer(Generic[U]):
                 # several (the per-transaction cost dominates a message's).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self._linger)
+
+    async def _check_durable(self) -> None:
+        """The durable as the server has it, every `check_seconds` whether fetches bring messages
+        or not: its pending count for the gauge (set otherwise only from a fetched message, so
+        it stood still while fetches failed or found nothing), and declared again when it is
+        gone (JetStream storage lost, the stream created again, removed by hand): a pull on a
+        durable that no longer exists only ever times out, silently."""
+        sub = self.subscription
+        try:
+            info = await self._js.consumer_info(sub.stream, sub.durable)
+        except nats.js.errors.NotFoundError:
+            DURABLES_DECLARED_AGAIN.labels(sub.durable).inc()
+            log.warning("durable consumer gone from the server; declaring it again", extra={"consumer": sub.durable})
+            try:
+                await self.close()
+                await self.setup()
+            except Exception:
+                log.exception("declaring the durable consumer again failed", extra={"consumer": sub.durable})
+            return
+        except Exception:
+            return  # NATS out of reach: the fetches log it
+        CONSUMER_PENDING.labels(sub.durable).set(info.num_pending or 0)
 
     async def close(self) -> None:
         """Stops pulling, so draining the connection does not wait on this subscription."""
