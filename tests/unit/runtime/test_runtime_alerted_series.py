@@ -4,12 +4,14 @@ failure, refused usage event or failed delivery would never alert."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 from evolutivo_billing.service_layer import delivery, notices
 from evolutivo_charging.entrypoints import usage_subject
 from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
+from evolutivo_runtime.server.background import supervise
 from prometheus_client import REGISTRY
 
 NONE: Any = None
@@ -45,3 +47,22 @@ def test_every_delivery_outcome_exists_before_the_first() -> None:
         assert sample("evolutivo_billing_bill_delivery_attempts_total", outcome=outcome) is not None
         assert sample("evolutivo_billing_notice_delivery_attempts_total", outcome=outcome) is not None
     assert notices.NOTICE_DELIVERIES is not delivery.DELIVERIES
+
+
+async def test_a_background_loops_restarts_exist_before_the_first_and_count_each_crash() -> None:
+    task = f"loop-{uuid.uuid4().hex[:8]}"
+    stop = asyncio.Event()
+    runs = 0
+
+    async def crash_twice_then_stop() -> None:
+        nonlocal runs
+        runs += 1
+        assert sample("evolutivo_background_restarts_total", task=task) == runs - 1
+        if runs == 3:
+            stop.set()
+            return
+        raise RuntimeError("the loop fell over")
+
+    await asyncio.wait_for(supervise(task, crash_twice_then_stop, stop), timeout=10)
+    assert runs == 3
+    assert sample("evolutivo_background_restarts_total", task=task) == 2

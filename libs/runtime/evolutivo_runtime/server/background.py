@@ -10,11 +10,18 @@ from collections.abc import Awaitable, Callable, Mapping
 
 import nats
 from nats.aio.client import Client as NatsClient
+from prometheus_client import Counter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from evolutivo_runtime.db import create_engine
 
 log = logging.getLogger(__name__)
+
+RESTARTS = Counter(
+    "evolutivo_background_restarts_total",
+    "Background loops (relay, consumers, ...) that crashed and were restarted",
+    ["task"],
+)
 
 
 class StoppedBeforeConnected(Exception):
@@ -80,13 +87,15 @@ async def open_connections(
 
 
 async def supervise(name: str, run: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
-    """Keeps a background loop alive: a crash is logged and the loop restarts after a pause."""
+    """Keeps a background loop alive: a crash is logged, counted and the loop restarts after a pause."""
+    restarts = RESTARTS.labels(name)  # the series exists before the first crash: increase() sees it
     while not stop.is_set():
         try:
             await run()
         except asyncio.CancelledError:
             raise
         except Exception:
+            restarts.inc()
             log.exception("background task crashed; restarting", extra={"task": name})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
