@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -936,6 +937,9 @@ async def test_a_durable_removed_from_the_server_is_declared_again(setup: Setup)
         await eventually(lambda: _items_are(setup, ["one", "two"]), within=10, what="the durable declared again")
     after = REGISTRY.get_sample_value("evolutivo_consumer_durables_declared_again_total", {"consumer": durable})
     assert (after or 0) - (before or 0) >= 1
+    # The loop went round meanwhile (the heartbeat EvolutivoBackgroundLoopStuck watches).
+    beat = REGISTRY.get_sample_value("evolutivo_background_progress_timestamp_seconds", {"task": f"consumer:{durable}"})
+    assert beat is not None and abs(time.time() - beat) < 10
     assert setup.handler.attempts == Counter({"one": 1, "two": 1})
 
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from evolutivo_runtime.clock import SystemClock
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.relay import OUTBOX_BACKLOG, RELAY_LOCK_KEY, OutboxRelay
+from evolutivo_runtime.progress import PROGRESS, RELAY_TASK
 from evolutivo_runtime.uow import UnitOfWork
 from google.protobuf.wrappers_pb2 import StringValue
 from nats.aio.client import Client as NatsClient
@@ -194,6 +196,18 @@ async def test_the_backlog_gauge_follows_a_drain_of_full_batches(
     async with running(relay):
         await asyncio.wait_for(relay.parked.wait(), timeout=10)
     assert relay.counted[:3] == [2, 1, 0]
+
+
+async def test_the_relay_beats_each_time_round(
+    messaging_db: MessagingDb, js: JetStreamContext, service_stream: ServiceStream
+) -> None:
+    """The heartbeat EvolutivoBackgroundLoopStuck watches (deploy/k8s/monitoring)."""
+    PROGRESS.labels(RELAY_TASK).set(0)
+    relay = _relay(ObservedRelay, messaging_db, js, batch_size=10, poll=0.05)
+    async with running(relay):
+        await asyncio.wait_for(relay.parked.wait(), timeout=10)
+        beat = REGISTRY.get_sample_value("evolutivo_background_progress_timestamp_seconds", {"task": RELAY_TASK})
+        assert beat is not None and abs(time.time() - beat) < 5
 
 
 async def _outbox_event_ids(db: MessagingDb) -> list[uuid.UUID]:

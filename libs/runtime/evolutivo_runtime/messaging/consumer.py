@@ -47,6 +47,7 @@ from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
 from evolutivo_runtime.messaging.dead_letters import DEAD_LETTERED, DeadLetterQueue
+from evolutivo_runtime.progress import consumer_task, heartbeat
 from evolutivo_runtime.uow import UnitOfWork
 
 log = logging.getLogger(__name__)
@@ -216,7 +217,9 @@ class EventConsumer(Generic[U]):
         assert self._psub is not None, "setup() first"
         loop = asyncio.get_running_loop()
         checked = loop.time()
+        beat = heartbeat(consumer_task(self.subscription.durable))
         while not stop.is_set():
+            beat.set_to_current_time()
             if loop.time() - checked >= self._check_every:
                 checked = loop.time()
                 await self._check_durable()

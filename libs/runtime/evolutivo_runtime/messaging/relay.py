@@ -31,6 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.messaging.outbox_cursor import OutboxCursor
 from evolutivo_runtime.messaging.tables import OUTBOX_CHANNEL
+from evolutivo_runtime.progress import RELAY_TASK, heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -117,8 +118,10 @@ class OutboxRelay:
         listener = await self._listen()
         loop = asyncio.get_running_loop()
         last_pass = float("-inf")
+        beat = heartbeat(RELAY_TASK)
         try:
             while not stop.is_set():
+                beat.set_to_current_time()
                 if self._linger > 0 and self._wakeup.is_set():
                     # At most one pass per linger: woken by a commit soon after the last pass, wait
                     # out the rest of it, and this pass publishes the commits meanwhile too (one
@@ -134,7 +137,8 @@ class OutboxRelay:
                 failed = False
                 try:
                     while await self.publish_batch() == self._batch_size and not stop.is_set():
-                        await self._count_backlog()  # a long drain shows on the gauge as it goes
+                        beat.set_to_current_time()  # a long drain is not a stuck relay
+                        await self._count_backlog()  # and shows on the gauge as it goes
                 except Exception:
                     log.exception("outbox relay failed; retrying")
                     failed = True

@@ -40,6 +40,7 @@ from evolutivo_runtime.messaging.consumer import EventConsumer, Subscription
 from evolutivo_runtime.messaging.dead_letters import DeadLetterQueue
 from evolutivo_runtime.messaging.streams import declare_dlq_stream, declare_service_stream
 from evolutivo_runtime.migrations import is_migrated
+from evolutivo_runtime.progress import consumer_task
 from evolutivo_runtime.security import scopes
 from evolutivo_runtime.security.audit import AuditAdminServicer
 from evolutivo_runtime.security.interceptor import AuthGuard
@@ -273,7 +274,7 @@ async def serve(definition: ServiceDefinition) -> None:
     consumer_stop = asyncio.Event()
     tasks = [
         asyncio.create_task(
-            supervise(f"consumer:{c.subscription.durable}", partial(c.run, consumer_stop), consumer_stop)
+            supervise(consumer_task(c.subscription.durable), partial(c.run, consumer_stop), consumer_stop)
         )
         for c in consumers
     ]

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from sqlalchemy import Table
 
 from evolutivo_runtime.messaging.relay import OutboxRelay
+from evolutivo_runtime.progress import RELAY_TASK
 from evolutivo_runtime.server.background import open_connections, supervise
 from evolutivo_runtime.settings import ServiceSettings
 
@@ -116,7 +117,7 @@ class RelayThread:
             sweep_seconds=settings.outbox_sweep_seconds,
         )
         try:
-            await supervise("outbox-relay", lambda: relay.run(stop), stop)
+            await supervise(RELAY_TASK, lambda: relay.run(stop), stop)
             # run() drains when stopped; this covers a stop that came before run() began.
             await relay.drain()
         finally:
