@@ -33,7 +33,7 @@ async def test_a_stream_declared_over_an_old_one_refuses_new_events_when_full(js
         config = (await js.stream_info(name)).config
         assert config.discard == DiscardPolicy.NEW
 
-        # With a limit (an operator's), the event past it is refused, and the stored ones stay.
+        # With a limit, the event past it is refused, and the stored ones stay.
         await js.update_stream(dataclasses.replace(config, max_msgs=2))
         subject = f"evolutivo.{service}.v1.thing.happened"
         for n in range(2):

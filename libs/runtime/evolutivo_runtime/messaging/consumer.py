@@ -199,6 +199,11 @@ class EventConsumer(Generic[U]):
 
     async def setup(self) -> None:
         """Declares the durable consumer (idempotent) and binds to it."""
+        await self._declare()
+        self._psub = await self._js.pull_subscribe_bind(self.subscription.durable, stream=self.subscription.stream)
+
+    async def _declare(self) -> None:
+        """Declares the durable consumer on the server (idempotent)."""
         sub = self.subscription
         config = ConsumerConfig(
             durable_name=sub.durable,
@@ -211,7 +216,6 @@ class EventConsumer(Generic[U]):
             max_ack_pending=max(1000, self._batch_size * 10),
         )
         await self._js.add_consumer(sub.stream, config)
-        self._psub = await self._js.pull_subscribe_bind(sub.durable, stream=sub.stream)
 
     async def run(self, stop: asyncio.Event) -> None:
         assert self._psub is not None, "setup() first"
@@ -251,8 +255,8 @@ class EventConsumer(Generic[U]):
             DURABLES_DECLARED_AGAIN.labels(sub.durable).inc()
             log.warning("durable consumer gone from the server; declaring it again", extra={"consumer": sub.durable})
             try:
-                await self.close()
-                await self.setup()
+                # The subscription stays: its pulls name the stream and the durable, not a binding.
+                await self._declare()
             except Exception:
                 log.exception("declaring the durable consumer again failed", extra={"consumer": sub.durable})
             return

@@ -234,6 +234,7 @@ class OutboxRelay:
                 )
             except Exception as error:
                 results = [error] * (len(rows) - len(futures))
+                self._cancel_orphaned_acks(futures)
                 break
         if futures:
             _, late = await asyncio.wait(futures, timeout=self._ack_timeout)
@@ -245,6 +246,19 @@ class OutboxRelay:
             for f in futures
         ]
         return acks + results
+
+    def _cancel_orphaned_acks(self, ours: Sequence[asyncio.Future[Any]]) -> None:
+        """nats-py's publish_async takes an in-flight slot and registers the ack's future before it
+        sends; when the send raises (NATS's maximum payload, its buffer full while reconnecting) it
+        gives neither back, and every such pass would leak a slot until publishing stalls for good.
+        Cancelling the orphaned future gives both back (its done callback). The relay's JetStream
+        context is its own (relay_thread.py), and a pass waits for all its acks before the next,
+        so a future still pending that is not this pass's is that orphan."""
+        registered: dict[str, asyncio.Future[Any]] = getattr(self._js, "_publish_async_futures", {})
+        mine = {id(f) for f in ours}
+        for future in list(registered.values()):
+            if id(future) not in mine and not future.done():
+                future.cancel()
 
     def warn_of_a_stuck_gap(self) -> None:
         """Once per gap: a transaction that wrote the outbox and has not ended for a sweep's time
