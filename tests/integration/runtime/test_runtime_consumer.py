@@ -983,14 +983,23 @@ async def test_a_batch_whose_commit_fails_is_applied_message_by_message(setup: S
     consumer = _tally_consumer(setup, handle, encode)
     good, doomed, fine = _fake("good"), _fake("doomed"), _fake("fine")
     before = _batch_transaction_failures(setup)
+    applied, failures = _applied(setup), _failures(setup)
     await process(consumer, good, doomed, fine)
     assert _batch_transaction_failures(setup) == before + 1
+    # Counted once, as applied alone: what the failed transaction counted went with it.
+    assert (_applied(setup) - applied, _failures(setup) - failures) == (2, 1)
     assert good.acked and fine.acked and not (good.naked or fine.naked)
     assert doomed.naked and not doomed.acked
     assert await setup.items() == ["fine", "good"]
     assert await setup.follow_ups() == ["bumped-by-fine", "bumped-by-good"]
     assert sorted(event_id for _, event_id, _ in await setup.inbox()) == sorted(
         uuid.UUID(m.headers[envelope.EVENT_ID]) for m in (good, fine)
+    )
+
+
+def _failures(setup: Setup) -> float:
+    return (
+        REGISTRY.get_sample_value("evolutivo_consumer_failures_total", {"consumer": setup.subscription.durable}) or 0.0
     )
 
 

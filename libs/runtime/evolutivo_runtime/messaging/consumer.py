@@ -191,6 +191,9 @@ class EventConsumer(Generic[U]):
         self._max_deliver = max_deliver
         self._ack_wait = ack_wait
         self._psub: JetStreamContext.PullSubscription | None = None
+        # While a batch's transaction is open, what it counts waits for its commit: a batch whose
+        # commit fails is applied again message by message, and must not be counted twice.
+        self._deferred: list[Callable[[], None]] | None = None
         # The series alerts watch exist from the start: increase() cannot see the first failure or
         # dead letter of a series that appears at 1 (deploy/k8s/monitoring).
         FAILED.labels(subscription.durable)
@@ -351,43 +354,55 @@ class EventConsumer(Generic[U]):
     async def _apply_together(self, messages: list[Msg]) -> list[tuple[Msg, BaseException]]:
         """Applies the messages in one transaction, each (or each batch handler's call) in a
         savepoint; returns those that failed with their errors."""
+        deferred: list[Callable[[], None]] = []
+        self._deferred = deferred
+        try:
+            async with self._uow_factory() as uow:
+                failed = await self._apply_in(uow, messages)
+                await uow.commit()
+        finally:
+            self._deferred = None
+        for count in deferred:
+            count()
+        return failed
+
+    async def _apply_in(self, uow: U, messages: list[Msg]) -> list[tuple[Msg, BaseException]]:
+        """`_apply_together`'s work in its transaction, up to the commit."""
         durable = self.subscription.durable
         batch_handlers = self.subscription.batch_handlers
         failed: list[tuple[Msg, BaseException]] = []
-        async with self._uow_factory() as uow:
-            # The batch's inbox rows first, in one insert sorted by event id: two replicas holding the
-            # same redelivered events (an ack wait ran out under load) then wait on each other in
-            # one order and never deadlock; the second finds the rows and skips those events.
-            claimed = await self._claim(uow, messages)
-            singles: list[tuple[Msg, uuid.UUID]] = []
-            batches: dict[BatchHandler[U], list[tuple[Msg, uuid.UUID]]] = {}
-            for msg in messages:
-                event_id = _event_id(msg)
-                if event_id is None or event_id not in claimed:
-                    if event_id is None:
-                        no_id = ValueError(f"no valid {envelope.EVENT_ID} header")
-                        self._failed(msg, no_id)
-                        failed.append((msg, no_id))
-                    else:
-                        SKIPPED.labels(durable).inc()  # applied before, or earlier in this batch
-                    continue
-                claimed.discard(event_id)
-                batch_handler = batch_handlers.get((msg.headers or {}).get(envelope.EVENT_TYPE, ""))
-                if batch_handler is None:
-                    singles.append((msg, event_id))
+        # The batch's inbox rows first, in one insert sorted by event id: two replicas holding the
+        # same redelivered events (an ack wait ran out under load) then wait on each other in
+        # one order and never deadlock; the second finds the rows and skips those events.
+        claimed = await self._claim(uow, messages)
+        singles: list[tuple[Msg, uuid.UUID]] = []
+        batches: dict[BatchHandler[U], list[tuple[Msg, uuid.UUID]]] = {}
+        for msg in messages:
+            event_id = _event_id(msg)
+            if event_id is None or event_id not in claimed:
+                if event_id is None:
+                    no_id = ValueError(f"no valid {envelope.EVENT_ID} header")
+                    self._failed(msg, no_id)
+                    failed.append((msg, no_id))
                 else:
-                    batches.setdefault(batch_handler, []).append((msg, event_id))
-            if self.subscription.advisory_locks:
-                await self._take_locks(uow, [*singles, *(m for batch in batches.values() for m in batch)])
-            one_by_one: list[tuple[Msg, uuid.UUID]] = []
-            for batch_handler, batch in batches.items():
-                if len(batch) == 1 or not await self._apply_batch(uow, batch_handler, batch):
-                    one_by_one += batch  # a lone event, or the batch handler raised
-            for msg, event_id in one_by_one + singles:
-                error = await self._apply_one(uow, msg, event_id)
-                if error is not None:
-                    failed.append((msg, error))
-            await uow.commit()
+                    self._count(SKIPPED.labels(durable).inc)  # applied before, or earlier in this batch
+                continue
+            claimed.discard(event_id)
+            batch_handler = batch_handlers.get((msg.headers or {}).get(envelope.EVENT_TYPE, ""))
+            if batch_handler is None:
+                singles.append((msg, event_id))
+            else:
+                batches.setdefault(batch_handler, []).append((msg, event_id))
+        if self.subscription.advisory_locks:
+            await self._take_locks(uow, [*singles, *(m for batch in batches.values() for m in batch)])
+        one_by_one: list[tuple[Msg, uuid.UUID]] = []
+        for batch_handler, batch in batches.items():
+            if len(batch) == 1 or not await self._apply_batch(uow, batch_handler, batch):
+                one_by_one += batch  # a lone event, or the batch handler raised
+        for msg, event_id in one_by_one + singles:
+            error = await self._apply_one(uow, msg, event_id)
+            if error is not None:
+                failed.append((msg, error))
         return failed
 
     async def _apply_one(self, uow: U, msg: Msg, event_id: uuid.UUID) -> BaseException | None:
@@ -413,12 +428,19 @@ class EventConsumer(Generic[U]):
             self._failed(msg, exc)
             return exc
         if applied:
-            APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
+            self._count(APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc)
         return None
+
+    def _count(self, count: Callable[[], None]) -> None:
+        """Counts now, or at the commit of the batch's transaction when one is open."""
+        if self._deferred is None:
+            count()
+        else:
+            self._deferred.append(count)
 
     def _failed(self, msg: Msg, exc: BaseException) -> None:
         durable = self.subscription.durable
-        FAILED.labels(durable).inc()
+        self._count(FAILED.labels(durable).inc)
         log.warning(
             "event failed",
             extra={"consumer": durable, "subject": msg.subject, "attempt": msg.metadata.num_delivered},
@@ -448,7 +470,7 @@ class EventConsumer(Generic[U]):
             )
             return False
         for msg, _ in batch:
-            APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc()
+            self._count(APPLIED.labels(durable, (msg.headers or {}).get(envelope.EVENT_TYPE, "")).inc)
         return True
 
     async def _take_locks(self, uow: U, claimed: list[tuple[Msg, uuid.UUID]]) -> None:
