@@ -227,11 +227,11 @@ class OutboxRelay:
         futures: list[asyncio.Future[Any]] = []
         for row in rows:
             try:
-                futures.append(
-                    await self._js.publish_async(
-                        row.subject, row.payload, headers=dict(row.headers), wait_stall=self._ack_timeout
-                    )
-                )
+                # No wait_stall: with one, nats-py wraps each publish's slot in a task and a timer,
+                # and the loop turn it yields sends every event in its own write (the bill run:
+                # NATS 0.11 -> 0.40 ms of CPU per bill, the consumers' batches smaller). A batch
+                # is within the in-flight bound, and every slot comes back at the end of its pass.
+                futures.append(await self._js.publish_async(row.subject, row.payload, headers=dict(row.headers)))
             except Exception as error:
                 results = [error] * (len(rows) - len(futures))
                 self._cancel_orphaned_acks(futures)
