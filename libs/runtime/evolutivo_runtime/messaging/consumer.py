@@ -301,9 +301,7 @@ class EventConsumer(Generic[U]):
         durable = self.subscription.durable
         event_id = _event_id(msg)
         if event_id is None:
-            error = ValueError(f"no valid {envelope.EVENT_ID} header")
-            self._failed(msg, error)
-            return [(msg, error)]
+            return [self._without_an_id(msg)]
         for attempt in range(1, _CONFLICT_ATTEMPTS + 1):
             if attempt > 1:
                 await asyncio.sleep(0.05 * (attempt - 1))  # the other transaction usually only had to go first
@@ -381,9 +379,7 @@ class EventConsumer(Generic[U]):
             event_id = _event_id(msg)
             if event_id is None or event_id not in claimed:
                 if event_id is None:
-                    no_id = ValueError(f"no valid {envelope.EVENT_ID} header")
-                    self._failed(msg, no_id)
-                    failed.append((msg, no_id))
+                    failed.append(self._without_an_id(msg))
                 else:
                     self._count(SKIPPED.labels(durable).inc)  # applied before, or earlier in this batch
                 continue
@@ -437,6 +433,12 @@ class EventConsumer(Generic[U]):
             count()
         else:
             self._deferred.append(count)
+
+    def _without_an_id(self, msg: Msg) -> tuple[Msg, BaseException]:
+        """A message without a valid event id: failed (the inbox cannot tell whether it was applied)."""
+        error = ValueError(f"no valid {envelope.EVENT_ID} header")
+        self._failed(msg, error)
+        return msg, error
 
     def _failed(self, msg: Msg, exc: BaseException) -> None:
         durable = self.subscription.durable

@@ -241,10 +241,7 @@ class OutboxRelay:
             for future in late:
                 future.cancel()  # gives back its in-flight slot (nats-py's done callback)
         timed_out = TimeoutError(f"no JetStream ack within {self._ack_timeout} s")
-        acks = [
-            timed_out if f.cancelled() else (f.exception() if f.exception() is not None else f.result())
-            for f in futures
-        ]
+        acks = [timed_out if f.cancelled() else (f.exception() or f.result()) for f in futures]
         return acks + results
 
     def _cancel_orphaned_acks(self, ours: Sequence[asyncio.Future[Any]]) -> None:
