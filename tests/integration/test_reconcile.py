@@ -43,6 +43,7 @@ from sqlalchemy import (
     Table,
     Text,
     Uuid,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -164,7 +165,9 @@ def entry(ids: Ids, type_: str, amount: str, source_type: str, source_id: object
     }
 
 
-def item(ids: Ids, charge_id: uuid.UUID, amount: str, bill_id: uuid.UUID | None = None, **more: Any) -> dict[str, Any]:
+def item(ids: Ids, charge_id: uuid.UUID, amount: str, **more: Any) -> dict[str, Any]:
+    """An item of the account's cycle; which are billed is the bill lines' and the cycle's
+    billed_through_seq's to say."""
     return {
         "charge_id": charge_id,
         "account_id": ids.account,
@@ -173,8 +176,6 @@ def item(ids: Ids, charge_id: uuid.UUID, amount: str, bill_id: uuid.UUID | None 
         "kind": more.pop("kind", "usage"),
         "amount": Decimal(amount),
         "currency_code": EUR,
-        "bill_id": bill_id,
-        "bill_line_number": 1 if bill_id else None,
         **more,
     }
 
@@ -294,13 +295,26 @@ async def agreeing_books(books: Books) -> Ids:
     await books.insert(
         "billing",
         billing_orm.bill_lines,
-        {"bill_id": b1, "line_number": 1, "amount": Decimal("15.00")},
+        {"bill_id": b1, "line_number": 1, "amount": Decimal("15.00"), "charge_ids": sorted([c_usage, c_fee]),
+         "charge_count": 2},
+    )  # fmt: skip
+    await books.insert(
+        "billing",
+        billing_orm.bill_items,
+        item(ids, c_usage, "10.00"),
+        item(ids, c_fee, "5.00", kind="recurring"),
+    )
+    # The bill (a bill now) took the cycle's items so far: the cycle is billed through them.
+    await books.execute(
+        "billing",
+        text(
+            "UPDATE bill_cycles SET billed_through_seq = (SELECT max(seq) FROM bill_items)"
+            f" WHERE bill_cycle_id = '{ids.cycle}'"
+        ),
     )
     await books.insert(
         "billing",
         billing_orm.bill_items,
-        item(ids, c_usage, "10.00", b1),
-        item(ids, c_fee, "5.00", b1, kind="recurring"),
         item(ids, c_old, "2.00"),
         item(ids, c_reversal, "-2.00", kind="reversal"),
         item(ids, c_new, "3.00"),
@@ -385,8 +399,20 @@ async def test_every_kind_of_disagreement_is_reported_with_its_ids_and_figures(b
         {"payment_id": p2, "reference": "ref-2", "account_id": ids.account, "balance_group_id": ids.group,
          "amount": Decimal("4.00"), "currency_code": EUR, "state": "recorded", "entry_id": p2_entry},
     )  # fmt: skip
-    # A bill issued with tax balance never booked, never received by the ERP gateway.
+    # A bill issued with tax balance never booked, never received by the ERP gateway, whose line
+    # names a charge billing has no item for.
     await books.insert("billing", billing_orm.bills, bill(ids, b2, 2, "0", "1.00"))
+    await books.insert(
+        "billing", billing_orm.bill_lines, {"bill_id": b2, "line_number": 1, "charge_ids": [lost], "charge_count": 1}
+    )
+    # The cycle billed through items no bill's line names: the five after the bill's two.
+    await books.execute(
+        "billing",
+        text(
+            "UPDATE bill_cycles SET billed_through_seq = (SELECT seq FROM bill_items"
+            f" WHERE charge_id = '{doubled}') WHERE bill_cycle_id = '{ids.cycle}'"
+        ),
+    )
     # A late fee collections recorded as posted that balance does not have, nor billing's items.
     await books.insert(
         "billing",
@@ -422,8 +448,15 @@ async def test_every_kind_of_disagreement_is_reported_with_its_ids_and_figures(b
         "erp.not_received",
         "late_fees.adjustment_missing",
         "late_fees.item_missing",
+        "bills.charges",
+        "items.billed",
     }, report.text()
     by_check = {d.check: d for d in report.differences}
+    assert by_check["bills.charges"].ids == {"bill_id": str(b2), "bill_number": "F-2031-000002"}
+    assert (by_check["bills.charges"].expected, by_check["bills.charges"].found) == ("1", "0")
+    unnamed = [d for d in report.differences if d.check == "items.billed"]
+    assert len(unnamed) == 5 and {"charge_id": str(doubled)} in [d.ids for d in unnamed]
+    assert {(d.expected, d.found) for d in unnamed} == {("1", "0")}
     missing = by_check["balance.charge_missing"]
     assert (missing.account_id, missing.ids, missing.expected, missing.found) == (
         str(ids.account),

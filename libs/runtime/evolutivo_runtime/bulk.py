@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Table, TextClause, text
+from sqlalchemy import ARRAY, Table, TextClause, text
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -41,8 +41,9 @@ def insert_rows(
     null unless the column's type says `none_as_null`), so the rows are those `insert(table)` would
     write. With `on_conflict_constraint` (a constraint's name) or `on_conflict_columns` (a unique
     index's columns), a row conflicting with it is skipped; `returning` names the columns returned
-    of the rows inserted. `same` gives columns whose value is the same in every row, bound once
-    (an array column can go only this way: unnest flattens arrays of arrays).
+    of the rows inserted. `same` gives columns whose value is the same in every row, bound once.
+    An array column's values (lists, or None) go as array literals in a text array, cast in the
+    statement: unnest would flatten an array of arrays.
 
     With `on_conflict_update` (and `on_conflict_columns`), a conflicting row updates those columns
     of the row there to its own values instead (`excluded`), when `update_where` (SQL over the
@@ -79,6 +80,8 @@ def insert_rows(
             value = row[name]
             if name in statement.json_none_as_null and (value is not None or not statement.json_none_as_null[name]):
                 value = json.dumps(value)
+            elif name in statement.array_columns and value is not None:
+                value = _array_literal(value)
             arrays[name].append(value)
     params: dict[str, Any] = {f"{param_prefix}{name}": values for name, values in arrays.items()}
     for name, constant in constants.items():
@@ -93,6 +96,15 @@ class _Statement:
     # JSONB columns of the rows -> whether None is SQL NULL there (else JSON null).
     json_none_as_null: Mapping[str, bool]
     json_constants: frozenset[str]
+    # Array columns of the rows: their values go as array literals.
+    array_columns: frozenset[str]
+
+
+def _array_literal(values: Sequence[Any]) -> str:
+    """A one-dimensional PostgreSQL array literal: every element quoted (backslash and quote
+    escaped), None as NULL."""
+    quoted = ("NULL" if v is None else '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 # Statements by shape: building one compiles every column's type and parses the text, which on
@@ -111,6 +123,7 @@ def _statement(
     where: str | None,
 ) -> _Statement:
     json_none_as_null: dict[str, bool] = {}
+    array_columns = set()
     casts, selected = [], []
     for name in columns:
         column_type = table.c[name].type
@@ -118,6 +131,10 @@ def _statement(
             json_none_as_null[name] = bool(column_type.none_as_null)
             casts.append(f"CAST(:{param_prefix}{name} AS text[])")
             selected.append(f"CAST(v.{name} AS jsonb)")
+        elif isinstance(column_type, ARRAY):
+            array_columns.add(name)
+            casts.append(f"CAST(:{param_prefix}{name} AS text[])")
+            selected.append(f"CAST(v.{name} AS {column_type.compile(dialect=_DIALECT)})")
         else:
             casts.append(f"CAST(:{param_prefix}{name} AS {column_type.compile(dialect=_DIALECT)}[])")
             selected.append(f"v.{name}")
@@ -149,4 +166,4 @@ def _statement(
         sql += f" ON CONFLICT ({', '.join(on_conflict_columns)}) DO NOTHING"
     if returning:
         sql += f" RETURNING {', '.join(returning)}"
-    return _Statement(text(sql), columns, json_none_as_null, frozenset(json_constants))
+    return _Statement(text(sql), columns, json_none_as_null, frozenset(json_constants), frozenset(array_columns))

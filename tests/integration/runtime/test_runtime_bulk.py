@@ -168,6 +168,39 @@ async def test_values_the_same_in_every_row_go_once_array_columns_too(empty_data
         await engine.dispose()
 
 
+async def test_array_columns_differ_row_by_row_and_keep_every_element(empty_database: EmptyDatabase) -> None:
+    """Per-row arrays go as array literals (unnest would flatten an array of arrays): each row
+    keeps its own elements in order, empty and NULL arrays and NULL elements included, and text
+    elements with the characters an array literal quotes survive exactly."""
+    lines = Table(
+        "lines",
+        MetaData(),
+        Column("line_id", Integer, primary_key=True),
+        Column("charge_ids", ARRAY(Uuid), nullable=True),
+        Column("labels", ARRAY(Text), nullable=False),
+    )
+    a, b, c = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    tricky = ['comma, "quote"', "back\\slash", "{braces}", "NULL", " spaced ", ""]
+    rows = [
+        {"line_id": 1, "charge_ids": [b, a, c], "labels": tricky},
+        {"line_id": 2, "charge_ids": [], "labels": ["x"]},
+        {"line_id": 3, "charge_ids": None, "labels": [None, "y"]},
+    ]
+    engine = create_engine(await empty_database("bulk"))
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(lines.metadata.create_all)
+            await conn.execute(*insert_rows(lines, rows))
+            stored = (await conn.execute(select(lines).order_by(lines.c.line_id))).all()
+        assert [(r.line_id, r.charge_ids, r.labels) for r in stored] == [
+            (1, [b, a, c], tricky),
+            (2, [], ["x"]),
+            (3, None, [None, "y"]),
+        ]
+    finally:
+        await engine.dispose()
+
+
 async def test_conflicting_rows_update_where_the_condition_holds(empty_database: EmptyDatabase) -> None:
     """`on_conflict_update`: a row whose key is there updates the named columns to its values when
     `update_where` holds, else is left out; RETURNING names the rows inserted or updated."""

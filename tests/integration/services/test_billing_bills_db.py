@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -38,17 +39,19 @@ from evolutivo_billing.entrypoints.app import MIGRATIONS
 from evolutivo_billing.entrypoints.consumers import subscriptions
 from evolutivo_billing.entrypoints.cycle_closer import CycleCloser
 from evolutivo_billing.entrypoints.grpc_api import BillingServicer
+from evolutivo_billing.service_layer import bills as bills_service
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
 from evolutivo_runtime.db import plain_url
-from evolutivo_runtime.errors import InvalidArgument, NotFound
+from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.messaging.streams import stream_name
 from evolutivo_runtime.migrations import alembic_config
 from evolutivo_runtime.money import from_money, to_money
 from evolutivo_runtime.timestamps import to_timestamp
 from google.protobuf.message import Message
-from sqlalchemy import func, select, text
+from sqlalchemy import Boolean, Uuid, column, func, select, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from support.billing import billing_stub
 from support.databases import EmptyDatabase, MigratedDatabase, ServiceDb
 from support.jetstream import FakeMsg, consumer_for, message, process
@@ -106,7 +109,21 @@ class BillingDb(ServiceDb):
         return await self.rows(select(bills).order_by(bills.c.number_sequence))
 
     async def items(self) -> list[Any]:
-        return await self.rows(select(bill_items))
+        """Every bill item, with `bill_id` the bill whose line names it (None while unbilled),
+        after checking that this is what its cycle says: billed when the cycle is closed or billed
+        through its seq, and then on exactly one bill."""
+        kept = [c for c in bill_items.c if c.name not in ("bill_id", "bill_line_number")]
+        rows = await self.rows(
+            text(
+                f"SELECT {', '.join(f'i.{c.name}' for c in kept)},"
+                " (c.status <> 'open' OR i.seq <= c.billed_through_seq) AS billed,"
+                " array(SELECT l.bill_id FROM bill_lines AS l WHERE i.charge_id = ANY(l.charge_ids)) AS bills"
+                " FROM bill_items AS i JOIN bill_cycles AS c USING (bill_cycle_id)"
+            ).columns(*kept, column("billed", Boolean), column("bills", ARRAY(Uuid)))
+        )
+        for row in rows:
+            assert len(row.bills) == (1 if row.billed else 0), f"item {row.charge_id}: its cycle and the lines agree"
+        return [SimpleNamespace(**row._asdict(), bill_id=row.bills[0] if row.bills else None) for row in rows]
 
     async def events(self, *subjects: str) -> list[tuple[str, Any]]:
         return [
@@ -546,15 +563,15 @@ async def test_a_bill_rolled_back_gives_its_number_back(db: BillingDb, monkeypat
     broken = accounts[2]
     add, add_many = BillRepository.add, BillRepository.add_many
 
-    async def failing_add(self: BillRepository, bill: Bill, items: Any) -> None:
-        await add(self, bill, items)  # its number is taken and the bill written...
+    async def failing_add(self: BillRepository, bill: Bill) -> None:
+        await add(self, bill)  # its number is taken and the bill written...
         if bill.account_id == broken:
             raise RuntimeError("the disk is full")  # ...then the savepoint rolls it back
 
-    async def failing_add_many(self: BillRepository, bills_: Any, items: Any) -> None:
+    async def failing_add_many(self: BillRepository, bills_: Any) -> None:
         # The set-based pass: all five numbers taken and bills written, then rolled back together;
         # the pass falls back to closing its cycles one by one, where only the broken one fails.
-        await add_many(self, bills_, items)
+        await add_many(self, bills_)
         if any(bill.account_id == broken for bill in bills_):
             raise RuntimeError("the disk is full")
 
@@ -771,7 +788,7 @@ async def test_migration_0004_goes_back_and_forth(empty_database: EmptyDatabase)
             assert await conn.fetchval(f"select to_regclass('{table}')") is None
         await asyncio.to_thread(command.upgrade, config, "head")
         indexes = dict(await conn.fetch("select indexname, indexdef from pg_indexes where tablename = 'bill_items'"))
-        assert "WHERE (bill_id IS NULL)" in indexes["bill_items_unbilled"]
+        assert "(bill_cycle_id, seq)" in indexes["bill_items_unbilled"]
         assert await conn.fetchval("select count(*) from bill_number_series") == 0
     finally:
         await conn.close()
@@ -783,3 +800,52 @@ async def test_a_fresh_database_has_every_table(db: BillingDb) -> None:
             assert await conn.scalar(select(func.count()).select_from(table)) == 0
         assert await conn.scalar(text("select count(*) from bill_lines")) == 0
     assert NumberFormat().series(date(2031, 1, 1)) == "F-2031"
+
+
+async def test_charges_racing_bill_now_calls_are_each_billed_once(db: BillingDb) -> None:
+    """ChargesCreated for accounts' open cycles applied by three consumers while bill now calls
+    bill the same accounts again and again: a bill now holds the open cycle against the consumers
+    (they add their items before it reads or after it commits), so each charge is on exactly one
+    bill or still unbilled, never on two and never skipped by the cycle's billed_through_seq; the
+    cycles' own bills then take the rest."""
+    accounts = [await open_unit(db, NOW + timedelta(minutes=i)) for i in range(6)]
+    firsts = {a: (await db.cycles(a))[0] for a in accounts}
+    messages = [
+        charges_created(
+            *(
+                rated(a, firsts[a].bill_cycle_id, "0.10", madrid(2031, 5, 12, 10) + timedelta(seconds=i))
+                for a in accounts
+            )
+        )
+        for i in range(30)
+    ]
+
+    async def feed(share: list[FakeMsg]) -> None:
+        for msg in share:
+            await deliver(db, msg)
+
+    async def bill_now_repeatedly(account_id: uuid.UUID) -> int:
+        issued = 0
+        for _ in range(8):
+            try:
+                await bills_service.bill_now(db.uow(), account_id, uuid.uuid4(), POLICY)
+                issued += 1
+            except FailedPrecondition:
+                pass  # nothing unbilled at that moment
+            await asyncio.sleep(0)
+        return issued
+
+    counts = await asyncio.gather(
+        *(feed(messages[i::3]) for i in range(3)), *(bill_now_repeatedly(a) for a in accounts)
+    )
+    assert sum(c for c in counts if c is not None) > 0, "some bills were issued during the race"
+    items = await db.items()  # checks every item's cycle and the bills' lines agree
+    assert len(items) == 6 * 30
+    on_demand = sum((b.subtotal for b in await db.all_bills()), Decimal(0))
+    unbilled = sum((row.amount for row in items if row.bill_id is None), Decimal(0))
+    assert on_demand + unbilled == Decimal("18.00")
+    db.clock.instant = FIRST_DUE
+    await db.closer().catch_up()
+    items = await db.items()
+    assert all(row.bill_id is not None for row in items)
+    assert sum((b.subtotal for b in await db.all_bills()), Decimal(0)) == Decimal("18.00")

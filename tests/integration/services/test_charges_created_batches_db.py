@@ -262,8 +262,10 @@ class BillingDb(ConsumingDb[BillingUnitOfWork]):
         units = billing_orm.bill_units
         cycles = billing_orm.bill_cycles
         return {
+            # Not their `seq`: the order a batch inserts its items in is its own (what `seq` decides,
+            # billed or not against the cycles' billed_through_seq, is no ChargesCreated's to change).
             "items": [
-                normalized(dict(row._mapping), labels)
+                normalized({k: v for k, v in row._mapping.items() if k != "seq"}, labels)
                 for row in await self.rows(select(items).order_by(items.c.charge_id))
             ],
             "thresholds": [

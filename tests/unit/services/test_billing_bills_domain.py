@@ -24,9 +24,10 @@ from evolutivo_billing.domain.bills import (
     compute_taxes,
     currency_exponent,
     group_lines,
+    last_seq,
     round_money,
 )
-from evolutivo_billing.domain.cycles import BillCycle
+from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus, InvalidBillCycle
 from evolutivo_billing.domain.model import BillingProfile, BillUnit
 from evolutivo_billing.domain.numbering import InvalidNumberFormat, NumberFormat
 from evolutivo_billing.settings import BillingSettings
@@ -267,11 +268,33 @@ def test_a_bill_takes_only_unbilled_items_of_its_cycle() -> None:
     other_cycle = replace(c, bill_cycle_id=uuid.uuid4())
     with pytest.raises(InvalidBill):
         Bill.for_cycle(u, c, PROFILE, [item(u, other_cycle, charge(u, "1.00"))], TaxRates(), NOW)
-    billed = replace(item(u, c, charge(u, "1.00")), bill_id=uuid.uuid4(), bill_line_number=1)
+    # The cycle is billed through seq 7 (a bill now took its items up to there): item 7 is billed,
+    # item 8 is not.
+    billed_through = replace(c, billed_through_seq=7)
     with pytest.raises(InvalidBill):
-        Bill.for_cycle(u, c, PROFILE, [billed], TaxRates(), NOW)
+        Bill.for_cycle(u, billed_through, PROFILE, [replace(item(u, c, charge(u, "1.00")), seq=7)], TaxRates(), NOW)
+    bill = Bill.for_cycle(u, billed_through, PROFILE, [replace(item(u, c, charge(u, "1.00")), seq=8)], TaxRates(), NOW)
+    assert bill.subtotal == Decimal("1.00")
     with pytest.raises(InvalidBill):
         Bill.for_cycle(unit(), c, PROFILE, [], TaxRates(), NOW)
+
+
+def test_a_cycle_is_billed_through_ever_higher_stored_items_while_it_is_open() -> None:
+    u = unit()
+    c = cycle_of(u)
+    stored = [replace(item(u, c, charge(u, "1.00")), seq=n) for n in (4, 9, 6)]
+    assert last_seq(stored) == 9
+    with pytest.raises(InvalidBill):
+        last_seq([*stored, item(u, c, charge(u, "1.00"))])  # not stored: no seq
+    with pytest.raises(InvalidBill):
+        last_seq([])
+    c.bill_through(9)
+    assert c.billed_through_seq == 9
+    with pytest.raises(InvalidBillCycle):
+        c.bill_through(9)  # not past where it stands
+    closed = replace(c, status=BillCycleStatus.CLOSED)
+    with pytest.raises(InvalidBillCycle):
+        closed.bill_through(12)  # a closed cycle's own bill took its items
 
 
 def test_issuing_numbers_the_draft_once_and_records_bill_issued() -> None:

@@ -10,6 +10,7 @@ differences until they land.
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -118,19 +119,34 @@ class Billing:
     actions: list[Row]
     bill_unit_accounts: set[uuid.UUID]
     outbox: int
+    # The bills whose lines name each charge (a charge on no bill is left out).
+    item_bills: dict[uuid.UUID, list[uuid.UUID]] = field(default_factory=dict)
 
 
 async def load_billing(url: str) -> Billing:
     async with read_only(url) as conn:
+        # An item's bill is the bill whose line names it (`bill_id`: every such bill, since
+        # migration 0016 items are not written when billed); `billed` is what its cycle says: closed
+        # (billed in full), or billed through its `seq`. check_bills holds the two against each other.
         items = await conn.fetch(
-            "select charge_id, account_id, kind, event_id, amount, currency_code, bill_id from bill_items"
-            " order by account_id, charge_id"
+            "select i.charge_id, i.account_id, i.kind, i.event_id, i.amount, i.currency_code,"
+            " (c.status <> 'open' or i.seq <= c.billed_through_seq) as billed"
+            " from bill_items i join bill_cycles c using (bill_cycle_id)"
+            " order by i.account_id, i.charge_id"
         )
+        on_lines: defaultdict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+        for row in await conn.fetch("select l.bill_id, unnest(l.charge_ids) as charge_id from bill_lines l"):
+            on_lines[row["charge_id"]].append(row["bill_id"])
         bills = await conn.fetch(
             "select b.bill_id, b.account_id, b.status, b.bill_number, b.currency_code, b.subtotal, b.tax_total,"
             " b.total, b.paid_amount, b.credited_amount, b.suppressed,"
             " coalesce((select sum(l.amount) from bill_lines l where l.bill_id = b.bill_id), 0) as lines_sum,"
-            " coalesce((select sum(i.amount) from bill_items i where i.bill_id = b.bill_id), 0) as items_sum,"
+            " coalesce((select sum(i.amount) from bill_lines l join bill_items i on i.charge_id = any(l.charge_ids)"
+            "   where l.bill_id = b.bill_id), 0) as items_sum,"
+            " coalesce((select sum(cardinality(l.charge_ids)) from bill_lines l where l.bill_id = b.bill_id), 0)"
+            "   as charges_named,"
+            " (select count(*) from bill_lines l join bill_items i on i.charge_id = any(l.charge_ids)"
+            "   where l.bill_id = b.bill_id) as charges_found,"
             " coalesce((select sum(a.amount) from payment_allocations a where a.bill_id = b.bill_id), 0)"
             "   as allocated,"
             " coalesce((select sum(c.amount) from credit_note_allocations c where c.bill_id = b.bill_id), 0)"
@@ -159,7 +175,8 @@ async def load_billing(url: str) -> Billing:
                 " where a.action_type in ('late_fee', 'write_off') order by a.case_id, a.sequence"
             )
         units = {r["account_id"] for r in await conn.fetch("select account_id from bill_units")}
-        return Billing(list(items), list(bills), list(payments), list(notes), list(actions), units, await _outbox(conn))
+        outbox = await _outbox(conn)
+        return Billing(list(items), list(bills), list(payments), list(notes), list(actions), units, outbox, on_lines)
 
 
 @dataclass

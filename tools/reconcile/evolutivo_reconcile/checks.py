@@ -311,7 +311,7 @@ def check_charges(report: Report, charging: Charging | None, balance: Balance | 
     billed: defaultdict[Key, Decimal] = defaultdict(Decimal)
     if billing is not None:
         for i in billing.items:
-            if i["kind"] in CHARGE_KINDS and i["bill_id"] is not None:
+            if i["kind"] in CHARGE_KINDS and i["billed"]:
                 billed[(str(i["account_id"]), i["currency_code"])] += i["amount"]
     names = list(sums)
     for key in sorted({k for totals in sums.values() for k in totals}):
@@ -596,10 +596,25 @@ def check_tax_and_credit_notes(report: Report, balance: Balance, billing: Billin
 
 
 def check_bills(report: Report, billing: Billing) -> None:
-    """A bill's subtotal is its lines and its items; what was paid and credited on it is what its
-    allocations say; a credit note's allocations plus its credit are its total."""
+    """A bill's subtotal is its lines and its items, and every charge its lines name is an item;
+    an item its cycle counts as billed is on exactly one bill, one it counts as unbilled on none;
+    what was paid and credited on a bill is what its allocations say; a credit note's allocations
+    plus its credit are its total."""
+    for i in billing.items:
+        on = billing.item_bills.get(i["charge_id"], [])
+        if len(on) != (1 if i["billed"] else 0):
+            report.add(
+                "items.billed",
+                f"an item its cycle counts as {'billed' if i['billed'] else 'unbilled'} is on {len(on)} bills",
+                i["account_id"], expected=1 if i["billed"] else 0, found=len(on), charge_id=i["charge_id"],
+            )  # fmt: skip
     for b in billing.bills:
         ids = {"bill_id": b["bill_id"], "bill_number": b["bill_number"] or "(draft)"}
+        if b["charges_found"] != b["charges_named"]:
+            report.add(
+                "bills.charges", "a bill's lines name charges billing has no item for", b["account_id"],
+                expected=b["charges_named"], found=b["charges_found"], **ids,
+            )  # fmt: skip
         if b["lines_sum"] != b["subtotal"]:
             report.add(
                 "bills.lines", "a bill's subtotal is not the sum of its lines", b["account_id"],

@@ -141,7 +141,6 @@ def item_to_pb(item: BillItem) -> bill_pb2.BillItem:
         late=item.late,
         period_start_date=to_date(item.period.start),
         period_end_date=to_date(item.period.end),
-        bill_id=str(item.bill_id) if item.bill_id else "",
         receive_time=to_timestamp(item.receive_time),
         unrounded_amount=decimal_to_str(c.unrounded_amount) if c.unrounded_amount is not None else "",
         tiers=[tier_to_pb(t) for t in c.tiers],

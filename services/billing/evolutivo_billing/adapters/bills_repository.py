@@ -14,7 +14,6 @@ from sqlalchemy import (
     BigInteger,
     Date,
     DateTime,
-    Integer,
     Table,
     Text,
     Uuid,
@@ -32,6 +31,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from evolutivo_billing.adapters.orm import (
+    bill_cycles,
     bill_items,
     bill_lines,
     bill_number_series,
@@ -59,6 +59,7 @@ from evolutivo_billing.domain.bills import (
     Statement,
     Tier,
 )
+from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
 from evolutivo_billing.domain.model import OpenBill
 
 
@@ -66,10 +67,6 @@ def _any_of(ids: Collection[uuid.UUID]) -> Any:
     """`= ANY($1)` with the ids as one array parameter: any number of ids (an IN list would take
     a parameter each, and PostgreSQL takes at most 32767)."""
     return any_(bindparam(None, list(ids), type_=ARRAY(Uuid)))
-
-
-class ItemAlreadyBilled(RuntimeError):
-    """An item a bill was to take is on another bill already: the bill rolls back."""
 
 
 class BillItemRepository:
@@ -94,12 +91,14 @@ class BillItemRepository:
         )
         return {row.charge_id for row in await self._session.execute(statement, params)}
 
-    async def unbilled_in_cycle(self, bill_cycle_id: uuid.UUID) -> list[BillItem]:
-        """The cycle's items no bill has taken, oldest event first."""
+    async def unbilled_in_cycle(self, cycle: BillCycle) -> list[BillItem]:
+        """The cycle's items no bill has taken (those above its `billed_through_seq`), oldest
+        event first. The caller holds the cycle, locked against the ChargesCreated consumer's
+        share lock, when it bills them (BillCycleRepository.open_for_unit)."""
         t = bill_items
         query = (
             select(t)
-            .where(t.c.bill_cycle_id == bill_cycle_id, t.c.bill_id.is_(None))
+            .where(t.c.bill_cycle_id == cycle.bill_cycle_id, t.c.seq > cycle.billed_through_seq)
             .order_by(t.c.event_time, t.c.charge_id)
         )
         return [_item(row._mapping) for row in await self._session.execute(query)]
@@ -108,10 +107,11 @@ class BillItemRepository:
         """How many items no bill has taken each of these cycles has (a cycle without any is left out)."""
         if not bill_cycle_ids:
             return {}
-        t = bill_items
+        t, c = bill_items, bill_cycles
         query = (
             select(t.c.bill_cycle_id, func.count())
-            .where(t.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.bill_id.is_(None))
+            .join(c, c.c.bill_cycle_id == t.c.bill_cycle_id)
+            .where(c.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.seq > c.c.billed_through_seq)
             .group_by(t.c.bill_cycle_id)
         )
         return {row[0]: int(row[1]) for row in await self._session.execute(query)}
@@ -125,10 +125,11 @@ class BillItemRepository:
         a read that came in under the limit)."""
         if not bill_cycle_ids:
             return {}
-        t = bill_items
+        t, c = bill_items, bill_cycles
         query = (
             select(t)
-            .where(t.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.bill_id.is_(None))
+            .join(c, c.c.bill_cycle_id == t.c.bill_cycle_id)
+            .where(c.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.seq > c.c.billed_through_seq)
             .order_by(t.c.bill_cycle_id, t.c.event_time, t.c.charge_id)
             .limit(limit)
         )
@@ -138,30 +139,27 @@ class BillItemRepository:
             found.setdefault(item.bill_cycle_id, []).append(item)
         return found
 
-    async def unbilled_for_unit(self, bill_unit_id: uuid.UUID) -> list[BillItem]:
-        """The unit's items no bill has taken (all in its open cycle), oldest event first."""
-        t = bill_items
-        query = (
-            select(t)
-            .where(t.c.bill_unit_id == bill_unit_id, t.c.bill_id.is_(None))
-            .order_by(t.c.event_time, t.c.charge_id)
-        )
-        return [_item(row._mapping) for row in await self._session.execute(query)]
-
-    async def unbilled_amount(self, account_id: uuid.UUID) -> Decimal:
-        """The sum of the account's unbilled items (before tax): what its threshold is compared to."""
-        t = bill_items
+    async def unbilled_amount(self, bill_unit_id: uuid.UUID) -> Decimal:
+        """The sum of the unit's unbilled items (before tax), all in its open cycle: what its
+        threshold is compared to."""
+        t, c = bill_items, bill_cycles
         total = await self._session.scalar(
-            select(func.coalesce(func.sum(t.c.amount), 0)).where(t.c.account_id == account_id, t.c.bill_id.is_(None))
+            select(func.coalesce(func.sum(t.c.amount), 0))
+            .join(c, c.c.bill_cycle_id == t.c.bill_cycle_id)
+            .where(*_open_cycle_of(bill_unit_id), t.c.seq > c.c.billed_through_seq)
         )
         return _plain(Decimal(total or 0))
 
-    async def list_unbilled(self, account_id: uuid.UUID, after: ItemListPosition | None, limit: int) -> list[BillItem]:
-        """Up to `limit` of the account's unbilled items, oldest event time first, after `after`."""
-        t = bill_items
+    async def list_unbilled(
+        self, bill_unit_id: uuid.UUID, after: ItemListPosition | None, limit: int
+    ) -> list[BillItem]:
+        """Up to `limit` of the unit's unbilled items (all in its open cycle), oldest event time
+        first, after `after`."""
+        t, c = bill_items, bill_cycles
         query = (
             select(t)
-            .where(t.c.account_id == account_id, t.c.bill_id.is_(None))
+            .join(c, c.c.bill_cycle_id == t.c.bill_cycle_id)
+            .where(*_open_cycle_of(bill_unit_id), t.c.seq > c.c.billed_through_seq)
             .order_by(t.c.event_time, t.c.charge_id)
             .limit(limit)
         )
@@ -169,55 +167,11 @@ class BillItemRepository:
             query = query.where(tuple_(t.c.event_time, t.c.charge_id) > tuple_(after.event_time, after.charge_id))
         return [_item(row._mapping) for row in await self._session.execute(query)]
 
-    async def mark_billed(self, bill_id: uuid.UUID, lines: Sequence[BillLine]) -> None:
-        """Puts the lines' charges on the bill, each on its line, in one statement (the bill run
-        issues many bills a pass); ItemAlreadyBilled when one is on a bill already."""
-        charge_ids = [c for line in lines for c in line.charge_ids]
-        if not charge_ids:
-            return
-        line_numbers = [line.line_number for line in lines for _ in line.charge_ids]
-        result = await self._session.execute(
-            text(
-                "UPDATE bill_items SET bill_id = :bill_id, bill_line_number = v.line_number "
-                "FROM unnest(CAST(:charge_ids AS uuid[]), CAST(:line_numbers AS integer[])) "
-                "AS v(charge_id, line_number) "
-                "WHERE bill_items.charge_id = v.charge_id AND bill_items.bill_id IS NULL"
-            ).bindparams(
-                bindparam("bill_id", bill_id, type_=Uuid),
-                bindparam("charge_ids", charge_ids, type_=ARRAY(Uuid)),
-                bindparam("line_numbers", line_numbers, type_=ARRAY(Integer)),
-            )
-        )
-        if result.rowcount != len(charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            raise ItemAlreadyBilled(f"bill {bill_id}: a charge of its lines is billed already")
 
-    async def mark_billed_many(self, bills_: Sequence[Bill]) -> None:
-        """Puts every charge of these bills' lines on its bill and line, in one statement (the
-        set-based bill run); ItemAlreadyBilled when one is on a bill already."""
-        charge_ids: list[uuid.UUID] = []
-        bill_ids: list[uuid.UUID] = []
-        line_numbers: list[int] = []
-        for bill in bills_:
-            for line in bill.lines:
-                charge_ids.extend(line.charge_ids)
-                bill_ids.extend([bill.bill_id] * len(line.charge_ids))
-                line_numbers.extend([line.line_number] * len(line.charge_ids))
-        if not charge_ids:
-            return
-        result = await self._session.execute(
-            text(
-                "UPDATE bill_items SET bill_id = v.bill_id, bill_line_number = v.line_number "
-                "FROM unnest(CAST(:charge_ids AS uuid[]), CAST(:bill_ids AS uuid[]), CAST(:line_numbers AS integer[])) "
-                "AS v(charge_id, bill_id, line_number) "
-                "WHERE bill_items.charge_id = v.charge_id AND bill_items.bill_id IS NULL"
-            ).bindparams(
-                bindparam("charge_ids", charge_ids, type_=ARRAY(Uuid)),
-                bindparam("bill_ids", bill_ids, type_=ARRAY(Uuid)),
-                bindparam("line_numbers", line_numbers, type_=ARRAY(Integer)),
-            )
-        )
-        if result.rowcount != len(charge_ids):  # type: ignore[attr-defined]  # CursorResult of an UPDATE
-            raise ItemAlreadyBilled(f"a charge of the lines of {len(bills_)} bills is billed already")
+def _open_cycle_of(bill_unit_id: uuid.UUID) -> tuple[Any, ...]:
+    """The conditions on `bill_cycles` that pick the unit's open cycle (`bill_cycles_one_open`)."""
+    c = bill_cycles
+    return (c.c.bill_unit_id == bill_unit_id, c.c.status == BillCycleStatus.OPEN.value)
 
 
 def _item_row(item: BillItem) -> dict[str, Any]:
@@ -242,8 +196,6 @@ def _item_row(item: BillItem) -> dict[str, Any]:
         "period_start_date": item.period.start,
         "period_end_date": item.period.end,
         "receive_time": item.receive_time,
-        "bill_id": item.bill_id,
-        "bill_line_number": item.bill_line_number,
         "unrounded_amount": c.unrounded_amount,
         "tiers": tiers_to_json(c.tiers) if c.tiers else None,
     }
@@ -300,8 +252,7 @@ def _item(row: Any) -> BillItem:
         period=Period(row["period_start_date"], row["period_end_date"]),
         late=row["late"],
         receive_time=row["receive_time"],
-        bill_id=row["bill_id"],
-        bill_line_number=row["bill_line_number"],
+        seq=row["seq"],
     )
 
 
@@ -318,21 +269,20 @@ class BillRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
 
-    async def add(self, bill: Bill, items: BillItemRepository) -> None:
-        """Inserts the bill, its lines and taxes, and puts its charges on it. A second bill for a
-        cycle violates `bills_one_per_cycle` (IntegrityError), a charge on another bill raises
-        ItemAlreadyBilled: either way the whole bill rolls back."""
+    async def add(self, bill: Bill) -> None:
+        """Inserts the bill with its lines (each naming its charges) and taxes. A second bill for
+        a cycle violates `bills_one_per_cycle` (IntegrityError) and the whole bill rolls back. The
+        items stay as they are: the caller closes the cycle or moves its `billed_through_seq`."""
         await self._session.execute(insert(bills).values(**_bill_row(bill)))
         if bill.lines:
             await self._session.execute(insert(bill_lines), [_line_row(bill, line) for line in bill.lines])
         if bill.taxes:
             await self._session.execute(insert(bill_taxes), [_tax_row(bill, tax) for tax in bill.taxes])
-        await items.mark_billed(bill.bill_id, bill.lines)
 
-    async def add_many(self, bills_: Sequence[Bill], items: BillItemRepository) -> None:
+    async def add_many(self, bills_: Sequence[Bill]) -> None:
         """`add` for many bills at once (the set-based bill run): one statement each for the bills,
-        their lines and their taxes, and one putting their charges on them. The same guards hold
-        (`bills_one_per_cycle`, ItemAlreadyBilled), failing the whole set."""
+        their lines and their taxes. The same guard holds (`bills_one_per_cycle`), failing the
+        whole set."""
         if not bills_:
             return
         await self._session.execute(*insert_rows(bills, [_bill_row(bill) for bill in bills_]))
@@ -342,7 +292,6 @@ class BillRepository:
         taxes = [_tax_row(bill, tax) for bill in bills_ for tax in bill.taxes]
         if taxes:
             await self._session.execute(*insert_rows(bill_taxes, taxes))
-        await items.mark_billed_many(bills_)
 
     async def statements(self, units: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> dict[uuid.UUID, Statement]:
         """`statement` of many (bill unit, account) pairs in one query (the set-based bill run),
@@ -532,8 +481,9 @@ class BillRepository:
         if not ids:
             return []
         lines: dict[uuid.UUID, list[Any]] = {i: [] for i in ids}
+        line_columns = [c for c in bill_lines.c if with_charge_ids or c.name != "charge_ids"]
         for line in await self._session.execute(
-            select(bill_lines).where(bill_lines.c.bill_id.in_(ids)).order_by(bill_lines.c.line_number)
+            select(*line_columns).where(bill_lines.c.bill_id.in_(ids)).order_by(bill_lines.c.line_number)
         ):
             lines[line.bill_id].append(line)
         taxes: dict[uuid.UUID, list[BillTax]] = {i: [] for i in ids}
@@ -543,16 +493,7 @@ class BillRepository:
             taxes[tax.bill_id].append(
                 BillTax(tax.tax_code, tax.rate, _plain(tax.taxable_amount), _plain(tax.tax_amount))
             )
-        charges: dict[tuple[uuid.UUID, int], list[uuid.UUID]] = {}
-        if with_charge_ids:
-            t = bill_items
-            for item in await self._session.execute(
-                select(t.c.bill_id, t.c.bill_line_number, t.c.charge_id)
-                .where(t.c.bill_id.in_(ids))
-                .order_by(t.c.bill_id, t.c.bill_line_number, t.c.charge_id)
-            ):
-                charges.setdefault((item.bill_id, item.bill_line_number), []).append(item.charge_id)
-        return [_bill(row, lines[row["bill_id"]], taxes[row["bill_id"]], charges) for row in rows]
+        return [_bill(row, lines[row["bill_id"]], taxes[row["bill_id"]], with_charge_ids) for row in rows]
 
 
 # `BillRepository.statement` for many units at once: the same three sums per (unit, account). The
@@ -588,6 +529,7 @@ def _line_row(bill: Bill, line: BillLine) -> dict[str, Any]:
         "quantity": line.quantity,
         "amount": line.amount,
         "charge_count": len(line.charge_ids),
+        "charge_ids": list(line.charge_ids),
         "unit_price": line.unit_price,
         "tiers": tiers_to_json(line.tiers) if line.tiers else None,
     }
@@ -638,9 +580,7 @@ def _bill_row(bill: Bill) -> dict[str, Any]:
     }
 
 
-def _bill(
-    row: Any, lines: Iterable[Any], taxes: list[BillTax], charges: dict[tuple[uuid.UUID, int], list[uuid.UUID]]
-) -> Bill:
+def _bill(row: Any, lines: Iterable[Any], taxes: list[BillTax], with_charge_ids: bool) -> Bill:
     bill_id = row["bill_id"]
     number = None
     if row["bill_number"] is not None:
@@ -666,7 +606,7 @@ def _bill(
                 ),
                 line.quantity,
                 _plain(line.amount),
-                tuple(charges.get((bill_id, line.line_number), ())),
+                tuple(line.charge_ids) if with_charge_ids else (),
                 line.charge_count,
                 line.unit_price,
                 tiers_from_json(line.tiers),

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     LargeBinary,
@@ -76,6 +77,10 @@ bill_cycles = Table(
     Column("time_zone", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("close_time", DateTime(timezone=True)),
+    # Since 0016: of an open cycle, the items up to this `bill_items.seq` are on bills issued while
+    # it went on (bill now, threshold); those above it are unbilled. A closed cycle is billed in
+    # full (its bill is issued in the transaction that closes it).
+    Column("billed_through_seq", BigInteger, nullable=False, server_default="0"),
     # A cycle number is used once per unit, whoever (replica, rerun) opens it.
     UniqueConstraint("bill_unit_id", "sequence", name="bill_cycles_unit_sequence"),
     CheckConstraint("status in ('open', 'closed')", name="bill_cycles_status"),
@@ -182,7 +187,11 @@ bill_lines = Table(
     # Since 0006: the unit price all its charges share (NULL otherwise), or their tier bands.
     Column("unit_price", Numeric),
     Column("tiers", JSONB),
+    # Since 0016: the charges it sums (bill_items), sorted; before 0016 the items named their bill
+    # and line. No foreign key can check an array's elements: the reconciliation does.
+    Column("charge_ids", ARRAY(Uuid), nullable=False),
     PrimaryKeyConstraint("bill_id", "line_number", name="bill_lines_pkey"),
+    CheckConstraint("cardinality(charge_ids) = charge_count", name="bill_lines_charge_count"),
 )
 
 bill_taxes = Table(
@@ -196,7 +205,9 @@ bill_taxes = Table(
     PrimaryKeyConstraint("bill_id", "tax_code", name="bill_taxes_pkey"),
 )
 
-# Since 0004: the charges billing received (ChargesCreated), unbilled until a bill takes them.
+# Since 0004: the charges billing received (ChargesCreated). Since 0016 an item is written once:
+# billing it writes the bill's lines (their charge ids) and, for a bill issued while its cycle goes
+# on, the cycle's `billed_through_seq`, never the item (docs/billing.md, "Items and bills").
 bill_items = Table(
     "bill_items",
     metadata,
@@ -223,23 +234,21 @@ bill_items = Table(
     Column("period_start_date", Date, nullable=False),
     Column("period_end_date", Date, nullable=False),
     Column("receive_time", DateTime(timezone=True), nullable=False),
-    # The bill and line it is on; NULL while unbilled.
-    Column("bill_id", Uuid, ForeignKey("bills.bill_id")),
+    # Before 0016, the bill and line it is on (NULL while unbilled). Neither read nor written
+    # since: kept for replicas of the release before while they drain, dropped in a later release
+    # (a trigger of 0016 refuses their marking items billed, deploy/README.md "Upgrades").
+    Column("bill_id", Uuid),
     Column("bill_line_number", Integer),
     # Since 0006: the charge's exact amount before rounding and its tier bands, as charging priced it.
     Column("unrounded_amount", Numeric),
     Column("tiers", JSONB),
-    CheckConstraint("(bill_id is null) = (bill_line_number is null)", name="bill_items_line"),
-    # The bill run: a cycle's unbilled items.
-    Index("bill_items_unbilled", "bill_cycle_id", postgresql_where=text("bill_id is null")),
-    # ListUnbilledItems: an account's unbilled items, oldest first.
-    Index(
-        "bill_items_unbilled_listing", "account_id", "event_time", "charge_id", postgresql_where=text("bill_id is null")
-    ),
-    # A bill's lines' charges (since 0015 only billed items: a waiting item is in no bill's lines).
-    Index(
-        "bill_items_billed", "bill_id", "bill_line_number", "charge_id", postgresql_where=text("bill_id is not null")
-    ),
+    # Since 0016: the order billing received its items in (one sequence for all), taken while its
+    # cycle is share-locked, so a bill holding the cycle locked sees every item below any it sees.
+    Column("seq", BigInteger, Identity(), nullable=False),
+    # A cycle's items above its billed_through_seq, one range: the bill run, bill now, thresholds
+    # and ListUnbilledItems (whose pages sort that range by event time: one index entry less per
+    # item received, docs/billing.md "Items and bills").
+    Index("bill_items_unbilled", "bill_cycle_id", "seq"),
 )
 
 # Since 0004: the last number of each bill number series, taken with UPDATE ... RETURNING in the

@@ -135,6 +135,10 @@ class CycleAlreadyClosed(RuntimeError):
     """A cycle saved as closed that the database no longer holds open: someone else closed it."""
 
 
+class CycleBilledMeanwhile(RuntimeError):
+    """A cycle whose items a bill took that the database no longer holds as read: the bill rolls back."""
+
+
 class BillCycleRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -236,17 +240,42 @@ class BillCycleRepository:
         found = (_cycle(row._mapping) for row in await self._session.execute(query))
         return {cycle.bill_cycle_id: cycle for cycle in found}
 
-    async def open_for_unit(self, bill_unit_id: uuid.UUID, for_share: bool = False) -> BillCycle | None:
-        """The unit's open cycle; with `for_share`, share-locked until the transaction ends.
+    async def open_for_unit(
+        self, bill_unit_id: uuid.UUID, for_share: bool = False, for_update: bool = False
+    ) -> BillCycle | None:
+        """The unit's open cycle; with `for_share`, share-locked until the transaction ends (the
+        ChargesCreated consumer adding items to it); with `for_update`, locked against those
+        share locks (a bill of its items while it goes on: every item added before is committed,
+        and none is added until this transaction ends, so the items it reads are all there are
+        below any it reads; docs/billing.md, "Items and bills").
 
         None while a closer is closing it: after waiting for the closer, the locking read finds
         the row closed, and the cycle it opened is not in this statement's snapshot (ask again)."""
         t = bill_cycles
         query = select(t).where(t.c.bill_unit_id == bill_unit_id, t.c.status == BillCycleStatus.OPEN.value)
-        if for_share:
+        if for_update:
+            # FOR NO KEY UPDATE: what the write of its billed_through_seq takes anyway.
+            query = query.with_for_update(key_share=True)
+        elif for_share:
             query = query.with_for_update(read=True)
         row = (await self._session.execute(query)).first()
         return _cycle(row._mapping) if row else None
+
+    async def save_billed_through(self, cycle: BillCycle, previous: int) -> None:
+        """Writes the `billed_through_seq` of an open cycle locked in this transaction, which read
+        it at `previous`; CycleBilledMeanwhile when the database no longer holds that."""
+        t = bill_cycles
+        result = await self._session.execute(
+            update(t)
+            .where(
+                t.c.bill_cycle_id == cycle.bill_cycle_id,
+                t.c.status == BillCycleStatus.OPEN.value,
+                t.c.billed_through_seq == previous,
+            )
+            .values(billed_through_seq=cycle.billed_through_seq)
+        )
+        if result.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            raise CycleBilledMeanwhile(f"bill cycle {cycle.bill_cycle_id} is not open and billed through {previous}")
 
     async def containing(self, bill_unit_id: uuid.UUID, instant: datetime) -> BillCycle | None:
         """The unit's cycle whose [start, end) holds `instant`, if any."""
@@ -277,6 +306,7 @@ def _cycle_row(cycle: BillCycle) -> dict[str, Any]:
         "time_zone": cycle.time_zone,
         "status": cycle.status.value,
         "close_time": cycle.close_time,
+        "billed_through_seq": cycle.billed_through_seq,
     }
 
 
@@ -293,4 +323,5 @@ def _cycle(row: Any) -> BillCycle:
         time_zone=row["time_zone"],
         status=BillCycleStatus(row["status"]),
         close_time=row["close_time"],
+        billed_through_seq=row["billed_through_seq"],
     )

@@ -137,7 +137,9 @@ class Period:
 
 @dataclass(frozen=True)
 class BillItem:
-    """A charge received by billing, in the cycle it is billed in; `bill_id` is set once billed."""
+    """A charge received by billing, in the cycle it is billed in. It is unbilled while its cycle
+    is open and its `seq` above the cycle's `billed_through_seq` (a bill's lines name the charges
+    they sum; nothing is written to the item when it is billed)."""
 
     charge: Charge
     bill_unit_id: uuid.UUID
@@ -145,8 +147,8 @@ class BillItem:
     period: Period
     late: bool
     receive_time: datetime
-    bill_id: uuid.UUID | None = None
-    bill_line_number: int | None = None
+    # The order billing received it in, given when it is stored (None until then).
+    seq: int | None = None
 
     @property
     def charge_id(self) -> uuid.UUID:
@@ -172,6 +174,14 @@ class BillItem:
         moved = charge.bill_cycle_id != target.bill_cycle_id
         late = charge.late or (moved and charge.event_time < target.start_time)
         return cls(charge, unit.bill_unit_id, target.bill_cycle_id, period, late, now.astimezone(UTC))
+
+
+def last_seq(items: Iterable[BillItem]) -> int:
+    """The highest `seq` of these stored items: what a bill of them bills their cycle through."""
+    seqs = [item.seq for item in items]
+    if not seqs or None in seqs:
+        raise InvalidBill("a cycle is billed through stored items only")
+    return max(s for s in seqs if s is not None)
 
 
 def effective_tax_code(code: str) -> str:
@@ -414,7 +424,8 @@ class Bill:
             raise InvalidBill(f"cycle {cycle.bill_cycle_id} is not a cycle of bill unit {unit.bill_unit_id}")
         collected = list(items)
         for item in collected:
-            if item.bill_cycle_id != cycle.bill_cycle_id or item.bill_id is not None:
+            billed = item.seq is not None and item.seq <= cycle.billed_through_seq
+            if item.bill_cycle_id != cycle.bill_cycle_id or billed:
                 raise InvalidBill(f"item {item.charge_id} is not an unbilled item of cycle {cycle.bill_cycle_id}")
         if now.utcoffset() is None:
             raise InvalidBill("now must be timezone-aware")

@@ -52,6 +52,9 @@ class BillCycle:
     status: BillCycleStatus = BillCycleStatus.OPEN
     # When billing closed it; None while open.
     close_time: datetime | None = None
+    # Its items up to this `BillItem.seq` are on bills issued while it went on (bill now,
+    # threshold); those above it wait for the next such bill or for the cycle's own.
+    billed_through_seq: int = 0
     events: list[object] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
@@ -90,6 +93,14 @@ class BillCycle:
 
     def is_due(self, now: datetime, late_usage_delay: timedelta) -> bool:
         return self.status is BillCycleStatus.OPEN and self.due_time(late_usage_delay) <= now
+
+    def bill_through(self, seq: int) -> None:
+        """Its items up to `seq` are billed by a bill issued while it goes on."""
+        if self.status is not BillCycleStatus.OPEN:
+            raise InvalidBillCycle(f"cycle {self.bill_cycle_id} is closed: its own bill took its items")
+        if seq <= self.billed_through_seq:
+            raise InvalidBillCycle(f"cycle {self.bill_cycle_id} is billed through {self.billed_through_seq} already")
+        self.billed_through_seq = seq
 
     def close(self, unit: BillUnit, now: datetime, late_usage_delay: timedelta) -> BillCycle:
         """Closes this cycle at `now` and returns the next one, open, under the profile in force

@@ -3,9 +3,10 @@ cycle (run by the cycle closer, in the transaction that closes the cycle), bill 
 and trial bills, and reading bills.
 
 Lock order (docs/billing.md, "Other triggers"), which every path follows so none deadlocks: a
-bill cycle (the closer's exclusive claim, or a share lock on the unit's open cycle), then the bill
-unit, then the bill number series (taken to number, in key order), then bills and credits. The
-closer's per-cycle fallback takes the series right after its cycles, before their units."""
+bill cycle (the closer's exclusive claim, bill now's and the threshold biller's lock of the unit's
+open cycle, or the ChargesCreated consumer's share lock on it), then the bill unit, then the bill
+number series (taken to number, in key order), then bills and credits. The closer's per-cycle
+fallback takes the series right after its cycles, before their units."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from evolutivo_billing.domain.bills import (
     ItemListPosition,
     Period,
     TaxRates,
+    last_seq,
 )
 from evolutivo_billing.domain.credit_notes import DEFAULT_NUMBER_FORMAT
 from evolutivo_billing.domain.cycles import BillCycle, BillCycleStatus
@@ -126,14 +128,16 @@ async def _check_threshold(uow: BillingUnitOfWork, unit: BillUnit, now: datetime
     notified when this transaction commits). Marked once until that bill clears the mark."""
     if unit.threshold_amount is None or unit.threshold_reached_time is not None:
         return
-    if await uow.bill_items.unbilled_amount(unit.account_id) >= unit.threshold_amount:
+    if await uow.bill_items.unbilled_amount(unit.bill_unit_id) >= unit.threshold_amount:
         if await uow.thresholds.mark_reached(unit.bill_unit_id, now):
             log.info("threshold reached", extra={"bill_unit_id": str(unit.bill_unit_id)})
 
 
-async def _open_cycle(uow: BillingUnitOfWork, unit: BillUnit) -> BillCycle:
+async def _open_cycle(uow: BillingUnitOfWork, unit: BillUnit, to_bill: bool = False) -> BillCycle:
+    """The unit's open cycle, share-locked (to add items to it) or, `to_bill`, locked against
+    those share locks (to bill its items while it goes on)."""
     for _ in range(OPEN_CYCLE_ATTEMPTS):
-        cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id, for_share=True)
+        cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id, for_share=not to_bill, for_update=to_bill)
         if cycle is not None:
             return cycle
     raise NoOpenCycle(f"bill unit {unit.bill_unit_id} has no open cycle")
@@ -164,7 +168,7 @@ async def bill_cycle(
 
     `profile` is the profile the cycle ran under. The unique (bill unit, cycle) key makes a second
     bill for the cycle fail, and the number is taken in this transaction: a rollback gives it back."""
-    items = await uow.bill_items.unbilled_in_cycle(cycle.bill_cycle_id)
+    items = await uow.bill_items.unbilled_in_cycle(cycle)
     bill = Bill.for_cycle(unit, cycle, profile, items, policy.tax_rates, now)
     return await _issue(uow, unit, bill, now, policy)
 
@@ -256,7 +260,7 @@ async def _bill_group(
             continue
         bill.issue(policy.numbering.number(bill.issue_date, next_number[series]), now)
         next_number[series] += 1
-    await uow.bills.add_many(built, uow.bill_items)
+    await uow.bills.add_many(built)
     owing = {b.account_id for b in built if b.status is BillStatus.ISSUED and b.open_amount > 0}
     with_credit = await uow.bills.accounts_with_credit(owing)
     for c, bill in zip(closed, built, strict=True):
@@ -290,7 +294,7 @@ async def _issue(uow: BillingUnitOfWork, unit: BillUnit, bill: Bill, now: dateti
     else:
         series = policy.numbering.series(bill.issue_date)
         bill.issue(policy.numbering.number(bill.issue_date, await uow.bill_numbers.next(series)), now)
-    await uow.bills.add(bill, uow.bill_items)
+    await uow.bills.add(bill)
     # The account's credit (payments no open bill took, credit notes) pays it, in this same transaction.
     await apply_credit(uow, unit, bill, now)
     _warn_unknown_tax_codes(bill, policy)
@@ -312,12 +316,16 @@ async def _bill_unbilled(
 ) -> Bill | None:
     """The bill of the unit's unbilled items while its cycle goes on (bill now, threshold), issued
     today in the unit's time zone under the profile in force; None when nothing is unbilled. The
-    caller holds the open cycle (share) and the unit."""
-    items = await uow.bill_items.unbilled_for_unit(unit.bill_unit_id)
+    caller holds the open cycle (`_open_cycle(..., to_bill=True)`) and the unit. The cycle is
+    then billed through the last item taken: nothing is written to the items."""
+    items = await uow.bill_items.unbilled_in_cycle(cycle)
     if not items:
         return None
     bill = Bill.build(unit, cycle, unit.profile, items, policy.tax_rates, now, trigger, _today(unit, now), request_id)
     await _issue(uow, unit, bill, now, policy)
+    previous = cycle.billed_through_seq
+    cycle.bill_through(last_seq(items))
+    await uow.bill_cycles.save_billed_through(cycle, previous)
     uow.track(bill)
     return bill
 
@@ -333,9 +341,10 @@ async def bill_now(uow: BillingUnitOfWork, account_id: uuid.UUID, request_id: uu
         done = await uow.bills.by_request(unit.bill_unit_id, request_id)
         if done is not None:
             return done
-        # The open cycle (share: a closer closing it is waited for), then the unit: the order the
-        # ChargesCreated consumer takes them in; the number series comes last.
-        cycle = await _open_cycle(uow, unit)
+        # The open cycle (locked: a closer closing it and consumers adding items to it are waited
+        # for), then the unit: the order the ChargesCreated consumer takes them in; the number
+        # series comes last.
+        cycle = await _open_cycle(uow, unit, to_bill=True)
         locked = await uow.bill_units.get(unit.bill_unit_id, for_update=True)
         assert locked is not None, "a bill unit is never deleted"
         # A retry racing the first call waited for it on the unit.
@@ -362,7 +371,7 @@ async def bill_threshold(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID, policy
         unit = await uow.bill_units.get(bill_unit_id)
         if unit is None or unit.threshold_reached_time is None:
             return None
-        cycle = await _open_cycle(uow, unit)
+        cycle = await _open_cycle(uow, unit, to_bill=True)
         if not await uow.thresholds.claim([bill_unit_id]):
             return None
         locked = await uow.bill_units.get(bill_unit_id)
@@ -370,7 +379,7 @@ async def bill_threshold(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID, policy
         await uow.thresholds.clear(bill_unit_id)
         bill = None
         threshold = locked.threshold_amount
-        if threshold is not None and await uow.bill_items.unbilled_amount(locked.account_id) >= threshold:
+        if threshold is not None and await uow.bill_items.unbilled_amount(locked.bill_unit_id) >= threshold:
             bill = await _bill_unbilled(uow, locked, cycle, uow.clock.now(), policy, BillTrigger.THRESHOLD)
         await uow.commit()
     if bill is not None:
@@ -403,7 +412,7 @@ async def preview_bill(uow: BillingUnitOfWork, account_id: uuid.UUID, policy: Bi
         cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id)
         if cycle is None:
             raise NoOpenCycle(f"bill unit {unit.bill_unit_id} has no open cycle")
-        items = await uow.bill_items.unbilled_for_unit(unit.bill_unit_id)
+        items = await uow.bill_items.unbilled_in_cycle(cycle)
         now = uow.clock.now()
         bill = Bill.build(
             unit, cycle, unit.profile, items, policy.tax_rates, now, BillTrigger.ON_DEMAND, _today(unit, now)
@@ -445,9 +454,10 @@ async def list_unbilled_items(
     """One page of the account's unbilled items, oldest event time first. NotFound when billing
     has no bill unit for the account."""
     async with uow:
-        if await uow.bill_units.for_account(account_id) is None:
+        unit = await uow.bill_units.for_account(account_id)
+        if unit is None:
             raise NotFound("account", str(account_id))
-        found = await uow.bill_items.list_unbilled(account_id, after, page_size + 1)
+        found = await uow.bill_items.list_unbilled(unit.bill_unit_id, after, page_size + 1)
     if len(found) > page_size:
         page = found[:page_size]
         last = page[-1]
