@@ -211,6 +211,8 @@ async def test_migration_0016_goes_back_and_forth_keeping_what_is_billed_and_whe
     await deliver_charges(db, account_id, open_cycle.bill_cycle_id, DUE + timedelta(days=3))
     newest = await db.rows(select(bill_items.c.seq).where(bill_items.c.seq > max(seqs.values())))
     assert len(newest) == 5, "the identity goes on after the numbered items"
+    cache = "SELECT seqcache FROM pg_sequence WHERE seqrelid = pg_get_serial_sequence('bill_items', 'seq')::regclass"
+    assert await db.scalar(text(cache)) == 1, "values in order across sessions (docs/billing.md)"
 
 
 async def test_migration_0016_refuses_an_unbilled_item_in_a_closed_cycle(db: BillRunDb) -> None:

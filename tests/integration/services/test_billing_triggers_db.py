@@ -21,7 +21,7 @@ from evolutivo.billing.v1 import events_pb2
 from evolutivo.charging.v1 import events_pb2 as charging_events
 from evolutivo.charging.v1 import usage_pb2
 from evolutivo_billing.adapters import events
-from evolutivo_billing.adapters.orm import bill_items, bill_number_series, bills, credit_note_number_series, outbox
+from evolutivo_billing.adapters.orm import bill_number_series, bills, credit_note_number_series, outbox
 from evolutivo_billing.adapters.orm import inbox as inbox_table
 from evolutivo_billing.domain.bills import Bill, BillStatus, BillTrigger, TaxRates
 from evolutivo_billing.domain.credit_notes import CreditLineRequest
@@ -309,6 +309,24 @@ async def test_a_threshold_mark_whose_items_the_cycle_billed_issues_nothing(db: 
     assert only.trigger is BillTrigger.CYCLE
 
 
+async def test_a_threshold_bill_of_a_cycle_a_consumer_holds_waits_for_the_next_pass(db: Db) -> None:
+    """The threshold biller skips a unit whose open cycle a ChargesCreated transaction holds (it
+    would otherwise wait for share locks that may keep coming, holding up the pass): the mark
+    stays, and the next pass bills it."""
+    account = await open_unit(db, threshold="50")
+    await charge(db, rated(account, "60.00"))
+    async with db.uow() as consumer:  # a consumer adding items to the cycle, not yet committed
+        unit = await consumer.bill_units.for_account(account)
+        assert unit is not None
+        assert await consumer.bill_cycles.open_for_unit(unit.bill_unit_id, for_share=True) is not None
+        assert await asyncio.wait_for(db.closer().bill_thresholds(), 10) == 0
+        await consumer.rollback()
+    assert await db.bills(account) == []
+    assert await db.closer().bill_thresholds() == 1
+    (bill,) = await db.bills(account)
+    assert (bill.trigger, bill.subtotal) == (BillTrigger.THRESHOLD, Decimal("60.00"))
+
+
 async def test_the_trial_bill_changes_nothing_and_takes_no_number(db: Db) -> None:
     account = await open_unit(db)
     await charge(db, rated(account, "10.00"))
@@ -319,7 +337,8 @@ async def test_the_trial_bill_changes_nothing_and_takes_no_number(db: Db) -> Non
     assert (preview.status, preview.number, preview.total) == (BillStatus.DRAFT, None, Decimal("12.10"))
     assert (await db.count(outbox), await db.count(bill_number_series)) == before
     assert await db.count(bills) == 0
-    assert await db.scalar(select(func.count()).where(bill_items.c.bill_id.is_(None))) == 1
+    unbilled, _ = await bill_use_cases.list_unbilled_items(db.uow(), account, 10, None)
+    assert len(unbilled) == 1
     issued = await bill_now(db, account)
     assert issued.number is not None and issued.number.number == "F-2031-000001"
     assert issued.total == preview.total

@@ -603,9 +603,10 @@ def check_bills(report: Report, billing: Billing) -> None:
     for i in billing.items:
         on = billing.item_bills.get(i["charge_id"], [])
         if len(on) != (1 if i["billed"] else 0):
+            counted = "billed" if i["billed"] else "unbilled"
             report.add(
                 "items.billed",
-                f"an item its cycle counts as {'billed' if i['billed'] else 'unbilled'} is on {len(on)} bills",
+                f"an item its cycle counts as {counted} is named by {len(on)} bill lines",
                 i["account_id"], expected=1 if i["billed"] else 0, found=len(on), charge_id=i["charge_id"],
             )  # fmt: skip
     for b in billing.bills:

@@ -151,10 +151,10 @@ class BillItemRepository:
         return _plain(Decimal(total or 0))
 
     async def list_unbilled(
-        self, bill_unit_id: uuid.UUID, after: ItemListPosition | None, limit: int
+        self, bill_unit_id: uuid.UUID, after: ItemListPosition | None, limit: int | None
     ) -> list[BillItem]:
-        """Up to `limit` of the unit's unbilled items (all in its open cycle), oldest event time
-        first, after `after`."""
+        """Up to `limit` (None: all) of the unit's unbilled items (all in its open cycle), oldest
+        event time first, after `after`; the cycle's billed_through_seq read in the same statement."""
         t, c = bill_items, bill_cycles
         query = (
             select(t)

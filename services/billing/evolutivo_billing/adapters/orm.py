@@ -235,8 +235,8 @@ bill_items = Table(
     Column("period_end_date", Date, nullable=False),
     Column("receive_time", DateTime(timezone=True), nullable=False),
     # Before 0016, the bill and line it is on (NULL while unbilled). Neither read nor written
-    # since: kept for replicas of the release before while they drain, dropped in a later release
-    # (a trigger of 0016 refuses their marking items billed, deploy/README.md "Upgrades").
+    # since: kept for replicas of the release before while they drain (their bills fail: their
+    # lines lack charge_ids, deploy/README.md "Upgrades"), dropped in a later release.
     Column("bill_id", Uuid),
     Column("bill_line_number", Integer),
     # Since 0006: the charge's exact amount before rounding and its tier bands, as charging priced it.
@@ -244,6 +244,8 @@ bill_items = Table(
     Column("tiers", JSONB),
     # Since 0016: the order billing received its items in (one sequence for all), taken while its
     # cycle is share-locked, so a bill holding the cycle locked sees every item below any it sees.
+    # The sequence must hand out values in order across sessions: CACHE 1 (the default; a session
+    # caching a block could insert below a mark already moved past it).
     Column("seq", BigInteger, Identity(), nullable=False),
     # A cycle's items above its billed_through_seq, one range: the bill run, bill now, thresholds
     # and ListUnbilledItems (whose pages sort that range by event time: one index entry less per

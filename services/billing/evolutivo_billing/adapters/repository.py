@@ -241,13 +241,14 @@ class BillCycleRepository:
         return {cycle.bill_cycle_id: cycle for cycle in found}
 
     async def open_for_unit(
-        self, bill_unit_id: uuid.UUID, for_share: bool = False, for_update: bool = False
+        self, bill_unit_id: uuid.UUID, for_share: bool = False, for_update: bool = False, skip_locked: bool = False
     ) -> BillCycle | None:
         """The unit's open cycle; with `for_share`, share-locked until the transaction ends (the
         ChargesCreated consumer adding items to it); with `for_update`, locked against those
         share locks (a bill of its items while it goes on: every item added before is committed,
         and none is added until this transaction ends, so the items it reads are all there are
-        below any it reads; docs/billing.md, "Items and bills").
+        below any it reads; docs/billing.md, "Items and bills"); with `skip_locked` too, None at
+        once when another transaction holds it (a consumer adding items, a closer closing it).
 
         None while a closer is closing it: after waiting for the closer, the locking read finds
         the row closed, and the cycle it opened is not in this statement's snapshot (ask again)."""
@@ -255,7 +256,7 @@ class BillCycleRepository:
         query = select(t).where(t.c.bill_unit_id == bill_unit_id, t.c.status == BillCycleStatus.OPEN.value)
         if for_update:
             # FOR NO KEY UPDATE: what the write of its billed_through_seq takes anyway.
-            query = query.with_for_update(key_share=True)
+            query = query.with_for_update(key_share=True, skip_locked=skip_locked)
         elif for_share:
             query = query.with_for_update(read=True)
         row = (await self._session.execute(query)).first()

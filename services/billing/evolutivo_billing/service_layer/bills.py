@@ -154,6 +154,16 @@ async def _period(
     return Period.of_cycle(found) if found is not None else Period.of_day(event_time, unit.time_zone)
 
 
+async def hold_open_cycle(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID) -> None:
+    """Share-locks the unit's open cycle as `record_charges` does, for a caller that adds items
+    after locks of its own (a late fee, under its collections case): the cycle comes first in
+    the lock order."""
+    unit = await uow.bill_units.get(bill_unit_id)
+    if unit is None:
+        raise NotFound("bill unit", str(bill_unit_id))
+    await _open_cycle(uow, unit)
+
+
 def series_to_lock(policy: BillPolicy, cycles: Sequence[BillCycle]) -> set[str]:
     """The number series the bills of these cycles may be numbered from (by their issue dates)."""
     return {policy.numbering.series(c.end_date) for c in cycles}
@@ -189,11 +199,11 @@ async def bill_closed_cycles(
 ) -> list[Bill]:
     """`bill_cycle` for many cycles closed in one pass, set-based (docs/performance.md): the items of
     all the cycles in one query, the statements of all their units in one, a block of numbers
-    per series in one, the bills, lines and taxes inserted together and their items marked billed in
-    one statement; then, for the accounts that have credit (found in one query), `apply_credit`
-    bill by bill. Each bill is built by the same domain code as `bill_cycle` and numbered in the
-    order of `closed` (the claim order, as the per-cycle path numbers them), so the bills and
-    numbers are the ones the per-cycle path would make.
+    per series in one, the bills, lines (naming their charges) and taxes inserted together (the
+    items are not written: the cycles are closed); then, for the accounts that have credit (found
+    in one query), `apply_credit` bill by bill. Each bill is built by the same domain code as
+    `bill_cycle` and numbered in the order of `closed` (the claim order, as the per-cycle path
+    numbers them), so the bills and numbers are the ones the per-cycle path would make.
 
     So that a pass of heavy accounts does not hold all their items in memory at once, the cycles
     are billed in consecutive groups of at most BILL_RUN_GROUP_ITEMS unbilled items (a cycle with
@@ -366,12 +376,16 @@ async def bill_threshold(uow: BillingUnitOfWork, bill_unit_id: uuid.UUID, policy
     and, if the unbilled amount still reaches the threshold (the cycle's bill or a bill now may
     have taken the items meanwhile), a bill of its unbilled items is issued; the cycle goes on.
     One unit per transaction (the series is taken last, after the unit's cycle and unit). A unit
-    another transaction holds is left for the next pass (SKIP LOCKED). Returns the bill, if any."""
+    whose open cycle or unit another transaction holds (a consumer adding items to it, a closer
+    closing it) is left marked for the next pass (SKIP LOCKED): a busy account does not hold up
+    the pass, nor wait for share locks that keep coming. Returns the bill, if any."""
     async with uow:
         unit = await uow.bill_units.get(bill_unit_id)
         if unit is None or unit.threshold_reached_time is None:
             return None
-        cycle = await _open_cycle(uow, unit, to_bill=True)
+        cycle = await uow.bill_cycles.open_for_unit(bill_unit_id, for_update=True, skip_locked=True)
+        if cycle is None:
+            return None
         if not await uow.thresholds.claim([bill_unit_id]):
             return None
         locked = await uow.bill_units.get(bill_unit_id)
@@ -412,7 +426,9 @@ async def preview_bill(uow: BillingUnitOfWork, account_id: uuid.UUID, policy: Bi
         cycle = await uow.bill_cycles.open_for_unit(unit.bill_unit_id)
         if cycle is None:
             raise NoOpenCycle(f"bill unit {unit.bill_unit_id} has no open cycle")
-        items = await uow.bill_items.unbilled_in_cycle(cycle)
+        # The cycle's mark and its items in one statement: a bill now committing in between
+        # cannot leave the preview with items it just took.
+        items = await uow.bill_items.list_unbilled(unit.bill_unit_id, None, None)
         now = uow.clock.now()
         bill = Bill.build(
             unit, cycle, unit.profile, items, policy.tax_rates, now, BillTrigger.ON_DEMAND, _today(unit, now)

@@ -505,7 +505,11 @@ async def _record(
     uow = uow_factory()
     async with uow:
         repo = _repo(uow)
-        if call.action_type is ActionType.WRITE_OFF and state is ActionState.DONE:
+        if call.action_type in (ActionType.WRITE_OFF, ActionType.LATE_FEE) and state is ActionState.DONE:
+            if call.action_type is ActionType.LATE_FEE:
+                # The fee becomes an item of the unit's open cycle: the cycle before the unit and
+                # the case (bill now holds the cycle and waits for the unit, docs/billing.md).
+                await bills.hold_open_cycle(uow, call.bill_unit_id)
             # Payments lock the unit, then bills, then the case: the same order here.
             await uow.bill_units.get(call.bill_unit_id, for_update=True)
         case = await repo.get_case(call.case_id, for_update=True)

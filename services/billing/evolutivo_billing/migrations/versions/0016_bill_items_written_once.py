@@ -65,6 +65,14 @@ def upgrade() -> None:
         " (SELECT array_agg(i.charge_id ORDER BY i.charge_id) FROM bill_items AS i"
         "   WHERE i.bill_id = l.bill_id AND i.bill_line_number = l.line_number), '{}')"
     )
+    miscounted = op.get_bind().scalar(
+        sa.text("SELECT count(*) FROM bill_lines WHERE cardinality(charge_ids) <> charge_count")
+    )
+    if miscounted:
+        raise RuntimeError(
+            f"{miscounted} bill lines count another number of charges than the items that name them:"
+            " fix them before upgrading (migration 0016 keeps a line's charges on the line)"
+        )
     op.alter_column("bill_lines", "charge_ids", nullable=False)
     op.create_check_constraint("bill_lines_charge_count", "bill_lines", "cardinality(charge_ids) = charge_count")
 
