@@ -176,7 +176,9 @@ class BillItem(_message.Message):
     with its own period.
     """
     bill_id: _builtins.str
-    """The bill it is on; empty while unbilled."""
+    """Always empty: the one call that returns items, ListUnbilledItems, lists unbilled ones, and a
+    billed charge is found through its bill (BillLine.charge_ids).
+    """
     unrounded_amount: _builtins.str
     """Decimal string: the exact amount before rounding, as charging priced it (empty if unknown)."""
     @_builtins.property
