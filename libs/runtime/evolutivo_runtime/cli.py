@@ -19,7 +19,13 @@ def run(definition: ServiceDefinition, argv: list[str] | None = None) -> None:
     parser.add_argument("command", choices=["serve", "migrate"], help="serve gRPC, or migrate the database to head")
     args = parser.parse_args(argv if argv is not None else sys.argv[1:])
     if args.command == "migrate":
-        upgrade_to_head(definition.migrations_dir, definition.settings.database_url)
+        settings = definition.settings
+        upgrade_to_head(
+            definition.migrations_dir,
+            settings.database_url,
+            lock_timeout=settings.migration_lock_timeout_seconds,
+            attempts=settings.migration_attempts,
+        )
     else:
         _run_loop(serve(definition))
 

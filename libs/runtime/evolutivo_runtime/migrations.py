@@ -7,6 +7,8 @@ them: from the service's env.py, from `python -m evolutivo_<svc> migrate`, and t
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,10 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from evolutivo_runtime import db_errors
 from evolutivo_runtime.db import async_url
+
+log = logging.getLogger(__name__)
 
 # Serialises concurrent `migrate` runs against one database (two replicas or a retried Job).
 MIGRATION_LOCK_KEY = 0x0E7010B1
@@ -39,12 +44,20 @@ def run_env(target_metadata: sa.MetaData, settings_url: Callable[[], str]) -> No
     The URL comes from the caller's config (`migrate` sets it) or, for the alembic command line,
     from the service's settings (e.g. CUSTOMER_DATABASE_URL)."""
     url = context.config.get_main_option("sqlalchemy.url") or async_url(settings_url())
+    lock_timeout: float | None = context.config.attributes.get("lock_timeout")
 
     def migrate(connection: Connection) -> None:
         context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
         with context.begin_transaction():
             # Held until the migration transaction ends: a second runner waits, then finds head.
             connection.execute(sa.select(sa.func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            if lock_timeout is not None:
+                # After the advisory lock (a second runner may wait as long as the first one takes):
+                # a table lock queued behind a long transaction stalls every query on that table
+                # behind it, so a migration gives up (and is retried) rather than queue for long.
+                connection.execute(
+                    sa.select(sa.func.set_config("lock_timeout", f"{max(1, round(lock_timeout * 1000))}ms", True))
+                )
             context.run_migrations()
 
     async def main() -> None:
@@ -61,8 +74,31 @@ def run_env(target_metadata: sa.MetaData, settings_url: Callable[[], str]) -> No
         asyncio.run(main())
 
 
-def upgrade_to_head(migrations_dir: Path, database_url: str) -> None:
-    command.upgrade(alembic_config(migrations_dir, database_url), "head")
+def upgrade_to_head(
+    migrations_dir: Path,
+    database_url: str,
+    lock_timeout: float | None = None,
+    attempts: int = 1,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
+    """Migrates to head. With `lock_timeout`, a migration that waits longer than that for a lock
+    (an ALTER TABLE behind a long transaction) rolls back whole and is tried again, up to
+    `attempts` times in all, 1, 2, 4... (at most 30) seconds apart; the last failure is raised."""
+    config = alembic_config(migrations_dir, database_url)
+    config.attributes["lock_timeout"] = lock_timeout
+    for attempt in range(1, attempts + 1):
+        try:
+            command.upgrade(config, "head")
+            return
+        except Exception as error:
+            if attempt == attempts or db_errors.sqlstate(error) != db_errors.LOCK_NOT_AVAILABLE:
+                raise
+            wait = float(min(2 ** (attempt - 1), 30))
+            log.warning(
+                "migration gave up waiting for a lock; trying again",
+                extra={"attempt": attempt, "attempts": attempts, "retry_in_seconds": wait},
+            )
+            sleep(wait)
 
 
 def head_revision(migrations_dir: Path) -> str | None:

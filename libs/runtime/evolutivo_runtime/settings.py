@@ -46,6 +46,11 @@ class ServiceSettings(BaseSettings):
     # Deliveries of one message before it goes to the dead-letter subject.
     consumer_max_deliver: int = Field(default=5, ge=1)
     consumer_ack_wait_seconds: float = Field(default=30.0, gt=0)
+    # `migrate`: how long a migration waits for a table lock before it rolls back and is tried
+    # again (a lock queued behind a long transaction stalls every query on the table behind it),
+    # and how many times in all (deploy/README.md, "Upgrades without downtime").
+    migration_lock_timeout_seconds: float = Field(default=5.0, gt=0)
+    migration_attempts: int = Field(default=10, ge=1)
     # Time allowed to finish in-flight calls on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     db_pool_size: int = Field(default=10, ge=1)

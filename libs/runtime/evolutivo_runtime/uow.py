@@ -124,6 +124,15 @@ class UnitOfWork:
         await self.session.rollback()
         await self.session.close()
 
+    async def limit_lock_waits(self, seconds: float) -> None:
+        """From here to the end of the transaction, a statement that waits longer than `seconds` for
+        a lock fails (SQLSTATE 55P03: the transaction rolls back and a call is answered ABORTED,
+        db_errors) instead of waiting on: for a call whose caller should not wait behind a long
+        transaction (SET LOCAL lock_timeout)."""
+        await self.session.execute(
+            text("SELECT set_config('lock_timeout', :timeout, true)"), {"timeout": f"{max(1, round(seconds * 1000))}ms"}
+        )
+
     def publish(self, subject: str, message: Message) -> OutgoingEvent:
         event = OutgoingEvent(subject=subject, message=message, occurred_at=self.clock.now())
         self.events.append(event)

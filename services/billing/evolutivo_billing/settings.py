@@ -27,6 +27,11 @@ class BillingSettings(ServiceSettings):
     # BILLING_CYCLE_CLOSE_TOGETHER: a pass closes and bills its cycles set-based (falling back to one
     # by one when that fails); false: always one by one (the reference path; docs/performance.md).
     cycle_close_together: bool = True
+    # BILLING_BILL_NOW_LOCK_TIMEOUT_SECONDS: how long a BillNow call waits for the account's open
+    # cycle, its bill unit and the number series while other transactions hold them (a closer
+    # billing the cycle, a consumer adding its charges) before it is answered ABORTED (retry it
+    # with the same request_id) instead of waiting on.
+    bill_now_lock_timeout_seconds: float = Field(default=10.0, gt=0)
     # BILLING_TAX_RATES: JSON object of tax code -> rate as a decimal string, e.g.
     # {"standard": "0.21", "reduced": "0.10", "exempt": "0"}. "standard" is required: charges
     # without a tax code, or with a code not listed here, are taxed at it.

@@ -1,19 +1,25 @@
-"""ServiceInterceptor on a real grpc.aio server: ServiceErrors become rich statuses, anything else
-INTERNAL with the request id, and request ids are taken from the caller's metadata."""
+"""ServiceInterceptor on a real grpc.aio server: ServiceErrors become rich statuses, database
+failures a retry can outlive ABORTED or UNAVAILABLE (on a real PostgreSQL), anything else INTERNAL
+with the request id, and request ids are taken from the caller's metadata."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
+from evolutivo_runtime.db import create_engine
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.logging import request_id_var
 from evolutivo_runtime.server.interceptors import REQUEST_ID_METADATA, ServiceInterceptor
 from google.protobuf.wrappers_pb2 import StringValue
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 DOMAIN = "test.evolutivo.io"
 SERVICE = "evolutivo.test.v1.TestService"
@@ -178,3 +184,138 @@ async def test_client_streaming_errors_are_mapped(channel: grpc.aio.Channel) -> 
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     [bad] = _unpack(await _rich_status(call), error_details_pb2.BadRequest)
     assert bad.field_violations[0].field == "values"
+
+
+# Database failures a retry can outlive (evolutivo_runtime.db_errors), on a real PostgreSQL: each
+# handler below fails one way, inside a transaction that first wrote a row (which must not stay).
+
+
+@dataclass
+class DbService:
+    channel: grpc.aio.Channel
+    engine: AsyncEngine
+    # Set by the deadlock handler once it holds row 1.
+    locked: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+async def db_service(new_database: Callable[[str], Awaitable[str]]) -> AsyncIterator[DbService]:
+    engine = create_engine(await new_database("dberr"), pool_size=4)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE rows (id int PRIMARY KEY)"))
+        await conn.execute(text("CREATE TABLE written (note text PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO rows VALUES (1), (2)"))
+    unreachable = create_engine("postgresql://postgres@127.0.0.1:1/nowhere", pool_size=1)
+    locked = asyncio.Event()
+
+    async def fail(request: StringValue, context: grpc.aio.ServicerContext[Any, Any]) -> StringValue:
+        if request.value == "unreachable":
+            async with unreachable.begin() as conn:
+                await conn.execute(text("SELECT 1"))
+        async with engine.begin() as conn:
+            await conn.execute(text("INSERT INTO written VALUES (:note)"), {"note": request.value})
+            match request.value:
+                case "lock_timeout":
+                    await conn.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                    await conn.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))
+                case "deadlock":
+                    # This transaction waits first and checks first, so PostgreSQL aborts this one.
+                    await conn.execute(text("SET LOCAL deadlock_timeout = '100ms'"))
+                    await conn.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))
+                    locked.set()
+                    await conn.execute(text("SELECT id FROM rows WHERE id = 2 FOR UPDATE"))
+                case "terminated":
+                    pid = await conn.scalar(text("SELECT pg_backend_pid()"))
+                    async with engine.connect() as other:
+                        await other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                    await conn.execute(text("SELECT 1"))
+                case "duplicate":
+                    await conn.execute(text("INSERT INTO rows VALUES (1)"))
+                case "other_os_error":
+                    raise ConnectionRefusedError(111, "Connection refused")  # an SMTP server, say
+        return StringValue(value="done")
+
+    handlers = grpc.method_handlers_generic_handler(
+        SERVICE,
+        {
+            "Fail": grpc.unary_unary_rpc_method_handler(
+                fail, request_deserializer=StringValue.FromString, response_serializer=StringValue.SerializeToString
+            )
+        },
+    )
+    server = grpc.aio.server(interceptors=[ServiceInterceptor(DOMAIN)])
+    server.add_generic_rpc_handlers((handlers,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    service = DbService(grpc.aio.insecure_channel(f"127.0.0.1:{port}"), engine, locked)
+    try:
+        yield service
+    finally:
+        await service.channel.close()
+        await server.stop(None)
+        await unreachable.dispose()
+        await engine.dispose()
+
+
+async def _fail(service: DbService, value: str) -> tuple[grpc.aio.AioRpcError, error_details_pb2.ErrorInfo | None]:
+    call = service.channel.unary_unary(
+        f"/{SERVICE}/Fail",
+        request_serializer=StringValue.SerializeToString,
+        response_deserializer=StringValue.FromString,
+    )(StringValue(value=value))
+    error = await _failing_call(call)
+    status = await rpc_status.aio.from_call(call)  # type: ignore[attr-defined,unused-ignore]
+    infos = _unpack(status, error_details_pb2.ErrorInfo) if status is not None else []
+    return error, (infos[0] if infos else None)
+
+
+async def _written(service: DbService) -> list[str]:
+    async with service.engine.connect() as conn:
+        return list((await conn.scalars(text("SELECT note FROM written ORDER BY note"))).all())
+
+
+async def test_a_lock_wait_past_the_timeout_is_aborted_and_changes_nothing(db_service: DbService) -> None:
+    async with db_service.engine.connect() as holder:
+        await holder.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))
+        error, info = await _fail(db_service, "lock_timeout")
+        await holder.rollback()
+    assert error.code() == grpc.StatusCode.ABORTED
+    assert info is not None
+    assert (info.reason, info.domain, dict(info.metadata)) == ("LOCK_TIMEOUT", DOMAIN, {"sqlstate": "55P03"})
+    assert "retry" in (error.details() or "")
+    assert await _written(db_service) == []
+
+
+async def test_a_deadlock_is_aborted_and_changes_nothing(db_service: DbService) -> None:
+    locked = db_service.locked
+    async with db_service.engine.connect() as other:
+        await other.execute(text("SELECT id FROM rows WHERE id = 2 FOR UPDATE"))
+        failing = asyncio.create_task(_fail(db_service, "deadlock"))
+        await asyncio.wait_for(locked.wait(), 10)
+        await asyncio.sleep(0.05)  # the handler is waiting for row 2
+        await other.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))  # granted once it is aborted
+        await other.rollback()
+    error, info = await failing
+    assert error.code() == grpc.StatusCode.ABORTED
+    assert info is not None
+    assert (info.reason, dict(info.metadata)) == ("TRANSACTION_CONFLICT", {"sqlstate": "40P01"})
+    assert await _written(db_service) == []
+
+
+@pytest.mark.parametrize("value", ["unreachable", "terminated"])
+async def test_a_database_out_of_reach_is_unavailable(db_service: DbService, value: str) -> None:
+    error, info = await _fail(db_service, value)
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert info is not None
+    assert info.reason == "DATABASE_UNAVAILABLE"
+    assert await _written(db_service) == []
+
+
+@pytest.mark.parametrize("value", ["duplicate", "other_os_error"])
+async def test_other_failures_stay_internal(db_service: DbService, value: str) -> None:
+    """A constraint violation is a bug a retry repeats; a refused connection to anything but the
+    database (no driver frame in its traceback) is not the database's."""
+    error, info = await _fail(db_service, value)
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert info is None
+    assert await _written(db_service) == []

@@ -43,6 +43,7 @@ from evolutivo_billing.service_layer import bills as bills_service
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
+from evolutivo_runtime import db_errors
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.messaging.streams import stream_name
@@ -849,3 +850,33 @@ async def test_charges_racing_bill_now_calls_are_each_billed_once(db: BillingDb)
     items = await db.items()
     assert all(row.bill_id is not None for row in items)
     assert sum((b.subtotal for b in await db.all_bills()), Decimal(0)) == Decimal("18.00")
+
+
+async def test_bill_now_waits_for_a_held_cycle_only_up_to_its_lock_timeout(db: BillingDb) -> None:
+    """A closer billing the cycle (here: a transaction holding it as the closer does) keeps BillNow
+    waiting at most BILLING_BILL_NOW_LOCK_TIMEOUT_SECONDS: then the call fails with the lock
+    timeout (answered ABORTED over gRPC, db_errors), having changed nothing; its retry with the
+    same request id bills once the cycle is free."""
+    account_id = await open_unit(db)
+    (cycle,) = await db.cycles(account_id)
+    await deliver(db, charges_created(rated(account_id, cycle.bill_cycle_id, "2.50", madrid(2031, 5, 12, 10))))
+    request_id = uuid.uuid4()
+    impatient = BillPolicy(RATES, bill_now_lock_timeout=0.3)
+    async with db.uow() as holder:
+        held = await holder.bill_cycles.open_for_unit(cycle.bill_unit_id, for_update=True)
+        assert held is not None
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(Exception) as refused:  # which one: asserted below
+            # Without the limit it would wait for the holder for ever: 30 s says it did not stop.
+            await asyncio.wait_for(bills_service.bill_now(db.uow(), account_id, request_id, impatient), 30)
+        waited = asyncio.get_running_loop().time() - started
+        await holder.rollback()
+    answer = db_errors.retryable(refused.value)
+    assert answer is not None and (answer.code, answer.reason) == (grpc.StatusCode.ABORTED, "LOCK_TIMEOUT")
+    assert waited >= 0.3
+    assert await db.bills(account_id) == []
+    (unbilled,) = await db.items()
+    assert unbilled.bill_id is None
+    bill = await bills_service.bill_now(db.uow(), account_id, request_id, impatient)
+    assert bill.subtotal == Decimal("2.50")
+    assert [b.bill_id for b in await db.bills(account_id)] == [bill.bill_id]

@@ -43,6 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Table, delete
 
+from evolutivo_runtime import db_errors
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
@@ -64,8 +65,6 @@ CONFLICTS = Counter(
 # How often one message is tried (in its savepoint, or alone in its transaction) when PostgreSQL
 # reports a conflict.
 _CONFLICT_ATTEMPTS = 5
-# SQLSTATEs of conflicts that succeed when tried again: serialization_failure, deadlock_detected.
-_CONFLICT_STATES = frozenset({"40001", "40P01"})
 
 
 def _event_id(msg: Msg) -> uuid.UUID | None:
@@ -73,18 +72,6 @@ def _event_id(msg: Msg) -> uuid.UUID | None:
         return uuid.UUID((msg.headers or {})[envelope.EVENT_ID])
     except (KeyError, ValueError):
         return None
-
-
-def _is_conflict(exc: BaseException) -> bool:
-    """Whether a deadlock or serialization failure is somewhere in the exception's chain (SQLAlchemy
-    wraps the asyncpg error, which carries the SQLSTATE)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        state = getattr(seen, "sqlstate", None) or getattr(seen, "pgcode", None)
-        if state in _CONFLICT_STATES:
-            return True
-        seen = seen.__cause__ or getattr(seen, "orig", None)
-    return False
 
 
 FAILED = Counter("evolutivo_consumer_failures_total", "Event applications that raised", ["consumer"])
@@ -319,7 +306,7 @@ class EventConsumer(Generic[U]):
                     # an error is skipped by its inbox row when the message comes back).
                     await uow.commit()
                 except Exception as exc:
-                    if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
+                    if attempt == _CONFLICT_ATTEMPTS or not db_errors.is_conflict(exc):
                         self._failed(msg, exc)
                         return [(msg, exc)]
                     CONFLICTS.labels(durable).inc()
@@ -544,7 +531,7 @@ class EventConsumer(Generic[U]):
                     await apply()
                 return
             except Exception as exc:
-                if attempt == _CONFLICT_ATTEMPTS or not _is_conflict(exc):
+                if attempt == _CONFLICT_ATTEMPTS or not db_errors.is_conflict(exc):
                     raise
                 uow.discard_since(mark)
                 CONFLICTS.labels(self.subscription.durable).inc()

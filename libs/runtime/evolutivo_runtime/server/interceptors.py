@@ -19,6 +19,7 @@ import grpc
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
+from evolutivo_runtime import db_errors
 from evolutivo_runtime.errors import InvalidArgument, ServiceError, to_rpc_status
 from evolutivo_runtime.ids import new_uuid
 from evolutivo_runtime.logging import request_id_var
@@ -188,6 +189,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if isinstance(error, InvalidArgument):
             extra["field"] = error.field
         log.info("rpc refused", extra=extra)
+        await self._answer(context, error)
+
+    async def _answer(self, context: Context, error: ServiceError) -> None:
         status = rpc_status.to_status(to_rpc_status(error, self._domain))
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -227,7 +231,17 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except grpc.aio.AbortError:
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
-            except Exception:
+            except Exception as error:
+                # A deadlock or a database restarting is not a bug: the caller may retry (db_errors).
+                retry = db_errors.retryable(error)
+                if retry is not None:
+                    code = retry.code
+                    log.warning(
+                        "rpc failed on the database; answered retryable",
+                        extra={"rpc": method, "reason": retry.reason, **retry.metadata},
+                        exc_info=True,
+                    )
+                    await self._answer(context, retry)
                 code = grpc.StatusCode.INTERNAL
                 log.exception("rpc failed", extra={"rpc": method})
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log for " + request_id)

@@ -70,12 +70,14 @@ def wire(rt: Runtime) -> Wiring:
 
 def policy(settings: BillingSettings) -> BillPolicy:
     """How bills are built, issued and corrected, from BILLING_TAX_RATES, BILLING_NUMBER_FORMAT,
-    BILLING_SUPPRESS_ZERO_BILLS and BILLING_CREDIT_NOTE_NUMBER_FORMAT."""
+    BILLING_SUPPRESS_ZERO_BILLS, BILLING_CREDIT_NOTE_NUMBER_FORMAT and
+    BILLING_BILL_NOW_LOCK_TIMEOUT_SECONDS."""
     return BillPolicy(
         TaxRates(settings.tax_rates),
         NumberFormat(settings.number_format),
         settings.suppress_zero_bills,
         NumberFormat(settings.credit_note_number_format),
+        settings.bill_now_lock_timeout_seconds,
     )
 
 

@@ -56,13 +56,15 @@ BILLS_THRESHOLD = Counter("evolutivo_billing_bills_threshold_total", "Bills issu
 @dataclass(frozen=True)
 class BillPolicy:
     """How bills are built and issued (BILLING_TAX_RATES, BILLING_NUMBER_FORMAT,
-    BILLING_SUPPRESS_ZERO_BILLS)."""
+    BILLING_SUPPRESS_ZERO_BILLS), and how long BillNow waits for a lock."""
 
     tax_rates: TaxRates = field(default_factory=TaxRates)
     numbering: NumberFormat = field(default_factory=NumberFormat)
     suppress_zero_bills: bool = False
     # BILLING_CREDIT_NOTE_NUMBER_FORMAT: credit notes' own gapless series.
     credit_note_numbering: NumberFormat = field(default_factory=lambda: NumberFormat(DEFAULT_NUMBER_FORMAT))
+    # BILLING_BILL_NOW_LOCK_TIMEOUT_SECONDS: the longest BillNow waits for a lock.
+    bill_now_lock_timeout: float = 10.0
 
 
 class NoOpenCycle(LookupError):
@@ -343,8 +345,11 @@ async def _bill_unbilled(
 async def bill_now(uow: BillingUnitOfWork, account_id: uuid.UUID, request_id: uuid.UUID, policy: BillPolicy) -> Bill:
     """BillNow: a bill at once for the account's unbilled items, numbered from the same series as
     the cycle bills; the cycle goes on and its bill holds what comes after. A retry with the same
-    request id returns the first bill. FailedPrecondition when nothing is unbilled."""
+    request id returns the first bill. FailedPrecondition when nothing is unbilled. A lock held
+    past `policy.bill_now_lock_timeout` (the cycle by a closer billing it, say) fails the call
+    (55P03, answered ABORTED) rather than keep the caller waiting."""
     async with uow:
+        await uow.limit_lock_waits(policy.bill_now_lock_timeout)
         unit = await uow.bill_units.for_account(account_id)
         if unit is None:
             raise NotFound("account", str(account_id))

@@ -1,0 +1,106 @@
+"""PostgreSQL failures a caller can outlive by retrying, told apart from bugs.
+
+A deadlock, a serialization failure, a lock wait past `lock_timeout`, or a database that is
+restarting or out of reach says nothing about the request: the same call, retried, may well
+succeed. The server interceptor answers them ABORTED or UNAVAILABLE (AIP-193: a client retries
+those) instead of INTERNAL, and the runtime consumer retries conflicts in place.
+
+SQLAlchemy wraps asyncpg's error, which carries the SQLSTATE; a connection refused when the pool
+connects comes as the OSError itself, raised through the pool's and asyncpg's frames.
+"""
+
+from __future__ import annotations
+
+import os
+from types import TracebackType
+
+import asyncpg
+import sqlalchemy
+import sqlalchemy.exc
+
+from evolutivo_runtime.errors import Aborted, ServiceError, Unavailable
+
+# serialization_failure, deadlock_detected: PostgreSQL rolled the transaction back for a concurrent one.
+CONFLICT_STATES = frozenset({"40001", "40P01"})
+LOCK_NOT_AVAILABLE = "55P03"
+# The server is shutting down, crashed, not yet accepting connections, or out of connection slots;
+# class 08 (connection exceptions) too.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+_DRIVER_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (asyncpg, sqlalchemy))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not s for s in seen):
+        seen.append(current)
+        current = current.__cause__ or getattr(current, "orig", None)
+    return seen
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of the first PostgreSQL error in the exception's chain, if any."""
+    for error in _chain(exc):
+        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
+        if isinstance(state, str):
+            return state
+    return None
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """Whether PostgreSQL aborted the transaction for a concurrent one (deadlock, serialization)."""
+    return sqlstate(exc) in CONFLICT_STATES
+
+
+def _raised_by_the_driver(tb: TracebackType | None) -> bool:
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith(_DRIVER_DIRS):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    for error in _chain(exc):
+        if isinstance(error, sqlalchemy.exc.DBAPIError) and error.connection_invalidated:
+            return True
+        if isinstance(error, sqlalchemy.exc.TimeoutError):  # no pooled connection came free in time
+            return True
+        if isinstance(error, asyncpg.exceptions.ConnectionDoesNotExistError):
+            return True
+        # Refused or reset while the pool connected (no SQLSTATE: the server never answered); an
+        # OSError from anything else a handler does (a mail server, an ERP) is not the database's.
+        if isinstance(error, OSError) and _raised_by_the_driver(error.__traceback__):
+            return True
+    return False
+
+
+def retryable(exc: BaseException) -> ServiceError | None:
+    """The retryable answer for a database failure a retry can outlive, or None for anything else.
+    The messages say what a client should do; the SQLSTATE goes in the ErrorInfo's metadata."""
+    state = sqlstate(exc)
+    metadata = {"sqlstate": state} if state else {}
+    if state in CONFLICT_STATES:
+        return Aborted(
+            "TRANSACTION_CONFLICT",
+            "the call's transaction lost to a concurrent one (deadlock or serialization failure) and "
+            "was rolled back; retry the call (writes with the same request_id)",
+            metadata,
+        )
+    if state == LOCK_NOT_AVAILABLE:
+        return Aborted(
+            "LOCK_TIMEOUT",
+            "another transaction held what the call needed for longer than the call waits; it was "
+            "rolled back; retry the call (writes with the same request_id)",
+            metadata,
+        )
+    if (state is not None and (state in _UNAVAILABLE_STATES or state.startswith("08"))) or (
+        state is None and _database_unreachable(exc)
+    ):
+        return Unavailable(
+            "DATABASE_UNAVAILABLE",
+            "the service's database is restarting, out of reach or out of connections; retry the "
+            "call with backoff (writes with the same request_id: a retry never applies twice)",
+            metadata,
+        )
+    return None
