@@ -23,7 +23,8 @@ class ExitCode(IntEnum):
     INVALID_ARGUMENT = 3
     #: The call broke a rule of the resource's state (FAILED_PRECONDITION, ABORTED, OUT_OF_RANGE).
     FAILED_PRECONDITION = 4
-    #: The service did not answer (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED): retry later.
+    #: The service did not answer (UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), or a concurrent
+    #: transaction got in the way (ABORTED with RETRY_REASONS): retry later.
     UNAVAILABLE = 5
     ALREADY_EXISTS = 6
     #: UNAUTHENTICATED or PERMISSION_DENIED: check the token.
@@ -54,6 +55,12 @@ _BY_STATUS: dict[grpc.StatusCode, ExitCode] = {
 }
 
 _DETAILS_KEY = "grpc-status-details-bin"
+
+# ABORTED for these reasons is a transaction that lost to a concurrent one, not the resource's state
+# (evolutivo_runtime.transient_errors): the same command, run again, may well succeed.
+RETRY_REASONS = frozenset({"TRANSACTION_CONFLICT", "LOCK_TIMEOUT"})
+# UNAVAILABLE for these: the service answered, but its database or NATS did not.
+DEPENDENCY_REASONS = {"DATABASE_UNAVAILABLE": "database", "MESSAGING_UNAVAILABLE": "NATS server"}
 
 
 def exit_code_for(code: grpc.StatusCode) -> ExitCode:
@@ -100,10 +107,16 @@ class CallError:
 
     @property
     def exit_code(self) -> ExitCode:
+        if self.code == grpc.StatusCode.ABORTED and self.reason in RETRY_REASONS:
+            return ExitCode.UNAVAILABLE
         return exit_code_for(self.code)
 
     def hint(self) -> str:
         where = f"{self.service} at {self.address}" if self.service else "the service"
+        if self.reason in DEPENDENCY_REASONS:
+            return f"{where} answered, but its {DEPENDENCY_REASONS[self.reason]} did not: run the command again later."
+        if self.code == grpc.StatusCode.ABORTED and self.reason in RETRY_REASONS:
+            return "A concurrent change got in the way and nothing was changed: run the command again."
         if self.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             variable = f"EVOLUTIVO_{self.service.upper()}_ADDRESS" if self.service else "EVOLUTIVO_<SVC>_ADDRESS"
             return (

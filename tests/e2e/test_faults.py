@@ -53,8 +53,8 @@ LOAD_SECONDS = float(os.environ.get("EVOLUTIVO_FAULTS_SECONDS", "60"))
 ACCOUNTS = 6
 REPLICAS = 2
 # Answers a retry can outlive: a killed replica, PostgreSQL or NATS restarting, a busy server. Not
-# INTERNAL: a database restarting under a call is answered UNAVAILABLE (evolutivo_runtime.db_errors),
-# so an INTERNAL here is a bug the faults brought out.
+# INTERNAL: PostgreSQL or NATS restarting under a call is answered UNAVAILABLE
+# (evolutivo_runtime.transient_errors), so an INTERNAL here is a bug the faults brought out.
 RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,

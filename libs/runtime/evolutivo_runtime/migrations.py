@@ -22,7 +22,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from evolutivo_runtime import db_errors
+from evolutivo_runtime import transient_errors
 from evolutivo_runtime.db import async_url
 
 log = logging.getLogger(__name__)
@@ -91,7 +91,7 @@ def upgrade_to_head(
             command.upgrade(config, "head")
             return
         except Exception as error:
-            if attempt == attempts or db_errors.sqlstate(error) != db_errors.LOCK_NOT_AVAILABLE:
+            if attempt == attempts or transient_errors.sqlstate(error) != transient_errors.LOCK_NOT_AVAILABLE:
                 raise
             wait = float(min(2 ** (attempt - 1), 30))
             log.warning(

@@ -127,7 +127,7 @@ class UnitOfWork:
     async def limit_lock_waits(self, seconds: float) -> None:
         """From here to the end of the transaction, a statement that waits longer than `seconds` for
         a lock fails (SQLSTATE 55P03: the transaction rolls back and a call is answered ABORTED,
-        db_errors) instead of waiting on: for a call whose caller should not wait behind a long
+        transient_errors) instead of waiting on: for a call whose caller should not wait behind a long
         transaction (SET LOCAL lock_timeout)."""
         await self.session.execute(
             text("SELECT set_config('lock_timeout', :timeout, true)"), {"timeout": f"{max(1, round(seconds * 1000))}ms"}

@@ -5,11 +5,13 @@ with the request id, and request ids are taken from the caller's metadata."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import nats
 import pytest
 from evolutivo_runtime.db import create_engine
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -186,8 +188,9 @@ async def test_client_streaming_errors_are_mapped(channel: grpc.aio.Channel) -> 
     assert bad.field_violations[0].field == "values"
 
 
-# Database failures a retry can outlive (evolutivo_runtime.db_errors), on a real PostgreSQL: each
-# handler below fails one way, inside a transaction that first wrote a row (which must not stay).
+# Database and NATS failures a retry can outlive (evolutivo_runtime.transient_errors), on a real
+# PostgreSQL and NATS: each handler below fails one way, most inside a transaction that first
+# wrote a row (which must not stay).
 
 
 @dataclass
@@ -199,8 +202,11 @@ class DbService:
 
 
 @pytest.fixture
-async def db_service(new_database: Callable[[str], Awaitable[str]]) -> AsyncIterator[DbService]:
+async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: str) -> AsyncIterator[DbService]:
     engine = create_engine(await new_database("dberr"), pool_size=4)
+    closed_nats = await nats.connect(nats_url)
+    await closed_nats.close()
+    live_nats = await nats.connect(nats_url)
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE rows (id int PRIMARY KEY)"))
         await conn.execute(text("CREATE TABLE written (note text PRIMARY KEY)"))
@@ -212,6 +218,10 @@ async def db_service(new_database: Callable[[str], Awaitable[str]]) -> AsyncIter
         if request.value == "unreachable":
             async with unreachable.begin() as conn:
                 await conn.execute(text("SELECT 1"))
+        if request.value == "nats_closed":  # a call that publishes itself, NATS gone meanwhile
+            await closed_nats.publish("evolutivo.test.nowhere", b"")
+        if request.value == "nats_no_responders":  # JetStream (or the server) not answering
+            await live_nats.request(f"evolutivo.test.nobody.{uuid.uuid4().hex}", b"", timeout=2)
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO written VALUES (:note)"), {"note": request.value})
             match request.value:
@@ -255,6 +265,7 @@ async def db_service(new_database: Callable[[str], Awaitable[str]]) -> AsyncIter
         await server.stop(None)
         await unreachable.dispose()
         await engine.dispose()
+        await live_nats.close()
 
 
 async def _fail(service: DbService, value: str) -> tuple[grpc.aio.AioRpcError, error_details_pb2.ErrorInfo | None]:
@@ -309,6 +320,16 @@ async def test_a_database_out_of_reach_is_unavailable(db_service: DbService, val
     assert info is not None
     assert info.reason == "DATABASE_UNAVAILABLE"
     assert await _written(db_service) == []
+
+
+@pytest.mark.parametrize(
+    ("value", "error"), [("nats_closed", "ConnectionClosedError"), ("nats_no_responders", "NoRespondersError")]
+)
+async def test_nats_out_of_reach_is_unavailable(db_service: DbService, value: str, error: str) -> None:
+    answer, info = await _fail(db_service, value)
+    assert answer.code() == grpc.StatusCode.UNAVAILABLE
+    assert info is not None
+    assert (info.reason, dict(info.metadata)) == ("MESSAGING_UNAVAILABLE", {"error": error})
 
 
 @pytest.mark.parametrize("value", ["duplicate", "other_os_error"])

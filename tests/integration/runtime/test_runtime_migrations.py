@@ -15,7 +15,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from evolutivo_runtime import db_errors
+from evolutivo_runtime import transient_errors
 from evolutivo_runtime.db import create_engine, plain_url
 from evolutivo_runtime.messaging.tables import messaging_tables
 from evolutivo_runtime.migrations import create_messaging_tables, upgrade_to_head
@@ -176,7 +176,7 @@ async def test_a_migration_blocked_by_a_long_transaction_gives_up_and_is_retried
         else:
             with pytest.raises(Exception) as failed:  # which one: asserted below
                 await asyncio.wait_for(migrating, 30)
-            assert db_errors.sqlstate(failed.value) == db_errors.LOCK_NOT_AVAILABLE
+            assert transient_errors.sqlstate(failed.value) == transient_errors.LOCK_NOT_AVAILABLE
             assert await _columns(url) == ["id"]
         assert waits == [1.0]
     finally:

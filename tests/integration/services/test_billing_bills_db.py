@@ -43,7 +43,7 @@ from evolutivo_billing.service_layer import bills as bills_service
 from evolutivo_billing.service_layer import handlers
 from evolutivo_billing.service_layer.bills import BillPolicy
 from evolutivo_billing.service_layer.unit_of_work import BillingUnitOfWork
-from evolutivo_runtime import db_errors
+from evolutivo_runtime import transient_errors
 from evolutivo_runtime.db import plain_url
 from evolutivo_runtime.errors import FailedPrecondition, InvalidArgument, NotFound
 from evolutivo_runtime.messaging.streams import stream_name
@@ -855,7 +855,7 @@ async def test_charges_racing_bill_now_calls_are_each_billed_once(db: BillingDb)
 async def test_bill_now_waits_for_a_held_cycle_only_up_to_its_lock_timeout(db: BillingDb) -> None:
     """A closer billing the cycle (here: a transaction holding it as the closer does) keeps BillNow
     waiting at most BILLING_BILL_NOW_LOCK_TIMEOUT_SECONDS: then the call fails with the lock
-    timeout (answered ABORTED over gRPC, db_errors), having changed nothing; its retry with the
+    timeout (answered ABORTED over gRPC, transient_errors), having changed nothing; its retry with the
     same request id bills once the cycle is free."""
     account_id = await open_unit(db)
     (cycle,) = await db.cycles(account_id)
@@ -871,7 +871,7 @@ async def test_bill_now_waits_for_a_held_cycle_only_up_to_its_lock_timeout(db: B
             await asyncio.wait_for(bills_service.bill_now(db.uow(), account_id, request_id, impatient), 30)
         waited = asyncio.get_running_loop().time() - started
         await holder.rollback()
-    answer = db_errors.retryable(refused.value)
+    answer = transient_errors.retryable(refused.value)
     assert answer is not None and (answer.code, answer.reason) == (grpc.StatusCode.ABORTED, "LOCK_TIMEOUT")
     assert waited >= 0.3
     assert await db.bills(account_id) == []

@@ -44,6 +44,12 @@ class Customer(pb_grpc.CustomerServiceServicer):
             context.abort_with_status(refusal(code_pb2.NOT_FOUND, "account 'missing' not found", "ACCOUNT_NOT_FOUND"))
         if request.account_id == "closed":
             context.abort_with_status(refusal(code_pb2.FAILED_PRECONDITION, "the account is closed", "ACCOUNT_CLOSED"))
+        if request.account_id == "stale":
+            context.abort_with_status(refusal(code_pb2.ABORTED, "the account changed meanwhile", "ETAG_MISMATCH"))
+        if request.account_id == "locked":
+            context.abort_with_status(refusal(code_pb2.ABORTED, "held too long; retry", "LOCK_TIMEOUT"))
+        if request.account_id == "db_down":
+            context.abort_with_status(refusal(code_pb2.UNAVAILABLE, "database restarting", "DATABASE_UNAVAILABLE"))
         return pb.GetAccountOverviewResponse()
 
     def CreateAccount(
@@ -167,3 +173,24 @@ def test_the_token_is_sent_as_a_bearer_authorization(server: tuple[str, Customer
     assert code == 0
     assert json.loads(out)["display_name"] == "Acme"
     assert servicer.metadata[-1]["authorization"] == "Bearer s3cret"
+
+
+@pytest.mark.parametrize(
+    ("account_id", "exit_code", "hint"),
+    [
+        ("stale", ExitCode.FAILED_PRECONDITION, ""),
+        ("locked", ExitCode.UNAVAILABLE, "A concurrent change got in the way and nothing was changed"),
+        ("db_down", ExitCode.UNAVAILABLE, "answered, but its database did not"),
+    ],
+)
+def test_a_retryable_answer_exits_5_with_its_hint(
+    server: tuple[str, Customer], account_id: str, exit_code: ExitCode, hint: str
+) -> None:
+    """ABORTED for a stale etag is the resource's state (4); for a lock timeout or a transaction
+    conflict, and UNAVAILABLE because the service's database is down, running again may work (5)."""
+    code, _, err = run(server[0], "accounts", "get", account_id)
+    assert code == exit_code
+    if hint:
+        assert hint in err
+    else:
+        assert "run the command again" not in err

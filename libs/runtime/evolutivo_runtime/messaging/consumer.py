@@ -43,7 +43,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter, Gauge
 from sqlalchemy import Table, delete
 
-from evolutivo_runtime import db_errors
+from evolutivo_runtime import transient_errors
 from evolutivo_runtime.bulk import insert_rows
 from evolutivo_runtime.locks import advisory_xact_locks
 from evolutivo_runtime.messaging import envelope
@@ -306,7 +306,7 @@ class EventConsumer(Generic[U]):
                     # an error is skipped by its inbox row when the message comes back).
                     await uow.commit()
                 except Exception as exc:
-                    if attempt == _CONFLICT_ATTEMPTS or not db_errors.is_conflict(exc):
+                    if attempt == _CONFLICT_ATTEMPTS or not transient_errors.is_conflict(exc):
                         self._failed(msg, exc)
                         return [(msg, exc)]
                     CONFLICTS.labels(durable).inc()
@@ -531,7 +531,7 @@ class EventConsumer(Generic[U]):
                     await apply()
                 return
             except Exception as exc:
-                if attempt == _CONFLICT_ATTEMPTS or not db_errors.is_conflict(exc):
+                if attempt == _CONFLICT_ATTEMPTS or not transient_errors.is_conflict(exc):
                     raise
                 uow.discard_since(mark)
                 CONFLICTS.labels(self.subscription.durable).inc()

@@ -19,7 +19,7 @@ import grpc
 from grpc_status import rpc_status
 from prometheus_client import Counter, Histogram
 
-from evolutivo_runtime import db_errors
+from evolutivo_runtime import transient_errors
 from evolutivo_runtime.errors import InvalidArgument, ServiceError, to_rpc_status
 from evolutivo_runtime.ids import new_uuid
 from evolutivo_runtime.logging import request_id_var
@@ -232,8 +232,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
-                # A deadlock or a database restarting is not a bug: the caller may retry (db_errors).
-                retry = db_errors.retryable(error)
+                # A deadlock or a database restarting is not a bug: the caller may retry (transient_errors).
+                retry = transient_errors.retryable(error)
                 if retry is not None:
                     code = retry.code
                     log.warning(

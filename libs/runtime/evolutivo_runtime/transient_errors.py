@@ -1,12 +1,14 @@
-"""PostgreSQL failures a caller can outlive by retrying, told apart from bugs.
+"""Failures of PostgreSQL and NATS a caller can outlive by retrying, told apart from bugs.
 
-A deadlock, a serialization failure, a lock wait past `lock_timeout`, or a database that is
-restarting or out of reach says nothing about the request: the same call, retried, may well
-succeed. The server interceptor answers them ABORTED or UNAVAILABLE (AIP-193: a client retries
+A deadlock, a serialization failure, a lock wait past `lock_timeout`, a database or a NATS server
+that is restarting or out of reach says nothing about the request: the same call, retried, may
+well succeed. The server interceptor answers them ABORTED or UNAVAILABLE (AIP-193: a client retries
 those) instead of INTERNAL, and the runtime consumer retries conflicts in place.
 
 SQLAlchemy wraps asyncpg's error, which carries the SQLSTATE; a connection refused when the pool
-connects comes as the OSError itself, raised through the pool's and asyncpg's frames.
+connects comes as the OSError itself, raised through the pool's and asyncpg's frames. Few calls
+touch NATS themselves (their events go through the outbox): the shared clock's and the dead-letter
+administration's.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import os
 from types import TracebackType
 
 import asyncpg
+import nats.errors
+import nats.js.errors
 import sqlalchemy
 import sqlalchemy.exc
 
@@ -27,6 +31,19 @@ LOCK_NOT_AVAILABLE = "55P03"
 # class 08 (connection exceptions) too.
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 _DRIVER_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (asyncpg, sqlalchemy))
+# NATS out of reach, reconnecting, draining or not answering in time; JetStream not ready.
+_NATS_UNAVAILABLE = (
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionDrainingError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.NoServersError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.errors.NoRespondersError,
+    nats.errors.TimeoutError,
+    nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,
+)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -76,8 +93,9 @@ def _database_unreachable(exc: BaseException) -> bool:
 
 
 def retryable(exc: BaseException) -> ServiceError | None:
-    """The retryable answer for a database failure a retry can outlive, or None for anything else.
-    The messages say what a client should do; the SQLSTATE goes in the ErrorInfo's metadata."""
+    """The retryable answer for a failure of the database or NATS a retry can outlive, or None for
+    anything else. The messages say what a client should do; a SQLSTATE goes in the ErrorInfo's
+    metadata."""
     state = sqlstate(exc)
     metadata = {"sqlstate": state} if state else {}
     if state in CONFLICT_STATES:
@@ -103,4 +121,11 @@ def retryable(exc: BaseException) -> ServiceError | None:
             "call with backoff (writes with the same request_id: a retry never applies twice)",
             metadata,
         )
+    for error in _chain(exc):
+        if isinstance(error, _NATS_UNAVAILABLE):
+            return Unavailable(
+                "MESSAGING_UNAVAILABLE",
+                "the service's NATS server is restarting or out of reach; retry the call with backoff",
+                {"error": type(error).__name__},
+            )
     return None
