@@ -6,7 +6,8 @@ JetStream with file storage, the five services as separate processes), then meas
 
 - usage ingest end to end (RecordUsageBatch, StreamUsage, RecordUsage): events/s accepted, events/s
   through to balance, and the delay from acceptance to balance booking it (p50/p99);
-- balance reads (GetBalance) at a fixed rate, latency p50/p99;
+- balance reads (GetBalance) at a fixed rate, latency p50/p99, and beside them the gRPC floor: the
+  same open loop to a server that makes one PostgreSQL read and nothing else (bench/grpc_floor.py);
 - a bill run over `--bill-accounts` accounts x 10 charges (bills/s), then PDF rendering (PDFs/s);
 - resident memory of every service at rest and at its peak under load;
 - beside them, the raw ceilings on the same servers: PostgreSQL single-row commits/s, batched
@@ -43,7 +44,7 @@ from evolutivo_runtime.db import plain_url
 from evolutivo_stack.embedded import EmbeddedPostgres, scratch_dir
 from evolutivo_stack.stack import Stack
 
-from bench import billrun, ceilings, ingest, row_writes, server_latency
+from bench import billrun, ceilings, grpc_floor, ingest, row_writes, server_latency
 from bench.common import Figure, median, open_loop
 from bench.memory import MEASURED, SERVERS, PeakSampler, cpu_seconds, rss_mib, settled_cpu_seconds
 from bench.profiling import profiled
@@ -71,6 +72,8 @@ class Target:
     # "min": value must be at least the target; "max": below it.
     sense: str
     unit: str
+    # What to read the figure against, when the run measured it (printed after the verdict).
+    context: str = ""
 
     @property
     def met(self) -> bool:
@@ -223,7 +226,7 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                 account_id = fixture.accounts[seq % len(fixture.accounts)]
                 await balances[seq % len(balances)].GetBalance(balance_pb.GetBalanceRequest(account_id=account_id))
 
-            async def run_reads(_: int) -> Figure:
+            async def run_reads(_: int) -> Figure | list[Figure]:
                 notes = f"open loop at {args.reads_rate:g}/s"
                 charged = ("balance", "postgres")
                 before = cpu_seconds(stack, charged)
@@ -256,7 +259,11 @@ async def one_stack(args: argparse.Namespace, report: Report, stack: Stack, repl
                     figure.extra[f"cpu_ms_per_read_{name}"] = (
                         (seconds - before.get(name, 0.0)) * 1000 / max(figure.items, 1)
                     )
-                return figure
+                if replicas != 1:
+                    return figure
+                # Beside it, the same open loop to a server that does one PostgreSQL read and
+                # nothing else: the part of the latency that is not balance's (bench/grpc_floor.py).
+                return [figure, await grpc_floor.measure(stack, args.reads_seconds, args.reads_rate)]
 
             # With two replicas the reads go round-robin to both: what a second replica does for the tail.
             phase = "reads" if replicas == 1 else f"reads-{replicas}r"
@@ -359,8 +366,17 @@ def targets(report: Report) -> list[Target]:
     found.append(
         Target("Balance reads: achieved rate", "GetBalance", value(reads, "rate"), 1_000 * 0.98, "min", "reads/s")
     )
+    floor = value(find("Balance reads", grpc_floor.NAME), "p99_ms")
     found.append(
-        Target("Balance reads: p99 latency at that rate", "GetBalance", value(reads, "p99_ms"), 5, "max", "ms")
+        Target(
+            "Balance reads: p99 latency at that rate",
+            "GetBalance",
+            value(reads, "p99_ms"),
+            5,
+            "max",
+            "ms",
+            "" if floor is None else f"the gRPC floor beside it (one PostgreSQL read, no service): p99 {floor:.1f} ms",
+        )
     )
     return found
 
@@ -416,7 +432,10 @@ def print_report(report: Report) -> str:
     for t in report.targets:
         shown = "-" if t.value is None else f"{t.value:,.1f} {t.unit}"
         bound = ">=" if t.sense == "min" else "<"
-        out.append(f"  {t.what:<52} {shown:>18}  (target {bound} {t.target:,.0f} {t.unit})  {t.verdict}")
+        out.append(
+            f"  {t.what:<52} {shown:>18}  (target {bound} {t.target:,.0f} {t.unit})  {t.verdict}"
+            + (f"; {t.context}" if t.context else "")
+        )
     if report.settings["seconds"] < 60:
         out.append(
             "  (quick run: each ingest figure lasts "

@@ -427,7 +427,15 @@ class Stack:
 
         ``token`` replaces that token (``""``: no token at all); ``client_certificate=False``
         leaves the certificate out (the server then refuses the TLS handshake)."""
-        address = self.replica_addresses(service)[replica]
+        return self.channel_to(
+            self.replica_addresses(service)[replica], token=token, client_certificate=client_certificate
+        )
+
+    def channel_to(
+        self, address: str, *, token: str | None = None, client_certificate: bool = True
+    ) -> grpc.aio.Channel:
+        """``channel`` to any address: a server of the stack's own that is not a service (the
+        harness's gRPC floor), with the same credentials."""
         bearer = self.dev_token() if token is None else token
         return open_channel(
             address,
