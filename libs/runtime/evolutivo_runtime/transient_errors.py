@@ -55,18 +55,20 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def _states(exc: BaseException) -> list[str]:
+    found = (getattr(error, "sqlstate", None) or getattr(error, "pgcode", None) for error in _chain(exc))
+    return [state for state in found if isinstance(state, str)]
+
+
 def sqlstate(exc: BaseException) -> str | None:
     """The SQLSTATE of the first PostgreSQL error in the exception's chain, if any."""
-    for error in _chain(exc):
-        state = getattr(error, "sqlstate", None) or getattr(error, "pgcode", None)
-        if isinstance(state, str):
-            return state
-    return None
+    return next(iter(_states(exc)), None)
 
 
 def is_conflict(exc: BaseException) -> bool:
-    """Whether PostgreSQL aborted the transaction for a concurrent one (deadlock, serialization)."""
-    return sqlstate(exc) in CONFLICT_STATES
+    """Whether PostgreSQL aborted the transaction for a concurrent one (deadlock, serialization)
+    anywhere in the exception's chain."""
+    return any(state in CONFLICT_STATES for state in _states(exc))
 
 
 def _raised_by_the_driver(tb: TracebackType | None) -> bool:
@@ -96,15 +98,16 @@ def retryable(exc: BaseException) -> ServiceError | None:
     """The retryable answer for a failure of the database or NATS a retry can outlive, or None for
     anything else. The messages say what a client should do; a SQLSTATE goes in the ErrorInfo's
     metadata."""
-    state = sqlstate(exc)
-    metadata = {"sqlstate": state} if state else {}
-    if state in CONFLICT_STATES:
+    conflict = next((s for s in _states(exc) if s in CONFLICT_STATES), None)
+    if conflict is not None:
         return Aborted(
             "TRANSACTION_CONFLICT",
             "the call's transaction lost to a concurrent one (deadlock or serialization failure) and "
             "was rolled back; retry the call (writes with the same request_id)",
-            metadata,
+            {"sqlstate": conflict},
         )
+    state = sqlstate(exc)
+    metadata = {"sqlstate": state} if state else {}
     if state == LOCK_NOT_AVAILABLE:
         return Aborted(
             "LOCK_TIMEOUT",
