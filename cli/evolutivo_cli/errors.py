@@ -113,6 +113,11 @@ class CallError:
 
     def hint(self) -> str:
         where = f"{self.service} at {self.address}" if self.service else "the service"
+        if self.reason == "MESSAGING_TIMEOUT":
+            return (
+                f"{where} answered, but its NATS server did not in time: the change may have been made; "
+                "check before running the command again."
+            )
         if self.reason in DEPENDENCY_REASONS:
             return f"{where} answered, but its {DEPENDENCY_REASONS[self.reason]} did not: run the command again later."
         if self.code == grpc.StatusCode.ABORTED and self.reason in RETRY_REASONS:

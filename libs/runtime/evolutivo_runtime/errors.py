@@ -81,10 +81,18 @@ def to_rpc_status(error: ServiceError, domain: str) -> status_pb2.Status:
 
 
 class Unavailable(ServiceError):
-    """A service this call depends on did not answer; the call changed nothing and may be retried."""
+    """Something this call depends on (a service, the database, NATS) did not answer; the call may
+    be retried (a write with its request id: a commit cut short may or may not have taken effect)."""
 
     code = grpc.StatusCode.UNAVAILABLE
     rpc_code = code_pb2.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    """Something this call depends on did not answer in time, after the call may have taken effect."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    rpc_code = code_pb2.DEADLINE_EXCEEDED
 
 
 class Unauthenticated(ServiceError):

@@ -62,10 +62,12 @@ def run_env(target_metadata: sa.MetaData, settings_url: Callable[[], str]) -> No
 
     async def main() -> None:
         engine = create_async_engine(url)
-        async with engine.connect() as connection:
-            await connection.run_sync(migrate)
-            await connection.commit()
-        await engine.dispose()
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(migrate)
+                await connection.commit()
+        finally:
+            await engine.dispose()  # a failed attempt too: `upgrade_to_head` may try again
 
     existing = context.config.attributes.get("connection")
     if existing is not None:

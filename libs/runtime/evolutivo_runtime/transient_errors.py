@@ -2,8 +2,9 @@
 
 A deadlock, a serialization failure, a lock wait past `lock_timeout`, a database or a NATS server
 that is restarting or out of reach says nothing about the request: the same call, retried, may
-well succeed. The server interceptor answers them ABORTED or UNAVAILABLE (AIP-193: a client retries
-those) instead of INTERNAL, and the runtime consumer retries conflicts in place.
+well succeed. The server interceptor answers them ABORTED, UNAVAILABLE or, where the call may
+have taken effect before the answer was lost, DEADLINE_EXCEEDED (AIP-193: a client retries those)
+instead of INTERNAL, and the runtime consumer retries conflicts in place.
 
 SQLAlchemy wraps asyncpg's error, which carries the SQLSTATE; a connection refused when the pool
 connects comes as the OSError itself, raised through the pool's and asyncpg's frames. Few calls
@@ -13,7 +14,9 @@ administration's.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import ssl
 from types import TracebackType
 
 import asyncpg
@@ -22,28 +25,35 @@ import nats.js.errors
 import sqlalchemy
 import sqlalchemy.exc
 
-from evolutivo_runtime.errors import Aborted, ServiceError, Unavailable
+from evolutivo_runtime.errors import Aborted, DeadlineExceeded, ServiceError, Unavailable
 
 # serialization_failure, deadlock_detected: PostgreSQL rolled the transaction back for a concurrent one.
 CONFLICT_STATES = frozenset({"40001", "40P01"})
 LOCK_NOT_AVAILABLE = "55P03"
-# The server is shutting down, crashed, not yet accepting connections, or out of connection slots;
-# class 08 (connection exceptions) too.
-_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+# The connection failed or was lost (class 08, but not 08P01 protocol_violation: a malformed
+# message is the client's and would fail again), the server is shutting down, crashed, not yet
+# accepting connections, or out of connection slots.
+_UNAVAILABLE_STATES = frozenset(
+    {"08000", "08001", "08003", "08004", "08006", "08007", "57P01", "57P02", "57P03", "53300"}
+)
 _DRIVER_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (asyncpg, sqlalchemy))
-# NATS out of reach, reconnecting, draining or not answering in time; JetStream not ready.
-_NATS_UNAVAILABLE = (
+# Where a connection's own OSError is raised: the driver, or the event loop and socket code it calls.
+_CONNECTING_DIRS = (*_DRIVER_DIRS, os.path.dirname(asyncio.__file__) + os.sep, os.path.dirname(ssl.__file__) + os.sep)
+# NATS never got the request: out of reach, reconnecting, draining, nobody subscribed, JetStream
+# not ready. (A timeout or a connection gone stale after sending is another matter: below.)
+_NATS_NOT_SENT = (
     nats.errors.ConnectionClosedError,
     nats.errors.ConnectionDrainingError,
     nats.errors.ConnectionReconnectingError,
     nats.errors.NoServersError,
-    nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.errors.NoRespondersError,
-    nats.errors.TimeoutError,
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.NoStreamResponseError,
 )
+# No answer in time, or the connection died after the request went out: it may have taken effect
+# (the shared clock's AdvanceClock carries no request id, so a retry could move it twice).
+_NATS_NO_ANSWER = (nats.errors.TimeoutError, nats.errors.StaleConnectionError)
 
 
 def _chain(exc: BaseException) -> list[BaseException]:
@@ -72,11 +82,15 @@ def is_conflict(exc: BaseException) -> bool:
 
 
 def _raised_by_the_driver(tb: TracebackType | None) -> bool:
+    """Whether an OSError went through the driver's frames and was raised in its own, the event
+    loop's or the socket layer's code (an OSError raised by our code that SQLAlchemy called back,
+    in `run_sync` say, is not a connection's)."""
+    through, innermost = False, ""
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename.startswith(_DRIVER_DIRS):
-            return True
+        innermost = tb.tb_frame.f_code.co_filename
+        through = through or innermost.startswith(_DRIVER_DIRS)
         tb = tb.tb_next
-    return False
+    return through and innermost.startswith(_CONNECTING_DIRS)
 
 
 def _database_unreachable(exc: BaseException) -> bool:
@@ -87,8 +101,9 @@ def _database_unreachable(exc: BaseException) -> bool:
             return True
         if isinstance(error, asyncpg.exceptions.ConnectionDoesNotExistError):
             return True
-        # Refused or reset while the pool connected (no SQLSTATE: the server never answered); an
-        # OSError from anything else a handler does (a mail server, an ERP) is not the database's.
+        # Refused, reset or timed out while the pool connected (no SQLSTATE: the server never
+        # answered); an OSError from anything else a handler does (a mail server, an ERP) is not
+        # the database's.
         if isinstance(error, OSError) and _raised_by_the_driver(error.__traceback__):
             return True
     return False
@@ -115,9 +130,7 @@ def retryable(exc: BaseException) -> ServiceError | None:
             "rolled back; retry the call (writes with the same request_id)",
             metadata,
         )
-    if (state is not None and (state in _UNAVAILABLE_STATES or state.startswith("08"))) or (
-        state is None and _database_unreachable(exc)
-    ):
+    if state in _UNAVAILABLE_STATES or (state is None and _database_unreachable(exc)):
         return Unavailable(
             "DATABASE_UNAVAILABLE",
             "the service's database is restarting, out of reach or out of connections; retry the "
@@ -125,10 +138,18 @@ def retryable(exc: BaseException) -> ServiceError | None:
             metadata,
         )
     for error in _chain(exc):
-        if isinstance(error, _NATS_UNAVAILABLE):
+        if isinstance(error, _NATS_NOT_SENT):
             return Unavailable(
                 "MESSAGING_UNAVAILABLE",
-                "the service's NATS server is restarting or out of reach; retry the call with backoff",
+                "the service's NATS server is restarting or out of reach; the call changed nothing: "
+                "retry it with backoff",
+                {"error": type(error).__name__},
+            )
+        if isinstance(error, _NATS_NO_ANSWER):
+            return DeadlineExceeded(
+                "MESSAGING_TIMEOUT",
+                "the service's NATS server did not answer in time; the call may or may not have taken "
+                "effect: check before retrying a call without a request id",
                 {"error": type(error).__name__},
             )
     return None

@@ -197,8 +197,9 @@ async def test_client_streaming_errors_are_mapped(channel: grpc.aio.Channel) -> 
 class DbService:
     channel: grpc.aio.Channel
     engine: AsyncEngine
-    # Set by the deadlock handler once it holds row 1.
+    # Set by the deadlock handler once it holds row 1; it then asks for row 2 once `go` is set.
     locked: asyncio.Event = field(default_factory=asyncio.Event)
+    go: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @pytest.fixture
@@ -207,12 +208,14 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
     closed_nats = await nats.connect(nats_url)
     await closed_nats.close()
     live_nats = await nats.connect(nats_url)
+    silent = f"evolutivo.test.silent.{uuid.uuid4().hex}"
+    await live_nats.subscribe(silent, cb=_ignore)  # a responder that never answers
     async with engine.begin() as conn:
         await conn.execute(text("CREATE TABLE rows (id int PRIMARY KEY)"))
         await conn.execute(text("CREATE TABLE written (note text PRIMARY KEY)"))
         await conn.execute(text("INSERT INTO rows VALUES (1), (2)"))
     unreachable = create_engine("postgresql://postgres@127.0.0.1:1/nowhere", pool_size=1)
-    locked = asyncio.Event()
+    locked, go = asyncio.Event(), asyncio.Event()
 
     async def fail(request: StringValue, context: grpc.aio.ServicerContext[Any, Any]) -> StringValue:
         if request.value == "unreachable":
@@ -222,6 +225,8 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
             await closed_nats.publish("evolutivo.test.nowhere", b"")
         if request.value == "nats_no_responders":  # JetStream (or the server) not answering
             await live_nats.request(f"evolutivo.test.nobody.{uuid.uuid4().hex}", b"", timeout=2)
+        if request.value == "nats_timeout":  # received, never answered: it may have taken effect
+            await live_nats.request(silent, b"", timeout=0.2)
         async with engine.begin() as conn:
             await conn.execute(text("INSERT INTO written VALUES (:note)"), {"note": request.value})
             match request.value:
@@ -229,10 +234,13 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
                     await conn.execute(text("SET LOCAL lock_timeout = '200ms'"))
                     await conn.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))
                 case "deadlock":
-                    # This transaction waits first and checks first, so PostgreSQL aborts this one.
+                    # The other transaction already waits for row 1 when this one asks for row 2,
+                    # and this one checks for a deadlock first (100 ms against its 10 s): PostgreSQL
+                    # aborts this one.
                     await conn.execute(text("SET LOCAL deadlock_timeout = '100ms'"))
                     await conn.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))
                     locked.set()
+                    await asyncio.wait_for(go.wait(), 30)
                     await conn.execute(text("SELECT id FROM rows WHERE id = 2 FOR UPDATE"))
                 case "terminated":
                     pid = await conn.scalar(text("SELECT pg_backend_pid()"))
@@ -257,7 +265,7 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
     server.add_generic_rpc_handlers((handlers,))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    service = DbService(grpc.aio.insecure_channel(f"127.0.0.1:{port}"), engine, locked)
+    service = DbService(grpc.aio.insecure_channel(f"127.0.0.1:{port}"), engine, locked, go)
     try:
         yield service
     finally:
@@ -266,6 +274,10 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
         await unreachable.dispose()
         await engine.dispose()
         await live_nats.close()
+
+
+async def _ignore(msg: Any) -> None:
+    return None
 
 
 async def _fail(service: DbService, value: str) -> tuple[grpc.aio.AioRpcError, error_details_pb2.ErrorInfo | None]:
@@ -298,15 +310,27 @@ async def test_a_lock_wait_past_the_timeout_is_aborted_and_changes_nothing(db_se
 
 
 async def test_a_deadlock_is_aborted_and_changes_nothing(db_service: DbService) -> None:
-    locked = db_service.locked
     async with db_service.engine.connect() as other:
+        await other.execute(text("SET LOCAL deadlock_timeout = '10s'"))
+        pid = await other.scalar(text("SELECT pg_backend_pid()"))
         await other.execute(text("SELECT id FROM rows WHERE id = 2 FOR UPDATE"))
         failing = asyncio.create_task(_fail(db_service, "deadlock"))
-        await asyncio.wait_for(locked.wait(), 10)
-        await asyncio.sleep(0.05)  # the handler is waiting for row 2
-        await other.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE"))  # granted once it is aborted
+        await asyncio.wait_for(db_service.locked.wait(), 10)
+        # Row 1 is the handler's: this waits until PostgreSQL aborts the handler's transaction.
+        waiting = asyncio.create_task(other.execute(text("SELECT id FROM rows WHERE id = 1 FOR UPDATE")))
+        async with db_service.engine.connect() as watcher:
+            for _ in range(300):
+                blocked = await watcher.scalar(
+                    text("SELECT count(*) FROM pg_locks WHERE pid = :pid AND NOT granted"), {"pid": pid}
+                )
+                if blocked:
+                    break
+                await asyncio.sleep(0.01)
+            assert blocked, "the other transaction waits for row 1"
+        db_service.go.set()
+        error, info = await failing
+        await asyncio.wait_for(waiting, 30)
         await other.rollback()
-    error, info = await failing
     assert error.code() == grpc.StatusCode.ABORTED
     assert info is not None
     assert (info.reason, dict(info.metadata)) == ("TRANSACTION_CONFLICT", {"sqlstate": "40P01"})
@@ -330,6 +354,15 @@ async def test_nats_out_of_reach_is_unavailable(db_service: DbService, value: st
     assert answer.code() == grpc.StatusCode.UNAVAILABLE
     assert info is not None
     assert (info.reason, dict(info.metadata)) == ("MESSAGING_UNAVAILABLE", {"error": error})
+
+
+async def test_nats_not_answering_in_time_is_deadline_exceeded(db_service: DbService) -> None:
+    """The request reached a subscriber that never answered: it may have taken effect, so not
+    UNAVAILABLE (which says retry as is) but DEADLINE_EXCEEDED."""
+    answer, info = await _fail(db_service, "nats_timeout")
+    assert answer.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert info is not None
+    assert (info.reason, dict(info.metadata)) == ("MESSAGING_TIMEOUT", {"error": "TimeoutError"})
 
 
 @pytest.mark.parametrize("value", ["duplicate", "other_os_error"])

@@ -48,6 +48,8 @@ class Customer(pb_grpc.CustomerServiceServicer):
             context.abort_with_status(refusal(code_pb2.ABORTED, "the account changed meanwhile", "ETAG_MISMATCH"))
         if request.account_id == "locked":
             context.abort_with_status(refusal(code_pb2.ABORTED, "held too long; retry", "LOCK_TIMEOUT"))
+        if request.account_id == "nats_slow":
+            context.abort_with_status(refusal(code_pb2.DEADLINE_EXCEEDED, "no answer in time", "MESSAGING_TIMEOUT"))
         if request.account_id == "db_down":
             context.abort_with_status(refusal(code_pb2.UNAVAILABLE, "database restarting", "DATABASE_UNAVAILABLE"))
         return pb.GetAccountOverviewResponse()
@@ -181,6 +183,7 @@ def test_the_token_is_sent_as_a_bearer_authorization(server: tuple[str, Customer
         ("stale", ExitCode.FAILED_PRECONDITION, ""),
         ("locked", ExitCode.UNAVAILABLE, "A concurrent change got in the way and nothing was changed"),
         ("db_down", ExitCode.UNAVAILABLE, "answered, but its database did not"),
+        ("nats_slow", ExitCode.UNAVAILABLE, "the change may have been made; check before running"),
     ],
 )
 def test_a_retryable_answer_exits_5_with_its_hint(

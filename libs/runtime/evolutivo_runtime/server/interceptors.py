@@ -13,7 +13,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from grpc_status import rpc_status
@@ -191,7 +191,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         log.info("rpc refused", extra=extra)
         await self._answer(context, error)
 
-    async def _answer(self, context: Context, error: ServiceError) -> None:
+    async def _answer(self, context: Context, error: ServiceError) -> NoReturn:
         status = rpc_status.to_status(to_rpc_status(error, self._domain))
         await context.abort(status.code, status.details, status.trailing_metadata)
 
@@ -232,12 +232,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             except Exception as error:
-                # A deadlock or a database restarting is not a bug: the caller may retry (transient_errors).
+                # A deadlock, a database or NATS restarting is not a bug: the caller may retry (transient_errors).
                 retry = transient_errors.retryable(error)
                 if retry is not None:
                     code = retry.code
                     log.warning(
-                        "rpc failed on the database; answered retryable",
+                        "rpc failed on the database or NATS; answered retryable",
                         extra={"rpc": method, "reason": retry.reason, **retry.metadata},
                         exc_info=True,
                     )
