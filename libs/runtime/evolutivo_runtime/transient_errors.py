@@ -24,6 +24,7 @@ import nats.errors
 import nats.js.errors
 import sqlalchemy
 import sqlalchemy.exc
+import uvloop
 
 from evolutivo_runtime.errors import Aborted, DeadlineExceeded, ServiceError, Unavailable
 
@@ -37,8 +38,15 @@ _UNAVAILABLE_STATES = frozenset(
     {"08000", "08001", "08003", "08004", "08006", "08007", "57P01", "57P02", "57P03", "53300"}
 )
 _DRIVER_DIRS = tuple(os.path.dirname(m.__file__ or "") + os.sep for m in (asyncpg, sqlalchemy))
-# Where a connection's own OSError is raised: the driver, or the event loop and socket code it calls.
-_CONNECTING_DIRS = (*_DRIVER_DIRS, os.path.dirname(asyncio.__file__) + os.sep, os.path.dirname(ssl.__file__) + os.sep)
+# Where a connection's own OSError is raised: the driver, or the event loop and socket code it calls
+# (uvloop's is Cython: its frames are named after its sources, "uvloop/loop.pyx").
+_CONNECTING_DIRS = (
+    *_DRIVER_DIRS,
+    os.path.dirname(asyncio.__file__) + os.sep,
+    os.path.dirname(ssl.__file__) + os.sep,
+    os.path.dirname(uvloop.__file__ or "") + os.sep,
+    "uvloop" + os.sep,
+)
 # NATS never got the request: out of reach, reconnecting, draining, nobody subscribed, JetStream
 # not ready. (A timeout or a connection gone stale after sending is another matter: below.)
 _NATS_NOT_SENT = (

@@ -251,6 +251,8 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
                     await conn.execute(text("INSERT INTO rows VALUES (1)"))
                 case "other_os_error":
                     raise ConnectionRefusedError(111, "Connection refused")  # an SMTP server, say
+                case "callback_os_error":  # through SQLAlchemy's frames, raised in our code
+                    await conn.run_sync(_refusing_callback)
         return StringValue(value="done")
 
     handlers = grpc.method_handlers_generic_handler(
@@ -274,6 +276,10 @@ async def db_service(new_database: Callable[[str], Awaitable[str]], nats_url: st
         await unreachable.dispose()
         await engine.dispose()
         await live_nats.close()
+
+
+def _refusing_callback(_: Any) -> None:
+    raise ConnectionRefusedError(111, "Connection refused")
 
 
 async def _ignore(msg: Any) -> None:
@@ -365,7 +371,7 @@ async def test_nats_not_answering_in_time_is_deadline_exceeded(db_service: DbSer
     assert (info.reason, dict(info.metadata)) == ("MESSAGING_TIMEOUT", {"error": "TimeoutError"})
 
 
-@pytest.mark.parametrize("value", ["duplicate", "other_os_error"])
+@pytest.mark.parametrize("value", ["duplicate", "other_os_error", "callback_os_error"])
 async def test_other_failures_stay_internal(db_service: DbService, value: str) -> None:
     """A constraint violation is a bug a retry repeats; a refused connection to anything but the
     database (no driver frame in its traceback) is not the database's."""
