@@ -32,6 +32,17 @@ def refusal(code: int, message: str, reason: str, *details: object) -> grpc.Stat
     return rpc_status.to_status(status_pb2.Status(code=code, message=message, details=packed))
 
 
+# Account ids GetAccountOverview refuses, with the status the services' interceptor would send.
+REFUSALS: dict[str, tuple[int, str, str]] = {
+    "missing": (code_pb2.NOT_FOUND, "account 'missing' not found", "ACCOUNT_NOT_FOUND"),
+    "closed": (code_pb2.FAILED_PRECONDITION, "the account is closed", "ACCOUNT_CLOSED"),
+    "stale": (code_pb2.ABORTED, "the account changed meanwhile", "ETAG_MISMATCH"),
+    "locked": (code_pb2.ABORTED, "held too long; retry", "LOCK_TIMEOUT"),
+    "nats_slow": (code_pb2.DEADLINE_EXCEEDED, "no answer in time", "MESSAGING_TIMEOUT"),
+    "db_down": (code_pb2.UNAVAILABLE, "database restarting", "DATABASE_UNAVAILABLE"),
+}
+
+
 class Customer(pb_grpc.CustomerServiceServicer):
     def __init__(self) -> None:
         self.metadata: list[dict[str, str]] = []
@@ -40,18 +51,9 @@ class Customer(pb_grpc.CustomerServiceServicer):
         self, request: pb.GetAccountOverviewRequest, context: grpc.ServicerContext
     ) -> pb.GetAccountOverviewResponse:
         self.metadata.append(dict(context.invocation_metadata()))
-        if request.account_id == "missing":
-            context.abort_with_status(refusal(code_pb2.NOT_FOUND, "account 'missing' not found", "ACCOUNT_NOT_FOUND"))
-        if request.account_id == "closed":
-            context.abort_with_status(refusal(code_pb2.FAILED_PRECONDITION, "the account is closed", "ACCOUNT_CLOSED"))
-        if request.account_id == "stale":
-            context.abort_with_status(refusal(code_pb2.ABORTED, "the account changed meanwhile", "ETAG_MISMATCH"))
-        if request.account_id == "locked":
-            context.abort_with_status(refusal(code_pb2.ABORTED, "held too long; retry", "LOCK_TIMEOUT"))
-        if request.account_id == "nats_slow":
-            context.abort_with_status(refusal(code_pb2.DEADLINE_EXCEEDED, "no answer in time", "MESSAGING_TIMEOUT"))
-        if request.account_id == "db_down":
-            context.abort_with_status(refusal(code_pb2.UNAVAILABLE, "database restarting", "DATABASE_UNAVAILABLE"))
+        refused = REFUSALS.get(request.account_id)
+        if refused is not None:
+            context.abort_with_status(refusal(*refused))
         return pb.GetAccountOverviewResponse()
 
     def CreateAccount(
