@@ -6,6 +6,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+import asyncpg
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
@@ -76,3 +77,16 @@ def create_engine(url: str, pool_size: int = 10, server_settings: Mapping[str, s
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under `session`, inside its transaction: for a hot read whose rows
+    SQLAlchemy's execution and result layers would cost more than the query (asyncpg's own
+    prepared-statement cache, its records as they are; docs/performance.md). Only for reads: a
+    write here is unseen by the session's unit of work. SQLAlchemy begins the transaction at the
+    first statement, so one is sent first when none has been."""
+    connection = await session.connection()
+    driver: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
+    if not driver.is_in_transaction():
+        await connection.exec_driver_sql("SELECT 1")
+    return driver

@@ -32,6 +32,7 @@ from evolutivo_charging.adapters.orm import bill_cycles, charges, fee_charges, i
 from evolutivo_charging.entrypoints import consumers
 from evolutivo_charging.entrypoints.app import MIGRATIONS
 from evolutivo_charging.entrypoints.grpc_api import ChargingServicer
+from evolutivo_charging.service_layer import fees
 from evolutivo_charging.service_layer.unit_of_work import ChargingUnitOfWork
 from evolutivo_runtime.money import to_money
 from evolutivo_runtime.timestamps import to_timestamp
@@ -430,4 +431,59 @@ async def test_two_replicas_applying_the_same_cycles_in_batches_charge_each_fee_
     copies = [_messages(built.events) for _ in range(2)]
     await asyncio.gather(*(process(batch.batch_only(), *copy) for copy in copies))
     assert all(m.acked and not m.naked for copy in copies for m in copy)
+    assert await batch.state() == await one.state()
+
+
+async def test_the_bill_runs_opened_cycle_is_applied_once_in_a_batch(
+    databases: tuple[CyclesDb, CyclesDb], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bill run publishes BillCycleClosed naming the next cycle, then BillCycleOpened of it:
+    in one batch the handler leaves the second out (the first recorded the cycle open and
+    charged its fees), and the batch leaves what one by one leaves. An open before its close,
+    or of a cycle no close in the batch named, is still applied."""
+    one, batch = databases
+    accounts = [uuid.UUID(int=n + 1) for n in range(4)]
+    rng = random.Random(11)
+    built = Scenario()
+    for account_id in accounts:
+        built.setup.append(
+            (consumers.on_purchase_created, customer_events.PurchaseCreated(purchase=_purchase(rng, account_id)))
+        )
+        built.setup.append((consumers.on_bill_cycle_opened, opened(a_cycle(account_id, 0))))
+    first, second, third, fourth = accounts
+    built.events = [
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(first, 0), a_cycle(first, 1))),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(first, 1))),  # left out
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(second, 1))),  # before its close: applied
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(second, 0), a_cycle(second, 1))),
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(third, 0), None)),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(third, 1))),  # no close named it: applied
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(fourth, 0), a_cycle(fourth, 1))),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(fourth, 1))),  # left out
+    ]
+    for db in databases:
+        await built.prepare(db)
+    await _one_by_one(one, _messages(built.events))
+
+    learnt: list[list[fees.CycleEvent]] = []
+    real = fees.cycle_events_learnt
+
+    async def recording(uow: ChargingUnitOfWork, events_: Sequence[fees.CycleEvent], now: datetime) -> Any:
+        learnt.append(list(events_))
+        return await real(uow, events_, now)
+
+    monkeypatch.setattr(fees, "cycle_events_learnt", recording)
+    msgs = _messages(built.events)
+    await process(batch.batch_only(), *msgs)
+    assert all(m.acked and not m.naked for m in msgs)
+    assert len(learnt) == 1
+    assert [(e.account_id, len(e.cycles)) for e in learnt[0]] == [
+        (first, 2),
+        (second, 1),
+        (second, 2),
+        (third, 1),
+        (third, 1),
+        (fourth, 2),
+    ]
+    assert await batch.count(inbox) == len(msgs), "every event is recorded as applied"
     assert await batch.state() == await one.state()

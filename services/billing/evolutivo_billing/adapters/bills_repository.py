@@ -10,6 +10,7 @@ from decimal import Decimal
 from typing import Any
 
 from evolutivo_runtime.bulk import insert_rows
+from evolutivo_runtime.db import driver_connection
 from sqlalchemy import (
     BigInteger,
     Date,
@@ -69,6 +70,16 @@ def _any_of(ids: Collection[uuid.UUID]) -> Any:
     return any_(bindparam(None, list(ids), type_=ARRAY(Uuid)))
 
 
+# The columns a BillItem is read from (not the pre-0016 bill_id, bill_line_number).
+_ITEM_COLUMNS = ", ".join(f"i.{c.name}" for c in bill_items.columns if c.name not in ("bill_id", "bill_line_number"))
+# `unbilled_in_cycles`: $1 the cycles, $2 the limit (NULL: none).
+_UNBILLED_IN_CYCLES = (
+    f"SELECT {_ITEM_COLUMNS} FROM bill_items i JOIN bill_cycles c ON c.bill_cycle_id = i.bill_cycle_id"
+    " WHERE c.bill_cycle_id = ANY($1::uuid[]) AND i.seq > c.billed_through_seq"
+    " ORDER BY i.bill_cycle_id, i.event_time, i.charge_id LIMIT $2"
+)
+
+
 class BillItemRepository:
     def __init__(self, session: AsyncSession) -> None:
         self._session = session
@@ -125,17 +136,12 @@ class BillItemRepository:
         a read that came in under the limit)."""
         if not bill_cycle_ids:
             return {}
-        t, c = bill_items, bill_cycles
-        query = (
-            select(t)
-            .join(c, c.c.bill_cycle_id == t.c.bill_cycle_id)
-            .where(c.c.bill_cycle_id == _any_of(bill_cycle_ids), t.c.seq > c.c.billed_through_seq)
-            .order_by(t.c.bill_cycle_id, t.c.event_time, t.c.charge_id)
-            .limit(limit)
-        )
+        # Straight on asyncpg: SQLAlchemy's execution and row layers cost about a third as much
+        # as the rows themselves here (~10 per bill), the bill run's largest read.
+        connection = await driver_connection(self._session)
         found: dict[uuid.UUID, list[BillItem]] = {}
-        for row in await self._session.execute(query):
-            item = _item(row._mapping)
+        for row in await connection.fetch(_UNBILLED_IN_CYCLES, list(bill_cycle_ids), limit):
+            item = _item(row)
             found.setdefault(item.bill_cycle_id, []).append(item)
         return found
 

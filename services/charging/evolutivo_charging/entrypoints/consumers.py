@@ -142,8 +142,21 @@ def _cycle_event(event: Any) -> fees.CycleEvent:
 async def on_bill_cycle_events(uow: ChargingUnitOfWork, batch: Sequence[tuple[Any, EventMeta]]) -> None:
     """A fetched batch's BillCycleOpened and BillCycleClosed together (fees.cycle_events_learnt):
     the effects of on_bill_cycle_opened / on_bill_cycle_closed applied one by one in the batch's
-    order, in a few statements. Should it raise, the consumer applies them one by one."""
-    await fees.cycle_events_learnt(uow, [_cycle_event(event) for event, _ in batch], uow.clock.now())
+    order, in a few statements. Should it raise, the consumer applies them one by one.
+
+    A BillCycleOpened of the cycle a BillCycleClosed before it in the batch opened (billing
+    publishes both when it closes a cycle) is left out: that event recorded the cycle open and
+    charged its fees already, so applying it again changes nothing (a known cycle only ever
+    closes; a fee key is charged once): in the bill run a third of what this handler decodes."""
+    opened_by_close: set[str] = set()
+    learnt: list[fees.CycleEvent] = []
+    for event, _ in batch:
+        if isinstance(event, billing_events.BillCycleOpened) and event.bill_cycle.bill_cycle_id in opened_by_close:
+            continue
+        if isinstance(event, billing_events.BillCycleClosed) and event.HasField("next_bill_cycle"):
+            opened_by_close.add(event.next_bill_cycle.bill_cycle_id)
+        learnt.append(_cycle_event(event))
+    await fees.cycle_events_learnt(uow, learnt, uow.clock.now())
 
 
 # One instance for both types: a batch's opened and closed cycles are applied in one call, in order.
