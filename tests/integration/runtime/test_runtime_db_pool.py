@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from evolutivo_runtime import db
-from evolutivo_runtime.db import create_engine, plain_url
+from evolutivo_runtime.db import create_engine, plain_url, session_factory
 from evolutivo_runtime.server.relay_thread import RELAY_SERVER_SETTINGS
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
@@ -103,3 +103,28 @@ async def test_the_engine_s_connections_carry_its_server_settings(empty_database
     finally:
         await engine.dispose()
         await plain.dispose()
+
+
+@pytest.mark.parametrize("first", ["driver", "session"])
+async def test_the_driver_connection_reads_inside_the_sessions_transaction(
+    engine_url: tuple[AsyncEngine, str], first: str
+) -> None:
+    """db.driver_connection: asyncpg's connection under a session, in the session's transaction
+    whether or not the session sent a statement before (SQLAlchemy begins lazily): it sees the
+    session's uncommitted writes, and what it is asked to do goes when the session rolls back."""
+    engine, _ = engine_url
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE notes (n int PRIMARY KEY)"))
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        if first == "session":
+            await session.execute(text("INSERT INTO notes VALUES (1)"))
+        driver = await db.driver_connection(session)
+        assert driver.is_in_transaction()
+        await driver.execute("INSERT INTO notes VALUES (2)")
+        seen = sorted(await session.scalars(text("SELECT n FROM notes")))
+        assert seen == ([1, 2] if first == "session" else [2])
+        assert await driver.fetchval("SELECT count(*) FROM notes") == len(seen)
+        await session.rollback()
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
