@@ -1,21 +1,25 @@
 """bench.relay_pass against real PostgreSQL and JetStream: every committed event is published once
-by its own pass and leaves the outbox, and each measured round gives a figure."""
+by its pass and leaves the outbox, and each measured round gives a figure."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
 import asyncpg
+import pytest
 from evolutivo_runtime.db import plain_url
 
 from bench.relay_pass import measure
 
 
+@pytest.mark.parametrize("events", [1, 5])
 async def test_every_event_is_published_by_its_own_pass(
-    new_database: Callable[[str], Awaitable[str]], nats_url: str
+    new_database: Callable[[str], Awaitable[str]], nats_url: str, events: int
 ) -> None:
+    """One event per pass, or `--events N` committed together and published by one pass."""
     url = await new_database("bench_relay")
-    figures = await measure(url, nats_url, passes=10, rounds=2)  # asserts the stream holds 30 messages
+    # Asserts each pass published its events and the stream holds 30 * events messages.
+    figures = await measure(url, nats_url, passes=10, rounds=2, events=events)
     assert len(figures) == 2 and all(cpu > 0 for cpu in figures)
     conn = await asyncpg.connect(plain_url(url))
     try:
