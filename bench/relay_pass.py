@@ -1,11 +1,11 @@
 """What one outbox relay pass costs the publishing service: `python -m bench.relay_pass`.
 
 Under single calls at low rates each commit wakes a pass of its own (docs/performance.md, "Ninth
-round"), so its fixed cost is paid per event. The measure commits one event through a unit of work,
-then times `OutboxRelay.publish_batch` publishing it (the leader lock and the read, the publish and
-its ack, the delete, the commit) against a real PostgreSQL and JetStream: the embedded ones, or the
-servers `DATABASE_URL` and `NATS_URL` name. It reports the relay's CPU per one-row pass; with
-`--events N`, per pass of N events committed together and per event (the bill run's full passes).
+round"), so its fixed cost is paid per event. The measure commits one event (`--events N`: N
+events) through a unit of work, then times `OutboxRelay.publish_batch` publishing them (the leader
+lock and the read, the publishes and their acks, the delete, the commit) against a real PostgreSQL
+and JetStream: the embedded ones, or the servers `DATABASE_URL` and `NATS_URL` name. It reports the
+relay's CPU per pass, and with N > 1 per event too (the bill run's full passes).
 
 As bench.consumer_transaction, it imports the runtime of the interpreter that runs it: an older
 checkout's virtual environment measures that checkout's relay.
@@ -72,10 +72,12 @@ async def measure(database_url: str, nats_url: str, passes: int, rounds: int, ev
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.relay_pass", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--passes", type=int, default=500, help="one-row passes per round (default 500)")
+    parser.add_argument("--passes", type=int, default=500, help="passes per round (default 500)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds after a warm-up round (default 3)")
     parser.add_argument("--events", type=int, default=1, help="events committed together, then published by one pass")
     args = parser.parse_args(argv)
+    if args.events < 1:
+        parser.error("--events must be at least 1")
     with (
         postgres_server() as server_url,
         external_or_embedded("NATS_URL", EmbeddedNats(), "bench-nats") as nats_url,

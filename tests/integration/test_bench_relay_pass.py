@@ -13,7 +13,7 @@ from bench.relay_pass import measure
 
 
 @pytest.mark.parametrize("events", [1, 5])
-async def test_every_event_is_published_by_its_own_pass(
+async def test_every_event_is_published_once_by_the_pass_after_its_commit(
     new_database: Callable[[str], Awaitable[str]], nats_url: str, events: int
 ) -> None:
     """One event per pass, or `--events N` committed together and published by one pass."""

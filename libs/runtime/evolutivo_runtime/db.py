@@ -80,11 +80,13 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 async def driver_connection(session: AsyncSession) -> asyncpg.Connection:
-    """The asyncpg connection under `session`, inside its transaction: for a hot read whose rows
-    SQLAlchemy's execution and result layers would cost more than the query (asyncpg's own
-    prepared-statement cache, its records as they are; docs/performance.md). Only for reads: a
-    write here is unseen by the session's unit of work. SQLAlchemy begins the transaction at the
-    first statement, so one is sent first when none has been."""
+    """The asyncpg connection under `session`, inside its transaction: for a hot read of many rows,
+    where SQLAlchemy's execution and row layers add a third to the cost of the rows themselves
+    (asyncpg's own prepared-statement cache, its records as they are; docs/performance.md). For
+    reads: what goes this way bypasses SQLAlchemy, so its errors are asyncpg's own (not
+    DBAPIError; transient_errors reads both), the pool learns of a broken connection only at the
+    session's next statement or its rollback, and no engine events fire. SQLAlchemy begins the
+    transaction at the first statement, so one is sent first when none has been."""
     connection = await session.connection()
     driver: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
     if not driver.is_in_transaction():

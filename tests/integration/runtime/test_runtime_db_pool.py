@@ -128,3 +128,23 @@ async def test_the_driver_connection_reads_inside_the_sessions_transaction(
         await session.rollback()
     async with engine.connect() as conn:
         assert (await conn.execute(text("SELECT count(*) FROM notes"))).scalar_one() == 0
+
+
+async def test_the_driver_connection_works_inside_a_savepoint(engine_url: tuple[AsyncEngine, str]) -> None:
+    """Inside `begin_nested` (the bill run's pass): what it does goes with the savepoint, and the
+    transaction goes on."""
+    engine, _ = engine_url
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE notes (n int PRIMARY KEY)"))
+    sessions = session_factory(engine)
+    async with sessions() as session:
+        await session.execute(text("INSERT INTO notes VALUES (1)"))
+        savepoint = await session.begin_nested()
+        driver = await db.driver_connection(session)
+        await driver.execute("INSERT INTO notes VALUES (2)")
+        assert await driver.fetchval("SELECT count(*) FROM notes") == 2
+        await savepoint.rollback()
+        assert sorted(await session.scalars(text("SELECT n FROM notes"))) == [1]
+        await session.commit()
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT n FROM notes"))).scalars().all() == [1]

@@ -438,11 +438,12 @@ async def test_the_bill_runs_opened_cycle_is_applied_once_in_a_batch(
     databases: tuple[CyclesDb, CyclesDb], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The bill run publishes BillCycleClosed naming the next cycle, then BillCycleOpened of it:
-    in one batch the handler leaves the second out (the first recorded the cycle open and
-    charged its fees), and the batch leaves what one by one leaves. An open before its close,
-    or of a cycle no close in the batch named, is still applied."""
+    in one batch the handler leaves out an open that comes right after the close naming it (the
+    close recorded the cycle and charged its fees), and the batch leaves what one by one leaves.
+    An open before its close, of a cycle no close named, or after another event of its account
+    (which may have changed what the open charges) is applied."""
     one, batch = databases
-    accounts = [uuid.UUID(int=n + 1) for n in range(4)]
+    accounts = [uuid.UUID(int=n + 1) for n in range(6)]
     rng = random.Random(11)
     built = Scenario()
     for account_id in accounts:
@@ -450,20 +451,43 @@ async def test_the_bill_runs_opened_cycle_is_applied_once_in_a_batch(
             (consumers.on_purchase_created, customer_events.PurchaseCreated(purchase=_purchase(rng, account_id)))
         )
         built.setup.append((consumers.on_bill_cycle_opened, opened(a_cycle(account_id, 0))))
-    first, second, third, fourth = accounts
+    first, second, third, fourth, fifth, sixth = accounts
+    # Hosting since before every cycle: in arrears, its support fee of a cycle is charged in the
+    # cycle open after it.
+    supported = purchase_pb2.Purchase(
+        purchase_id=str(uuid.uuid5(fifth, "hosting")),
+        account_id=str(fifth),
+        charge_offer_code="hosting",
+        charge_offer_version=1,
+        quantity="1",
+        start_time=to_timestamp(datetime(2031, 2, 20, tzinfo=MADRID)),
+    )
+    built.setup.append((consumers.on_purchase_created, customer_events.PurchaseCreated(purchase=supported)))
     built.events = [
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(sixth, 0), a_cycle(sixth, 1))),
         (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(first, 0), a_cycle(first, 1))),
         (consumers.BILL_CYCLE_OPENED, opened(a_cycle(first, 1))),  # left out
         (consumers.BILL_CYCLE_OPENED, opened(a_cycle(second, 1))),  # before its close: applied
         (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(second, 0), a_cycle(second, 1))),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(sixth, 1))),  # other accounts' between: left out
         (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(third, 0), None)),
         (consumers.BILL_CYCLE_OPENED, opened(a_cycle(third, 1))),  # no close named it: applied
         (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(fourth, 0), a_cycle(fourth, 1))),
         (consumers.BILL_CYCLE_OPENED, opened(a_cycle(fourth, 1))),  # left out
+        # Out of billing's order (a replay): the second cycle closes, then the third opens, and
+        # only then comes the second's open, which now charges its support fee (billed in the
+        # third): applied.
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(fifth, 0), a_cycle(fifth, 1))),
+        (consumers.BILL_CYCLE_CLOSED, closed(a_cycle(fifth, 1), None)),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(fifth, 2))),
+        (consumers.BILL_CYCLE_OPENED, opened(a_cycle(fifth, 1))),
     ]
     for db in databases:
         await built.prepare(db)
     await _one_by_one(one, _messages(built.events))
+    expected = await one.state()
+    second_cycle = uuid.UUID(a_cycle(fifth, 1).bill_cycle_id)
+    assert (uuid.UUID(supported.purchase_id), "support", second_cycle) in {k[:3] for k in expected["keys"]}
 
     learnt: list[list[fees.CycleEvent]] = []
     real = fees.cycle_events_learnt
@@ -478,12 +502,17 @@ async def test_the_bill_runs_opened_cycle_is_applied_once_in_a_batch(
     assert all(m.acked and not m.naked for m in msgs)
     assert len(learnt) == 1
     assert [(e.account_id, len(e.cycles)) for e in learnt[0]] == [
+        (sixth, 2),
         (first, 2),
         (second, 1),
         (second, 2),
         (third, 1),
         (third, 1),
         (fourth, 2),
+        (fifth, 2),
+        (fifth, 1),
+        (fifth, 1),
+        (fifth, 1),
     ]
     assert await batch.count(inbox) == len(msgs), "every event is recorded as applied"
-    assert await batch.state() == await one.state()
+    assert await batch.state() == expected

@@ -10,6 +10,7 @@ from typing import Any
 
 from evolutivo.balance.v1 import balance_pb2
 from evolutivo.balance.v1 import events_pb2 as balance_events
+from evolutivo.billing.v1 import bill_cycle_pb2
 from evolutivo.billing.v1 import events_pb2 as billing_events
 from evolutivo.customer.v1 import account_pb2
 from evolutivo.customer.v1 import events_pb2 as customer_events
@@ -144,17 +145,21 @@ async def on_bill_cycle_events(uow: ChargingUnitOfWork, batch: Sequence[tuple[An
     the effects of on_bill_cycle_opened / on_bill_cycle_closed applied one by one in the batch's
     order, in a few statements. Should it raise, the consumer applies them one by one.
 
-    A BillCycleOpened of the cycle a BillCycleClosed before it in the batch opened (billing
-    publishes both when it closes a cycle) is left out: that event recorded the cycle open and
-    charged its fees already, so applying it again changes nothing (a known cycle only ever
-    closes; a fee key is charged once): in the bill run a third of what this handler decodes."""
-    opened_by_close: set[str] = set()
+    A BillCycleOpened that comes right after the BillCycleClosed naming the same cycle as its next
+    (field for field), with no other event of that account between them (billing's outbox order when
+    it closes a cycle), is left out: the account's cycles are as the close left them, that cycle
+    recorded, and the close computed its fees already (a fee key is charged once), so applying it
+    would change nothing; in the bill run it is a third of what this handler decodes."""
+    # Per account: the next cycle its last event in the batch named, if that event was a close.
+    named_next: dict[str, bill_cycle_pb2.BillCycle] = {}
     learnt: list[fees.CycleEvent] = []
     for event, _ in batch:
-        if isinstance(event, billing_events.BillCycleOpened) and event.bill_cycle.bill_cycle_id in opened_by_close:
+        account = event.bill_cycle.account_id
+        following = named_next.pop(account, None)
+        if isinstance(event, billing_events.BillCycleOpened) and following == event.bill_cycle:
             continue
         if isinstance(event, billing_events.BillCycleClosed) and event.HasField("next_bill_cycle"):
-            opened_by_close.add(event.next_bill_cycle.bill_cycle_id)
+            named_next[account] = event.next_bill_cycle
         learnt.append(_cycle_event(event))
     await fees.cycle_events_learnt(uow, learnt, uow.clock.now())
 
